@@ -1,0 +1,294 @@
+"""The ``tide`` command: ``tide run | view | list``.
+
+Input problems (a missing scene, an unknown option, an output folder in the way, a bad mesh) print one line to
+stderr and exit with status 2. A simulation that blows up exits with status 1 after publishing what it had.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import ConfigError, OutputError, SceneError, SimulationError, TideError
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENES_DIR = ROOT / "scenes"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with status 2 (no usage dump)."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scene", help="scene script (path, or a name from `tide list`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a Config field (repeatable); see `tide run SCENE --help`")
+    p.add_argument("--frames", type=int, default=None, help="frames to simulate and render")
+    p.add_argument("--seed", type=int, default=0, help="seed for python, numpy and torch")
+    p.add_argument("--arch", default=os.environ.get("TIDE_ARCH", "auto"), choices=["auto", "cpu", "cuda", "vulkan"])
+    p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION", "f32"), choices=["f32", "f64"])
+    p.add_argument("--out", default=None, help="output folder (default: runs/<scene>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--fps", type=int, default=30, help="video frame rate")
+    p.add_argument("-h", "--help", action="store_true", help="show this help and the scene's options")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tide", description="tide: differentiable simulation and graphics on Taichi")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", add_help=False, help="run a scene headlessly and write its outputs")
+    _common(run)
+    run.add_argument("--resume", action="store_true", help="continue from the output folder's last checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    view = sub.add_parser("view", add_help=False, help="open the GGUI viewer on a scene")
+    _common(view)
+    view.add_argument("--offscreen", action="store_true", help="no window: write frames and an mp4 to --out")
+    view.add_argument("--res", default="800x600", help="window size WxH")
+    sub.add_parser("list", help="list the scenes in scenes/")
+    return parser
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+def resolve_scene(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    for cand in (SCENES_DIR / name, SCENES_DIR / f"{name}.py"):
+        if cand.is_file():
+            return cand
+    raise SceneError(f"scene not found: {name} (try `tide list`)")
+
+
+def scene_summary(path: Path) -> str:
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+    except SyntaxError:
+        return "(unparsable)"
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
+    """Check that ``out`` can be used: create it, or refuse to clobber, or clear it for --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if resume:
+            pass
+        elif overwrite:
+            if not (out / "config.json").is_file():
+                raise OutputError(f"refusing to --overwrite {out}: it is not a tide output folder (no config.json)")
+            shutil.rmtree(out)
+        else:
+            raise OutputError(f"output folder {out} already exists: pass --overwrite to replace it or --resume "
+                              "to continue it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".tide-write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+
+
+def _load_config(module, overrides, out: Path | None, resume: bool):
+    import json
+
+    from .scene import apply_overrides
+
+    base = None
+    if resume and out is not None and (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text())
+        base = saved.get("scene", {})
+    return apply_overrides(module.Config, overrides, base=base)
+
+
+def _default_frames(cfg, given):
+    if given is not None:
+        if given < 0:
+            raise ConfigError(f"--frames must be >= 0, got {given}")
+        return given
+    return int(getattr(cfg, "frames", 60))
+
+
+class _Log:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, msg: str) -> None:
+        self.lines.append(f"[{time.strftime('%H:%M:%S')}] {msg}")
+
+
+# -- commands -----------------------------------------------------------------------------------------------------
+def cmd_list(_args) -> int:
+    scenes = sorted(SCENES_DIR.glob("*.py"))
+    width = max((len(p.stem) for p in scenes), default=0)
+    for p in scenes:
+        if p.stem.startswith("_"):
+            continue
+        print(f"{p.stem:<{width}}  {scene_summary(p)}")
+    return 0
+
+
+def _print_scene_help(parser, module, path) -> int:
+    from .scene import describe_config
+
+    print(parser.format_help())
+    print(f"scene {path.stem}: {scene_summary(path)}\n\noptions for --set:")
+    print(describe_config(module.Config))
+    return 0
+
+
+def cmd_run(args, parser) -> int:
+    from . import backend
+    from .io import VideoWriter, save_export, write_json, write_text
+    from .runner import Run, plot_history, seed_everything
+    from .scene import config_to_dict, load_scene
+
+    path = resolve_scene(args.scene)
+    module = load_scene(path)
+    if args.help:
+        return _print_scene_help(parser, module, path)
+    out = Path(args.out or Path("runs") / path.stem)
+    cfg = _load_config(module, args.overrides, out, args.resume)
+    frames = _default_frames(cfg, args.frames)
+    prepare_out(out, args.overwrite, args.resume)
+    log = _Log()
+    if args.resume and (out / "log.txt").is_file():
+        log.lines = (out / "log.txt").read_text().splitlines()
+    settings = backend.init(arch=args.arch, precision=args.precision)
+    seed_everything(args.seed)
+    resolved = {"scene": config_to_dict(cfg), "scene_path": str(path), "frames": frames, "seed": args.seed,
+                "backend": settings.as_dict(), "fps": args.fps}
+    write_json(out / "config.json", resolved)
+    log(f"scene {path} on {settings.resolved_arch} ({settings.precision}); config {resolved['scene']}")
+    t0 = time.perf_counter()
+    scene = module.Scene(cfg)
+    scene.build()
+    metrics: dict = {}
+    video = VideoWriter(out / "video.mp4", fps=args.fps)
+    status = 0
+    try:
+        optimize = getattr(scene, "optimize", None)
+        if callable(optimize):
+            run = Run(out, resume=args.resume, progress=not args.no_progress, log=log)
+            optimize(run)
+            for f in run.frames:
+                video.append(f)
+            plot_history(run.history, out / "loss.png")
+            if run.history:
+                metrics["history_last"] = run.history[-1]
+            if run.resumed_from is not None:
+                metrics["resumed_from_iteration"] = run.resumed_from
+        _rollout(scene, frames, video, not args.no_progress)
+    except SimulationError as exc:
+        metrics["error"] = str(exc)
+        log(f"simulation error: {exc}")
+        print(f"tide: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        if video.count:
+            video.close()
+        else:
+            video.abort()
+    wall = time.perf_counter() - t0
+    metrics = {**metrics, **(scene.metrics() if status == 0 else {}), "wall_time_s": wall, "frames": frames}
+    write_json(out / "metrics.json", metrics)
+    exports = getattr(scene, "exports", None)
+    if status == 0 and callable(exports):
+        for name, obj in exports().items():
+            save_export(out / name, obj)
+            log(f"exported {name}")
+    log(f"done in {wall:.1f} s")
+    write_text(out / "log.txt", "\n".join(log.lines) + "\n")
+    print(f"tide: outputs in {out.resolve()}")
+    return status
+
+
+def _rollout(scene, frames, video, progress) -> None:
+    it = range(frames)
+    if progress and frames:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="simulate", unit="frame", dynamic_ncols=True)
+    for f in it:
+        scene.step(f)
+        video.append(scene.render())
+
+
+def cmd_view(args, parser) -> int:
+    from . import backend
+    from .io import VideoWriter, save_png
+    from .scene import load_scene
+
+    path = resolve_scene(args.scene)
+    module = load_scene(path)
+    if args.help:
+        return _print_scene_help(parser, module, path)
+    cfg = _load_config(module, args.overrides, None, False)
+    try:
+        w, h = (int(v) for v in args.res.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--res expects WxH, got {args.res!r}") from None
+    out = None
+    if args.offscreen:
+        out = Path(args.out or Path("runs") / f"{path.stem}_view")
+        prepare_out(out, args.overwrite, False)
+    backend.init(arch=args.arch, precision=args.precision)
+    from .runner import seed_everything
+    from .viewer import Viewer
+
+    seed_everything(args.seed)
+
+    def fresh():
+        s = module.Scene(cfg)
+        s.build()
+        return s
+
+    viewer = Viewer(fresh(), res=(w, h), offscreen=args.offscreen, title=f"tide: {path.stem}", reset=fresh)
+    if not args.offscreen:
+        viewer.run(frames=args.frames)
+        return 0
+    frames = _default_frames(cfg, args.frames)
+    with VideoWriter(out / "video.mp4", fps=args.fps) as video:
+        def on_frame(i, img):
+            save_png(out / "frames" / f"frame_{i:05d}.png", img)
+            video.append(img)
+
+        viewer.run(frames=frames, on_frame=on_frame)
+    print(f"tide: {frames} frames in {out.resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if len(argv) == 2 and argv[0] in ("run", "view") and argv[1] in ("-h", "--help"):
+            print(parser._subparsers._group_actions[0].choices[argv[0]].format_help())  # noqa: SLF001
+            return 0
+        args = parser.parse_args(argv)
+        if args.command == "list":
+            return cmd_list(args)
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 - for scene --help
+        if args.command == "run":
+            return cmd_run(args, sub)
+        return cmd_view(args, sub)
+    except TideError as exc:
+        print(f"tide: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tide: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
