@@ -1,0 +1,16 @@
+"""Differentiable rendering on CPU and GPU: cameras, mesh rasterizer (hard/soft), volumes, Gaussians, particles.
+
+Torch tensors in, torch tensors out; every differentiable op is a Taichi kernel behind ``engine.bridge``.
+"""
+from .attributes import face_attributes, interpolate, sample_texture
+from .camera import CV_TO_GL, Camera, look_at_rotation, orbit_cameras
+from .mesh import MeshRender, render_mesh
+from .raster import Fragments, rasterize, soft_composite
+from .shading import DirectionalLights, face_normals, lambert, vertex_normals
+
+__all__ = [
+    "Camera", "look_at_rotation", "orbit_cameras", "CV_TO_GL",
+    "Fragments", "rasterize", "soft_composite", "interpolate", "sample_texture", "face_attributes",
+    "DirectionalLights", "face_normals", "vertex_normals", "lambert",
+    "MeshRender", "render_mesh",
+]
