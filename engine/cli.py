@@ -77,20 +77,23 @@ def scene_summary(path: Path) -> str:
     return (doc or "").strip().splitlines()[0] if doc else ""
 
 
-def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
-    """Check that ``out`` can be used: create it, or refuse to clobber, or clear it for --overwrite."""
+def check_out(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse an output folder that is in the way, before any work is done (no side effects)."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if resume:
-            pass
-        elif overwrite:
-            if not (out / "config.json").is_file():
-                raise OutputError(f"refusing to --overwrite {out}: it is not a tide output folder (no config.json)")
-            shutil.rmtree(out)
-        else:
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        if not overwrite:
             raise OutputError(f"output folder {out} already exists: pass --overwrite to replace it or --resume "
                               "to continue it")
+        if not (out / "config.json").is_file():
+            raise OutputError(f"refusing to --overwrite {out}: it is not a tide output folder (no config.json)")
+
+
+def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
+    """Create ``out`` (clearing it for --overwrite) and prove it is writable."""
+    check_out(out, overwrite, resume)
+    if overwrite and not resume and out.is_dir() and any(out.iterdir()):
+        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".tide-write-test-"):
@@ -160,7 +163,7 @@ def cmd_run(args, parser) -> int:
     out = Path(args.out or Path("runs") / path.stem)
     cfg = _load_config(module, args.overrides, out, args.resume)
     frames = _default_frames(cfg, args.frames)
-    prepare_out(out, args.overwrite, args.resume)
+    check_out(out, args.overwrite, args.resume)
     log = _Log()
     if args.resume and (out / "log.txt").is_file():
         log.lines = (out / "log.txt").read_text().splitlines()
@@ -168,11 +171,12 @@ def cmd_run(args, parser) -> int:
     seed_everything(args.seed)
     resolved = {"scene": config_to_dict(cfg), "scene_path": str(path), "frames": frames, "seed": args.seed,
                 "backend": settings.as_dict(), "fps": args.fps}
-    write_json(out / "config.json", resolved)
-    log(f"scene {path} on {settings.resolved_arch} ({settings.precision}); config {resolved['scene']}")
     t0 = time.perf_counter()
     scene = module.Scene(cfg)
-    scene.build()
+    scene.build()  # before touching --out, so a scene that rejects its input leaves nothing behind
+    prepare_out(out, args.overwrite, args.resume)
+    write_json(out / "config.json", resolved)
+    log(f"scene {path} on {settings.resolved_arch} ({settings.precision}); config {resolved['scene']}")
     metrics: dict = {}
     video = VideoWriter(out / "video.mp4", fps=args.fps)
     status = 0

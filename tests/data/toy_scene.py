@@ -1,4 +1,5 @@
 """A toy learning scene for runner tests: fit a 2D point to a target with Adam, then let it orbit."""
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ class Config:
     """Rollout frames after the optimisation."""
     fail_at: int = -1
     """Raise KeyboardInterrupt at this iteration (tests interrupt and resume)."""
+    sleep_s: float = 0.0
+    """Sleep per iteration (tests kill a run mid-way)."""
 
 
 class Scene:
@@ -42,6 +45,7 @@ class Scene:
         for it in run.loop(self.cfg.iterations, state=state, load=load):
             if it == self.cfg.fail_at:
                 raise KeyboardInterrupt
+            time.sleep(self.cfg.sleep_s)
             loss = ((self.p - target) ** 2).sum()
             self.opt.zero_grad()
             loss.backward()
