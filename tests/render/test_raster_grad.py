@@ -1,0 +1,68 @@
+"""Central finite differences (f64) for every differentiable input of the mesh rasterizer."""
+import torch
+
+from engine.render import Camera, DirectionalLights, render_mesh
+
+from .helpers import fd_check
+
+# three overlapping triangles at different depths in front of a 14x12 camera
+V0 = torch.tensor([[-0.6, -0.5, 0.0], [0.5, -0.4, 0.1], [-0.1, 0.6, -0.1],
+                   [-0.3, -0.2, 0.4], [0.7, 0.3, 0.3], [0.0, 0.5, 0.5],
+                   [-0.7, 0.1, -0.3], [0.2, -0.6, -0.2], [0.4, 0.4, -0.4]], dtype=torch.float64)
+F = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+FACE_COL = torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.8, 0.3], [0.2, 0.3, 0.9]], dtype=torch.float64)
+LIGHTS = DirectionalLights.default(torch.float64)
+SIGMA = 2e-2
+
+
+def CAM():
+    # built lazily: constructing a Camera initialises the backend, which the test session must do first
+    return Camera.from_look_at([0.2, 0.1, 3.0], fov_y=35, width=14, height=12)
+
+
+def _soft(verts=V0, face_colors=FACE_COL, opacity=torch.tensor([0.9, 0.6, 1.0], dtype=torch.float64),
+          background=torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64), lights=LIGHTS, **kw):
+    out = render_mesh(verts, F, CAM(), face_colors=face_colors, opacity=opacity, background=background,
+                      lights=lights, mode="soft", sigma=SIGMA, faces_per_pixel=3, **kw)
+    return out.rgb, out.alpha
+
+
+def _check(fn, inputs, which, tol=1e-6):
+    err, gmax = fd_check(fn, inputs, which)
+    print(f"FD max abs err {err:.2e} (max |grad| {gmax:.2e})")
+    assert gmax > 1e-3, "gradient is (almost) zero: the check would be vacuous"
+    assert err <= tol * max(1.0, gmax), err
+
+
+def test_soft_grad_vertices():
+    _check(lambda v: _soft(verts=v), [V0], 0)
+
+
+def test_soft_grad_vertices_with_background_image():
+    bg = torch.rand(1, 12, 14, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _check(lambda v: _soft(verts=v, background=bg, lights=None), [V0], 0)
+
+
+def test_soft_grad_colors_opacity_background():
+    op = torch.tensor([0.9, 0.6, 1.0], dtype=torch.float64)
+    bg = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64)
+    _check(lambda c: _soft(face_colors=c), [FACE_COL], 0)
+    _check(lambda o: _soft(opacity=o), [op], 0)
+    _check(lambda b: _soft(background=b), [bg], 0)
+
+
+def test_grad_vertex_colors_and_texture_hard_and_soft():
+    gen = torch.Generator().manual_seed(2)
+    vcol = torch.rand(9, 4, generator=gen, dtype=torch.float64)        # 4-wide features
+    tex = torch.rand(5, 6, 3, generator=gen, dtype=torch.float64)
+    uvs = torch.rand(9, 2, generator=gen, dtype=torch.float64)
+    for mode in ("hard", "soft"):
+        def fv(c, mode=mode):
+            return render_mesh(V0, F, CAM(), colors=c, mode=mode, sigma=SIGMA, faces_per_pixel=3).rgb
+
+        def ft(t, mode=mode):
+            r = render_mesh(V0, F, CAM(), uvs=uvs, texture=t, lights=LIGHTS, mode=mode, sigma=SIGMA,
+                            faces_per_pixel=3)
+            return r.rgb, r.alpha
+        _check(fv, [vcol], 0)
+        _check(ft, [tex], 0)
