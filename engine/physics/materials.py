@@ -1,0 +1,203 @@
+"""Constitutive models for MLS-MPM: elastic stress and plastic return mapping, one material id each.
+
+Every model maps the trial deformation gradient ``F_tr = (I + dt·C)·F`` (and, for the SVD-based ones, its SVD
+``F_tr = U·diag(σ)·Vᵀ``) to the projected gradient ``F_new``, the plastic volume ratio ``Jp_new`` and the Kirchhoff
+stress ``τ = P·Fᵀ`` that the P2G transfer needs. All functions are dimension-generic (2D/3D) and differentiable
+(no data-dependent loops; the SVD gradient is written by hand in ``svd.py``).
+
+Units: E (Pa), ν (-), ρ (kg/m^d); stresses are Kirchhoff stresses in Pa.
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import taichi as ti
+
+__all__ = ["ELASTIC", "COROTATED", "MUSCLE", "SAND", "SNOW", "CLAY", "WATER", "MUD", "ICE", "NAMES", "ids",
+           "MaterialTable", "needs_svd", "lame", "build_stress_kernel", "TABLE_COLUMNS"]
+
+# Material ids (stored per particle as int32).
+ELASTIC = 0    # neo-Hookean (Bonet & Wood, "Nonlinear continuum mechanics for FEA")
+COROTATED = 1  # fixed-corotated elasticity (Stomakhin et al. 2012, "Energetically consistent invertible elasticity")
+MUSCLE = 2     # neo-Hookean + active fibre stress a·E·(F d)(F d)ᵀ (DiffTaichi diffmpm, SoftZoo)
+SAND = 3       # Drucker–Prager on Hencky strain (Klár et al. 2016, "Drucker-Prager elastoplasticity for sand animation")
+SNOW = 4       # clamped singular values + hardening (Stomakhin et al. 2013, "A material point method for snow simulation")
+CLAY = 5       # von Mises on Hencky strain, plasticine (as in PlasticineLab, Huang et al. 2021)
+WATER = 6      # weakly compressible fluid, F reset to J^(1/d)·I (Tampubolon et al. 2017 style equation of state)
+MUD = 7        # Perzyna viscoplastic von Mises on Hencky strain (rate-dependent yield, cf. Yue et al. 2015)
+ICE = 8        # stiff fixed-corotated solid, meant for a low-friction floor
+
+NAMES = {"elastic": ELASTIC, "corotated": COROTATED, "muscle": MUSCLE, "sand": SAND, "snow": SNOW, "clay": CLAY,
+         "water": WATER, "mud": MUD, "ice": ICE}
+
+_SVD_MATERIALS = (COROTATED, SAND, SNOW, CLAY, MUD, ICE)
+
+
+def ids(name: str | int) -> int:
+    """Material id from its name (``"sand"``) or id; raises ValueError naming the valid names."""
+    if isinstance(name, (int, np.integer)):
+        if not 0 <= int(name) < len(NAMES):
+            raise ValueError(f"unknown material id {name}")
+        return int(name)
+    try:
+        return NAMES[name]
+    except KeyError:
+        raise ValueError(f"unknown material {name!r}; choose one of {', '.join(NAMES)}") from None
+
+
+def needs_svd(material_ids) -> bool:
+    """Whether any of these material ids needs the SVD of F (neo-Hookean, muscle and water do not)."""
+    return bool(np.isin(np.asarray(material_ids), _SVD_MATERIALS).any())
+
+
+def lame(E, nu):
+    """Lamé parameters (μ, λ) from Young's modulus and Poisson ratio (works on floats, arrays and tensors)."""
+    return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
+
+
+TABLE_COLUMNS = 8
+
+
+@dataclass
+class MaterialTable:
+    """Per-material plasticity constants shared by all particles of a material (not differentiated)."""
+
+    sand_friction_deg: float = 30.0
+    """Sand internal friction angle φ (degrees); Drucker–Prager α = √(2/3)·2 sin φ / (3 − sin φ)."""
+    snow_theta_c: float = 2.5e-2
+    """Snow critical compression θc (Stomakhin 2013)."""
+    snow_theta_s: float = 7.5e-3
+    """Snow critical stretch θs."""
+    snow_hardening: float = 10.0
+    """Snow hardening ξ: μ, λ scale by exp(ξ·(1 − Jp)). SoftZoo uses 1 for gradient stability."""
+    snow_jp_min: float = 0.6
+    """Lower clamp of snow's plastic volume ratio Jp (bounds the hardening)."""
+    clay_yield: float = 200.0
+    """Clay/plasticine von Mises yield stress (Pa); PlasticineLab uses 50–200 with E = 5e3."""
+    mud_yield: float = 50.0
+    """Mud yield stress (Pa)."""
+    mud_viscosity: float = 5.0
+    """Mud viscosity η (Pa·s): overstress relaxes with rate 2μ/η (η → 0 gives rate-independent von Mises)."""
+
+    def array(self) -> np.ndarray:
+        """(9, TABLE_COLUMNS) float64 table indexed by material id; columns are per-material parameters."""
+        t = np.zeros((len(NAMES), TABLE_COLUMNS))
+        s = math.sin(math.radians(self.sand_friction_deg))
+        t[SAND, 0] = math.sqrt(2.0 / 3.0) * 2.0 * s / (3.0 - s)
+        t[SNOW, :4] = (self.snow_theta_c, self.snow_theta_s, self.snow_hardening, self.snow_jp_min)
+        t[CLAY, 0] = self.clay_yield
+        t[MUD, :2] = (self.mud_yield, self.mud_viscosity)
+        return t
+
+    @classmethod
+    def names(cls):
+        return [f.name for f in fields(cls)]
+
+
+def build_stress_kernel(dim: int, real):
+    """Return the per-particle kernel that applies every material's plasticity and computes its stress.
+
+    ``stress(F_tr, U, sig, V, Jp, material, E, nu, act, fibre, table, dt, F_new, Jp_new, tau)``, arrays of
+    length N: F_tr/U/V/F_new/tau (N, d, d), sig (N, d), Jp/Jp_new/E/nu/act (N,), material (N,) int32,
+    fibre (N, d), table (n_materials, TABLE_COLUMNS). Built per (dim, real) so the kernel is compiled once per
+    dimension. The material switch is written inline in the kernel: Taichi 1.7 drops gradients from a
+    ``ti.func`` that returns a tuple computed under a branch (checked in tests/physics/test_gradients.py).
+    """
+    D = dim
+    mat = ti.types.matrix(D, D, real)
+    vec = ti.types.vector(D, real)
+    A_mat = ti.types.ndarray(dtype=mat, ndim=1)
+    A_vec = ti.types.ndarray(dtype=vec, ndim=1)
+    A_s = ti.types.ndarray(dtype=real, ndim=1)
+    A_i = ti.types.ndarray(dtype=ti.i32, ndim=1)
+    A_t = ti.types.ndarray(dtype=real, ndim=2)
+
+    @ti.func
+    def diag(d):
+        M = ti.Matrix.zero(real, D, D)
+        for i in ti.static(range(D)):
+            M[i, i] = d[i]
+        return M
+
+    @ti.func
+    def prod(v):
+        r = ti.cast(1.0, real)
+        for i in ti.static(range(D)):
+            r *= v[i]
+        return r
+
+    @ti.func
+    def hencky_return(eps, mu, la, m, a0, a1, dt):
+        """Plastic projection of the Hencky strain ε = log σ (a d-vector); returns the projected ε."""
+        tr = eps.sum()
+        dev = eps - tr / D
+        dev_norm = ti.sqrt(dev.dot(dev) + 1e-24)
+        out = eps
+        if m == SAND:
+            # Klár 2016 eq. (27), cohesionless: tension (tr ε > 0) projects to the cone tip ε = 0.
+            if tr > 0:
+                out = ti.Vector.zero(real, D)
+            else:
+                dgamma = dev_norm + (D * la + 2 * mu) / (2 * mu) * tr * a0
+                if dgamma > 0:
+                    out = eps - dgamma / dev_norm * dev
+        else:
+            # von Mises: shrink the deviatoric strain back to the yield surface 2μ|ε_dev| = τ_y.
+            dgamma = dev_norm - a0 / (2 * mu)
+            if dgamma > 0:
+                if m == MUD:
+                    # Perzyna relaxation: a fraction 1 − exp(−2μ·dt/η) of the overstress goes per step.
+                    dgamma *= 1.0 - ti.exp(-2.0 * mu * dt / ti.max(a1, 1e-12))
+                out = eps - dgamma / dev_norm * dev
+        return out
+
+    @ti.kernel
+    def stress(F_tr: A_mat, U: A_mat, sig: A_vec, V: A_mat, Jp: A_s, material: A_i, E: A_s, nu: A_s, act: A_s,
+               fibre: A_vec, table: A_t, dt: real, F_new: A_mat, Jp_new: A_s, tau: A_mat):
+        for p in range(F_tr.shape[0]):
+            m = material[p]
+            mu = E[p] / (2 * (1 + nu[p]))
+            la = E[p] * nu[p] / ((1 + nu[p]) * (1 - 2 * nu[p]))
+            I = ti.Matrix.identity(real, D)
+            F = F_tr[p]
+            t = ti.Matrix.zero(real, D, D)
+            Fn = F
+            jp = Jp[p]
+            if m == ELASTIC or m == MUSCLE:
+                J = F.determinant()
+                t = mu * (F @ F.transpose() - I) + la * ti.log(J) * I
+                if m == MUSCLE:
+                    fd = F @ fibre[p]
+                    t += act[p] * E[p] * fd.outer_product(fd)
+            elif m == WATER:
+                J = F.determinant()
+                Fn = I * ti.pow(J, 1.0 / D)
+                t = E[p] * J * (J - 1) * I
+            else:
+                Up = U[p]
+                Vp = V[p]
+                s = ti.max(sig[p], 1e-6)
+                if m == SAND or m == CLAY or m == MUD:
+                    eps = hencky_return(ti.log(s), mu, la, m, table[m, 0], table[m, 1], dt)
+                    Fn = Up @ diag(ti.exp(eps)) @ Vp.transpose()
+                    t = Up @ diag(2 * mu * eps + la * eps.sum()) @ Up.transpose()
+                else:
+                    s_new = s
+                    if m == SNOW:
+                        # Stomakhin 2013: clamp σ to [1 − θc, 1 + θs]; the clamped-away volume goes into Jp,
+                        # which hardens μ and λ by exp(ξ(1 − Jp)).
+                        s_new = ti.min(ti.max(s, 1.0 - table[m, 0]), 1.0 + table[m, 1])
+                        jp = ti.max(jp * prod(s) / prod(s_new), table[m, 3])
+                        h = ti.exp(table[m, 2] * (1.0 - jp))
+                        mu *= h
+                        la *= h
+                        Fn = Up @ diag(s_new) @ Vp.transpose()
+                    J = prod(s_new)
+                    # fixed corotated (Stomakhin 2012): τ = 2μ(F − R)Fᵀ + λJ(J − 1)I, written in the SVD basis
+                    t = Up @ diag(2 * mu * (s_new - 1) * s_new) @ Up.transpose() + la * J * (J - 1) * I
+            F_new[p] = Fn
+            Jp_new[p] = jp
+            tau[p] = t
+
+    return stress

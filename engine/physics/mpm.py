@@ -1,0 +1,186 @@
+"""The MLS-MPM solver: advances a ``State`` by one substep, forward and backward.
+
+``Solver(model).step(state_in, state_out, control, dt)`` runs the kernels of ``kernels.py`` in order and checks
+for blow-ups; ``backward(...)`` replays their gradients in reverse order (``checkpoint.py`` drives it over long
+horizons). Per-substep intermediates live in a ``Scratch`` so the backward pass can reuse them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .. import backend
+from . import guards, kernels, materials
+from .model import Control, Model, State
+
+__all__ = ["Solver", "Scratch"]
+
+_NO_ERROR = 2**31 - 1
+
+
+@dataclass
+class Scratch:
+    """Intermediates of one substep. Particle: F_tr, U, V, tau (N, d, d); sig (N, d); act (N,).
+    Grid: grid_mv, grid_v (*res, d); grid_m (*res)."""
+
+    F_tr: torch.Tensor
+    U: torch.Tensor
+    sig: torch.Tensor
+    V: torch.Tensor
+    act: torch.Tensor
+    tau: torch.Tensor
+    grid_mv: torch.Tensor
+    grid_m: torch.Tensor
+    grid_v: torch.Tensor
+
+    def tensors(self):
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def requires_grad_(self) -> Scratch:
+        for t in self.tensors():
+            t.requires_grad_(True)
+            t.grad = torch.zeros_like(t)
+        return self
+
+    def zero_grad_(self) -> Scratch:
+        for t in self.tensors():
+            if t.grad is not None:
+                t.grad.zero_()
+        return self
+
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in self.tensors())
+
+
+class Solver:
+    """MLS-MPM/APIC solver for one ``Model`` (2D or 3D).
+
+    Args:
+        model: the static scene description.
+        check_every: read the blow-up flag every this many substeps (each read synchronises with the device).
+    """
+
+    def __init__(self, model: Model, check_every: int = 10):
+        backend.ensure()
+        self.model = model
+        self.k = kernels.build(model.dim, backend.real())
+        mats = model.material.cpu().numpy()
+        self.use_svd = materials.needs_svd(mats)
+        self.use_muscle = bool((mats == materials.MUSCLE).any())
+        self.check_every = max(1, int(check_every))
+        self.substep = 0
+        self._checked_dt: set[float] = set()
+        self._flag = torch.tensor([_NO_ERROR, 0, 0], dtype=torch.int32, device=backend.torch_device())
+        self._scratch = self.new_scratch()
+        self._floor_kind, self._wall_kind = model.boundary.kinds()
+        lo = model.bound * model.dx * 0.5
+        self._lo = lo
+        self._hi = tuple(float(r * model.dx - lo) for r in model.res)
+
+    # ----------------------------------------------------------------------------------------------- buffers
+    def new_scratch(self, grad: bool = False) -> Scratch:
+        m = self.model
+        n, d = m.n, m.dim
+        opts = dict(dtype=backend.torch_dtype(), device=backend.torch_device())
+        eye = torch.eye(d, **opts).expand(n, d, d).contiguous()
+        sc = Scratch(F_tr=eye.clone(), U=eye.clone(), sig=torch.ones(n, d, **opts), V=eye.clone(),
+                     act=torch.zeros(n, **opts), tau=torch.zeros(n, d, d, **opts),
+                     grid_mv=torch.zeros(*m.res, d, **opts), grid_m=torch.zeros(*m.res, **opts),
+                     grid_v=torch.zeros(*m.res, d, **opts))
+        return sc.requires_grad_() if grad else sc
+
+    def zero_control(self) -> Control:
+        return Control(torch.zeros(self.model.n_groups, dtype=backend.torch_dtype(), device=backend.torch_device()))
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def step(self, state_in: State, state_out: State, control: Control | None = None, dt: float = 1e-4,
+             scratch: Scratch | None = None, model: Model | None = None) -> State:
+        """Advance ``state_in`` by ``dt`` seconds into ``state_out`` (distinct buffers). Returns ``state_out``.
+
+        Raises ``SimulationError`` (naming the substep and likely cause) when particles become non-finite or
+        leave the domain, and ``ConfigError`` for a dt far above the CFL limit (a warning when moderately above).
+        """
+        model = model or self.model
+        dt = float(dt)
+        if dt not in self._checked_dt:
+            guards.check_dt(model, dt)
+            self._checked_dt.add(dt)
+        self.forward(state_in, state_out, control, dt, scratch or self._scratch, model)
+        self.k.check(state_out.x, state_out.v, state_out.F, self._lo, self._hi, self.substep, self._flag)
+        self.substep += 1
+        if self.substep % self.check_every == 0:
+            self.check(state_out, dt, model)
+        return state_out
+
+    def check(self, state: State, dt: float, model: Model | None = None) -> None:
+        """Read the blow-up flag written since the last check; raise ``SimulationError`` if it is set."""
+        flag = self._flag.cpu().numpy()
+        if flag[0] != _NO_ERROR:
+            self._flag.copy_(torch.tensor([_NO_ERROR, 0, 0], dtype=torch.int32))
+            start = (self.substep - 1) // self.check_every * self.check_every
+            guards.raise_blowup(model or self.model, flag, dt, state, (start, self.substep - 1))
+
+    def forward(self, s_in: State, s_out: State, control: Control | None, dt: float, sc: Scratch,
+                model: Model | None = None) -> None:
+        """One substep without guards (the checkpointed rollout calls this directly)."""
+        m = model or self.model
+        k = self.k
+        k.deform(s_in.C, s_in.F, dt, sc.F_tr)
+        if self.use_svd:
+            k.svd(sc.F_tr, m.material, sc.U, sc.sig, sc.V)
+        if self.use_muscle:
+            sc.act.data.zero_()
+            k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
+        k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
+                 s_out.F, s_out.Jp, sc.tau)
+        sc.grid_mv.data.zero_()
+        sc.grid_m.data.zero_()
+        k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
+        k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+               m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, sc.grid_v)
+        k.g2p(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
+
+    # ----------------------------------------------------------------------------------------------- backward
+    def backward(self, s_in: State, s_out: State, control: Control | None, dt: float, sc: Scratch,
+                 model: Model | None = None) -> None:
+        """Reverse one substep: reads ``s_out``'s ``.grad`` buffers, accumulates into ``s_in``'s, the model's
+        (E, nu, rho, vol, muscle, fibre) and ``control.act``'s. ``sc`` must hold this substep's forward
+        intermediates, with zeroed grads. Every float tensor involved must have ``.grad`` allocated."""
+        m = model or self.model
+        k = self.k
+        k.g2p.grad(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
+        k.grid.grad(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+                    m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, sc.grid_v)
+        k.p2g.grad(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
+        k.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
+                      s_out.F, s_out.Jp, sc.tau)
+        if self.use_muscle:
+            k.muscle.grad(m.muscle, control.act, sc.act)
+        if self.use_svd:
+            k.svd_backward(sc.U, sc.sig, sc.V, sc.U.grad, sc.sig.grad, sc.V.grad, sc.F_tr.grad)
+        k.deform.grad(s_in.C, s_in.F, dt, sc.F_tr)
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def advance(self, state: State, n_substeps: int, dt: float, control: Control | None = None) -> State:
+        """Run ``n_substeps`` in place on ``state`` (ping-pong with an internal buffer). Returns ``state``."""
+        if not hasattr(self, "_spare") or self._spare.x.shape != state.x.shape:
+            self._spare = state.empty_like()
+        a, b = state, self._spare
+        for _ in range(int(n_substeps)):
+            self.step(a, b, control, dt)
+            a, b = b, a
+        if a is not state:
+            state.copy_(a)
+        self.check(state, dt)
+        return state
+
+    def energy(self, state: State) -> dict:
+        """Kinetic and gravitational potential energy [J] and total mass [kg] (diagnostics)."""
+        m = self.model
+        mass = (m.vol * m.rho).detach()
+        g = torch.as_tensor(m.gravity, dtype=mass.dtype, device=mass.device)
+        return {"kinetic": float(0.5 * (mass[:, None] * state.v.detach() ** 2).sum()),
+                "potential": float(-(mass[:, None] * state.x.detach() * g).sum()), "mass": float(mass.sum())}
+
+

@@ -1,0 +1,90 @@
+"""SVD of per-particle deformation gradients, with a reverse-mode gradient written by hand.
+
+Taichi cannot reverse-differentiate ``ti.svd`` (its 3D version iterates), so the solver runs ``forward`` as a plain
+kernel and, in the backward pass, calls ``backward`` in its place. The gradient is the classic SVD adjoint
+(Townsend 2016, "Differentiating the singular value decomposition"; Ionescu et al. 2015) for F = U·diag(σ)·Vᵀ:
+
+    F̄ = U·( diag(σ̄) + T )·Vᵀ,   T_ij = (A_ij σ_j + B_ij σ_i) / (σ_j² − σ_i²)  (i ≠ j),
+    A = UᵀŪ − ŪᵀU,  B = VᵀV̄ − V̄ᵀV.
+
+The naive form divides by σ_j² − σ_i², which is 0/0 at repeated singular values (an undeformed particle has
+σ = 1, 1, 1). We split it as
+
+    T_ij = ½(A_ij + B_ij)/(σ_j − σ_i) + ½(A_ij − B_ij)/(σ_j + σ_i).
+
+A loss that depends on U and V only through R = U·Vᵀ and σ (every material here) gives A = −B, so the first term
+vanishes identically and the second stays finite: only the genuinely ill-posed part is clamped.
+"""
+
+import functools
+
+import taichi as ti
+
+from . import materials
+
+__all__ = ["kernels"]
+
+_CLAMP = 1e-6  # smallest |σ_j ∓ σ_i| used as a divisor in the ill-posed part
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(dim: int, real):
+    """``(forward, backward)`` kernels for dimension ``dim``.
+
+    ``forward(F, material, U, sig, V)``: F/U/V (N, d, d), sig (N, d), material (N,) int32. Particles whose
+    material needs no SVD get U = V = I, σ = 1 (their stress never reads them).
+    ``backward(U, sig, V, gU, gsig, gV, gF)``: accumulates dL/dF into gF (N, d, d).
+    """
+    D = dim
+    A_mat = ti.types.ndarray(dtype=ti.types.matrix(D, D, real), ndim=1)
+    A_vec = ti.types.ndarray(dtype=ti.types.vector(D, real), ndim=1)
+    A_i = ti.types.ndarray(dtype=ti.i32, ndim=1)
+    svd_ids = materials._SVD_MATERIALS
+
+    @ti.func
+    def uses_svd(m):
+        hit = False
+        for k in ti.static(svd_ids):
+            if m == k:
+                hit = True
+        return hit
+
+    @ti.kernel
+    def forward(F: A_mat, material: A_i, U: A_mat, sig: A_vec, V: A_mat):
+        for p in range(F.shape[0]):
+            u = ti.Matrix.identity(real, D)
+            v = ti.Matrix.identity(real, D)
+            s = ti.Vector.one(real, D)
+            if uses_svd(material[p]):
+                u, S, v = ti.svd(F[p], real)
+                for i in ti.static(range(D)):
+                    s[i] = S[i, i]
+            U[p] = u
+            sig[p] = s
+            V[p] = v
+
+    @ti.func
+    def safe_inv(x):
+        y = x
+        if ti.abs(x) < _CLAMP:
+            y = ti.select(x >= 0, _CLAMP, -_CLAMP)
+        return 1.0 / y
+
+    @ti.kernel
+    def backward(U: A_mat, sig: A_vec, V: A_mat, gU: A_mat, gsig: A_vec, gV: A_mat, gF: A_mat):
+        for p in range(U.shape[0]):
+            u = U[p]
+            v = V[p]
+            s = sig[p]
+            A = u.transpose() @ gU[p] - gU[p].transpose() @ u
+            B = v.transpose() @ gV[p] - gV[p].transpose() @ v
+            T = ti.Matrix.zero(real, D, D)
+            for i, j in ti.static(ti.ndrange(D, D)):
+                if ti.static(i == j):
+                    T[i, j] = gsig[p][i]
+                else:
+                    T[i, j] = (0.5 * (A[i, j] + B[i, j]) * safe_inv(s[j] - s[i])
+                               + 0.5 * (A[i, j] - B[i, j]) * safe_inv(s[j] + s[i]))
+            gF[p] += u @ T @ v.transpose()
+
+    return forward, backward
