@@ -338,7 +338,8 @@ class SoftComposite(bridge.Op):
         alpha = torch.zeros(B, H, W, dtype=colors.dtype, device=colors.device)
         layer_alpha = torch.zeros(B, H, W, K, dtype=colors.dtype, device=colors.device)
         _composite_fwd(xy, opacity, colors, background, faces, p2f, out, alpha, layer_alpha, self.sigma, self.ndc2)
-        return (out, alpha, layer_alpha), (xy, opacity, colors, background, faces, p2f, layer_alpha)
+        # save a detached alias: the returned tensor itself joins the autograd graph
+        return (out, alpha, layer_alpha), (xy, opacity, colors, background, faces, p2f, layer_alpha.detach())
 
     def backward(self, saved, grads):
         xy, opacity, colors, background, faces, p2f, layer_alpha = saved
