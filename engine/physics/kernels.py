@@ -68,9 +68,9 @@ def build(dim: int, real) -> SimpleNamespace:
     @ti.kernel
     def p2g(x: P_vec, v: P_vec, C: P_mat, tau: P_mat, vol: P_s, rho: P_s, dx: real, dt: real,
             grid_mv: G_vec, grid_m: G_s):
-        inv_dx = 1.0 / dx
-        res = grid_m.shape
         for p in range(x.shape[0]):
+            inv_dx = 1.0 / dx  # inside the loop: Taichi's autodiff wants kernels made of loops only
+            res = grid_m.shape
             base, fx, w = bspline(x[p], inv_dx, res)
             mass = vol[p] * rho[p]
             # MLS-MPM momentum: stress enters as −dt·V·M⁻¹·τ with M⁻¹ = 4/dx² for the quadratic kernel
@@ -128,9 +128,9 @@ def build(dim: int, real) -> SimpleNamespace:
 
     @ti.kernel
     def g2p(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat):
-        inv_dx = 1.0 / dx
-        res = grid_v.shape
         for p in range(x.shape[0]):
+            inv_dx = 1.0 / dx
+            res = grid_v.shape
             base, fx, w = bspline(x[p], inv_dx, res)
             new_v = vec(0.0)
             new_C = mat(0.0)
