@@ -7,6 +7,7 @@ from .camera import CV_TO_GL, Camera, look_at_rotation, orbit_cameras
 from .mesh import MeshRender, render_mesh
 from .raster import Fragments, rasterize, soft_composite
 from .shading import DirectionalLights, face_normals, lambert, vertex_normals
+from .splat import SplatRender, project_gaussians, quat_to_rotmat, render_gaussians
 from .volume import VolumeRender, composite_rays, ray_box, render_volume, trilinear
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "Fragments", "rasterize", "soft_composite", "interpolate", "sample_texture", "face_attributes",
     "DirectionalLights", "face_normals", "vertex_normals", "lambert",
     "MeshRender", "render_mesh",
+    "SplatRender", "render_gaussians", "project_gaussians", "quat_to_rotmat",
     "VolumeRender", "render_volume", "composite_rays", "trilinear", "ray_box",
 ]
