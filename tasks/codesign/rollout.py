@@ -1,0 +1,128 @@
+"""A differentiable co-design rollout: design fields + controller -> trajectory, one torch op per control step.
+
+Why not ``engine.physics.checkpoint.rollout``: it starts from (x0, v0) with F = I and takes a precomputed
+(T, G) action sequence, so a closed-loop controller (whose action depends on the state reached so far) and fibre
+gradients cannot go through it. Here each control step is one op ``Segment`` mapping the full state
+(x, v, C, F, Jp) plus the design tensors and the step's activation to the next state. torch chains the ops, and
+keeps only their inputs (one state per control step); each op's backward recomputes its K substeps and replays
+their gradients. That is segmented checkpointing with the segment = the control step: memory O(T/K + K).
+"""
+from __future__ import annotations
+
+import torch
+
+from engine import bridge
+from engine.errors import SimulationError
+from engine.physics import Control, State
+
+from .controllers import Controller, observe
+from .designs import DesignFields
+from .objectives import Trajectory
+from .world import World
+
+__all__ = ["Segment", "simulate"]
+
+
+def _grad_buffers(t: torch.Tensor) -> torch.Tensor:
+    t.requires_grad_(True)
+    t.grad = torch.zeros_like(t)
+    return t
+
+
+class Segment(bridge.Op):
+    """K substeps of dt with a constant activation (zero-order hold).
+
+    forward(x, v, C, F, Jp, E, rho, muscle, fibre, act) -> (x, v, C, F, Jp); shapes as ``engine.physics.State``
+    and ``Model``: x, v (N, d); C, F (N, d, d); Jp, E, rho (N,); muscle (N, G); fibre (N, d); act (G,).
+    """
+
+    name = "codesign_segment"
+
+    def __init__(self, world: World, substeps: int, dt: float):
+        self.world, self.K, self.dt = world, int(substeps), float(dt)
+        self._states: list[State] = []
+        self._scratch = []
+
+    def _model(self, E, rho, muscle, fibre):
+        return self.world.model.with_params(E=_grad_buffers(E), rho=_grad_buffers(rho), muscle=_grad_buffers(muscle),
+                                            fibre=_grad_buffers(fibre))
+
+    def _pool(self, n_states: int, n_scratch: int):
+        solver = self.world.solver
+        while len(self._states) < n_states:
+            self._states.append(self.world.model.state().requires_grad_())
+        while len(self._scratch) < n_scratch:
+            self._scratch.append(solver.new_scratch(grad=True))
+        return self._states, self._scratch
+
+    def forward(self, x, v, C, F, Jp, E, rho, muscle, fibre, act):
+        model = self._model(E, rho, muscle, fibre)
+        ctrl = Control(_grad_buffers(act))
+        states, scratch = self._pool(2, 1)
+        a, b = states[0], states[1]
+        for dst, src in zip(a.tensors(), (x, v, C, F, Jp)):
+            dst.data.copy_(src)
+        for _ in range(self.K):
+            self.world.solver.forward(a, b, ctrl, self.dt, scratch[0], model)
+            a, b = b, a
+        out = tuple(t.detach().clone() for t in a.tensors())
+        if not (torch.isfinite(out[0]).all() and torch.isfinite(out[1]).all()):
+            raise SimulationError("co-design rollout blew up (NaN/Inf in particle state): lower dt or the "
+                                  "actuation strength")
+        return out, (x, v, C, F, Jp, E, rho, muscle, fibre, act)
+
+    def backward(self, saved, grad_outputs):
+        x, v, C, F, Jp, E, rho, muscle, fibre, act = saved
+        solver, K = self.world.solver, self.K
+        model = self._model(E.clone(), rho.clone(), muscle.clone(), fibre.clone())
+        ctrl = Control(_grad_buffers(act.clone()))
+        states, scratch = self._pool(K + 1, K)
+        for dst, src in zip(states[0].tensors(), (x, v, C, F, Jp)):
+            dst.data.copy_(src)
+        for i in range(K):  # recompute the segment, keeping every state and intermediate
+            solver.forward(states[i], states[i + 1], ctrl, self.dt, scratch[i], model)
+        for s in states[:K + 1]:
+            s.zero_grad_()
+        for t, g in zip(states[K].tensors(), grad_outputs):
+            t.grad.copy_(g)
+        for i in reversed(range(K)):
+            scratch[i].zero_grad_()
+            states[i].zero_grad_()
+            solver.backward(states[i], states[i + 1], ctrl, self.dt, scratch[i], model)
+        s0 = states[0]
+        return (s0.x.grad, s0.v.grad, s0.C.grad, s0.F.grad, s0.Jp.grad, model.E.grad, model.rho.grad,
+                model.muscle.grad, model.fibre.grad, ctrl.act.grad)
+
+
+def simulate(world: World, fields: DesignFields, controller: Controller, steps: int, substeps: int, dt: float,
+             segment: Segment | None = None, record_all: bool = False) -> Trajectory:
+    """Roll the robot out for ``steps`` control steps of ``substeps`` substeps each (dt [s] per substep).
+
+    Differentiable w.r.t. everything ``fields`` and ``controller`` depend on (run under ``torch.no_grad()`` for
+    gradient-free evaluation). Returns the robot's ``Trajectory`` sampled at every control step; with
+    ``record_all`` it also carries ``all_x`` (list of (N_total, d) arrays) for rendering the terrain.
+    """
+    seg = segment or Segment(world, substeps, dt)
+    E, rho, muscle, fibre = world.material(fields)
+    st = world.model.state()
+    x, v, C, F, Jp = st.x, st.v, st.C, st.F, st.Jp
+    n = world.n_robot
+    mass = world.robot_mass(fields)
+    x0 = world.x0_robot
+    xs, vs, acts, full = [x[:n]], [v[:n]], [], [x.detach().cpu().numpy()] if record_all else None
+    ctrl_dt = substeps * dt
+    for k in range(steps):
+        t = k * ctrl_dt
+        obs = observe(x[:n], v[:n], x0, mass, fields.muscle, t, getattr(controller, "omega", 20.0)) \
+            if controller.closed_loop else None
+        act = controller(torch.as_tensor(t, dtype=x.dtype), obs)
+        x, v, C, F, Jp = bridge.apply(seg, x, v, C, F, Jp, E, rho, muscle, fibre, act)
+        xs.append(x[:n])
+        vs.append(v[:n])
+        acts.append(act)
+        if record_all:
+            full.append(x.detach().cpu().numpy())
+    traj = Trajectory(xs=xs, vs=vs, mass=mass, x0=x0, dt=ctrl_dt, gravity=world.spec.gravity)
+    traj.actions = torch.stack(acts) if acts else None
+    traj.all_x = full
+    return traj

@@ -1,0 +1,157 @@
+"""The co-design world: an environment preset (floor and terrain layer) plus the robot's candidate particles.
+
+The robot is a box of lattice particles (muscle material); the design decides how much of each particle is robot,
+how stiff it is, which muscle group drives it and along which fibre. Terrain particles (sand, snow, ...) are
+passive and fixed. Robot particles come first in the model, so ``model.x0[:n_robot]`` are the robot's.
+
+Environment presets follow SoftZoo's eight (see /work/shared/references/softzoo.md). Terrain layers use a
+stiffness that keeps their elastic wave speed close to the robot's, so one substep size serves every
+environment (SoftZoo's E = 1e5 terrain would need a ~3x smaller substep).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine import backend
+from engine.errors import ConfigError
+from engine.physics import Boundary, ModelBuilder, Solver, materials
+
+from .designs import DesignFields, normalise_coords
+
+__all__ = ["ENVIRONMENTS", "WorldSpec", "World"]
+
+# name -> (floor kind, floor friction, terrain layer material or None, layer depth [m], layer E [Pa], layer ρ)
+ENVIRONMENTS = {
+    "ground": ("separate", 0.5, None, 0.0, 0.0, 0.0),
+    "ice": ("separate", 0.05, None, 0.0, 0.0, 0.0),
+    "desert": ("sticky", 0.5, "sand", 0.05, 3e4, 1.6e3),
+    "snow": ("sticky", 0.5, "snow", 0.05, 2e4, 4e2),
+    "clay": ("sticky", 0.5, "clay", 0.05, 2e4, 1.2e3),
+    "wetland": ("sticky", 0.5, "mud", 0.05, 2e4, 1.5e3),
+    "shallow_water": ("sticky", 0.5, "water", 0.04, 1e4, 1e3),
+    "ocean": ("slip", 0.0, "water", 0.12, 1e4, 1e3),
+}
+
+
+@dataclass
+class WorldSpec:
+    """Geometry and physics of a co-design world (2D or 3D; the domain is a cube of side res·dx)."""
+
+    env: str = "ground"
+    """Environment preset: one of ENVIRONMENTS."""
+    dim: int = 2
+    """2 or 3."""
+    res: int = 64
+    """Grid nodes per axis; dx = 1/res m (a 1 m domain)."""
+    ppc: int = 2
+    """Particles per cell per axis on the rest lattice."""
+    robot_size: tuple = (0.2, 0.1)
+    """Robot bounding box (width, height[, depth]) [m]."""
+    robot_x: float = 0.2
+    """Left edge of the robot box [m]."""
+    E: float = 1e4
+    """Robot Young's modulus at full softness [Pa]."""
+    nu: float = 0.3
+    """Robot Poisson ratio."""
+    rho: float = 1e3
+    """Robot density at full occupancy [kg/m^d]."""
+    gravity: float = 9.81
+    """|g| [m/s²], pointing down (−y)."""
+
+    def validate(self) -> None:
+        if self.env not in ENVIRONMENTS:
+            raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENVIRONMENTS)}")
+        if self.dim not in (2, 3):
+            raise ConfigError(f"dim must be 2 or 3, got {self.dim}")
+        if self.res < 16:
+            raise ConfigError(f"res must be >= 16, got {self.res}")
+        if len(self.robot_size) != self.dim:
+            raise ConfigError(f"robot_size needs {self.dim} values, got {len(self.robot_size)}")
+        if min(self.robot_size) <= 0 or self.E <= 0 or self.rho <= 0:
+            raise ConfigError("robot_size, E and rho must be positive")
+
+
+class World:
+    """Builds the model once; ``material(fields)`` maps design fields to full per-particle tensors.
+
+    Attributes:
+        model: ``engine.physics.Model`` with every float tensor carrying a ``.grad`` buffer (Taichi keys kernels
+            on which arguments need gradients, so one fixed pattern means one compile).
+        solver: ``Solver`` on it.
+        n_robot: robot particles (the first ``n_robot`` of the model).
+        u0: (n_robot, d) robot rest positions normalised to [-1, 1]^d (what design representations read).
+        vol: (n_robot,) particle volume [m^d].
+    """
+
+    def __init__(self, spec: WorldSpec, n_groups: int):
+        spec.validate()
+        backend.ensure()
+        self.spec, self.n_groups = spec, n_groups
+        floor, mu, layer, depth, E_l, rho_l = ENVIRONMENTS[spec.env]
+        d, dx = spec.dim, 1.0 / spec.res
+        b = ModelBuilder(res=(spec.res,) * d, dx=dx, ppc=spec.ppc)
+        floor_y = b.bound * dx
+        top = floor_y + depth
+        size = np.asarray(spec.robot_size, float)
+        lo = np.array([spec.robot_x, top + 0.5 * dx] + ([0.5 - size[-1] / 2] if d == 3 else []))
+        self.box = (lo, lo + size)
+        # muscle bodies with a group each so the model has G actuation columns; the design overrides the weights
+        b.add_box(lo, lo + size, material="muscle", E=spec.E, nu=spec.nu, rho=spec.rho, group=n_groups - 1,
+                  color=(0.9, 0.45, 0.3))
+        if layer is not None:
+            width = [(b.bound + 0.01) * dx, (spec.res - b.bound - 0.01) * dx]
+            lo_l = [width[0], floor_y] + [width[0]] * (d - 2)
+            hi_l = [width[1], top] + [width[1]] * (d - 2)
+            b.add_box(lo_l, hi_l, material=layer, E=E_l, rho=rho_l, color=(0.75, 0.7, 0.55))
+        g = (0.0, -spec.gravity) + (0.0,) * (d - 2)
+        model = b.finalize(gravity=g, boundary=Boundary(floor=floor, floor_friction=mu))
+        self.n_robot = len(b.bodies[0].points)
+        self.model = model.with_params(**{k: _with_grad(getattr(model, k)) for k in _FLOAT_FIELDS})
+        self.solver = Solver(self.model)
+        self.u0 = normalise_coords(self.model.x0[:self.n_robot].detach(), *self.box)
+        self.vol = self.model.vol[:self.n_robot].detach()
+        self.mat_robot = materials.MUSCLE
+
+    @property
+    def dtype(self):
+        return self.model.x0.dtype
+
+    @property
+    def x0_robot(self) -> torch.Tensor:
+        return self.model.x0[:self.n_robot].detach()
+
+    def material(self, fields: DesignFields):
+        """Full per-particle (E (N,), rho (N,), muscle (N, G), fibre (N, d)) with the robot rows from ``fields``
+        (differentiable) and the terrain rows fixed."""
+        m, n = self.model, self.n_robot
+        E_r, rho_r = fields.material(self.spec.E, self.spec.rho)
+        rest = slice(n, None)
+        E = torch.cat([E_r, m.E[rest].detach()])
+        rho = torch.cat([rho_r, m.rho[rest].detach()])
+        muscle = torch.cat([fields.muscle, m.muscle[rest].detach() * 0])
+        fibre = torch.cat([fields.fibre, m.fibre[rest].detach()])
+        return E, rho, muscle, fibre
+
+    def robot_mass(self, fields: DesignFields) -> torch.Tensor:
+        """(n_robot,) particle masses [kg] (2D: kg per metre of depth)."""
+        return self.vol * fields.material(self.spec.E, self.spec.rho)[1]
+
+    def dt_limit(self) -> float:
+        """Recommended substep [s] from the stiffest particle's wave speed (see engine.physics.guards)."""
+        from engine.physics import guards
+
+        return guards.dt_limit(self.model)[0]
+
+
+_FLOAT_FIELDS = ("x0", "v0", "vol", "rho", "E", "nu", "fibre", "muscle", "heights", "normals", "table")
+
+
+def _with_grad(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().clone().contiguous()
+    if t.is_floating_point():
+        t.requires_grad_(True)
+        t.grad = torch.zeros_like(t)
+    return t
