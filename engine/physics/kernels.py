@@ -100,7 +100,8 @@ def build(dim: int, real) -> SimpleNamespace:
 
     @ti.kernel
     def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
-             normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real, grid_v: G_vec):
+             normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real, clamp_lo: vec, clamp_hi: vec,
+             grid_v: G_vec):
         for I in ti.grouped(grid_m):
             v = ti.Vector.zero(real, D)
             m = grid_m[I]
@@ -124,6 +125,9 @@ def build(dim: int, real) -> SimpleNamespace:
                             v = collide(v, e, wall_kind, wall_mu)
                     if I[d] >= grid_m.shape[d] - bound:
                         v = collide(v, -e, wall_kind, wall_mu)
+                xi = ti.cast(I, real) * dx
+                if all(xi >= clamp_lo) and all(xi <= clamp_hi):
+                    v = vec(0.0)
             grid_v[I] = v
 
     @ti.kernel

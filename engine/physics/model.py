@@ -44,6 +44,14 @@ class Boundary:
     """Kind of the other domain walls (and the ceiling)."""
     wall_friction: float = 0.0
     """Coulomb friction coefficient of the walls."""
+    clamp: tuple | None = None
+    """Optional ((lo…), (hi…)) box [m]: grid nodes inside it are held still (clamps, e.g. a cantilever root)."""
+
+    def clamp_box(self, dim: int) -> tuple[tuple, tuple]:
+        if self.clamp is None:
+            return (1e30,) * dim, (-1e30,) * dim
+        lo, hi = self.clamp
+        return tuple(float(v) for v in lo), tuple(float(v) for v in hi)
 
     def kinds(self) -> tuple[int, int]:
         for k in (self.floor, self.walls):

@@ -74,6 +74,7 @@ class Solver:
         self._flag = torch.tensor([_NO_ERROR, 0, 0], dtype=torch.int32, device=backend.torch_device())
         self._scratch = self.new_scratch()
         self._floor_kind, self._wall_kind = model.boundary.kinds()
+        self._clamp = model.boundary.clamp_box(model.dim)
         lo = model.bound * model.dx * 0.5
         self._lo = lo
         self._hi = tuple(float(r * model.dx - lo) for r in model.res)
@@ -115,7 +116,7 @@ class Solver:
 
     def check(self, state: State, dt: float, model: Model | None = None) -> None:
         """Read the blow-up flag written since the last check; raise ``SimulationError`` if it is set."""
-        flag = self._flag.cpu().numpy()
+        flag = self._flag.cpu().numpy().copy()
         if flag[0] != _NO_ERROR:
             self._flag.copy_(torch.tensor([_NO_ERROR, 0, 0], dtype=torch.int32))
             start = (self.substep - 1) // self.check_every * self.check_every
@@ -138,7 +139,7 @@ class Solver:
         sc.grid_m.data.zero_()
         k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
         k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
-               m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, sc.grid_v)
+               m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
         k.g2p(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
 
     # ----------------------------------------------------------------------------------------------- backward
@@ -151,7 +152,7 @@ class Solver:
         k = self.k
         k.g2p.grad(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
         k.grid.grad(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
-                    m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, sc.grid_v)
+                    m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
         k.p2g.grad(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
         k.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
                       s_out.F, s_out.Jp, sc.tau)
