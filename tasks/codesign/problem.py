@@ -163,7 +163,7 @@ class Problem:
         disp = traj.displacement().detach()
         return {"distance": float(disp[0]), "loss": float(self.objective.loss(traj).detach()),
                 "cost_of_transport": cost_of_transport(traj, heading=(1.0,) + (0.0,) * (traj.dim - 2)),
-                "mass": float(traj.mass.sum())}
+                "mass": float(traj.mass.detach().sum())}
 
 
 ENV_NAMES = tuple(ENVIRONMENTS)

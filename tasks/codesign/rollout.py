@@ -20,7 +20,7 @@ from .designs import DesignFields
 from .objectives import Trajectory
 from .world import World
 
-__all__ = ["Segment", "simulate"]
+__all__ = ["Segment", "Stepper", "simulate"]
 
 
 def _grad_buffers(t: torch.Tensor) -> torch.Tensor:
@@ -94,35 +94,60 @@ class Segment(bridge.Op):
                 model.muscle.grad, model.fibre.grad, ctrl.act.grad)
 
 
+class Stepper:
+    """Advances the robot one control step at a time (what ``simulate`` loops over; scenes use it for video).
+
+    Attributes: x, v (N_total, d) current particle positions/velocities; t [s] elapsed; k control steps taken.
+    """
+
+    def __init__(self, world: World, fields: DesignFields, controller: Controller, substeps: int, dt: float,
+                 segment: Segment | None = None):
+        self.world, self.fields, self.controller = world, fields, controller
+        self.seg = segment or Segment(world, substeps, dt)
+        self.ctrl_dt = substeps * dt
+        self.E, self.rho, self.muscle, self.fibre = world.material(fields)
+        st = world.model.state()
+        self.x, self.v, self.C, self.F, self.Jp = st.x, st.v, st.C, st.F, st.Jp
+        self.mass = world.robot_mass(fields)
+        self.k = 0
+
+    @property
+    def t(self) -> float:
+        return self.k * self.ctrl_dt
+
+    def step(self) -> torch.Tensor:
+        """One control step; returns the activation used (G,)."""
+        n = self.world.n_robot
+        obs = None
+        if self.controller.closed_loop:
+            obs = observe(self.x[:n], self.v[:n], self.world.x0_robot, self.mass, self.fields.muscle, self.t,
+                          getattr(self.controller, "omega", 20.0))
+        act = self.controller(torch.as_tensor(self.t, dtype=self.x.dtype), obs)
+        self.x, self.v, self.C, self.F, self.Jp = bridge.apply(self.seg, self.x, self.v, self.C, self.F, self.Jp,
+                                                               self.E, self.rho, self.muscle, self.fibre, act)
+        self.k += 1
+        return act
+
+
 def simulate(world: World, fields: DesignFields, controller: Controller, steps: int, substeps: int, dt: float,
              segment: Segment | None = None, record_all: bool = False) -> Trajectory:
     """Roll the robot out for ``steps`` control steps of ``substeps`` substeps each (dt [s] per substep).
 
     Differentiable w.r.t. everything ``fields`` and ``controller`` depend on (run under ``torch.no_grad()`` for
     gradient-free evaluation). Returns the robot's ``Trajectory`` sampled at every control step; with
-    ``record_all`` it also carries ``all_x`` (list of (N_total, d) arrays) for rendering the terrain.
+    ``record_all`` it also carries ``all_x`` (list of (N_total, d) numpy arrays) for rendering the terrain.
     """
-    seg = segment or Segment(world, substeps, dt)
-    E, rho, muscle, fibre = world.material(fields)
-    st = world.model.state()
-    x, v, C, F, Jp = st.x, st.v, st.C, st.F, st.Jp
+    sim = Stepper(world, fields, controller, substeps, dt, segment)
     n = world.n_robot
-    mass = world.robot_mass(fields)
-    x0 = world.x0_robot
-    xs, vs, acts, full = [x[:n]], [v[:n]], [], [x.detach().cpu().numpy()] if record_all else None
-    ctrl_dt = substeps * dt
-    for k in range(steps):
-        t = k * ctrl_dt
-        obs = observe(x[:n], v[:n], x0, mass, fields.muscle, t, getattr(controller, "omega", 20.0)) \
-            if controller.closed_loop else None
-        act = controller(torch.as_tensor(t, dtype=x.dtype), obs)
-        x, v, C, F, Jp = bridge.apply(seg, x, v, C, F, Jp, E, rho, muscle, fibre, act)
-        xs.append(x[:n])
-        vs.append(v[:n])
-        acts.append(act)
+    xs, vs, acts = [sim.x[:n]], [sim.v[:n]], []
+    full = [sim.x.detach().cpu().numpy()] if record_all else None
+    for _ in range(steps):
+        acts.append(sim.step())
+        xs.append(sim.x[:n])
+        vs.append(sim.v[:n])
         if record_all:
-            full.append(x.detach().cpu().numpy())
-    traj = Trajectory(xs=xs, vs=vs, mass=mass, x0=x0, dt=ctrl_dt, gravity=world.spec.gravity)
+            full.append(sim.x.detach().cpu().numpy())
+    traj = Trajectory(xs=xs, vs=vs, mass=sim.mass, x0=world.x0_robot, dt=sim.ctrl_dt, gravity=world.spec.gravity)
     traj.actions = torch.stack(acts) if acts else None
     traj.all_x = full
     return traj

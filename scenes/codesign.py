@@ -1,0 +1,265 @@
+"""Soft-robot co-design: body and muscles optimised together through the MPM simulation (SoftZoo-style)."""
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine import backend
+from engine.errors import ConfigError
+from tasks.codesign import (ALGORITHMS, CMAES, ENVIRONMENTS, Diffsim, Population, Problem, ProblemSpec,
+                            RandomSearch, WorldSpec, check_budget)
+from tasks.codesign.rollout import Stepper
+
+# muscle-group colours (soft assignments blend them)
+PALETTE = np.array([[0.90, 0.30, 0.25], [0.20, 0.55, 0.90], [0.95, 0.75, 0.15], [0.35, 0.75, 0.35],
+                    [0.65, 0.35, 0.80], [0.95, 0.50, 0.70], [0.30, 0.80, 0.80], [0.55, 0.45, 0.30]])
+TERRAIN = np.array([0.72, 0.68, 0.58])
+
+
+@dataclass
+class Config:
+    env: str = "ground"
+    """Environment preset: ground, ice, desert, snow, clay, wetland, shallow_water or ocean."""
+    dim: int = 2
+    """2 (default, minutes on 2 CPU cores) or 3 (much slower)."""
+    res: int = 48
+    """Grid nodes per axis over the 1 m domain."""
+    representation: str = "sdf_basis"
+    """Design space: particle, voxel, implicit or sdf_basis."""
+    controller: str = "sine"
+    """Controller: sine (open loop), pure_sine or mlp (closed loop)."""
+    task: str = "locomotion"
+    """Task: locomotion (distance along +x), turning, waypoints or velocity."""
+    optimiser: str = "diffsim"
+    """diffsim (Adam on simulation gradients), cmaes or random (gradient-free, populations on Ray)."""
+    optimise: str = "both"
+    """Parameters trained: both (co-design), control or design."""
+    iterations: int = 20
+    """Optimiser iterations (generations for cmaes/random)."""
+    lr: float = 0.05
+    """Adam learning rate (diffsim)."""
+    popsize: int = 8
+    """Population per generation (cmaes/random)."""
+    sigma: float = 0.3
+    """Initial step size (cmaes) / perturbation scale (random)."""
+    workers: int = 2
+    """Ray workers for gradient-free populations (0: evaluate in this process)."""
+    ray_address: str = ""
+    """Ray cluster to join (empty: an embedded local instance)."""
+    n_groups: int = 4
+    """Muscle groups."""
+    steps: int = 50
+    """Control steps per training episode."""
+    substeps: int = 10
+    """MPM substeps per control step."""
+    dt: float = 1e-3
+    """MPM substep [s]."""
+    robot_width: float = 0.2
+    """Robot bounding-box width [m]."""
+    robot_height: float = 0.1
+    """Robot bounding-box height [m]."""
+    seed: int = 0
+    """Seed of the initial design and controller."""
+    frames: int = 100
+    """Video: control steps shown for the optimised robot (the initial robot is shown first for as many)."""
+    width: int = 640
+    """Video width [px]."""
+    height: int = 320
+    """Video height [px]."""
+
+    def spec(self) -> ProblemSpec:
+        size = (self.robot_width, self.robot_height) + ((self.robot_height,) if self.dim == 3 else ())
+        return ProblemSpec(world=WorldSpec(env=self.env, dim=self.dim, res=self.res, robot_size=size),
+                           representation=self.representation, controller=self.controller, task=self.task,
+                           n_groups=self.n_groups, steps=self.steps, substeps=self.substeps, dt=self.dt,
+                           optimise=self.optimise, seed=self.seed)
+
+    def validate(self) -> None:
+        if self.env not in ENVIRONMENTS:
+            raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENVIRONMENTS)}")
+        if self.optimiser not in ALGORITHMS:
+            raise ConfigError(f"unknown optimiser {self.optimiser!r}; choose one of {', '.join(ALGORITHMS)}")
+        check_budget(self.iterations, self.popsize)
+        if self.workers < 0 or self.frames < 0:
+            raise ConfigError("workers and frames must be >= 0")
+        self.spec().validate()
+
+
+def _finite(v):
+    """JSON has no infinity: a robot that did not move forward has no cost of transport (None)."""
+    return float(v) if np.isfinite(v) else None
+
+
+class Scene:
+    def __init__(self, config: Config):
+        self.cfg = config
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def build(self):
+        self.cfg.validate()
+        if backend.ensure().precision != "f64":
+            # measured: f32 adjoints of the MPM substep turn NaN after a few hundred substeps
+            raise ConfigError("the codesign scene needs f64 gradients: run it with --precision f64")
+        self.problem = Problem(self.cfg.spec())
+        self.initial = copy.deepcopy(self.problem.state_dict())
+        self.before = self.after = None
+        self.opt_time = 0.0
+        self.iterations_done = 0
+        self.final_loss = None
+        self._reset_video(label="optimised")
+
+    def _reset_video(self, label: str):
+        p = self.problem
+        with torch.no_grad():
+            fields = p.fields()
+            self.stepper = Stepper(p.world, fields, p.controller, p.spec.substeps, p.spec.dt, p.segment)
+        self.colors = self._colors(fields)
+        self.visible = np.ones(p.world.model.n, bool)
+        self.visible[:p.world.n_robot] = fields.occupancy.detach().cpu().numpy() > 0.5
+        self.label = label
+        self.start_x = float(self.stepper.x[:p.world.n_robot][self.visible[:p.world.n_robot]][:, 0].mean())
+
+    def _colors(self, fields):
+        n = self.problem.world.model.n
+        col = np.tile(TERRAIN, (n, 1))
+        w = fields.muscle.detach().cpu().numpy()
+        col[:len(w)] = w @ PALETTE[np.arange(w.shape[1]) % len(PALETTE)]
+        return col
+
+    # ------------------------------------------------------------------------------------------------ learning
+    def optimize(self, run):
+        c, p = self.cfg, self.problem
+        t0 = time.perf_counter()
+        if c.optimiser == "diffsim":
+            opt = Diffsim(p, lr=c.lr)
+            best = {"loss": float("inf"), "params": copy.deepcopy(p.state_dict())}
+
+            def state():
+                return {"problem": p.state_dict(), "opt": opt.state_dict(), "best": best}
+
+            def load(s):
+                p.load_state_dict(s["problem"])
+                opt.load_state_dict(s["opt"])
+                best.update(s["best"])
+
+            for it in run.loop(c.iterations, state=state, load=load, desc="co-design (diffsim)"):
+                params = copy.deepcopy(p.state_dict())  # the loss of step `it` belongs to these parameters
+                step = opt.step(it)
+                if step.loss < best["loss"]:
+                    best.update(loss=step.loss, params=params)
+                run.log(loss=step.loss, distance=p.summary(opt.last_traj)["distance"])
+            if best["params"] is not None and np.isfinite(best["loss"]):
+                p.load_state_dict(best["params"])
+        else:
+            pop = Population(p.spec, workers=c.workers, address=c.ray_address or None,
+                             precision=backend.ensure().precision, problem=p)
+            try:
+                x0 = p.vector()
+                opt = (CMAES(x0, pop, sigma0=c.sigma, popsize=c.popsize, seed=c.seed) if c.optimiser == "cmaes"
+                       else RandomSearch(x0, pop, sigma=c.sigma, popsize=c.popsize, seed=c.seed))
+
+                def state():  # everything but the evaluator (Ray actors do not pickle)
+                    return {k: v for k, v in opt.__dict__.items() if k != "evaluate"}
+
+                def load(s):
+                    opt.__dict__.update(s)
+
+                for it in run.loop(c.iterations, state=state, load=load, desc=f"co-design ({c.optimiser})"):
+                    step = opt.step(it)
+                    run.log(loss=step.best, population_mean=step.loss)
+                if np.isfinite(opt.best):
+                    p.set_vector(opt.best_x)
+            finally:
+                pop.close()
+        self.opt_time = time.perf_counter() - t0
+        self.iterations_done = c.iterations
+        self._compare(run)
+
+    def _compare(self, run):
+        """Score the initial and optimised parameters on the training episode; play the initial one into the
+        video (the runner then plays the optimised one through step/render)."""
+        p = self.problem
+        final = copy.deepcopy(p.state_dict())
+        p.load_state_dict(self.initial)
+        with torch.no_grad():
+            self.before = p.summary(p.rollout())
+            self._reset_video(label="initial")
+            run.frame(self.render())
+            for _ in range(self.cfg.frames):
+                self.stepper.step()
+                run.frame(self.render())
+        p.load_state_dict(final)
+        with torch.no_grad():
+            self.after = p.summary(p.rollout())
+        self.final_loss = self.after["loss"]
+        self._reset_video(label="optimised")
+
+    # ------------------------------------------------------------------------------------------------ playback
+    def step(self, frame: int):
+        with torch.no_grad():
+            self.stepper.step()
+
+    def render(self):
+        from PIL import Image, ImageDraw
+
+        from engine.render.points import render_points
+
+        w = self.problem.world
+        W, H = self.cfg.width, self.cfg.height
+        x = self.stepper.x.detach().cpu().numpy()[self.visible]
+        floor = 3.0 / w.spec.res
+        lo = (0.05, floor - 0.03)
+        scale = W / 0.9  # pixels per metre: 0.9 m of track across the frame
+        cam = {"lo": lo, "hi": (lo[0] + W / scale, lo[1] + H / scale)}
+        spacing = 1.0 / (w.spec.res * w.spec.ppc)
+        img = render_points(x[:, :2] if w.spec.dim == 3 else x, self.colors[self.visible], width=W, height=H,
+                            radius=1.0 * spacing, camera=cam)
+        img = np.array(img)
+        fy = int(round(H - (floor - lo[1]) * scale))
+        img[max(fy, 0):] = (img[max(fy, 0):] * 0.6 + np.array([90, 80, 70]) * 0.4).astype(np.uint8)  # the floor
+        # a dashed line where the robot started, so the distance travelled is visible
+        px = int(round((self.start_x - lo[0]) * scale))
+        if 0 <= px < W:
+            img[:fy:8, px] = (40, 40, 40)
+            img[1:fy:8, px] = (40, 40, 40)
+        im = Image.fromarray(img)
+        dist = float(self.stepper.x[:w.n_robot][torch.as_tensor(self.visible[:w.n_robot])][:, 0].mean()) - self.start_x
+        ImageDraw.Draw(im).text((10, 8), f"{self.label} robot   t = {self.stepper.t:.2f} s   "
+                                         f"distance {dist * 100:+.1f} cm", fill=(20, 20, 20))
+        return np.asarray(im)
+
+    def metrics(self):
+        m = {"optimiser": self.cfg.optimiser, "env": self.cfg.env, "iterations": self.iterations_done,
+             "optimisation_time_s": self.opt_time, "robot_particles": self.problem.world.n_robot}
+        if self.before is not None:
+            m.update(initial_distance=self.before["distance"], distance=self.after["distance"],
+                     initial_loss=self.before["loss"], final_loss=self.final_loss,
+                     cost_of_transport=_finite(self.after["cost_of_transport"]),
+                     initial_cost_of_transport=_finite(self.before["cost_of_transport"]), robot_mass=self.after["mass"])
+        return m
+
+    def exports(self):
+        from engine.io import PointCloud
+
+        p = self.problem
+        with torch.no_grad():
+            fields = p.fields()
+        keep = fields.occupancy.detach().cpu().numpy() > 0.5
+        pts = p.world.x0_robot.cpu().numpy()[keep]
+        cols = self._colors(fields)[:p.world.n_robot][keep]
+        if pts.shape[1] == 2:  # a 2D design is exported as a thin slab, one particle layer per dx/ppc
+            h = 1.0 / (p.world.spec.res * p.world.spec.ppc)
+            layers = np.arange(6) * h
+            pts = np.concatenate([np.c_[pts, np.full(len(pts), z)] for z in layers])
+            cols = np.tile(cols, (len(layers), 1))
+        out = {"design.ply": PointCloud(points=pts, colors=cols)}
+        try:
+            from engine.fields.mesh import particles_to_mesh
+
+            h = 1.0 / (p.world.spec.res * p.world.spec.ppc)
+            out["design_mesh.obj"] = particles_to_mesh(pts, voxel_size=h, radius=2.0 * h)
+        except Exception as exc:  # noqa: BLE001 - the point cloud is still worth exporting
+            print(f"codesign: surface mesh export skipped ({type(exc).__name__}: {exc})")
+        return out
