@@ -86,11 +86,17 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         feats = torch.ones(B, H, W, K, 3, dtype=dt, device=dev)
 
     fn = face_normals(verts, faces).expand(B, -1, -1)                                       # (B, F, 3)
-    idx = p2f.clamp_min(0).long()
-    pix_n = torch.gather(fn, 1, idx.reshape(B, -1, 1).expand(-1, -1, 3)).reshape(B, H, W, K, 3)
-    pix_n = pix_n * mask[..., None]
+
+    def gather_normals(p2f_k):
+        # (B, H, W, k) face ids -> (B, H, W, k, 3) normals, 0 in empty slots
+        idx = p2f_k.clamp_min(0).long().reshape(B, -1, 1).expand(-1, -1, 3)
+        return torch.gather(fn, 1, idx).reshape(*p2f_k.shape, 3) * (p2f_k >= 0)[..., None]
+
     if lights is not None:
+        pix_n = gather_normals(p2f)
         feats = feats * lambert(pix_n, lights)
+    else:
+        pix_n = gather_normals(p2f[..., :1])          # only the nearest layer is reported
 
     C = feats.shape[-1]
     if hard:
