@@ -69,9 +69,9 @@ def kernels(dim: int, real):
         s1 = S[0, 0]
         s2 = S[1, 1]
         off = 0.5 * (S[0, 1] + S[1, 0])
-        if off != 0:
-            tao = 0.5 * (S[0, 0] - S[1, 1])
-            w = ti.sqrt(tao * tao + off * off)
+        tao = 0.5 * (S[0, 0] - S[1, 1])
+        w = ti.sqrt(tao * tao + off * off)
+        if off != 0 and ti.abs(tao) + w > 0:  # off² can underflow (|off| ~ 1e-20 in f32): then S is diagonal
             t = off / (tao + w) if tao > 0 else off / (tao - w)
             cj = 1.0 / ti.sqrt(t * t + 1.0)
             sj = -t * cj

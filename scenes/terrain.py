@@ -1,0 +1,70 @@
+"""Terrain: a passive soft walker dropped on one of the eight SoftZoo environments (--set env=...), optionally
+on Perlin-noise terrain."""
+from dataclasses import dataclass
+
+from engine import backend
+from engine.physics import ModelBuilder, Solver, environments, terrain, viz
+from engine.physics.robot import add_walker
+
+
+@dataclass
+class Config:
+    env: str = "ground"
+    """Environment: ground|ice|desert|snow|clay|wetland|shallow_water|ocean."""
+    dim: int = 2
+    """Dimension: 2 or 3."""
+    res: int = 96
+    """Grid nodes per axis (the domain is a 1 m cube)."""
+    roughness: float = 0.03
+    """Perlin terrain amplitude [m] (0 = flat, as in every SoftZoo config)."""
+    seed: int = 0
+    """Terrain noise seed."""
+    robot_E: float = 3e4
+    """Robot Young's modulus [Pa]."""
+    frames: int = 60
+    """Frames of 1/60 s."""
+    dt: float = 1e-4
+    """Substep [s]."""
+    width: int = 512
+    """Video width [px]."""
+    height: int = 512
+    """Video height [px]."""
+
+
+class Scene:
+    def __init__(self, config: Config):
+        self.cfg = config
+
+    def build(self):
+        backend.ensure()
+        c = self.cfg
+        env = environments.get(c.env)
+        dx = 1.0 / c.res
+        res = (c.res,) * c.dim
+        b = ModelBuilder(res=res, dx=dx, ppc=2)
+        heights, normals = terrain.heightfield(res, dx, base=0.1, amplitude=c.roughness, seed=c.seed)
+        if env.bed:
+            terrain.add_bed(b, heights, env.bed_thickness, material=env.bed, E=env.bed_E, rho=env.bed_rho,
+                            color=env.color)
+        top = float(heights.max()) + env.bed_thickness + 0.05
+        origin = [0.4, top] + [0.4] * (c.dim - 2)
+        self.robot = add_walker(b, origin, length=0.2, height=0.1, E=c.robot_E)
+        self.model = b.finalize(boundary=env.boundary(), heights=heights, normals=normals, table=env.table)
+        self.solver = Solver(self.model)
+        self.state = self.model.state()
+        self.substeps = max(1, round((1 / 60) / c.dt))
+        self.is_robot = (self.model.material == 2).cpu().numpy()
+
+    def step(self, frame: int):
+        self.solver.advance(self.state, self.substeps, (1 / 60) / self.substeps)
+
+    def render(self):
+        return viz.render_state(self.model, self.state, self.cfg.width, self.cfg.height)
+
+    def metrics(self):
+        x = self.state.x.detach().cpu().numpy()[self.is_robot]
+        return {"robot_com_x": float(x[:, 0].mean()), "robot_com_y": float(x[:, 1].mean()),
+                "robot_min_y": float(x[:, 1].min()), "particles": int(self.model.n)}
+
+    def exports(self):
+        return {"particles.ply": viz.point_cloud(self.model, self.state)}
