@@ -63,7 +63,9 @@ class _Function(torch.autograd.Function):
         ctx.in_devices = tuple(x.device if isinstance(x, torch.Tensor) else None for x in inputs)
         ctx.out_meta = tuple((o.shape, o.dtype, o.device) for o in outputs)
         out_device = next((d for d in ctx.in_devices if d is not None), device)
-        outputs = tuple(o.to(out_device) for o in outputs)
+        # detach: torch attaches grad_fn to the returned tensor objects; an op that also keeps its outputs in
+        # ``saved`` must still hold plain leaf tensors when backward runs
+        outputs = tuple(o.detach().to(out_device) for o in outputs)
         nondiff = [o for o in outputs if not o.is_floating_point()]
         if nondiff:
             ctx.mark_non_differentiable(*nondiff)
