@@ -154,3 +154,18 @@ def test_torch_controller_gradcheck_through_bridge():
     assert torch.autograd.gradcheck(loss, (W, bias), eps=1e-6, atol=1e-9, rtol=1e-5)
     loss(W, bias).backward()
     assert float(W.grad.abs().sum()) > 0
+
+
+def test_checkpoint_memory_matches_estimate():
+    """The memory formula used for the README's 4000-substep figure counts exactly what a rollout holds:
+    T/K checkpoints, K + 1 states and K scratches (each with a gradient buffer)."""
+    from engine.physics.checkpoint import memory_estimate
+
+    m, s, v0, wx, wv = _case("elastic")
+    ro = Rollout(s, T, DT, segment=8)
+    ro.run(m.x0, v0)
+    ro.grad(wx, wv)
+    held = (sum(c.nbytes() for c in ro.checkpoints) + 2 * sum(st.nbytes() for st in ro._pool_states)
+            + 2 * sum(sc.nbytes() for sc in ro._pool_scratch))
+    est = memory_estimate(m.n, 2, m.res, T, 8)
+    assert est["total"] == held

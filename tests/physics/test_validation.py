@@ -80,7 +80,7 @@ def test_free_flight_conserves_momentum_3d():
 @pytest.mark.slow
 def test_cantilever_matches_euler_bernoulli():
     """Tip deflection under self-weight within 15% of δ = qL⁴/(8E'I) at δ/L ≈ 5% (plane strain)."""
-    scene = run_scene("cantilever", frames=20)
+    scene = run_scene("cantilever", frames=16)  # 0.27 s: more than one period of the first mode (0.23 s)
     m = scene.metrics()
     assert 0.03 < m["deflection_over_length"] < 0.07
     assert m["relative_error"] < 0.15, m
@@ -98,7 +98,7 @@ def test_water_at_rest_is_hydrostatic():
     dt = 2e-4
     s.advance(st, 1000, dt)
     samples = []
-    for _ in range(40):  # average over the undamped acoustic oscillation (period ≈ 0.1 s): 4 periods
+    for _ in range(30):  # average over the undamped acoustic oscillation (period ≈ 0.1 s): 3 periods
         s.advance(st, 50, dt)
         samples.append((st.x[:, 1].clone(), torch.linalg.det(st.F)))
     y = torch.stack([a for a, _ in samples]).mean(0).numpy()
