@@ -28,14 +28,22 @@ def test_cmaes_on_ray_independent_of_worker_count():
     ref_losses, ref_mean = _cmaes(local)
     # candidates differ, so the scores must too (otherwise agreement would prove nothing)
     assert np.ptp(local([local.problem.vector(), local.problem.vector() + 0.5])) > 0
+    # one embedded Ray instance for both worker counts (its start-up is most of this test's time)
+    from tasks.codesign.population import _ROOT
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": _ROOT}})
     results = {}
-    for workers in (1, 2):
-        pop = Population(SPEC, workers=workers)
-        try:
-            results[workers] = _cmaes(pop)
-        finally:
-            pop.close()
-        assert not ray.is_initialized()
+    try:
+        for workers in (1, 2):
+            pop = Population(SPEC, workers=workers)
+            try:
+                results[workers] = _cmaes(pop)
+            finally:
+                pop.close()
+            assert ray.is_initialized()  # a Population leaves a Ray instance it did not start alone
+    finally:
+        ray.shutdown()
     for workers, (losses, mean) in results.items():
         # same candidates, same order; only float summation order inside Taichi's atomics may differ
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-9, atol=1e-12, err_msg=f"{workers} workers")

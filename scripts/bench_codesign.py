@@ -1,0 +1,315 @@
+"""One diffsim iteration (forward + backward) in tide vs a DiffTaichi-style diffmpm setup, same process.
+
+The reference is rewritten here from DiffTaichi's published description of diffmpm (2D MLS-MPM, 128² grid,
+dt = 1e-3, 1024 substeps, E = 10, gravity 3.8, fixed-corotated stress via polar decomposition, 4 actuators driven
+by tanh(Σ w·sin(20 t + 2πj/4) + b) acting along y, every substep's particle state stored in Taichi fields, the
+grid cleared and recomputed in backward through ``ti.ad.grad_replaced``, loss = −mean x at the end,
+``ti.ad.Tape``). It is not DiffTaichi's code. tide runs the same particles, grid, substeps and actuators through
+(a) ``engine.physics.checkpoint.rollout`` (per-substep actions, segmented checkpoints) and (b) the co-design
+rollout of ``tasks.codesign`` (one torch op per control step of ``--hold`` substeps).
+
+    python scripts/bench_codesign.py [--iters 3] [--precision f32|f64] [--steps 1024]
+
+Prints seconds per warm iteration (the first, which compiles, is reported apart) and the tide/reference ratio.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+N_GRID, DT, E_REF, GRAVITY, ACT_STRENGTH, N_ACT, N_SIN = 128, 1e-3, 10.0, 3.8, 4.0, 4, 4
+
+
+def robot_particles():
+    """(N, 2) particles [m] and (N,) actuator ids of a four-legged box robot (~3k particles at 4 per cell)."""
+    h = 1.0 / N_GRID / 2
+    parts = [((0.10, 0.10), (0.38, 0.12), -1), ((0.10, 0.03), (0.06, 0.07), 0), ((0.18, 0.03), (0.06, 0.07), 1),
+             ((0.32, 0.03), (0.06, 0.07), 2), ((0.42, 0.03), (0.06, 0.07), 3)]
+    pts, ids = [], []
+    for (x, y), (w, hh), a in parts:
+        xs, ys = np.meshgrid(np.arange(x + h / 2, x + w, h), np.arange(y + h / 2, y + hh, h), indexing="ij")
+        p = np.stack([xs.ravel(), ys.ravel()], 1)
+        pts.append(p)
+        ids.append(np.full(len(p), a))
+    pts, ids = np.concatenate(pts), np.concatenate(ids)
+    # the body's actuators: split it into four vertical bands so every particle but a few is driven
+    body = ids < 0
+    ids[body] = np.clip(((pts[body, 0] - 0.10) / 0.38 * N_ACT).astype(int), 0, N_ACT - 1)
+    return pts, ids
+
+
+# ------------------------------------------------------------------------------------------------ reference
+def reference(pts, act_ids, steps, real):
+    """Build the DiffTaichi-style fields and kernels; returns ``iteration() -> loss``."""
+    import taichi as ti
+
+    n = len(pts)
+    dx, inv_dx = 1.0 / N_GRID, float(N_GRID)
+    p_vol, p_mass, mu, la, bound = 1.0, 1.0, E_REF, E_REF, 3
+    vec = lambda: ti.Vector.field(2, real, shape=(steps, n), needs_grad=True)  # noqa: E731
+    mat = lambda: ti.Matrix.field(2, 2, real, shape=(steps, n), needs_grad=True)  # noqa: E731
+    x, v, C, F = vec(), vec(), mat(), mat()
+    grid_v_in = ti.Vector.field(2, real, shape=(N_GRID, N_GRID), needs_grad=True)
+    grid_m = ti.field(real, shape=(N_GRID, N_GRID), needs_grad=True)
+    grid_v_out = ti.Vector.field(2, real, shape=(N_GRID, N_GRID), needs_grad=True)
+    actuator_id = ti.field(ti.i32, shape=n)
+    weights = ti.field(real, shape=(N_ACT, N_SIN), needs_grad=True)
+    bias = ti.field(real, shape=N_ACT, needs_grad=True)
+    actuation = ti.field(real, shape=(steps, N_ACT), needs_grad=True)
+    x_avg = ti.Vector.field(2, real, shape=(), needs_grad=True)
+    loss = ti.field(real, shape=(), needs_grad=True)
+
+    @ti.kernel
+    def clear_grid():
+        for i, j in grid_m:
+            grid_v_in[i, j] = [0, 0]
+            grid_m[i, j] = 0
+            grid_v_in.grad[i, j] = [0, 0]
+            grid_m.grad[i, j] = 0
+            grid_v_out.grad[i, j] = [0, 0]
+
+    @ti.kernel
+    def actuate(t: ti.i32):
+        for i in range(N_ACT):
+            a = bias[i]
+            for j in ti.static(range(N_SIN)):
+                a += weights[i, j] * ti.sin(20.0 * t * DT + 2 * math.pi / N_SIN * j)
+            actuation[t, i] = ti.tanh(a)
+
+    @ti.kernel
+    def p2g(f: ti.i32):
+        for p in range(n):
+            base = ti.cast(x[f, p] * inv_dx - 0.5, ti.i32)
+            fx = x[f, p] * inv_dx - ti.cast(base, real)
+            w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1) ** 2, 0.5 * (fx - 0.5) ** 2]
+            new_F = (ti.Matrix.identity(real, 2) + DT * C[f, p]) @ F[f, p]
+            F[f + 1, p] = new_F
+            J = new_F.determinant()
+            r, _ = ti.polar_decompose(new_F)
+            aid = actuator_id[p]
+            act = actuation[f, ti.max(0, aid)] * ACT_STRENGTH
+            if aid < 0:
+                act = 0.0
+            A = ti.Matrix([[0.0, 0.0], [0.0, 1.0]]) * act  # contraction along the y fibre
+            cauchy = 2 * mu * (new_F - r) @ new_F.transpose() + ti.Matrix.identity(real, 2) * la * J * (J - 1)
+            cauchy += new_F @ A @ new_F.transpose()
+            affine = -(DT * p_vol * 4 * inv_dx * inv_dx) * cauchy + p_mass * C[f, p]
+            for i, j in ti.static(ti.ndrange(3, 3)):
+                off = ti.Vector([i, j])
+                dpos = (ti.cast(off, real) - fx) * dx
+                weight = w[i][0] * w[j][1]
+                grid_v_in[base + off] += weight * (p_mass * v[f, p] + affine @ dpos)
+                grid_m[base + off] += weight * p_mass
+
+    @ti.kernel
+    def grid_op():
+        for i, j in grid_m:
+            vo = grid_v_in[i, j] / (grid_m[i, j] + 1e-10)
+            vo[1] -= DT * GRAVITY
+            if i < bound and vo[0] < 0:
+                vo[0] = 0
+            if i > N_GRID - bound and vo[0] > 0:
+                vo[0] = 0
+            if j < bound and vo[1] < 0:  # the floor stops and holds what presses into it
+                vo[0] = 0
+                vo[1] = 0
+            if j > N_GRID - bound and vo[1] > 0:
+                vo[1] = 0
+            grid_v_out[i, j] = vo
+
+    @ti.kernel
+    def g2p(f: ti.i32):
+        for p in range(n):
+            base = ti.cast(x[f, p] * inv_dx - 0.5, ti.i32)
+            fx = x[f, p] * inv_dx - ti.cast(base, real)
+            w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
+            new_v = ti.Vector([0.0, 0.0], real)
+            new_C = ti.Matrix([[0.0, 0.0], [0.0, 0.0]], real)
+            for i, j in ti.static(ti.ndrange(3, 3)):
+                dpos = ti.cast(ti.Vector([i, j]), real) - fx
+                g_v = grid_v_out[base[0] + i, base[1] + j]
+                weight = w[i][0] * w[j][1]
+                new_v += weight * g_v
+                new_C += 4 * weight * g_v.outer_product(dpos) * inv_dx
+            v[f + 1, p] = new_v
+            x[f + 1, p] = x[f, p] + DT * new_v
+            C[f + 1, p] = new_C
+
+    @ti.kernel
+    def average(f: ti.i32):
+        for p in range(n):
+            x_avg[None] += (1.0 / n) * x[f, p]
+
+    @ti.kernel
+    def compute_loss():
+        loss[None] = -x_avg[None][0]
+
+    @ti.ad.grad_replaced
+    def advance(s):
+        clear_grid()
+        actuate(s)
+        p2g(s)
+        grid_op()
+        g2p(s)
+
+    @ti.ad.grad_for(advance)
+    def advance_grad(s):  # the grid is not stored per step: recompute it, then go backwards
+        clear_grid()
+        p2g(s)
+        grid_op()
+        g2p.grad(s)
+        grid_op.grad()
+        p2g.grad(s)
+        actuate.grad(s)
+
+    rng = np.random.default_rng(0)
+    weights.from_numpy((rng.standard_normal((N_ACT, N_SIN)) * 0.01).astype(np.float64))
+    actuator_id.from_numpy(act_ids.astype(np.int32))
+
+    def iteration():
+        x_np = np.zeros((steps, n, 2))
+        x_np[0] = pts
+        x.from_numpy(x_np)
+        F_np = np.zeros((steps, n, 2, 2))
+        F_np[0] = np.eye(2)
+        F.from_numpy(F_np)
+        v.fill(0)
+        C.fill(0)
+        x_avg[None] = [0, 0]
+        with ti.ad.Tape(loss=loss):
+            for s in range(steps - 1):
+                advance(s)
+            average(steps - 1)
+            compute_loss()
+        return float(loss[None]), float(np.abs(weights.grad.to_numpy()).sum())
+
+    return iteration
+
+
+# ------------------------------------------------------------------------------------------------ tide
+def tide_physics(pts, act_ids, steps):
+    """tide's physics rollout (per-substep actions from a torch sine controller). Returns ``iteration()``."""
+    import torch
+
+    from engine import backend
+    from engine.physics import Boundary, ModelBuilder, Solver
+    from engine.physics.checkpoint import rollout
+
+    dtype = backend.torch_dtype()
+    b = ModelBuilder(res=(N_GRID, N_GRID), dx=1.0 / N_GRID, ppc=2)
+    for g in range(N_ACT):
+        b.add_points(pts[act_ids == g], material="muscle", E=5e3, nu=0.3, rho=1e3, group=g, fibre=(0.0, 1.0))
+    model = b.finalize(gravity=(0.0, -GRAVITY), boundary=Boundary(floor="separate", floor_friction=0.5))
+    solver = Solver(model)
+    gen = torch.Generator().manual_seed(0)
+    W = (0.01 * torch.randn(N_ACT, N_SIN, generator=gen, dtype=dtype)).requires_grad_(True)
+    bias = torch.zeros(N_ACT, dtype=dtype, requires_grad=True)
+    t = torch.arange(steps - 1, dtype=dtype)[:, None] * DT
+    phases = 2 * math.pi * torch.arange(N_SIN, dtype=dtype) / N_SIN
+
+    def iteration():
+        W.grad = bias.grad = None
+        acts = 0.3 * torch.tanh(torch.sin(20.0 * t + phases) @ W.T + bias)  # (T, G)
+        x, _, _ = rollout(solver, steps - 1, DT, actions=acts)
+        loss = -x[:, 0].mean()
+        loss.backward()
+        return float(loss), float(W.grad.abs().sum())
+
+    return iteration
+
+
+def tide_codesign(pts, act_ids, steps, hold):
+    """tasks.codesign's rollout op on the same particles: actions held for ``hold`` substeps."""
+    import torch
+
+    from engine import backend
+    from engine.physics import Boundary, ModelBuilder, Solver
+    from tasks.codesign import DesignFields, SineController, simulate
+    from tasks.codesign.world import _FLOAT_FIELDS, _with_grad
+
+    class _World:  # a World over the benchmark's particles (no design box, no terrain)
+        pass
+
+    dtype = backend.torch_dtype()
+    b = ModelBuilder(res=(N_GRID, N_GRID), dx=1.0 / N_GRID, ppc=2)
+    b.add_points(pts, material="muscle", E=5e3, nu=0.3, rho=1e3, group=N_ACT - 1, fibre=(0.0, 1.0))
+    model = b.finalize(gravity=(0.0, -GRAVITY), boundary=Boundary(floor="separate", floor_friction=0.5))
+    w = _World()
+    w.model = model.with_params(**{k: _with_grad(getattr(model, k)) for k in _FLOAT_FIELDS})
+    w.solver, w.n_robot, w.spec = Solver(w.model), model.n, type("S", (), {"E": 5e3, "rho": 1e3, "gravity": GRAVITY})
+    w.x0_robot = w.model.x0.detach()
+    w.vol = w.model.vol.detach()
+    w.material = lambda f: (f.material(5e3, 1e3) + (f.muscle, f.fibre))
+    w.robot_mass = lambda f: w.vol * f.material(5e3, 1e3)[1]
+    one_hot = torch.nn.functional.one_hot(torch.as_tensor(act_ids), N_ACT).to(dtype)
+    fibre = torch.zeros(model.n, 2, dtype=dtype)
+    fibre[:, 1] = 1
+    fields = DesignFields(torch.ones(model.n, dtype=dtype), torch.ones(model.n, dtype=dtype), one_hot, fibre)
+    ctrl = SineController(N_ACT, omega=20.0, init_scale=0.01).to(dtype)
+
+    def iteration():
+        ctrl.zero_grad()
+        traj = simulate(w, fields, ctrl, (steps - 1) // hold, hold, DT)
+        loss = -traj.xs[-1][:, 0].mean()
+        loss.backward()
+        return float(loss), float(ctrl.W.grad.abs().sum())
+
+    return iteration
+
+
+def timed(name, fn, iters):
+    t0 = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    print(f"{name:<28s} first (compile) {first:7.2f} s   warm {np.mean(times):6.3f} ± {np.std(times):.3f} s/iter   "
+          f"loss {out[0]:+.5f}  |grad| {out[1]:.3g}", flush=True)
+    return float(np.mean(times))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=3, help="warm iterations timed after the first")
+    ap.add_argument("--steps", type=int, default=1024, help="substeps per episode (DiffTaichi: 1024)")
+    ap.add_argument("--hold", type=int, default=8, help="substeps per control step in the co-design rollout")
+    ap.add_argument("--precision", default="f32", choices=["f32", "f64"], help="DiffTaichi runs f32")
+    ap.add_argument("--arch", default="cpu")
+    ap.add_argument("--skip", default="", help="comma list of reference,physics,codesign to skip")
+    args = ap.parse_args(argv)
+    from engine import backend
+
+    s = backend.init(arch=args.arch, precision=args.precision)
+    import taichi as ti
+
+    pts, ids = robot_particles()
+    skip = set(filter(None, args.skip.split(",")))
+    print(f"{len(pts)} particles, {N_GRID}² grid, {args.steps} substeps, {s.resolved_arch} {s.precision}, "
+          f"fast_compile={s.fast_compile}")
+    res = {}
+    if "reference" not in skip:
+        res["reference"] = timed("DiffTaichi-style (Tape)", reference(pts, ids, args.steps,
+                                                                      ti.f64 if args.precision == "f64" else ti.f32),
+                                 args.iters)
+    if "physics" not in skip:
+        res["physics"] = timed("tide physics rollout", tide_physics(pts, ids, args.steps), args.iters)
+    if "codesign" not in skip:
+        res["codesign"] = timed(f"tide codesign (hold {args.hold})", tide_codesign(pts, ids, args.steps, args.hold),
+                                args.iters)
+    if "reference" in res:
+        for k in ("physics", "codesign"):
+            if k in res:
+                print(f"ratio tide {k} / reference: {res[k] / res['reference']:.2f} (goal <= 1)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
