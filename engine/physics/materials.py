@@ -102,7 +102,7 @@ def build_stress_kernel(dim: int, real):
     length N: F_tr/U/V/F_new/tau (N, d, d), sig (N, d), Jp/Jp_new/E/nu/act (N,), material (N,) int32,
     fibre (N, d), table (n_materials, TABLE_COLUMNS). Built per (dim, real) so the kernel is compiled once per
     dimension. The material switch is written inline in the kernel: Taichi 1.7 drops gradients from a
-    ``ti.func`` that returns a tuple computed under a branch (checked in tests/physics/test_gradients.py).
+    ``ti.func`` that returns a tuple computed under a branch (the per-material FD tests would catch a regression).
     """
     D = dim
     mat = ti.types.matrix(D, D, real)
