@@ -28,7 +28,7 @@ N_GRID, DT, E_REF, GRAVITY, ACT_STRENGTH, N_ACT, N_SIN = 128, 1e-3, 10.0, 3.8, 4
 def robot_particles():
     """(N, 2) particles [m] and (N,) actuator ids of a four-legged box robot (~3k particles at 4 per cell)."""
     h = 1.0 / N_GRID / 2
-    parts = [((0.10, 0.10), (0.38, 0.12), -1), ((0.10, 0.03), (0.06, 0.07), 0), ((0.18, 0.03), (0.06, 0.07), 1),
+    parts = [((0.10, 0.10), (0.38, 0.08), -1), ((0.10, 0.03), (0.06, 0.07), 0), ((0.18, 0.03), (0.06, 0.07), 1),
              ((0.32, 0.03), (0.06, 0.07), 2), ((0.42, 0.03), (0.06, 0.07), 3)]
     pts, ids = [], []
     for (x, y), (w, hh), a in parts:
