@@ -11,41 +11,39 @@ from .. import backend
 __all__ = ["render_points", "default_view"]
 
 
+@ti.func
+def _footprint(cx, cy, r, W, H):
+    """Pixel box [x0, x1] x [y0, y1] covered by a disc of radius r (pixels) at (cx, cy)."""
+    x0 = ti.max(0, ti.cast(ti.floor(cx - r), ti.i32))
+    x1 = ti.min(W - 1, ti.cast(ti.ceil(cx + r), ti.i32))
+    y0 = ti.max(0, ti.cast(ti.floor(cy - r), ti.i32))
+    y1 = ti.min(H - 1, ti.cast(ti.ceil(cy + r), ti.i32))
+    return x0, x1, y0, y1
+
+
 @ti.kernel
 def _splat(px: ti.types.ndarray(), pz: ti.types.ndarray(), rad: ti.types.ndarray(), col: ti.types.ndarray(),
-           depth: ti.types.ndarray(), img: ti.types.ndarray(), light: ti.types.ndarray()):
-    # px: (N, 2) pixel centre, pz: (N,) depth (smaller = nearer), rad: (N,) pixel radius
+           depth: ti.types.ndarray(), img: ti.types.ndarray(), light: ti.types.ndarray(), shade_pass: ti.i32):
+    """Pass 0 fills the z-buffer with each impostor's front surface; pass 1 shades the pixels that won.
+
+    px: (N, 2) pixel centres, pz: (N,) depth (smaller = nearer), rad: (N,) pixel radii, col: (N, 3).
+    """
     H, W = depth.shape[0], depth.shape[1]
     for n in range(px.shape[0]):
         r = rad[n]
         cx, cy = px[n, 0], px[n, 1]
-        x0 = ti.max(0, ti.cast(ti.floor(cx - r), ti.i32))
-        x1 = ti.min(W - 1, ti.cast(ti.ceil(cx + r), ti.i32))
-        y0 = ti.max(0, ti.cast(ti.floor(cy - r), ti.i32))
-        y1 = ti.min(H - 1, ti.cast(ti.ceil(cy + r), ti.i32))
+        x0, x1, y0, y1 = _footprint(cx, cy, r, W, H)
         for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
             dx = (x + 0.5 - cx) / r
             dy = (y + 0.5 - cy) / r
             d2 = dx * dx + dy * dy
             if d2 <= 1.0:
                 nz = ti.sqrt(1.0 - d2)
-                z = pz[n] - nz * r * 1e-4
-                ti.atomic_min(depth[y, x], z)
-    for n in range(px.shape[0]):
-        r = rad[n]
-        cx, cy = px[n, 0], px[n, 1]
-        x0 = ti.max(0, ti.cast(ti.floor(cx - r), ti.i32))
-        x1 = ti.min(W - 1, ti.cast(ti.ceil(cx + r), ti.i32))
-        y0 = ti.max(0, ti.cast(ti.floor(cy - r), ti.i32))
-        y1 = ti.min(H - 1, ti.cast(ti.ceil(cy + r), ti.i32))
-        for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
-            dx = (x + 0.5 - cx) / r
-            dy = (y + 0.5 - cy) / r
-            d2 = dx * dx + dy * dy
-            if d2 <= 1.0:
-                nz = ti.sqrt(1.0 - d2)
-                z = pz[n] - nz * r * 1e-4
-                if z <= depth[y, x]:
+                # the z-buffer is f32: round z the same way in both passes, whatever the default precision
+                z = ti.cast(pz[n] - nz * r * 1e-4, ti.f32)
+                if shade_pass == 0:
+                    ti.atomic_min(depth[y, x], z)
+                elif z <= depth[y, x]:
                     # Lambert on the impostor's normal (dx, -dy, nz) plus ambient
                     lam = ti.max(0.0, dx * light[0] - dy * light[1] + nz * light[2])
                     shade = 0.35 + 0.65 * lam
@@ -118,8 +116,10 @@ def render_points(points, colors=None, width: int = 512, height: int = 512, radi
         rad = np.maximum(radius * pix_per_unit[keep], 0.75).astype(np.float32)
         light = np.array([-0.4, 0.6, 0.7], np.float32)
         light /= np.linalg.norm(light)
-        _splat(px[keep].astype(np.float32), z[keep].astype(np.float32), rad, np.ascontiguousarray(cols[keep]),
-               depth, img, light)
+        args = (np.ascontiguousarray(px[keep], np.float32), np.ascontiguousarray(z[keep], np.float32), rad,
+                np.ascontiguousarray(cols[keep]), depth, img, light)
+        _splat(*args, 0)
+        _splat(*args, 1)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
