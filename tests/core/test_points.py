@@ -10,8 +10,8 @@ def test_single_disc_covers_its_area_at_the_right_place():
     r_px = 0.1 * 200
     assert abs(covered.sum() - np.pi * r_px**2) / (np.pi * r_px**2) < 0.03
     ys, xs = np.nonzero(covered)
-    # x = 0.25 -> column 50; y = 0.75 -> row 50 (image rows run downwards)
-    assert abs(xs.mean() - 50) < 0.5 and abs(ys.mean() - 50) < 0.5
+    # x = 0.25 -> 50 px from the left; y = 0.75 -> 50 px from the top (pixel i spans [i, i+1])
+    assert abs(xs.mean() + 0.5 - 50) < 0.2 and abs(ys.mean() + 0.5 - 50) < 0.2
 
 
 def test_nearer_sphere_occludes_farther_one():
