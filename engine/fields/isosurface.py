@@ -1,18 +1,25 @@
 """Marching cubes in Taichi, with gradients.
 
 ``marching_cubes`` extracts the ``level`` iso-surface of a sampled volume as an indexed mesh with shared vertices.
-It follows ``skimage.measure.marching_cubes(method="lorensen")``: vertices live in index space times ``spacing``,
-values ``<= level`` count as inside, faces are wound so that their normals point towards increasing values
-(outward for a signed distance field), and a cell is kept only where ``mask`` is true at the cell's upper corner.
+It follows ``skimage.measure.marching_cubes``: vertices live in index space times ``spacing``, values ``<= level``
+count as inside, faces are wound so that their normals point towards increasing values (outward for a signed
+distance field), and a cell is kept only where ``mask`` is true at the cell's upper corner. Two methods, as skimage:
 
-How it stays fast (three passes over the volume, no Python loop over cells):
+* ``"lewiner"`` (default): Lewiner et al. 2003's MC33 variant. Cells whose faces or interior are ambiguous are
+  resolved by the asymptotic face test and the interior (tunnel) test, and some tilings add a vertex inside the cell
+  (corners weighted by ``1 / |value - level|``). Same triangles, winding and vertices as skimage's default.
+* ``"lorensen"``: the classic 256-case table, identical to ``method="lorensen"`` in skimage.
 
-1. ``_count``: one thread per (i, j) row walks k, classifies every cell (its 8-bit case, stored as uint8) and counts
-   the row's crossing edges (one vertex per crossing grid edge, so vertices are shared) and triangles;
-2. exclusive prefix sums of those per-row counts (numpy, one entry per row) give every row its output offsets;
-3. ``_vertices`` writes each crossing edge's interpolated vertex, and ``_faces`` writes each cell's triangles from
-   the case table (a lookup array, not unrolled), finding a vertex by binary search in the owning row's short,
-   sorted list of edge keys instead of in a dense N^3 index volume.
+How it stays fast (three passes, no Python loop over cells):
+
+1. ``_count``: one thread per (i, j) row walks k, classifies every cell (its 8-bit case, stored as uint8), runs the
+   ambiguity tests on the few ambiguous cells, and counts the row's vertices (one per crossing grid edge, so
+   vertices are shared, plus inner vertices) and triangles;
+2. exclusive prefix sums of those per-row counts give every row its output offsets;
+3. ``_vertices`` writes each crossing edge's interpolated vertex, reading which edges cross from the case bytes
+   rather than the volume, and ``_faces`` writes each cell's triangles from the table (a lookup array, not
+   unrolled), finding a vertex by binary search in the owning row's short, sorted list of keys instead of in a
+   dense N^3 index volume.
 
 Two gradients:
 
@@ -32,6 +39,7 @@ import torch
 
 from .. import backend, bridge
 from ..errors import MeshError
+from ._lewiner_table import lewiner_tables
 from ._mc_table import triangle_table
 
 __all__ = ["IsoSurface", "marching_cubes", "marching_cubes_torch", "attach_field_gradients", "extract_surface",
@@ -45,7 +53,8 @@ class IsoSurface:
     Attributes:
         verts: (V, 3) float64, index space times spacing.
         faces: (F, 3) int64 into ``verts``; normals (right-hand rule) point towards increasing values.
-        ends: (V, 2) int64 flat indices (C order) of the two grid samples whose edge each vertex lies on.
+        ends: (V, 2) int64 flat indices (C order) of the two grid samples whose edge each vertex lies on; for a
+            vertex inside a cell (Lewiner), ``(flat index of the cell's first sample, -1)``.
     """
 
     verts: np.ndarray
@@ -62,16 +71,224 @@ _SNAP = 1e-7
 """Vertices closer than this (fraction of an edge) to a grid sample are merged into one, so that a surface through
 a sample gives no zero-area slivers. 1e-7 of a cell is far below float32 resolution of the skimage reference."""
 
+_EPS = float(np.spacing(1.0))
+"""Lewiner's FLT_EPSILON (as in skimage): ties in the ambiguity tests and the weights of the inner vertex."""
+
+_LEW = lewiner_tables()
+_ROW0 = 256  # table rows 0..255: the classic (Lorensen) table indexed by case; Lewiner's tilings follow
+_B = {name: _ROW0 + b for name, b in _LEW["base"].items()}
+_O = dict(_LEW["off"], CLS=len(_LEW["lut"]), CFG=len(_LEW["lut"]) + 256)
+_FIXED_CLASSES = {1: "TILING1", 2: "TILING2", 5: "TILING5", 8: "TILING8", 9: "TILING9", 11: "TILING11",
+                  14: "TILING14"}
+METHODS = ("lewiner", "lorensen")
+
 
 @lru_cache(maxsize=None)
 def _tables():
-    table, count = triangle_table()
-    return table, count
+    """Row table (R, 36) int32 of tide edge ids (12 = inner vertex), triangles per row (R,), inner-vertex flag (R,),
+    the Lewiner test tables (lut), and per method the (256,) row of each case (-1: decided by the tests)."""
+    classic, count = triangle_table()
+    rows = np.full((_ROW0 + len(_LEW["rows"]), 36), -1, dtype=np.int32)
+    rows[:_ROW0, :classic.shape[1]] = classic
+    nt = np.zeros(len(rows), dtype=np.int32)
+    c12 = np.zeros(len(rows), dtype=np.int32)
+    nt[:_ROW0] = count
+    for r, row in enumerate(_LEW["rows"]):
+        rows[_ROW0 + r, :len(row)] = row
+        nt[_ROW0 + r] = len(row) // 3
+        c12[_ROW0 + r] = int(12 in row)
+    lut = np.concatenate([_LEW["lut"], _LEW["cls"], _LEW["cfg"]]).astype(np.int32)
+    fixed = {"lorensen": np.arange(256, dtype=np.int32)}
+    lew = np.full(256, -1, dtype=np.int32)
+    for case in range(256):
+        cls, cfg = _LEW["cls"][case], _LEW["cfg"][case]
+        if cls == 0:
+            lew[case] = 0  # classic row 0: no triangles
+        elif cls in _FIXED_CLASSES:
+            lew[case] = _B[_FIXED_CLASSES[cls]] + cfg
+    fixed["lewiner"] = lew
+    return rows, nt, c12, lut, fixed
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Lewiner's ambiguity resolution (Lewiner et al. 2003, after Chernyaev's MC33). ``v`` holds the 8 corner values
+# minus the level, in Lewiner's corner order (see ``_lewiner_table``); "positive" corners are outside.
+
+@ti.func
+def _pick(v, idx):
+    r = ti.cast(0.0, ti.f64)
+    for c in ti.static(range(8)):
+        if idx == c:
+            r = v[c]
+    return r
+
+
+@ti.func
+def _cell_values(vol: ti.template(), i, j, k, level):
+    """The 8 corner values minus ``level`` in Lewiner's order: corner (x, y, z) offsets map to tide (i+z, j+y, k+x)."""
+    return ti.Vector([ti.cast(vol[i, j, k], ti.f64), ti.cast(vol[i, j, k + 1], ti.f64),
+                      ti.cast(vol[i, j + 1, k + 1], ti.f64), ti.cast(vol[i, j + 1, k], ti.f64),
+                      ti.cast(vol[i + 1, j, k], ti.f64), ti.cast(vol[i + 1, j, k + 1], ti.f64),
+                      ti.cast(vol[i + 1, j + 1, k + 1], ti.f64), ti.cast(vol[i + 1, j + 1, k], ti.f64)]) - level
+
+
+@ti.func
+def _test_face(v, face, lut: ti.template()):
+    """True when the surface separates the face's positive corners (asymptotic decider on the bilinear face);
+    the sign of ``face`` says which way the table wants the answer."""
+    f = ti.abs(face) - 1
+    o = ti.static(_O["FACE"])
+    a = _pick(v, lut[o + 4 * f])
+    b = _pick(v, lut[o + 4 * f + 1])
+    c = _pick(v, lut[o + 4 * f + 2])
+    d = _pick(v, lut[o + 4 * f + 3])
+    acbd = a * c - b * d
+    res = face >= 0
+    if acbd <= -_EPS or acbd >= _EPS:
+        res = face * a * acbd >= 0
+    return res
+
+
+@ti.func
+def _test_interior(v, lut: ti.template(), cls, edge, s):
+    """Lewiner's interior test: is there a tunnel through the cell? ``s`` (+-7) orients the answer."""
+    at = ti.cast(0.0, ti.f64)
+    bt = ti.cast(0.0, ti.f64)
+    ct = ti.cast(0.0, ti.f64)
+    dt = ti.cast(0.0, ti.f64)
+    decided = False
+    res = False
+    if cls == 4 or cls == 10:
+        # the bilinear interpolant on horizontal slices, at the height where its saddle is extreme
+        a = (v[4] - v[0]) * (v[6] - v[2]) - (v[7] - v[3]) * (v[5] - v[1])
+        b = v[2] * (v[4] - v[0]) + v[0] * (v[6] - v[2]) - v[1] * (v[7] - v[3]) - v[3] * (v[5] - v[1])
+        t = -b / (2 * a + _EPS)
+        if t < 0 or t > 1:
+            decided = True
+            res = s > 0
+        else:
+            at = v[0] + (v[4] - v[0]) * t
+            bt = v[3] + (v[7] - v[3]) * t
+            ct = v[2] + (v[6] - v[2]) * t
+            dt = v[1] + (v[5] - v[1]) * t
+    else:
+        o = ti.static(_O["INTERNAL"]) + 8 * edge
+        p0 = _pick(v, lut[o])
+        t = p0 / (p0 - _pick(v, lut[o + 1]) + _EPS)
+        b0 = _pick(v, lut[o + 2])
+        c0 = _pick(v, lut[o + 4])
+        d0 = _pick(v, lut[o + 6])
+        bt = b0 + (_pick(v, lut[o + 3]) - b0) * t
+        ct = c0 + (_pick(v, lut[o + 5]) - c0) * t
+        dt = d0 + (_pick(v, lut[o + 7]) - d0) * t
+    if not decided:
+        test = ti.select(at >= 0, 1, 0) + ti.select(bt >= 0, 2, 0) + ti.select(ct >= 0, 4, 0) + ti.select(dt >= 0, 8, 0)
+        if test == 5:
+            res = at * ct - bt * dt < _EPS and s > 0  # otherwise false, as skimage's port falls through
+        elif test == 10:
+            res = at * ct - bt * dt >= _EPS and s > 0
+        elif test == 7 or test == 11 or test == 13 or test == 14 or test == 15:
+            res = s < 0
+        else:
+            res = s > 0
+    return res
+
+
+@ti.func
+def _lewiner_row(v, case, lut: ti.template()):
+    """The tiling (row of the table) Lewiner's case switch picks for an ambiguous cell of tide case ``case``."""
+    cls = lut[ti.static(_O["CLS"]) + case]
+    cfg = lut[ti.static(_O["CFG"]) + case]
+    row = 0
+    if cls == 3:
+        row = ti.select(_test_face(v, lut[ti.static(_O["TEST3"]) + cfg], lut), ti.static(_B["TILING3_2"]),
+                        ti.static(_B["TILING3_1"])) + cfg
+    elif cls == 4:
+        row = ti.select(_test_interior(v, lut, cls, 0, lut[ti.static(_O["TEST4"]) + cfg]),
+                        ti.static(_B["TILING4_1"]), ti.static(_B["TILING4_2"])) + cfg
+    elif cls == 6:
+        o = ti.static(_O["TEST6"]) + 3 * cfg
+        if _test_face(v, lut[o], lut):
+            row = ti.static(_B["TILING6_2"]) + cfg
+        else:
+            row = ti.select(_test_interior(v, lut, cls, lut[o + 2], lut[o + 1]), ti.static(_B["TILING6_1_1"]),
+                            ti.static(_B["TILING6_1_2"])) + cfg
+    elif cls == 7:
+        o = ti.static(_O["TEST7"]) + 5 * cfg
+        sub = (ti.select(_test_face(v, lut[o], lut), 1, 0) + ti.select(_test_face(v, lut[o + 1], lut), 2, 0)
+               + ti.select(_test_face(v, lut[o + 2], lut), 4, 0))
+        if sub == 0:
+            row = ti.static(_B["TILING7_1"]) + cfg
+        elif sub == 1 or sub == 2 or sub == 4:
+            row = ti.static(_B["TILING7_2"]) + 3 * cfg + sub // 2
+        elif sub == 3 or sub == 5 or sub == 6:
+            row = ti.static(_B["TILING7_3"]) + 3 * cfg + ti.select(sub == 3, 0, ti.select(sub == 5, 1, 2))
+        else:
+            row = ti.select(_test_interior(v, lut, cls, lut[o + 4], lut[o + 3]), ti.static(_B["TILING7_4_2"]),
+                            ti.static(_B["TILING7_4_1"])) + cfg
+    elif cls == 10 or cls == 12:
+        o = ti.static(_O["TEST10"]) + 3 * cfg
+        b11, b11_, b12, b2, b2_ = (ti.static(_B["TILING10_1_1"]), ti.static(_B["TILING10_1_1_"]),
+                                   ti.static(_B["TILING10_1_2"]), ti.static(_B["TILING10_2"]),
+                                   ti.static(_B["TILING10_2_"]))
+        edge = 0
+        if cls == 12:
+            o = ti.static(_O["TEST12"]) + 4 * cfg
+            edge = lut[o + 3]
+            b11, b11_, b12, b2, b2_ = (ti.static(_B["TILING12_1_1"]), ti.static(_B["TILING12_1_1_"]),
+                                       ti.static(_B["TILING12_1_2"]), ti.static(_B["TILING12_2"]),
+                                       ti.static(_B["TILING12_2_"]))
+        f0 = _test_face(v, lut[o], lut)
+        f1 = _test_face(v, lut[o + 1], lut)
+        if f0:
+            row = ti.select(f1, b11_, b2) + cfg
+        elif f1:
+            row = b2_ + cfg
+        else:
+            row = ti.select(_test_interior(v, lut, cls, edge, lut[o + 2]), b11, b12) + cfg
+    elif cls == 13:
+        o = ti.static(_O["TEST13"]) + 7 * cfg
+        sub = 0
+        for f in ti.static(range(6)):
+            sub += ti.select(_test_face(v, lut[o + f], lut), 1 << f, 0)
+        sc = lut[ti.static(_O["SUBCONFIG13"]) + sub]
+        if sc == 0:
+            row = ti.static(_B["TILING13_1"]) + cfg
+        elif sc <= 6:
+            row = ti.static(_B["TILING13_2"]) + 6 * cfg + sc - 1
+        elif sc <= 18:
+            row = ti.static(_B["TILING13_3"]) + 12 * cfg + sc - 7
+        elif sc <= 22:
+            row = ti.static(_B["TILING13_4"]) + 4 * cfg + sc - 19
+        elif sc <= 26:
+            s2 = sc - 23
+            edge = lut[ti.static(_O["EDGE13_5"]) + 4 * cfg + s2]
+            row = ti.select(_test_interior(v, lut, cls, edge, lut[o + 6]), ti.static(_B["TILING13_5_1"]),
+                            ti.static(_B["TILING13_5_2"])) + 4 * cfg + s2
+        elif sc <= 38:
+            row = ti.static(_B["TILING13_3_"]) + 12 * cfg + sc - 27
+        elif sc <= 44:
+            row = ti.static(_B["TILING13_2_"]) + 6 * cfg + sc - 39
+        else:
+            row = ti.static(_B["TILING13_1_"]) + cfg
+    return row
+
+
+@ti.func
+def _cell_row(vol: ti.template(), i, j, k, level, case, fixed: ti.template(), lut: ti.template()):
+    row = fixed[case]
+    if row < 0:
+        row = _lewiner_row(_cell_values(vol, i, j, k, level), case, lut)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The three passes.
 
 @ti.kernel
 def _count(vol: ti.types.ndarray(ndim=3), level: ti.f64, mask: ti.types.ndarray(ndim=3), use_mask: ti.i32,
-           ntri: ti.types.ndarray(ndim=1), cube: ti.types.ndarray(ndim=3),
+           fixed: ti.types.ndarray(ndim=1), row_nt: ti.types.ndarray(ndim=1), row_c12: ti.types.ndarray(ndim=1),
+           lut: ti.types.ndarray(ndim=1), cube: ti.types.ndarray(ndim=3),
            row_v: ti.types.ndarray(ndim=2), row_t: ti.types.ndarray(ndim=2)):
     nx, ny, nz = vol.shape[0], vol.shape[1], vol.shape[2]
     for i, j in ti.ndrange(nx, ny):
@@ -92,11 +309,12 @@ def _count(vol: ti.types.ndarray(ndim=3), level: ti.f64, mask: ti.types.ndarray(
                 nv += (high & 1) ^ a
                 if has_x * has_y == 1:
                     case = low | (high << 4)
-                    if use_mask != 0:
-                        if mask[i + 1, j + 1, k + 1] == 0:  # skimage keys a cell on its upper corner
-                            case = 0
-                    cube[i, j, k] = ti.cast(case, ti.u8)
-                    nt += ntri[case]
+                    cube[i, j, k] = ti.cast(case, ti.u8)  # unmasked: the vertex pass reads edge crossings here
+                    if case != 0 and case != 255:
+                        if use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0:  # skimage keys a cell on its upper corner
+                            row = _cell_row(vol, i, j, k, level, case, fixed, lut)
+                            nt += row_nt[row]
+                            nv += row_c12[row]
                 low = high
         row_v[i, j] = nv
         row_t[i, j] = nt
@@ -109,34 +327,79 @@ def _column_bits(vol: ti.template(), i, j, i1, j1, k, level):
 
 
 @ti.kernel
-def _vertices(vol: ti.types.ndarray(ndim=3), level: ti.f64, row_off: ti.types.ndarray(ndim=2),
+def _vertices(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarray(ndim=3),
+              mask: ti.types.ndarray(ndim=3), use_mask: ti.i32, fixed: ti.types.ndarray(ndim=1),
+              row_c12: ti.types.ndarray(ndim=1), lut: ti.types.ndarray(ndim=1), row_off: ti.types.ndarray(ndim=2),
               sx: ti.f64, sy: ti.f64, sz: ti.f64, verts: ti.types.ndarray(ndim=2),
               ends: ti.types.ndarray(ndim=2), keys: ti.types.ndarray(ndim=1), hits: ti.types.ndarray(ndim=1)):
     nx, ny, nz = vol.shape[0], vol.shape[1], vol.shape[2]
     for i, j in ti.ndrange(nx, ny):
         c = row_off[i, j]
+        inner_row = i + 1 < nx and j + 1 < ny
         for k in range(nz):
-            v0 = ti.cast(vol[i, j, k], ti.f64)
-            a = v0 <= level
-            for axis in ti.static(range(3)):
-                di, dj, dk = ti.static((1, 0, 0) if axis == 0 else ((0, 1, 0) if axis == 1 else (0, 0, 1)))
-                if i + di < nx and j + dj < ny and k + dk < nz:
-                    v1 = ti.cast(vol[i + di, j + dj, k + dk], ti.f64)
-                    if (v1 <= level) != a:
+            # Which of the three edges leaving sample (i, j, k) cross: from the cell's case bits where a cell owns
+            # the sample (1 byte instead of 4 samples), else (the last row, column and layer) from the volume.
+            cs = 0
+            cross = 0
+            if inner_row:
+                if k + 1 < nz:
+                    cs = ti.cast(cube[i, j, k], ti.i32)
+                    a = cs & 1
+                    cross = (((cs >> 1) & 1) ^ a) | ((((cs >> 2) & 1) ^ a) << 1) | ((((cs >> 4) & 1) ^ a) << 2)
+                else:
+                    top = ti.cast(cube[i, j, k - 1], ti.i32) >> 4
+                    a = top & 1
+                    cross = (((top >> 1) & 1) ^ a) | ((((top >> 2) & 1) ^ a) << 1)
+            else:
+                a = vol[i, j, k] <= level
+                if i + 1 < nx:
+                    cross |= ti.select((vol[i + 1, j, k] <= level) != a, 1, 0)
+                if j + 1 < ny:
+                    cross |= ti.select((vol[i, j + 1, k] <= level) != a, 2, 0)
+                if k + 1 < nz:
+                    cross |= ti.select((vol[i, j, k + 1] <= level) != a, 4, 0)
+            if cross != 0:
+                v0 = ti.cast(vol[i, j, k], ti.f64)
+                for axis in ti.static(range(3)):
+                    di, dj, dk = ti.static((1, 0, 0) if axis == 0 else ((0, 1, 0) if axis == 1 else (0, 0, 1)))
+                    if (cross >> axis) & 1:
+                        v1 = ti.cast(vol[i + di, j + dj, k + dk], ti.f64)
                         t = (level - v0) / (v1 - v0)
                         verts[c, 0] = (i + t * di) * sx
                         verts[c, 1] = (j + t * dj) * sy
                         verts[c, 2] = (k + t * dk) * sz
                         ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k
                         ends[c, 1] = (ti.cast(i + di, ti.i64) * ny + j + dj) * nz + k + dk
-                        keys[c] = k * 3 + axis
+                        keys[c] = k * 4 + axis
                         if t <= _SNAP or t >= 1.0 - _SNAP:  # (almost) through a grid sample: merged later
                             ti.atomic_add(hits[0], 1)
                         c += 1
+            if cs != 0 and cs != 255:
+                if use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0:
+                    row = fixed[cs]
+                    if row < 0:
+                        v = _cell_values(vol, i, j, k, level)
+                        row = _lewiner_row(v, cs, lut)
+                        if row_c12[row] != 0:
+                            # Lewiner's inner vertex: corners weighted by 1 / |value - level| (skimage's formula)
+                            w = 1.0 / (_EPS + ti.abs(v))
+                            ff = w.sum()
+                            fx = w[1] + w[2] + w[5] + w[6]
+                            fy = w[2] + w[3] + w[6] + w[7]
+                            fz = w[4] + w[5] + w[6] + w[7]
+                            verts[c, 0] = (i + fz / ff) * sx
+                            verts[c, 1] = (j + fy / ff) * sy
+                            verts[c, 2] = (k + fx / ff) * sz
+                            ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k  # the cell's first sample
+                            ends[c, 1] = -1
+                            keys[c] = k * 4 + 3
+                            c += 1
 
 
 @ti.kernel
-def _faces(cube: ti.types.ndarray(ndim=3), table: ti.types.ndarray(ndim=2), ntri: ti.types.ndarray(ndim=1),
+def _faces(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarray(ndim=3),
+           mask: ti.types.ndarray(ndim=3), use_mask: ti.i32, fixed: ti.types.ndarray(ndim=1),
+           lut: ti.types.ndarray(ndim=1), table: ti.types.ndarray(ndim=2), row_nt: ti.types.ndarray(ndim=1),
            row_voff: ti.types.ndarray(ndim=2), row_vcnt: ti.types.ndarray(ndim=2), keys: ti.types.ndarray(ndim=1),
            row_toff: ti.types.ndarray(ndim=2), faces: ti.types.ndarray(ndim=2)):
     cx, cy, cz = cube.shape[0], cube.shape[1], cube.shape[2]
@@ -144,29 +407,35 @@ def _faces(cube: ti.types.ndarray(ndim=3), table: ti.types.ndarray(ndim=2), ntri
         c = row_toff[i, j]
         for k in range(cz):
             case = ti.cast(cube[i, j, k], ti.i32)
-            for t in range(ntri[case]):
-                for m in ti.static(range(3)):
-                    e = table[case, 3 * t + m]
-                    axis = e >> 2
-                    o1 = e & 1
-                    o2 = (e >> 1) & 1
-                    di = ti.select(axis == 0, 0, o1)
-                    dj = ti.select(axis == 0, o1, ti.select(axis == 1, 0, o2))
-                    dk = ti.select(axis == 2, 0, o2)
-                    key = (k + dk) * 3 + axis
-                    lo = row_voff[i + di, j + dj]
-                    hi = lo + row_vcnt[i + di, j + dj]
-                    while lo < hi:  # the row's keys are sorted: they were written walking k
-                        mid = (lo + hi) // 2
-                        if keys[mid] < key:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    faces[c, m] = lo
-                c += 1
+            if case != 0 and case != 255:
+                if use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0:
+                    row = _cell_row(vol, i, j, k, level, case, fixed, lut)
+                    for t in range(row_nt[row]):
+                        for m in ti.static(range(3)):
+                            e = table[row, 3 * t + m]
+                            di, dj, key = 0, 0, k * 4 + 3  # e == 12: the cell's inner vertex, in this row
+                            if e < 12:
+                                axis = e >> 2
+                                o1 = e & 1
+                                o2 = (e >> 1) & 1
+                                di = ti.select(axis == 0, 0, o1)
+                                dj = ti.select(axis == 0, o1, ti.select(axis == 1, 0, o2))
+                                dk = ti.select(axis == 2, 0, o2)
+                                key = (k + dk) * 4 + axis
+                            lo = row_voff[i + di, j + dj]
+                            hi = lo + row_vcnt[i + di, j + dj]
+                            while lo < hi:  # the row's keys are sorted: they were written walking k
+                                mid = (lo + hi) // 2
+                                if keys[mid] < key:
+                                    lo = mid + 1
+                                else:
+                                    hi = mid
+                            faces[c, m] = lo
+                        c += 1
 
 
-def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), mask=None) -> IsoSurface:
+def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), mask=None,
+                   method: str = "lewiner") -> IsoSurface:
     """Extract the ``level`` iso-surface of a 3D array.
 
     Args:
@@ -174,6 +443,8 @@ def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), 
         level: iso value; default the midpoint of the value range (as skimage).
         spacing: grid step along each axis (world units per index).
         mask: optional (nx, ny, nz) bool array; a cell is processed only where ``mask`` is true at its upper corner.
+        method: ``"lewiner"`` (skimage's default: ambiguous faces and cell interiors are resolved by Lewiner's
+            MC33 tests, adding a vertex inside some cells) or ``"lorensen"`` (the classic table).
 
     Returns:
         ``IsoSurface`` (verts (V, 3) float64, faces (F, 3) int64, ends (V, 2) int64). Empty arrays when the level
@@ -181,6 +452,8 @@ def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), 
         the coinciding vertices are merged.
     """
     backend.ensure()
+    if method not in METHODS:
+        raise MeshError(f"marching_cubes: method must be one of {METHODS}, got {method!r}")
     vol = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
     if vol.ndim != 3 or min(vol.shape) < 2:
         raise MeshError(f"marching_cubes needs a 3D volume at least 2x2x2, got shape {vol.shape}")
@@ -196,16 +469,17 @@ def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), 
         mask = np.ascontiguousarray(np.asarray(mask, dtype=bool)).view(np.uint8)
         if mask.shape != vol.shape:
             raise MeshError(f"mask shape {mask.shape} differs from volume shape {vol.shape}")
-    table, ntri = _tables()
+    table, row_nt, row_c12, lut, fixed = _tables()
+    fixed = fixed[method]
     nx, ny, nz = vol.shape
     cube = np.empty((nx - 1, ny - 1, nz - 1), dtype=np.uint8)
     row_v = np.empty((nx, ny), dtype=np.int32)
     row_t = np.empty((nx, ny), dtype=np.int32)
-    _count(vol, level, mask if mask is not None else np.zeros((1, 1, 1), np.uint8), int(mask is not None), ntri,
-           cube, row_v, row_t)
-    voff = _exclusive_cumsum(row_v)
-    toff = _exclusive_cumsum(row_t)
-    nv, nf = int(row_v.sum()), int(row_t.sum())
+    use_mask = int(mask is not None)
+    mask = mask if mask is not None else _NO_MASK
+    _count(vol, level, mask, use_mask, fixed, row_nt, row_c12, lut, cube, row_v, row_t)
+    voff, nv = _exclusive_cumsum(row_v)
+    toff, nf = _exclusive_cumsum(row_t)
     verts = np.empty((nv, 3), dtype=np.float64)
     ends = np.empty((nv, 2), dtype=np.int64)
     faces = np.empty((nf, 3), dtype=np.int64)
@@ -214,32 +488,39 @@ def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), 
     keys = np.empty(nv, dtype=np.int32)
     hits = np.zeros(1, dtype=np.int32)
     sx, sy, sz = (float(s) for s in spacing)
-    _vertices(vol, level, voff, sx, sy, sz, verts, ends, keys, hits)
-    _faces(cube, table, ntri, voff, row_v, keys, toff, faces)
+    _vertices(vol, level, cube, mask, use_mask, fixed, row_c12, lut, voff, sx, sy, sz, verts, ends, keys, hits)
+    _faces(vol, level, cube, mask, use_mask, fixed, lut, table, row_nt, voff, row_v, keys, toff, faces)
     surf = IsoSurface(verts, faces, ends)
     if hits[0] > 0:
         surf = _merge_grid_hits(surf, vol, level)
-    if mask is not None or hits[0] > 0:
+    if use_mask or hits[0] > 0:
         surf = _drop_unreferenced(surf)
     return surf
 
 
-def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
-    flat = counts.reshape(-1).astype(np.int64)
+_NO_MASK = np.zeros((1, 1, 1), np.uint8)
+
+
+def _exclusive_cumsum(counts: np.ndarray):
+    """``(offsets like counts, int32; total)``."""
+    flat = counts.reshape(-1)
+    total = int(flat.sum(dtype=np.int64))
+    if total > np.iinfo(np.int32).max:
+        raise MeshError("marching_cubes: more than 2^31 vertices or faces; use a coarser grid or a mask")
     off = np.empty_like(flat)
     off[0] = 0
     np.cumsum(flat[:-1], out=off[1:])
-    if off[-1] + flat[-1] > np.iinfo(np.int32).max:
-        raise MeshError("marching_cubes: more than 2^31 vertices or faces; use a coarser grid or a mask")
-    return off.reshape(counts.shape).astype(np.int32)
+    return off.reshape(counts.shape), total
 
 
 def _merge_grid_hits(surf: IsoSurface, vol: np.ndarray, level: float) -> IsoSurface:
     """Vertices with t ~ 0 or 1 sit on a grid sample shared by several edges: give them one id, then drop the
     faces that collapsed (degenerate) or now repeat another face."""
     flat = vol.reshape(-1).astype(np.float64)
-    s0, s1 = flat[surf.ends[:, 0]], flat[surf.ends[:, 1]]
-    t = (level - s0) / (s1 - s0)
+    edge = surf.ends[:, 1] >= 0  # Lewiner's inner vertices (ends[:, 1] = -1) are never merged
+    s0, s1 = flat[surf.ends[:, 0]], flat[np.where(edge, surf.ends[:, 1], 0)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(edge, (level - s0) / (s1 - s0), 0.5)
     at0 = t <= _SNAP
     at1 = t >= 1.0 - _SNAP
     key = np.where(at0, surf.ends[:, 0], np.where(at1, surf.ends[:, 1], -1))
@@ -268,43 +549,63 @@ def _drop_unreferenced(surf: IsoSurface) -> IsoSurface:
 
 @ti.kernel
 def _interp(vol: ti.types.ndarray(), ends: ti.types.ndarray(), p0: ti.types.ndarray(), d: ti.types.ndarray(),
-            out: ti.types.ndarray(), level: ti.f64):
+            out: ti.types.ndarray(), level: ti.f64, stride0: ti.i64, stride1: ti.i64):
     for v in range(ends.shape[0]):
-        s0 = vol[ends[v, 0]]
-        s1 = vol[ends[v, 1]]
-        t = (level - s0) / (s1 - s0)
-        for c in ti.static(range(3)):
-            out[v, c] = p0[v, c] + t * d[v, c]
+        if ends[v, 1] >= 0:  # on a grid edge: p0 + t d
+            s0 = vol[ends[v, 0]]
+            s1 = vol[ends[v, 1]]
+            t = (level - s0) / (s1 - s0)
+            for c in ti.static(range(3)):
+                out[v, c] = p0[v, c] + t * d[v, c]
+        else:  # Lewiner's inner vertex: corners weighted by 1 / |s - level|; d holds the spacing
+            ff = 0.0
+            f0 = 0.0
+            f1 = 0.0
+            f2 = 0.0
+            for b in ti.static(range(8)):
+                w = 1.0 / (_EPS + ti.abs(vol[ends[v, 0] + (b & 1) * stride0 + ((b >> 1) & 1) * stride1
+                                             + ((b >> 2) & 1)] - level))
+                ff += w
+                f0 += w * (b & 1)
+                f1 += w * ((b >> 1) & 1)
+                f2 += w * ((b >> 2) & 1)
+            out[v, 0] = p0[v, 0] + d[v, 0] * f0 / ff
+            out[v, 1] = p0[v, 1] + d[v, 1] * f1 / ff
+            out[v, 2] = p0[v, 2] + d[v, 2] * f2 / ff
 
 
-def marching_cubes_torch(volume: torch.Tensor, level: float = 0.0, spacing=(1.0, 1.0, 1.0), mask=None):
+def marching_cubes_torch(volume: torch.Tensor, level: float = 0.0, spacing=(1.0, 1.0, 1.0), mask=None,
+                         method: str = "lewiner"):
     """Marching cubes whose vertices are differentiable w.r.t. the grid values.
 
     The mesh connectivity is piecewise constant in the values; within one piece every vertex is the linear
-    interpolation ``p0 + t (p1 - p0)``, ``t = (level - s0) / (s1 - s0)``, and its gradient flows to ``s0`` and
-    ``s1`` through ``engine.bridge``.
+    interpolation ``p0 + t (p1 - p0)``, ``t = (level - s0) / (s1 - s0)``, or (Lewiner's vertices inside a cell)
+    the average of the cell's corners weighted by ``1 / |s - level|``; gradients flow to the samples through
+    ``engine.bridge``.
 
     Args:
         volume: (nx, ny, nz) float tensor (any device; may require grad).
-        level, spacing, mask: as ``marching_cubes``.
+        level, spacing, mask, method: as ``marching_cubes``.
 
     Returns:
         ``(verts (V, 3) tensor in volume's dtype, faces (F, 3) int64 tensor)``.
     """
-    surf = marching_cubes(volume.detach(), level, spacing, mask)
+    surf = marching_cubes(volume.detach(), level, spacing, mask, method)
     dtype, device = volume.dtype, volume.device
     faces = torch.as_tensor(surf.faces, device=device)
     if len(surf.verts) == 0:
         return volume.new_zeros((0, 3)), faces
     shape = np.array(volume.shape)
     step = np.asarray(spacing, dtype=np.float64)
+    inner = surf.ends[:, 1] < 0
     i0 = np.stack(np.unravel_index(surf.ends[:, 0], shape), axis=1)
-    i1 = np.stack(np.unravel_index(surf.ends[:, 1], shape), axis=1)
+    i1 = np.stack(np.unravel_index(np.where(inner, surf.ends[:, 0], surf.ends[:, 1]), shape), axis=1)
     p0 = torch.as_tensor(i0 * step, dtype=dtype, device=device)
-    d = torch.as_tensor((i1 - i0) * step, dtype=dtype, device=device)
+    d = torch.as_tensor(np.where(inner[:, None], step[None, :], (i1 - i0) * step), dtype=dtype, device=device)
     ends = torch.as_tensor(surf.ends, device=device)
     op = bridge.KernelOp(_interp, outputs=lambda vol, e, a, b: [((e.shape[0], 3), vol.dtype)],
-                         statics=(float(level),), name="marching_cubes_interp")
+                         statics=(float(level), int(shape[1] * shape[2]), int(shape[2])),
+                         name="marching_cubes_interp")
     verts = op(volume.reshape(-1), ends, p0, d)
     return verts, faces
 
@@ -343,7 +644,8 @@ def grid_points(lo, hi, resolution) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
-def extract_surface(field, lo, hi, resolution, level: float = 0.0, kind: str = "sdf", chunk: int = 1 << 18):
+def extract_surface(field, lo, hi, resolution, level: float = 0.0, kind: str = "sdf", chunk: int = 1 << 18,
+                    method: str = "lewiner"):
     """Mesh a torch field with MeshSDF gradients.
 
     Args:
@@ -352,6 +654,7 @@ def extract_surface(field, lo, hi, resolution, level: float = 0.0, kind: str = "
         resolution: samples per axis (int or 3 ints).
         level: iso value; ``kind``: ``"sdf"`` or ``"level"`` (see ``attach_field_gradients``).
         chunk: points per field evaluation while sampling the grid.
+        method: as ``marching_cubes``.
 
     Returns:
         ``(verts (V, 3) tensor with gradients to the field's parameters, faces (F, 3) int64 tensor)``.
@@ -365,7 +668,7 @@ def extract_surface(field, lo, hi, resolution, level: float = 0.0, kind: str = "
             flat = flat.to(params.device, params.dtype)
         vals = torch.cat([field(flat[i:i + chunk]).reshape(-1) for i in range(0, len(flat), chunk)])
     spacing = [(float(hi[a]) - float(lo[a])) / (shape[a] - 1) for a in range(3)]
-    surf = marching_cubes(vals.reshape(shape), level, spacing)
+    surf = marching_cubes(vals.reshape(shape), level, spacing, method=method)
     faces = torch.as_tensor(surf.faces, device=flat.device)
     verts = torch.as_tensor(surf.verts, dtype=flat.dtype, device=flat.device) + torch.as_tensor(
         [float(x) for x in lo], dtype=flat.dtype, device=flat.device)

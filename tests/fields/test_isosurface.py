@@ -7,6 +7,8 @@ from skimage.measure import marching_cubes as sk_marching_cubes
 
 from engine.errors import MeshError
 from engine.fields import isosurface
+from engine.fields._lewiner_table import derive_from_skimage as derive_lewiner
+from engine.fields._lewiner_table import raw_tables as lewiner_raw
 from engine.fields._mc_table import TRIANGLES, derive_from_skimage, triangle_table
 from engine.fields.isosurface import (attach_field_gradients, extract_surface, marching_cubes,
                                       marching_cubes_torch)
@@ -69,34 +71,76 @@ def test_table_is_skimage_classic_table_and_uses_exactly_the_crossing_edges():
     ("noise", np.random.default_rng(3).normal(size=(20, 24, 28)), 0.1, (1.0, 0.7, 1.3)),
 ])
 def test_matches_skimage_lorensen(name, volume, level, spacing):
-    surf = marching_cubes(volume, level, spacing)
+    surf = marching_cubes(volume, level, spacing, method="lorensen")
     sk_v, sk_f, _, _ = sk_marching_cubes(volume, level, spacing=spacing, method="lorensen")
     assert len(surf.verts) == len(sk_v) and len(surf.faces) == len(sk_f)
     assert _hausdorff(surf.verts, sk_v.astype(np.float64)) < 1e-5
     assert _face_set(surf.verts, surf.faces, sk_v) == _face_set(sk_v, sk_f, sk_v)  # same triangles, same winding
 
 
-@pytest.mark.parametrize("volume", [_sphere(33), _torus(40)])
-def test_matches_skimage_default_on_smooth_fields(volume):
-    surf = marching_cubes(volume, 0.0)
-    sk_v, _, _, _ = sk_marching_cubes(volume, 0.0)  # Lewiner: equal to the classic table without ambiguous cells
+@pytest.mark.parametrize("name,volume,level,spacing", [
+    ("sphere", _sphere(33), 0.0, (1.0, 1.0, 1.0)),
+    ("torus", _torus(40), 0.0, (0.5, 1.0, 2.0)),
+    ("noisy", _noisy(36, 0.05), 0.0, (1.0, 1.0, 1.0)),
+    ("very_noisy", _noisy(30, 0.2, seed=1), 0.0, (1.0, 1.0, 1.0)),
+    ("noise", np.random.default_rng(3).normal(size=(20, 24, 28)), 0.1, (1.0, 0.7, 1.3)),
+    ("noise_f32", np.random.default_rng(7).normal(size=(32, 32, 32)).astype(np.float32), -0.2, (1.0, 1.0, 1.0)),
+])
+def test_default_matches_skimage_default_lewiner(name, volume, level, spacing):
+    surf = marching_cubes(volume, level, spacing)  # default method: Lewiner, as skimage
+    sk_v, sk_f, _, _ = sk_marching_cubes(volume, level, spacing=spacing)
     assert _hausdorff(surf.verts, sk_v.astype(np.float64)) < 1e-5
+    assert len(surf.verts) == len(sk_v) and len(surf.faces) == len(sk_f)
+    assert _face_set(surf.verts, surf.faces, sk_v) == _face_set(sk_v, sk_f, sk_v)  # same triangles, same winding
+    if name.startswith(("very", "noise")):
+        assert (surf.ends[:, 1] < 0).any()  # the fields do exercise the inner-vertex tilings
 
 
-def test_noisy_vertices_lie_on_skimage_default_surface_vertices():
-    # Lewiner resolves ambiguous cells with extra centre vertices, so only this direction is exact on noise.
-    volume = _noisy(30, 0.2, seed=1)
+def test_lewiner_tables_are_skimage_tables():
+    ours, theirs = lewiner_raw(), derive_lewiner()
+    assert ours.keys() == theirs.keys()
+    assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_lewiner_resolves_every_ambiguous_class_like_skimage(seed):
+    """White noise: every ambiguous case class and its sub-cases, many times, against skimage."""
+    volume = np.random.default_rng(seed).normal(size=(26, 27, 28))
     surf = marching_cubes(volume, 0.0)
-    sk_v, _, _, _ = sk_marching_cubes(volume, 0.0)
-    assert cKDTree(sk_v).query(surf.verts)[0].max() < 1e-5
+    sk_v, sk_f, _, _ = sk_marching_cubes(volume, 0.0)
+    assert _hausdorff(surf.verts, sk_v.astype(np.float64)) < 1e-5
+    assert _face_set(surf.verts, surf.faces, sk_v) == _face_set(sk_v, sk_f, sk_v)
+    classes = {int(isosurface._LEW["cls"][c]) for c in _cases(volume)}
+    assert {3, 4, 6, 7, 10, 12, 13} <= classes
 
 
-def test_mask_follows_skimage():
+def _cases(volume):
+    """tide case index of every cell (bit b set when corner (b & 1, b >> 1 & 1, b >> 2 & 1) is <= 0)."""
+    inside = volume <= 0
+    case = np.zeros(tuple(n - 1 for n in volume.shape), dtype=np.int64)
+    for b in range(8):
+        d = (b & 1, (b >> 1) & 1, (b >> 2) & 1)
+        case |= inside[d[0]:volume.shape[0] - 1 + d[0], d[1]:volume.shape[1] - 1 + d[1],
+                       d[2]:volume.shape[2] - 1 + d[2]].astype(np.int64) << b
+    return case.reshape(-1)
+
+
+def test_lewiner_mesh_of_a_closed_noisy_field_is_watertight():
+    volume = _noisy(24, 0.3, seed=5)
+    volume[[0, -1], :, :] = 1.0  # closed: outside on the border
+    volume[:, [0, -1], :] = 1.0
+    volume[:, :, [0, -1]] = 1.0
+    lew = marching_cubes(volume, 0.0).to_trimesh()
+    assert lew.is_watertight and lew.is_winding_consistent
+
+
+@pytest.mark.parametrize("method", ["lewiner", "lorensen"])
+def test_mask_follows_skimage(method):
     rng = np.random.default_rng(5)
     volume = _noisy(16, 0.3, seed=2)
     mask = rng.random(volume.shape) > 0.4
-    surf = marching_cubes(volume, 0.0, mask=mask)
-    sk_v, sk_f, _, _ = sk_marching_cubes(volume, 0.0, method="lorensen", mask=mask)
+    surf = marching_cubes(volume, 0.0, mask=mask, method=method)
+    sk_v, sk_f, _, _ = sk_marching_cubes(volume, 0.0, method=method, mask=mask)
     assert len(surf.verts) == len(sk_v)
     assert _hausdorff(surf.verts, sk_v.astype(np.float64)) < 1e-5
     assert _face_set(surf.verts, surf.faces, sk_v) == _face_set(sk_v, sk_f, sk_v)
@@ -123,13 +167,14 @@ def test_closed_surface_is_watertight_shared_and_outward():
     assert np.all(np.einsum("ij,ij->i", normal, tri.mean(1) - surf.verts.mean(0)) > 0)
 
 
+@pytest.mark.parametrize("method", ["lewiner", "lorensen"])
 @pytest.mark.parametrize("kind", ["plane", "quantised"])
-def test_surface_through_grid_samples_has_no_degenerate_or_duplicate_faces(kind):
+def test_surface_through_grid_samples_has_no_degenerate_or_duplicate_faces(kind, method):
     i, j, k = np.meshgrid(*(np.arange(12.0),) * 3, indexing="ij")
     volume = i + j - 2 * k + 3 if kind == "plane" else np.round(4 * _sphere(12)) / 4
-    surf = marching_cubes(volume, 0.0)
+    surf = marching_cubes(volume, 0.0, method=method)
     _check_clean(surf)
-    sk_v, _, _, _ = sk_marching_cubes(volume, 0.0, method="lorensen", allow_degenerate=False)
+    sk_v, _, _, _ = sk_marching_cubes(volume, 0.0, method=method, allow_degenerate=False)
     assert _hausdorff(surf.verts, np.unique(sk_v.astype(np.float64), axis=0)) < 1e-5
 
 
@@ -152,7 +197,7 @@ def test_vertex_gradient_wrt_grid_values_matches_finite_differences():
     w = torch.tensor(rng.normal(size=verts.shape))
     (verts * w).sum().backward()
     surf = marching_cubes(base.numpy(), 0.0)
-    cand = np.unique(surf.ends.reshape(-1))
+    cand = np.unique(surf.ends[surf.ends >= 0])
     eps = 1e-6
     for flat in rng.choice(cand, size=8, replace=False):
         fd = []
@@ -161,6 +206,32 @@ def test_vertex_gradient_wrt_grid_values_matches_finite_differences():
             vol[flat] += sign * eps
             v2, f2 = marching_cubes_torch(vol.reshape(base.shape), 0.0, spacing=(0.5, 1.0, 1.5))
             assert torch.equal(f2, faces)  # same topology for a tiny step
+            fd.append((v2 * w).sum().item())
+        numeric = (fd[0] - fd[1]) / (2 * eps)
+        assert volume.grad.reshape(-1)[flat].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+
+
+def test_inner_vertex_gradient_matches_finite_differences():
+    """Lewiner's vertices inside cells (weighted corner averages) also get their gradient right."""
+    rng = np.random.default_rng(2)
+    base = torch.tensor(_noisy(9, 0.3, seed=6))
+    volume = base.clone().requires_grad_(True)
+    verts, faces = marching_cubes_torch(volume, 0.0, spacing=(0.5, 1.0, 1.5))
+    surf = marching_cubes(base.numpy(), 0.0)
+    inner = surf.ends[:, 1] < 0
+    assert inner.sum() >= 2
+    w = torch.tensor(rng.normal(size=verts.shape)) * torch.tensor(inner)[:, None]  # loss on inner vertices only
+    (verts * w).sum().backward()
+    strides = np.array([base.shape[1] * base.shape[2], base.shape[2], 1])
+    corners = [c + strides @ np.array([b & 1, (b >> 1) & 1, (b >> 2) & 1]) for c in surf.ends[inner, 0] for b in range(8)]
+    eps = 1e-6
+    for flat in rng.choice(np.unique(corners), size=8, replace=False):
+        fd = []
+        for sign in (1, -1):
+            vol = base.clone().reshape(-1)
+            vol[flat] += sign * eps
+            v2, f2 = marching_cubes_torch(vol.reshape(base.shape), 0.0, spacing=(0.5, 1.0, 1.5))
+            assert torch.equal(f2, faces)
             fd.append((v2 * w).sum().item())
         numeric = (fd[0] - fd[1]) / (2 * eps)
         assert volume.grad.reshape(-1)[flat].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7)
