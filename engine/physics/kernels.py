@@ -13,6 +13,17 @@ Substep order (DiffTaichi/PlasticineLab style, every stage a separate kernel so 
     p2g      m_i, (m·v)_i from particles
     grid     v_i = (m·v)_i / m_i + dt·g, then colliders
     g2p      v_p, C_p, x_p ← grid
+
+The forward-only path (no gradient tape: ``Solver.step`` without a scratch, ``Rollout.run``) fuses these into
+three launches, with no torch calls in between:
+    p2g_fused    deform, SVD, muscle, plasticity and stress inline, then the scatter
+    grid_fast    grid update, and zeroes the momentum/mass grid it read (so the next P2G needs no clear)
+    g2p_check    the gather, with the blow-up check folded in (a flag the solver reads every few substeps)
+It computes the same numbers as the staged kernels (tests/physics/test_fast_path.py).
+
+On CPUs the scatter loops (P2G, and G2P's gradient) run serialised: Taichi then turns their float atomics into
+plain adds, which is about 5x faster on this box than two threads contending through compare-and-swap loops.
+GPUs keep the parallel atomic scatter.
 """
 
 import functools
@@ -23,12 +34,20 @@ import taichi as ti
 from . import materials, svd
 from .model import SLIP, STICKY
 
-__all__ = ["build"]
+__all__ = ["build", "serial_scatter"]
+
+
+def serial_scatter() -> bool:
+    """Whether scatter loops run serialised: on CPU arches (see the module docstring), not on GPUs."""
+    from .. import backend
+
+    return backend.ensure().resolved_arch in ("x64", "arm64")
 
 
 @functools.lru_cache(maxsize=None)
-def build(dim: int, real) -> SimpleNamespace:
-    """Kernels for ``dim`` (2 or 3) in float type ``real``; see the module docstring for the stage order."""
+def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
+    """Kernels for ``dim`` (2 or 3) in float type ``real``; see the module docstring for the stage order.
+    ``serial``: serialise the scatter loops (``serial_scatter()``)."""
     D = dim
     vec = ti.types.vector(D, real)
     mat = ti.types.matrix(D, D, real)
@@ -42,6 +61,7 @@ def build(dim: int, real) -> SimpleNamespace:
     W_s = ti.types.ndarray(dtype=real, ndim=2)
     A_i = ti.types.ndarray(dtype=ti.i32, ndim=1)
     STENCIL = (3,) * D
+    T_ = ti.template()
 
     @ti.func
     def bspline(x, inv_dx, res):
@@ -53,6 +73,60 @@ def build(dim: int, real) -> SimpleNamespace:
         fx = Xp - ti.cast(base, real)
         w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
         return base, fx, w
+
+    @ti.func
+    def scatter(p, xp, vp, Cp, taup, mass, volp, dx, dt, grid_mv: T_, grid_m: T_):
+        """APIC/MLS-MPM P2G of one particle into grid momentum and mass (grids must start zeroed)."""
+        inv_dx = 1.0 / dx  # inside the loop: Taichi's autodiff wants kernels made of loops only
+        res = grid_m.shape
+        base, fx, w = bspline(xp, inv_dx, res)
+        # MLS-MPM momentum: stress enters as −dt·V·M⁻¹·τ with M⁻¹ = 4/dx² for the quadratic kernel
+        affine = -dt * volp * 4.0 * inv_dx * inv_dx * taup + mass * Cp
+        for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
+            dpos = (ti.cast(offs, real) - fx) * dx
+            weight = ti.cast(1.0, real)
+            for d in ti.static(range(D)):
+                weight *= w[offs[d]][d]
+            grid_mv[base + offs] += weight * (mass * vp + affine @ dpos)
+            grid_m[base + offs] += weight * mass
+
+    @ti.func
+    def gather(p, x: T_, grid_v: T_, dx, dt, x_out: T_, v_out: T_, C_out: T_):
+        """G2P of particle p: APIC velocity and affine matrix from the grid, then the position update."""
+        inv_dx = 1.0 / dx
+        res = grid_v.shape
+        base, fx, w = bspline(x[p], inv_dx, res)
+        new_v = vec(0.0)
+        new_C = mat(0.0)
+        for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
+            dpos = (ti.cast(offs, real) - fx) * dx
+            weight = ti.cast(1.0, real)
+            for d in ti.static(range(D)):
+                weight *= w[offs[d]][d]
+            gv = grid_v[base + offs]
+            new_v += weight * gv
+            new_C += 4.0 * inv_dx * inv_dx * weight * gv.outer_product(dpos)
+        v_out[p] = new_v
+        C_out[p] = new_C
+        x_out[p] = x[p] + dt * new_v
+
+    @ti.func
+    def check_particle(p, x: T_, v: T_, F: T_, lo, hi, step, flag: T_):
+        # flag[0]: first bad substep; flag[1]: a non-finite value; flag[2]: a particle outside the domain
+        bad_val = 0
+        for d in ti.static(range(D)):
+            if not (ti.abs(x[p][d]) < 1e30 and ti.abs(v[p][d]) < 1e30):  # false for NaN too
+                bad_val = 1
+        if not (ti.abs(F[p].determinant()) < 1e30):
+            bad_val = 1
+        out = 0
+        for d in ti.static(range(D)):
+            if x[p][d] < lo or x[p][d] >= hi[d]:
+                out = 1
+        if bad_val or out:
+            ti.atomic_min(flag[0], step)
+            flag[1] = ti.max(flag[1], bad_val)
+            flag[2] = ti.max(flag[2], out)
 
     @ti.kernel
     def deform(C: P_mat, F: P_mat, dt: real, F_tr: P_mat):
@@ -68,20 +142,9 @@ def build(dim: int, real) -> SimpleNamespace:
     @ti.kernel
     def p2g(x: P_vec, v: P_vec, C: P_mat, tau: P_mat, vol: P_s, rho: P_s, dx: real, dt: real,
             grid_mv: G_vec, grid_m: G_s):
+        ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
-            inv_dx = 1.0 / dx  # inside the loop: Taichi's autodiff wants kernels made of loops only
-            res = grid_m.shape
-            base, fx, w = bspline(x[p], inv_dx, res)
-            mass = vol[p] * rho[p]
-            # MLS-MPM momentum: stress enters as −dt·V·M⁻¹·τ with M⁻¹ = 4/dx² for the quadratic kernel
-            affine = -dt * vol[p] * 4.0 * inv_dx * inv_dx * tau[p] + mass * C[p]
-            for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
-                dpos = (ti.cast(offs, real) - fx) * dx
-                weight = ti.cast(1.0, real)
-                for d in ti.static(range(D)):
-                    weight *= w[offs[d]][d]
-                grid_mv[base + offs] += weight * (mass * v[p] + affine @ dpos)
-                grid_m[base + offs] += weight * mass
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
 
     @ti.func
     def collide(v, n, kind, mu):
@@ -98,78 +161,100 @@ def build(dim: int, real) -> SimpleNamespace:
             out = vt
         return out
 
+    @ti.func
+    def node_velocity(I, mv, m, res, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind, floor_mu,
+                      wall_kind, wall_mu, clamp_lo, clamp_hi):
+        """Grid node I: velocity from momentum and mass, gravity, then the terrain, wall and clamp colliders."""
+        v = ti.Vector.zero(real, D)
+        if m > 0:
+            v = mv / m + dt * gravity
+            h = 0.0
+            n = vec(0.0)
+            if ti.static(D == 2):
+                h = heights[I[0]]
+                n = normals[I[0]]
+            else:
+                h = heights[I[0], I[2]]
+                n = normals[I[0], I[2]]
+            if I[1] * dx < h:
+                v = collide(v, n, floor_kind, floor_mu)
+            for d in ti.static(range(D)):
+                e = vec(0.0)
+                e[d] = 1.0
+                if ti.static(d != 1):  # the floor is the heightfield (never below the wall band)
+                    if I[d] < bound:
+                        v = collide(v, e, wall_kind, wall_mu)
+                if I[d] >= res[d] - bound:
+                    v = collide(v, -e, wall_kind, wall_mu)
+            xi = ti.cast(I, real) * dx
+            if all(xi >= clamp_lo) and all(xi <= clamp_hi):
+                v = vec(0.0)
+        return v
+
     @ti.kernel
     def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
              normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real, clamp_lo: vec, clamp_hi: vec,
              grid_v: G_vec):
         for I in ti.grouped(grid_m):
-            v = ti.Vector.zero(real, D)
-            m = grid_m[I]
-            if m > 0:
-                v = grid_mv[I] / m + dt * gravity
-                h = 0.0
-                n = vec(0.0)
-                if ti.static(D == 2):
-                    h = heights[I[0]]
-                    n = normals[I[0]]
-                else:
-                    h = heights[I[0], I[2]]
-                    n = normals[I[0], I[2]]
-                if I[1] * dx < h:
-                    v = collide(v, n, floor_kind, floor_mu)
-                for d in ti.static(range(D)):
-                    e = vec(0.0)
-                    e[d] = 1.0
-                    if ti.static(d != 1):  # the floor is the heightfield (never below the wall band)
-                        if I[d] < bound:
-                            v = collide(v, e, wall_kind, wall_mu)
-                    if I[d] >= grid_m.shape[d] - bound:
-                        v = collide(v, -e, wall_kind, wall_mu)
-                xi = ti.cast(I, real) * dx
-                if all(xi >= clamp_lo) and all(xi <= clamp_hi):
-                    v = vec(0.0)
-            grid_v[I] = v
+            grid_v[I] = node_velocity(I, grid_mv[I], grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
+                                      normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
+
+    @ti.kernel
+    def clear(grid_mv: G_vec, grid_m: G_s):
+        for I in ti.grouped(grid_m):
+            grid_mv[I] = vec(0.0)
+            grid_m[I] = 0.0
 
     @ti.kernel
     def g2p(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat):
+        ti.loop_config(serialize=serial)  # its gradient scatters into grid_v.grad
         for p in range(x.shape[0]):
-            inv_dx = 1.0 / dx
-            res = grid_v.shape
-            base, fx, w = bspline(x[p], inv_dx, res)
-            new_v = vec(0.0)
-            new_C = mat(0.0)
-            for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
-                dpos = (ti.cast(offs, real) - fx) * dx
-                weight = ti.cast(1.0, real)
-                for d in ti.static(range(D)):
-                    weight *= w[offs[d]][d]
-                gv = grid_v[base + offs]
-                new_v += weight * gv
-                new_C += 4.0 * inv_dx * inv_dx * weight * gv.outer_product(dpos)
-            v_out[p] = new_v
-            C_out[p] = new_C
-            x_out[p] = x[p] + dt * new_v
+            gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
 
     @ti.kernel
     def check(x: P_vec, v: P_vec, F: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
-        # flag[0]: first bad substep; flag[1]: a non-finite value; flag[2]: a particle outside the domain
         for p in range(x.shape[0]):
-            bad_val = 0
-            for d in ti.static(range(D)):
-                if not (ti.abs(x[p][d]) < 1e30 and ti.abs(v[p][d]) < 1e30):  # false for NaN too
-                    bad_val = 1
-            if not (ti.abs(F[p].determinant()) < 1e30):
-                bad_val = 1
-            out = 0
-            for d in ti.static(range(D)):
-                if x[p][d] < lo or x[p][d] >= hi[d]:
-                    out = 1
-            if bad_val or out:
-                ti.atomic_min(flag[0], step)
-                flag[1] = ti.max(flag[1], bad_val)
-                flag[2] = ti.max(flag[2], out)
+            check_particle(p, x, v, F, lo, hi, step, flag)
+
+    # ---------------------------------------------------------------------------- fused forward-only path
+    stress_kernel, update = materials.build_stress(dim, real)
+    decompose = svd.decompose_func(dim, real)
+
+    @ti.kernel
+    def p2g_fused(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
+                  vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
+                  Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s):
+        ti.loop_config(serialize=serial)
+        for p in range(x.shape[0]):
+            F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+            m = material[p]
+            u, sig, vv = decompose(F_tr, m)
+            a = ti.cast(0.0, real)
+            if m == materials.MUSCLE:
+                for g in range(muscle.shape[1]):
+                    a += muscle[p, g] * act[g]
+            update(p, F_tr, u, sig, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
+
+    @ti.kernel
+    def grid_fast(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
+                  normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
+                  clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
+        for I in ti.grouped(grid_m):
+            grid_v[I] = node_velocity(I, grid_mv[I], grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
+                                      normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
+            grid_mv[I] = vec(0.0)
+            grid_m[I] = 0.0
+
+    @ti.kernel
+    def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
+                  F_out: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+        for p in range(x.shape[0]):
+            gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
+            check_particle(p, x_out, v_out, F_out, lo, hi, step, flag)
 
     svd_forward, svd_backward = svd.kernels(dim, real)
     return SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
-                           stress=materials.build_stress_kernel(dim, real), p2g=p2g, grid=grid, g2p=g2p, check=check)
+                           stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
+                           p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check)
 

@@ -8,6 +8,7 @@ stress ``τ = P·Fᵀ`` that the P2G transfer needs. All functions are dimension
 Units: E (Pa), ν (-), ρ (kg/m^d); stresses are Kirchhoff stresses in Pa.
 """
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -15,7 +16,7 @@ import numpy as np
 import taichi as ti
 
 __all__ = ["ELASTIC", "COROTATED", "MUSCLE", "SAND", "SNOW", "CLAY", "WATER", "MUD", "ICE", "NAMES", "ids",
-           "MaterialTable", "needs_svd", "lame", "build_stress_kernel", "TABLE_COLUMNS"]
+           "MaterialTable", "needs_svd", "lame", "build_stress_kernel", "build_stress", "TABLE_COLUMNS"]
 
 # Material ids (stored per particle as int32).
 ELASTIC = 0    # neo-Hookean (Bonet & Wood, "Nonlinear continuum mechanics for FEA")
@@ -96,13 +97,18 @@ class MaterialTable:
 
 
 def build_stress_kernel(dim: int, real):
-    """Return the per-particle kernel that applies every material's plasticity and computes its stress.
+    """The per-particle stress kernel (see ``build_stress``)."""
+    return build_stress(dim, real)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def build_stress(dim: int, real):
+    """Return ``(stress, update)``: the per-particle kernel that applies every material's plasticity and computes its stress.
 
     ``stress(F_tr, U, sig, V, Jp, material, E, nu, act, fibre, table, dt, F_new, Jp_new, tau)``, arrays of
     length N: F_tr/U/V/F_new/tau (N, d, d), sig (N, d), Jp/Jp_new/E/nu/act (N,), material (N,) int32,
     fibre (N, d), table (n_materials, TABLE_COLUMNS). Built per (dim, real) so the kernel is compiled once per
-    dimension. The material switch is written inline in the kernel: Taichi 1.7 drops gradients from a
-    ``ti.func`` that returns a tuple computed under a branch (the per-material FD tests would catch a regression).
+    dimension. ``update`` is the ``ti.func`` it runs per particle (the fused forward P2G inlines it too).
     """
     D = dim
     mat = ti.types.matrix(D, D, real)
@@ -152,52 +158,60 @@ def build_stress_kernel(dim: int, real):
                 out = eps - dgamma / dev_norm * dev
         return out
 
+    T_ = ti.template()
+
+    @ti.func
+    def update(p, F, Up, sig_p, Vp, Jp: T_, material: T_, E: T_, nu: T_, act_p, fibre: T_, table: T_, dt,
+               F_new: T_, Jp_new: T_, tau: T_):
+        """Particle p: plasticity and stress from its trial gradient F (and F's SVD Up, sig_p, Vp); writes
+        F_new[p], Jp_new[p], tau[p]. Shared by the differentiable stress kernel and the fused forward P2G. It
+        writes its results instead of returning them: Taichi 1.7 drops gradients from a ``ti.func`` that returns
+        a tuple computed under a branch (the per-material FD tests would catch a regression)."""
+        m = material[p]
+        mu = E[p] / (2 * (1 + nu[p]))
+        la = E[p] * nu[p] / ((1 + nu[p]) * (1 - 2 * nu[p]))
+        I = ti.Matrix.identity(real, D)
+        t = ti.Matrix.zero(real, D, D)
+        Fn = F
+        jp = Jp[p]
+        if m == ELASTIC or m == MUSCLE:
+            J = F.determinant()
+            t = mu * (F @ F.transpose() - I) + la * ti.log(J) * I
+            if m == MUSCLE:
+                fd = F @ fibre[p]
+                t += act_p * E[p] * fd.outer_product(fd)
+        elif m == WATER:
+            J = F.determinant()
+            Fn = I * ti.pow(J, 1.0 / D)
+            t = E[p] * J * (J - 1) * I
+        else:
+            s = ti.max(sig_p, 1e-6)
+            if m == SAND or m == CLAY or m == MUD:
+                eps = hencky_return(ti.log(s), mu, la, m, table[m, 0], table[m, 1], dt)
+                Fn = Up @ diag(ti.exp(eps)) @ Vp.transpose()
+                t = Up @ diag(2 * mu * eps + la * eps.sum()) @ Up.transpose()
+            else:
+                s_new = s
+                if m == SNOW:
+                    # Stomakhin 2013: clamp σ to [1 − θc, 1 + θs]; the clamped-away volume goes into Jp,
+                    # which hardens μ and λ by exp(ξ(1 − Jp)).
+                    s_new = ti.min(ti.max(s, 1.0 - table[m, 0]), 1.0 + table[m, 1])
+                    jp = ti.max(jp * prod(s) / prod(s_new), table[m, 3])
+                    h = ti.exp(table[m, 2] * (1.0 - jp))
+                    mu *= h
+                    la *= h
+                    Fn = Up @ diag(s_new) @ Vp.transpose()
+                J = prod(s_new)
+                # fixed corotated (Stomakhin 2012): τ = 2μ(F − R)Fᵀ + λJ(J − 1)I, written in the SVD basis
+                t = Up @ diag(2 * mu * (s_new - 1) * s_new) @ Up.transpose() + la * J * (J - 1) * I
+        F_new[p] = Fn
+        Jp_new[p] = jp
+        tau[p] = t
+
     @ti.kernel
     def stress(F_tr: A_mat, U: A_mat, sig: A_vec, V: A_mat, Jp: A_s, material: A_i, E: A_s, nu: A_s, act: A_s,
                fibre: A_vec, table: A_t, dt: real, F_new: A_mat, Jp_new: A_s, tau: A_mat):
         for p in range(F_tr.shape[0]):
-            m = material[p]
-            mu = E[p] / (2 * (1 + nu[p]))
-            la = E[p] * nu[p] / ((1 + nu[p]) * (1 - 2 * nu[p]))
-            I = ti.Matrix.identity(real, D)
-            F = F_tr[p]
-            t = ti.Matrix.zero(real, D, D)
-            Fn = F
-            jp = Jp[p]
-            if m == ELASTIC or m == MUSCLE:
-                J = F.determinant()
-                t = mu * (F @ F.transpose() - I) + la * ti.log(J) * I
-                if m == MUSCLE:
-                    fd = F @ fibre[p]
-                    t += act[p] * E[p] * fd.outer_product(fd)
-            elif m == WATER:
-                J = F.determinant()
-                Fn = I * ti.pow(J, 1.0 / D)
-                t = E[p] * J * (J - 1) * I
-            else:
-                Up = U[p]
-                Vp = V[p]
-                s = ti.max(sig[p], 1e-6)
-                if m == SAND or m == CLAY or m == MUD:
-                    eps = hencky_return(ti.log(s), mu, la, m, table[m, 0], table[m, 1], dt)
-                    Fn = Up @ diag(ti.exp(eps)) @ Vp.transpose()
-                    t = Up @ diag(2 * mu * eps + la * eps.sum()) @ Up.transpose()
-                else:
-                    s_new = s
-                    if m == SNOW:
-                        # Stomakhin 2013: clamp σ to [1 − θc, 1 + θs]; the clamped-away volume goes into Jp,
-                        # which hardens μ and λ by exp(ξ(1 − Jp)).
-                        s_new = ti.min(ti.max(s, 1.0 - table[m, 0]), 1.0 + table[m, 1])
-                        jp = ti.max(jp * prod(s) / prod(s_new), table[m, 3])
-                        h = ti.exp(table[m, 2] * (1.0 - jp))
-                        mu *= h
-                        la *= h
-                        Fn = Up @ diag(s_new) @ Vp.transpose()
-                    J = prod(s_new)
-                    # fixed corotated (Stomakhin 2012): τ = 2μ(F − R)Fᵀ + λJ(J − 1)I, written in the SVD basis
-                    t = Up @ diag(2 * mu * (s_new - 1) * s_new) @ Up.transpose() + la * J * (J - 1) * I
-            F_new[p] = Fn
-            Jp_new[p] = jp
-            tau[p] = t
+            update(p, F_tr[p], U[p], sig[p], V[p], Jp, material, E, nu, act[p], fibre, table, dt, F_new, Jp_new, tau)
 
-    return stress
+    return stress, update

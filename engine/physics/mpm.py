@@ -1,12 +1,17 @@
 """The MLS-MPM solver: advances a ``State`` by one substep, forward and backward.
 
-``Solver(model).step(state_in, state_out, control, dt)`` runs the kernels of ``kernels.py`` in order and checks
-for blow-ups; ``backward(...)`` replays their gradients in reverse order (``checkpoint.py`` drives it over long
-horizons). Per-substep intermediates live in a ``Scratch`` so the backward pass can reuse them.
+``Solver(model).step(state_in, state_out, control, dt)`` advances one substep and checks for blow-ups. Two paths
+compute the same substep (``kernels.py``):
+
+* forward-only (``step`` without a scratch; ``Rollout.run``): three fused launches, no intermediates kept;
+* differentiable (``forward(..., scratch)``, ``step(..., scratch=...)``): the staged kernels, whose
+  intermediates land in a ``Scratch`` so ``backward(...)`` can replay their gradients in reverse order
+  (``checkpoint.py`` drives it over long horizons).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
 import torch
 
@@ -64,7 +69,7 @@ class Solver:
     def __init__(self, model: Model, check_every: int = 10):
         backend.ensure()
         self.model = model
-        self.k = kernels.build(model.dim, backend.real())
+        self.k = kernels.build(model.dim, backend.real(), kernels.serial_scatter())
         mats = model.material.cpu().numpy()
         self.use_svd = materials.needs_svd(mats)
         self.use_muscle = bool((mats == materials.MUSCLE).any())
@@ -72,7 +77,13 @@ class Solver:
         self.substep = 0
         self._checked_dt: set[float] = set()
         self._flag = torch.tensor([_NO_ERROR, 0, 0], dtype=torch.int32, device=backend.torch_device())
-        self._scratch = self.new_scratch()
+        opts = dict(dtype=backend.torch_dtype(), device=backend.torch_device())
+        # forward-only buffers: grid_fast leaves the momentum/mass grid zeroed for the next substep
+        self._fast = SimpleNamespace(tau=torch.zeros(model.n, model.dim, model.dim, **opts),
+                                     grid_mv=torch.zeros(*model.res, model.dim, **opts),
+                                     grid_m=torch.zeros(*model.res, **opts),
+                                     grid_v=torch.zeros(*model.res, model.dim, **opts))
+        self._no_act = torch.zeros(model.n_groups, **opts)
         self._floor_kind, self._wall_kind = model.boundary.kinds()
         self._clamp = model.boundary.clamp_box(model.dim)
         lo = model.bound * model.dx * 0.5
@@ -99,6 +110,8 @@ class Solver:
              scratch: Scratch | None = None, model: Model | None = None) -> State:
         """Advance ``state_in`` by ``dt`` seconds into ``state_out`` (distinct buffers). Returns ``state_out``.
 
+        Without ``scratch`` this runs the fused forward-only path; with one it runs the differentiable kernels
+        and leaves their intermediates in ``scratch`` for ``backward``. Both compute the same substep.
         Raises ``SimulationError`` (naming the substep and likely cause) when particles become non-finite or
         leave the domain, and ``ConfigError`` for a dt far above the CFL limit (a warning when moderately above).
         """
@@ -107,8 +120,11 @@ class Solver:
         if dt not in self._checked_dt:
             guards.check_dt(model, dt)
             self._checked_dt.add(dt)
-        self.forward(state_in, state_out, control, dt, scratch or self._scratch, model)
-        self.k.check(state_out.x, state_out.v, state_out.F, self._lo, self._hi, self.substep, self._flag)
+        if scratch is None:
+            self.forward_fast(state_in, state_out, control, dt, model)
+        else:
+            self.forward(state_in, state_out, control, dt, scratch, model)
+            self.k.check(state_out.x, state_out.v, state_out.F, self._lo, self._hi, self.substep, self._flag)
         self.substep += 1
         if self.substep % self.check_every == 0:
             self.check(state_out, dt, model)
@@ -122,9 +138,24 @@ class Solver:
             start = (self.substep - 1) // self.check_every * self.check_every
             guards.raise_blowup(model or self.model, flag, dt, state, (start, self.substep - 1))
 
+    def forward_fast(self, s_in: State, s_out: State, control: Control | None, dt: float,
+                     model: Model | None = None) -> None:
+        """One substep on the fused forward-only path: three kernel launches, nothing kept for a backward pass.
+        Writes the blow-up flag that ``check`` reads (as substep ``self.substep``)."""
+        m = model or self.model
+        k, f = self.k, self._fast
+        act = self._no_act if control is None else control.act
+        k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle, act,
+                    m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, f.tau, f.grid_mv, f.grid_m)
+        k.grid_fast(f.grid_mv, f.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+                    m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, f.grid_v)
+        k.g2p_check(s_in.x, f.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C, s_out.F, self._lo, self._hi,
+                    self.substep, self._flag)
+
     def forward(self, s_in: State, s_out: State, control: Control | None, dt: float, sc: Scratch,
                 model: Model | None = None) -> None:
-        """One substep without guards (the checkpointed rollout calls this directly)."""
+        """One differentiable substep without guards, keeping its intermediates in ``sc`` (the checkpointed
+        rollout calls this directly to recompute segments)."""
         m = model or self.model
         k = self.k
         k.deform(s_in.C, s_in.F, dt, sc.F_tr)
@@ -135,8 +166,7 @@ class Solver:
             k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
         k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
                  s_out.F, s_out.Jp, sc.tau)
-        sc.grid_mv.data.zero_()
-        sc.grid_m.data.zero_()
+        k.clear(sc.grid_mv, sc.grid_m)  # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's
         k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
         k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)

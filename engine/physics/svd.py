@@ -22,12 +22,11 @@ import taichi as ti
 
 from . import materials
 
-__all__ = ["kernels"]
+__all__ = ["kernels", "decompose_func"]
 
 _CLAMP = 1e-6  # smallest |σ_j ∓ σ_i| used as a divisor in the ill-posed part
 
 
-@functools.lru_cache(maxsize=None)
 def kernels(dim: int, real):
     """``(forward, backward)`` kernels for dimension ``dim``.
 
@@ -35,6 +34,17 @@ def kernels(dim: int, real):
     material needs no SVD get U = V = I, σ = 1 (their stress never reads them).
     ``backward(U, sig, V, gU, gsig, gV, gF)``: accumulates dL/dF into gF (N, d, d).
     """
+    return _build(dim, real)[:2]
+
+
+def decompose_func(dim: int, real):
+    """The per-particle ``ti.func`` ``decompose(F, material_id) -> (U, σ, V)`` behind ``forward`` (forward only:
+    kernels that inline it must not be reverse-differentiated)."""
+    return _build(dim, real)[2]
+
+
+@functools.lru_cache(maxsize=None)
+def _build(dim: int, real):
     D = dim
     A_mat = ti.types.ndarray(dtype=ti.types.matrix(D, D, real), ndim=1)
     A_vec = ti.types.ndarray(dtype=ti.types.vector(D, real), ndim=1)
@@ -83,19 +93,25 @@ def kernels(dim: int, real):
             V = ti.Matrix([[-sj, cj], [-cj, -sj]], real)
         return R @ V, ti.Vector([s1, s2], real), V
 
+    @ti.func
+    def decompose(F, m):
+        """(U, σ, V) of one particle's F; identity for a material that needs no SVD (forward only)."""
+        u = ti.Matrix.identity(real, D)
+        v = ti.Matrix.identity(real, D)
+        s = ti.Vector.one(real, D)
+        if uses_svd(m):
+            if ti.static(D == 2):
+                u, s, v = svd2(F)
+            else:
+                u, S, v = ti.svd(F, real)
+                for i in ti.static(range(D)):
+                    s[i] = S[i, i]
+        return u, s, v
+
     @ti.kernel
     def forward(F: A_mat, material: A_i, U: A_mat, sig: A_vec, V: A_mat):
         for p in range(F.shape[0]):
-            u = ti.Matrix.identity(real, D)
-            v = ti.Matrix.identity(real, D)
-            s = ti.Vector.one(real, D)
-            if uses_svd(material[p]):
-                if ti.static(D == 2):
-                    u, s, v = svd2(F[p])
-                else:
-                    u, S, v = ti.svd(F[p], real)
-                    for i in ti.static(range(D)):
-                        s[i] = S[i, i]
+            u, s, v = decompose(F[p], material[p])
             U[p] = u
             sig[p] = s
             V[p] = v
@@ -124,4 +140,4 @@ def kernels(dim: int, real):
                                + 0.5 * (A[i, j] - B[i, j]) * safe_inv(s[j] + s[i]))
             gF[p] += u @ T @ v.transpose()
 
-    return forward, backward
+    return forward, backward, decompose
