@@ -21,7 +21,7 @@ from .controllers import CONTROLLERS, make_controller
 from .designs import REPRESENTATIONS, make_design
 from .objectives import TASKS, cost_of_transport, make_objective
 from .rollout import Segment, simulate
-from .world import ENVIRONMENTS, World, WorldSpec
+from .world import World, WorldSpec
 
 __all__ = ["ProblemSpec", "Problem", "OPTIMISE"]
 
@@ -166,4 +166,3 @@ class Problem:
                 "mass": float(traj.mass.detach().sum())}
 
 
-ENV_NAMES = tuple(ENVIRONMENTS)

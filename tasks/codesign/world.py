@@ -1,12 +1,14 @@
-"""The co-design world: an environment preset (floor and terrain layer) plus the robot's candidate particles.
+"""The co-design world: an environment preset (floor and terrain bed) plus the robot's candidate particles.
 
 The robot is a box of lattice particles (muscle material); the design decides how much of each particle is robot,
 how stiff it is, which muscle group drives it and along which fibre. Terrain particles (sand, snow, ...) are
 passive and fixed. Robot particles come first in the model, so ``model.x0[:n_robot]`` are the robot's.
 
-Environment presets follow SoftZoo's eight (see /work/shared/references/softzoo.md). Terrain layers use a
-stiffness that keeps their elastic wave speed close to the robot's, so one substep size serves every
-environment (SoftZoo's E = 1e5 terrain would need a ~3x smaller substep).
+Environments are the physics' eight SoftZoo presets (``engine.physics.environments``): floor collider and
+friction, bed material, thickness, density and plasticity table. One adaptation: a bed whose elastic wave speed
+exceeds ``BED_SPEED_CAP`` times the robot's gets its modulus scaled down to that speed, so a single substep size
+serves every environment (the stiff defaults, e.g. ice at 5e5 Pa, would need a ~5x smaller substep, and
+co-design cost scales with the substep count).
 """
 from __future__ import annotations
 
@@ -17,23 +19,32 @@ import torch
 
 from engine import backend
 from engine.errors import ConfigError
-from engine.physics import Boundary, ModelBuilder, Solver, materials
+from engine.physics import ModelBuilder, Solver, environments, terrain
+from engine.physics.guards import wave_speed
+from engine.physics.model import MATERIAL_DEFAULTS
 
 from .designs import DesignFields, normalise_coords
 
-__all__ = ["ENVIRONMENTS", "WorldSpec", "World"]
+__all__ = ["ENVIRONMENTS", "BED_SPEED_CAP", "WorldSpec", "World", "bed_modulus"]
 
-# name -> (floor kind, floor friction, terrain layer material or None, layer depth [m], layer E [Pa], layer ρ)
-ENVIRONMENTS = {
-    "ground": ("separate", 0.5, None, 0.0, 0.0, 0.0),
-    "ice": ("separate", 0.05, None, 0.0, 0.0, 0.0),
-    "desert": ("sticky", 0.5, "sand", 0.05, 3e4, 1.6e3),
-    "snow": ("sticky", 0.5, "snow", 0.05, 2e4, 4e2),
-    "clay": ("sticky", 0.5, "clay", 0.05, 2e4, 1.2e3),
-    "wetland": ("sticky", 0.5, "mud", 0.05, 2e4, 1.5e3),
-    "shallow_water": ("sticky", 0.5, "water", 0.04, 1e4, 1e3),
-    "ocean": ("slip", 0.0, "water", 0.12, 1e4, 1e3),
-}
+ENVIRONMENTS = tuple(environments.PRESETS)
+"""Names of the environment presets: ground, ice, desert, snow, clay, wetland, shallow_water, ocean."""
+
+BED_SPEED_CAP = 1.5
+"""Largest bed wave speed, as a multiple of the robot's (see the module docstring)."""
+
+
+def bed_modulus(env, robot_speed: float) -> tuple[float, float]:
+    """(E [Pa], rho [kg/m^d]) of an environment's bed: the preset's values (or the material defaults), with E
+    scaled down so the bed's wave speed is at most ``BED_SPEED_CAP · robot_speed``."""
+    from engine.physics import materials
+
+    E0, nu, rho0 = MATERIAL_DEFAULTS[env.bed]
+    E = env.bed_E if env.bed_E is not None else E0
+    rho = env.bed_rho if env.bed_rho is not None else rho0
+    c = float(wave_speed([E], [nu], [rho], [materials.ids(env.bed)])[0])
+    cap = BED_SPEED_CAP * robot_speed
+    return (E * (cap / c) ** 2 if c > cap else E), rho
 
 
 @dataclass
@@ -90,30 +101,29 @@ class World:
         spec.validate()
         backend.ensure()
         self.spec, self.n_groups = spec, n_groups
-        floor, mu, layer, depth, E_l, rho_l = ENVIRONMENTS[spec.env]
+        env = environments.get(spec.env)
         d, dx = spec.dim, 1.0 / spec.res
         b = ModelBuilder(res=(spec.res,) * d, dx=dx, ppc=spec.ppc)
-        floor_y = b.bound * dx
-        top = floor_y + depth
+        heights, normals = terrain.heightfield(b.res, dx, base=b.bound * dx, bound=b.bound)
+        top = float(heights.max()) + (env.bed_thickness if env.bed else 0.0)
         size = np.asarray(spec.robot_size, float)
         lo = np.array([spec.robot_x, top + 0.5 * dx] + ([0.5 - size[-1] / 2] if d == 3 else []))
         self.box = (lo, lo + size)
-        # muscle bodies with a group each so the model has G actuation columns; the design overrides the weights
+        # one muscle body whose group gives the model G actuation columns; the design overrides the weights
         b.add_box(lo, lo + size, material="muscle", E=spec.E, nu=spec.nu, rho=spec.rho, group=n_groups - 1,
                   color=(0.9, 0.45, 0.3))
-        if layer is not None:
-            width = [(b.bound + 0.01) * dx, (spec.res - b.bound - 0.01) * dx]
-            lo_l = [width[0], floor_y] + [width[0]] * (d - 2)
-            hi_l = [width[1], top] + [width[1]] * (d - 2)
-            b.add_box(lo_l, hi_l, material=layer, E=E_l, rho=rho_l, color=(0.75, 0.7, 0.55))
+        if env.bed:
+            robot_c = float(wave_speed([spec.E], [spec.nu], [spec.rho], [0])[0])
+            E_bed, rho_bed = bed_modulus(env, robot_c)
+            terrain.add_bed(b, heights, env.bed_thickness, material=env.bed, E=E_bed, rho=rho_bed,
+                            color=env.color)
         g = (0.0, -spec.gravity) + (0.0,) * (d - 2)
-        model = b.finalize(gravity=g, boundary=Boundary(floor=floor, floor_friction=mu))
+        model = b.finalize(gravity=g, boundary=env.boundary(), heights=heights, normals=normals, table=env.table)
         self.n_robot = len(b.bodies[0].points)
         self.model = model.with_params(**{k: _with_grad(getattr(model, k)) for k in _FLOAT_FIELDS})
         self.solver = Solver(self.model)
         self.u0 = normalise_coords(self.model.x0[:self.n_robot].detach(), *self.box)
         self.vol = self.model.vol[:self.n_robot].detach()
-        self.mat_robot = materials.MUSCLE
 
     @property
     def dtype(self):

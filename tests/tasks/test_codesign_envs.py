@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from engine.physics import environments
 from tasks.codesign import ENVIRONMENTS, Problem, ProblemSpec, WorldSpec
 
 
@@ -9,7 +10,7 @@ from tasks.codesign import ENVIRONMENTS, Problem, ProblemSpec, WorldSpec
 @pytest.mark.parametrize("env", list(ENVIRONMENTS))
 def test_environment_rollout_and_gradient(env):
     p = Problem(ProblemSpec(world=WorldSpec(env=env, res=32), n_groups=2, steps=10, substeps=10))
-    layered = ENVIRONMENTS[env][2] is not None
+    layered = environments.get(env).bed is not None
     assert (p.world.model.n > p.world.n_robot) == layered  # terrain particles exactly where a layer is declared
     loss, traj = p.loss()
     loss.backward()

@@ -8,7 +8,7 @@ import torch
 from engine.errors import ConfigError
 from tasks.codesign import (REPRESENTATIONS, Locomotion, ProblemSpec, Trajectory, Turning, VelocityTracking,
                             Waypoints, WorldSpec, make_controller, make_design, make_objective, observe)
-from tasks.codesign.algorithms import CMAES, Diffsim, RandomSearch, check_budget
+from tasks.codesign.algorithms import CMAES, RandomSearch, check_budget
 from tasks.codesign.controllers import observation_size, orientation
 
 DT = torch.float64
