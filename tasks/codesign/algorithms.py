@@ -116,9 +116,16 @@ class CMAES:
 
     def step(self, iteration: int) -> Step:
         xs = self.es.ask()
-        losses = [(-r if np.isfinite(r) else 1e9) for r in self.evaluate([np.asarray(x) for x in xs])]
+        cand = [np.asarray(x) for x in xs]
+        if iteration == 0:  # also score the start, so the best found is never worse than it
+            cand.append(self.best_x.copy())
+        losses = [(-r if np.isfinite(r) else 1e9) for r in self.evaluate(cand)]
+        self.cost += len(cand)
+        if iteration == 0:
+            if losses[-1] < self.best:
+                self.best = float(losses[-1])
+            losses = losses[:-1]
         self.es.tell(xs, losses)
-        self.cost += len(xs)
         i = int(np.argmin(losses))
         if losses[i] < self.best:
             self.best, self.best_x = float(losses[i]), np.asarray(xs[i])

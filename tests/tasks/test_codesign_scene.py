@@ -40,3 +40,20 @@ def test_scene_bad_config_exits_2(tmp_path, bad, capsys):
     assert not (tmp_path / "bad").exists()
     err = capsys.readouterr().err
     assert bad.split("=")[0] in err or bad.split("=")[1] in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimiser", ["cmaes", "random"])
+def test_scene_gradient_free_in_process_and_resume(tmp_path, optimiser):
+    """Gradient-free optimisers through the scene (in-process population), interrupted and resumed."""
+    opts = ["--set", f"optimiser={optimiser}", "--set", "workers=0", "--set", "popsize=3", "--set", "optimise=control"]
+    full = tmp_path / "full"
+    assert _run(full, *opts, "--set", "iterations=2") == 0
+    m = json.loads((full / "metrics.json").read_text())
+    # search never ends worse than where it started (both score the start and keep the best)
+    assert m["final_loss"] <= m["initial_loss"] + 1e-9
+    part = tmp_path / "part"
+    assert _run(part, *opts, "--set", "iterations=1") == 0
+    assert _run(part, "--resume", *opts, "--set", "iterations=2") == 0
+    r = json.loads((part / "metrics.json").read_text())
+    assert r["distance"] == pytest.approx(m["distance"], rel=1e-9)
