@@ -97,3 +97,15 @@ def test_fit_gaussians_to_an_image():
     print(f"gaussian fit: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     save_png("/tmp/tide_render_splat_fit.png", torch.cat([r.rgb[0].detach(), target], 1))
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_taichi_binning_matches_torch_sort():
+    # the CPU serial Taichi binning and the torch (GPU) sort must give identical depth-sorted tile lists
+    from engine.render.splat import _bin, _bin_sort
+    means, scales, quats, *_ = _scene(300, seed=4)
+    cam = Camera.from_look_at([[0.0, 0.0, 3.0], [0.5, 0.2, 2.5]], fov_y=40, width=72, height=40)
+    xy, _con, z, rad = project_gaussians(cam, means, scales * 0.5, quats)
+    a, b = _bin(xy, rad, z, 40, 72), _bin_sort(xy, rad, z, 40, 72)
+    assert a[0].numel() > 300
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
