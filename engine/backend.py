@@ -7,6 +7,7 @@ silently resetting. Nothing here runs at import time.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ class Settings:
     debug: bool
     """Taichi debug mode (bounds checks; slow)."""
     fast_compile: bool
-    """Turn off Taichi's advanced optimisation: gradient kernels compile ~3x faster (see DESIGN.md)."""
+    """Turn off Taichi's advanced optimisation: gradient kernels compile ~3x faster. Default on in f64 only
+    (f32 reverse-mode kernels come out wrong without the optimisation in Taichi 1.7.4)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +61,7 @@ def init(arch: str = "auto", precision: str = "f32", debug: bool = False, fast_c
     Idempotent: calling again with the same settings returns them; calling with different ones raises
     ``BackendError`` (re-initialising would destroy every existing field).
 
-    ``fast_compile`` defaults to the env var ``TIDE_FAST_COMPILE`` (default on).
+    ``fast_compile`` defaults to the env var ``TIDE_FAST_COMPILE``, else on for f64 and off for f32.
     """
     global _active
     if arch not in ARCHES:
@@ -67,7 +69,13 @@ def init(arch: str = "auto", precision: str = "f32", debug: bool = False, fast_c
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if fast_compile is None:
-        fast_compile = _env_flag("TIDE_FAST_COMPILE", True)
+        # Measured (tests/core/test_backend.py): with advanced_optimization off, Taichi 1.7.4's reverse-mode
+        # kernels return wrong gradients in f32 (an MPM muscle rollout's adjoint is off by 2-4x), while f64 is
+        # exact. So the faster compile is the default only where it is known to be right.
+        fast_compile = _env_flag("TIDE_FAST_COMPILE", precision == "f64")
+    elif fast_compile and precision == "f32":
+        warnings.warn("fast_compile with f32: Taichi 1.7.4 computes some reverse-mode gradients wrongly with "
+                      "advanced_optimization off in f32; use f64 for gradients", RuntimeWarning, stacklevel=2)
     if _active is not None:
         same_arch = arch in ("auto", _active.arch, _active.resolved_arch)
         same_rest = (precision, bool(debug), bool(fast_compile)) == (_active.precision, _active.debug, _active.fast_compile)

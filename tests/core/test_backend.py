@@ -1,9 +1,12 @@
+import os
 import subprocess
 import sys
 
 import pytest
 
 from engine import backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_init_is_idempotent_and_refuses_other_settings(taichi_backend):
@@ -29,7 +32,7 @@ def test_import_does_not_initialise_taichi():
             "s = backend.ensure(); assert s.resolved_arch == 'x64', s\n"
             "import torch; assert backend.torch_dtype() is torch.float32\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__("os").environ, "TIDE_ARCH": "cpu"})
+                         env={**os.environ, "TIDE_ARCH": "cpu"})
     assert res.returncode == 0, res.stderr
 
 
@@ -38,3 +41,34 @@ def test_dtype_follows_precision():
 
     assert backend.torch_dtype() is torch.float64
     assert backend.torch_device().type == "cpu"
+
+
+_GRAD_PROBE = """
+import sys, torch
+from engine import backend
+backend.init(arch="cpu", precision=sys.argv[1])
+from engine.physics import ModelBuilder, Solver
+from engine.physics.checkpoint import rollout
+dt = backend.torch_dtype()
+b = ModelBuilder(res=(32, 32), dx=1 / 32, ppc=2)
+b.add_box((0.3, 0.1), (0.6, 0.3), material="muscle", E=5e3, nu=0.3, rho=1e3, group=0, fibre=(1.0, 0.0))
+m = b.finalize()
+T = 300
+acts = (0.3 * torch.sin(torch.arange(T, dtype=dt)[:, None] * 0.05)).requires_grad_(True)
+x, v, _ = rollout(Solver(m), T, 2e-4, actions=acts)
+(x[:, 0].mean() + 1e-3 * (v ** 2).sum()).backward()
+print(backend.settings().fast_compile, float(acts.grad.norm()))
+"""
+
+
+@pytest.mark.slow
+def test_default_f32_gradients_agree_with_f64():
+    # guards the fast_compile default: with Taichi's advanced_optimization off this f32 adjoint came out 4x too big
+    out = {}
+    for prec in ("f64", "f32"):
+        res = subprocess.run([sys.executable, "-c", _GRAD_PROBE, prec], capture_output=True, text=True, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-2000:]
+        fast, norm = res.stdout.split()[-2:]
+        out[prec] = (fast, float(norm))
+    assert out["f64"][0] == "True" and out["f32"][0] == "False"
+    assert abs(out["f32"][1] - out["f64"][1]) <= 1e-3 * out["f64"][1]
