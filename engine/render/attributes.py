@@ -18,6 +18,8 @@ def _interp_fwd(attr: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.type
                 out: ti.types.ndarray()):
     for b, y, x, k in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2], p2f.shape[3]):
         f = p2f[b, y, x, k]
+        for c in range(attr.shape[3]):
+            out[b, y, x, k, c] = 0.0
         if f >= 0:
             for c in range(attr.shape[3]):
                 out[b, y, x, k, c] = (bary[b, y, x, k, 0] * attr[b, f, 0, c] + bary[b, y, x, k, 1] * attr[b, f, 1, c]
@@ -41,7 +43,7 @@ class _Interpolate(bridge.Op):
 
     def forward(self, attr, p2f, bary):
         B, H, W, K = p2f.shape
-        out = torch.zeros(B, H, W, K, attr.shape[3], dtype=attr.dtype, device=attr.device)
+        out = torch.empty(B, H, W, K, attr.shape[3], dtype=attr.dtype, device=attr.device)   # written whole
         _interp_fwd(attr, p2f, bary, out)
         return (out,), (attr.shape, p2f, bary)
 

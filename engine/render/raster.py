@@ -120,6 +120,9 @@ def _knn(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.type
         for k in range(K):
             p2f[b, py, px, k] = -1
             zbuf[b, py, px, k] = -1.0
+            dist[b, py, px, k] = 0.0
+            for j in ti.static(range(3)):
+                bary[b, py, px, k, j] = 0.0
         ty, tx = py // TILE, px // TILE
         x, y = px + 0.5, py + 0.5
         filled = 0
@@ -210,9 +213,9 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, faces_pe
     cursor = torch.zeros_like(counts)
     _bin_fill(screen, faces, offsets, cursor, bins, margin, near, W, H)
     p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
-    bary = torch.zeros(B, H, W, K, 3, dtype=dt, device=dev)
+    bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
-    dist = torch.zeros(B, H, W, K, dtype=dt, device=dev)
+    dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
     _knn(screen, faces, offsets, counts, bins, p2f, bary, zbuf, dist, max_d2, _ndc2(W, H))
     return Fragments(p2f, bary, zbuf, dist)
 
@@ -253,6 +256,10 @@ def _composite_fwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.typ
     C = col.shape[4]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
         T = 1.0
+        for c in range(C):
+            out[b, py, px, c] = 0.0
+        for k in range(p2f.shape[3]):
+            la[b, py, px, k] = 0.0
         for k in range(p2f.shape[3]):
             f = p2f[b, py, px, k]
             if f < 0:
@@ -293,7 +300,7 @@ def _composite_bwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.typ
                     R = la[b, py, px, j] * col[b, py, px, j, c] + (1.0 - la[b, py, px, j]) * R
                 go = g_out[b, py, px, c]
                 ga += go * T * (col[b, py, px, k, c] - R)
-                g_col[b, py, px, k, c] += go * T * a
+                g_col[b, py, px, k, c] = go * T * a
             Tb = 1.0
             for j in range(k + 1, n):
                 Tb *= 1.0 - la[b, py, px, j]
@@ -318,8 +325,11 @@ def _composite_bwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.typ
                 g_xy[b, iv, 0] += gd * 2.0 * rx * t
                 g_xy[b, iv, 1] += gd * 2.0 * ry * t
             T *= 1.0 - a
+        for k in range(n, p2f.shape[3]):
+            for c in range(C):
+                g_col[b, py, px, k, c] = 0.0
         for c in range(C):
-            g_bg[b, py, px, c] += g_out[b, py, px, c] * T
+            g_bg[b, py, px, c] = g_out[b, py, px, c] * T
 
 
 class SoftComposite(bridge.Op):
@@ -334,16 +344,16 @@ class SoftComposite(bridge.Op):
 
     def forward(self, xy, opacity, colors, background, faces, p2f):
         B, H, W, K, C = colors.shape
-        out = torch.zeros(B, H, W, C, dtype=colors.dtype, device=colors.device)
-        alpha = torch.zeros(B, H, W, dtype=colors.dtype, device=colors.device)
-        layer_alpha = torch.zeros(B, H, W, K, dtype=colors.dtype, device=colors.device)
+        kw = dict(dtype=colors.dtype, device=colors.device)          # _composite_fwd writes every element
+        out, alpha, layer_alpha = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, K, **kw)
         _composite_fwd(xy, opacity, colors, background, faces, p2f, out, alpha, layer_alpha, self.sigma, self.ndc2)
         # save a detached alias: the returned tensor itself joins the autograd graph
         return (out, alpha, layer_alpha), (xy, opacity, colors, background, faces, p2f, layer_alpha.detach())
 
     def backward(self, saved, grads):
         xy, opacity, colors, background, faces, p2f, layer_alpha = saved
-        g = [torch.zeros_like(t) for t in (xy, opacity, colors, background)]
+        # scattered per-vertex/face gradients start at zero; the per-pixel ones are written whole by the kernel
+        g = [torch.zeros_like(xy), torch.zeros_like(opacity), torch.empty_like(colors), torch.empty_like(background)]
         _composite_bwd(xy, opacity, colors, background, faces, p2f, layer_alpha, *grads, *g, self.sigma, self.ndc2)
         return (*g, None, None)
 
