@@ -116,6 +116,7 @@ def _knn(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.type
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
          zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float):
     K = p2f.shape[3]
+    reach = ti.sqrt(ti.max(max_d2, 0.0) / ndc2) + 1e-3          # blur radius in pixels, with a rounding margin
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
         for k in range(K):
             p2f[b, py, px, k] = -1
@@ -133,6 +134,10 @@ def _knn(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.type
             ax, ay, az = screen[b, i0, 0], screen[b, i0, 1], screen[b, i0, 2]
             bx, by, bz = screen[b, i1, 0], screen[b, i1, 1], screen[b, i1, 2]
             cx, cy, cz = screen[b, i2, 0], screen[b, i2, 1], screen[b, i2, 2]
+            # cheap reject: the pixel is outside the face's box grown by the blur radius (most tile entries)
+            if (x < ti.min(ax, bx, cx) - reach or x > ti.max(ax, bx, cx) + reach
+                    or y < ti.min(ay, by, cy) - reach or y > ti.max(ay, by, cy) + reach):
+                continue
             area = _edge(ax, ay, bx, by, cx, cy)
             if ti.abs(area) < 1e-12:
                 continue
