@@ -3,8 +3,9 @@
     python scripts/bench_render.py [--precision f32|f64] [--repeats 3]
 
 Each reference implements the differentiable part in plain torch and reuses tide's non-differentiable work
-(face K-nearest lists for the rasterizer, depth-sorted tile lists for the splatter), so the ratio measures the
-differentiable kernels. Outputs and gradients are compared before timing; the script exits non-zero on mismatch.
+(face K-nearest lists for the rasterizer, depth-sorted tile lists for the splatter), which it pays for inside
+its timed run just as tide does. Outputs and gradients are compared before timing; the script exits non-zero on
+mismatch. Runs alternate tide/torch so both see the same background load; each figure is a median.
 """
 import argparse
 import os
@@ -18,14 +19,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine import backend  # noqa: E402
 
 
-def _time(fn, repeats):
-    fn()                                                                  # warm-up: compile / cache load
-    ts = []
+def _time_pair(tide_fn, torch_fn, repeats):
+    """Median wall time of each, runs interleaved (tide, torch, tide, ...) after one warm-up each, so both see
+    the same background load on a shared machine."""
+    tide_fn(), torch_fn()                                                 # warm-up: compile / cache load
+    ts = {tide_fn: [], torch_fn: []}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+        for fn in (tide_fn, torch_fn):
+            t0 = time.perf_counter()
+            fn()
+            ts[fn].append(time.perf_counter() - t0)
+    return tuple(sorted(ts[fn])[len(ts[fn]) // 2] for fn in (tide_fn, torch_fn))
 
 
 # ---- soft rasterizer -----------------------------------------------------------------------------------------
@@ -199,7 +203,10 @@ def main():
     args = ap.parse_args()
     backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision=args.precision)
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"backend {backend.settings().resolved_arch} {args.precision}, torch threads {torch.get_num_threads()}")
+    import taichi as ti
+
+    print(f"backend {backend.settings().resolved_arch} {args.precision}, torch threads {torch.get_num_threads()}, "
+          f"taichi cpu threads {ti.lang.impl.current_cfg().cpu_max_num_threads}")
     ok = True
     benches = {"raster": bench_raster, "volume": bench_volume, "splat": bench_splat}
     for key in args.only.split(","):
@@ -209,7 +216,7 @@ def main():
         errs = [((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item() for x, y in zip(a, b)]
         match = all(e < tol * 20 for e in errs)
         ok &= match
-        t_tide, t_torch = _time(tide_run, args.repeats), _time(torch_run, args.repeats)
+        t_tide, t_torch = _time_pair(tide_run, torch_run, args.repeats)
         print(f"{name:42s} tide {t_tide * 1e3:8.1f} ms  torch {t_torch * 1e3:8.1f} ms  ratio {t_torch / t_tide:5.1f}x"
               f"  (fwd+bwd; max rel diff image/grads {', '.join(f'{e:.1e}' for e in errs)}"
               f"{'' if match else '  MISMATCH'})")
