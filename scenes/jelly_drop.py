@@ -60,4 +60,7 @@ class Scene:
                 "kinetic_energy": e["kinetic"], "potential_energy": e["potential"], "mass": e["mass"]}
 
     def exports(self):
-        return {"particles.ply": viz.point_cloud(self.model, self.state)}
+        """particles.ply; the jelly's surface as surface.obj and surface.glb (a 2D jelly is extruded into a thin
+        slab, ``viz.surface_mesh``)."""
+        mesh = viz.surface_mesh(self.model, self.state)
+        return {"particles.ply": viz.point_cloud(self.model, self.state), "surface.obj": mesh, "surface.glb": mesh}

@@ -1,9 +1,9 @@
 """Terrain: a passive soft walker dropped on one of the eight SoftZoo environments (--set env=...), optionally
-on Perlin-noise terrain."""
+on Perlin-noise terrain and with a mixed bed (--set pool=water: a pool set into the bed)."""
 from dataclasses import dataclass
 
 from engine import backend
-from engine.physics import ModelBuilder, Solver, environments, terrain, viz
+from engine.physics import ModelBuilder, Solver, environments, materials, terrain, viz
 from engine.physics.robot import add_walker
 
 
@@ -19,6 +19,12 @@ class Config:
     """Perlin terrain amplitude [m] (0 = flat, as in every SoftZoo config)."""
     seed: int = 0
     """Terrain noise seed."""
+    pool: str = ""
+    """Mixed bed: material of a pool dug into the terrain and set into the bed (e.g. water; empty = none)."""
+    pool_x: str = "0.62,0.9"
+    """Pool extent along x as fractions of the domain width, "lo,hi"."""
+    pool_depth: float = 0.05
+    """Depth of the pool's basin below the terrain [m]."""
     robot_E: float = 3e4
     """Robot Young's modulus [Pa]."""
     frames: int = 60
@@ -42,10 +48,12 @@ class Scene:
         dx = 1.0 / c.res
         res = (c.res,) * c.dim
         b = ModelBuilder(res=res, dx=dx, ppc=2)
-        heights, normals = terrain.heightfield(res, dx, base=0.1, amplitude=c.roughness, seed=c.seed)
-        if env.bed:
-            terrain.add_bed(b, heights, env.bed_thickness, material=env.bed, E=env.bed_E, rho=env.bed_rho,
-                            color=env.color)
+        if c.pool:
+            lo, hi = (float(v) for v in c.pool_x.split(","))
+            env = env.with_pool(c.pool, pool_x=(lo, hi), pool_depth=c.pool_depth)
+        heights, _ = terrain.heightfield(res, dx, base=0.1, amplitude=c.roughness, seed=c.seed)
+        heights, self.beds = environments.lay_bed(env, b, heights)
+        normals = terrain.normals_of(heights, dx)
         top = float(heights.max()) + env.bed_thickness + 0.05
         origin = [0.4, top] + [0.4] * (c.dim - 2)
         self.robot = add_walker(b, origin, length=0.2, height=0.1, E=c.robot_E)
@@ -53,7 +61,7 @@ class Scene:
         self.solver = Solver(self.model)
         self.state = self.model.state()
         self.substeps = max(1, round((1 / 60) / c.dt))
-        self.is_robot = (self.model.material == 2).cpu().numpy()
+        self.is_robot = (self.model.material == materials.MUSCLE).cpu().numpy()
 
     def step(self, frame: int):
         self.solver.advance(self.state, self.substeps, (1 / 60) / self.substeps)
@@ -67,4 +75,10 @@ class Scene:
                 "robot_min_y": float(x[:, 1].min()), "particles": int(self.model.n)}
 
     def exports(self):
-        return {"particles.ply": viz.point_cloud(self.model, self.state)}
+        """particles.ply (all, coloured); robot.glb: the walker's surface; surface.obj: the bed's (and pool's)
+        surface when there is one. 2D scenes export their meshes extruded into a thin slab (``viz.surface_mesh``)."""
+        out = {"particles.ply": viz.point_cloud(self.model, self.state),
+               "robot.glb": viz.surface_mesh(self.model, self.state, self.is_robot)}
+        if (~self.is_robot).any():
+            out["surface.obj"] = viz.surface_mesh(self.model, self.state, ~self.is_robot)
+        return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["perlin", "heightfield", "add_bed"]
+__all__ = ["perlin", "heightfield", "add_bed", "basin", "normals_of"]
 
 
 def _fade(t):
@@ -88,34 +88,59 @@ def heightfield(res, dx: float, base: float, array=None, amplitude: float = 0.0,
         pts = cols[0].ravel() if d == 2 else np.stack([c.ravel() for c in cols], 1)
         h += amplitude * perlin(pts / (res[0] * dx), scale=scale, seed=seed, **noise).reshape(shape)
     h = np.maximum(h, bound * dx)
+    return h, normals_of(h, dx)
+
+
+def normals_of(heights, dx: float) -> np.ndarray:
+    """Unit outward normals (…, d) of a heightfield: (res[0],) in 2D or (res[0], res[2]) in 3D."""
+    h = np.asarray(heights, dtype=float)
+    d = h.ndim + 1
     grads = np.gradient(h, dx) if d == 3 else [np.gradient(h, dx)]
-    n = np.zeros(shape + (d,))
+    n = np.zeros(h.shape + (d,))
     n[..., 0] = -grads[0]
     n[..., 1] = 1.0
     if d == 3:
         n[..., 2] = -grads[1]
-    return h, n / np.linalg.norm(n, axis=-1, keepdims=True)
+    return n / np.linalg.norm(n, axis=-1, keepdims=True)
 
 
-def add_bed(builder, heights, thickness: float, material: str = "sand", x_range=None, **body) -> int | None:
+def basin(heights, dx: float, x_range, depth: float, bound: int = 3) -> np.ndarray:
+    """Heights with a basin ``depth`` [m] deep dug over ``x_range`` (lo, hi) [m] along x, with cosine walls a
+    quarter of its width each (never below the wall band). Recompute normals with ``normals_of``."""
+    h = np.array(heights, dtype=float)
+    x = np.arange(h.shape[0]) * dx
+    lo, hi = x_range
+    ramp = max(0.25 * (hi - lo), dx)
+    t = np.clip(np.minimum(x - lo, hi - x) / ramp, 0.0, 1.0)
+    dig = depth * 0.5 * (1 - np.cos(np.pi * t))
+    h -= dig.reshape((-1,) + (1,) * (h.ndim - 1))
+    return np.maximum(h, bound * dx)
+
+
+def add_bed(builder, heights, thickness: float | None, material: str = "sand", x_range=None, top=None,
+            **body) -> int | None:
     """Lay a particle bed of ``thickness`` [m] over the terrain ``heights`` (lattice particles between the floor and
-    floor + thickness). ``x_range``: optional (lo, hi) [m] along x to limit it (e.g. a pool). Returns the body
-    index, or None when thickness is 0."""
-    if thickness <= 0:
+    floor + thickness). ``x_range``: optional (lo, hi) [m] along x to limit it (e.g. a pool). ``top``: instead of a
+    thickness, fill up to these heights [m] (same shape as ``heights``; e.g. a pool's level). Returns the body
+    index, or None when the bed would be empty."""
+    if top is None and (thickness is None or thickness <= 0):
         return None
     d, dx = builder.dim, builder.dx
-    top = float(np.max(heights)) + thickness
+    h_arr = np.asarray(heights, dtype=float)
+    ceil = h_arr + thickness if top is None else np.asarray(top, dtype=float)
     lo = [builder.bound * dx] * d
     hi = [(r - builder.bound) * dx for r in builder.res]
-    hi[1] = min(hi[1], top)
+    hi[1] = min(hi[1], float(np.max(ceil)))
     pts = builder.lattice(lo, hi)
     ix = np.clip(np.round(pts[:, 0] / dx).astype(int), 0, builder.res[0] - 1)
     if d == 2:
-        floor = np.asarray(heights)[ix]
+        floor, cap = h_arr[ix], ceil[ix]
     else:
         iz = np.clip(np.round(pts[:, 2] / dx).astype(int), 0, builder.res[2] - 1)
-        floor = np.asarray(heights)[ix, iz]
-    keep = (pts[:, 1] >= floor + 0.5 * dx) & (pts[:, 1] < floor + thickness)
+        floor, cap = h_arr[ix, iz], ceil[ix, iz]
+    keep = (pts[:, 1] >= floor + 0.5 * dx) & (pts[:, 1] < cap)
     if x_range is not None:
         keep &= (pts[:, 0] >= x_range[0]) & (pts[:, 0] < x_range[1])
+    if not keep.any():
+        return None
     return builder.add_points(pts[keep], material=material, **body)

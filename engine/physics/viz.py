@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["render_state", "point_cloud", "camera_for"]
+__all__ = ["render_state", "point_cloud", "camera_for", "surface_mesh"]
 
 
 def camera_for(model) -> dict:
@@ -34,3 +34,28 @@ def point_cloud(model, state):
     if x.shape[1] == 2:
         x = np.concatenate([x, np.zeros((len(x), 1))], axis=1)
     return PointCloud(points=x, colors=None if model.colors is None else np.clip(model.colors, 0, 1))
+
+
+def surface_mesh(model, state, mask=None, slab: float | None = None, smooth_iterations: int = 2):
+    """A ``trimesh.Trimesh`` of the surface of some particles (a robot, a jelly, a bed), for glb/obj exports.
+
+    The particles are splatted into a density volume with voxels of the particle spacing and meshed by marching
+    cubes (``engine.fields.mesh.particles_to_mesh``). A 2D body is first extruded into a slab: its particles are
+    repeated at z = 0, h, 2h, … (h the particle spacing) over ``slab`` metres (default 8 spacings), so the export is
+    a closed 3D prism of the 2D shape with its cross-section in the xy plane.
+
+    Args:
+        mask: optional (N,) bool (numpy or tensor) selecting the particles; default all.
+    """
+    from ..fields.mesh import particles_to_mesh
+
+    x = state.x.detach().cpu().numpy()
+    if mask is not None:
+        x = x[np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask, dtype=bool)]
+    vol = model.vol.detach().cpu().numpy()
+    h = float(np.median(vol)) ** (1.0 / model.dim)
+    if model.dim == 2:
+        layers = max(2, int(round((slab if slab is not None else 8 * h) / h)))
+        z = (np.arange(layers) - (layers - 1) / 2) * h
+        x = np.concatenate([np.column_stack([x, np.full(len(x), zi)]) for zi in z])
+    return particles_to_mesh(x, voxel_size=h, radius=2.0 * h, smooth_iterations=smooth_iterations)

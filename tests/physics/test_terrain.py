@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from engine.physics import Boundary, ModelBuilder, Solver, environments, terrain
+from engine.physics import Boundary, ModelBuilder, Solver, environments, materials, terrain
 from engine.physics.robot import add_mesh, add_voxels, add_walker
 
 from .helpers import run_scene
@@ -90,4 +90,30 @@ def test_jelly_drop_scene_contract():
     img = scene.render()
     assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and img.std() > 0
     assert scene.metrics()["com_height"] > 0
-    assert "particles.ply" in scene.exports()
+    ex = scene.exports()
+    assert "particles.ply" in ex
+    # the 2D jelly's surface, extruded into a slab: a closed mesh around the particles' xy extent
+    mesh = ex["surface.obj"]
+    x = scene.state.x.detach().cpu().numpy()
+    assert mesh.is_watertight and ex["surface.glb"] is mesh
+    assert np.all(mesh.bounds[0, :2] < x.min(0)) and np.all(mesh.bounds[1, :2] > x.max(0))
+    assert np.all(mesh.bounds[1, :2] - mesh.bounds[0, :2] < x.max(0) - x.min(0) + 4 / 64)
+
+
+def test_mixed_bed_on_perlin_terrain_runs_stably():
+    """Desert with a water pool in a basin, on rough Perlin terrain (`--set env=desert pool=water roughness=…`):
+    it builds both beds, runs 0.1 s without a blow-up, the water stays in its basin and the robot on top."""
+    scene = run_scene("terrain", frames=6, env="desert", pool="water", roughness=0.05, res=48, dt=2e-4,
+                      pool_x="0.55,0.9")
+    mat = scene.model.material.cpu().numpy()
+    water = mat == materials.WATER
+    assert water.sum() > 100 and (mat == materials.SAND).sum() > 100
+    h = scene.model.heights.cpu().numpy()
+    assert np.ptp(h[3:-3]) > 0.05  # bumps plus the basin
+    x = scene.state.x.detach().cpu().numpy()
+    assert np.isfinite(x).all()
+    assert 0.5 < x[water, 0].min() and x[water, 0].max() < 0.95
+    m = scene.metrics()
+    assert m["robot_min_y"] > float(h.max()) - 0.05
+    ex = scene.exports()
+    assert len(ex["robot.glb"].faces) > 0 and len(ex["surface.obj"].faces) > 0
