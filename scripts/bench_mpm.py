@@ -3,10 +3,17 @@
 The reference is a re-implementation of ``taichi/examples/simulation/mpm3d.py``'s kernel setup (one fused
 substep kernel on fields, a J-only fluid with E = 400, ρ = 1): 3D 64³ grid with 65,536 particles, 2D 256² grid with
 32,768 particles. tide runs the same fluid through its general solver (``water`` material: full F, colliders,
-guards). Prints particle·steps/s for both and the ratio; then tide's forward+backward cost against its forward
-cost (2D, segmented checkpoints), and the memory of a 4000-substep, 20k-particle 3D checkpointed backward pass.
+guards; its forward-only path is three fused kernels). Both run in one process under tide's backend settings
+(advanced_optimization off by default), and the timings alternate between reference and tide over several rounds,
+keeping each one's best, because the box is shared. Prints particle·steps/s for both and the ratio; then tide's
+forward+backward cost against its forward cost (2D, segmented checkpoints), and the memory formula's figures for a
+4000-substep, 20k-particle 3D checkpointed backward pass.
 
-Usage: python scripts/bench_mpm.py [--steps 20] [--precision f32] [--skip-grad]
+``--memory`` instead measures the peak resident memory of a real 3D f64 checkpointed rollout (20k particles, 64³
+grid, a reduced substep count) above the process's baseline, compares it with the formula and extrapolates to
+4000 substeps.
+
+Usage: python scripts/bench_mpm.py [--steps 20] [--rounds 3] [--precision f32] [--skip-grad] [--memory [--substeps 240]]
 """
 import argparse
 import os
@@ -98,16 +105,22 @@ def tide_fluid(dim, n_grid, points):
     return m, Solver(m, check_every=25)
 
 
-def rate(fn, steps, n_particles, sync):
-    fn(1)  # compile / warm up
+def rates(fns, steps, n_particles, sync, rounds):
+    """Best particle·steps/s of each of ``fns`` (called as fn(k) for k substeps), timed in alternation."""
+    for fn in fns:
+        fn(1)  # compile / warm up
     sync()
-    t = time.perf_counter()
-    fn(steps)
-    sync()
-    return n_particles * steps / (time.perf_counter() - t)
+    best = [0.0] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn(steps)
+            sync()
+            best[i] = max(best[i], n_particles * steps / (time.perf_counter() - t))
+    return best
 
 
-def bench_forward(dim, n_grid, dt, steps, ti, real):
+def bench_forward(dim, n_grid, dt, steps, ti, real, rounds):
     n = n_grid ** dim // 2 ** (dim - 1)
     pts = np.random.default_rng(0).random((n, dim)) * 0.4 + 0.15
     substep, init, sync = reference(dim, n_grid, dt, ti, real)
@@ -116,15 +129,15 @@ def bench_forward(dim, n_grid, dt, steps, ti, real):
     def run_ref(k):
         for _ in range(k):
             substep()
-    r_ref = rate(run_ref, steps, n, sync)
     m, solver = tide_fluid(dim, n_grid, pts)
     st = m.state()
-    r_tide = rate(lambda k: solver.advance(st, k, dt), steps, n, sync)
+    r_ref, r_tide = rates([run_ref, lambda k: solver.advance(st, k, dt)], steps, n, sync, rounds)
     return n, r_ref, r_tide
 
 
-def bench_grad(n_grid, dt, steps, segment):
-    """Seconds for a forward pass vs a forward + segmented backward pass of the 2D fluid."""
+def bench_grad(n_grid, dt, steps, segment, rounds):
+    """Best seconds of: the forward-only pass, the differentiable (staged, intermediates kept) forward pass, and a
+    forward + segmented backward pass of the 2D fluid."""
     import torch
 
     from engine.physics.checkpoint import Rollout
@@ -133,51 +146,124 @@ def bench_grad(n_grid, dt, steps, segment):
     pts = np.random.default_rng(0).random((n, 2)) * 0.4 + 0.15
     m, solver = tide_fluid(2, n_grid, pts)
     ro = Rollout(solver, steps, dt, segment=segment)
-    ro.run(m.x0, m.v0)  # compile forward (grad variant) and backward kernels
+    ro.run(m.x0, m.v0)  # compile forward and backward kernels
     ro.grad(torch.ones_like(m.x0))
     st = m.state()
+    a, b = m.state().requires_grad_(), m.state().requires_grad_()
+    sc = solver.new_scratch(grad=True)
     solver.advance(st, 1, dt)
+    best = [float("inf")] * 3
+    for _ in range(rounds):
+        t = time.perf_counter()
+        solver.advance(st, steps, dt)
+        best[0] = min(best[0], time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(steps):
+            solver.forward(a, b, None, dt, sc)
+            a, b = b, a
+        best[1] = min(best[1], time.perf_counter() - t)
+        t = time.perf_counter()
+        ro.run(m.x0, m.v0)
+        ro.grad(torch.ones_like(m.x0))
+        best[2] = min(best[2], time.perf_counter() - t)
+    return best
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_memory(n_substeps):
+    """Peak RSS above baseline of a 3D f64 checkpointed rollout (forward + backward) vs ``memory_estimate``."""
+    import gc
+    import threading
+
+    import torch
+
+    from engine.physics import Boundary, ModelBuilder, Solver
+    from engine.physics.checkpoint import Rollout, memory_estimate
+
+    n_grid = 64
+    b = ModelBuilder(res=(n_grid,) * 3, dx=1 / n_grid, ppc=2)
+    b.add_box((0.3, 0.3, 0.3), (0.51, 0.51, 0.51), material="elastic", E=2e4, nu=0.3, velocity=(0.3, -0.5, 0.1))
+    m = b.finalize(boundary=Boundary(floor="sticky"))
+    s = Solver(m)
+    dt = 2e-4
+    warm = Rollout(s, 2, dt, segment=1)  # compile (or load) every kernel first
+    warm.run(m.x0, m.v0)
+    warm.grad(torch.ones_like(m.x0))
+    del warm
+    gc.collect()
+    base = _rss()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.005)
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    K = max(1, round(np.sqrt(n_substeps)))
     t = time.perf_counter()
-    solver.advance(st, steps, dt)
-    fwd = time.perf_counter() - t
-    t = time.perf_counter()
-    ro.run(m.x0, m.v0)
-    ro.grad(torch.ones_like(m.x0))
-    both = time.perf_counter() - t
-    return fwd, both
+    ro = Rollout(s, n_substeps, dt, segment=K)
+    x, v, _ = ro.run(m.x0, m.v0)
+    ro.grad(torch.ones_like(x), torch.zeros_like(v))
+    seconds = time.perf_counter() - t
+    done.set()
+    th.join()
+    measured = peak[0] - base
+    est = memory_estimate(m.n, 3, m.res, n_substeps, K, bytes_per_float=8)
+    return m.n, m.res, K, measured, est, seconds
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20, help="substeps timed per configuration")
+    ap.add_argument("--steps", type=int, default=20, help="substeps timed per configuration and round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (best of each is kept)")
     ap.add_argument("--precision", default="f32", choices=["f32", "f64"])
     ap.add_argument("--skip-grad", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="measure a real 3D f64 checkpointed rollout's memory")
+    ap.add_argument("--substeps", type=int, default=240, help="substeps of the --memory rollout")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     from engine import backend
+    from engine.physics.checkpoint import memory_estimate
 
-    s = backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision=args.precision)
+    s = backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision="f64" if args.memory else args.precision)
     import taichi as ti
 
     real = backend.real()
     print(f"arch={s.resolved_arch} precision={s.precision} fast_compile={s.fast_compile}")
+    if args.memory:
+        n, res, K, measured, est, seconds = bench_memory(args.substeps)
+        gib = 2.0 ** 30
+        print(f"3D f64 rollout, {n} particles, grid {res[0]}^3, {args.substeps} substeps, K={K} ({seconds:.0f} s "
+              f"forward+backward): peak RSS above baseline {measured / gib:.3f} GiB, formula {est['total'] / gib:.3f} "
+              f"GiB (measured/formula {measured / est['total']:.2f})")
+        factor = max(1.0, measured / est["total"])
+        for res_, K_ in (((64,) * 3, 63), ((128,) * 3, 20)):
+            e = memory_estimate(20000, 3, res_, 4000, K_, bytes_per_float=8)
+            print(f"4000 substeps x 20k particles 3D f64, grid {res_[0]}^3, K={K_}: formula {e['total'] / gib:.2f} GiB, "
+                  f"x{factor:.2f} measured overhead = {e['total'] * factor / gib:.2f} GiB (of 24 GiB)")
+        return
     print(f"{'config':<28}{'reference p·steps/s':>22}{'tide p·steps/s':>18}{'ratio':>8}")
     for dim, n_grid, dt, steps in ((3, 64, 2e-4, args.steps), (2, 256, 1e-4, args.steps * 5)):
-        n, r_ref, r_tide = bench_forward(dim, n_grid, dt, steps, ti, real)
+        n, r_ref, r_tide = bench_forward(dim, n_grid, dt, steps, ti, real, args.rounds)
         print(f"{f'{dim}D {n_grid}^{dim}, {n} particles':<28}{r_ref / 1e6:>20.2f} M{r_tide / 1e6:>16.2f} M"
               f"{r_tide / r_ref:>7.2f}x")
     if not args.skip_grad:
         for segment in (None, 10):
-            fwd, both = bench_grad(128, 1e-4, 100, segment or 100)
+            fast, staged, both = bench_grad(128, 1e-4, 100, segment or 100, args.rounds)
             label = "full tape" if segment is None else f"checkpoint every {segment}"
-            print(f"2D 128^2 fluid, 100 substeps, {label}: forward {fwd:.2f} s, forward+backward {both:.2f} s "
-                  f"= {both / fwd:.2f}x forward")
-    from engine.physics.checkpoint import memory_estimate
-
+            print(f"2D 128^2 fluid, 100 substeps, {label}: forward {fast:.2f} s (differentiable forward "
+                  f"{staged:.2f} s), forward+backward {both:.2f} s = {both / fast:.2f}x forward "
+                  f"({both / staged:.2f}x the differentiable forward)")
     for res, K in (((64,) * 3, 63), ((128,) * 3, 20)):
         est = memory_estimate(20000, 3, res, 4000, K, bytes_per_float=8)
         parts = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in est.items())
-        print(f"memory, 4000 substeps x 20k particles 3D f64, grid {res[0]}^3, K={K}: {parts}")
+        print(f"memory (formula), 4000 substeps x 20k particles 3D f64, grid {res[0]}^3, K={K}: {parts}")
 
 
 if __name__ == "__main__":
