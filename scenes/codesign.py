@@ -66,7 +66,7 @@ class Config:
     """Video: control steps shown for the optimised robot (the initial robot is shown first for as many)."""
     width: int = 640
     """Video width [px]."""
-    height: int = 320
+    height: int = 240
     """Video height [px]."""
 
     def spec(self) -> ProblemSpec:
