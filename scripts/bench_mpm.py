@@ -135,9 +135,9 @@ def bench_forward(dim, n_grid, dt, steps, ti, real, rounds):
     return n, r_ref, r_tide
 
 
-def bench_grad(n_grid, dt, steps, segment, rounds):
+def bench_grad(n_grid, dt, steps, segments, rounds):
     """Best seconds of: the forward-only pass, the differentiable (staged, intermediates kept) forward pass, and a
-    forward + segmented backward pass of the 2D fluid."""
+    forward + segmented backward pass per segment length, of the 2D fluid; all timed in alternation."""
     import torch
 
     from engine.physics.checkpoint import Rollout
@@ -145,28 +145,32 @@ def bench_grad(n_grid, dt, steps, segment, rounds):
     n = n_grid ** 2 // 2
     pts = np.random.default_rng(0).random((n, 2)) * 0.4 + 0.15
     m, solver = tide_fluid(2, n_grid, pts)
-    ro = Rollout(solver, steps, dt, segment=segment)
-    ro.run(m.x0, m.v0)  # compile forward and backward kernels
-    ro.grad(torch.ones_like(m.x0))
+    ros = [Rollout(solver, steps, dt, segment=K) for K in segments]
+    for ro in ros:
+        ro.run(m.x0, m.v0)  # compile forward and backward kernels
+        ro.grad(torch.ones_like(m.x0))
     st = m.state()
     a, b = m.state().requires_grad_(), m.state().requires_grad_()
     sc = solver.new_scratch(grad=True)
     solver.advance(st, 1, dt)
-    best = [float("inf")] * 3
-    for _ in range(rounds):
-        t = time.perf_counter()
-        solver.advance(st, steps, dt)
-        best[0] = min(best[0], time.perf_counter() - t)
-        t = time.perf_counter()
+
+    def staged():
+        nonlocal a, b
         for _ in range(steps):
             solver.forward(a, b, None, dt, sc)
             a, b = b, a
-        best[1] = min(best[1], time.perf_counter() - t)
-        t = time.perf_counter()
+
+    def both(ro):
         ro.run(m.x0, m.v0)
         ro.grad(torch.ones_like(m.x0))
-        best[2] = min(best[2], time.perf_counter() - t)
-    return best
+    jobs = [lambda: solver.advance(st, steps, dt), staged] + [lambda ro=ro: both(ro) for ro in ros]
+    best = [float("inf")] * len(jobs)
+    for _ in range(rounds):
+        for i, job in enumerate(jobs):
+            t = time.perf_counter()
+            job()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best[0], best[1], best[2:]
 
 
 def _rss() -> int:
@@ -235,7 +239,10 @@ def main():
     import taichi as ti
 
     real = backend.real()
-    print(f"arch={s.resolved_arch} precision={s.precision} fast_compile={s.fast_compile}")
+    import torch
+
+    print(f"arch={s.resolved_arch} precision={s.precision} fast_compile={s.fast_compile} "
+          f"taichi_threads={ti.lang.impl.current_cfg().cpu_max_num_threads} torch_threads={torch.get_num_threads()}")
     if args.memory:
         n, res, K, measured, est, seconds = bench_memory(args.substeps)
         gib = 2.0 ** 30
@@ -254,11 +261,12 @@ def main():
         print(f"{f'{dim}D {n_grid}^{dim}, {n} particles':<28}{r_ref / 1e6:>20.2f} M{r_tide / 1e6:>16.2f} M"
               f"{r_tide / r_ref:>7.2f}x")
     if not args.skip_grad:
-        for segment in (None, 10):
-            fast, staged, both = bench_grad(128, 1e-4, 100, segment or 100, args.rounds)
-            label = "full tape" if segment is None else f"checkpoint every {segment}"
-            print(f"2D 128^2 fluid, 100 substeps, {label}: forward {fast:.2f} s (differentiable forward "
-                  f"{staged:.2f} s), forward+backward {both:.2f} s = {both / fast:.2f}x forward "
+        steps, segments = 100, (100, 10)
+        fast, staged, boths = bench_grad(128, 1e-4, steps, segments, 2 * args.rounds)
+        print(f"2D 128^2 fluid, {steps} substeps: forward {fast:.3f} s, differentiable forward {staged:.3f} s")
+        for K, both in zip(segments, boths):
+            label = "full tape" if K == steps else f"checkpoint every {K}"
+            print(f"  {label}: forward+backward {both:.3f} s = {both / fast:.2f}x forward "
                   f"({both / staged:.2f}x the differentiable forward)")
     for res, K in (((64,) * 3, 63), ((128,) * 3, 20)):
         est = memory_estimate(20000, 3, res, 4000, K, bytes_per_float=8)
