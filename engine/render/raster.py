@@ -3,7 +3,9 @@
 Two stages, so that only a small kernel is differentiable:
 
 1. ``rasterize`` (not differentiable): faces are binned into 16x16-pixel tiles, then each pixel keeps the K
-   faces nearest the camera among those that cover it (hard) or lie within the blur radius (soft). Output:
+   faces nearest the camera among those that cover it (hard) or lie within the blur radius (soft); in soft
+   mode faces that contain the pixel centre are kept before blur-only ones, so a dense mesh cannot crowd the
+   covering face out of the K (which made alpha ~0 inside silhouettes). Output:
    ``Fragments`` with face ids, perspective-correct barycentrics, depths and signed distances.
 2. ``soft_composite`` (differentiable, hand-written backward): recomputes each kept face's signed 2D distance
    from the projected vertices, turns it into coverage ``alpha = opacity * exp(-max(d, 0) / sigma)``
@@ -35,7 +37,10 @@ _CUTOFF = math.log(1e4)
 
 @dataclass
 class Fragments:
-    """Per-pixel lists of the K nearest faces (front to back).
+    """Per-pixel lists of up to K faces, sorted front to back.
+
+    Selection: the nearest faces containing the pixel centre first, then the nearest faces within the blur
+    radius (soft mode), each class ordered by (depth, face id).
 
     pix_to_face: (B, H, W, K) int32 face index into ``faces``; -1 where the slot is empty.
     bary: (B, H, W, K, 3) perspective-correct barycentrics (clamped to the triangle for pixels outside it).
@@ -111,6 +116,21 @@ def _bin_fill(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti
             bins[slot] = f
 
 
+@ti.func
+def _before(z, f, z2, f2):
+    # strict order of fragments by depth, ties broken by face id (deterministic lists)
+    return z < z2 or (z == z2 and f < f2)
+
+
+@ti.func
+def _copy_slot(p2f: ti.template(), zbuf: ti.template(), dist: ti.template(), bary: ti.template(), b, py, px, dst, src):
+    p2f[b, py, px, dst] = p2f[b, py, px, src]
+    zbuf[b, py, px, dst] = zbuf[b, py, px, src]
+    dist[b, py, px, dst] = dist[b, py, px, src]
+    for j in ti.static(range(3)):
+        bary[b, py, px, dst, j] = bary[b, py, px, src, j]
+
+
 @ti.kernel
 def _knn(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.types.ndarray(),
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
@@ -158,15 +178,33 @@ def _knn(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.type
                 q0, q1, q2 = w0 / az, w1 / bz, w2 / cz
                 zi = q0 + q1 + q2
                 z = 1.0 / zi
-                # insertion into the per-pixel list, ordered by (z, face id) so ties are deterministic
-                if filled < K or z < zbuf[b, py, px, K - 1] or (z == zbuf[b, py, px, K - 1] and f < p2f[b, py, px, K - 1]):
-                    pos = ti.min(filled, K - 1)
-                    while pos > 0 and (zbuf[b, py, px, pos - 1] > z or (zbuf[b, py, px, pos - 1] == z and p2f[b, py, px, pos - 1] > f)):
-                        p2f[b, py, px, pos] = p2f[b, py, px, pos - 1]
-                        zbuf[b, py, px, pos] = zbuf[b, py, px, pos - 1]
-                        dist[b, py, px, pos] = dist[b, py, px, pos - 1]
-                        for j in ti.static(range(3)):
-                            bary[b, py, px, pos, j] = bary[b, py, px, pos - 1, j]
+                # Keep-list policy: faces containing the pixel (full coverage) outrank blur-only candidates, and
+                # within each class the nearest by (z, face id) win. On dense meshes dozens of sub-pixel faces lie
+                # within the blur radius; plain K-nearest-by-depth then fills all K slots with up-slope
+                # neighbours of coverage ~1e-3 and drops the face the pixel is actually inside (alpha -> 0 inside
+                # the silhouette). The list itself stays sorted by depth for compositing.
+                fin = d2 <= 0.0
+                victim = -1                      # slot to evict when the list is full; K = append
+                if filled < K:
+                    victim = K
+                else:
+                    last_out = -1                # farthest blur-only face in the list
+                    for k in range(K):
+                        if dist[b, py, px, k] > 0.0:
+                            last_out = k
+                    if last_out >= 0 and (fin or _before(z, f, zbuf[b, py, px, last_out], p2f[b, py, px, last_out])):
+                        victim = last_out
+                    elif last_out < 0 and fin and _before(z, f, zbuf[b, py, px, K - 1], p2f[b, py, px, K - 1]):
+                        victim = K - 1
+                if victim >= 0:
+                    n = filled
+                    if victim < K:               # remove the victim: shift the later entries forward
+                        for k in range(victim, K - 1):
+                            _copy_slot(p2f, zbuf, dist, bary, b, py, px, k, k + 1)
+                        n = K - 1
+                    pos = n
+                    while pos > 0 and _before(z, f, zbuf[b, py, px, pos - 1], p2f[b, py, px, pos - 1]):
+                        _copy_slot(p2f, zbuf, dist, bary, b, py, px, pos, pos - 1)
                         pos -= 1
                     p2f[b, py, px, pos] = f
                     zbuf[b, py, px, pos] = z
@@ -199,7 +237,8 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, faces_pe
         camera: B cameras (or 1 camera for B meshes).
         faces_per_pixel: K.
         sigma: soft blur (NDC^2 units). 0 keeps only faces that contain the pixel centre (hard z-buffer);
-            > 0 also keeps faces whose soft coverage ``exp(-d/sigma)`` exceeds 1e-4.
+            > 0 also keeps faces whose soft coverage ``exp(-d/sigma)`` exceeds 1e-4, in the slots the faces
+            containing the pixel leave free.
         near: faces with any vertex at depth <= near are skipped (no clipping).
     """
     backend.ensure()
