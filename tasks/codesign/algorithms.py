@@ -20,7 +20,9 @@ from engine.errors import ConfigError
 __all__ = ["Step", "Diffsim", "CMAES", "RandomSearch", "ALGORITHMS", "DIFFSIM_COST", "check_budget", "run"]
 
 DIFFSIM_COST = 3.0
-"""Rollout equivalents per diffsim iteration: measured fwd+bwd / fwd time of the segment op is about 3."""
+"""Rollout equivalents per diffsim iteration (forward, recompute, backward). Measured on 2 CPU cores: 3.1 at
+res 32 (the table's setting), 5.7 at res 48 where the grid's backward kernels weigh more; pass the measured
+value when comparing at other sizes."""
 
 
 @dataclass
