@@ -1,8 +1,10 @@
 """Long-horizon gradients by segmented checkpointing, and the torch op that exposes them through the bridge.
 
-The forward pass keeps one ``State`` every K substeps (T/K checkpoints). The backward pass walks the segments from
-last to first: it restores the segment's checkpoint, recomputes its K substeps keeping every state and every
-substep's intermediates (``Scratch``), then replays the substeps' gradients in reverse. Memory is
+The forward pass keeps one ``State`` every K substeps (T/K checkpoints), running the fused forward-only kernels
+except in the last segment, which it runs on the differentiable kernels straight into the backward pass's buffers.
+The backward pass walks the segments from last to first: it restores the segment's checkpoint, recomputes its K
+substeps keeping every state and every substep's intermediates (``Scratch``; the last segment is already there),
+then replays the substeps' gradients in reverse. Memory is
 O(T/K) checkpoints + O(K) states and scratches; compute is one extra forward pass. K = T is the plain
 "store everything" tape, and tests check both give the same gradients.
 
@@ -57,6 +59,7 @@ class Rollout:
             raise ValueError(f"observe indices must lie in [0, {T}]")
         self._pool_states: list[State] = []
         self._pool_scratch = []
+        self._tail_ready = False
 
     # --------------------------------------------------------------------------------------------- forward
     def run(self, x0, v0, params: dict | None = None, actions: torch.Tensor | None = None):
@@ -70,13 +73,26 @@ class Rollout:
         b = a.empty_like().requires_grad_()
         self.checkpoints = []
         obs = []
+        # The last segment runs on the differentiable kernels straight into the backward pass's buffers, so
+        # grad() need not recompute it; the others take the fused forward-only path.
+        t_tail = (math.ceil(T / K) - 1) * K
+        states, scratches = self._states(T - t_tail + 1), self._scratches(T - t_tail)
         for t in range(T):
             if t % K == 0:
                 self.checkpoints.append(a.clone())
             if t in self.observe:
                 obs.append(a.x.detach().clone())
-            solver.step(a, b, self._control(t), self.dt, model=self.model)
-            a, b = b, a
+            if t >= t_tail:
+                i = t - t_tail
+                if i == 0:
+                    states[0].copy_(a)
+                solver.step(states[i], states[i + 1], self._control(t), self.dt, scratch=scratches[i],
+                            model=self.model)
+                a = states[i + 1]
+            else:
+                solver.step(a, b, self._control(t), self.dt, model=self.model)
+                a, b = b, a
+        self._tail_ready = T > 0
         solver.check(a, self.dt, self.model)
         if T in self.observe:
             obs.append(a.x.detach().clone())
@@ -130,10 +146,12 @@ class Rollout:
         for j in reversed(range(n_seg)):
             t0, t1 = j * K, min((j + 1) * K, T)
             L = t1 - t0
-            states[0].copy_(self.checkpoints[j])
             controls = [self._control(t, grad=True) for t in range(t0, t1)]
-            for i in range(L):
-                solver.forward(states[i], states[i + 1], controls[i], self.dt, scratches[i], m)
+            if not (j == n_seg - 1 and self._tail_ready):  # run() left the last segment in the buffers
+                states[0].copy_(self.checkpoints[j])
+                for i in range(L):
+                    solver.forward(states[i], states[i + 1], controls[i], self.dt, scratches[i], m)
+            self._tail_ready = False
             for s in states[:L + 1]:
                 s.zero_grad_()
             for gt, ct in zip(states[L].tensors(), carry.tensors()):

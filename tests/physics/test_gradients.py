@@ -169,3 +169,15 @@ def test_checkpoint_memory_matches_estimate():
             + 2 * sum(sc.nbytes() for sc in ro._pool_scratch))
     est = memory_estimate(m.n, 2, m.res, T, 8)
     assert est["total"] == held
+
+
+def test_repeated_grad_recomputes_the_last_segment():
+    """run() leaves the last segment's states and intermediates for the first grad(); a second grad() (which
+    must recompute it) returns the same gradients."""
+    m, s, v0, wx, wv = _case("sand")
+    ro = Rollout(s, T, DT, segment=7)
+    ro.run(m.x0, v0)
+    first = ro.grad(wx, wv)
+    second = ro.grad(wx, wv)
+    for k in first:
+        assert torch.equal(first[k], second[k]), k
