@@ -289,35 +289,64 @@ def _cell_row(vol: ti.template(), i, j, k, level, case, fixed: ti.template(), lu
 def _count(vol: ti.types.ndarray(ndim=3), level: ti.f64, mask: ti.types.ndarray(ndim=3), use_mask: ti.i32,
            fixed: ti.types.ndarray(ndim=1), row_nt: ti.types.ndarray(ndim=1), row_c12: ti.types.ndarray(ndim=1),
            lut: ti.types.ndarray(ndim=1), cube: ti.types.ndarray(ndim=3),
-           row_v: ti.types.ndarray(ndim=2), row_t: ti.types.ndarray(ndim=2)):
+           row_v: ti.types.ndarray(ndim=2), row_t: ti.types.ndarray(ndim=2), row_amb: ti.types.ndarray(ndim=2)):
     nx, ny, nz = vol.shape[0], vol.shape[1], vol.shape[2]
     for i, j in ti.ndrange(nx, ny):
-        # The four columns (i|i+1, j|j+1) are walked together; their inside bits at k are reused at k + 1, so each
-        # sample is read once per row instead of eight times. Column bit dx | dy << 1 is also the corner bit.
-        i1 = ti.min(i + 1, nx - 1)
-        j1 = ti.min(j + 1, ny - 1)
-        has_x = ti.select(i + 1 < nx, 1, 0)
-        has_y = ti.select(j + 1 < ny, 1, 0)
         nv = 0
         nt = 0
-        low = _column_bits(vol, i, j, i1, j1, 0, level)
-        for k in range(nz):
-            a = low & 1
-            nv += has_x * (((low >> 1) & 1) ^ a) + has_y * (((low >> 2) & 1) ^ a)
-            if k + 1 < nz:
-                high = _column_bits(vol, i, j, i1, j1, k + 1, level)
-                nv += (high & 1) ^ a
-                if has_x * has_y == 1:
-                    case = low | (high << 4)
-                    cube[i, j, k] = ti.cast(case, ti.u8)  # unmasked: the vertex pass reads edge crossings here
-                    if case != 0 and case != 255:
-                        if use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0:  # skimage keys a cell on its upper corner
-                            row = _cell_row(vol, i, j, k, level, case, fixed, lut)
-                            nt += row_nt[row]
-                            nv += row_c12[row]
+        amb = 0
+        if i + 1 < nx and j + 1 < ny:
+            # The four columns (i|i+1, j|j+1) are walked together; their inside bits at k are reused at k + 1, so
+            # each sample is read once per row instead of eight times. Column bit di | dj << 1 is the corner bit.
+            # The loop body has no boundary tests (they cost ~3x here): the last rows are the branch below.
+            low = _column_bits(vol, i, j, i + 1, j + 1, 0, level)
+            for k in range(nz - 1):
+                high = _column_bits(vol, i, j, i + 1, j + 1, k + 1, level)
+                case = low | (high << 4)
+                cube[i, j, k] = ti.cast(case, ti.u8)  # unmasked: the vertex pass reads edge crossings here
+                a = low & 1
+                nv += (((low >> 1) & 1) ^ a) + (((low >> 2) & 1) ^ a) + ((high & 1) ^ a)
+                row = fixed[case]  # case 0 and 255 map to an empty row; -1: an ambiguous Lewiner case
+                amb += ti.select(row < 0, 1, 0)
+                row = ti.max(row, 0)
+                if use_mask != 0:
+                    if mask[i + 1, j + 1, k + 1] == 0:  # skimage keys a cell on its upper corner
+                        row = 0
+                nt += row_nt[row]
                 low = high
+            a = low & 1
+            nv += (((low >> 1) & 1) ^ a) + (((low >> 2) & 1) ^ a)
+            for k in range(nz - 1, cube.shape[2]):  # padding to whole 8-byte words: a "no surface" byte
+                cube[i, j, k] = ti.cast(low | (low << 4), ti.u8)
+            if amb > 0:  # the tests, out of the hot loop (inlined there they made it ~2x slower)
+                for k in range(nz - 1):
+                    case = ti.cast(cube[i, j, k], ti.i32)
+                    if fixed[case] < 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
+                        row = _lewiner_row(_cell_values(vol, i, j, k, level), case, lut)
+                        nt += row_nt[row]
+                        nv += row_c12[row]
+        else:  # the last i or j: only edges, read from the volume
+            for k in range(nz):
+                nv += _edge_bits(vol, i, j, k, level, nx, ny, nz).sum()
         row_v[i, j] = nv
         row_t[i, j] = nt
+        row_amb[i, j] = amb
+
+
+@ti.func
+def _edge_bits(vol: ti.template(), i, j, k, level, nx, ny, nz):
+    """Whether the edges leaving sample (i, j, k) along axes 0, 1, 2 cross the level (0 outside the volume)."""
+    a = vol[i, j, k] <= level
+    ex = 0
+    ey = 0
+    ez = 0
+    if i + 1 < nx:
+        ex = ti.select((vol[i + 1, j, k] <= level) != a, 1, 0)
+    if j + 1 < ny:
+        ey = ti.select((vol[i, j + 1, k] <= level) != a, 1, 0)
+    if k + 1 < nz:
+        ez = ti.select((vol[i, j, k + 1] <= level) != a, 1, 0)
+    return ti.Vector([ex, ey, ez])
 
 
 @ti.func
@@ -326,112 +355,140 @@ def _column_bits(vol: ti.template(), i, j, i1, j1, k, level):
             | (ti.select(vol[i, j1, k] <= level, 1, 0) << 2) | (ti.select(vol[i1, j1, k] <= level, 1, 0) << 3))
 
 
+@ti.func
+def _emit_vertices(c, i, j, k, cross, vol: ti.template(), level, ny, nz, sx, sy, sz, verts: ti.template(),
+                   ends: ti.template(), keys: ti.template(), hits: ti.template()):
+    """Write the vertices of the crossing edges (bit a of ``cross``: along axis a) leaving sample (i, j, k)."""
+    if cross != 0:
+        v0 = ti.cast(vol[i, j, k], ti.f64)
+        for axis in ti.static(range(3)):
+            di, dj, dk = ti.static((1, 0, 0) if axis == 0 else ((0, 1, 0) if axis == 1 else (0, 0, 1)))
+            if (cross >> axis) & 1:
+                v1 = ti.cast(vol[i + di, j + dj, k + dk], ti.f64)
+                t = (level - v0) / (v1 - v0)
+                verts[c, 0] = (i + t * di) * sx
+                verts[c, 1] = (j + t * dj) * sy
+                verts[c, 2] = (k + t * dk) * sz
+                ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k
+                ends[c, 1] = (ti.cast(i + di, ti.i64) * ny + j + dj) * nz + k + dk
+                keys[c] = k * 3 + axis
+                if t <= _SNAP or t >= 1.0 - _SNAP:  # (almost) through a grid sample: merged later
+                    ti.atomic_add(hits[0], 1)
+                c += 1
+    return c
+
+
 @ti.kernel
 def _vertices(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarray(ndim=3),
+              words: ti.types.ndarray(ndim=3),
               mask: ti.types.ndarray(ndim=3), use_mask: ti.i32, fixed: ti.types.ndarray(ndim=1),
               row_c12: ti.types.ndarray(ndim=1), lut: ti.types.ndarray(ndim=1), row_off: ti.types.ndarray(ndim=2),
-              sx: ti.f64, sy: ti.f64, sz: ti.f64, verts: ti.types.ndarray(ndim=2),
+              row_amb: ti.types.ndarray(ndim=2), sx: ti.f64, sy: ti.f64, sz: ti.f64, verts: ti.types.ndarray(ndim=2),
               ends: ti.types.ndarray(ndim=2), keys: ti.types.ndarray(ndim=1), hits: ti.types.ndarray(ndim=1)):
     nx, ny, nz = vol.shape[0], vol.shape[1], vol.shape[2]
     for i, j in ti.ndrange(nx, ny):
         c = row_off[i, j]
         inner_row = i + 1 < nx and j + 1 < ny
-        for k in range(nz):
-            # Which of the three edges leaving sample (i, j, k) cross: from the cell's case bits where a cell owns
-            # the sample (1 byte instead of 4 samples), else (the last row, column and layer) from the volume.
-            cs = 0
-            cross = 0
-            if inner_row:
-                if k + 1 < nz:
-                    cs = ti.cast(cube[i, j, k], ti.i32)
-                    a = cs & 1
-                    cross = (((cs >> 1) & 1) ^ a) | ((((cs >> 2) & 1) ^ a) << 1) | ((((cs >> 4) & 1) ^ a) << 2)
-                else:
-                    top = ti.cast(cube[i, j, k - 1], ti.i32) >> 4
-                    a = top & 1
-                    cross = (((top >> 1) & 1) ^ a) | ((((top >> 2) & 1) ^ a) << 1)
-            else:
-                a = vol[i, j, k] <= level
-                if i + 1 < nx:
-                    cross |= ti.select((vol[i + 1, j, k] <= level) != a, 1, 0)
-                if j + 1 < ny:
-                    cross |= ti.select((vol[i, j + 1, k] <= level) != a, 2, 0)
-                if k + 1 < nz:
-                    cross |= ti.select((vol[i, j, k + 1] <= level) != a, 4, 0)
-            if cross != 0:
-                v0 = ti.cast(vol[i, j, k], ti.f64)
-                for axis in ti.static(range(3)):
-                    di, dj, dk = ti.static((1, 0, 0) if axis == 0 else ((0, 1, 0) if axis == 1 else (0, 0, 1)))
-                    if (cross >> axis) & 1:
-                        v1 = ti.cast(vol[i + di, j + dj, k + dk], ti.f64)
-                        t = (level - v0) / (v1 - v0)
-                        verts[c, 0] = (i + t * di) * sx
-                        verts[c, 1] = (j + t * dj) * sy
-                        verts[c, 2] = (k + t * dk) * sz
-                        ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k
-                        ends[c, 1] = (ti.cast(i + di, ti.i64) * ny + j + dj) * nz + k + dk
-                        keys[c] = k * 4 + axis
-                        if t <= _SNAP or t >= 1.0 - _SNAP:  # (almost) through a grid sample: merged later
-                            ti.atomic_add(hits[0], 1)
+        if inner_row:
+            # Which of the three edges leaving sample (i, j, k) cross, from cell (i, j, k)'s case bits (1 byte,
+            # instead of 4 samples); 8 cells at a time are skipped when all are empty or full (a row of cells
+            # cannot jump from one to the other without a surface cell in between).
+            for w in range(words.shape[2]):
+                word = words[i, j, w]
+                if word != 0 and word != ti.u64(0xFFFFFFFFFFFFFFFF):
+                    for b in range(8):
+                        k = 8 * w + b
+                        if k < nz - 1:
+                            bits = ti.cast(cube[i, j, k], ti.i32)
+                            a = bits & 1
+                            cross = ((((bits >> 1) & 1) ^ a) | ((((bits >> 2) & 1) ^ a) << 1)
+                                     | ((((bits >> 4) & 1) ^ a) << 2))
+                            c = _emit_vertices(c, i, j, k, cross, vol, level, ny, nz, sx, sy, sz, verts, ends, keys,
+                                               hits)
+            top = ti.cast(cube[i, j, nz - 2], ti.i32) >> 4  # the last sample: its cell's upper corners
+            a = top & 1
+            c = _emit_vertices(c, i, j, nz - 1, (((top >> 1) & 1) ^ a) | ((((top >> 2) & 1) ^ a) << 1), vol, level,
+                               ny, nz, sx, sy, sz, verts, ends, keys, hits)
+        else:  # the last i or j: no cells, read the volume
+            for k in range(nz):
+                e = _edge_bits(vol, i, j, k, level, nx, ny, nz)
+                c = _emit_vertices(c, i, j, k, e[0] | (e[1] << 1) | (e[2] << 2), vol, level, ny, nz, sx, sy, sz,
+                                   verts, ends, keys, hits)
+        if inner_row and row_amb[i, j] > 0:
+            # Lewiner's inner vertices follow the row's edge vertices (keys 3 nz + k keep the row sorted).
+            for k in range(nz - 1):
+                case = ti.cast(cube[i, j, k], ti.i32)
+                if fixed[case] < 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
+                    v = _cell_values(vol, i, j, k, level)
+                    if row_c12[_lewiner_row(v, case, lut)] != 0:
+                        # corners weighted by 1 / |value - level| (skimage's formula)
+                        w = 1.0 / (_EPS + ti.abs(v))
+                        ff = w.sum()
+                        fx = w[1] + w[2] + w[5] + w[6]
+                        fy = w[2] + w[3] + w[6] + w[7]
+                        fz = w[4] + w[5] + w[6] + w[7]
+                        verts[c, 0] = (i + fz / ff) * sx
+                        verts[c, 1] = (j + fy / ff) * sy
+                        verts[c, 2] = (k + fx / ff) * sz
+                        ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k  # the cell's first sample
+                        ends[c, 1] = -1
+                        keys[c] = 3 * nz + k
                         c += 1
-            if cs != 0 and cs != 255:
-                if use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0:
-                    row = fixed[cs]
-                    if row < 0:
-                        v = _cell_values(vol, i, j, k, level)
-                        row = _lewiner_row(v, cs, lut)
-                        if row_c12[row] != 0:
-                            # Lewiner's inner vertex: corners weighted by 1 / |value - level| (skimage's formula)
-                            w = 1.0 / (_EPS + ti.abs(v))
-                            ff = w.sum()
-                            fx = w[1] + w[2] + w[5] + w[6]
-                            fy = w[2] + w[3] + w[6] + w[7]
-                            fz = w[4] + w[5] + w[6] + w[7]
-                            verts[c, 0] = (i + fz / ff) * sx
-                            verts[c, 1] = (j + fy / ff) * sy
-                            verts[c, 2] = (k + fx / ff) * sz
-                            ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k  # the cell's first sample
-                            ends[c, 1] = -1
-                            keys[c] = k * 4 + 3
-                            c += 1
+
+
+@ti.func
+def _emit_faces(c, i, j, k, nz, row, table: ti.template(), row_nt: ti.template(), row_voff: ti.template(),
+                row_vcnt: ti.template(), keys: ti.template(), faces: ti.template()):
+    for t in range(row_nt[row]):
+        for m in ti.static(range(3)):
+            e = table[row, 3 * t + m]
+            di, dj, key = 0, 0, 3 * nz + k  # e == 12: the cell's inner vertex, in this row
+            if e < 12:
+                axis = e >> 2
+                o1 = e & 1
+                o2 = (e >> 1) & 1
+                di = ti.select(axis == 0, 0, o1)
+                dj = ti.select(axis == 0, o1, ti.select(axis == 1, 0, o2))
+                dk = ti.select(axis == 2, 0, o2)
+                key = (k + dk) * 3 + axis
+            lo = row_voff[i + di, j + dj]
+            hi = lo + row_vcnt[i + di, j + dj]
+            while lo < hi:  # the row's keys are sorted: they were written in key order
+                mid = (lo + hi) // 2
+                if keys[mid] < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            faces[c, m] = lo
+        c += 1
+    return c
 
 
 @ti.kernel
-def _faces(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarray(ndim=3),
+def _faces(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarray(ndim=3), words: ti.types.ndarray(ndim=3),
            mask: ti.types.ndarray(ndim=3), use_mask: ti.i32, fixed: ti.types.ndarray(ndim=1),
            lut: ti.types.ndarray(ndim=1), table: ti.types.ndarray(ndim=2), row_nt: ti.types.ndarray(ndim=1),
            row_voff: ti.types.ndarray(ndim=2), row_vcnt: ti.types.ndarray(ndim=2), keys: ti.types.ndarray(ndim=1),
-           row_toff: ti.types.ndarray(ndim=2), faces: ti.types.ndarray(ndim=2)):
-    cx, cy, cz = cube.shape[0], cube.shape[1], cube.shape[2]
+           row_toff: ti.types.ndarray(ndim=2), row_amb: ti.types.ndarray(ndim=2), faces: ti.types.ndarray(ndim=2)):
+    cx, cy, nz = vol.shape[0] - 1, vol.shape[1] - 1, vol.shape[2]
+    cz = nz - 1
     for i, j in ti.ndrange(cx, cy):
         c = row_toff[i, j]
-        for k in range(cz):
-            case = ti.cast(cube[i, j, k], ti.i32)
-            if case != 0 and case != 255:
-                if use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0:
-                    row = _cell_row(vol, i, j, k, level, case, fixed, lut)
-                    for t in range(row_nt[row]):
-                        for m in ti.static(range(3)):
-                            e = table[row, 3 * t + m]
-                            di, dj, key = 0, 0, k * 4 + 3  # e == 12: the cell's inner vertex, in this row
-                            if e < 12:
-                                axis = e >> 2
-                                o1 = e & 1
-                                o2 = (e >> 1) & 1
-                                di = ti.select(axis == 0, 0, o1)
-                                dj = ti.select(axis == 0, o1, ti.select(axis == 1, 0, o2))
-                                dk = ti.select(axis == 2, 0, o2)
-                                key = (k + dk) * 4 + axis
-                            lo = row_voff[i + di, j + dj]
-                            hi = lo + row_vcnt[i + di, j + dj]
-                            while lo < hi:  # the row's keys are sorted: they were written walking k
-                                mid = (lo + hi) // 2
-                                if keys[mid] < key:
-                                    lo = mid + 1
-                                else:
-                                    hi = mid
-                            faces[c, m] = lo
-                        c += 1
+        for w in range(words.shape[2]):
+            word = words[i, j, w]
+            if word != 0 and word != ti.u64(0xFFFFFFFFFFFFFFFF):  # 8 empty or full cells at once
+                for b in range(8):
+                    k = 8 * w + b
+                    if k < cz:
+                        row = fixed[ti.cast(cube[i, j, k], ti.i32)]
+                        if row > 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
+                            c = _emit_faces(c, i, j, k, nz, row, table, row_nt, row_voff, row_vcnt, keys, faces)
+        if row_amb[i, j] > 0:  # ambiguous cells after the others, the tests kept out of the hot loop
+            for k in range(cz):
+                case = ti.cast(cube[i, j, k], ti.i32)
+                if fixed[case] < 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
+                    row = _lewiner_row(_cell_values(vol, i, j, k, level), case, lut)
+                    c = _emit_faces(c, i, j, k, nz, row, table, row_nt, row_voff, row_vcnt, keys, faces)
 
 
 def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), mask=None,
@@ -472,12 +529,14 @@ def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), 
     table, row_nt, row_c12, lut, fixed = _tables()
     fixed = fixed[method]
     nx, ny, nz = vol.shape
-    cube = np.empty((nx - 1, ny - 1, nz - 1), dtype=np.uint8)
+    cube = np.empty((nx - 1, ny - 1, -(-(nz - 1) // 8) * 8), dtype=np.uint8)  # rows padded to 8-byte words
+    words = cube.view(np.uint64)
     row_v = np.empty((nx, ny), dtype=np.int32)
     row_t = np.empty((nx, ny), dtype=np.int32)
+    row_amb = np.empty((nx, ny), dtype=np.int32)
     use_mask = int(mask is not None)
     mask = mask if mask is not None else _NO_MASK
-    _count(vol, level, mask, use_mask, fixed, row_nt, row_c12, lut, cube, row_v, row_t)
+    _count(vol, level, mask, use_mask, fixed, row_nt, row_c12, lut, cube, row_v, row_t, row_amb)
     voff, nv = _exclusive_cumsum(row_v)
     toff, nf = _exclusive_cumsum(row_t)
     verts = np.empty((nv, 3), dtype=np.float64)
@@ -488,8 +547,9 @@ def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), 
     keys = np.empty(nv, dtype=np.int32)
     hits = np.zeros(1, dtype=np.int32)
     sx, sy, sz = (float(s) for s in spacing)
-    _vertices(vol, level, cube, mask, use_mask, fixed, row_c12, lut, voff, sx, sy, sz, verts, ends, keys, hits)
-    _faces(vol, level, cube, mask, use_mask, fixed, lut, table, row_nt, voff, row_v, keys, toff, faces)
+    _vertices(vol, level, cube, words, mask, use_mask, fixed, row_c12, lut, voff, row_amb, sx, sy, sz, verts, ends, keys,
+              hits)
+    _faces(vol, level, cube, words, mask, use_mask, fixed, lut, table, row_nt, voff, row_v, keys, toff, row_amb, faces)
     surf = IsoSurface(verts, faces, ends)
     if hits[0] > 0:
         surf = _merge_grid_hits(surf, vol, level)
