@@ -25,6 +25,14 @@ def test_scene_outputs_and_resume(tmp_path):
     for key in ("distance", "initial_distance", "final_loss", "iterations", "wall_time_s", "cost_of_transport"):
         assert key in m, key
     assert m["iterations"] == 3 and m["final_loss"] == pytest.approx(-m["distance"])
+    # the surface mesh wraps the exported design: closed, and its box matches the point cloud's within a cell
+    import numpy as np
+    import trimesh
+
+    mesh = trimesh.load(full / "design_mesh.obj")
+    pts = trimesh.load(full / "design.ply").vertices
+    assert mesh.is_watertight
+    np.testing.assert_allclose(mesh.bounds, [pts.min(0), pts.max(0)], atol=1.0 / 32)
     # interrupted after 2 of 3 iterations, then resumed: same result as the uninterrupted run
     part = tmp_path / "part"
     assert _run(part, "--set", "iterations=2") == 0
