@@ -1,17 +1,185 @@
 """``render_mesh``: rasterize + attributes + shading + compositing, hard or soft, in one call."""
-from __future__ import annotations
-
 from dataclasses import dataclass
 
+import taichi as ti
 import torch
 
-from .. import backend
+from .. import backend, bridge
 from .attributes import face_attributes, interpolate, sample_texture
 from .camera import Camera
-from .raster import Fragments, expand_background, rasterize, soft_composite
+from .raster import (Fragments, _coverage, _dist_grad, _ndc2, _project_bwd, camera_table, expand_background,
+                     project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 
-__all__ = ["MeshRender", "render_mesh"]
+__all__ = ["MeshRender", "render_mesh", "SoftMesh"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fused soft path: coverage + attribute interpolation + per-face shading + compositing in one kernel
+# ---------------------------------------------------------------------------------------------------------------
+@ti.func
+def _layer_value(attr: ti.template(), shade: ti.template(), faces: ti.template(), bary: ti.template(),
+                 zbuf: ti.template(), b, py, px, k, f, c, C, per_face, use_shade):
+    # channel c of layer k: c < C the (shaded) colour/feature, c == C the depth, c == C + 1 the constant 1 whose
+    # composite is alpha (so colour, depth and alpha share one compositing recurrence)
+    ba = b if attr.shape[0] > 1 else 0
+    v = 1.0
+    if c < C:
+        if per_face:
+            v = attr[ba, f, c]
+        else:
+            v = (bary[b, py, px, k, 0] * attr[ba, faces[f, 0], c] + bary[b, py, px, k, 1] * attr[ba, faces[f, 1], c]
+                 + bary[b, py, px, k, 2] * attr[ba, faces[f, 2], c])
+        if use_shade:
+            v *= shade[b if shade.shape[0] > 1 else 0, f, c]
+    elif c == C:
+        v = zbuf[b, py, px, k]
+    return v
+
+
+@ti.func
+def _bg_value(bg: ti.template(), b, py, px, W, c, C):
+    v = 0.0
+    if c < C:
+        v = bg[b if bg.shape[0] > 1 else 0, (py * W + px) if bg.shape[1] > 1 else 0, c]
+    return v
+
+
+@ti.kernel
+def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
+              zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
+              opac: ti.types.ndarray(), bg: ti.types.ndarray(), out: ti.types.ndarray(), la: ti.types.ndarray(),
+              lt: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float):
+    C = out.shape[3] - 2
+    W = p2f.shape[2]
+    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        for c in range(C + 2):
+            out[b, py, px, c] = 0.0
+        T = 1.0
+        for k in range(p2f.shape[3]):
+            la[b, py, px, k] = 0.0
+            lt[b, py, px, k] = T
+            f = p2f[b, py, px, k]
+            if f >= 0:
+                a, _e, _x = _coverage(xy, faces, opac, b, f, px + 0.5, py + 0.5, sigma, ndc2)
+                la[b, py, px, k] = a
+                for c in range(C + 2):
+                    out[b, py, px, c] += T * a * _layer_value(attr, shade, faces, bary, zbuf, b, py, px, k, f, c, C,
+                                                              per_face, use_shade)
+                T *= 1.0 - a
+        for c in range(C):
+            out[b, py, px, c] += T * _bg_value(bg, b, py, px, W, c, C)
+
+
+@ti.kernel
+def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
+              zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
+              opac: ti.types.ndarray(), bg: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(),
+              g_out: ti.types.ndarray(), g_la: ti.types.ndarray(), g_xy: ti.types.ndarray(),
+              g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
+              g_bg: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float):
+    # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
+    # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
+    # No division by 1 - a_k (0 inside an opaque face).
+    C = g_out.shape[3] - 2
+    K = p2f.shape[3]
+    W = p2f.shape[2]
+    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        n = 0
+        while n < K and p2f[b, py, px, n] >= 0:
+            n += 1
+        for k in range(K):
+            g_la[b, py, px, k] = 0.0
+        Tn = 1.0
+        if n > 0:
+            Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
+        ba = b if attr.shape[0] > 1 else 0
+        bs = b if shade.shape[0] > 1 else 0
+        for c in range(C + 2):
+            g = g_out[b, py, px, c]
+            R = _bg_value(bg, b, py, px, W, c, C)
+            if c < C:
+                g_bg[b, py, px, c] = g * Tn
+            if g != 0.0:
+                for kk in range(n):
+                    k = n - 1 - kk
+                    f = p2f[b, py, px, k]
+                    a, T = la[b, py, px, k], lt[b, py, px, k]
+                    u = _layer_value(attr, shade, faces, bary, zbuf, b, py, px, k, f, c, C, per_face, 0)
+                    s = 1.0
+                    if use_shade and c < C:
+                        s = shade[bs, f, c]
+                    v = u * s
+                    g_la[b, py, px, k] += g * T * (v - R)
+                    if c < C:
+                        gv = g * T * a
+                        if use_shade:
+                            g_shade[bs, f, c] += gv * u
+                        if per_face:
+                            g_attr[ba, f, c] += gv * s
+                        else:
+                            for j in ti.static(range(3)):
+                                g_attr[ba, faces[f, j], c] += gv * s * bary[b, py, px, k, j]
+                    R = a * v + (1.0 - a) * R
+        x, y = px + 0.5, py + 0.5
+        bo = b if opac.shape[0] > 1 else 0
+        for k in range(n):
+            f = p2f[b, py, px, k]
+            ga = g_la[b, py, px, k]
+            a, e, cov = _coverage(xy, faces, opac, b, f, x, y, sigma, ndc2)
+            g_opac[bo, f] += ga * cov
+            if e >= 0:
+                _dist_grad(xy, faces, g_xy, b, f, e, x, y, -ga * a / sigma * ndc2)
+
+
+class SoftMesh(bridge.Op):
+    """Fused soft mesh rendering: coverage, interpolation, shading and compositing of precomputed K-nearest lists.
+
+    Inputs: verts (Bv, V, 3) world; attr (Ba, V or F, C) per-vertex or per-face colours/features; shade
+    (Bs, F, C) per-face multiplier (Lambert irradiance) or a (1, 1, 1) dummy; opacity (Bo, F); background
+    (Bg, 1 or H*W, C); then the non-differentiable camera table (B, 16), faces, screen (B, V, 3) = project(verts)
+    and fragments (p2f, bary, zbuf). Output (B, H, W, C + 2): colour, depth (alpha-weighted, over 0) and alpha
+    channels. Gradients: verts (through coverage and the projection), attr, shade, opacity,
+    background. Barycentrics and depths stay detached, as in DBW.
+    """
+
+    name = "soft_mesh"
+
+    def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool):
+        if sigma <= 0:
+            raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
+        self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
+        self.per_face, self.use_shade = int(per_face), int(use_shade)
+
+    def forward(self, verts, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf):
+        B, H, W, K = p2f.shape
+        C = attr.shape[2]
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        out, la, lt = torch.empty(B, H, W, C + 2, **kw), torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
+        _soft_fwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, out, la, lt, self.per_face,
+                  self.use_shade, self.sigma, self.ndc2)
+        saved = (verts.shape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la.detach(), lt)
+        return (out,), saved
+
+    def backward(self, saved, grads):
+        vshape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la, lt = saved
+        B, H, W, K = p2f.shape
+        z = lambda x: torch.zeros_like(x)  # noqa: E731
+        g_xy, g_attr, g_shade, g_opac = torch.zeros(B, screen.shape[1], 2, dtype=attr.dtype, device=attr.device), \
+            z(attr), z(shade), z(opacity)
+        g_bg = torch.empty(B, H, W, background.shape[2], dtype=attr.dtype, device=attr.device)
+        g_la = torch.empty_like(la)
+        g_out = grads[0]
+        _soft_bwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, g_out, g_la, g_xy,
+                  g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2)
+        g_verts = torch.zeros(vshape, dtype=attr.dtype, device=attr.device)
+        _project_bwd(screen, cam, g_xy, g_verts)
+        g_bg = g_bg.reshape(B, H * W, -1)
+        if background.shape[1] == 1:
+            g_bg = g_bg.sum(1, keepdim=True)
+        if background.shape[0] == 1 and B > 1:
+            g_bg = g_bg.sum(0, keepdim=True)
+        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + (None,) * 6
 
 
 @dataclass
@@ -62,6 +230,11 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     if mode not in ("hard", "soft"):
         raise ValueError(f"render_mesh mode must be 'hard' or 'soft', got {mode!r}")
     hard = mode == "hard"
+    if not hard and texture is None and not _camera_needs_grad(camera):
+        fused = _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma, faces_per_pixel,
+                                   opacity, background)
+        if fused is not None:
+            return fused
     frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel,
                       sigma=0.0 if hard else sigma)
     p2f = frags.pix_to_face
@@ -113,3 +286,51 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     screen = camera.project(verts)
     out, alpha, _layers = soft_composite(screen, faces, frags, torch.cat([feats, z], -1), opacity, bgz, sigma, W, H)
     return MeshRender(out[..., :C], alpha, out[..., C], pix_n[..., 0, :], frags)
+
+
+def _camera_needs_grad(camera: Camera) -> bool:
+    return any(x.requires_grad for x in (camera.R, camera.t, camera.fx, camera.fy, camera.cx, camera.cy))
+
+
+def _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma, faces_per_pixel, opacity,
+                       background):
+    """Soft ``render_mesh`` as Taichi projection + K-nearest lists + one ``SoftMesh`` op (no per-pixel torch glue).
+    Returns None for inputs it does not cover (lights on features that are not 3 wide)."""
+    dt, dev = verts.dtype, verts.device
+    H, W = camera.height, camera.width
+    F = faces.shape[0]
+    per_face = colors is None
+    if colors is not None:
+        attr = colors.to(dt)
+    elif face_colors is not None:
+        attr = face_colors.to(dt)
+    else:
+        attr = torch.ones(1, F, 3, dtype=dt, device=dev)
+    attr = attr.unsqueeze(0) if attr.dim() == 2 else attr
+    C = attr.shape[-1]
+    if lights is not None and C != 3:
+        return None
+    screen = project(verts, camera)
+    B = screen.shape[0]
+    frags = rasterize_screen(screen, faces, W, H, faces_per_pixel, sigma)
+    cam = camera_table(camera).to(dt)
+    cam = cam.expand(B, -1) if cam.shape[0] != B else cam
+    fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
+    shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+    op = torch.as_tensor(opacity, dtype=dt, device=dev)
+    op = op.reshape(1, -1).expand(B, F) if op.dim() <= 1 else op.expand(B, F)       # _coverage reads row b
+    bg = torch.as_tensor(background, dtype=dt, device=dev)
+    if bg.dim() <= 1:
+        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
+    elif bg.dim() == 2:
+        bg = bg.reshape(bg.shape[0], 1, -1)
+    else:
+        bg = bg.reshape(-1, H * W, bg.shape[-1])
+    if bg.shape[-1] != C:
+        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    out = bridge.apply(SoftMesh(sigma, W, H, per_face, lights is not None), verts, attr, shade, op, bg, cam, faces,
+                       screen, frags.pix_to_face, frags.bary, frags.zbuf)
+    p2f0 = frags.pix_to_face[..., 0]
+    idx = p2f0.clamp_min(0).long().reshape(-1, H * W, 1).expand(-1, -1, 3)
+    normals = torch.gather(fn.expand(B, -1, -1), 1, idx).reshape(B, H, W, 3) * (p2f0 >= 0)[..., None]
+    return MeshRender(out[..., :C], out[..., C + 1], out[..., C], normals, frags)

@@ -2,7 +2,7 @@
 
 Two stages, so that only a small kernel is differentiable:
 
-1. ``rasterize`` (not differentiable): faces are binned into 16x16-pixel tiles, then each pixel keeps the K
+1. ``rasterize`` (not differentiable): faces are binned into 8x8-pixel tiles, then each pixel keeps the K
    faces nearest the camera among those that cover it (hard) or lie within the blur radius (soft); in soft
    mode faces that contain the pixel centre are kept before blur-only ones, so a dense mesh cannot crowd the
    covering face out of the K (which made alpha ~0 inside silhouettes). Output:
@@ -26,10 +26,10 @@ import torch
 from .. import backend, bridge
 from .camera import Camera
 
-__all__ = ["Fragments", "rasterize", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
+__all__ = ["Fragments", "rasterize", "rasterize_screen", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
-TILE = 16
-"""Tile edge in pixels for face binning."""
+TILE = 8
+"""Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it)."""
 
 _CUTOFF = math.log(1e4)
 """Soft coverage below exp(-_CUTOFF) = 1e-4 of a face's opacity is dropped (the face is not kept)."""
@@ -79,38 +79,107 @@ def _seg_dist2(px, py, ax, ay, bx, by):
     return qx * qx + qy * qy
 
 
+@ti.kernel
+def _project(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: ti.types.ndarray()):
+    # pinhole projection (Camera.project): cam rows are R (9), t (3), fx, fy, cx, cy
+    for b, i in ti.ndrange(screen.shape[0], screen.shape[1]):
+        bv = b if verts.shape[0] > 1 else 0
+        X = ti.Vector([verts[bv, i, 0], verts[bv, i, 1], verts[bv, i, 2]])
+        pc = ti.Vector([0.0, 0.0, 0.0])
+        for r in ti.static(range(3)):
+            pc[r] = cam[b, 3 * r] * X[0] + cam[b, 3 * r + 1] * X[1] + cam[b, 3 * r + 2] * X[2] + cam[b, 9 + r]
+        z = pc[2]
+        if ti.abs(z) < 1e-12:
+            z = 1e-12
+        screen[b, i, 0] = cam[b, 12] * pc[0] / z + cam[b, 14]
+        screen[b, i, 1] = cam[b, 13] * pc[1] / z + cam[b, 15]
+        screen[b, i, 2] = pc[2]
+
+
+@ti.kernel
+def _project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy: ti.types.ndarray(),
+                 g_verts: ti.types.ndarray()):
+    # u = fx x/z + cx: d u / d(x, y, z)_cam = (fx / z, 0, -(u - cx) / z); world gradient = R^T g_cam
+    for b, i in ti.ndrange(screen.shape[0], screen.shape[1]):
+        bv = b if g_verts.shape[0] > 1 else 0
+        z = screen[b, i, 2]
+        if ti.abs(z) < 1e-12:
+            z = 1e-12
+        gu, gv = g_xy[b, i, 0], g_xy[b, i, 1]
+        gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
+                        -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
+        for j in ti.static(range(3)):
+            g_verts[bv, i, j] += cam[b, j] * gc[0] + cam[b, 3 + j] * gc[1] + cam[b, 6 + j] * gc[2]
+
+
+def camera_table(camera: Camera) -> torch.Tensor:
+    """(B, 16) rows ``R (9), t (3), fx, fy, cx, cy`` for the Taichi projection kernels."""
+    B = camera.batch
+    return torch.cat([camera.R.reshape(B, 9), camera.t.reshape(B, 3), camera.fx.reshape(B, 1),
+                      camera.fy.reshape(B, 1), camera.cx.reshape(B, 1), camera.cy.reshape(B, 1)], 1).contiguous()
+
+
+def project(verts: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """Not differentiable: (V, 3) or (B, V, 3) world -> (B, V, 3) ``(u, v, z)`` as ``Camera.project``, in one
+    Taichi kernel (no torch op chain between kernels)."""
+    verts = verts.detach().to(backend.torch_dtype())
+    verts = (verts.unsqueeze(0) if verts.dim() == 2 else verts).contiguous()
+    B = max(camera.batch, verts.shape[0])
+    screen = torch.empty(B, verts.shape[1], 3, dtype=verts.dtype, device=verts.device)
+    cam = camera_table(camera).to(verts.dtype)
+    if cam.shape[0] != B:
+        cam = cam.expand(B, -1).contiguous()
+    _project(verts, cam, screen)
+    return screen
+
+
+@ti.kernel
+def _face_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(), margin: float,
+                near: float):
+    # per-face record: 3 screen vertices (u, v, z) then the bbox grown by margin; an empty box if culled
+    for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
+        ok = True
+        for j in ti.static(range(3)):
+            i = faces[f, j]
+            for c in ti.static(range(3)):
+                fd[b, f, 3 * j + c] = screen[b, i, c]
+            if screen[b, i, 2] <= near:
+                ok = False
+        if ok:
+            fd[b, f, 9] = ti.min(fd[b, f, 0], fd[b, f, 3], fd[b, f, 6]) - margin
+            fd[b, f, 10] = ti.max(fd[b, f, 0], fd[b, f, 3], fd[b, f, 6]) + margin
+            fd[b, f, 11] = ti.min(fd[b, f, 1], fd[b, f, 4], fd[b, f, 7]) - margin
+            fd[b, f, 12] = ti.max(fd[b, f, 1], fd[b, f, 4], fd[b, f, 7]) + margin
+        else:
+            fd[b, f, 9], fd[b, f, 10], fd[b, f, 11], fd[b, f, 12] = 1.0, -1.0, 1.0, -1.0
+
+
 @ti.func
-def _tile_span(screen: ti.template(), faces: ti.template(), b, f, margin, near, W, H, tx_n, ty_n):
-    # inclusive tile range covered by the face's bbox grown by margin pixels; empty (x0 > x1) if culled
-    i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+def _tile_span(fd: ti.template(), b, f, W, H, tx_n, ty_n):
+    # inclusive tile range covered by the face's grown bbox; empty (x0 > x1) if culled or off screen
     span = ti.Vector([1, 0, 1, 0])
-    if screen[b, i0, 2] > near and screen[b, i1, 2] > near and screen[b, i2, 2] > near:
-        xmin = ti.min(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0]) - margin
-        xmax = ti.max(screen[b, i0, 0], screen[b, i1, 0], screen[b, i2, 0]) + margin
-        ymin = ti.min(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1]) - margin
-        ymax = ti.max(screen[b, i0, 1], screen[b, i1, 1], screen[b, i2, 1]) + margin
-        if xmax >= 0 and ymax >= 0 and xmin <= W and ymin <= H:
-            span = ti.Vector([ti.max(0, ti.cast(ti.floor(xmin / TILE), ti.i32)),
-                              ti.min(tx_n - 1, ti.cast(ti.floor(xmax / TILE), ti.i32)),
-                              ti.max(0, ti.cast(ti.floor(ymin / TILE), ti.i32)),
-                              ti.min(ty_n - 1, ti.cast(ti.floor(ymax / TILE), ti.i32))])
+    xmin, xmax, ymin, ymax = fd[b, f, 9], fd[b, f, 10], fd[b, f, 11], fd[b, f, 12]
+    if xmin <= xmax and xmax >= 0 and ymax >= 0 and xmin <= W and ymin <= H:
+        span = ti.Vector([ti.max(0, ti.cast(ti.floor(xmin / TILE), ti.i32)),
+                          ti.min(tx_n - 1, ti.cast(ti.floor(xmax / TILE), ti.i32)),
+                          ti.max(0, ti.cast(ti.floor(ymin / TILE), ti.i32)),
+                          ti.min(ty_n - 1, ti.cast(ti.floor(ymax / TILE), ti.i32))])
     return span
 
 
 @ti.kernel
-def _bin_count(screen: ti.types.ndarray(), faces: ti.types.ndarray(), counts: ti.types.ndarray(),
-               margin: float, near: float, W: int, H: int):
-    for b, f in ti.ndrange(screen.shape[0], faces.shape[0]):
-        s = _tile_span(screen, faces, b, f, margin, near, W, H, counts.shape[2], counts.shape[1])
+def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), W: int, H: int):
+    for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
+        s = _tile_span(fd, b, f, W, H, counts.shape[2], counts.shape[1])
         for ty, tx in ti.ndrange((s[2], s[3] + 1), (s[0], s[1] + 1)):
             ti.atomic_add(counts[b, ty, tx], 1)
 
 
 @ti.kernel
-def _bin_fill(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.types.ndarray(),
-              cursor: ti.types.ndarray(), bins: ti.types.ndarray(), margin: float, near: float, W: int, H: int):
-    for b, f in ti.ndrange(screen.shape[0], faces.shape[0]):
-        s = _tile_span(screen, faces, b, f, margin, near, W, H, offsets.shape[2], offsets.shape[1])
+def _bin_fill(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), cursor: ti.types.ndarray(),
+              bins: ti.types.ndarray(), W: int, H: int):
+    for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
+        s = _tile_span(fd, b, f, W, H, offsets.shape[2], offsets.shape[1])
         for ty, tx in ti.ndrange((s[2], s[3] + 1), (s[0], s[1] + 1)):
             slot = offsets[b, ty, tx] + ti.atomic_add(cursor[b, ty, tx], 1)
             bins[slot] = f
@@ -132,11 +201,10 @@ def _copy_slot(p2f: ti.template(), zbuf: ti.template(), dist: ti.template(), bar
 
 
 @ti.kernel
-def _knn(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.types.ndarray(),
+def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
          zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float):
     K = p2f.shape[3]
-    reach = ti.sqrt(ti.max(max_d2, 0.0) / ndc2) + 1e-3          # blur radius in pixels, with a rounding margin
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
         for k in range(K):
             p2f[b, py, px, k] = -1
@@ -150,14 +218,12 @@ def _knn(screen: ti.types.ndarray(), faces: ti.types.ndarray(), offsets: ti.type
         start = offsets[b, ty, tx]
         for s in range(start, start + counts[b, ty, tx]):
             f = bins[s]
-            i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-            ax, ay, az = screen[b, i0, 0], screen[b, i0, 1], screen[b, i0, 2]
-            bx, by, bz = screen[b, i1, 0], screen[b, i1, 1], screen[b, i1, 2]
-            cx, cy, cz = screen[b, i2, 0], screen[b, i2, 1], screen[b, i2, 2]
             # cheap reject: the pixel is outside the face's box grown by the blur radius (most tile entries)
-            if (x < ti.min(ax, bx, cx) - reach or x > ti.max(ax, bx, cx) + reach
-                    or y < ti.min(ay, by, cy) - reach or y > ti.max(ay, by, cy) + reach):
+            if x < fd[b, f, 9] or x > fd[b, f, 10] or y < fd[b, f, 11] or y > fd[b, f, 12]:
                 continue
+            ax, ay, az = fd[b, f, 0], fd[b, f, 1], fd[b, f, 2]
+            bx, by, bz = fd[b, f, 3], fd[b, f, 4], fd[b, f, 5]
+            cx, cy, cz = fd[b, f, 6], fd[b, f, 7], fd[b, f, 8]
             area = _edge(ax, ay, bx, by, cx, cy)
             if ti.abs(area) < 1e-12:
                 continue
@@ -242,25 +308,36 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, faces_pe
         near: faces with any vertex at depth <= near are skipped (no clipping).
     """
     backend.ensure()
-    screen = camera.project(verts.detach().to(backend.torch_dtype())).contiguous()
+    screen = project(verts, camera)
+    return rasterize_screen(screen, faces, camera.width, camera.height, faces_per_pixel, sigma, near)
+
+
+@torch.no_grad()
+def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, height: int, faces_per_pixel: int = 1,
+                     sigma: float = 0.0, near: float = 1e-3) -> Fragments:
+    """``rasterize`` from already projected vertices ``screen`` (B, V, 3) ``(u, v, z)`` (``project``)."""
+    screen = screen.detach().contiguous()
     faces = faces.to(device=screen.device, dtype=torch.int32).contiguous()
-    B, H, W, K = screen.shape[0], camera.height, camera.width, int(faces_per_pixel)
+    B, H, W, K = screen.shape[0], int(height), int(width), int(faces_per_pixel)
     dt, dev = screen.dtype, screen.device
     ty_n, tx_n = (H + TILE - 1) // TILE, (W + TILE - 1) // TILE
-    margin = blur_radius_px(sigma, W, H)
+    # the blur reach in pixels gets a rounding margin so the box test never rejects a face the distance keeps
+    margin = blur_radius_px(sigma, W, H) + (1e-3 if sigma > 0 else 0.0)
     max_d2 = sigma * _CUTOFF if sigma > 0 else -1.0
+    fd = torch.empty(B, faces.shape[0], 13, dtype=dt, device=dev)
+    _face_setup(screen, faces, fd, margin, near)
     counts = torch.zeros(B, ty_n, tx_n, dtype=torch.int32, device=dev)
-    _bin_count(screen, faces, counts, margin, near, W, H)
-    flat = counts.reshape(-1).to(torch.int64)
-    offsets = (torch.cumsum(flat, 0) - flat).to(torch.int32).reshape(counts.shape).contiguous()
-    bins = torch.zeros(max(int(flat.sum()), 1), dtype=torch.int32, device=dev)
+    _bin_count(fd, counts, W, H)
+    flat = counts.reshape(-1)
+    offsets = (torch.cumsum(flat, 0, dtype=torch.int32) - flat).reshape(counts.shape)
+    bins = torch.empty(max(int(flat.sum()), 1), dtype=torch.int32, device=dev)
     cursor = torch.zeros_like(counts)
-    _bin_fill(screen, faces, offsets, cursor, bins, margin, near, W, H)
+    _bin_fill(fd, offsets, cursor, bins, W, H)
     p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
     dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
-    _knn(screen, faces, offsets, counts, bins, p2f, bary, zbuf, dist, max_d2, _ndc2(W, H))
+    _knn(fd, offsets, counts, bins, p2f, bary, zbuf, dist, max_d2, _ndc2(W, H))
     return Fragments(p2f, bary, zbuf, dist)
 
 
@@ -289,7 +366,25 @@ def _coverage(xy: ti.template(), faces: ti.template(), opac: ti.template(), b, f
         if e2 < d2:
             d2, edge = e2, 2
         d2 *= ndc2
-    return opac[b, f] * ti.exp(-d2 / sigma), edge
+    cov = ti.exp(-d2 / sigma)
+    return opac[b, f] * cov, edge, cov
+
+
+@ti.func
+def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, f, e, x, y, gd):
+    # gd = dL/d(d2 / ndc2); d2 / ndc2 = |p - q|^2 with q the closest point of edge e = (u, v) of face f
+    iu, iv = faces[f, e], faces[f, (e + 1) % 3]
+    ux, uy, vx, vy = xy[b, iu, 0], xy[b, iu, 1], xy[b, iv, 0], xy[b, iv, 1]
+    ex, ey = vx - ux, vy - uy
+    L = ex * ex + ey * ey
+    t = 0.0
+    if L > 0:
+        t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
+    rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
+    g_xy[b, iu, 0] += gd * 2.0 * rx * (1.0 - t)
+    g_xy[b, iu, 1] += gd * 2.0 * ry * (1.0 - t)
+    g_xy[b, iv, 0] += gd * 2.0 * rx * t
+    g_xy[b, iv, 1] += gd * 2.0 * ry * t
 
 
 @ti.kernel
@@ -308,7 +403,7 @@ def _composite_fwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.typ
             f = p2f[b, py, px, k]
             if f < 0:
                 break
-            a, _e = _coverage(xy, faces, opac, b, f, px + 0.5, py + 0.5, sigma, ndc2)
+            a, _e, _c = _coverage(xy, faces, opac, b, f, px + 0.5, py + 0.5, sigma, ndc2)
             la[b, py, px, k] = a
             for c in range(C):
                 out[b, py, px, c] += T * a * col[b, py, px, k, c]
@@ -352,22 +447,10 @@ def _composite_bwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.typ
             o = opac[b, f]
             if o > 0:
                 g_opac[b, f] += ga * a / o
-            _a, e = _coverage(xy, faces, opac, b, f, x, y, sigma, ndc2)
+            _a, e, _c = _coverage(xy, faces, opac, b, f, x, y, sigma, ndc2)
             if e >= 0:
-                # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q the closest point of edge (u, v)
-                gd = -ga * a / sigma * ndc2
-                iu, iv = faces[f, e], faces[f, (e + 1) % 3]
-                ux, uy, vx, vy = xy[b, iu, 0], xy[b, iu, 1], xy[b, iv, 0], xy[b, iv, 1]
-                ex, ey = vx - ux, vy - uy
-                L = ex * ex + ey * ey
-                t = 0.0
-                if L > 0:
-                    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
-                rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
-                g_xy[b, iu, 0] += gd * 2.0 * rx * (1.0 - t)
-                g_xy[b, iu, 1] += gd * 2.0 * ry * (1.0 - t)
-                g_xy[b, iv, 0] += gd * 2.0 * rx * t
-                g_xy[b, iv, 1] += gd * 2.0 * ry * t
+                # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2
+                _dist_grad(xy, faces, g_xy, b, f, e, x, y, -ga * a / sigma * ndc2)
             T *= 1.0 - a
         for k in range(n, p2f.shape[3]):
             for c in range(C):

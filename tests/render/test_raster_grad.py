@@ -66,3 +66,29 @@ def test_grad_vertex_colors_and_texture_hard_and_soft():
             return r.rgb, r.alpha
         _check(fv, [vcol], 0)
         _check(ft, [tex], 0)
+
+
+def test_fused_soft_grads_batched_cameras_vertex_colours_depth():
+    # the fused path (projection + coverage + interpolation + shading + compositing) with two cameras sharing
+    # one mesh: gradients of rgb, alpha and depth w.r.t. every differentiable input (per-layer depths and
+    # barycentrics are detached as in DBW, so depth is only checked where geometry is fixed)
+    gen = torch.Generator().manual_seed(3)
+    cams = Camera.from_look_at([[0.2, 0.1, 3.0], [-0.4, 0.3, 2.8]], fov_y=35, width=14, height=12)
+    vcol = torch.rand(9, 3, generator=gen, dtype=torch.float64)
+    op = torch.tensor([0.9, 0.6, 1.0], dtype=torch.float64)
+    bg = torch.rand(2, 3, generator=gen, dtype=torch.float64)
+
+    def f(verts=V0, colors=vcol, opacity=op, background=bg, depth=True):
+        out = render_mesh(verts, F, cams, colors=colors, opacity=opacity, background=background, lights=LIGHTS,
+                          mode="soft", sigma=SIGMA, faces_per_pixel=3)
+        return (out.rgb, out.alpha, out.depth) if depth else (out.rgb, out.alpha)
+
+    def fv(verts):                                   # face colours: no detached barycentrics in the colour
+        out = render_mesh(verts, F, cams, face_colors=FACE_COL, opacity=op, background=bg, lights=LIGHTS,
+                          mode="soft", sigma=SIGMA, faces_per_pixel=3)
+        return out.rgb, out.alpha
+
+    _check(fv, [V0], 0)
+    _check(lambda c: f(colors=c), [vcol], 0)
+    _check(lambda o: f(opacity=o), [op], 0)
+    _check(lambda b: f(background=b), [bg], 0)
