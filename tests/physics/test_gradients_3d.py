@@ -2,7 +2,8 @@
 (Drucker–Prager, through the 3D SVD and its hand-written adjoint) block, a few hundred particles on a 12³ grid.
 
 Measured (2-core box, f64, advanced_optimization off): relative errors ~1e-9 for x0 and v0 in both materials, ~1e-5
-for E (FD round-off). Marked slow: the cold compile of the 3D gradient kernels took 108 s here (> 60 s); from the
+for E (FD round-off). Marked slow: the cold compile of the 3D gradient kernels took 64 s (108 s under heavier load)
+here, over 60 s; from the
 offline cache the test takes a few seconds."""
 import pytest
 import torch
