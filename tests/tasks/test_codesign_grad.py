@@ -47,6 +47,14 @@ def test_gradient_matches_finite_differences_sdf_sine():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", ["turning", "velocity", "waypoints"])
+def test_gradient_of_other_tasks(task):
+    """The turning, velocity-tracking and waypoint losses differentiate through the physics as well."""
+    p = _tiny(representation="voxel", controller="pure_sine", task=task, steps=10, substeps=10)
+    assert _fd_check(p, n_dirs=1) < 1e-4
+
+
+@pytest.mark.slow
 def test_gradient_matches_finite_differences_particle_closed_loop():
     """Per-particle design (occupancy -> mass and stiffness, softness, groups, fibres) with a closed-loop MLP:
     gradients go through the observations too."""
