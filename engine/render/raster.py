@@ -231,6 +231,15 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
             w1 = _edge(cx, cy, ax, ay, x, y) / area
             w2 = 1.0 - w0 - w1
             inside = w0 >= 0 and w1 >= 0 and w2 >= 0
+            if not inside:
+                # reject before the segment distances when the pixel is beyond the blur reach of an edge's line:
+                # that line distance is |w_i| |area| / |edge_i|, a lower bound on the distance to the triangle
+                r2 = max_d2 / ndc2
+                a2 = area * area
+                if (max_d2 < 0 or (w0 < 0 and w0 * w0 * a2 > r2 * ((cx - bx) ** 2 + (cy - by) ** 2))
+                        or (w1 < 0 and w1 * w1 * a2 > r2 * ((ax - cx) ** 2 + (ay - cy) ** 2))
+                        or (w2 < 0 and w2 * w2 * a2 > r2 * ((bx - ax) ** 2 + (by - ay) ** 2))):
+                    continue
             d2 = ti.min(_seg_dist2(x, y, ax, ay, bx, by), _seg_dist2(x, y, bx, by, cx, cy),
                         _seg_dist2(x, y, cx, cy, ax, ay)) * ndc2
             if inside:
