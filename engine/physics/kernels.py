@@ -162,12 +162,13 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
         return out
 
     @ti.func
-    def node_velocity(I, mv, m, res, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind, floor_mu,
-                      wall_kind, wall_mu, clamp_lo, clamp_hi):
-        """Grid node I: velocity from momentum and mass, gravity, then the terrain, wall and clamp colliders."""
+    def node_velocity(I, grid_mv: T_, m, res, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
+                      floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi):
+        """Grid node I: velocity from momentum and mass, gravity, then the terrain, wall and clamp colliders.
+        Momentum is read only at nodes with mass, so the gradient kernel skips empty nodes' adjoints too."""
         v = ti.Vector.zero(real, D)
         if m > 0:
-            v = mv / m + dt * gravity
+            v = grid_mv[I] / m + dt * gravity
             h = 0.0
             n = vec(0.0)
             if ti.static(D == 2):
@@ -196,7 +197,7 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
              normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real, clamp_lo: vec, clamp_hi: vec,
              grid_v: G_vec):
         for I in ti.grouped(grid_m):
-            grid_v[I] = node_velocity(I, grid_mv[I], grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
+            grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
                                       normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
 
     @ti.kernel
@@ -241,7 +242,7 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
                   normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
                   clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
         for I in ti.grouped(grid_m):
-            grid_v[I] = node_velocity(I, grid_mv[I], grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
+            grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
                                       normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
             grid_mv[I] = vec(0.0)
             grid_m[I] = 0.0

@@ -212,6 +212,14 @@ def build_stress(dim: int, real):
     def stress(F_tr: A_mat, U: A_mat, sig: A_vec, V: A_mat, Jp: A_s, material: A_i, E: A_s, nu: A_s, act: A_s,
                fibre: A_vec, table: A_t, dt: real, F_new: A_mat, Jp_new: A_s, tau: A_mat):
         for p in range(F_tr.shape[0]):
-            update(p, F_tr[p], U[p], sig[p], V[p], Jp, material, E, nu, act[p], fibre, table, dt, F_new, Jp_new, tau)
+            u = ti.Matrix.identity(real, D)
+            s = ti.Vector.one(real, D)
+            v = ti.Matrix.identity(real, D)
+            m = material[p]
+            if m != ELASTIC and m != MUSCLE and m != WATER:  # load (and, in reverse, accumulate) the SVD only here
+                u = U[p]
+                s = sig[p]
+                v = V[p]
+            update(p, F_tr[p], u, s, v, Jp, material, E, nu, act[p], fibre, table, dt, F_new, Jp_new, tau)
 
     return stress, update

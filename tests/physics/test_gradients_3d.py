@@ -3,8 +3,7 @@
 
 Measured (2-core box, f64, advanced_optimization off): relative errors ~1e-9 for x0 and v0 in both materials, ~1e-5
 for E (FD round-off). Marked slow: the cold compile of the 3D gradient kernels took 64 s (108 s under heavier load)
-here, over 60 s; from the
-offline cache the test takes a few seconds."""
+here, over 60 s; from the offline cache the test takes a few seconds."""
 import pytest
 import torch
 
