@@ -101,7 +101,7 @@ def main():
 
         t = median_ms({"tide_f": run(hash_encode, False), "torch_f": run(hash_encode_torch, False),
                        "tide_b": run(hash_encode, True), "torch_b": run(hash_encode_torch, True)},
-                      max(3, args.repeats // 2), warmup=1)
+                      args.repeats, warmup=1)
         mps = {k: args.points / (v / 1e3) / 1e6 for k, v in t.items()}
         print(f"hash grid (16 levels x 2 features, T=2^19, {args.points} points, table grad only), M points/s")
         print(f"{'':>18} {'tide':>8} {'torch':>8} {'tide/torch':>11}")
