@@ -127,26 +127,25 @@ class Viewer:
         return f
 
     # -- one frame ----------------------------------------------------------------------------------------------
+    def on_key(self, key) -> None:
+        """Apply one key press (the window's events end up here; tests call it directly)."""
+        toggles = {"p": "particles", "m": "meshes", "g": "ground", "h": "help"}
+        if key == ti.ui.ESCAPE:
+            self.window.running = False
+        elif key == " ":
+            self.paused = not self.paused
+        elif key in ("n", "N"):
+            self._advance()
+        elif key in ("r", "R"):
+            self._do_reset()
+        elif isinstance(key, str) and key.lower() in toggles:
+            name = toggles[key.lower()]
+            self.show[name] = not self.show[name]
+
     def _handle_input(self):
         win = self.window
         for e in win.get_events(ti.ui.PRESS):
-            key = e.key
-            if key == ti.ui.ESCAPE:
-                win.running = False
-            elif key == " ":
-                self.paused = not self.paused
-            elif key in ("n", "N"):
-                self._advance()
-            elif key in ("r", "R"):
-                self._do_reset()
-            elif key in ("p", "P"):
-                self.show["particles"] = not self.show["particles"]
-            elif key in ("m", "M"):
-                self.show["meshes"] = not self.show["meshes"]
-            elif key in ("g", "G"):
-                self.show["ground"] = not self.show["ground"]
-            elif key in ("h", "H"):
-                self.show["help"] = not self.show["help"]
+            self.on_key(e.key)
         if win.is_pressed("w"):
             self.orbit.zoom(0.97)
         if win.is_pressed("s"):
