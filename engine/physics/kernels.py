@@ -23,7 +23,8 @@ It computes the same numbers as the staged kernels (tests/physics/test_fast_path
 
 On CPUs the scatter loops (P2G, and G2P's gradient) run serialised: Taichi then turns their float atomics into
 plain adds, which is about 5x faster on this box than two threads contending through compare-and-swap loops.
-GPUs keep the parallel atomic scatter.
+Reverse mode on CPUs also runs serialised twins of deform, stress, the grid update and G2P (``ad``), whose adjoints would otherwise
+accumulate through atomics. GPUs keep the parallel atomic versions.
 """
 
 import functools
@@ -128,10 +129,15 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
             flag[1] = ti.max(flag[1], bad_val)
             flag[2] = ti.max(flag[2], out)
 
-    @ti.kernel
-    def deform(C: P_mat, F: P_mat, dt: real, F_tr: P_mat):
-        for p in range(F.shape[0]):
-            F_tr[p] = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+    def make_deform(ser):
+        @ti.kernel
+        def deform(C: P_mat, F: P_mat, dt: real, F_tr: P_mat):
+            ti.loop_config(serialize=ser)
+            for p in range(F.shape[0]):
+                F_tr[p] = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+        return deform
+
+    deform = make_deform(False)
 
     @ti.kernel
     def muscle(w: W_s, act: P_s, out: P_s):
@@ -192,13 +198,28 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
                 v = vec(0.0)
         return v
 
-    @ti.kernel
-    def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
-             normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real, clamp_lo: vec, clamp_hi: vec,
-             grid_v: G_vec):
-        for I in ti.grouped(grid_m):
-            grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
-                                      normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
+    def make_grid(ser):
+        @ti.kernel
+        def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
+                 normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
+                 clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
+            # flat range loops, not a struct-for: only those can be serialised
+            if ti.static(D == 2):
+                ti.loop_config(serialize=ser)
+                for q in range(grid_m.shape[0] * grid_m.shape[1]):
+                    I = ti.Vector([q // grid_m.shape[1], q % grid_m.shape[1]])
+                    grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
+                                              normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
+            else:
+                ti.loop_config(serialize=ser)
+                for q in range(grid_m.shape[0] * grid_m.shape[1] * grid_m.shape[2]):
+                    n12 = grid_m.shape[1] * grid_m.shape[2]
+                    I = ti.Vector([q // n12, (q % n12) // grid_m.shape[2], q % grid_m.shape[2]])
+                    grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
+                                              normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
+        return grid
+
+    grid = make_grid(False)
 
     @ti.kernel
     def clear(grid_mv: G_vec, grid_m: G_s):
@@ -206,11 +227,15 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
             grid_mv[I] = vec(0.0)
             grid_m[I] = 0.0
 
-    @ti.kernel
-    def g2p(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat):
-        ti.loop_config(serialize=serial)  # its gradient scatters into grid_v.grad
-        for p in range(x.shape[0]):
-            gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
+    def make_g2p(ser):
+        @ti.kernel
+        def g2p(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat):
+            ti.loop_config(serialize=ser)
+            for p in range(x.shape[0]):
+                gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
+        return g2p
+
+    g2p = make_g2p(False)
 
     @ti.kernel
     def check(x: P_vec, v: P_vec, F: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
@@ -218,7 +243,7 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
             check_particle(p, x, v, F, lo, hi, step, flag)
 
     # ---------------------------------------------------------------------------- fused forward-only path
-    stress_kernel, update = materials.build_stress(dim, real)
+    stress_kernel, update, stress_serial = materials.build_stress(dim, real)
     decompose = svd.decompose_func(dim, real)
 
     @ti.kernel
@@ -255,7 +280,12 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
             check_particle(p, x_out, v_out, F_out, lo, hi, step, flag)
 
     svd_forward, svd_backward = svd.kernels(dim, real)
+    # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
+    # adds; G2P's adjoint scatters into the grid), on GPUs they are the kernels themselves. Their forwards are never
+    # launched, so nothing extra compiles.
+    ad = SimpleNamespace(deform=make_deform(True), stress=stress_serial, grid=make_grid(True), g2p=make_g2p(True)) \
+        if serial else SimpleNamespace(deform=deform, stress=stress_kernel, grid=grid, g2p=g2p)
     return SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
                            stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
-                           p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check)
+                           p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad)
 

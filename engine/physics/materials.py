@@ -103,12 +103,13 @@ def build_stress_kernel(dim: int, real):
 
 @functools.lru_cache(maxsize=None)
 def build_stress(dim: int, real):
-    """Return ``(stress, update)``: the per-particle kernel that applies every material's plasticity and computes its stress.
+    """Return ``(stress, update, stress_serial)``: the per-particle kernel that applies every material's plasticity and computes its stress.
 
     ``stress(F_tr, U, sig, V, Jp, material, E, nu, act, fibre, table, dt, F_new, Jp_new, tau)``, arrays of
     length N: F_tr/U/V/F_new/tau (N, d, d), sig (N, d), Jp/Jp_new/E/nu/act (N,), material (N,) int32,
     fibre (N, d), table (n_materials, TABLE_COLUMNS). Built per (dim, real) so the kernel is compiled once per
-    dimension. ``update`` is the ``ti.func`` it runs per particle (the fused forward P2G inlines it too).
+    dimension. ``update`` is the ``ti.func`` it runs per particle (the fused forward P2G inlines it too);
+    ``stress_serial`` the same kernel with a serialised loop, whose ``.grad`` CPUs run.
     """
     D = dim
     mat = ti.types.matrix(D, D, real)
@@ -208,18 +209,26 @@ def build_stress(dim: int, real):
         Jp_new[p] = jp
         tau[p] = t
 
-    @ti.kernel
-    def stress(F_tr: A_mat, U: A_mat, sig: A_vec, V: A_mat, Jp: A_s, material: A_i, E: A_s, nu: A_s, act: A_s,
-               fibre: A_vec, table: A_t, dt: real, F_new: A_mat, Jp_new: A_s, tau: A_mat):
-        for p in range(F_tr.shape[0]):
-            u = ti.Matrix.identity(real, D)
-            s = ti.Vector.one(real, D)
-            v = ti.Matrix.identity(real, D)
-            m = material[p]
-            if m != ELASTIC and m != MUSCLE and m != WATER:  # load (and, in reverse, accumulate) the SVD only here
-                u = U[p]
-                s = sig[p]
-                v = V[p]
-            update(p, F_tr[p], u, s, v, Jp, material, E, nu, act[p], fibre, table, dt, F_new, Jp_new, tau)
+    def make_stress(serial):
+        @ti.kernel
+        def stress(F_tr: A_mat, U: A_mat, sig: A_vec, V: A_mat, Jp: A_s, material: A_i, E: A_s, nu: A_s,
+                   act: A_s, fibre: A_vec, table: A_t, dt: real, F_new: A_mat, Jp_new: A_s, tau: A_mat):
+            ti.loop_config(serialize=serial)
+            for p in range(F_tr.shape[0]):
+                u = ti.Matrix.identity(real, D)
+                s = ti.Vector.one(real, D)
+                v = ti.Matrix.identity(real, D)
+                m = material[p]
+                if m != ELASTIC and m != MUSCLE and m != WATER:  # load (in reverse: accumulate) the SVD only here
+                    u = U[p]
+                    s = sig[p]
+                    v = V[p]
+                update(p, F_tr[p], u, s, v, Jp, material, E, nu, act[p], fibre, table, dt, F_new, Jp_new, tau)
+        return stress
 
-    return stress, update
+    stress = make_stress(False)
+    # The same kernel with its loop serialised, for reverse mode on CPUs: Taichi then turns the adjoint's float
+    # atomics into plain adds (about 2x faster here; see kernels.py). Its forward is never launched.
+    stress_serial = make_stress(True)
+
+    return stress, update, stress_serial

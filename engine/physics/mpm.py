@@ -180,17 +180,17 @@ class Solver:
         intermediates, with zeroed grads. Every float tensor involved must have ``.grad`` allocated."""
         m = model or self.model
         k = self.k
-        k.g2p.grad(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
-        k.grid.grad(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
-                    m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
+        k.ad.g2p.grad(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
+        k.ad.grid.grad(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+                       m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
         k.p2g.grad(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
-        k.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
-                      s_out.F, s_out.Jp, sc.tau)
+        k.ad.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table,
+                         dt, s_out.F, s_out.Jp, sc.tau)
         if self.use_muscle:
             k.muscle.grad(m.muscle, control.act, sc.act)
         if self.use_svd:
             k.svd_backward(sc.U, sc.sig, sc.V, sc.U.grad, sc.sig.grad, sc.V.grad, sc.F_tr.grad)
-        k.deform.grad(s_in.C, s_in.F, dt, sc.F_tr)
+        k.ad.deform.grad(s_in.C, s_in.F, dt, sc.F_tr)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def advance(self, state: State, n_substeps: int, dt: float, control: Control | None = None) -> State:
