@@ -2,8 +2,8 @@
 (Drucker–Prager, through the 3D SVD and its hand-written adjoint) block, a few hundred particles on a 12³ grid.
 
 Measured (2-core box, f64, advanced_optimization off): relative errors ~1e-9 for x0 and v0 in both materials, ~1e-5
-for E (FD round-off). Marked slow: the cold compile of the 3D gradient kernels took 64 s (108 s under heavier load)
-here, over 60 s; from the offline cache the test takes a few seconds."""
+for E (FD round-off). Marked slow: the cold compile of the 3D gradient kernels took 31 s on a quiet box and 64–108 s
+while the box was loaded by other jobs (over 60 s); from the offline cache the test takes a few seconds."""
 import pytest
 import torch
 
