@@ -12,19 +12,25 @@ distance field), and a cell is kept only where ``mask`` is true at the cell's up
 
 How it stays fast (three passes, no Python loop over cells):
 
-1. ``_count``: one thread per (i, j) row walks k, classifies every cell (its 8-bit case, stored as uint8), runs the
-   ambiguity tests on the few ambiguous cells, and counts the row's vertices (one per crossing grid edge, so
-   vertices are shared, plus inner vertices) and triangles;
+1. ``_count``: one thread per (i, j) row walks k, classifies every cell (its 8-bit case, stored as uint8 in rows
+   padded to 8-byte words) and counts the row's vertices (one per crossing grid edge, so vertices are shared) and
+   triangles. The hot loop has no boundary tests and no ambiguity tests: a row with ambiguous Lewiner cells walks
+   its case bytes a second time to run them (and to count inner vertices);
 2. exclusive prefix sums of those per-row counts give every row its output offsets;
 3. ``_vertices`` writes each crossing edge's interpolated vertex, reading which edges cross from the case bytes
-   rather than the volume, and ``_faces`` writes each cell's triangles from the table (a lookup array, not
-   unrolled), finding a vertex by binary search in the owning row's short, sorted list of keys instead of in a
-   dense N^3 index volume.
+   rather than the volume, then the row's inner vertices; ``_faces`` writes each cell's triangles from the table
+   (a lookup array, not unrolled), finding a vertex by binary search in the owning row's short, sorted list of
+   keys instead of in a dense N^3 index volume. Both skip 8 cells at a time where a 64-bit word of case bytes
+   is all empty or all full.
+
+The arrays are numpy and the kernels take them as external arrays: on the CPU that is zero-copy. (On CUDA Taichi
+copies each external array to the device and back per launch; a GPU path should keep them as device tensors.)
 
 Two gradients:
 
 * ``marching_cubes_torch``: vertex positions as a differentiable function of the grid values (the interpolation
-  ``t = (level - s0) / (s1 - s0)`` on each crossing edge), through ``engine.bridge``;
+  ``t = (level - s0) / (s1 - s0)`` on each crossing edge, the weighted corner average for inner vertices), through
+  ``engine.bridge``;
 * ``extract_surface`` / ``attach_field_gradients``: the MeshSDF (Remelli et al. 2020) hook for fields that are
   torch functions. A vertex on ``s(v) = 0`` moves by ``-ds * n`` when the field moves by ``ds``, so
   ``dL/ds = -(dL/dv) . n``; for a field that is not a distance (DeepMesh), ``n`` is divided by ``|grad s|``.
