@@ -9,6 +9,7 @@ hand-written adjoint kernel: Taichi's autodiff of the forward kernel was ~3x slo
 staged (cloned) the whole table on every backward.
 """
 import math
+import os
 
 import numpy as np
 import taichi as ti
@@ -120,9 +121,11 @@ def _encode_grad_by_level(points: ti.types.ndarray(ndim=2), table: ti.types.ndar
                              True)
 
 
-def _by_level() -> bool:
-    return _FORCE_GRAD_KERNEL == "by_level" or (_FORCE_GRAD_KERNEL is None
-                                                 and backend.settings().resolved_arch in ("x64", "arm64", "cpu"))
+def _by_level(n_levels: int) -> bool:
+    """CPU with at least as many levels as cores: one thread per level, no atomics. Else the atomic kernel."""
+    if _FORCE_GRAD_KERNEL is not None:
+        return _FORCE_GRAD_KERNEL == "by_level"
+    return backend.settings().resolved_arch in ("x64", "arm64") and n_levels >= (os.cpu_count() or 1)
 
 
 _FORCE_GRAD_KERNEL = None
@@ -150,7 +153,7 @@ class _HashEncode(bridge.Op):
         grad_table = torch.zeros_like(table)
         grad_points = torch.zeros_like(points) if self.want_points else torch.zeros((1, 3), dtype=points.dtype,
                                                                                      device=points.device)
-        kernel = _encode_grad_by_level if _by_level() else _encode_grad
+        kernel = _encode_grad_by_level if _by_level(table.shape[0]) else _encode_grad
         # grad_out is read in its (N, L F) layout: strided reads cost no more here than a transposed copy
         kernel(points, table, res, grad_outputs[0], grad_table, grad_points, int(self.want_points),
                int(table.shape[2]))
