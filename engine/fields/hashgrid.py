@@ -5,8 +5,9 @@ table of T feature vectors (F features each). A point in the unit cube is trilin
 corners of its level-l cell; a corner's table row is its dense index when ``(R_l + 1)^3 <= T``, else the spatial
 hash ``(x * 1) xor (y * 2654435761) xor (z * 805459861) mod T`` (the paper's primes). The L interpolated vectors
 are concatenated. Gradients flow to the table (sparse scatter) and to the points (through the weights), by a
-hand-written adjoint kernel: Taichi's autodiff of the forward kernel was ~3x slower, and the generic kernel op
-staged (cloned) the whole table on every backward.
+hand-written adjoint kernel. The first version (Taichi's autodiff of a point-major kernel, through the generic
+kernel op, which cloned the whole table on every backward) ran encode+backward ~10x slower in one interleaved
+benchmark run (scripts/bench_fields.py).
 """
 import math
 import os
