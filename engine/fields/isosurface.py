@@ -312,13 +312,14 @@ def _count(vol: ti.types.ndarray(ndim=3), level: ti.f64, mask: ti.types.ndarray(
                 cube[i, j, k] = ti.cast(case, ti.u8)  # unmasked: the vertex pass reads edge crossings here
                 a = low & 1
                 nv += (((low >> 1) & 1) ^ a) + (((low >> 2) & 1) ^ a) + ((high & 1) ^ a)
-                row = fixed[case]  # case 0 and 255 map to an empty row; -1: an ambiguous Lewiner case
-                amb += ti.select(row < 0, 1, 0)
-                row = ti.max(row, 0)
-                if use_mask != 0:
-                    if mask[i + 1, j + 1, k + 1] == 0:  # skimage keys a cell on its upper corner
-                        row = 0
-                nt += row_nt[row]
+                if case != 0 and case != 255:  # most cells: no table lookups
+                    row = fixed[case]  # -1: an ambiguous Lewiner case
+                    amb += ti.select(row < 0, 1, 0)
+                    row = ti.max(row, 0)
+                    if use_mask != 0:
+                        if mask[i + 1, j + 1, k + 1] == 0:  # skimage keys a cell on its upper corner
+                            row = 0
+                    nt += row_nt[row]
                 low = high
             a = low & 1
             nv += (((low >> 1) & 1) ^ a) + (((low >> 2) & 1) ^ a)
