@@ -74,7 +74,8 @@ def scene_summary(path: Path) -> str:
         doc = ast.get_docstring(ast.parse(path.read_text()))
     except SyntaxError:
         return "(unparsable)"
-    return (doc or "").strip().splitlines()[0] if doc else ""
+    # the first paragraph, so a summary sentence that wraps onto a second line is not cut
+    return " ".join(doc.strip().split("\n\n")[0].split()) if doc else ""
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> None:
