@@ -244,20 +244,32 @@ def _lookup(grid: ti.template(), shape: ti.template(), base, w, c):
     return v
 
 
+@ti.func
+def _lookup_colour(grid: ti.template(), shape: ti.template(), base, w, C: ti.template()):
+    # channels 1..C of one sample, corner-major: each corner's channels are contiguous in the (X, Y, Z, 1 + C)
+    # grid, so this reads 8 short runs instead of C passes of 8 scattered loads
+    v = ti.Vector([0.0 for _ in ti.static(range(C))])
+    for corner in ti.static(range(8)):
+        i = base + _corner(shape, corner) + 1
+        for c in ti.static(range(C)):
+            v[c] += w[corner] * grid[i + c]
+    return v
+
+
 @ti.kernel
 def _grid_fwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.ndarray(),
               d: ti.types.ndarray(), near: ti.types.ndarray(), far: ti.types.ndarray(), u: ti.types.ndarray(),
               term: ti.types.ndarray(), tz: ti.types.ndarray(), out: ti.types.ndarray(), alpha: ti.types.ndarray(),
-              depth: ti.types.ndarray(), n_used: ti.types.ndarray(), X: int, Y: int, Z: int, S: int, jitter: int):
-    # grid is the flat (X, Y, Z, 1 + C) array
-    C = out.shape[1]
+              depth: ti.types.ndarray(), n_used: ti.types.ndarray(), X: int, Y: int, Z: int, S: int, jitter: int,
+              C: ti.template()):
+    # grid is the flat (X, Y, Z, 1 + C) array; C (colour channels) is compile-time so a sample's colour lives in
+    # registers
     shape = ti.Vector([X, Y, Z, C + 1])
     for r in range(o.shape[0]):
         bins = (far[r] - near[r]) / S
         dl = bins * ti.sqrt(d[r, 0] ** 2 + d[r, 1] ** 2 + d[r, 2] ** 2)
         T, dep, n = 1.0, 0.0, 0
-        for c in range(C):
-            out[r, c] = 0.0
+        acc = ti.Vector([0.0 for _ in ti.static(range(C))])
         while n < S and T >= _T_MIN:
             t = near[r] + (n + _offset(u, r, n, jitter)) * bins
             inside, base, w = _locate(shape, _grid_sample_point(o, d, box, r, t))
@@ -266,25 +278,26 @@ def _grid_fwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
                 s = _lookup(grid, shape, base, w, 0)
                 if s > 0:
                     a = T * (1.0 - ti.exp(-s * dl))
-                    for c in range(C):
-                        out[r, c] += a * _lookup(grid, shape, base, w, c + 1)
+                    acc += a * _lookup_colour(grid, shape, base, w, C)
                     dep += a * t
                     T -= a
-        for c in range(C):
-            out[r, c] += T * term[r, c]
+        for c in ti.static(range(C)):
+            out[r, c] = acc[c] + T * term[r, c]
         depth[r] = dep + T * tz[r]
         alpha[r] = 1.0 - T
         n_used[r] = n
 
 
 @ti.func
-def _scatter(g: ti.template(), shape: ti.template(), base, w, c, v, private: ti.template()):
+def _scatter_all(g: ti.template(), shape: ti.template(), base, w, v, private: ti.template()):
+    # v: (1 + C) channel gradients of one sample, added to its 8 corners (corner-major, contiguous channels)
     for corner in ti.static(range(8)):
-        i = base + _corner(shape, corner) + c
-        if ti.static(private):
-            g[i] = g[i] + w[corner] * v
-        else:
-            ti.atomic_add(g[i], w[corner] * v)
+        i = base + _corner(shape, corner)
+        for c in ti.static(range(v.n)):
+            if ti.static(private):
+                g[i + c] = g[i + c] + w[corner] * v[c]
+            else:
+                ti.atomic_add(g[i + c], w[corner] * v[c])
 
 
 @ti.kernel
@@ -293,12 +306,11 @@ def _grid_bwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
               out: ti.types.ndarray(), alpha: ti.types.ndarray(), depth: ti.types.ndarray(),
               n_used: ti.types.ndarray(), g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(),
               g_depth: ti.types.ndarray(), g_grid: ti.types.ndarray(), X: int, Y: int, Z: int, S: int, jitter: int,
-              n_chunks: int, private: ti.template()):
+              n_chunks: int, private: ti.template(), C: ti.template()):
     # The compositing adjoint of ``_comp_bwd`` replayed front to back per ray (no per-sample storage), then
     # scattered to the 8 grid corners. ``private``: each chunk of rays accumulates into its own copy of the
     # gradient grid (g_grid is n_chunks flat copies) with plain adds, ~3x cheaper than atomics on CPU;
     # otherwise every ray is its own chunk and atomics add into one copy (GPU).
-    C = out.shape[1]
     R = o.shape[0]
     shape = ti.Vector([X, Y, Z, C + 1])
     for ch in range(n_chunks):
@@ -309,9 +321,11 @@ def _grid_bwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
             bins = (far[r] - near[r]) / S
             dl = bins * ti.sqrt(d[r, 0] ** 2 + d[r, 1] ** 2 + d[r, 2] ** 2)
             TS = 1.0 - alpha[r]
+            go = ti.Vector([g_out[r, c] for c in ti.static(range(C))])
             Sg = g_depth[r] * depth[r]          # g . (everything behind the current sample), colour and depth
-            for c in range(C):
-                Sg += g_out[r, c] * out[r, c]
+            for c in ti.static(range(C)):
+                Sg += go[c] * out[r, c]
+            ga = g_alpha[r] * TS
             T = 1.0
             for n in range(n_used[r]):
                 t = near[r] + (n + _offset(u, r, n, jitter)) * bins
@@ -320,14 +334,12 @@ def _grid_bwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
                     s = _lookup(grid, shape, base, w, 0)
                     if s > 0:
                         a = T * (1.0 - ti.exp(-s * dl))
-                        gc = g_depth[r] * t
-                        for c in range(C):
-                            gc += g_out[r, c] * _lookup(grid, shape, base, w, c + 1)
-                            _scatter(g_grid, shape, g + base, w, c + 1, g_out[r, c] * a, private)
+                        gc = g_depth[r] * t + go.dot(_lookup_colour(grid, shape, base, w, C))
                         Sg -= a * gc
                         T -= a
-                        # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha
-                        _scatter(g_grid, shape, g + base, w, 0, dl * (T * gc - Sg + g_alpha[r] * TS), private)
+                        # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha; d out / d c = a g
+                        v = ti.Vector([dl * (T * gc - Sg + ga)] + [go[c] * a for c in ti.static(range(C))])
+                        _scatter_all(g_grid, shape, g + base, w, v, private)
 
 
 def _scatter_copies(n_rays: int):
@@ -350,7 +362,7 @@ class _GridRender(bridge.Op):
         out, alpha, depth = torch.empty(R, C, **kw), torch.empty(R, **kw), torch.empty(R, **kw)
         n_used = torch.empty(R, dtype=torch.int32, device=grid.device)
         _grid_fwd(grid.reshape(-1), box, o, d, near, far, u, term, tz, out, alpha, depth, n_used, *grid.shape[:3],
-                  self.S, self.jitter)
+                  self.S, self.jitter, C)
         saved = (grid, box, o, d, near, far, u, out.detach(), alpha.detach(), depth.detach(), n_used)
         return (out, alpha, depth), saved
 
@@ -360,7 +372,7 @@ class _GridRender(bridge.Op):
         n_chunks, private = _scatter_copies(o.shape[0])
         g_grid = torch.zeros((n_chunks if private else 1, grid.numel()), dtype=grid.dtype, device=grid.device)
         _grid_bwd(grid.reshape(-1), box, o, d, near, far, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth,
-                  g_grid.reshape(-1), *grid.shape[:3], self.S, self.jitter, n_chunks, private)
+                  g_grid.reshape(-1), *grid.shape[:3], self.S, self.jitter, n_chunks, private, grid.shape[3] - 1)
         g_term = g_out * (1.0 - alpha)[:, None]
         return g_grid.sum(0).reshape(grid.shape), g_term, None, None, None, None, None, None, None
 
@@ -418,6 +430,9 @@ def render_volume(camera: Camera, *, grid: torch.Tensor | None = None, field=Non
         grid = grid.to(dt)
         if min(grid.shape[:3]) < 2:
             raise ValueError(f"grid must have at least 2 points per axis, got {tuple(grid.shape[:3])}")
+        if C < 1:
+            raise ValueError(f"grid needs density plus at least one colour/feature channel, got shape "
+                             f"{tuple(grid.shape)}; append a constant channel for density-only volumes")
         if terminal is None:
             terminal = expand_background(background, B, H, W, C, dt, dev)
         uu = u.reshape(R, S) if u is not None else torch.zeros(1, 1, dtype=dt, device=dev)

@@ -43,6 +43,19 @@ def test_grad_grid_density_and_colour():
     assert gmax > 1e-3 and err < 1e-7 * max(1, gmax)
 
 
+@pytest.mark.parametrize("C", [1, 5])
+def test_grad_grid_feature_widths(C):
+    # the fused kernels are compiled per colour width C: check a narrow and a wide feature grid
+    gen = torch.Generator().manual_seed(2)
+    grid = torch.rand(3, 4, 5, 1 + C, generator=gen, dtype=torch.float64) * 2
+
+    def fn(g):
+        r = render_volume(_cam(), grid=g, n_samples=7, stratified=False, background=0.3)
+        return r.rgb, r.alpha, r.depth
+    err, gmax = fd_check(fn, [grid], 0, n_probe=16)
+    assert gmax > 1e-3 and err < 1e-7 * max(1, gmax)
+
+
 def test_grad_callable_field_outputs():
     # field outputs come from parameters through torch; the Taichi compositing must pass gradients back
     gen = torch.Generator().manual_seed(1)
