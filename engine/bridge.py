@@ -37,10 +37,13 @@ class Op:
 
     Inputs reach ``forward`` already detached, contiguous and on the backend's device. ``grad_outputs`` are
     contiguous tensors (zeros where torch passed None). Returned gradients are copied by the bridge, so an op may
-    return its own buffers.
+    return its own buffers, unless the op sets ``fresh_grads``.
     """
 
     name = "op"
+    fresh_grads = False
+    """Set True if ``backward`` allocates new gradient tensors on every call and keeps no reference to them;
+    the bridge then hands them to torch without a defensive copy (large tables: a full copy per backward)."""
 
     def forward(self, *inputs: torch.Tensor):  # pragma: no cover - interface
         raise NotImplementedError
@@ -82,7 +85,11 @@ class _Function(torch.autograd.Function):
             raise RuntimeError(f"{ctx.op.name}.backward returned {len(grads_in)} gradients for {ctx.n_in} inputs")
         result = [None]
         for g, dev, need in zip(grads_in, ctx.in_devices, ctx.needs_input_grad[1:]):
-            result.append(g.detach().clone().to(dev) if (g is not None and need) else None)
+            if g is None or not need:
+                result.append(None)
+            else:
+                g = g.detach()
+                result.append((g if ctx.op.fresh_grads else g.clone()).to(dev))
         return tuple(result)
 
 
@@ -110,6 +117,8 @@ class KernelOp(Op):
 
     Float inputs get gradients; integer inputs (indices) are passed through and get ``None``.
     """
+
+    fresh_grads = True  # backward stages new copies (and new .grad buffers) on every call
 
     def __init__(self, kernel, outputs: Callable[..., Sequence], statics: Sequence = (), name: str | None = None):
         self.kernel = kernel
