@@ -137,6 +137,7 @@ class _HashEncode(bridge.Op):
     """The encoding as a bridge op: inputs (points (N, 3), table (L, T, F), resolutions (L,) int32)."""
 
     name = "hash_encode"
+    fresh_grads = True  # backward allocates its gradient buffers on every call
 
     def __init__(self, want_points: bool):
         self.want_points = want_points
