@@ -31,11 +31,14 @@ import functools
 from types import SimpleNamespace
 
 import taichi as ti
+from taichi.lang import impl
+from taichi.lang.matrix import MatrixType
+from taichi.types import primitive_types
 
 from . import materials, svd
 from .model import SLIP, STICKY
 
-__all__ = ["build", "serial_scatter"]
+__all__ = ["build", "serial_scatter", "serial_all"]
 
 
 def serial_scatter() -> bool:
@@ -45,10 +48,119 @@ def serial_scatter() -> bool:
     return backend.ensure().resolved_arch in ("x64", "arm64")
 
 
+class _Launch:
+    """Calls a Taichi kernel whose arguments are torch tensors (``ti.types.ndarray``) and scalars, re-using the
+    launch context Taichi builds while the tensors passed stay the same.
+
+    Taichi's per-call set-up of a tensor argument (template look-up, type and contiguity checks, shape stripping)
+    costs ~10 µs in Python, more than most of these kernels run on ~3k particles, and a substep launches ~15 of
+    them with up to 21 tensors each. A launch context holds only each tensor's data and grad pointers and shape,
+    so it stays valid for any later call whose tensors have the same pointers, shapes, dtypes and grad state:
+    that tuple is the cache key, and only the scalar arguments are set again. Anything else (a first call, a tensor
+    whose .grad Taichi would allocate, a non-contiguous one) takes Taichi's ordinary path, which also compiles.
+    ``.grad`` is the adjoint kernel, wrapped the same way.
+    """
+
+    MAX_CONTEXTS = 512  # per kernel; the checkpointed backward cycles through K (states, scratch) sets
+
+    def __init__(self, kernel, fast: bool):
+        self.kernel = kernel
+        self.fast = fast
+        self._kernel = getattr(kernel, "_primal", kernel)  # the Kernel object behind @ti.kernel's wrapper
+        self._ctx = {}
+        adjoint = getattr(kernel, "grad", None)
+        if adjoint is not None:
+            self.grad = _Launch(adjoint, fast)
+
+    def _key(self, args):
+        import torch
+
+        key = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                g = a.grad
+                if (a.requires_grad and g is None) or a.device.type != "cpu" or not a.is_contiguous() or \
+                        (g is not None and not g.is_contiguous()):
+                    return None
+                key.append((a.data_ptr(), 0 if g is None else g.data_ptr(), a.shape, a.dtype, a.requires_grad))
+            else:
+                key.append(type(a))
+        return tuple(key)
+
+    def __call__(self, *args):
+        if not self.fast:
+            return self.kernel(*args)
+        key = self._key(args)
+        hit = self._ctx.get(key) if key is not None else None
+        if hit is None:
+            self.kernel(*args)  # Taichi's path: compiles on first use and checks the arguments
+            if key is not None:
+                if len(self._ctx) >= self.MAX_CONTEXTS:
+                    self._ctx.pop(next(iter(self._ctx)))
+                self._ctx[key] = self._context(args)
+            return None
+        ctx, compiled, scalars = hit
+        for i, kind, n in scalars:
+            v = args[i]
+            if kind == 0:
+                ctx.set_arg_float((i,), float(v))
+            elif kind == 1:
+                ctx.set_arg_int((i,), int(v))
+            else:
+                for j in range(n):
+                    ctx.set_struct_arg_float((i, j), float(v[j]))
+        impl.get_runtime().prog.launch_kernel(compiled, ctx)
+        return None
+
+    def _context(self, args):
+        kern = self._kernel
+        tk = kern.compiled_kernels[kern.ensure_compiled(*args)]
+        ctx = tk.make_launch_context()
+        scalars = []
+        for i, (a, arg) in enumerate(zip(args, kern.arguments)):
+            anno = arg.annotation
+            if isinstance(anno, ti.types.ndarray):
+                el = 0 if id(anno.dtype) in primitive_types.type_ids else anno.dtype.ndim
+                shape = tuple(a.shape[:len(a.shape) - el])
+                g = a.grad
+                ctx.set_arg_external_array_with_shape((i,), int(a.data_ptr()), a.element_size() * a.nelement(), shape,
+                                                      int(g.data_ptr()) if g is not None else 0)
+            elif id(anno) in primitive_types.real_type_ids:
+                scalars.append((i, 0, 1))
+            elif id(anno) in primitive_types.integer_type_ids:
+                scalars.append((i, 1, 1))
+            elif isinstance(anno, MatrixType) and anno.ndim == 1 and id(anno.dtype) in primitive_types.real_type_ids:
+                scalars.append((i, 2, anno.n))
+            else:
+                raise TypeError(f"_Launch: unsupported argument kind {anno} of {kern.func.__name__}")
+        prog = impl.get_runtime().prog
+        return ctx, prog.compile_kernel(prog.config(), prog.get_device_caps(), tk), scalars
+
+
+def _launchers(ns: SimpleNamespace, fast: bool) -> SimpleNamespace:
+    return SimpleNamespace(**{k: (_launchers(v, fast) if isinstance(v, SimpleNamespace) else _Launch(v, fast))
+                              for k, v in vars(ns).items()})
+
+
+SMALL_PARTICLES = 16384
+"""``serial_all``: scenes up to this many particles (and ``SMALL_NODES`` grid nodes) run every loop serialised."""
+SMALL_NODES = 128 * 128 * 4
+
+
+def serial_all(n_particles: int, n_nodes: int) -> bool:
+    """Whether a scene is small enough to run every loop serialised on a CPU. Waking the worker threads of a
+    parallel loop costs ~40 µs per launch on a 2-core box (much more while other processes load it), more than a
+    2D co-design scene's kernels (~3k particles, 128² nodes) gain from the second core; the serialised kernels
+    are also their own reverse-mode twins, so fewer kernels compile."""
+    return serial_scatter() and n_particles <= SMALL_PARTICLES and n_nodes <= SMALL_NODES
+
+
 @functools.lru_cache(maxsize=None)
-def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
+def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNamespace:
     """Kernels for ``dim`` (2 or 3) in float type ``real``; see the module docstring for the stage order.
-    ``serial``: serialise the scatter loops (``serial_scatter()``)."""
+    ``serial``: serialise the scatter loops (``serial_scatter()``); with ``small`` too, every loop
+    (``serial_all``)."""
+    ser_all = serial and small
     D = dim
     vec = ti.types.vector(D, real)
     mat = ti.types.matrix(D, D, real)
@@ -137,11 +249,13 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
                 F_tr[p] = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
         return deform
 
-    deform = make_deform(False)
+    deform = make_deform(ser_all)
 
     @ti.kernel
     def muscle(w: W_s, act: P_s, out: P_s):
-        # out must be zeroed; one atomic add per (particle, channel) keeps the gradient a plain transpose
+        # out must be zeroed; one atomic add per (particle, channel) keeps the gradient a plain transpose. Serialised
+        # on CPUs: the adjoint adds every particle into the few act[g], which two threads contend for
+        ti.loop_config(serialize=serial)
         for p, g in ti.ndrange(w.shape[0], w.shape[1]):
             out[p] += w[p, g] * act[g]
 
@@ -219,11 +333,29 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
                                               normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
         return grid
 
-    grid = make_grid(False)
+    grid = make_grid(ser_all)
+
+    @ti.func
+    def n_nodes(shape):
+        n = 1
+        for d in ti.static(range(D)):
+            n *= shape[d]
+        return n
+
+    @ti.func
+    def node(q, shape):
+        """Grid index of flat node number q (a flat range loop can be serialised, a struct-for cannot)."""
+        I = ti.Vector([0] * D)
+        for d in ti.static(range(D - 1, -1, -1)):
+            I[d] = q % shape[d]
+            q //= shape[d]
+        return I
 
     @ti.kernel
     def clear(grid_mv: G_vec, grid_m: G_s):
-        for I in ti.grouped(grid_m):
+        ti.loop_config(serialize=ser_all)
+        for q in range(n_nodes(grid_m.shape)):
+            I = node(q, grid_m.shape)
             grid_mv[I] = vec(0.0)
             grid_m[I] = 0.0
 
@@ -235,10 +367,11 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
                 gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
         return g2p
 
-    g2p = make_g2p(False)
+    g2p = make_g2p(ser_all)
 
     @ti.kernel
     def check(x: P_vec, v: P_vec, F: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+        ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
             check_particle(p, x, v, F, lo, hi, step, flag)
 
@@ -266,7 +399,9 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
     def grid_fast(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
                   normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
                   clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
-        for I in ti.grouped(grid_m):
+        ti.loop_config(serialize=ser_all)
+        for q in range(n_nodes(grid_m.shape)):
+            I = node(q, grid_m.shape)
             grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
                                       normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
             grid_mv[I] = vec(0.0)
@@ -275,6 +410,7 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
     @ti.kernel
     def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
                   F_out: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+        ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
             gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
             check_particle(p, x_out, v_out, F_out, lo, hi, step, flag)
@@ -283,9 +419,11 @@ def build(dim: int, real, serial: bool = False) -> SimpleNamespace:
     # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
     # adds; G2P's adjoint scatters into the grid), on GPUs they are the kernels themselves. Their forwards are never
     # launched, so nothing extra compiles.
+    if ser_all:  # everything is serial already: one set of kernels serves both directions
+        stress_kernel = stress_serial
     ad = SimpleNamespace(deform=make_deform(True), stress=stress_serial, grid=make_grid(True), g2p=make_g2p(True)) \
-        if serial else SimpleNamespace(deform=deform, stress=stress_kernel, grid=grid, g2p=g2p)
-    return SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
-                           stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
-                           p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad)
+        if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel, grid=grid, g2p=g2p)
+    return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
+                                      stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
+                                      p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad), serial)
 

@@ -69,7 +69,11 @@ class Solver:
     def __init__(self, model: Model, check_every: int = 10):
         backend.ensure()
         self.model = model
-        self.k = kernels.build(model.dim, backend.real(), kernels.serial_scatter())
+        cells = 1
+        for r in model.res:
+            cells *= int(r)
+        self.k = kernels.build(model.dim, backend.real(), kernels.serial_scatter(),
+                               kernels.serial_all(model.n, cells))
         mats = model.material.cpu().numpy()
         self.use_svd = materials.needs_svd(mats)
         self.use_muscle = bool((mats == materials.MUSCLE).any())
