@@ -7,7 +7,7 @@ import torch
 from .. import backend, bridge
 from .attributes import face_attributes, interpolate, sample_texture
 from .camera import Camera
-from .raster import (Fragments, _coverage, _dist_grad, _ndc2, _project_bwd, camera_table, expand_background,
+from .raster import (Fragments, _acc, _coverage, _dist_grad, _ndc2, _project_bwd, camera_table, expand_background,
                      project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 
@@ -77,59 +77,71 @@ def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(),
               g_out: ti.types.ndarray(), g_la: ti.types.ndarray(), g_xy: ti.types.ndarray(),
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
-              g_bg: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float):
+              g_bg: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float, n_chunks: int,
+              private: ti.template()):
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face).
+    # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
+    # scattered gradients (g_xy, g_attr, g_shade, g_opac carry n_chunks copies stacked on dim 0) with plain adds;
+    # otherwise (GPU) every row is its own chunk and atomics add into one copy.
     C = g_out.shape[3] - 2
     K = p2f.shape[3]
-    W = p2f.shape[2]
-    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        n = 0
-        while n < K and p2f[b, py, px, n] >= 0:
-            n += 1
-        for k in range(K):
-            g_la[b, py, px, k] = 0.0
-        Tn = 1.0
-        if n > 0:
-            Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
-        ba = b if attr.shape[0] > 1 else 0
-        bs = b if shade.shape[0] > 1 else 0
-        for c in range(C + 2):
-            g = g_out[b, py, px, c]
-            R = _bg_value(bg, b, py, px, W, c, C)
-            if c < C:
-                g_bg[b, py, px, c] = g * Tn
-            if g != 0.0:
-                for kk in range(n):
-                    k = n - 1 - kk
-                    f = p2f[b, py, px, k]
-                    a, T = la[b, py, px, k], lt[b, py, px, k]
-                    u = _layer_value(attr, shade, faces, bary, zbuf, b, py, px, k, f, c, C, per_face, 0)
-                    s = 1.0
-                    if use_shade and c < C:
-                        s = shade[bs, f, c]
-                    v = u * s
-                    g_la[b, py, px, k] += g * T * (v - R)
+    H, W = p2f.shape[1], p2f.shape[2]
+    Ba, Bs, Bo, Bx = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0]
+    for ch in range(n_chunks):
+        cb = ch if ti.static(private) else 0
+        row = ch
+        while row < p2f.shape[0] * H:
+            b, py = row // H, row % H
+            row += n_chunks
+            ba = b if Ba > 1 else 0
+            bs = b if Bs > 1 else 0
+            bo = b if Bo > 1 else 0
+            for px in range(W):
+                n = 0
+                while n < K and p2f[b, py, px, n] >= 0:
+                    n += 1
+                for k in range(K):
+                    g_la[b, py, px, k] = 0.0
+                Tn = 1.0
+                if n > 0:
+                    Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
+                for c in range(C + 2):
+                    g = g_out[b, py, px, c]
+                    R = _bg_value(bg, b, py, px, W, c, C)
                     if c < C:
-                        gv = g * T * a
-                        if use_shade:
-                            g_shade[bs, f, c] += gv * u
-                        if per_face:
-                            g_attr[ba, f, c] += gv * s
-                        else:
-                            for j in ti.static(range(3)):
-                                g_attr[ba, faces[f, j], c] += gv * s * bary[b, py, px, k, j]
-                    R = a * v + (1.0 - a) * R
-        x, y = px + 0.5, py + 0.5
-        bo = b if opac.shape[0] > 1 else 0
-        for k in range(n):
-            f = p2f[b, py, px, k]
-            ga = g_la[b, py, px, k]
-            a, e, cov = _coverage(xy, faces, opac, b, f, x, y, sigma, ndc2)
-            g_opac[bo, f] += ga * cov
-            if e >= 0:
-                _dist_grad(xy, faces, g_xy, b, f, e, x, y, -ga * a / sigma * ndc2)
+                        g_bg[b, py, px, c] = g * Tn
+                    if g != 0.0:
+                        for kk in range(n):
+                            k = n - 1 - kk
+                            f = p2f[b, py, px, k]
+                            a, T = la[b, py, px, k], lt[b, py, px, k]
+                            u = _layer_value(attr, shade, faces, bary, zbuf, b, py, px, k, f, c, C, per_face, 0)
+                            s = 1.0
+                            if use_shade and c < C:
+                                s = shade[bs, f, c]
+                            v = u * s
+                            g_la[b, py, px, k] += g * T * (v - R)
+                            if c < C:
+                                gv = g * T * a
+                                if use_shade:
+                                    _acc(g_shade, (cb * Bs + bs, f, c), gv * u, private)
+                                if per_face:
+                                    _acc(g_attr, (cb * Ba + ba, f, c), gv * s, private)
+                                else:
+                                    for j in ti.static(range(3)):
+                                        _acc(g_attr, (cb * Ba + ba, faces[f, j], c), gv * s * bary[b, py, px, k, j],
+                                             private)
+                            R = a * v + (1.0 - a) * R
+                x, y = px + 0.5, py + 0.5
+                for k in range(n):
+                    f = p2f[b, py, px, k]
+                    ga = g_la[b, py, px, k]
+                    a, e, cov = _coverage(xy, faces, opac, b, f, x, y, sigma, ndc2)
+                    _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
+                    if e >= 0:
+                        _dist_grad(xy, faces, g_xy, b, cb * Bx + b, f, e, x, y, -ga * a / sigma * ndc2, private)
 
 
 class SoftMesh(bridge.Op):
@@ -164,15 +176,24 @@ class SoftMesh(bridge.Op):
     def backward(self, saved, grads):
         vshape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la, lt = saved
         B, H, W, K = p2f.shape
-        z = lambda x: torch.zeros_like(x)  # noqa: E731
-        g_xy, g_attr, g_shade, g_opac = torch.zeros(B, screen.shape[1], 2, dtype=attr.dtype, device=attr.device), \
-            z(attr), z(shade), z(opacity)
-        g_bg = torch.empty(B, H, W, background.shape[2], dtype=attr.dtype, device=attr.device)
+        n_chunks, private = _scatter_copies(B * H)
+        nc = n_chunks if private else 1
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        # scattered gradients: nc copies stacked on dim 0, summed after the launch
+        g_xy = torch.zeros(nc * B, screen.shape[1], 2, **kw)
+        g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
+        g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
+        g_opac = torch.zeros(nc * opacity.shape[0], *opacity.shape[1:], **kw)
+        g_bg = torch.empty(B, H, W, background.shape[2], **kw)
         g_la = torch.empty_like(la)
         g_out = grads[0]
         _soft_bwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, g_out, g_la, g_xy,
-                  g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2)
-        g_verts = torch.zeros(vshape, dtype=attr.dtype, device=attr.device)
+                  g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2, n_chunks,
+                  private)
+        if nc > 1:
+            g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
+                                             for g in (g_xy, g_attr, g_shade, g_opac))
+        g_verts = torch.zeros(vshape, **kw)
         _project_bwd(screen, cam, g_xy, g_verts)
         g_bg = g_bg.reshape(B, H * W, -1)
         if background.shape[1] == 1:
@@ -180,6 +201,13 @@ class SoftMesh(bridge.Op):
         if background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + (None,) * 6
+
+
+def _scatter_copies(n_rows: int):
+    """(n_chunks, private) for the backward scatter: one private gradient copy per CPU thread, else atomics."""
+    if backend.settings().resolved_arch in ("x64", "arm64"):
+        return max(1, min(int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
+    return max(n_rows, 1), False
 
 
 @dataclass

@@ -380,8 +380,19 @@ def _coverage(xy: ti.template(), faces: ti.template(), opac: ti.template(), b, f
 
 
 @ti.func
-def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, f, e, x, y, gd):
-    # gd = dL/d(d2 / ndc2); d2 / ndc2 = |p - q|^2 with q the closest point of edge e = (u, v) of face f
+def _acc(g: ti.template(), idx: ti.template(), v, private: ti.template()):
+    # g[idx] += v: a plain add into a per-thread private copy (CPU), else an atomic add (shared copy, GPU)
+    if ti.static(private):
+        g[idx] = g[idx] + v
+    else:
+        ti.atomic_add(g[idx], v)
+
+
+@ti.func
+def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, gb, f, e, x, y, gd,
+               private: ti.template()):
+    # gd = dL/d(d2 / ndc2); d2 / ndc2 = |p - q|^2 with q the closest point of edge e = (u, v) of face f.
+    # xy is read at batch row b, the gradient lands in row gb of g_xy (a private copy's row on CPU)
     iu, iv = faces[f, e], faces[f, (e + 1) % 3]
     ux, uy, vx, vy = xy[b, iu, 0], xy[b, iu, 1], xy[b, iv, 0], xy[b, iv, 1]
     ex, ey = vx - ux, vy - uy
@@ -390,10 +401,10 @@ def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, 
     if L > 0:
         t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
     rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
-    g_xy[b, iu, 0] += gd * 2.0 * rx * (1.0 - t)
-    g_xy[b, iu, 1] += gd * 2.0 * ry * (1.0 - t)
-    g_xy[b, iv, 0] += gd * 2.0 * rx * t
-    g_xy[b, iv, 1] += gd * 2.0 * ry * t
+    _acc(g_xy, (gb, iu, 0), gd * 2.0 * rx * (1.0 - t), private)
+    _acc(g_xy, (gb, iu, 1), gd * 2.0 * ry * (1.0 - t), private)
+    _acc(g_xy, (gb, iv, 0), gd * 2.0 * rx * t, private)
+    _acc(g_xy, (gb, iv, 1), gd * 2.0 * ry * t, private)
 
 
 @ti.kernel
@@ -459,7 +470,7 @@ def _composite_bwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.typ
             _a, e, _c = _coverage(xy, faces, opac, b, f, x, y, sigma, ndc2)
             if e >= 0:
                 # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2
-                _dist_grad(xy, faces, g_xy, b, f, e, x, y, -ga * a / sigma * ndc2)
+                _dist_grad(xy, faces, g_xy, b, b, f, e, x, y, -ga * a / sigma * ndc2, False)
             T *= 1.0 - a
         for k in range(n, p2f.shape[3]):
             for c in range(C):

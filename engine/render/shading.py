@@ -30,12 +30,18 @@ class DirectionalLights:
                                  torch.full((3,), 0.35, dtype=dtype, device=device))
 
 
+def _corners(verts: torch.Tensor, faces: torch.Tensor):
+    # index_select, not verts[:, f[:, j]]: torch's advanced indexing of a tensor that requires grad costs ~12 ms
+    # for 5k faces on CPU (index_select: ~20 us)
+    f = faces.long()
+    return tuple(verts.index_select(1, f[:, j]) for j in range(3))
+
+
 def face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """verts (B, V, 3) or (V, 3), faces (F, 3) -> unit normals (B, F, 3), right-handed (counter-clockwise) winding."""
     if verts.dim() == 2:
         verts = verts.unsqueeze(0)
-    f = faces.long()
-    v0, v1, v2 = verts[:, f[:, 0]], verts[:, f[:, 1]], verts[:, f[:, 2]]
+    v0, v1, v2 = _corners(verts, faces)
     return torch.nn.functional.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1), dim=-1, eps=1e-12)
 
 
@@ -44,7 +50,7 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     if verts.dim() == 2:
         verts = verts.unsqueeze(0)
     f = faces.long()
-    v0, v1, v2 = verts[:, f[:, 0]], verts[:, f[:, 1]], verts[:, f[:, 2]]
+    v0, v1, v2 = _corners(verts, faces)
     n = torch.cross(v1 - v0, v2 - v0, dim=-1)                                      # length = 2 * area
     out = torch.zeros_like(verts)
     for i in range(3):
