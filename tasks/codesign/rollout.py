@@ -4,8 +4,8 @@ Why not ``engine.physics.checkpoint.rollout``: it starts from (x0, v0) with F = 
 (T, G) action sequence, so a closed-loop controller (whose action depends on the state reached so far) and fibre
 gradients cannot go through it. Here each control step is one op ``Segment`` mapping the full state
 (x, v, C, F, Jp) plus the design tensors and the step's activation to the next state. torch chains the ops, and
-keeps only their inputs (one state per control step); each op's backward recomputes its K substeps and replays
-their gradients. That is segmented checkpointing with the segment = the control step: memory O(T/K + K).
+keeps only their inputs (one state per control step); the forward runs the solver's fused forward-only kernels, and
+each op's backward recomputes its K substeps on the differentiable kernels and replays their gradients. That is segmented checkpointing with the segment = the control step: memory O(T/K + K).
 """
 from __future__ import annotations
 
@@ -42,10 +42,19 @@ class Segment(bridge.Op):
         self.world, self.K, self.dt = world, int(substeps), float(dt)
         self._states: list[State] = []
         self._scratch = []
+        self._params: list[torch.Tensor] = []
 
-    def _model(self, E, rho, muscle, fibre):
-        return self.world.model.with_params(E=_grad_buffers(E), rho=_grad_buffers(rho), muscle=_grad_buffers(muscle),
-                                            fibre=_grad_buffers(fibre))
+    def _inputs(self, E, rho, muscle, fibre, act):
+        """(model, control) over pooled copies of the design tensors and activation, with zeroed grads. The same
+        buffers every call keep the kernels' launch contexts cached (``engine.physics.kernels``)."""
+        ins = (E, rho, muscle, fibre, act)
+        if [p.shape for p in self._params] != [t.shape for t in ins]:
+            self._params = [_grad_buffers(t.detach().clone().contiguous()) for t in ins]
+        for buf, t in zip(self._params, ins):
+            buf.data.copy_(t)
+            buf.grad.zero_()
+        E, rho, muscle, fibre, act = self._params
+        return self.world.model.with_params(E=E, rho=rho, muscle=muscle, fibre=fibre), Control(act)
 
     def _pool(self, n_states: int, n_scratch: int):
         solver = self.world.solver
@@ -56,14 +65,13 @@ class Segment(bridge.Op):
         return self._states, self._scratch
 
     def forward(self, x, v, C, F, Jp, E, rho, muscle, fibre, act):
-        model = self._model(E, rho, muscle, fibre)
-        ctrl = Control(_grad_buffers(act))
-        states, scratch = self._pool(2, 1)
+        model, ctrl = self._inputs(E, rho, muscle, fibre, act)
+        states, _ = self._pool(2, 0)
         a, b = states[0], states[1]
         for dst, src in zip(a.tensors(), (x, v, C, F, Jp)):
             dst.data.copy_(src)
-        for _ in range(self.K):
-            self.world.solver.forward(a, b, ctrl, self.dt, scratch[0], model)
+        for _ in range(self.K):  # forward-only kernels; backward recomputes the segment with intermediates
+            self.world.solver.forward_fast(a, b, ctrl, self.dt, model)
             a, b = b, a
         out = tuple(t.detach().clone() for t in a.tensors())
         if not (torch.isfinite(out[0]).all() and torch.isfinite(out[1]).all()):
@@ -74,8 +82,7 @@ class Segment(bridge.Op):
     def backward(self, saved, grad_outputs):
         x, v, C, F, Jp, E, rho, muscle, fibre, act = saved
         solver, K = self.world.solver, self.K
-        model = self._model(E.clone(), rho.clone(), muscle.clone(), fibre.clone())
-        ctrl = Control(_grad_buffers(act.clone()))
+        model, ctrl = self._inputs(E, rho, muscle, fibre, act)
         states, scratch = self._pool(K + 1, K)
         for dst, src in zip(states[0].tensors(), (x, v, C, F, Jp)):
             dst.data.copy_(src)
