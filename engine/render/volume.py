@@ -202,9 +202,12 @@ empty space and the leftover transmittance still reaches the terminal colour."""
 
 
 @ti.func
-def _grid_sample_point(o: ti.template(), d: ti.template(), box: ti.template(), r, t):
-    # ray point at depth t -> [0, 1]^3 box coordinates
-    return ti.Vector([(o[r, a] + t * d[r, a] - box[0, a]) / (box[1, a] - box[0, a]) for a in ti.static(range(3))])
+def _ray_in_grid(o: ti.template(), d: ti.template(), box: ti.template(), shape: ti.template(), r):
+    # ray origin and direction in grid-index units (0 .. X - 1 across the box), once per ray: a sample at depth t
+    # is then q0 + t dq, with no per-sample box reads or divisions
+    q0 = ti.Vector([(o[r, a] - box[0, a]) * (shape[a] - 1) / (box[1, a] - box[0, a]) for a in ti.static(range(3))])
+    dq = ti.Vector([d[r, a] * (shape[a] - 1) / (box[1, a] - box[0, a]) for a in ti.static(range(3))])
+    return q0, dq
 
 
 @ti.func
@@ -217,13 +220,15 @@ def _offset(u: ti.template(), r, n, jitter):
 
 
 @ti.func
-def _locate(shape: ti.template(), p):
-    # p in [0, 1]^3 -> (inside the box, flat index of the lower corner in the (X, Y, Z, Cp) grid, 8 corner weights)
+def _locate(shape: ti.template(), q):
+    # q in grid-index units -> (inside the box, flat index of the lower corner in the (X, Y, Z, Cp) grid,
+    # 8 corner weights)
     X, Y, Z, Cp = shape[0], shape[1], shape[2], shape[3]
-    inside = 0.0 <= p[0] <= 1.0 and 0.0 <= p[1] <= 1.0 and 0.0 <= p[2] <= 1.0
-    i, fx = _cell(p[0], X)
-    j, fy = _cell(p[1], Y)
-    k, fz = _cell(p[2], Z)
+    inside = 0.0 <= q[0] <= X - 1.0 and 0.0 <= q[1] <= Y - 1.0 and 0.0 <= q[2] <= Z - 1.0
+    i = ti.min(ti.max(ti.cast(ti.floor(q[0]), ti.i32), 0), X - 2)
+    j = ti.min(ti.max(ti.cast(ti.floor(q[1]), ti.i32), 0), Y - 2)
+    k = ti.min(ti.max(ti.cast(ti.floor(q[2]), ti.i32), 0), Z - 2)
+    fx, fy, fz = q[0] - i, q[1] - j, q[2] - k
     w = ti.Vector([((fx if c & 1 else 1 - fx) * (fy if (c >> 1) & 1 else 1 - fy) * (fz if (c >> 2) & 1 else 1 - fz))
                    for c in ti.static(range(8))])
     return inside, ((i * Y + j) * Z + k) * Cp, w
@@ -268,11 +273,12 @@ def _grid_fwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
     for r in range(o.shape[0]):
         bins = (far[r] - near[r]) / S
         dl = bins * ti.sqrt(d[r, 0] ** 2 + d[r, 1] ** 2 + d[r, 2] ** 2)
+        q0, dq = _ray_in_grid(o, d, box, shape, r)
         T, dep, n = 1.0, 0.0, 0
         acc = ti.Vector([0.0 for _ in ti.static(range(C))])
         while n < S and T >= _T_MIN:
             t = near[r] + (n + _offset(u, r, n, jitter)) * bins
-            inside, base, w = _locate(shape, _grid_sample_point(o, d, box, r, t))
+            inside, base, w = _locate(shape, q0 + t * dq)
             n += 1
             if inside:
                 s = _lookup(grid, shape, base, w, 0)
@@ -326,10 +332,11 @@ def _grid_bwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
             for c in ti.static(range(C)):
                 Sg += go[c] * out[r, c]
             ga = g_alpha[r] * TS
+            q0, dq = _ray_in_grid(o, d, box, shape, r)
             T = 1.0
             for n in range(n_used[r]):
                 t = near[r] + (n + _offset(u, r, n, jitter)) * bins
-                inside, base, w = _locate(shape, _grid_sample_point(o, d, box, r, t))
+                inside, base, w = _locate(shape, q0 + t * dq)
                 if inside:
                     s = _lookup(grid, shape, base, w, 0)
                     if s > 0:
