@@ -192,29 +192,31 @@ def _before(z, f, z2, f2):
 
 
 @ti.func
-def _copy_slot(p2f: ti.template(), zbuf: ti.template(), dist: ti.template(), bary: ti.template(), b, py, px, dst, src):
-    p2f[b, py, px, dst] = p2f[b, py, px, src]
-    zbuf[b, py, px, dst] = zbuf[b, py, px, src]
-    dist[b, py, px, dst] = dist[b, py, px, src]
-    for j in ti.static(range(3)):
-        bary[b, py, px, dst, j] = bary[b, py, px, src, j]
+def _kbefore(c, z, f, c2, z2, f2):
+    # keep-list priority: class (0 the face contains the pixel, 1 blur-only, 2 empty slot), then (depth, face id)
+    return c < c2 or (c == c2 and _before(z, f, z2, f2))
 
 
 @ti.kernel
 def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
-         zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float):
-    K = p2f.shape[3]
+         zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float, K: ti.template()):
+    # Keep-list policy: faces containing the pixel (full coverage) outrank blur-only candidates, and within each
+    # class the nearest by (z, face id) win. On dense meshes dozens of sub-pixel faces lie within the blur radius;
+    # plain K-nearest-by-depth then fills all K slots with up-slope neighbours of coverage ~1e-3 and drops the face
+    # the pixel is actually inside (alpha -> 0 inside the silhouette).
+    # The K best by (class, z, id) live in registers (K is compile-time, the insertion is unrolled); they are
+    # re-sorted by (z, id) for compositing once, when the pixel is done.
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        for k in range(K):
-            p2f[b, py, px, k] = -1
-            zbuf[b, py, px, k] = -1.0
-            dist[b, py, px, k] = 0.0
-            for j in ti.static(range(3)):
-                bary[b, py, px, k, j] = 0.0
+        lc = ti.Vector([2 for _ in ti.static(range(K))], dt=ti.i32)
+        lf = ti.Vector([-1 for _ in ti.static(range(K))], dt=ti.i32)
+        lz = ti.Vector([-1.0 for _ in ti.static(range(K))])
+        ld = ti.Vector([0.0 for _ in ti.static(range(K))])
+        l0 = ti.Vector([0.0 for _ in ti.static(range(K))])
+        l1 = ti.Vector([0.0 for _ in ti.static(range(K))])
+        l2 = ti.Vector([0.0 for _ in ti.static(range(K))])
         ty, tx = py // TILE, px // TILE
         x, y = px + 0.5, py + 0.5
-        filled = 0
         start = offsets[b, ty, tx]
         for s in range(start, start + counts[b, ty, tx]):
             f = bins[s]
@@ -232,6 +234,9 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
             w2 = 1.0 - w0 - w1
             inside = w0 >= 0 and w1 >= 0 and w2 >= 0
             if not inside:
+                # a list full of faces containing the pixel admits no blur-only face
+                if lc[K - 1] == 0:
+                    continue
                 # reject before the segment distances when the pixel is beyond the blur reach of an edge's line:
                 # that line distance is |w_i| |area| / |edge_i|, a lower bound on the distance to the triangle
                 r2 = max_d2 / ndc2
@@ -253,41 +258,33 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
                 q0, q1, q2 = w0 / az, w1 / bz, w2 / cz
                 zi = q0 + q1 + q2
                 z = 1.0 / zi
-                # Keep-list policy: faces containing the pixel (full coverage) outrank blur-only candidates, and
-                # within each class the nearest by (z, face id) win. On dense meshes dozens of sub-pixel faces lie
-                # within the blur radius; plain K-nearest-by-depth then fills all K slots with up-slope
-                # neighbours of coverage ~1e-3 and drops the face the pixel is actually inside (alpha -> 0 inside
-                # the silhouette). The list itself stays sorted by depth for compositing.
-                fin = d2 <= 0.0
-                victim = -1                      # slot to evict when the list is full; K = append
-                if filled < K:
-                    victim = K
-                else:
-                    last_out = -1                # farthest blur-only face in the list
-                    for k in range(K):
-                        if dist[b, py, px, k] > 0.0:
-                            last_out = k
-                    if last_out >= 0 and (fin or _before(z, f, zbuf[b, py, px, last_out], p2f[b, py, px, last_out])):
-                        victim = last_out
-                    elif last_out < 0 and fin and _before(z, f, zbuf[b, py, px, K - 1], p2f[b, py, px, K - 1]):
-                        victim = K - 1
-                if victim >= 0:
-                    n = filled
-                    if victim < K:               # remove the victim: shift the later entries forward
-                        for k in range(victim, K - 1):
-                            _copy_slot(p2f, zbuf, dist, bary, b, py, px, k, k + 1)
-                        n = K - 1
-                    pos = n
-                    while pos > 0 and _before(z, f, zbuf[b, py, px, pos - 1], p2f[b, py, px, pos - 1]):
-                        _copy_slot(p2f, zbuf, dist, bary, b, py, px, pos, pos - 1)
-                        pos -= 1
-                    p2f[b, py, px, pos] = f
-                    zbuf[b, py, px, pos] = z
-                    dist[b, py, px, pos] = d2
-                    bary[b, py, px, pos, 0] = q0 / zi
-                    bary[b, py, px, pos, 1] = q1 / zi
-                    bary[b, py, px, pos, 2] = q2 / zi
-                    filled = ti.min(filled + 1, K)
+                cc = 0 if d2 <= 0.0 else 1
+                if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
+                    # insertion into the sorted register list: the candidate swaps into every slot it beats
+                    # and the displaced entries ripple back; the last one falls off
+                    cf, cz, cd, c0, c1, c2 = f, z, d2, q0 / zi, q1 / zi, q2 / zi
+                    for k in ti.static(range(K)):
+                        if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
+                            tc, tf, tz, td, t0, t1, t2 = lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k]
+                            lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k] = cc, cf, cz, cd, c0, c1, c2
+                            cc, cf, cz, cd, c0, c1, c2 = tc, tf, tz, td, t0, t1, t2
+        # compositing order: by (z, id), empty slots last (odd-even transposition sort, unrolled)
+        for it in ti.static(range(K)):
+            for k in ti.static(range(it % 2, K - 1, 2)):
+                if (lc[k] == 2 and lc[k + 1] != 2) or (lc[k] != 2 and lc[k + 1] != 2
+                                                         and _before(lz[k + 1], lf[k + 1], lz[k], lf[k])):
+                    tc, tf, tz, td, t0, t1, t2 = lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k]
+                    lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k] = \
+                        lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1], l0[k + 1], l1[k + 1], l2[k + 1]
+                    lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1], l0[k + 1], l1[k + 1], l2[k + 1] = \
+                        tc, tf, tz, td, t0, t1, t2
+        for k in ti.static(range(K)):
+            p2f[b, py, px, k] = lf[k]
+            zbuf[b, py, px, k] = lz[k]
+            dist[b, py, px, k] = ld[k]
+            bary[b, py, px, k, 0] = l0[k]
+            bary[b, py, px, k, 1] = l1[k]
+            bary[b, py, px, k, 2] = l2[k]
 
 
 def blur_radius_px(sigma: float, width: int, height: int) -> float:
@@ -346,7 +343,7 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
     dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
-    _knn(fd, offsets, counts, bins, p2f, bary, zbuf, dist, max_d2, _ndc2(W, H))
+    _knn(fd, offsets, counts, bins, p2f, bary, zbuf, dist, max_d2, _ndc2(W, H), K)
     return Fragments(p2f, bary, zbuf, dist)
 
 
