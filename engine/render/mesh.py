@@ -45,16 +45,40 @@ def _bg_value(bg: ti.template(), b, py, px, W, c, C):
     return v
 
 
+@ti.func
+def _out_add(rgb: ti.template(), dep: ti.template(), alp: ti.template(), b, py, px, c, C, v):
+    # channel c of the composite: c < C colour/feature, c == C depth, c == C + 1 alpha
+    if c < C:
+        rgb[b, py, px, c] += v
+    elif c == C:
+        dep[b, py, px] += v
+    else:
+        alp[b, py, px] += v
+
+
+@ti.func
+def _out_grad(g_rgb: ti.template(), g_dep: ti.template(), g_alp: ti.template(), b, py, px, c, C):
+    g = g_alp[b, py, px]
+    if c < C:
+        g = g_rgb[b, py, px, c]
+    elif c == C:
+        g = g_dep[b, py, px]
+    return g
+
+
 @ti.kernel
 def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
               zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
-              opac: ti.types.ndarray(), bg: ti.types.ndarray(), out: ti.types.ndarray(), la: ti.types.ndarray(),
-              lt: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float):
-    C = out.shape[3] - 2
+              opac: ti.types.ndarray(), bg: ti.types.ndarray(), rgb: ti.types.ndarray(), dep: ti.types.ndarray(),
+              alp: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(), per_face: int, use_shade: int,
+              sigma: float, ndc2: float):
+    C = rgb.shape[3]
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        for c in range(C + 2):
-            out[b, py, px, c] = 0.0
+        for c in range(C):
+            rgb[b, py, px, c] = 0.0
+        dep[b, py, px] = 0.0
+        alp[b, py, px] = 0.0
         T = 1.0
         for k in range(p2f.shape[3]):
             la[b, py, px, k] = 0.0
@@ -64,18 +88,20 @@ def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
                 a, _e, _x = _coverage(xy, faces, opac, b, f, px + 0.5, py + 0.5, sigma, ndc2)
                 la[b, py, px, k] = a
                 for c in range(C + 2):
-                    out[b, py, px, c] += T * a * _layer_value(attr, shade, faces, bary, zbuf, b, py, px, k, f, c, C,
-                                                              per_face, use_shade)
+                    _out_add(rgb, dep, alp, b, py, px, c, C, T * a * _layer_value(attr, shade, faces, bary, zbuf, b,
+                                                                                  py, px, k, f, c, C, per_face,
+                                                                                  use_shade))
                 T *= 1.0 - a
         for c in range(C):
-            out[b, py, px, c] += T * _bg_value(bg, b, py, px, W, c, C)
+            rgb[b, py, px, c] += T * _bg_value(bg, b, py, px, W, c, C)
 
 
 @ti.kernel
 def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
               zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(),
-              g_out: ti.types.ndarray(), g_la: ti.types.ndarray(), g_xy: ti.types.ndarray(),
+              g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
+              g_la: ti.types.ndarray(), g_xy: ti.types.ndarray(),
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
               g_bg: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float, n_chunks: int,
               private: ti.template()):
@@ -84,11 +110,13 @@ def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
     # No division by 1 - a_k (0 inside an opaque face).
     # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
     # scattered gradients (g_xy, g_attr, g_shade, g_opac carry n_chunks copies stacked on dim 0) with plain adds;
-    # otherwise (GPU) every row is its own chunk and atomics add into one copy.
-    C = g_out.shape[3] - 2
+    # otherwise (GPU) every row is its own chunk and atomics add into one copy. g_bg is per pixel (B, H*W, C),
+    # written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the others.
+    C = g_rgb.shape[3]
     K = p2f.shape[3]
     H, W = p2f.shape[1], p2f.shape[2]
-    Ba, Bs, Bo, Bx = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0]
+    Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
+    bg_image = g_bg.shape[1] > 1
     for ch in range(n_chunks):
         cb = ch if ti.static(private) else 0
         row = ch
@@ -98,6 +126,7 @@ def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
             ba = b if Ba > 1 else 0
             bs = b if Bs > 1 else 0
             bo = b if Bo > 1 else 0
+            bb = b if Bg > 1 else 0
             for px in range(W):
                 n = 0
                 while n < K and p2f[b, py, px, n] >= 0:
@@ -108,10 +137,13 @@ def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
                 if n > 0:
                     Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
                 for c in range(C + 2):
-                    g = g_out[b, py, px, c]
+                    g = _out_grad(g_rgb, g_dep, g_alp, b, py, px, c, C)
                     R = _bg_value(bg, b, py, px, W, c, C)
                     if c < C:
-                        g_bg[b, py, px, c] = g * Tn
+                        if bg_image:
+                            g_bg[b, py * W + px, c] = g * Tn
+                        else:
+                            _acc(g_bg, (cb * Bg + bb, 0, c), g * Tn, private)
                     if g != 0.0:
                         for kk in range(n):
                             k = n - 1 - kk
@@ -150,8 +182,9 @@ class SoftMesh(bridge.Op):
     Inputs: verts (Bv, V, 3) world; attr (Ba, V or F, C) per-vertex or per-face colours/features; shade
     (Bs, F, C) per-face multiplier (Lambert irradiance) or a (1, 1, 1) dummy; opacity (Bo, F); background
     (Bg, 1 or H*W, C); then the non-differentiable camera table (B, 16), faces, screen (B, V, 3) = project(verts)
-    and fragments (p2f, bary, zbuf). Output (B, H, W, C + 2): colour, depth (alpha-weighted, over 0) and alpha
-    channels. Gradients: verts (through coverage and the projection), attr, shade, opacity,
+    and fragments (p2f, bary, zbuf). Outputs: colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and
+    alpha (B, H, W), as separate tensors so that autograd never slices one (a slice's backward zero-fills and
+    copies a whole image). Gradients: verts (through coverage and the projection), attr, shade, opacity,
     background. Barycentrics and depths stay detached, as in DBW.
     """
 
@@ -167,11 +200,12 @@ class SoftMesh(bridge.Op):
         B, H, W, K = p2f.shape
         C = attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
-        out, la, lt = torch.empty(B, H, W, C + 2, **kw), torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
-        _soft_fwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, out, la, lt, self.per_face,
-                  self.use_shade, self.sigma, self.ndc2)
-        saved = (verts.shape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la.detach(), lt)
-        return (out,), saved
+        rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
+        la, lt = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
+        _soft_fwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, rgb, dep, alp, la, lt,
+                  self.per_face, self.use_shade, self.sigma, self.ndc2)
+        saved = (verts.shape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la, lt)
+        return (rgb, dep, alp), saved
 
     def backward(self, saved, grads):
         vshape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la, lt = saved
@@ -184,29 +218,31 @@ class SoftMesh(bridge.Op):
         g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
         g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
         g_opac = torch.zeros(nc * opacity.shape[0], *opacity.shape[1:], **kw)
-        g_bg = torch.empty(B, H, W, background.shape[2], **kw)
+        bg_image = background.shape[1] > 1
+        g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
+                else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
         g_la = torch.empty_like(la)
-        g_out = grads[0]
-        _soft_bwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, g_out, g_la, g_xy,
+        _soft_bwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, *grads, g_la, g_xy,
                   g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2, n_chunks,
                   private)
         if nc > 1:
             g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
                                              for g in (g_xy, g_attr, g_shade, g_opac))
+            if not bg_image:
+                g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
         g_verts = torch.zeros(vshape, **kw)
         _project_bwd(screen, cam, g_xy, g_verts)
-        g_bg = g_bg.reshape(B, H * W, -1)
-        if background.shape[1] == 1:
-            g_bg = g_bg.sum(1, keepdim=True)
-        if background.shape[0] == 1 and B > 1:
+        if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + (None,) * 6
 
 
 def _scatter_copies(n_rows: int):
-    """(n_chunks, private) for the backward scatter: one private gradient copy per CPU thread, else atomics."""
+    """(n_chunks, private) for the backward scatter: private gradient copies on CPU, else atomics. Four chunks per
+    CPU thread (the copies are per-vertex/face, small), so a thread that the OS descheduled on a busy machine
+    leaves work the others can take."""
     if backend.settings().resolved_arch in ("x64", "arm64"):
-        return max(1, min(int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
+        return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
 
 
@@ -356,9 +392,12 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma,
         bg = bg.reshape(-1, H * W, bg.shape[-1])
     if bg.shape[-1] != C:
         raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
-    out = bridge.apply(SoftMesh(sigma, W, H, per_face, lights is not None), verts, attr, shade, op, bg, cam, faces,
-                       screen, frags.pix_to_face, frags.bary, frags.zbuf)
-    p2f0 = frags.pix_to_face[..., 0]
-    idx = p2f0.clamp_min(0).long().reshape(-1, H * W, 1).expand(-1, -1, 3)
-    normals = torch.gather(fn.expand(B, -1, -1), 1, idx).reshape(B, H, W, 3) * (p2f0 >= 0)[..., None]
-    return MeshRender(out[..., :C], out[..., C + 1], out[..., C], normals, frags)
+    rgb, depth, alpha = bridge.apply(SoftMesh(sigma, W, H, per_face, lights is not None), verts, attr, shade, op, bg,
+                                     cam, faces, screen, frags.pix_to_face, frags.bary, frags.zbuf)
+    # nearest face's normal, 0 where empty: one index_select from the normals with a zero row appended per batch
+    # (no image-sized mask multiply or gather, which torch parallelises and a busy CPU then stalls)
+    p2f0 = frags.pix_to_face[..., 0].long()
+    fnz = torch.cat([fn.expand(B, -1, -1), fn.new_zeros(B, 1, 3)], 1).reshape(-1, 3)            # (B (F + 1), 3)
+    idx = torch.where(p2f0 >= 0, p2f0, F) + (torch.arange(B, device=dev) * (F + 1)).view(B, 1, 1)
+    normals = fnz.index_select(0, idx.reshape(-1)).reshape(B, H, W, 3)
+    return MeshRender(rgb, alpha, depth, normals, frags)

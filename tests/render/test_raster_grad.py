@@ -132,3 +132,16 @@ def test_fused_soft_grads_batched_meshes_private_chunks(monkeypatch):
                           faces_per_pixel=3, background=0.2)
         return out.rgb, out.alpha
     _check(f, [verts], 0)
+
+
+def test_fused_soft_grads_shared_background_image_two_cameras():
+    # one background image behind two cameras: its gradient is the per-pixel one summed over the batch
+    gen = torch.Generator().manual_seed(6)
+    cams = Camera.from_look_at([[0.2, 0.1, 3.0], [-0.4, 0.3, 2.8]], fov_y=35, width=14, height=12)
+    bg = torch.rand(1, 12, 14, 3, generator=gen, dtype=torch.float64)
+
+    def f(b):
+        out = render_mesh(V0, F, cams, face_colors=FACE_COL, lights=LIGHTS, mode="soft", sigma=SIGMA,
+                          faces_per_pixel=3, background=b)
+        return out.rgb, out.alpha
+    _check(f, [bg], 0)
