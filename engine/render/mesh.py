@@ -18,52 +18,44 @@ __all__ = ["MeshRender", "render_mesh", "SoftMesh"]
 # fused soft path: coverage + attribute interpolation + per-face shading + compositing in one kernel
 # ---------------------------------------------------------------------------------------------------------------
 @ti.func
-def _layer_value(attr: ti.template(), shade: ti.template(), faces: ti.template(), bary: ti.template(),
-                 zbuf: ti.template(), b, py, px, k, f, c, C, per_face, use_shade):
-    # channel c of layer k: c < C the (shaded) colour/feature, c == C the depth, c == C + 1 the constant 1 whose
-    # composite is alpha (so colour, depth and alpha share one compositing recurrence)
+def _layer_vec(attr: ti.template(), faces: ti.template(), bary: ti.template(), zbuf: ti.template(), b, py, px, k,
+               f, per_face, C: ti.template()):
+    # the C + 2 channels of layer k before shading: colour/feature (C), depth, and the constant 1 whose composite
+    # is alpha (so colour, depth and alpha share one compositing recurrence)
     ba = b if attr.shape[0] > 1 else 0
-    v = 1.0
-    if c < C:
-        if per_face:
-            v = attr[ba, f, c]
-        else:
-            v = (bary[b, py, px, k, 0] * attr[ba, faces[f, 0], c] + bary[b, py, px, k, 1] * attr[ba, faces[f, 1], c]
-                 + bary[b, py, px, k, 2] * attr[ba, faces[f, 2], c])
-        if use_shade:
-            v *= shade[b if shade.shape[0] > 1 else 0, f, c]
-    elif c == C:
-        v = zbuf[b, py, px, k]
-    return v
-
-
-@ti.func
-def _bg_value(bg: ti.template(), b, py, px, W, c, C):
-    v = 0.0
-    if c < C:
-        v = bg[b if bg.shape[0] > 1 else 0, (py * W + px) if bg.shape[1] > 1 else 0, c]
-    return v
-
-
-@ti.func
-def _out_add(rgb: ti.template(), dep: ti.template(), alp: ti.template(), b, py, px, c, C, v):
-    # channel c of the composite: c < C colour/feature, c == C depth, c == C + 1 alpha
-    if c < C:
-        rgb[b, py, px, c] += v
-    elif c == C:
-        dep[b, py, px] += v
+    v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+    if per_face:
+        for c in ti.static(range(C)):
+            v[c] = attr[ba, f, c]
     else:
-        alp[b, py, px] += v
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        w0, w1, w2 = bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2]
+        for c in ti.static(range(C)):
+            v[c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
+    v[C] = zbuf[b, py, px, k]
+    return v
 
 
 @ti.func
-def _out_grad(g_rgb: ti.template(), g_dep: ti.template(), g_alp: ti.template(), b, py, px, c, C):
-    g = g_alp[b, py, px]
-    if c < C:
-        g = g_rgb[b, py, px, c]
-    elif c == C:
-        g = g_dep[b, py, px]
-    return g
+def _shade_vec(shade: ti.template(), b, f, use_shade, C: ti.template()):
+    # per-face multiplier of the colour channels (Lambert irradiance); 1 for depth and alpha
+    v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+    if use_shade:
+        bs = b if shade.shape[0] > 1 else 0
+        for c in ti.static(range(C)):
+            v[c] = shade[bs, f, c]
+    return v
+
+
+@ti.func
+def _bg_vec(bg: ti.template(), b, py, px, W, C: ti.template()):
+    # background behind the last layer: the background colour, depth 0, alpha 0
+    v = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
+    bb = b if bg.shape[0] > 1 else 0
+    pp = (py * W + px) if bg.shape[1] > 1 else 0
+    for c in ti.static(range(C)):
+        v[c] = bg[bb, pp, c]
+    return v
 
 
 @ti.kernel
@@ -71,14 +63,11 @@ def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
               zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), rgb: ti.types.ndarray(), dep: ti.types.ndarray(),
               alp: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(), per_face: int, use_shade: int,
-              sigma: float, ndc2: float):
-    C = rgb.shape[3]
+              sigma: float, ndc2: float, C: ti.template()):
+    # C (colour/feature width) is compile-time: a pixel's C + 2 composite channels live in registers
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        for c in range(C):
-            rgb[b, py, px, c] = 0.0
-        dep[b, py, px] = 0.0
-        alp[b, py, px] = 0.0
+        acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
         T = 1.0
         for k in range(p2f.shape[3]):
             la[b, py, px, k] = 0.0
@@ -87,13 +76,14 @@ def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
             if f >= 0:
                 a, _e, _x = _coverage(xy, faces, opac, b, f, px + 0.5, py + 0.5, sigma, ndc2)
                 la[b, py, px, k] = a
-                for c in range(C + 2):
-                    _out_add(rgb, dep, alp, b, py, px, c, C, T * a * _layer_value(attr, shade, faces, bary, zbuf, b,
-                                                                                  py, px, k, f, c, C, per_face,
-                                                                                  use_shade))
+                acc += (T * a) * _layer_vec(attr, faces, bary, zbuf, b, py, px, k, f, per_face, C) \
+                    * _shade_vec(shade, b, f, use_shade, C)
                 T *= 1.0 - a
-        for c in range(C):
-            rgb[b, py, px, c] += T * _bg_value(bg, b, py, px, W, c, C)
+        acc += T * _bg_vec(bg, b, py, px, W, C)
+        for c in ti.static(range(C)):
+            rgb[b, py, px, c] = acc[c]
+        dep[b, py, px] = acc[C]
+        alp[b, py, px] = acc[C + 1]
 
 
 @ti.kernel
@@ -104,15 +94,14 @@ def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
               g_la: ti.types.ndarray(), g_xy: ti.types.ndarray(),
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
               g_bg: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float, n_chunks: int,
-              private: ti.template()):
+              private: ti.template(), C: ti.template()):
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
-    # No division by 1 - a_k (0 inside an opaque face).
+    # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
     # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
     # scattered gradients (g_xy, g_attr, g_shade, g_opac carry n_chunks copies stacked on dim 0) with plain adds;
     # otherwise (GPU) every row is its own chunk and atomics add into one copy. g_bg is per pixel (B, H*W, C),
     # written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the others.
-    C = g_rgb.shape[3]
     K = p2f.shape[3]
     H, W = p2f.shape[1], p2f.shape[2]
     Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
@@ -131,41 +120,42 @@ def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
                 n = 0
                 while n < K and p2f[b, py, px, n] >= 0:
                     n += 1
-                for k in range(K):
+                for k in range(n, K):
                     g_la[b, py, px, k] = 0.0
                 Tn = 1.0
                 if n > 0:
                     Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
-                for c in range(C + 2):
-                    g = _out_grad(g_rgb, g_dep, g_alp, b, py, px, c, C)
-                    R = _bg_value(bg, b, py, px, W, c, C)
-                    if c < C:
-                        if bg_image:
-                            g_bg[b, py * W + px, c] = g * Tn
-                        else:
-                            _acc(g_bg, (cb * Bg + bb, 0, c), g * Tn, private)
-                    if g != 0.0:
-                        for kk in range(n):
-                            k = n - 1 - kk
-                            f = p2f[b, py, px, k]
-                            a, T = la[b, py, px, k], lt[b, py, px, k]
-                            u = _layer_value(attr, shade, faces, bary, zbuf, b, py, px, k, f, c, C, per_face, 0)
-                            s = 1.0
-                            if use_shade and c < C:
-                                s = shade[bs, f, c]
-                            v = u * s
-                            g_la[b, py, px, k] += g * T * (v - R)
-                            if c < C:
-                                gv = g * T * a
-                                if use_shade:
-                                    _acc(g_shade, (cb * Bs + bs, f, c), gv * u, private)
-                                if per_face:
-                                    _acc(g_attr, (cb * Ba + ba, f, c), gv * s, private)
-                                else:
-                                    for j in ti.static(range(3)):
-                                        _acc(g_attr, (cb * Ba + ba, faces[f, j], c), gv * s * bary[b, py, px, k, j],
-                                             private)
-                            R = a * v + (1.0 - a) * R
+                go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
+                for c in ti.static(range(C)):
+                    go[c] = g_rgb[b, py, px, c]
+                    if bg_image:
+                        g_bg[b, py * W + px, c] = go[c] * Tn
+                    else:
+                        _acc(g_bg, (cb * Bg + bb, 0, c), go[c] * Tn, private)
+                go[C] = g_dep[b, py, px]
+                go[C + 1] = g_alp[b, py, px]
+                R = _bg_vec(bg, b, py, px, W, C)
+                for kk in range(n):
+                    k = n - 1 - kk
+                    f = p2f[b, py, px, k]
+                    a, T = la[b, py, px, k], lt[b, py, px, k]
+                    u = _layer_vec(attr, faces, bary, zbuf, b, py, px, k, f, per_face, C)
+                    sh = _shade_vec(shade, b, f, use_shade, C)
+                    v = u * sh
+                    g_la[b, py, px, k] = T * go.dot(v - R)
+                    ta = T * a
+                    for c in ti.static(range(C)):
+                        gv = go[c] * ta
+                        if gv != 0.0:
+                            if use_shade:
+                                _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
+                            if per_face:
+                                _acc(g_attr, (cb * Ba + ba, f, c), gv * sh[c], private)
+                            else:
+                                for j in ti.static(range(3)):
+                                    _acc(g_attr, (cb * Ba + ba, faces[f, j], c), gv * sh[c] * bary[b, py, px, k, j],
+                                         private)
+                    R = a * v + (1.0 - a) * R
                 x, y = px + 0.5, py + 0.5
                 for k in range(n):
                     f = p2f[b, py, px, k]
@@ -203,7 +193,7 @@ class SoftMesh(bridge.Op):
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         la, lt = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
         _soft_fwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, rgb, dep, alp, la, lt,
-                  self.per_face, self.use_shade, self.sigma, self.ndc2)
+                  self.per_face, self.use_shade, self.sigma, self.ndc2, C)
         saved = (verts.shape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la, lt)
         return (rgb, dep, alp), saved
 
@@ -224,7 +214,7 @@ class SoftMesh(bridge.Op):
         g_la = torch.empty_like(la)
         _soft_bwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, *grads, g_la, g_xy,
                   g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2, n_chunks,
-                  private)
+                  private, attr.shape[2])
         if nc > 1:
             g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
                                              for g in (g_xy, g_attr, g_shade, g_opac))

@@ -145,3 +145,20 @@ def test_fused_soft_grads_shared_background_image_two_cameras():
                           faces_per_pixel=3, background=b)
         return out.rgb, out.alpha
     _check(f, [bg], 0)
+
+
+def test_fused_soft_grads_feature_widths():
+    # the fused kernels are compiled per feature width C: FD through C = 1 (per vertex) and C = 5 (per face)
+    gen = torch.Generator().manual_seed(7)
+    cams = Camera.from_look_at([0.2, 0.1, 3.0], fov_y=35, width=14, height=12)
+    for C, per_vertex in ((1, True), (5, False)):
+        feats = torch.rand(9 if per_vertex else 3, C, generator=gen, dtype=torch.float64)
+        bg = torch.rand(C, generator=gen, dtype=torch.float64)
+
+        def f(x, v=V0):
+            kw = dict(colors=x) if per_vertex else dict(face_colors=x)
+            out = render_mesh(v, F, cams, mode="soft", sigma=SIGMA, faces_per_pixel=3, background=bg, **kw)
+            return out.rgb, out.alpha, out.depth
+        _check(f, [feats], 0)
+        if not per_vertex:                   # per-vertex colours use detached barycentrics: no exact vertex FD
+            _check(lambda v: f(feats, v)[:2], [V0], 0)
