@@ -27,10 +27,19 @@ __all__ = ["Rollout", "rollout", "memory_estimate"]
 PARAMS = ("E", "nu", "rho", "muscle")
 
 
-def _grad_tensor(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().clone().contiguous().requires_grad_(True)
-    t.grad = torch.zeros_like(t)
-    return t
+def _grad_tensor(t: torch.Tensor, pool: dict | None = None, key=None) -> torch.Tensor:
+    """A leaf copy of ``t`` with a zeroed ``.grad``. With ``pool``, the buffer kept under ``key`` is re-used when its
+    shape and dtype match: the same tensors every run keep the kernels' launch contexts cached (kernels.py)."""
+    buf = None if pool is None else pool.get(key)
+    if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != t.device:
+        buf = t.detach().clone().contiguous().requires_grad_(True)
+        buf.grad = torch.zeros_like(buf)
+        if pool is not None:
+            pool[key] = buf
+        return buf
+    buf.data.copy_(t.detach())
+    buf.grad.zero_()
+    return buf
 
 
 @dataclass
@@ -59,6 +68,8 @@ class Rollout:
             raise ValueError(f"observe indices must lie in [0, {T}]")
         self._pool_states: list[State] = []
         self._pool_scratch = []
+        self._pool_params: dict = {}
+        self._pool_controls: dict = {}
         self._tail_ready = False
 
     # --------------------------------------------------------------------------------------------- forward
@@ -66,8 +77,9 @@ class Rollout:
         """Forward pass. Returns (x_T (N, d), v_T (N, d), x_obs (len(observe), N, d)) and keeps checkpoints."""
         solver, T, K = self.solver, int(self.n_substeps), self.K
         m = solver.model
-        self.model = m.with_params(**{k: _grad_tensor(v) for k, v in self._params(params).items()},
-                                   vol=_grad_tensor(m.vol), fibre=_grad_tensor(m.fibre))
+        pool = self._pool_params
+        self.model = m.with_params(**{k: _grad_tensor(v, pool, k) for k, v in self._params(params).items()},
+                                   vol=_grad_tensor(m.vol, pool, "vol"), fibre=_grad_tensor(m.fibre, pool, "fibre"))
         self.actions = self._actions(actions)
         a = State.initial(x0, v0).requires_grad_()
         b = a.empty_like().requires_grad_()
@@ -118,11 +130,20 @@ class Rollout:
                              f"got {tuple(actions.shape)}")
         return actions.detach().contiguous()
 
-    def _control(self, t, grad=False):
-        a = self.actions[t].clone()
-        if grad:
-            a.requires_grad_(True)
-            a.grad = torch.zeros_like(a)
+    def _control(self, t, grad=False, slot=0):
+        """Substep t's control, in a pooled buffer (``slot``: its index within a segment; the forward uses slot 0,
+        which it consumes before the next substep) so launch contexts stay cached."""
+        key = (grad, slot)
+        a = self._pool_controls.get(key)
+        if a is None or a.shape != self.actions[t].shape:
+            a = self._pool_controls[key] = self.actions[t].clone()
+            if grad:
+                a.requires_grad_(True)
+                a.grad = torch.zeros_like(a)
+        else:
+            a.data.copy_(self.actions[t])
+            if grad:
+                a.grad.zero_()
         return Control(a)
 
     # --------------------------------------------------------------------------------------------- backward
@@ -146,7 +167,7 @@ class Rollout:
         for j in reversed(range(n_seg)):
             t0, t1 = j * K, min((j + 1) * K, T)
             L = t1 - t0
-            controls = [self._control(t, grad=True) for t in range(t0, t1)]
+            controls = [self._control(t, grad=True, slot=t - t0) for t in range(t0, t1)]
             if not (j == n_seg - 1 and self._tail_ready):  # run() left the last segment in the buffers
                 states[0].copy_(self.checkpoints[j])
                 for i in range(L):
@@ -162,7 +183,7 @@ class Rollout:
                     states[i + 1].x.grad += g_obs[obs_index[k_out]]
                 scratches[i].zero_grad_()
                 solver.backward(states[i], states[i + 1], controls[i], self.dt, scratches[i], m)
-                g_actions[t0 + i] = controls[i].act.grad
+                g_actions[t0 + i] = controls[i].act.grad  # copied out: the slot's buffer is re-used
             for gt, ct in zip(states[0].tensors(), carry.tensors()):
                 ct.copy_(gt.grad)
         if g_obs is not None and 0 in obs_index:

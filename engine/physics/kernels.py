@@ -419,6 +419,97 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
             check_particle(p, x_out, v_out, F_out, lo, hi, step, flag)
 
+    # ---------------------------------------------------------------------------- hand-written adjoints
+    def bspline_grad(fx):  # plain Python, inlined at trace time (its list is indexed by static offsets)
+        """Derivatives of the quadratic B-spline weights w (``bspline``) with respect to fx."""
+        return [fx - 1.5, -2.0 * (fx - 1.0), fx - 0.5]
+
+    @ti.kernel
+    def p2g_adjoint(x: P_vec, v: P_vec, C: P_mat, tau: P_mat, vol: P_s, rho: P_s, dx: real, dt: real,
+                    g_mv: G_vec, g_m: G_s, g_x: P_vec, g_v: P_vec, g_C: P_mat, g_tau: P_mat, g_vol: P_s,
+                    g_rho: P_s):
+        # The reverse of P2G as a gather over each particle's 3^d stencil: every write is the particle's own, so
+        # no atomics and no serialisation. Accumulates into the g_* particle grads.
+        ti.loop_config(serialize=ser_all)
+        for p in range(x.shape[0]):
+            inv_dx = 1.0 / dx
+            base, fx, w = bspline(x[p], inv_dx, g_m.shape)
+            dw = bspline_grad(fx)
+            mass = vol[p] * rho[p]
+            k = -dt * 4.0 * inv_dx * inv_dx
+            A = k * vol[p] * tau[p] + mass * C[p]
+            mv = mass * v[p]
+            g_A = mat(0.0)
+            g_mvp = vec(0.0)
+            g_mass = ti.cast(0.0, real)
+            g_fx = vec(0.0)
+            for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
+                dpos = (ti.cast(offs, real) - fx) * dx
+                weight = ti.cast(1.0, real)
+                for d in ti.static(range(D)):
+                    weight *= w[offs[d]][d]
+                gi = g_mv[base + offs]
+                gm = g_m[base + offs]
+                g_mvp += weight * gi
+                g_A += weight * gi.outer_product(dpos)
+                g_mass += weight * gm
+                g_w = gi.dot(mv + A @ dpos) + gm * mass
+                for d in ti.static(range(D)):  # ∂weight/∂fx_d
+                    r = g_w * dw[offs[d]][d]
+                    for e in ti.static(range(D)):
+                        if ti.static(e != d):
+                            r *= w[offs[e]][e]
+                    g_fx[d] += r
+            g_fx -= dx * (A.transpose() @ g_mvp)  # Σ_i w_i·Aᵀ·g_i, from ∂dpos_i/∂fx = −dx·I
+            g_mass += g_mvp.dot(v[p]) + (g_A * C[p]).sum()
+            g_v[p] += mass * g_mvp
+            g_C[p] += mass * g_A
+            g_tau[p] += k * vol[p] * g_A
+            g_vol[p] += g_mass * rho[p] + k * (g_A * tau[p]).sum()
+            g_rho[p] += g_mass * vol[p]
+            g_x[p] += g_fx * inv_dx
+
+    @ti.kernel
+    def g2p_adjoint(x: P_vec, grid_v: G_vec, dx: real, dt: real, g_xo: P_vec, g_vo: P_vec, g_Co: P_mat,
+                    g_x: P_vec, g_gv: G_vec):
+        # Reverse of G2P: scatters into g_gv (serialised on CPUs like P2G), accumulates into g_x.
+        ti.loop_config(serialize=serial)
+        for p in range(x.shape[0]):
+            inv_dx = 1.0 / dx
+            base, fx, w = bspline(x[p], inv_dx, grid_v.shape)
+            dw = bspline_grad(fx)
+            g_nv = g_vo[p] + dt * g_xo[p]
+            g_c = 4.0 * inv_dx * inv_dx * g_Co[p]
+            g_fx = vec(0.0)
+            new_v = vec(0.0)
+            for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
+                dpos = (ti.cast(offs, real) - fx) * dx
+                weight = ti.cast(1.0, real)
+                for d in ti.static(range(D)):
+                    weight *= w[offs[d]][d]
+                gv = grid_v[base + offs]
+                g_out = g_nv + g_c @ dpos
+                g_gv[base + offs] += weight * g_out
+                g_w = gv.dot(g_out)
+                new_v += weight * gv
+                for d in ti.static(range(D)):
+                    r = g_w * dw[offs[d]][d]
+                    for e in ti.static(range(D)):
+                        if ti.static(e != d):
+                            r *= w[offs[e]][e]
+                    g_fx[d] += r
+            g_fx -= dx * (g_c.transpose() @ new_v)  # Σ_i w_i·g_cᵀ·gv_i, from ∂dpos_i/∂fx = −dx·I
+            g_x[p] += g_xo[p] + g_fx * inv_dx
+
+    @ti.kernel
+    def clear_flat(a: P_s):
+        # zeroes a flat view of a grid: no per-node divide and modulo (the serial ``clear`` spent ~100 µs on them)
+        ti.loop_config(serialize=ser_all)
+        for i in range(a.shape[0]):
+            a[i] = 0.0
+
+    stress_adjoint = materials.build_stress_adjoint(dim, real, ser_all)
+
     svd_forward, svd_backward = svd.kernels(dim, real)
     # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
     # adds; G2P's adjoint scatters into the grid), on GPUs they are the kernels themselves. Their forwards are never
@@ -429,5 +520,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel, grid=grid, g2p=g2p)
     return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
                                       stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
-                                      p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad), serial)
+                                      p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad,
+                                      p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, clear_flat=clear_flat,
+                                      stress_adjoint=stress_adjoint), serial)
 

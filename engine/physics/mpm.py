@@ -77,6 +77,9 @@ class Solver:
         mats = model.material.cpu().numpy()
         self.use_svd = materials.needs_svd(mats)
         self.use_muscle = bool((mats == materials.MUSCLE).any())
+        # every particle's stress has a hand-written adjoint (materials.build_stress_adjoint)
+        self.hand_stress = bool(set(mats.tolist()) <= set(materials.HAND_ADJOINT))
+        self._sinks: dict = {}
         self.check_every = max(1, int(check_every))
         self.substep = 0
         self._checked_dt: set[float] = set()
@@ -170,7 +173,10 @@ class Solver:
             k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
         k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
                  s_out.F, s_out.Jp, sc.tau)
-        k.clear(sc.grid_mv, sc.grid_m)  # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's
+        # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's. On flat views: no per-node
+        # index arithmetic
+        k.clear_flat(sc.grid_mv.detach().view(-1))
+        k.clear_flat(sc.grid_m.detach().view(-1))
         k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
         k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
@@ -183,18 +189,35 @@ class Solver:
         (E, nu, rho, vol, muscle, fibre) and ``control.act``'s. ``sc`` must hold this substep's forward
         intermediates, with zeroed grads. Every float tensor involved must have ``.grad`` allocated."""
         m = model or self.model
-        k = self.k
-        k.ad.g2p.grad(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
+        k, g = self.k, self._grad
+        # G2P and P2G run hand-written adjoints (kernels.py); the grid update keeps Taichi's generated one
+        k.g2p_adjoint(s_in.x, sc.grid_v, m.dx, dt, g(s_out.x), g(s_out.v), g(s_out.C), g(s_in.x), g(sc.grid_v))
         k.ad.grid.grad(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                        m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
-        k.p2g.grad(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
-        k.ad.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table,
-                         dt, s_out.F, s_out.Jp, sc.tau)
+        k.p2g_adjoint(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, g(sc.grid_mv), g(sc.grid_m),
+                      g(s_in.x), g(s_in.v), g(s_in.C), g(sc.tau), g(m.vol), g(m.rho))
+        if self.hand_stress and m.material is self.model.material:
+            k.stress_adjoint(sc.F_tr, m.material, m.E, m.nu, g(s_out.F), g(s_out.Jp), g(sc.tau), g(sc.F_tr),
+                             g(s_in.Jp), g(m.E), g(m.nu))
+        else:
+            k.ad.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table,
+                             dt, s_out.F, s_out.Jp, sc.tau)
         if self.use_muscle:
             k.muscle.grad(m.muscle, control.act, sc.act)
         if self.use_svd:
             k.svd_backward(sc.U, sc.sig, sc.V, sc.U.grad, sc.sig.grad, sc.V.grad, sc.F_tr.grad)
         k.ad.deform.grad(s_in.C, s_in.F, dt, sc.F_tr)
+
+    def _grad(self, t: torch.Tensor) -> torch.Tensor:
+        """``t.grad``, or for a tensor without one a pooled zero sink that the hand-written adjoints write into
+        (the same buffer every call, so launch contexts stay cached)."""
+        if t.grad is not None:
+            return t.grad
+        key = (tuple(t.shape), t.dtype)
+        sink = self._sinks.get(key)
+        if sink is None:
+            sink = self._sinks[key] = torch.zeros_like(t, memory_format=torch.contiguous_format)
+        return sink
 
     # ----------------------------------------------------------------------------------------------- helpers
     def advance(self, state: State, n_substeps: int, dt: float, control: Control | None = None) -> State:
