@@ -6,6 +6,12 @@ Each reference implements the differentiable part in plain torch and reuses tide
 (face K-nearest lists for the rasterizer, depth-sorted tile lists for the splatter), which it pays for inside
 its timed run just as tide does. Outputs and gradients are compared before timing; the script exits non-zero on
 mismatch. Runs alternate tide/torch so both see the same background load; each figure is a median.
+
+That shared work bounds the ratio: for the rasterizer it is the K-nearest selection (``rasterize``), timed alone
+and printed as "shared", so the ratio cannot exceed (shared + torch soft) / shared however fast tide's soft pass
+is. The torch reference also slows far more than tide on a busy machine (every image-sized op is an OpenMP
+region that waits for a descheduled thread), so ratios from a loaded and a quiet machine differ by 2-5x; compare
+figures from one run only.
 """
 import argparse
 import os
@@ -30,6 +36,17 @@ def _time_pair(tide_fn, torch_fn, repeats):
             fn()
             ts[fn].append(time.perf_counter() - t0)
     return tuple(sorted(ts[fn])[len(ts[fn]) // 2] for fn in (tide_fn, torch_fn))
+
+
+def _time_one(fn, repeats):
+    """Median wall time of ``fn`` after one warm-up."""
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
 
 
 # ---- soft rasterizer -----------------------------------------------------------------------------------------
@@ -86,6 +103,10 @@ def bench_raster(repeats):
         ((rgb * wgt).sum() + alpha.sum()).backward()
         return rgb.detach(), V.grad, c.grad
 
+    def shared_run():
+        rasterize(V0, F, cam, faces_per_pixel=K, sigma=sigma)
+
+    tide_run.shared = shared_run
     return "soft raster 128^2, 5120 faces, K=8", tide_run, torch_run
 
 
@@ -217,9 +238,13 @@ def main():
         match = all(e < tol * 20 for e in errs)
         ok &= match
         t_tide, t_torch = _time_pair(tide_run, torch_run, args.repeats)
+        shared = ""
+        if hasattr(tide_run, "shared"):
+            t_sh = _time_one(tide_run.shared, args.repeats)
+            shared = f"  shared {t_sh * 1e3:.1f} ms"
         print(f"{name:42s} tide {t_tide * 1e3:8.1f} ms  torch {t_torch * 1e3:8.1f} ms  ratio {t_torch / t_tide:5.1f}x"
               f"  (fwd+bwd; max rel diff image/grads {', '.join(f'{e:.1e}' for e in errs)}"
-              f"{'' if match else '  MISMATCH'})")
+              f"{'' if match else '  MISMATCH'}){shared}")
     sys.exit(0 if ok else 1)
 
 

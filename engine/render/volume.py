@@ -12,8 +12,9 @@ terminal colour, so leftover transmittance lands on the mesh and image losses re
 
 Sources: a dense grid (channel 0 density, the rest colour/features; trilinear) or any torch callable field.
 A grid renders in one fused Taichi pass per ray (sampling, trilinear lookup and compositing; rays stop once
-T < 1e-4), and its backward replays each ray front to back and scatters into the grid gradient, so nothing per
-sample is ever stored. A field's samples are composited by ``composite_rays``. Negative densities count as zero.
+T < 1e-4), and its backward replays each ray front to back and scatters into the grid gradient; the only per-sample
+state kept is each sample's transmittance factor (one float, so the replay needs no exp or density lookup), and
+not even that beyond ``_CACHE_MAX`` samples. A field's samples are composited by ``composite_rays``. Negative densities count as zero.
 """
 from dataclasses import dataclass
 
@@ -196,6 +197,13 @@ def composite_rays(sigma, colors, t, delta, terminal, terminal_depth):
 
 
 # ---- fused grid renderer: sampling + trilinear + compositing in one pass per ray ---------------------------------
+_NO_SAMPLE = 2.0
+"""Cached transmittance factor of a sample that does not count (a real one lies in (0, 1])."""
+
+_CACHE_MAX = 1 << 25
+"""Rays x samples up to which the forward keeps each sample's transmittance factor for the backward (128 MiB in
+f32); beyond it the backward recomputes them (exp and density lookup, ~25 % slower)."""
+
 _T_MIN = 1e-4
 """A ray stops once its transmittance falls below this (forward and backward alike): later samples count as
 empty space and the leftover transmittance still reaches the terminal colour."""
@@ -265,10 +273,11 @@ def _lookup_colour(grid: ti.template(), shape: ti.template(), base, w, C: ti.tem
 def _grid_fwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.ndarray(),
               d: ti.types.ndarray(), near: ti.types.ndarray(), far: ti.types.ndarray(), u: ti.types.ndarray(),
               term: ti.types.ndarray(), tz: ti.types.ndarray(), out: ti.types.ndarray(), alpha: ti.types.ndarray(),
-              depth: ti.types.ndarray(), n_used: ti.types.ndarray(), X: int, Y: int, Z: int, S: int, jitter: int,
-              C: ti.template()):
+              depth: ti.types.ndarray(), n_used: ti.types.ndarray(), trs: ti.types.ndarray(), X: int, Y: int,
+              Z: int, S: int, jitter: int, C: ti.template(), cache: ti.template()):
     # grid is the flat (X, Y, Z, 1 + C) array; C (colour channels) is compile-time so a sample's colour lives in
-    # registers
+    # registers. ``cache``: each sample's transmittance factor exp(-sigma delta) goes to trs (R, S), _NO_SAMPLE
+    # where it does not count (outside the box, sigma <= 0), so the backward needs neither exp nor density lookup
     shape = ti.Vector([X, Y, Z, C + 1])
     for r in range(o.shape[0]):
         bins = (far[r] - near[r]) / S
@@ -279,14 +288,18 @@ def _grid_fwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
         while n < S and T >= _T_MIN:
             t = near[r] + (n + _offset(u, r, n, jitter)) * bins
             inside, base, w = _locate(shape, q0 + t * dq)
-            n += 1
+            tr = _NO_SAMPLE
             if inside:
                 s = _lookup(grid, shape, base, w, 0)
                 if s > 0:
-                    a = T * (1.0 - ti.exp(-s * dl))
+                    tr = ti.exp(-s * dl)
+                    a = T * (1.0 - tr)
                     acc += a * _lookup_colour(grid, shape, base, w, C)
                     dep += a * t
                     T -= a
+            if ti.static(cache):
+                trs[r, n] = tr
+            n += 1
         for c in ti.static(range(C)):
             out[r, c] = acc[c] + T * term[r, c]
         depth[r] = dep + T * tz[r]
@@ -311,9 +324,11 @@ def _grid_bwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
               d: ti.types.ndarray(), near: ti.types.ndarray(), far: ti.types.ndarray(), u: ti.types.ndarray(),
               out: ti.types.ndarray(), alpha: ti.types.ndarray(), depth: ti.types.ndarray(),
               n_used: ti.types.ndarray(), g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(),
-              g_depth: ti.types.ndarray(), g_grid: ti.types.ndarray(), X: int, Y: int, Z: int, S: int, jitter: int,
-              n_chunks: int, private: ti.template(), C: ti.template()):
-    # The compositing adjoint of ``_comp_bwd`` replayed front to back per ray (no per-sample storage), then
+              g_depth: ti.types.ndarray(), trs: ti.types.ndarray(), g_grid: ti.types.ndarray(), X: int, Y: int,
+              Z: int, S: int, jitter: int, n_chunks: int, private: ti.template(), C: ti.template(),
+              cache: ti.template()):
+    # The compositing adjoint of ``_comp_bwd`` replayed front to back per ray (transmittance factors from trs
+    # when ``cache``, else recomputed), then
     # scattered to the 8 grid corners. ``private``: each chunk of rays accumulates into its own copy of the
     # gradient grid (g_grid is n_chunks flat copies) with plain adds, ~3x cheaper than atomics on CPU;
     # otherwise every ray is its own chunk and atomics add into one copy (GPU).
@@ -337,16 +352,21 @@ def _grid_bwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.nda
             for n in range(n_used[r]):
                 t = near[r] + (n + _offset(u, r, n, jitter)) * bins
                 inside, base, w = _locate(shape, q0 + t * dq)
-                if inside:
+                tr = _NO_SAMPLE
+                if ti.static(cache):
+                    tr = trs[r, n]
+                elif inside:
                     s = _lookup(grid, shape, base, w, 0)
                     if s > 0:
-                        a = T * (1.0 - ti.exp(-s * dl))
-                        gc = g_depth[r] * t + go.dot(_lookup_colour(grid, shape, base, w, C))
-                        Sg -= a * gc
-                        T -= a
-                        # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha; d out / d c = a g
-                        v = ti.Vector([dl * (T * gc - Sg + ga)] + [go[c] * a for c in ti.static(range(C))])
-                        _scatter_all(g_grid, shape, g + base, w, v, private)
+                        tr = ti.exp(-s * dl)
+                if tr <= 1.0:
+                    a = T * (1.0 - tr)
+                    gc = g_depth[r] * t + go.dot(_lookup_colour(grid, shape, base, w, C))
+                    Sg -= a * gc
+                    T -= a
+                    # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha; d out / d c = a g
+                    v = ti.Vector([dl * (T * gc - Sg + ga)] + [go[c] * a for c in ti.static(range(C))])
+                    _scatter_all(g_grid, shape, g + base, w, v, private)
 
 
 def _scatter_copies(n_rays: int):
@@ -368,18 +388,21 @@ class _GridRender(bridge.Op):
         kw = dict(dtype=grid.dtype, device=grid.device)
         out, alpha, depth = torch.empty(R, C, **kw), torch.empty(R, **kw), torch.empty(R, **kw)
         n_used = torch.empty(R, dtype=torch.int32, device=grid.device)
-        _grid_fwd(grid.reshape(-1), box, o, d, near, far, u, term, tz, out, alpha, depth, n_used, *grid.shape[:3],
-                  self.S, self.jitter, C)
-        saved = (grid, box, o, d, near, far, u, out.detach(), alpha.detach(), depth.detach(), n_used)
+        cache = R * self.S <= _CACHE_MAX
+        trs = torch.empty(R, self.S, **kw) if cache else torch.empty(1, 1, **kw)
+        _grid_fwd(grid.reshape(-1), box, o, d, near, far, u, term, tz, out, alpha, depth, n_used, trs,
+                  *grid.shape[:3], self.S, self.jitter, C, cache)
+        saved = (grid, box, o, d, near, far, u, out.detach(), alpha.detach(), depth.detach(), n_used, trs, cache)
         return (out, alpha, depth), saved
 
     def backward(self, saved, grads):
-        grid, box, o, d, near, far, u, out, alpha, depth, n_used = saved
+        grid, box, o, d, near, far, u, out, alpha, depth, n_used, trs, cache = saved
         g_out, g_alpha, g_depth = grads
         n_chunks, private = _scatter_copies(o.shape[0])
         g_grid = torch.zeros((n_chunks if private else 1, grid.numel()), dtype=grid.dtype, device=grid.device)
         _grid_bwd(grid.reshape(-1), box, o, d, near, far, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth,
-                  g_grid.reshape(-1), *grid.shape[:3], self.S, self.jitter, n_chunks, private, grid.shape[3] - 1)
+                  trs, g_grid.reshape(-1), *grid.shape[:3], self.S, self.jitter, n_chunks, private,
+                  grid.shape[3] - 1, cache)
         g_term = g_out * (1.0 - alpha)[:, None]
         return g_grid.sum(0).reshape(grid.shape), g_term, None, None, None, None, None, None, None
 

@@ -143,6 +143,26 @@ def test_grad_grid_stratified_and_early_termination():
     assert gmax > 1e-3 and err < 1e-7 * max(1, gmax)
 
 
+@pytest.mark.parametrize("stratified", [False, True])
+def test_grid_backward_replay_matches_cached_transmittance(monkeypatch, stratified):
+    # beyond _CACHE_MAX samples the backward recomputes what the forward cached: same gradients, with early
+    # termination (dense grid) and densities <= 0 (skipped samples) in the mix
+    from engine.render import volume
+    gen = torch.Generator().manual_seed(8)
+    grid = (torch.rand(5, 4, 6, 4, generator=gen, dtype=torch.float64) - 0.2) * 8
+
+    def grad():
+        g = grid.clone().requires_grad_()
+        r = render_volume(_cam(), grid=g, n_samples=12, stratified=stratified,
+                          generator=torch.Generator().manual_seed(4), background=0.5)
+        (r.rgb.sum() + r.alpha.sum() + r.depth.sum()).backward()
+        return g.grad
+    ref = grad()
+    assert ref.abs().max() > 1e-3
+    monkeypatch.setattr(volume, "_CACHE_MAX", 0)
+    assert torch.allclose(grad(), ref, atol=1e-12)
+
+
 def test_grid_backward_atomic_path_matches_private_copies(monkeypatch):
     # the GPU scatter (one gradient copy, atomic adds) must equal the CPU one (per-chunk copies, plain adds)
     from engine.render import volume
