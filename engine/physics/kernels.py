@@ -316,29 +316,6 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                 v = vec(0.0)
         return v
 
-    def make_grid(ser):
-        @ti.kernel
-        def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
-                 normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
-                 clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
-            # flat range loops, not a struct-for: only those can be serialised
-            if ti.static(D == 2):
-                ti.loop_config(serialize=ser)
-                for q in range(grid_m.shape[0] * grid_m.shape[1]):
-                    I = ti.Vector([q // grid_m.shape[1], q % grid_m.shape[1]])
-                    grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
-                                              normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
-            else:
-                ti.loop_config(serialize=ser)
-                for q in range(grid_m.shape[0] * grid_m.shape[1] * grid_m.shape[2]):
-                    n12 = grid_m.shape[1] * grid_m.shape[2]
-                    I = ti.Vector([q // n12, (q % n12) // grid_m.shape[2], q % grid_m.shape[2]])
-                    grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
-                                              normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
-        return grid
-
-    grid = make_grid(ser_all)
-
     @ti.func
     def n_nodes(shape):
         n = 1
@@ -354,6 +331,37 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             I[d] = q % shape[d]
             q //= shape[d]
         return I
+
+    @ti.func
+    def grid_node(I, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind, floor_mu,
+                  wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v: T_):
+        grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights, normals,
+                                  floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
+
+    @ti.kernel
+    def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
+             normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
+             clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
+        # on small serial scenes nested loops (no per-node divide and modulo, ~5 ns each here); otherwise a flat
+        # range loop, which keeps a GPU's parallelism (a struct-for over an ndarray cannot be serialised)
+        if ti.static(ser_all and D == 2):
+            ti.loop_config(serialize=True)
+            for i in range(grid_m.shape[0]):
+                for j in range(grid_m.shape[1]):
+                    grid_node(ti.Vector([i, j]), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+                              floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
+        elif ti.static(ser_all):
+            ti.loop_config(serialize=True)
+            for i in range(grid_m.shape[0]):
+                for j in range(grid_m.shape[1]):
+                    for k in range(grid_m.shape[2]):
+                        grid_node(ti.Vector([i, j, k]), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+                                  floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
+        else:
+            for q in range(n_nodes(grid_m.shape)):
+                grid_node(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+                          floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
+
 
     @ti.kernel
     def clear(grid_mv: G_vec, grid_m: G_s):
@@ -501,6 +509,118 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             g_fx -= dx * (g_c.transpose() @ new_v)  # Σ_i w_i·g_cᵀ·gv_i, from ∂dpos_i/∂fx = −dx·I
             g_x[p] += g_xo[p] + g_fx * inv_dx
 
+    # Collider stages of ``node_velocity`` in order: the floor, then per axis the lower (not for the floor's axis)
+    # and upper walls.
+    WALLS = [(d, lower) for d in range(D) for lower in ((True, False) if d != 1 else (False,))]
+    N_STAGES = 1 + len(WALLS)
+
+    @ti.func
+    def stage(I, s: ti.template(), res, dx, bound, h, n_floor, floor_kind, floor_mu, wall_kind, wall_mu):
+        """(applies, normal, kind, μ) of collider stage s (static) at node I."""
+        hit = 0
+        nrm = vec(0.0)
+        kind = floor_kind
+        mu = floor_mu
+        if ti.static(s == 0):
+            if I[1] * dx < h:
+                hit = 1
+            nrm = n_floor
+        else:
+            kind = wall_kind
+            mu = wall_mu
+            d = ti.static(WALLS[s - 1][0])
+            if ti.static(WALLS[s - 1][1]):
+                if I[d] < bound:
+                    hit = 1
+                nrm[d] = 1.0
+            else:
+                if I[d] >= res[d] - bound:
+                    hit = 1
+                nrm[d] = -1.0
+        return hit, nrm, kind, mu
+
+    @ti.func
+    def collide_adjoint(v, n, kind, mu, g_out):
+        """∂L/∂v of ``collide`` at input velocity v, from ∂L/∂out."""
+        vn = v.dot(n)
+        g = g_out
+        if kind == STICKY:
+            g = vec(0.0)
+        elif kind == SLIP or vn < 0:
+            vt = v - vn * n
+            g_vt = g_out
+            g_vn = ti.cast(0.0, real)
+            if vn < 0 and mu > 0:
+                nrm = ti.sqrt(vt.dot(vt) + 1e-30)
+                sc = 1.0 + mu * vn / nrm
+                if sc > 0:  # out = sc·vt with sc = 1 + μ·vn/|vt|
+                    gs = g_out.dot(vt)
+                    g_vt = sc * g_out - gs * mu * vn / (nrm * nrm * nrm) * vt
+                    g_vn = gs * mu / nrm
+                else:
+                    g_vt = vec(0.0)
+            g = g_vt - g_vt.dot(n) * n + g_vn * n  # vt = v − (v·n)n, vn = v·n
+        return g
+
+    @ti.kernel
+    def grid_adjoint(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
+                     normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
+                     clamp_lo: vec, clamp_hi: vec, g_v: G_vec, g_mv: G_vec, g_m: G_s):
+        # Reverse of ``grid`` (node_velocity): every node writes only its own grads, so no atomics. Each collider
+        # stage that applies is reversed at its input velocity, recomputed from v0 (stages rarely apply).
+        if ti.static(ser_all and D == 2):  # loops as in ``grid``
+            ti.loop_config(serialize=True)
+            for i in range(grid_m.shape[0]):
+                for j in range(grid_m.shape[1]):
+                    node_adjoint(ti.Vector([i, j]), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+                                 floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v, g_mv, g_m)
+        elif ti.static(ser_all):
+            ti.loop_config(serialize=True)
+            for i in range(grid_m.shape[0]):
+                for j in range(grid_m.shape[1]):
+                    for k in range(grid_m.shape[2]):
+                        node_adjoint(ti.Vector([i, j, k]), grid_mv, grid_m, gravity, dt, dx, bound, heights,
+                                     normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v,
+                                     g_mv, g_m)
+        else:
+            for q in range(n_nodes(grid_m.shape)):
+                node_adjoint(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+                             floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v, g_mv, g_m)
+
+    @ti.func
+    def node_adjoint(I, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
+                     floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v: T_, g_mv: T_, g_m: T_):
+        """Node I of ``grid_adjoint``: accumulates into g_mv[I], g_m[I] from g_v[I]."""
+        m = grid_m[I]
+        if m > 0:
+            xi = ti.cast(I, real) * dx
+            if not (all(xi >= clamp_lo) and all(xi <= clamp_hi)):
+                res = grid_m.shape
+                h = ti.cast(0.0, real)
+                n_floor = vec(0.0)
+                if ti.static(D == 2):
+                    h = heights[I[0]]
+                    n_floor = normals[I[0]]
+                else:
+                    h = heights[I[0], I[2]]
+                    n_floor = normals[I[0], I[2]]
+                mv = grid_mv[I]
+                v0 = mv / m + dt * gravity
+                g = g_v[I]
+                for j in ti.static(range(N_STAGES - 1, -1, -1)):
+                    hit, nrm, kind, mu = stage(I, j, res, dx, bound, h, n_floor, floor_kind, floor_mu,
+                                               wall_kind, wall_mu)
+                    if hit:
+                        vin = v0
+                        for s in ti.static(range(j)):
+                            hit_s, nrm_s, kind_s, mu_s = stage(I, s, res, dx, bound, h, n_floor, floor_kind,
+                                                               floor_mu, wall_kind, wall_mu)
+                            if hit_s:
+                                vin = collide(vin, nrm_s, kind_s, mu_s)
+                        g = collide_adjoint(vin, nrm, kind, mu, g)
+                g_mv[I] += g / m
+                g_m[I] += -g.dot(mv) / (m * m)
+
     @ti.kernel
     def clear_flat(a: P_s):
         # zeroes a flat view of a grid: no per-node divide and modulo (the serial ``clear`` spent ~100 µs on them)
@@ -516,11 +636,12 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     # launched, so nothing extra compiles.
     if ser_all:  # everything is serial already: one set of kernels serves both directions
         stress_kernel = stress_serial
-    ad = SimpleNamespace(deform=make_deform(True), stress=stress_serial, grid=make_grid(True), g2p=make_g2p(True)) \
-        if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel, grid=grid, g2p=g2p)
+    ad = SimpleNamespace(deform=make_deform(True), stress=stress_serial) \
+        if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel)
     return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
                                       stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
                                       p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad,
-                                      p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, clear_flat=clear_flat,
+                                      p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
+                                      clear_flat=clear_flat,
                                       stress_adjoint=stress_adjoint), serial)
 

@@ -190,10 +190,11 @@ class Solver:
         intermediates, with zeroed grads. Every float tensor involved must have ``.grad`` allocated."""
         m = model or self.model
         k, g = self.k, self._grad
-        # G2P and P2G run hand-written adjoints (kernels.py); the grid update keeps Taichi's generated one
+        # hand-written adjoints of G2P, the grid update and P2G (kernels.py), and of the stress where it has one
         k.g2p_adjoint(s_in.x, sc.grid_v, m.dx, dt, g(s_out.x), g(s_out.v), g(s_out.C), g(s_in.x), g(sc.grid_v))
-        k.ad.grid.grad(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
-                       m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
+        k.grid_adjoint(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+                       m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp,
+                       g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
         k.p2g_adjoint(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, g(sc.grid_mv), g(sc.grid_m),
                       g(s_in.x), g(s_in.v), g(s_in.C), g(sc.tau), g(m.vol), g(m.rho))
         if self.hand_stress and m.material is self.model.material:
