@@ -229,8 +229,8 @@ class SoftMesh(bridge.Op):
 
 def _scatter_copies(n_rows: int):
     """(n_chunks, private) for the backward scatter: private gradient copies on CPU, else atomics. Four chunks per
-    CPU thread (the copies are per-vertex/face, small), so a thread that the OS descheduled on a busy machine
-    leaves work the others can take."""
+    CPU thread (the copies are per-vertex/face, small) even out rows of unequal cost (a mesh fills the middle
+    rows) and a thread the OS deschedules on a busy machine."""
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
