@@ -630,6 +630,17 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
 
     stress_adjoint = materials.build_stress_adjoint(dim, real, ser_all)
 
+    @ti.kernel
+    def deform_stress(C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, act: P_s, fibre: P_vec,
+                      table: W_s, dt: real, F_tr: P_mat, F_new: P_mat, Jp_new: P_s, tau: P_mat):
+        # deform and stress in one pass, for scenes without SVD materials (their reverse is ``stress_adjoint``)
+        ti.loop_config(serialize=ser_all)
+        for p in range(F.shape[0]):
+            Ft = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+            F_tr[p] = Ft
+            update(p, Ft, ti.Matrix.identity(real, D), ti.Vector.one(real, D), ti.Matrix.identity(real, D), Jp,
+                   material, E, nu, act[p], fibre, table, dt, F_new, Jp_new, tau)
+
     svd_forward, svd_backward = svd.kernels(dim, real)
     # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
     # adds; G2P's adjoint scatters into the grid), on GPUs they are the kernels themselves. Their forwards are never
@@ -642,6 +653,6 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                                       stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
                                       p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
-                                      clear_flat=clear_flat,
+                                      clear_flat=clear_flat, deform_stress=deform_stress,
                                       stress_adjoint=stress_adjoint), serial)
 

@@ -165,14 +165,18 @@ class Solver:
         rollout calls this directly to recompute segments)."""
         m = model or self.model
         k = self.k
-        k.deform(s_in.C, s_in.F, dt, sc.F_tr)
-        if self.use_svd:
-            k.svd(sc.F_tr, m.material, sc.U, sc.sig, sc.V)
-        if self.use_muscle:
-            sc.act.data.zero_()
-            k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
-        k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
-                 s_out.F, s_out.Jp, sc.tau)
+        if self._hand(m):  # no SVD, no muscle: deform and stress in one pass
+            k.deform_stress(s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt, sc.F_tr,
+                            s_out.F, s_out.Jp, sc.tau)
+        else:
+            k.deform(s_in.C, s_in.F, dt, sc.F_tr)
+            if self.use_svd:
+                k.svd(sc.F_tr, m.material, sc.U, sc.sig, sc.V)
+            if self.use_muscle:
+                sc.act.data.zero_()
+                k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
+            k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
+                     s_out.F, s_out.Jp, sc.tau)
         # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's. On flat views: no per-node
         # index arithmetic
         k.clear_flat(sc.grid_mv.detach().view(-1))
@@ -197,17 +201,21 @@ class Solver:
                        g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
         k.p2g_adjoint(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, g(sc.grid_mv), g(sc.grid_m),
                       g(s_in.x), g(s_in.v), g(s_in.C), g(sc.tau), g(m.vol), g(m.rho))
-        if self.hand_stress and m.material is self.model.material:
-            k.stress_adjoint(sc.F_tr, m.material, m.E, m.nu, g(s_out.F), g(s_out.Jp), g(sc.tau), g(sc.F_tr),
-                             g(s_in.Jp), g(m.E), g(m.nu))
-        else:
-            k.ad.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table,
-                             dt, s_out.F, s_out.Jp, sc.tau)
+        if self._hand(m):  # deform and stress reversed in one pass
+            k.stress_adjoint(s_in.C, s_in.F, dt, sc.F_tr, m.material, m.E, m.nu, g(s_out.F), g(s_out.Jp), g(sc.tau),
+                             g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E), g(m.nu))
+            return
+        k.ad.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table,
+                         dt, s_out.F, s_out.Jp, sc.tau)
         if self.use_muscle:
             k.muscle.grad(m.muscle, control.act, sc.act)
         if self.use_svd:
             k.svd_backward(sc.U, sc.sig, sc.V, sc.U.grad, sc.sig.grad, sc.V.grad, sc.F_tr.grad)
         k.ad.deform.grad(s_in.C, s_in.F, dt, sc.F_tr)
+
+    def _hand(self, m: Model) -> bool:
+        """Whether every particle of ``m`` has a hand-written stress adjoint (``materials.HAND_ADJOINT``)."""
+        return self.hand_stress and m.material is self.model.material
 
     def _grad(self, t: torch.Tensor) -> torch.Tensor:
         """``t.grad``, or for a tensor without one a pooled zero sink that the hand-written adjoints write into
