@@ -173,15 +173,14 @@ class Rollout:
                 for i in range(L):
                     solver.forward(states[i], states[i + 1], controls[i], self.dt, scratches[i], m)
             self._tail_ready = False
-            for s in states[:L + 1]:
-                s.zero_grad_()
             for gt, ct in zip(states[L].tensors(), carry.tensors()):
                 gt.grad.copy_(ct)
             for i in reversed(range(L)):
                 k_out = t0 + i + 1
                 if g_obs is not None and k_out in obs_index:
                     states[i + 1].x.grad += g_obs[obs_index[k_out]]
-                scratches[i].zero_grad_()
+                states[i].zero_grad_()  # here, not up front: the backward then finds these grads in cache
+                solver.zero_scratch_grad(scratches[i], m)
                 solver.backward(states[i], states[i + 1], controls[i], self.dt, scratches[i], m)
                 g_actions[t0 + i] = controls[i].act.grad  # copied out: the slot's buffer is re-used
             for gt, ct in zip(states[0].tensors(), carry.tensors()):

@@ -32,6 +32,7 @@ same (Python-side argument set-up was ~40% of a small scene's substep).
 """
 
 import functools
+import itertools
 from types import SimpleNamespace
 
 import taichi as ti
@@ -432,12 +433,15 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         """Derivatives of the quadratic B-spline weights w (``bspline``) with respect to fx."""
         return [fx - 1.5, -2.0 * (fx - 1.0), fx - 0.5]
 
+    OFFSETS = list(itertools.product(range(3), repeat=D))  # the 3^d stencil as tuples of Python ints
+
     @ti.kernel
     def p2g_adjoint(x: P_vec, v: P_vec, C: P_mat, tau: P_mat, vol: P_s, rho: P_s, dx: real, dt: real,
                     g_mv: G_vec, g_m: G_s, g_x: P_vec, g_v: P_vec, g_C: P_mat, g_tau: P_mat, g_vol: P_s,
                     g_rho: P_s):
         # The reverse of P2G as a gather over each particle's 3^d stencil: every write is the particle's own, so
-        # no atomics and no serialisation. Accumulates into the g_* particle grads.
+        # no atomics and no serialisation. Accumulates into the g_* particle grads. With dpos_o = (o − fx)·dx the
+        # per-node terms split into particle constants and products with the literal offset o, which fold.
         ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
             inv_dx = 1.0 / dx
@@ -446,33 +450,36 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             mass = vol[p] * rho[p]
             k = -dt * 4.0 * inv_dx * inv_dx
             A = k * vol[p] * tau[p] + mass * C[p]
-            mv = mass * v[p]
-            g_A = mat(0.0)
+            dxA = dx * A
+            c0 = mass * v[p] - dxA @ fx  # mass·v + A·dpos_o = c0 + dx·A·o
+            g_B = mat(0.0)  # Σ_o w_o·g_o ⊗ o
             g_mvp = vec(0.0)
             g_mass = ti.cast(0.0, real)
             g_fx = vec(0.0)
-            for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
-                dpos = (ti.cast(offs, real) - fx) * dx
+            for o in ti.static(OFFSETS):
+                ov = ti.Vector(o, dt=real)
                 weight = ti.cast(1.0, real)
                 for d in ti.static(range(D)):
-                    weight *= w[offs[d]][d]
-                gi = g_mv[base + offs]
-                gm = g_m[base + offs]
-                g_mvp += weight * gi
-                g_A += weight * gi.outer_product(dpos)
+                    weight *= w[o[d]][d]
+                gi = g_mv[base + ti.Vector(o)]
+                gm = g_m[base + ti.Vector(o)]
+                wg = weight * gi
+                g_mvp += wg
+                g_B += wg.outer_product(ov)
                 g_mass += weight * gm
-                g_w = gi.dot(mv + A @ dpos) + gm * mass
+                g_w = gi.dot(c0 + dxA @ ov) + gm * mass
                 for d in ti.static(range(D)):  # ∂weight/∂fx_d
-                    r = g_w * dw[offs[d]][d]
+                    r = g_w * dw[o[d]][d]
                     for e in ti.static(range(D)):
                         if ti.static(e != d):
-                            r *= w[offs[e]][e]
+                            r *= w[o[e]][e]
                     g_fx[d] += r
-            g_fx -= dx * (A.transpose() @ g_mvp)  # Σ_i w_i·Aᵀ·g_i, from ∂dpos_i/∂fx = −dx·I
+            g_A = dx * (g_B - g_mvp.outer_product(fx))  # Σ_o w_o·g_o ⊗ dpos_o
+            g_fx -= dxA.transpose() @ g_mvp  # Σ_o w_o·Aᵀ·g_o, from ∂dpos_o/∂fx = −dx·I
             g_mass += g_mvp.dot(v[p]) + (g_A * C[p]).sum()
             g_v[p] += mass * g_mvp
             g_C[p] += mass * g_A
-            g_tau[p] += k * vol[p] * g_A
+            g_tau[p] = k * vol[p] * g_A  # τ feeds only P2G: written, not accumulated (no zeroing needed)
             g_vol[p] += g_mass * rho[p] + k * (g_A * tau[p]).sum()
             g_rho[p] += g_mass * vol[p]
             g_x[p] += g_fx * inv_dx
@@ -488,25 +495,26 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             dw = bspline_grad(fx)
             g_nv = g_vo[p] + dt * g_xo[p]
             g_c = 4.0 * inv_dx * inv_dx * g_Co[p]
+            dxg_c = dx * g_c
+            c0 = g_nv - dxg_c @ fx  # ∂L/∂(w_o·gv_o) = g_nv + g_c·dpos_o = c0 + dx·g_c·o
             g_fx = vec(0.0)
             new_v = vec(0.0)
-            for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
-                dpos = (ti.cast(offs, real) - fx) * dx
+            for o in ti.static(OFFSETS):
                 weight = ti.cast(1.0, real)
                 for d in ti.static(range(D)):
-                    weight *= w[offs[d]][d]
-                gv = grid_v[base + offs]
-                g_out = g_nv + g_c @ dpos
-                g_gv[base + offs] += weight * g_out
+                    weight *= w[o[d]][d]
+                gv = grid_v[base + ti.Vector(o)]
+                g_out = c0 + dxg_c @ ti.Vector(o, dt=real)
+                g_gv[base + ti.Vector(o)] += weight * g_out
                 g_w = gv.dot(g_out)
                 new_v += weight * gv
                 for d in ti.static(range(D)):
-                    r = g_w * dw[offs[d]][d]
+                    r = g_w * dw[o[d]][d]
                     for e in ti.static(range(D)):
                         if ti.static(e != d):
-                            r *= w[offs[e]][e]
+                            r *= w[o[e]][e]
                     g_fx[d] += r
-            g_fx -= dx * (g_c.transpose() @ new_v)  # Σ_i w_i·g_cᵀ·gv_i, from ∂dpos_i/∂fx = −dx·I
+            g_fx -= dxg_c.transpose() @ new_v  # Σ_o w_o·g_cᵀ·gv_o, from ∂dpos_o/∂fx = −dx·I
             g_x[p] += g_xo[p] + g_fx * inv_dx
 
     # Collider stages of ``node_velocity`` in order: the floor, then per axis the lower (not for the floor's axis)
@@ -590,8 +598,11 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     @ti.func
     def node_adjoint(I, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
                      floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v: T_, g_mv: T_, g_m: T_):
-        """Node I of ``grid_adjoint``: accumulates into g_mv[I], g_m[I] from g_v[I]."""
+        """Node I of ``grid_adjoint``: writes g_mv[I], g_m[I] (the grid's momentum and mass feed only this update,
+        so they need no zeroing) from g_v[I]."""
         m = grid_m[I]
+        g_mvI = vec(0.0)
+        g_mI = ti.cast(0.0, real)
         if m > 0:
             xi = ti.cast(I, real) * dx
             if not (all(xi >= clamp_lo) and all(xi <= clamp_hi)):
@@ -618,8 +629,10 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                             if hit_s:
                                 vin = collide(vin, nrm_s, kind_s, mu_s)
                         g = collide_adjoint(vin, nrm, kind, mu, g)
-                g_mv[I] += g / m
-                g_m[I] += -g.dot(mv) / (m * m)
+                g_mvI = g / m
+                g_mI = -g.dot(mv) / (m * m)
+        g_mv[I] = g_mvI
+        g_m[I] = g_mI
 
     @ti.kernel
     def clear_flat(a: P_s):

@@ -213,6 +213,14 @@ class Solver:
             k.svd_backward(sc.U, sc.sig, sc.V, sc.U.grad, sc.sig.grad, sc.V.grad, sc.F_tr.grad)
         k.ad.deform.grad(s_in.C, s_in.F, dt, sc.F_tr)
 
+    def zero_scratch_grad(self, sc: Scratch, model: Model | None = None) -> Scratch:
+        """Zero the grads of ``sc`` that ``backward`` accumulates into (``Scratch.zero_grad_`` zeroes all of them):
+        with hand-written stress adjoints only the grid velocity's; the others it overwrites or never touches."""
+        if self._hand(model or self.model):
+            sc.grid_v.grad.zero_()
+            return sc
+        return sc.zero_grad_()
+
     def _hand(self, m: Model) -> bool:
         """Whether every particle of ``m`` has a hand-written stress adjoint (``materials.HAND_ADJOINT``)."""
         return self.hand_stress and m.material is self.model.material
