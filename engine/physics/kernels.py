@@ -435,54 +435,75 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
 
     OFFSETS = list(itertools.product(range(3), repeat=D))  # the 3^d stencil as tuples of Python ints
 
+    @ti.func
+    def p2g_grad(p, x: T_, v: T_, C: T_, tau: T_, vol: T_, rho: T_, dx, dt, g_mv: T_, g_m: T_, g_x: T_, g_v: T_,
+                 g_vol: T_, g_rho: T_):
+        """Particle p of the P2G adjoint: a gather over its 3^d stencil (every write is the particle's own, so no
+        atomics and no serialisation). Accumulates into g_x, g_v, g_vol, g_rho; returns the C and τ grads. With
+        dpos_o = (o − fx)·dx the per-node terms split into particle constants and products with the literal
+        offset o, which fold."""
+        inv_dx = 1.0 / dx
+        base, fx, w = bspline(x[p], inv_dx, g_m.shape)
+        dw = bspline_grad(fx)
+        mass = vol[p] * rho[p]
+        k = -dt * 4.0 * inv_dx * inv_dx
+        A = k * vol[p] * tau[p] + mass * C[p]
+        dxA = dx * A
+        c0 = mass * v[p] - dxA @ fx  # mass·v + A·dpos_o = c0 + dx·A·o
+        g_B = mat(0.0)  # Σ_o w_o·g_o ⊗ o
+        g_mvp = vec(0.0)
+        g_mass = ti.cast(0.0, real)
+        g_fx = vec(0.0)
+        for o in ti.static(OFFSETS):
+            ov = ti.Vector(o, dt=real)
+            weight = ti.cast(1.0, real)
+            for d in ti.static(range(D)):
+                weight *= w[o[d]][d]
+            gi = g_mv[base + ti.Vector(o)]
+            gm = g_m[base + ti.Vector(o)]
+            wg = weight * gi
+            g_mvp += wg
+            g_B += wg.outer_product(ov)
+            g_mass += weight * gm
+            g_w = gi.dot(c0 + dxA @ ov) + gm * mass
+            for d in ti.static(range(D)):  # ∂weight/∂fx_d
+                r = g_w * dw[o[d]][d]
+                for e in ti.static(range(D)):
+                    if ti.static(e != d):
+                        r *= w[o[e]][e]
+                g_fx[d] += r
+        g_A = dx * (g_B - g_mvp.outer_product(fx))  # Σ_o w_o·g_o ⊗ dpos_o
+        g_fx -= dxA.transpose() @ g_mvp  # Σ_o w_o·Aᵀ·g_o, from ∂dpos_o/∂fx = −dx·I
+        g_mass += g_mvp.dot(v[p]) + (g_A * C[p]).sum()
+        g_v[p] += mass * g_mvp
+        g_vol[p] += g_mass * rho[p] + k * (g_A * tau[p]).sum()
+        g_rho[p] += g_mass * vol[p]
+        g_x[p] += g_fx * inv_dx
+        return mass * g_A, k * vol[p] * g_A
+
     @ti.kernel
     def p2g_adjoint(x: P_vec, v: P_vec, C: P_mat, tau: P_mat, vol: P_s, rho: P_s, dx: real, dt: real,
                     g_mv: G_vec, g_m: G_s, g_x: P_vec, g_v: P_vec, g_C: P_mat, g_tau: P_mat, g_vol: P_s,
                     g_rho: P_s):
-        # The reverse of P2G as a gather over each particle's 3^d stencil: every write is the particle's own, so
-        # no atomics and no serialisation. Accumulates into the g_* particle grads. With dpos_o = (o − fx)·dx the
-        # per-node terms split into particle constants and products with the literal offset o, which fold.
+        # Reverse of P2G (``p2g_grad``); accumulates into the g_* particle grads, but writes g_tau (τ feeds only
+        # P2G, so its grad needs no zeroing)
         ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
-            inv_dx = 1.0 / dx
-            base, fx, w = bspline(x[p], inv_dx, g_m.shape)
-            dw = bspline_grad(fx)
-            mass = vol[p] * rho[p]
-            k = -dt * 4.0 * inv_dx * inv_dx
-            A = k * vol[p] * tau[p] + mass * C[p]
-            dxA = dx * A
-            c0 = mass * v[p] - dxA @ fx  # mass·v + A·dpos_o = c0 + dx·A·o
-            g_B = mat(0.0)  # Σ_o w_o·g_o ⊗ o
-            g_mvp = vec(0.0)
-            g_mass = ti.cast(0.0, real)
-            g_fx = vec(0.0)
-            for o in ti.static(OFFSETS):
-                ov = ti.Vector(o, dt=real)
-                weight = ti.cast(1.0, real)
-                for d in ti.static(range(D)):
-                    weight *= w[o[d]][d]
-                gi = g_mv[base + ti.Vector(o)]
-                gm = g_m[base + ti.Vector(o)]
-                wg = weight * gi
-                g_mvp += wg
-                g_B += wg.outer_product(ov)
-                g_mass += weight * gm
-                g_w = gi.dot(c0 + dxA @ ov) + gm * mass
-                for d in ti.static(range(D)):  # ∂weight/∂fx_d
-                    r = g_w * dw[o[d]][d]
-                    for e in ti.static(range(D)):
-                        if ti.static(e != d):
-                            r *= w[o[e]][e]
-                    g_fx[d] += r
-            g_A = dx * (g_B - g_mvp.outer_product(fx))  # Σ_o w_o·g_o ⊗ dpos_o
-            g_fx -= dxA.transpose() @ g_mvp  # Σ_o w_o·Aᵀ·g_o, from ∂dpos_o/∂fx = −dx·I
-            g_mass += g_mvp.dot(v[p]) + (g_A * C[p]).sum()
-            g_v[p] += mass * g_mvp
-            g_C[p] += mass * g_A
-            g_tau[p] = k * vol[p] * g_A  # τ feeds only P2G: written, not accumulated (no zeroing needed)
-            g_vol[p] += g_mass * rho[p] + k * (g_A * tau[p]).sum()
-            g_rho[p] += g_mass * vol[p]
-            g_x[p] += g_fx * inv_dx
+            gc, gt = p2g_grad(p, x, v, C, tau, vol, rho, dx, dt, g_mv, g_m, g_x, g_v, g_vol, g_rho)
+            g_C[p] += gc
+            g_tau[p] = gt
+
+    @ti.kernel
+    def p2g_stress_adjoint(x: P_vec, v: P_vec, C: P_mat, F: P_mat, tau: P_mat, material: A_i, E: P_s, nu: P_s,
+                           vol: P_s, rho: P_s, dx: real, dt: real, g_mv: G_vec, g_m: G_s, g_Fn: P_mat, g_Jpn: P_s,
+                           g_x: P_vec, g_v: P_vec, g_C: P_mat, g_F: P_mat, g_Jp: P_s, g_E: P_s, g_nu: P_s,
+                           g_vol: P_s, g_rho: P_s):
+        # Reverse of deform, stress and P2G in one pass per particle, for scenes whose materials all have
+        # hand-written stress adjoints (``materials.build_stress_adjoint``): τ's grad stays in registers
+        ti.loop_config(serialize=ser_all)
+        for p in range(x.shape[0]):
+            gc, gt = p2g_grad(p, x, v, C, tau, vol, rho, dx, dt, g_mv, g_m, g_x, g_v, g_vol, g_rho)
+            g_C[p] += gc + stress_grad(p, C, F, dt, material, E, nu, g_Fn, g_Jpn, gt, g_F, g_Jp, g_E, g_nu)
 
     @ti.kernel
     def g2p_adjoint(x: P_vec, grid_v: G_vec, dx: real, dt: real, g_xo: P_vec, g_vo: P_vec, g_Co: P_mat,
@@ -641,18 +662,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         for i in range(a.shape[0]):
             a[i] = 0.0
 
-    stress_adjoint = materials.build_stress_adjoint(dim, real, ser_all)
-
-    @ti.kernel
-    def deform_stress(C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, act: P_s, fibre: P_vec,
-                      table: W_s, dt: real, F_tr: P_mat, F_new: P_mat, Jp_new: P_s, tau: P_mat):
-        # deform and stress in one pass, for scenes without SVD materials (their reverse is ``stress_adjoint``)
-        ti.loop_config(serialize=ser_all)
-        for p in range(F.shape[0]):
-            Ft = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
-            F_tr[p] = Ft
-            update(p, Ft, ti.Matrix.identity(real, D), ti.Vector.one(real, D), ti.Matrix.identity(real, D), Jp,
-                   material, E, nu, act[p], fibre, table, dt, F_new, Jp_new, tau)
+    stress_adjoint, stress_grad = materials.build_stress_adjoint(dim, real, ser_all)
 
     svd_forward, svd_backward = svd.kernels(dim, real)
     # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
@@ -666,6 +676,6 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                                       stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
                                       p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
-                                      clear_flat=clear_flat, deform_stress=deform_stress,
+                                      clear_flat=clear_flat, p2g_stress_adjoint=p2g_stress_adjoint,
                                       stress_adjoint=stress_adjoint), serial)
 

@@ -241,9 +241,10 @@ def build_stress(dim: int, real):
 @functools.lru_cache(maxsize=None)
 def build_stress_adjoint(dim: int, real, serial: bool = False):
     """Hand-written reverse of the deformation update F = (I + dt·C)·F_in and ``stress`` for the ``HAND_ADJOINT``
-    materials (neo-Hookean and water); other ids are skipped. Accumulates into g_C, g_Fin (N, d, d), g_Jp, g_E,
-    g_nu (N,) from the output grads g_Fn (N, d, d), g_Jpn (N,), g_tau (N, d, d); F_tr (N, d, d) is the forward's
-    trial gradient F. With J = det F and ∂J/∂F = cof F = J·F⁻ᵀ:
+    materials (neo-Hookean and water); other ids are skipped. Returns ``(stress_adjoint, stress_grad)``: the
+    kernel accumulates into g_C, g_Fin (N, d, d), g_Jp, g_E, g_nu (N,) from the output grads g_Fn (N, d, d),
+    g_Jpn (N,), g_tau (N, d, d); ``stress_grad`` is its per-particle ``ti.func`` (the P2G adjoint inlines it).
+    With J = det F and ∂J/∂F = cof F = J·F⁻ᵀ:
         water    τ = E·J(J−1)·I, F_new = J^(1/d)·I:  ∂L/∂J = tr(ḡ_Fn)·J^(1/d−1)/d + tr(ḡ_τ)·E(2J−1)
         elastic  τ = μ(FFᵀ − I) + λ log J·I:           ∂L/∂F = ḡ_Fn + μ(ḡ_τ + ḡ_τᵀ)F + λ tr(ḡ_τ)·F⁻ᵀ
     (μ, λ from E, ν as in ``lame``). tests/physics/test_gradients.py checks both against central differences."""
@@ -252,37 +253,47 @@ def build_stress_adjoint(dim: int, real, serial: bool = False):
     A_mat = ti.types.ndarray(dtype=mat, ndim=1)
     A_s = ti.types.ndarray(dtype=real, ndim=1)
     A_i = ti.types.ndarray(dtype=ti.i32, ndim=1)
+    T_ = ti.template()
+
+    @ti.func
+    def stress_grad(p, C: T_, F_in: T_, dt, material: T_, E: T_, nu: T_, g_Fn: T_, g_Jpn: T_, G, g_Fin: T_, g_Jp: T_,
+                    g_E: T_, g_nu: T_):
+        """Particle p's adjoint from its τ grad G (a d×d matrix); returns its C grad (the caller adds it, so a
+        fused P2G adjoint writes g_C once). The trial gradient F = (I + dt·C)·F_in is recomputed, not stored."""
+        g_C = ti.Matrix.zero(real, D, D)
+        m = material[p]
+        if m == WATER or m == ELASTIC:
+            I = ti.Matrix.identity(real, D)
+            A = I + dt * C[p]
+            F = A @ F_in[p]
+            J = F.determinant()
+            F_invT = F.inverse().transpose()
+            trG = G.trace()
+            g_F = ti.Matrix.zero(real, D, D)
+            if m == WATER:
+                gJ = g_Fn[p].trace() * ti.pow(J, 1.0 / D - 1.0) / D + trG * E[p] * (2.0 * J - 1.0)
+                g_F = gJ * J * F_invT
+                g_E[p] += trG * J * (J - 1.0)
+            else:
+                e, n = E[p], nu[p]
+                mu = e / (2 * (1 + n))
+                q = (1 + n) * (1 - 2 * n)
+                la = e * n / q
+                g_F = g_Fn[p] + mu * (G + G.transpose()) @ F + la * trG * F_invT
+                g_mu = (G * (F @ F.transpose() - I)).sum()
+                g_la = trG * ti.log(J)
+                g_E[p] += g_mu / (2 * (1 + n)) + g_la * n / q
+                g_nu[p] += -g_mu * e / (2 * (1 + n) ** 2) + g_la * e * (1 + 2 * n * n) / (q * q)
+            g_Jp[p] += g_Jpn[p]
+            g_C = dt * g_F @ F_in[p].transpose()  # the deformation update, reversed here too
+            g_Fin[p] += A.transpose() @ g_F
+        return g_C
 
     @ti.kernel
-    def stress_adjoint(C: A_mat, F_in: A_mat, dt: real, F_tr: A_mat, material: A_i, E: A_s, nu: A_s, g_Fn: A_mat,
-                       g_Jpn: A_s, g_tau: A_mat, g_C: A_mat, g_Fin: A_mat, g_Jp: A_s, g_E: A_s, g_nu: A_s):
+    def stress_adjoint(C: A_mat, F_in: A_mat, dt: real, material: A_i, E: A_s, nu: A_s, g_Fn: A_mat, g_Jpn: A_s,
+                       g_tau: A_mat, g_C: A_mat, g_Fin: A_mat, g_Jp: A_s, g_E: A_s, g_nu: A_s):
         ti.loop_config(serialize=serial)
-        for p in range(F_tr.shape[0]):
-            m = material[p]
-            if m == WATER or m == ELASTIC:
-                F = F_tr[p]
-                g_F = ti.Matrix.zero(real, D, D)
-                J = F.determinant()
-                F_invT = F.inverse().transpose()
-                G = g_tau[p]
-                trG = G.trace()
-                if m == WATER:
-                    gJ = g_Fn[p].trace() * ti.pow(J, 1.0 / D - 1.0) / D + trG * E[p] * (2.0 * J - 1.0)
-                    g_F = gJ * J * F_invT
-                    g_E[p] += trG * J * (J - 1.0)
-                else:
-                    e, n = E[p], nu[p]
-                    mu = e / (2 * (1 + n))
-                    q = (1 + n) * (1 - 2 * n)
-                    la = e * n / q
-                    g_F = g_Fn[p] + mu * (G + G.transpose()) @ F + la * trG * F_invT
-                    g_mu = (G * (F @ F.transpose() - ti.Matrix.identity(real, D))).sum()
-                    g_la = trG * ti.log(J)
-                    g_E[p] += g_mu / (2 * (1 + n)) + g_la * n / q
-                    g_nu[p] += -g_mu * e / (2 * (1 + n) ** 2) + g_la * e * (1 + 2 * n * n) / (q * q)
-                g_Jp[p] += g_Jpn[p]
-                # the deformation update F_tr = (I + dt·C)·F_in, reversed here too
-                g_C[p] += dt * g_F @ F_in[p].transpose()
-                g_Fin[p] += (ti.Matrix.identity(real, D) + dt * C[p]).transpose() @ g_F
+        for p in range(F_in.shape[0]):
+            g_C[p] += stress_grad(p, C, F_in, dt, material, E, nu, g_Fn, g_Jpn, g_tau[p], g_Fin, g_Jp, g_E, g_nu)
 
-    return stress_adjoint
+    return stress_adjoint, stress_grad

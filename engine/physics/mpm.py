@@ -165,9 +165,15 @@ class Solver:
         rollout calls this directly to recompute segments)."""
         m = model or self.model
         k = self.k
-        if self._hand(m):  # no SVD, no muscle: deform and stress in one pass
-            k.deform_stress(s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt, sc.F_tr,
-                            s_out.F, s_out.Jp, sc.tau)
+        # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's. On flat views: no per-node
+        # index arithmetic
+        k.clear_flat(sc.grid_mv.detach().view(-1))
+        k.clear_flat(sc.grid_m.detach().view(-1))
+        if self._hand(m):
+            # no SVD, no muscle: deform, stress and P2G in one pass (the forward-only kernel, keeping τ); the
+            # backward recomputes the trial F, so sc.F_tr is not written
+            k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
+                        self._no_act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m)
         else:
             k.deform(s_in.C, s_in.F, dt, sc.F_tr)
             if self.use_svd:
@@ -177,11 +183,7 @@ class Solver:
                 k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
             k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
                      s_out.F, s_out.Jp, sc.tau)
-        # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's. On flat views: no per-node
-        # index arithmetic
-        k.clear_flat(sc.grid_mv.detach().view(-1))
-        k.clear_flat(sc.grid_m.detach().view(-1))
-        k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
+            k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
         k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
         k.g2p(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
@@ -199,12 +201,13 @@ class Solver:
         k.grid_adjoint(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                        m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp,
                        g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
+        if self._hand(m):  # P2G, stress and deform reversed in one pass
+            k.p2g_stress_adjoint(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho, m.dx,
+                                 dt, g(sc.grid_mv), g(sc.grid_m), g(s_out.F), g(s_out.Jp), g(s_in.x), g(s_in.v),
+                                 g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E), g(m.nu), g(m.vol), g(m.rho))
+            return
         k.p2g_adjoint(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, g(sc.grid_mv), g(sc.grid_m),
                       g(s_in.x), g(s_in.v), g(s_in.C), g(sc.tau), g(m.vol), g(m.rho))
-        if self._hand(m):  # deform and stress reversed in one pass
-            k.stress_adjoint(s_in.C, s_in.F, dt, sc.F_tr, m.material, m.E, m.nu, g(s_out.F), g(s_out.Jp), g(sc.tau),
-                             g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E), g(m.nu))
-            return
         k.ad.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table,
                          dt, s_out.F, s_out.Jp, sc.tau)
         if self.use_muscle:
