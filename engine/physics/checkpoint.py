@@ -98,11 +98,11 @@ class Rollout:
                 i = t - t_tail
                 if i == 0:
                     states[0].copy_(a)
-                solver.step(states[i], states[i + 1], self._control(t), self.dt, scratch=scratches[i],
-                            model=self.model)
+                solver.step(states[i], states[i + 1], self._control(t) if solver.use_muscle else None, self.dt,
+                            scratch=scratches[i], model=self.model)
                 a = states[i + 1]
             else:
-                solver.step(a, b, self._control(t), self.dt, model=self.model)
+                solver.step(a, b, self._control(t) if solver.use_muscle else None, self.dt, model=self.model)
                 a, b = b, a
         self._tail_ready = T > 0
         solver.check(a, self.dt, self.model)
@@ -167,7 +167,9 @@ class Rollout:
         for j in reversed(range(n_seg)):
             t0, t1 = j * K, min((j + 1) * K, T)
             L = t1 - t0
-            controls = [self._control(t, grad=True, slot=t - t0) for t in range(t0, t1)]
+            # without muscle particles the activations reach nothing (their grads stay zero): no control buffers
+            controls = [self._control(t, grad=True, slot=t - t0) if solver.use_muscle else None
+                        for t in range(t0, t1)]
             if not (j == n_seg - 1 and self._tail_ready):  # run() left the last segment in the buffers
                 states[0].copy_(self.checkpoints[j])
                 for i in range(L):
@@ -182,7 +184,8 @@ class Rollout:
                 states[i].zero_grad_()  # here, not up front: the backward then finds these grads in cache
                 solver.zero_scratch_grad(scratches[i], m)
                 solver.backward(states[i], states[i + 1], controls[i], self.dt, scratches[i], m)
-                g_actions[t0 + i] = controls[i].act.grad  # copied out: the slot's buffer is re-used
+                if controls[i] is not None:
+                    g_actions[t0 + i] = controls[i].act.grad  # copied out: the slot's buffer is re-used
             for gt, ct in zip(states[0].tensors(), carry.tensors()):
                 ct.copy_(gt.grad)
         if g_obs is not None and 0 in obs_index:

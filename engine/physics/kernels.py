@@ -53,6 +53,12 @@ def serial_scatter() -> bool:
     return backend.ensure().resolved_arch in ("x64", "arm64")
 
 
+try:
+    from torch import Tensor as _Tensor
+except ImportError:  # pragma: no cover - torch is a dependency of the bridge
+    _Tensor = ()
+
+
 class _Launch:
     """Calls a Taichi kernel whose arguments are torch tensors (``ti.types.ndarray``) and scalars, re-using the
     launch context Taichi builds while the tensors passed stay the same.
@@ -78,16 +84,21 @@ class _Launch:
             self.grad = _Launch(adjoint, fast)
 
     def _key(self, args):
-        import torch
-
+        # called on every launch (~25 tensors for the biggest kernels): a flat tuple, and the cheap attributes
+        # (``is_cpu``, not ``device.type``, which builds a device object)
         key = []
+        add = key.extend
         for a in args:
-            if isinstance(a, torch.Tensor):
+            if isinstance(a, _Tensor):
                 g = a.grad
-                if (a.requires_grad and g is None) or a.device.type != "cpu" or not a.is_contiguous() or \
-                        (g is not None and not g.is_contiguous()):
-                    return None
-                key.append((a.data_ptr(), 0 if g is None else g.data_ptr(), a.shape, a.dtype, a.requires_grad))
+                if g is None:
+                    if a.requires_grad or not a.is_cpu or not a.is_contiguous():
+                        return None
+                    add((a.data_ptr(), 0, a.shape, a.dtype))
+                else:
+                    if not a.is_cpu or not a.is_contiguous() or not g.is_contiguous():
+                        return None
+                    add((a.data_ptr(), g.data_ptr(), a.shape, a.dtype))
             else:
                 key.append(type(a))
         return tuple(key)
@@ -620,7 +631,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     def node_adjoint(I, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
                      floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v: T_, g_mv: T_, g_m: T_):
         """Node I of ``grid_adjoint``: writes g_mv[I], g_m[I] (the grid's momentum and mass feed only this update,
-        so they need no zeroing) from g_v[I]."""
+        so they need no zeroing) from g_v[I], and zeroes g_v[I]."""
         m = grid_m[I]
         g_mvI = vec(0.0)
         g_mI = ti.cast(0.0, real)
@@ -654,6 +665,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                 g_mI = -g.dot(mv) / (m * m)
         g_mv[I] = g_mvI
         g_m[I] = g_mI
+        g_v[I] = vec(0.0)  # consumed: the scratch's grid-velocity grad is left zeroed for its next use
 
     @ti.kernel
     def clear_flat(a: P_s):

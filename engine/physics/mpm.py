@@ -196,11 +196,13 @@ class Solver:
         intermediates, with zeroed grads. Every float tensor involved must have ``.grad`` allocated."""
         m = model or self.model
         k, g = self.k, self._grad
+        sc._grid_v_grad_clean = False  # until grid_adjoint has consumed (and zeroed) it
         # hand-written adjoints of G2P, the grid update and P2G (kernels.py), and of the stress where it has one
         k.g2p_adjoint(s_in.x, sc.grid_v, m.dx, dt, g(s_out.x), g(s_out.v), g(s_out.C), g(s_in.x), g(sc.grid_v))
         k.grid_adjoint(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                        m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp,
                        g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
+        sc._grid_v_grad_clean = sc.grid_v.grad is not None
         if self._hand(m):  # P2G, stress and deform reversed in one pass
             k.p2g_stress_adjoint(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho, m.dx,
                                  dt, g(sc.grid_mv), g(sc.grid_m), g(s_out.F), g(s_out.Jp), g(s_in.x), g(s_in.v),
@@ -220,7 +222,8 @@ class Solver:
         """Zero the grads of ``sc`` that ``backward`` accumulates into (``Scratch.zero_grad_`` zeroes all of them):
         with hand-written stress adjoints only the grid velocity's; the others it overwrites or never touches."""
         if self._hand(model or self.model):
-            sc.grid_v.grad.zero_()
+            if not getattr(sc, "_grid_v_grad_clean", False):  # a completed backward leaves it zeroed
+                sc.grid_v.grad.zero_()
             return sc
         return sc.zero_grad_()
 
