@@ -9,11 +9,15 @@ keeping each one's best, because the box is shared. Prints particle·steps/s for
 forward+backward cost against its forward cost (2D, segmented checkpoints), and the memory formula's figures for a
 4000-substep, 20k-particle 3D checkpointed backward pass.
 
+``--profile`` instead times every kernel launch (forward and adjoint) of the 2D fluid's full-tape forward + backward
+pass and prints µs per substep for each, largest first.
+
 ``--memory`` instead measures the peak resident memory of a real 3D f64 checkpointed rollout (20k particles, 64³
 grid, a reduced substep count) above the process's baseline, compares it with the formula and extrapolates to
 4000 substeps.
 
-Usage: python scripts/bench_mpm.py [--steps 20] [--rounds 3] [--precision f32] [--skip-grad] [--memory [--substeps 240]]
+Usage: python scripts/bench_mpm.py [--steps 20] [--rounds 3] [--precision f32] [--skip-grad] [--profile]
+       [--memory [--substeps 240]]
 """
 import argparse
 import os
@@ -173,6 +177,44 @@ def bench_grad(n_grid, dt, steps, segments, rounds):
     return best[0], best[1], best[2:]
 
 
+def profile_grad(n_grid, dt, steps, rounds):
+    """µs per substep of each kernel in a full-tape forward + backward pass of the 2D fluid (best of ``rounds``)."""
+    import torch
+
+    from engine.physics.checkpoint import Rollout
+
+    n = n_grid ** 2 // 2
+    pts = np.random.default_rng(0).random((n, 2)) * 0.4 + 0.15
+    m, solver = tide_fluid(2, n_grid, pts)
+    ro = Rollout(solver, steps, dt, segment=steps)
+    ro.run(m.x0, m.v0)  # compile
+    ro.grad(torch.ones_like(m.x0))
+    spent: dict = {}
+
+    def timed(launch, name):
+        def call(*args):
+            t = time.perf_counter()
+            launch(*args)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+        return call
+
+    ks = vars(solver.k)
+    for name, launch in list(ks.items()):
+        if callable(launch) and hasattr(launch, "kernel"):
+            ks[name] = timed(launch, name)
+    best: dict = {}
+    for _ in range(rounds):
+        spent.clear()
+        t = time.perf_counter()
+        ro.run(m.x0, m.v0)
+        ro.grad(torch.ones_like(m.x0))
+        total = time.perf_counter() - t
+        for k, v in spent.items():
+            best[k] = min(best.get(k, float("inf")), v)
+        best["(total, incl. Python)"] = min(best.get("(total, incl. Python)", float("inf")), total)
+    return {k: v / steps * 1e6 for k, v in best.items()}
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -228,6 +270,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (best of each is kept)")
     ap.add_argument("--precision", default="f32", choices=["f32", "f64"])
     ap.add_argument("--skip-grad", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="per-kernel µs/substep of the 2D full-tape fwd+bwd")
     ap.add_argument("--memory", action="store_true", help="measure a real 3D f64 checkpointed rollout's memory")
     ap.add_argument("--substeps", type=int, default=240, help="substeps of the --memory rollout")
     args = ap.parse_args()
@@ -243,6 +286,12 @@ def main():
 
     print(f"arch={s.resolved_arch} precision={s.precision} fast_compile={s.fast_compile} "
           f"taichi_threads={ti.lang.impl.current_cfg().cpu_max_num_threads} torch_threads={torch.get_num_threads()}")
+    if args.profile:
+        us = profile_grad(128, 1e-4, 100, 2 * args.rounds)
+        print("2D 128^2 fluid, full tape, forward + backward: µs per substep")
+        for k, v in sorted(us.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:<24}{v:>9.1f}")
+        return
     if args.memory:
         n, res, K, measured, est, seconds = bench_memory(args.substeps)
         gib = 2.0 ** 30

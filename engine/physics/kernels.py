@@ -21,11 +21,20 @@ three launches, with no torch calls in between:
     g2p_check    the gather, with the blow-up check folded in (a flag the solver reads every few substeps)
 It computes the same numbers as the staged kernels (tests/physics/test_fast_path.py).
 
+Reverse mode (``Solver.backward``) runs hand-written adjoints of G2P (``g2p_adjoint``, a scatter into the grid
+velocity's grad), the grid update with its colliders (``grid_adjoint``, per node, no atomics) and P2G
+(``p2g_adjoint``, a gather over each particle's 3^d stencil, no atomics). Scenes whose materials all have
+hand-written stress adjoints (neo-Hookean, water: ``materials.HAND_ADJOINT``) also run deform + stress + P2G forward
+in the fused kernel and reverse them in one pass (``p2g_stress_adjoint``); the others keep Taichi's generated
+adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's. Taichi's generated reverse kernels
+carry every material's branch and cost 1.5-2x these (tests/physics/test_gradients.py checks all against central
+differences).
+
 On CPUs the scatter loops (P2G, and G2P's gradient) run serialised: Taichi then turns their float atomics into
 plain adds, which is about 5x faster on this box than two threads contending through compare-and-swap loops.
-Reverse mode on CPUs also runs serialised twins of deform, stress, the grid update and G2P (``ad``), whose adjoints would otherwise
-accumulate through atomics. GPUs keep the parallel atomic versions. Small scenes on CPUs (``serial_all``) run every
-loop serialised, so the forward kernels are their own reverse-mode twins.
+Reverse mode on CPUs also runs serialised twins of deform and stress (``ad``), whose generated adjoints would
+otherwise accumulate through atomics. GPUs keep the parallel atomic versions. Small scenes on CPUs (``serial_all``)
+run every loop serialised, so the forward kernels are their own reverse-mode twins.
 
 Every kernel is called through ``_Launch``, which re-uses Taichi's launch context while the tensors passed stay the
 same (Python-side argument set-up was ~40% of a small scene's substep).

@@ -130,8 +130,7 @@ class Solver:
         if scratch is None:
             self.forward_fast(state_in, state_out, control, dt, model)
         else:
-            self.forward(state_in, state_out, control, dt, scratch, model)
-            self.k.check(state_out.x, state_out.v, state_out.F, self._lo, self._hi, self.substep, self._flag)
+            self._forward(state_in, state_out, control, dt, scratch, model, check=True)
         self.substep += 1
         if self.substep % self.check_every == 0:
             self.check(state_out, dt, model)
@@ -163,6 +162,11 @@ class Solver:
                 model: Model | None = None) -> None:
         """One differentiable substep without guards, keeping its intermediates in ``sc`` (the checkpointed
         rollout calls this directly to recompute segments)."""
+        self._forward(s_in, s_out, control, dt, sc, model)
+
+    def _forward(self, s_in: State, s_out: State, control: Control | None, dt: float, sc: Scratch,
+                 model: Model | None = None, check: bool = False) -> None:
+        """``forward``; with ``check`` the G2P launch also writes the blow-up flag (as substep ``self.substep``)."""
         m = model or self.model
         k = self.k
         # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's. On flat views: no per-node
@@ -186,7 +190,11 @@ class Solver:
             k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
         k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
-        k.g2p(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
+        if check:
+            k.g2p_check(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C, s_out.F, self._lo, self._hi,
+                        self.substep, self._flag)
+        else:
+            k.g2p(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C)
 
     # ----------------------------------------------------------------------------------------------- backward
     def backward(self, s_in: State, s_out: State, control: Control | None, dt: float, sc: Scratch,
