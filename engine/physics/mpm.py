@@ -27,7 +27,11 @@ _NO_ERROR = 2**31 - 1
 @dataclass
 class Scratch:
     """Intermediates of one substep. Particle: F_tr, U, V, tau (N, d, d); sig (N, d); act (N,).
-    Grid: grid_mv, grid_v (*res, d); grid_m (*res)."""
+    Grid: grid_mv, grid_v (*res, d); grid_m (*res).
+
+    Only what the backward pass reads is written: U, sig, V only with SVD materials, act only with muscles, and
+    F_tr only when some material lacks a hand-written stress adjoint (``materials.HAND_ADJOINT``; that adjoint
+    recomputes it). ``Solver.backward`` leaves grid_v's grad zeroed (see ``Solver.zero_scratch_grad``)."""
 
     F_tr: torch.Tensor
     U: torch.Tensor
