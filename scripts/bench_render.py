@@ -182,8 +182,6 @@ def bench_splat(repeats, n=100_000):
         xy, con, z, rad = project_gaussians(cam, m, s, q)
         ids, start, end = _bin(xy.detach(), rad, z.detach(), 256, 256)
         ids, start, end = ids.long(), start.reshape(-1).long(), end.reshape(-1).long()
-        out = torch.zeros(256 // 16, 256 // 16, 16, 16, 3, dtype=dt)
-        alp = torch.zeros(256 // 16, 256 // 16, 16, 16, dtype=dt)
         L = int((end - start).max())
         ar = torch.arange(L)
         loc = torch.stack(torch.meshgrid(torch.arange(16, dtype=dt) + 0.5, torch.arange(16, dtype=dt) + 0.5,

@@ -6,7 +6,7 @@ Units are SI: metres, seconds, kilograms, pascals; the domain spans [0, res·dx]
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ import torch
 from .. import backend
 from . import materials
 
-__all__ = ["Boundary", "Model", "State", "Control", "ModelBuilder", "STICKY", "SLIP", "SEPARATE", "BOUNDARY_KINDS",
+__all__ = ["TensorBundle", "Boundary", "Model", "State", "Control", "ModelBuilder", "STICKY", "SLIP", "SEPARATE", "BOUNDARY_KINDS",
            "MATERIAL_DEFAULTS"]
 
 STICKY, SLIP, SEPARATE = 0, 1, 2
@@ -114,8 +114,31 @@ class Model:
         return replace(self, **tensors)
 
 
+class TensorBundle:
+    """Shared helpers for dataclasses whose fields are tensors (``State``, the solver's ``Scratch``)."""
+
+    def tensors(self) -> list:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def requires_grad_(self):
+        """Allocate zeroed ``.grad`` buffers (Taichi's backward kernels accumulate into them)."""
+        for t in self.tensors():
+            t.requires_grad_(True)
+            t.grad = torch.zeros_like(t)
+        return self
+
+    def zero_grad_(self):
+        for t in self.tensors():
+            if t.grad is not None:
+                t.grad.zero_()
+        return self
+
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in self.tensors())
+
+
 @dataclass
-class State:
+class State(TensorBundle):
     """What changes: x, v (N, d); C (N, d, d) APIC affine velocity [1/s]; F (N, d, d) deformation gradient;
     Jp (N,) plastic volume ratio (snow hardening)."""
 
@@ -135,9 +158,6 @@ class State:
                    torch.zeros(n, d, d, dtype=x.dtype, device=x.device), eye,
                    torch.ones(n, dtype=x.dtype, device=x.device))
 
-    def tensors(self):
-        return [getattr(self, k) for k in self.NAMES]
-
     def empty_like(self) -> State:
         return State(*[torch.empty_like(t) for t in self.tensors()])
 
@@ -149,21 +169,6 @@ class State:
             a.data.copy_(b.data)
         return self
 
-    def requires_grad_(self) -> State:
-        """Allocate zeroed ``.grad`` buffers (Taichi's backward kernels accumulate into them)."""
-        for t in self.tensors():
-            t.requires_grad_(True)
-            t.grad = torch.zeros_like(t)
-        return self
-
-    def zero_grad_(self) -> State:
-        for t in self.tensors():
-            if t.grad is not None:
-                t.grad.zero_()
-        return self
-
-    def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t in self.tensors())
 
 
 @dataclass

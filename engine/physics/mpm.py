@@ -10,14 +10,14 @@ compute the same substep (``kernels.py``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 
 from .. import backend
 from . import guards, kernels, materials
-from .model import Control, Model, State
+from .model import Control, Model, State, TensorBundle
 
 __all__ = ["Solver", "Scratch"]
 
@@ -25,7 +25,7 @@ _NO_ERROR = 2**31 - 1
 
 
 @dataclass
-class Scratch:
+class Scratch(TensorBundle):
     """Intermediates of one substep. Particle: F_tr, U, V, tau (N, d, d); sig (N, d); act (N,).
     Grid: grid_mv, grid_v (*res, d); grid_m (*res).
 
@@ -43,23 +43,6 @@ class Scratch:
     grid_m: torch.Tensor
     grid_v: torch.Tensor
 
-    def tensors(self):
-        return [getattr(self, f.name) for f in fields(self)]
-
-    def requires_grad_(self) -> Scratch:
-        for t in self.tensors():
-            t.requires_grad_(True)
-            t.grad = torch.zeros_like(t)
-        return self
-
-    def zero_grad_(self) -> Scratch:
-        for t in self.tensors():
-            if t.grad is not None:
-                t.grad.zero_()
-        return self
-
-    def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t in self.tensors())
 
 
 class Solver:

@@ -1,5 +1,4 @@
 """Analytic SDFs and dense grids: values against closed forms, gradients against finite differences (gradcheck)."""
-import math
 
 import numpy as np
 import pytest

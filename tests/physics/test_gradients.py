@@ -2,7 +2,6 @@
 the plain one, the hand-written SVD adjoint, and the torch path through engine.bridge."""
 import numpy as np
 import pytest
-import taichi as ti
 import torch
 
 from engine import backend

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.render import Camera, render_gaussians
-from engine.render.splat import eval_sh1, project_gaussians
+from engine.render.splat import project_gaussians
 
 from .helpers import fd_check, save_png
 

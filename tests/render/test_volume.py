@@ -1,5 +1,4 @@
 """Volume renderer: analytic reference, FD gradients, hybrid mesh mode, and fitting a grid to multi-view images."""
-import math
 
 import pytest
 import torch

@@ -96,7 +96,6 @@ def test_observation_layout():
 def _rigid_traj(shift=(0.0, 0.0), angle=0.0, steps=4, dt=0.1):
     x0 = _coords(2, 30, seed=3) * 0.1 + 0.5
     c = x0.mean(0)
-    R = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=DT)
     xs, vs = [], []
     for k in range(steps + 1):
         f = k / steps
