@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine import backend
-from engine.physics import Boundary, ModelBuilder, Solver, viz
+from engine.physics import Boundary, ModelBuilder, viz
 
 
 @dataclass
@@ -34,10 +34,7 @@ class Config:
     """Video height [px]."""
 
 
-class Scene:
-    def __init__(self, config: Config):
-        self.cfg = config
-
+class Scene(viz.MPMScene):
     def build(self):
         backend.ensure()
         c = self.cfg
@@ -53,22 +50,16 @@ class Scene:
         # clamp: hold every node up to the clamp face (nodes at the face included)
         clamp = ((0.0, 0.0), (x_face + 1e-9, ny * dx))
         self.model = b.finalize(boundary=Boundary(floor="sticky", walls="slip", clamp=clamp))
-        self.solver = Solver(self.model)
-        self.state = self.model.state()
-        self.substeps = max(1, round((1 / 60) / c.dt))
+        self.start(self.model)
         x = self.model.x0.cpu().numpy()
         self.tip = x[:, 0] > x_face + c.length - dx / 2
         self.y_tip0 = float(x[self.tip, 1].mean())
         self.history = [0.0]
 
     def step(self, frame: int):
-        dt = (1 / 60) / self.substeps
-        for _ in range(self.substeps):
-            self.solver.advance(self.state, 1, dt)
+        for _ in range(self.substeps):  # one at a time: the tip history samples every substep
+            self.solver.advance(self.state, 1, self.substep_dt)
             self.history.append(self.y_tip0 - float(self.state.x[self.tip, 1].mean()))
-
-    def render(self):
-        return viz.render_state(self.model, self.state, self.cfg.image_width, self.cfg.image_height)
 
     def euler_bernoulli(self) -> float:
         """δ = q·L⁴ / (8·E'·I) with q = ρ·g·h, I = h³/12 per unit width, E' = E / (1 − ν²)."""

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine import backend
-from engine.physics import Boundary, ModelBuilder, Solver, viz
+from engine.physics import Boundary, ModelBuilder, viz
 
 
 @dataclass
@@ -23,16 +23,13 @@ class Config:
     """Frames of 1/60 s."""
     dt: float = 1e-4
     """Substep [s]."""
-    width: int = 640
+    image_width: int = 640
     """Video width [px]."""
-    height: int = 320
+    image_height: int = 320
     """Video height [px]."""
 
 
-class Scene:
-    def __init__(self, config: Config):
-        self.cfg = config
-
+class Scene(viz.MPMScene):
     def build(self):
         backend.ensure()
         c = self.cfg
@@ -43,19 +40,14 @@ class Scene:
         hi = [lo[0] + c.column_width, lo[1] + c.column_height] + [(r - 3) * dx for r in res[2:]]
         b.add_box(lo, hi, material="water", E=c.bulk_modulus, rho=1000.0, color=(0.25, 0.5, 0.95))
         self.model = b.finalize(boundary=Boundary(floor="slip", walls="slip"))
-        self.solver = Solver(self.model)
-        self.state = self.model.state()
-        self.substeps = max(1, round((1 / 60) / c.dt))
+        self.start(self.model)
         self.x_wall = lo[0]
         self.fronts = [(0.0, c.column_width)]
 
     def step(self, frame: int):
-        self.solver.advance(self.state, self.substeps, (1 / 60) / self.substeps)
+        super().step(frame)
         front = float(np.percentile(self.state.x[:, 0].cpu().numpy(), 99.5)) - self.x_wall
-        self.fronts.append(((frame + 1) / 60, front))
-
-    def render(self):
-        return viz.render_state(self.model, self.state, self.cfg.width, self.cfg.height)
+        self.fronts.append(((frame + 1) * viz.FRAME_TIME, front))
 
     def metrics(self):
         t, L = np.asarray(self.fronts).T

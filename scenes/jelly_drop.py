@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 from engine import backend
-from engine.physics import Boundary, ModelBuilder, Solver, viz
+from engine.physics import Boundary, ModelBuilder, viz
 
 
 @dataclass
@@ -23,16 +23,13 @@ class Config:
     """Frames to simulate (1/60 s each)."""
     dt: float = 2e-4
     """Substep [s]; 1/60 s per frame is split into as many substeps as fit."""
-    width: int = 512
+    image_width: int = 512
     """Video width [px]."""
-    height: int = 512
+    image_height: int = 512
     """Video height [px]."""
 
 
-class Scene:
-    def __init__(self, config: Config):
-        self.cfg = config
-
+class Scene(viz.MPMScene):
     def build(self):
         backend.ensure()
         c = self.cfg
@@ -42,16 +39,8 @@ class Scene:
         hi = [0.65, lo[1] + 0.2] + [0.65] * (c.dim - 2)
         b.add_box(lo, hi, material=c.material, E=c.E, nu=c.nu, color=(0.95, 0.35, 0.45))
         self.model = b.finalize(boundary=Boundary(floor="sticky"))
-        self.solver = Solver(self.model)
-        self.state = self.model.state()
-        self.substeps = max(1, round((1 / 60) / c.dt))
+        self.start(self.model)
         self.top0 = float(self.state.x[:, 1].max())
-
-    def step(self, frame: int):
-        self.solver.advance(self.state, self.substeps, (1 / 60) / self.substeps)
-
-    def render(self):
-        return viz.render_state(self.model, self.state, self.cfg.width, self.cfg.height)
 
     def metrics(self):
         x = self.state.x.detach()

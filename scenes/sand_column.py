@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine import backend
-from engine.physics import Boundary, ModelBuilder, Solver, materials, viz
+from engine.physics import Boundary, ModelBuilder, materials, viz
 
 
 @dataclass
@@ -29,10 +29,7 @@ class Config:
     """Video height [px]."""
 
 
-class Scene:
-    def __init__(self, config: Config):
-        self.cfg = config
-
+class Scene(viz.MPMScene):
     def build(self):
         backend.ensure()
         c = self.cfg
@@ -47,16 +44,8 @@ class Scene:
                   color=(0.85, 0.7, 0.4))
         self.model = b.finalize(boundary=Boundary(floor="sticky", walls="slip"),
                                 table=materials.MaterialTable(sand_friction_deg=c.friction_deg))
-        self.solver = Solver(self.model)
-        self.state = self.model.state()
-        self.substeps = max(1, round((1 / 60) / c.dt))
+        self.start(self.model)
         self.x_wall, self.floor, self.H0 = x0, x0, H0
-
-    def step(self, frame: int):
-        self.solver.advance(self.state, self.substeps, (1 / 60) / self.substeps)
-
-    def render(self):
-        return viz.render_state(self.model, self.state, self.cfg.image_width, self.cfg.image_height)
 
     def metrics(self):
         x = self.state.x.detach().cpu().numpy()

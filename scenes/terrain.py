@@ -3,7 +3,7 @@ on Perlin-noise terrain and with a mixed bed (--set pool=water: a pool set into 
 from dataclasses import dataclass
 
 from engine import backend
-from engine.physics import ModelBuilder, Solver, environments, materials, terrain, viz
+from engine.physics import ModelBuilder, environments, materials, terrain, viz
 from engine.physics.robot import add_walker
 
 
@@ -31,16 +31,13 @@ class Config:
     """Frames of 1/60 s."""
     dt: float = 1e-4
     """Substep [s]."""
-    width: int = 512
+    image_width: int = 512
     """Video width [px]."""
-    height: int = 512
+    image_height: int = 512
     """Video height [px]."""
 
 
-class Scene:
-    def __init__(self, config: Config):
-        self.cfg = config
-
+class Scene(viz.MPMScene):
     def build(self):
         backend.ensure()
         c = self.cfg
@@ -58,16 +55,8 @@ class Scene:
         origin = [0.4, top] + [0.4] * (c.dim - 2)
         self.robot = add_walker(b, origin, length=0.2, height=0.1, E=c.robot_E)
         self.model = b.finalize(boundary=env.boundary(), heights=heights, normals=normals, table=env.table)
-        self.solver = Solver(self.model)
-        self.state = self.model.state()
-        self.substeps = max(1, round((1 / 60) / c.dt))
+        self.start(self.model)
         self.is_robot = (self.model.material == materials.MUSCLE).cpu().numpy()
-
-    def step(self, frame: int):
-        self.solver.advance(self.state, self.substeps, (1 / 60) / self.substeps)
-
-    def render(self):
-        return viz.render_state(self.model, self.state, self.cfg.width, self.cfg.height)
 
     def metrics(self):
         x = self.state.x.detach().cpu().numpy()[self.is_robot]

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["render_state", "point_cloud", "camera_for", "surface_mesh"]
+__all__ = ["render_state", "point_cloud", "camera_for", "surface_mesh", "MPMScene", "FRAME_TIME"]
+
+FRAME_TIME = 1 / 60
+"""Simulated seconds per video frame in the MPM scenes."""
 
 
 def camera_for(model) -> dict:
@@ -59,3 +62,27 @@ def surface_mesh(model, state, mask=None, slab: float | None = None, smooth_iter
         z = (np.arange(layers) - (layers - 1) / 2) * h
         x = np.concatenate([np.column_stack([x, np.full(len(x), zi)]) for zi in z])
     return particles_to_mesh(x, voxel_size=h, radius=2.0 * h, smooth_iterations=smooth_iterations)
+
+
+class MPMScene:
+    """Base of the MPM scenes: a frame advances ``FRAME_TIME`` seconds in equal substeps no longer than ``cfg.dt``,
+    and ``render`` draws the particles at ``cfg.image_width`` × ``cfg.image_height`` pixels.
+
+    A subclass builds its ``Model`` in ``build()`` and hands it to ``start``, which makes the solver and state.
+    """
+
+    def __init__(self, config):
+        self.cfg = config
+
+    def start(self, model) -> None:
+        from .mpm import Solver
+
+        self.model, self.solver, self.state = model, Solver(model), model.state()
+        self.substeps = max(1, round(FRAME_TIME / self.cfg.dt))
+        self.substep_dt = FRAME_TIME / self.substeps
+
+    def step(self, frame: int) -> None:
+        self.solver.advance(self.state, self.substeps, self.substep_dt)
+
+    def render(self) -> np.ndarray:
+        return render_state(self.model, self.state, self.cfg.image_width, self.cfg.image_height)

@@ -86,7 +86,7 @@ def test_dam_break_front_is_slower_than_ritter():
 
 
 def test_jelly_drop_scene_contract():
-    scene = run_scene("jelly_drop", frames=2, res=32, width=64, height=48)
+    scene = run_scene("jelly_drop", frames=2, res=32, image_width=64, image_height=48)
     img = scene.render()
     assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and img.std() > 0
     assert scene.metrics()["com_height"] > 0
