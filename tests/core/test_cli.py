@@ -182,3 +182,15 @@ def test_view_offscreen_writes_frames_of_the_scene(tmp_path, capsys):
     ys, xs = np.nonzero(mesh_px)
     assert abs(xs.mean() - 80) < 25 and abs(ys.mean() - 60) < 30
     assert np.abs(imgs[0].astype(int) - imgs[2].astype(int)).mean() > 0.5
+
+
+def test_simulation_error_publishes_what_it_had_and_exits_1(tmp_path, capsys):
+    out = tmp_path / "boom"
+    scene = str(ROOT / "tests" / "data" / "blowup_scene.py")
+    code, err = run(["run", scene, "--out", str(out), *FLAGS], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == ["tide: NaN in particle velocities at substep 23: dt above the CFL limit"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "substep 23" in metrics["error"] and metrics["frames"] == 5
+    assert iio.imread(out / "video.mp4").shape[0] == 2  # the frames rendered before the blow-up
+    assert not list(out.glob(".tmp-*"))
