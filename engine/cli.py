@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--offscreen", action="store_true", help="no window: write frames and an mp4 to --out")
     view.add_argument("--res", default="800x600", help="window size WxH")
     sub.add_parser("list", help="list the scenes in scenes/")
+    parser.commands = {"run": run, "view": view}  # for the scene-aware --help of each
     return parser
 
 
@@ -278,12 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if len(argv) == 2 and argv[0] in ("run", "view") and argv[1] in ("-h", "--help"):
-            print(parser._subparsers._group_actions[0].choices[argv[0]].format_help())  # noqa: SLF001
+            print(parser.commands[argv[0]].format_help())
             return 0
         args = parser.parse_args(argv)
         if args.command == "list":
             return cmd_list(args)
-        sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 - for scene --help
+        sub = parser.commands[args.command]
         if args.command == "run":
             return cmd_run(args, sub)
         return cmd_view(args, sub)
