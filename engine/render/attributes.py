@@ -40,6 +40,7 @@ def _interp_bwd(p2f: ti.types.ndarray(), bary: ti.types.ndarray(), g_out: ti.typ
 
 class _Interpolate(bridge.Op):
     name = "interpolate"
+    fresh_grads = True  # backward allocates its gradient every call
 
     def forward(self, attr, p2f, bary):
         B, H, W, K = p2f.shape
@@ -122,6 +123,7 @@ def _tex_bwd(uv: ti.types.ndarray(), p2f: ti.types.ndarray(), g_out: ti.types.nd
 
 class _SampleTexture(bridge.Op):
     name = "sample_texture"
+    fresh_grads = True  # backward allocates its gradient every call
 
     def forward(self, tex, uv, p2f):
         B, H, W, K = p2f.shape

@@ -297,6 +297,7 @@ def _pack(xy, con, op):
 
 class _Rasterize(bridge.Op):
     name = "splat_rasterize"
+    fresh_grads = True  # backward allocates its gradients every call
 
     def __init__(self, H, W):
         self.H, self.W = H, W
