@@ -1,7 +1,7 @@
 """Per-pixel attributes from fragments: barycentric interpolation and bilinear texture lookup (differentiable).
 
 Both are Taichi kernels with hand-written backward passes behind ``engine.bridge``. Barycentrics are treated as
-constants (detached), so gradients reach the attributes and texels, not the geometry.
+constants (detached), so gradients reach the attributes, texels and texture coordinates, not the geometry.
 """
 
 import taichi as ti
@@ -106,12 +106,15 @@ def _tex_fwd(tex: ti.types.ndarray(), uv: ti.types.ndarray(), p2f: ti.types.ndar
 
 
 @ti.kernel
-def _tex_bwd(uv: ti.types.ndarray(), p2f: ti.types.ndarray(), g_out: ti.types.ndarray(),
-             g_tex: ti.types.ndarray()):
+def _tex_bwd(tex: ti.types.ndarray(), uv: ti.types.ndarray(), p2f: ti.types.ndarray(), g_out: ti.types.ndarray(),
+             g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray()):
+    # texels: the bilinear weights; uv: d out / d(tx, ty) times d(tx, ty) / d(u, v) = (Wt, -Ht), 0 where clamped
     Ht, Wt = g_tex.shape[1], g_tex.shape[2]
     for b, y, x, k in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2], p2f.shape[3]):
+        gu, gv = 0.0, 0.0
         if p2f[b, y, x, k] >= 0:
-            x0, y0, tx, ty = _texel_coords(uv[b, y, x, k, 0], uv[b, y, x, k, 1], Ht, Wt)
+            u, v = uv[b, y, x, k, 0], uv[b, y, x, k, 1]
+            x0, y0, tx, ty = _texel_coords(u, v, Ht, Wt)
             x1, y1 = ti.min(x0 + 1, Wt - 1), ti.min(y0 + 1, Ht - 1)
             for c in range(g_tex.shape[3]):
                 g = g_out[b, y, x, k, c]
@@ -119,23 +122,32 @@ def _tex_bwd(uv: ti.types.ndarray(), p2f: ti.types.ndarray(), g_out: ti.types.nd
                 g_tex[b, y0, x1, c] += (1 - ty) * tx * g
                 g_tex[b, y1, x0, c] += ty * (1 - tx) * g
                 g_tex[b, y1, x1, c] += ty * tx * g
+                t00, t01, t10, t11 = tex[b, y0, x0, c], tex[b, y0, x1, c], tex[b, y1, x0, c], tex[b, y1, x1, c]
+                gu += g * ((1 - ty) * (t01 - t00) + ty * (t11 - t10))
+                gv += g * ((1 - tx) * (t10 - t00) + tx * (t11 - t01))
+            fx, fy = u * Wt - 0.5, (1.0 - v) * Ht - 0.5
+            gu = gu * Wt if 0.0 < fx < Wt - 1.0 else 0.0
+            gv = -gv * Ht if 0.0 < fy < Ht - 1.0 else 0.0
+        g_uv[b, y, x, k, 0] = gu
+        g_uv[b, y, x, k, 1] = gv
 
 
 class _SampleTexture(bridge.Op):
     name = "sample_texture"
-    fresh_grads = True  # backward allocates its gradient every call
+    fresh_grads = True  # backward allocates its gradients every call
 
     def forward(self, tex, uv, p2f):
         B, H, W, K = p2f.shape
         out = torch.zeros(B, H, W, K, tex.shape[3], dtype=tex.dtype, device=tex.device)
         _tex_fwd(tex, uv, p2f, out)
-        return (out,), (tex.shape, uv, p2f)
+        return (out,), (tex, uv, p2f)
 
     def backward(self, saved, grads):
-        shape, uv, p2f = saved
-        g_tex = torch.zeros(shape, dtype=grads[0].dtype, device=grads[0].device)
-        _tex_bwd(uv, p2f, grads[0], g_tex)
-        return g_tex, None, None
+        tex, uv, p2f = saved
+        g_tex = torch.zeros_like(tex)
+        g_uv = torch.empty_like(uv)                                      # written whole
+        _tex_bwd(tex, uv, p2f, grads[0], g_tex, g_uv)
+        return g_tex, g_uv, None
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor, fragments: Fragments) -> torch.Tensor:
@@ -145,7 +157,8 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, fragments: Fragments
         texture: (B, Ht, Wt, C) or (Ht, Wt, C); row 0 is the top of the image (v = 1).
         uv: (B, H, W, K, 2) texture coordinates in [0, 1] (e.g. ``interpolate(fragments, face_uvs)``); clamped.
     Returns:
-        (B, H, W, K, C), zero in empty slots. Differentiable w.r.t. ``texture`` (not ``uv``).
+        (B, H, W, K, C), zero in empty slots. Differentiable w.r.t. ``texture`` and ``uv`` (the uv gradient is
+        piecewise constant across texels and 0 where the lookup is clamped at the texture's edge).
     """
     if texture.dim() == 3:
         texture = texture.unsqueeze(0)
@@ -153,4 +166,4 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, fragments: Fragments
     texture = texture.expand(p2f.shape[0], -1, -1, -1)
     if texture.shape[1] < 2 or texture.shape[2] < 2:
         raise ValueError(f"texture must be at least 2x2 texels, got {tuple(texture.shape[1:3])}")
-    return bridge.apply(_SampleTexture(), texture, uv.detach().to(texture.dtype), p2f)
+    return bridge.apply(_SampleTexture(), texture, uv.to(texture.dtype), p2f)
