@@ -133,32 +133,55 @@ def project(verts: torch.Tensor, camera: Camera) -> torch.Tensor:
     return screen
 
 
+# per-face record written once by _face_setup, read by binning and the K-nearest pass (one row per face):
+_BOX = 0      # 4: bbox grown by the blur margin (xmin, xmax, ymin, ymax); empty (1, -1, 1, -1) if the face is skipped
+_VXY = 4      # 6: screen vertices a, b, c (x, y)
+_WGR = 10     # 4: barycentric gradients d w0 / d(x, y), d w1 / d(x, y) (w0 = 1, w1 = 0 at vertex a)
+_IZ = 14      # 3: 1 / z of each vertex (1/z is affine in screen space)
+_H2 = 17      # 3: squared altitude onto the edge opposite each vertex: line distance^2 = w_i^2 h2_i
+_IL = 20      # 3: 1 / |edge|^2 of the edges (a, b), (b, c), (c, a)
+_NREC = 24
+_CHUNK = 32   # tile-list entries box-tested per compaction step in _knn
+
+
 @ti.kernel
 def _face_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(), margin: float,
                 near: float):
-    # per-face record: 3 screen vertices (u, v, z) then the bbox grown by margin; an empty box if culled
+    # a face is skipped (empty box, never binned) if a vertex is at depth <= near or it has no area
     for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
-        ok = True
-        for j in ti.static(range(3)):
-            i = faces[f, j]
-            for c in ti.static(range(3)):
-                fd[b, f, 3 * j + c] = screen[b, i, c]
-            if screen[b, i, 2] <= near:
-                ok = False
-        if ok:
-            fd[b, f, 9] = ti.min(fd[b, f, 0], fd[b, f, 3], fd[b, f, 6]) - margin
-            fd[b, f, 10] = ti.max(fd[b, f, 0], fd[b, f, 3], fd[b, f, 6]) + margin
-            fd[b, f, 11] = ti.min(fd[b, f, 1], fd[b, f, 4], fd[b, f, 7]) - margin
-            fd[b, f, 12] = ti.max(fd[b, f, 1], fd[b, f, 4], fd[b, f, 7]) + margin
-        else:
-            fd[b, f, 9], fd[b, f, 10], fd[b, f, 11], fd[b, f, 12] = 1.0, -1.0, 1.0, -1.0
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        ax, ay, az = screen[b, i0, 0], screen[b, i0, 1], screen[b, i0, 2]
+        bx, by, bz = screen[b, i1, 0], screen[b, i1, 1], screen[b, i1, 2]
+        cx, cy, cz = screen[b, i2, 0], screen[b, i2, 1], screen[b, i2, 2]
+        area = _edge(ax, ay, bx, by, cx, cy)
+        for j in ti.static(range(_NREC)):
+            fd[b, f, j] = 0.0
+        fd[b, f, _BOX], fd[b, f, _BOX + 1], fd[b, f, _BOX + 2], fd[b, f, _BOX + 3] = 1.0, -1.0, 1.0, -1.0
+        if az > near and bz > near and cz > near and ti.abs(area) >= 1e-12:
+            fd[b, f, _BOX] = ti.min(ax, bx, cx) - margin
+            fd[b, f, _BOX + 1] = ti.max(ax, bx, cx) + margin
+            fd[b, f, _BOX + 2] = ti.min(ay, by, cy) - margin
+            fd[b, f, _BOX + 3] = ti.max(ay, by, cy) + margin
+            fd[b, f, _VXY], fd[b, f, _VXY + 1] = ax, ay
+            fd[b, f, _VXY + 2], fd[b, f, _VXY + 3] = bx, by
+            fd[b, f, _VXY + 4], fd[b, f, _VXY + 5] = cx, cy
+            ia = 1.0 / area
+            fd[b, f, _WGR], fd[b, f, _WGR + 1] = (by - cy) * ia, (cx - bx) * ia
+            fd[b, f, _WGR + 2], fd[b, f, _WGR + 3] = (cy - ay) * ia, (ax - cx) * ia
+            fd[b, f, _IZ], fd[b, f, _IZ + 1], fd[b, f, _IZ + 2] = 1.0 / az, 1.0 / bz, 1.0 / cz
+            lab = (bx - ax) ** 2 + (by - ay) ** 2
+            lbc = (cx - bx) ** 2 + (cy - by) ** 2
+            lca = (ax - cx) ** 2 + (ay - cy) ** 2
+            a2 = area * area
+            fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2] = a2 / lbc, a2 / lca, a2 / lab
+            fd[b, f, _IL], fd[b, f, _IL + 1], fd[b, f, _IL + 2] = 1.0 / lab, 1.0 / lbc, 1.0 / lca
 
 
 @ti.func
 def _tile_span(fd: ti.template(), b, f, W, H, tx_n, ty_n):
-    # inclusive tile range covered by the face's grown bbox; empty (x0 > x1) if culled or off screen
+    # inclusive tile range covered by the face's grown bbox; empty (x0 > x1) if skipped or off screen
     span = ti.Vector([1, 0, 1, 0])
-    xmin, xmax, ymin, ymax = fd[b, f, 9], fd[b, f, 10], fd[b, f, 11], fd[b, f, 12]
+    xmin, xmax, ymin, ymax = fd[b, f, _BOX], fd[b, f, _BOX + 1], fd[b, f, _BOX + 2], fd[b, f, _BOX + 3]
     if xmin <= xmax and xmax >= 0 and ymax >= 0 and xmin <= W and ymin <= H:
         span = ti.Vector([ti.max(0, ti.cast(ti.floor(xmin / TILE), ti.i32)),
                           ti.min(tx_n - 1, ti.cast(ti.floor(xmax / TILE), ti.i32)),
@@ -197,6 +220,39 @@ def _kbefore(c, z, f, c2, z2, f2):
     return c < c2 or (c == c2 and _before(z, f, z2, f2))
 
 
+@ti.func
+def _seg_d2(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # squared distance from (x, y) to the face's edge from vertex u to vertex v (1 / |edge|^2 at il)
+    ux, uy = fd[b, f, _VXY + 2 * u], fd[b, f, _VXY + 2 * u + 1]
+    ex, ey = fd[b, f, _VXY + 2 * v] - ux, fd[b, f, _VXY + 2 * v + 1] - uy
+    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * fd[b, f, _IL + il], 0.0), 1.0)
+    qx, qy = ux + t * ex - x, uy + t * ey - y
+    return qx * qx + qy * qy
+
+
+@ti.func
+def _bary(fd: ti.template(), b, f, x, y):
+    # screen-space barycentrics of (x, y) from the face's precomputed gradients (relative to vertex a)
+    dx, dy = x - fd[b, f, _VXY], y - fd[b, f, _VXY + 1]
+    w0 = 1.0 + fd[b, f, _WGR] * dx + fd[b, f, _WGR + 1] * dy
+    w1 = fd[b, f, _WGR + 2] * dx + fd[b, f, _WGR + 3] * dy
+    return w0, w1, 1.0 - w0 - w1
+
+
+@ti.func
+def _clamp_bary(w0, w1, w2):
+    # a pixel outside the face takes its barycentrics clamped to the triangle (for depth ordering and attributes)
+    w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
+    ws = w0 + w1 + w2
+    return w0 / ws, w1 / ws, w2 / ws
+
+
+@ti.func
+def _persp_z(fd: ti.template(), b, f, w0, w1, w2):
+    # perspective-correct depth: 1/z is affine in screen space
+    return 1.0 / (w0 * fd[b, f, _IZ] + w1 * fd[b, f, _IZ + 1] + w2 * fd[b, f, _IZ + 2])
+
+
 @ti.kernel
 def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
@@ -207,84 +263,85 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
     # the pixel is actually inside (alpha -> 0 inside the silhouette).
     # The K best by (class, z, id) live in registers (K is compile-time, the insertion is unrolled); they are
     # re-sorted by (z, id) for compositing once, when the pixel is done.
+    # Per candidate, cheapest test first: grown box, barycentrics (3 FMAs from _face_setup's gradients), then for a
+    # pixel outside the face: a full list of covering faces, the edge lines' distance (a lower bound), the depth
+    # against the list's last entry, and only then the distance to the edges the pixel is outside of.
+    r2 = max_d2 / ndc2
+    soft = max_d2 >= 0
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        # the list holds (class, z, face, d2) only: barycentrics are recomputed for the K kept faces at the end
         lc = ti.Vector([2 for _ in ti.static(range(K))], dt=ti.i32)
         lf = ti.Vector([-1 for _ in ti.static(range(K))], dt=ti.i32)
         lz = ti.Vector([-1.0 for _ in ti.static(range(K))])
         ld = ti.Vector([0.0 for _ in ti.static(range(K))])
-        l0 = ti.Vector([0.0 for _ in ti.static(range(K))])
-        l1 = ti.Vector([0.0 for _ in ti.static(range(K))])
-        l2 = ti.Vector([0.0 for _ in ti.static(range(K))])
+        buf = ti.Vector([0 for _ in ti.static(range(_CHUNK))], dt=ti.i32)
         ty, tx = py // TILE, px // TILE
         x, y = px + 0.5, py + 0.5
-        start = offsets[b, ty, tx]
-        for s in range(start, start + counts[b, ty, tx]):
-            f = bins[s]
-            # cheap reject: the pixel is outside the face's box grown by the blur radius (most tile entries)
-            if x < fd[b, f, 9] or x > fd[b, f, 10] or y < fd[b, f, 11] or y > fd[b, f, 12]:
-                continue
-            ax, ay, az = fd[b, f, 0], fd[b, f, 1], fd[b, f, 2]
-            bx, by, bz = fd[b, f, 3], fd[b, f, 4], fd[b, f, 5]
-            cx, cy, cz = fd[b, f, 6], fd[b, f, 7], fd[b, f, 8]
-            area = _edge(ax, ay, bx, by, cx, cy)
-            if ti.abs(area) < 1e-12:
-                continue
-            w0 = _edge(bx, by, cx, cy, x, y) / area
-            w1 = _edge(cx, cy, ax, ay, x, y) / area
-            w2 = 1.0 - w0 - w1
-            inside = w0 >= 0 and w1 >= 0 and w2 >= 0
-            if not inside:
-                # a list full of faces containing the pixel admits no blur-only face
-                if lc[K - 1] == 0:
-                    continue
-                # reject before the segment distances when the pixel is beyond the blur reach of an edge's line:
-                # that line distance is |w_i| |area| / |edge_i|, a lower bound on the distance to the triangle
-                r2 = max_d2 / ndc2
-                a2 = area * area
-                if (max_d2 < 0 or (w0 < 0 and w0 * w0 * a2 > r2 * ((cx - bx) ** 2 + (cy - by) ** 2))
-                        or (w1 < 0 and w1 * w1 * a2 > r2 * ((ax - cx) ** 2 + (ay - cy) ** 2))
-                        or (w2 < 0 and w2 * w2 * a2 > r2 * ((bx - ax) ** 2 + (by - ay) ** 2))):
-                    continue
-            d2 = ti.min(_seg_dist2(x, y, ax, ay, bx, by), _seg_dist2(x, y, bx, by, cx, cy),
-                        _seg_dist2(x, y, cx, cy, ax, ay)) * ndc2
-            if inside:
-                d2 = -d2
-            if inside or d2 < max_d2:
-                # outside pixels take the clamped barycentrics (for depth ordering and attributes)
-                w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
-                ws = w0 + w1 + w2
-                w0, w1, w2 = w0 / ws, w1 / ws, w2 / ws
-                # perspective correction: 1/z is affine in screen space
-                q0, q1, q2 = w0 / az, w1 / bz, w2 / cz
-                zi = q0 + q1 + q2
-                z = 1.0 / zi
-                cc = 0 if d2 <= 0.0 else 1
-                if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
-                    # insertion into the sorted register list: the candidate swaps into every slot it beats
-                    # and the displaced entries ripple back; the last one falls off
-                    cf, cz, cd, c0, c1, c2 = f, z, d2, q0 / zi, q1 / zi, q2 / zi
-                    for k in ti.static(range(K)):
-                        if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
-                            tc, tf, tz, td, t0, t1, t2 = lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k]
-                            lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k] = cc, cf, cz, cd, c0, c1, c2
-                            cc, cf, cz, cd, c0, c1, c2 = tc, tf, tz, td, t0, t1, t2
+        s0 = offsets[b, ty, tx]
+        end = s0 + counts[b, ty, tx]
+        while s0 < end:
+            # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
+            # pixel (a data-dependent branch per entry costs more than the test: ~1 in 4 entries pass)
+            n = 0
+            for j in range(ti.min(_CHUNK, end - s0)):
+                f = bins[s0 + j]
+                buf[n] = f
+                n += ti.cast((x >= fd[b, f, _BOX]) & (x <= fd[b, f, _BOX + 1]) & (y >= fd[b, f, _BOX + 2])
+                             & (y <= fd[b, f, _BOX + 3]), ti.i32)
+            s0 += _CHUNK
+            for j in range(n):
+                f = buf[j]
+                w0, w1, w2 = _bary(fd, b, f, x, y)
+                h0, h1, h2 = fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2]
+                inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+                # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
+                far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
+                       | ((w2 < 0) & (w2 * w2 * h2 > r2)))
+                # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel
+                if inside or (soft and lc[K - 1] != 0 and not far):
+                    cc = 1 - ti.cast(inside, ti.i32)
+                    z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
+                    if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
+                        # inside, the nearest boundary point is the foot on the nearest edge line; outside, it
+                        # lies on an edge whose line the pixel is outside of
+                        d2 = -ti.min(w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2) * ndc2
+                        if not inside:
+                            e2 = ti.min(ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30),
+                                        ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30),
+                                        ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30))
+                            d2 = e2 * ndc2
+                        if inside or d2 < max_d2:
+                            # insertion into the sorted register list: the candidate swaps into every slot it
+                            # beats and the displaced entries ripple back; the last one falls off
+                            cf, cz, cd = f, z, d2
+                            for k in ti.static(range(K)):
+                                if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
+                                    tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
+                                    lc[k], lf[k], lz[k], ld[k] = cc, cf, cz, cd
+                                    cc, cf, cz, cd = tc, tf, tz, td
         # compositing order: by (z, id), empty slots last (odd-even transposition sort, unrolled)
         for it in ti.static(range(K)):
             for k in ti.static(range(it % 2, K - 1, 2)):
                 if (lc[k] == 2 and lc[k + 1] != 2) or (lc[k] != 2 and lc[k + 1] != 2
                                                          and _before(lz[k + 1], lf[k + 1], lz[k], lf[k])):
-                    tc, tf, tz, td, t0, t1, t2 = lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k]
-                    lc[k], lf[k], lz[k], ld[k], l0[k], l1[k], l2[k] = \
-                        lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1], l0[k + 1], l1[k + 1], l2[k + 1]
-                    lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1], l0[k + 1], l1[k + 1], l2[k + 1] = \
-                        tc, tf, tz, td, t0, t1, t2
+                    tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
+                    lc[k], lf[k], lz[k], ld[k] = lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1]
+                    lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1] = tc, tf, tz, td
         for k in ti.static(range(K)):
-            p2f[b, py, px, k] = lf[k]
+            f = lf[k]
+            p2f[b, py, px, k] = f
             zbuf[b, py, px, k] = lz[k]
             dist[b, py, px, k] = ld[k]
-            bary[b, py, px, k, 0] = l0[k]
-            bary[b, py, px, k, 1] = l1[k]
-            bary[b, py, px, k, 2] = l2[k]
+            q0, q1, q2 = 0.0, 0.0, 0.0
+            if f >= 0:
+                # the kept face's perspective-correct barycentrics, by the same steps as its depth above
+                w0, w1, w2 = _clamp_bary(*_bary(fd, b, f, x, y))
+                q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
+                z = 1.0 / (q0 + q1 + q2)
+                q0, q1, q2 = q0 * z, q1 * z, q2 * z
+            bary[b, py, px, k, 0] = q0
+            bary[b, py, px, k, 1] = q1
+            bary[b, py, px, k, 2] = q2
 
 
 def blur_radius_px(sigma: float, width: int, height: int) -> float:
@@ -330,7 +387,7 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     # the blur reach in pixels gets a rounding margin so the box test never rejects a face the distance keeps
     margin = blur_radius_px(sigma, W, H) + (1e-3 if sigma > 0 else 0.0)
     max_d2 = sigma * _CUTOFF if sigma > 0 else -1.0
-    fd = torch.empty(B, faces.shape[0], 13, dtype=dt, device=dev)
+    fd = torch.empty(B, faces.shape[0], _NREC, dtype=dt, device=dev)
     _face_setup(screen, faces, fd, margin, near)
     counts = torch.zeros(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     _bin_count(fd, counts, W, H)
