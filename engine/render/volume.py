@@ -16,6 +16,7 @@ T < 1e-4), and its backward replays each ray front to back and scatters into the
 state kept is each sample's transmittance factor (one float, so the replay needs no exp or density lookup), and
 not even that beyond ``_CACHE_MAX`` samples. A field's samples are composited by ``composite_rays``. Negative densities count as zero.
 """
+import functools
 from dataclasses import dataclass
 
 import taichi as ti
@@ -196,7 +197,7 @@ def composite_rays(sigma, colors, t, delta, terminal, terminal_depth):
                         terminal_depth.detach())
 
 
-# ---- fused grid renderer: sampling + trilinear + compositing in one pass per ray ---------------------------------
+# ---- fused grid renderer: ray setup, sampling, trilinear lookup and compositing in one pass per ray ------------
 _NO_SAMPLE = 2.0
 """Cached transmittance factor of a sample that does not count (a real one lies in (0, 1])."""
 
@@ -208,203 +209,342 @@ _T_MIN = 1e-4
 """A ray stops once its transmittance falls below this (forward and backward alike): later samples count as
 empty space and the leftover transmittance still reaches the terminal colour."""
 
+_TASK = 64
+"""Rays per work item on the CPU: threads take items from a shared counter, so costly rays (long chords, dense
+regions) and a thread that loses its core for a while do not leave the other threads idle."""
+
+_SPAN = 512
+"""Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations, so a loop over
+``n`` workers runs ``n * _SPAN`` iterations and lets only every ``_SPAN``-th one work (else all n run on one
+thread). Correct for any scheduling: each worker has its own gradient copy and work comes from the counter."""
+
+_RAY = 9
+"""Per-ray state the forward leaves for the backward: grid-unit position of bin 0's start (3) and step per bin
+(3), near depth, bin width in depth, bin width in world units."""
+
 
 @ti.func
-def _ray_in_grid(o: ti.template(), d: ti.template(), box: ti.template(), shape: ti.template(), r):
-    # ray origin and direction in grid-index units (0 .. X - 1 across the box), once per ray: a sample at depth t
-    # is then q0 + t dq, with no per-sample box reads or divisions
-    q0 = ti.Vector([(o[r, a] - box[0, a]) * (shape[a] - 1) / (box[1, a] - box[0, a]) for a in ti.static(range(3))])
-    dq = ti.Vector([d[r, a] * (shape[a] - 1) / (box[1, a] - box[0, a]) for a in ti.static(range(3))])
-    return q0, dq
+def _corner(base, k: ti.template(), Z, YZ):
+    # flat grid-point index of corner k of the cell at ``base`` (bit 0 of k: +z, bit 1: +y, bit 2: +x)
+    return base + ti.static(k & 1) + ti.static((k >> 1) & 1) * Z + ti.static(k >> 2) * YZ
 
 
 @ti.func
-def _offset(u: ti.template(), r, n, jitter):
-    # sample position inside its bin: the stratified jitter, or the bin centre (u is then a (1, 1) dummy)
+def _corners(grid: ti.template(), base, Z, YZ):
+    # the 8 corner values (rows: corners, columns: the 1 + C channels) of a cell, one index computation each
+    return ti.Matrix.rows([grid[_corner(base, k, Z, YZ)] for k in ti.static(range(8))])
+
+
+@ti.func
+def _cell(q, X, Y, Z):
+    # q in grid units (inside the box) -> flat index of the lower corner of its cell, and the 8 corner weights
+    i = ti.min(ti.cast(q[0], ti.i32), X - 2)
+    j = ti.min(ti.cast(q[1], ti.i32), Y - 2)
+    k = ti.min(ti.cast(q[2], ti.i32), Z - 2)
+    fx, fy, fz = q[0] - i, q[1] - j, q[2] - k
+    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    w00, w01, w10, w11 = gy * gz, gy * fz, fy * gz, fy * fz
+    w = ti.Vector([gx * w00, gx * w01, gx * w10, gx * w11, fx * w00, fx * w01, fx * w10, fx * w11])
+    return (i * Y + j) * Z + k, w
+
+
+@ti.func
+def _inside(q, X, Y, Z):
+    return 0.0 <= q[0] <= X - 1.0 and 0.0 <= q[1] <= Y - 1.0 and 0.0 <= q[2] <= Z - 1.0
+
+
+@ti.func
+def _blend(c: ti.template(), w: ti.template(), ch: ti.template()):
+    v = w[0] * c[0, ch]
+    for k in ti.static(range(1, 8)):
+        v += w[k] * c[k, ch]
+    return v
+
+
+@ti.func
+def _offset(u: ti.template(), r, n, jitter: ti.template()):
+    # sample position inside its bin: the stratified jitter, or the bin centre
     v = 0.5
-    if jitter:
+    if ti.static(jitter):
         v = u[r, n]
     return v
 
 
-@ti.func
-def _locate(shape: ti.template(), q):
-    # q in grid-index units -> (inside the box, flat index of the lower corner in the (X, Y, Z, Cp) grid,
-    # 8 corner weights)
-    X, Y, Z, Cp = shape[0], shape[1], shape[2], shape[3]
-    inside = 0.0 <= q[0] <= X - 1.0 and 0.0 <= q[1] <= Y - 1.0 and 0.0 <= q[2] <= Z - 1.0
-    i = ti.min(ti.max(ti.cast(ti.floor(q[0]), ti.i32), 0), X - 2)
-    j = ti.min(ti.max(ti.cast(ti.floor(q[1]), ti.i32), 0), Y - 2)
-    k = ti.min(ti.max(ti.cast(ti.floor(q[2]), ti.i32), 0), Z - 2)
-    fx, fy, fz = q[0] - i, q[1] - j, q[2] - k
-    w = ti.Vector([((fx if c & 1 else 1 - fx) * (fy if (c >> 1) & 1 else 1 - fy) * (fz if (c >> 2) & 1 else 1 - fz))
-                   for c in ti.static(range(8))])
-    return inside, ((i * Y + j) * Z + k) * Cp, w
+@functools.lru_cache(maxsize=None)
+def _grid_kernels(Cp: int, real):
+    """Forward/backward kernels for a (X, Y, Z, Cp) grid: channel 0 density, Cp - 1 colour channels. The grid
+    is read as one Cp-vector per grid point, so a corner costs one index computation, not Cp."""
+    C = Cp - 1
+    cell_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=1)
 
+    @ti.func
+    def setup(r, cam: ti.template(), box: ti.template(), near_a: ti.template(), far_a: ti.template(),
+              cap: ti.template(), X, Y, Z, H, W, S, has_near: ti.template(), has_far: ti.template(),
+              mesh: ti.template()):
+        # pixel ray (as Camera.rays: through the pixel centre, ray parameter = camera depth), its slab test
+        # against the box (as ray_box), the depth range and the per-ray stepping constants in grid units
+        b = r // (H * W)
+        p = r - b * H * W
+        py = p // W
+        px = p - py * W
+        x = (px + 0.5 - cam[b, 14]) / cam[b, 12]
+        y = (py + 0.5 - cam[b, 15]) / cam[b, 13]
+        d = ti.Vector([cam[b, a] * x + cam[b, 3 + a] * y + cam[b, 6 + a] for a in ti.static(range(3))])
+        o = ti.Vector([cam[b, 9 + a] for a in ti.static(range(3))])
+        tn, tf = -1e30, 1e30
+        for a in ti.static(range(3)):
+            da = d[a]
+            if ti.abs(da) < 1e-12:
+                da = 1e-12
+            t0 = (box[0, a] - o[a]) / da
+            t1 = (box[1, a] - o[a]) / da
+            tn = ti.max(tn, ti.min(t0, t1))
+            tf = ti.min(tf, ti.max(t0, t1))
+        near = ti.max(tn, 1e-3)
+        if ti.static(has_near):
+            near = near_a[r if near_a.shape[0] > 1 else 0]
+        far = tf
+        if ti.static(has_far):
+            far = far_a[r if far_a.shape[0] > 1 else 0]
+        if ti.static(mesh):
+            far = ti.min(far, cap[r])
+        far = ti.max(far, near)
+        bins = (far - near) / S
+        sc = ti.Vector([(X - 1) / (box[1, 0] - box[0, 0]), (Y - 1) / (box[1, 1] - box[0, 1]),
+                        (Z - 1) / (box[1, 2] - box[0, 2])])
+        q0 = (o - ti.Vector([box[0, 0], box[0, 1], box[0, 2]])) * sc
+        dq = d * sc
+        return b, py, px, q0 + near * dq, bins * dq, near, bins, bins * d.norm(), far > near
 
-@ti.func
-def _corner(shape: ti.template(), corner: ti.template()):
-    # flat offset of a cell corner (bit 0: +x, bit 1: +y, bit 2: +z) from the lower corner
-    return (ti.static(corner & 1) * shape[1] * shape[2] * shape[3] + ti.static((corner >> 1) & 1) * shape[2] * shape[3]
-            + ti.static((corner >> 2) & 1) * shape[3])
-
-
-@ti.func
-def _lookup(grid: ti.template(), shape: ti.template(), base, w, c):
-    v = 0.0
-    for corner in ti.static(range(8)):
-        v += w[corner] * grid[base + _corner(shape, corner) + c]
-    return v
-
-
-@ti.func
-def _lookup_colour(grid: ti.template(), shape: ti.template(), base, w, C: ti.template()):
-    # channels 1..C of one sample, corner-major: each corner's channels are contiguous in the (X, Y, Z, 1 + C)
-    # grid, so this reads 8 short runs instead of C passes of 8 scattered loads
-    v = ti.Vector([0.0 for _ in ti.static(range(C))])
-    for corner in ti.static(range(8)):
-        i = base + _corner(shape, corner) + 1
-        for c in ti.static(range(C)):
-            v[c] += w[corner] * grid[i + c]
-    return v
-
-
-@ti.kernel
-def _grid_fwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.ndarray(),
-              d: ti.types.ndarray(), near: ti.types.ndarray(), far: ti.types.ndarray(), u: ti.types.ndarray(),
-              term: ti.types.ndarray(), tz: ti.types.ndarray(), out: ti.types.ndarray(), alpha: ti.types.ndarray(),
-              depth: ti.types.ndarray(), n_used: ti.types.ndarray(), trs: ti.types.ndarray(), X: int, Y: int,
-              Z: int, S: int, jitter: int, C: ti.template(), cache: ti.template()):
-    # grid is the flat (X, Y, Z, 1 + C) array; C (colour channels) is compile-time so a sample's colour lives in
-    # registers. ``cache``: each sample's transmittance factor exp(-sigma delta) goes to trs (R, S), _NO_SAMPLE
-    # where it does not count (outside the box, sigma <= 0), so the backward needs neither exp nor density lookup
-    shape = ti.Vector([X, Y, Z, C + 1])
-    for r in range(o.shape[0]):
-        bins = (far[r] - near[r]) / S
-        dl = bins * ti.sqrt(d[r, 0] ** 2 + d[r, 1] ** 2 + d[r, 2] ** 2)
-        q0, dq = _ray_in_grid(o, d, box, shape, r)
+    @ti.func
+    def fwd_ray(r, grid: ti.template(), cam: ti.template(), box: ti.template(), near_a: ti.template(),
+                far_a: ti.template(), cap: ti.template(), tz: ti.template(), u: ti.template(), term: ti.template(),
+                out: ti.template(), alpha: ti.template(), depth: ti.template(), n_used: ti.template(),
+                ray: ti.template(), trs: ti.template(), X, Y, Z, H, W, S, sb, sh, sw, cache: ti.template(),
+                jitter: ti.template(), has_near: ti.template(), has_far: ti.template(), mesh: ti.template()):
+        b, py, px, P, Q, near, bins, dl, hit = setup(r, cam, box, near_a, far_a, cap, X, Y, Z, H, W, S, has_near,
+                                                     has_far, mesh)
+        for a in ti.static(range(3)):
+            ray[r, a] = P[a]
+            ray[r, 3 + a] = Q[a]
+        ray[r, 6] = near
+        ray[r, 7] = bins
+        ray[r, 8] = dl
+        YZ = Y * Z
         T, dep, n = 1.0, 0.0, 0
         acc = ti.Vector([0.0 for _ in ti.static(range(C))])
-        while n < S and T >= _T_MIN:
-            t = near[r] + (n + _offset(u, r, n, jitter)) * bins
-            inside, base, w = _locate(shape, q0 + t * dq)
+        n_end = S if hit else 0                      # a ray that misses the box takes no samples
+        while n < n_end and T >= _T_MIN:
+            f = n + _offset(u, r, n, jitter)
+            q = P + f * Q
             tr = _NO_SAMPLE
-            if inside:
-                s = _lookup(grid, shape, base, w, 0)
+            if _inside(q, X, Y, Z):
+                base, w = _cell(q, X, Y, Z)
+                c = _corners(grid, base, Z, YZ)
+                s = _blend(c, w, 0)
                 if s > 0:
                     tr = ti.exp(-s * dl)
                     a = T * (1.0 - tr)
-                    acc += a * _lookup_colour(grid, shape, base, w, C)
-                    dep += a * t
+                    for ch in ti.static(range(C)):
+                        acc[ch] += a * _blend(c, w, ch + 1)
+                    dep += a * (near + f * bins)
                     T -= a
             if ti.static(cache):
                 trs[r, n] = tr
             n += 1
-        for c in ti.static(range(C)):
-            out[r, c] = acc[c] + T * term[r, c]
-        depth[r] = dep + T * tz[r]
+        tb = b * sb + py * sh + px * sw
+        for ch in ti.static(range(C)):
+            out[r, ch] = acc[ch] + T * term[tb, ch]
+        zt = 0.0
+        if ti.static(mesh):
+            zt = tz[r]
+        depth[r] = dep + T * zt
         alpha[r] = 1.0 - T
         n_used[r] = n
 
+    @ti.kernel
+    def fwd(grid: cell_t, cam: ti.types.ndarray(), box: ti.types.ndarray(), near_a: ti.types.ndarray(),
+            far_a: ti.types.ndarray(), cap: ti.types.ndarray(), tz: ti.types.ndarray(), u: ti.types.ndarray(),
+            term: ti.types.ndarray(), out: ti.types.ndarray(), alpha: ti.types.ndarray(), depth: ti.types.ndarray(),
+            n_used: ti.types.ndarray(), ray: ti.types.ndarray(), trs: ti.types.ndarray(),
+            counter: ti.types.ndarray(), X: int, Y: int, Z: int, H: int, W: int, S: int, sb: int, sh: int, sw: int,
+            n_workers: int, cache: ti.template(), jitter: ti.template(), has_near: ti.template(),
+            has_far: ti.template(), mesh: ti.template(), dynamic: ti.template()):
+        # ``dynamic`` (CPU): n_workers threads take _TASK rays at a time from ``counter``; else one thread per ray
+        R = out.shape[0]
+        if ti.static(dynamic):
+            for it in range(n_workers * _SPAN):
+                if it % _SPAN == 0:
+                    while True:
+                        task = ti.atomic_add(counter[0], 1)
+                        if task * _TASK >= R:
+                            break
+                        for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
+                            fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used,
+                                    ray, trs, X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
+        else:
+            for r in range(R):
+                fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used, ray, trs,
+                        X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
 
-@ti.func
-def _scatter_all(g: ti.template(), shape: ti.template(), base, w, v, private: ti.template()):
-    # v: (1 + C) channel gradients of one sample, added to its 8 corners (corner-major, contiguous channels)
-    for corner in ti.static(range(8)):
-        i = base + _corner(shape, corner)
-        for c in ti.static(range(v.n)):
-            if ti.static(private):
-                g[i + c] = g[i + c] + w[corner] * v[c]
-            else:
-                ti.atomic_add(g[i + c], w[corner] * v[c])
+    @ti.func
+    def bwd_ray(r, gofs, grid: ti.template(), ray: ti.template(), u: ti.template(), out: ti.template(),
+                alpha: ti.template(), depth: ti.template(), n_used: ti.template(), g_out: ti.template(),
+                g_alpha: ti.template(), g_depth: ti.template(), trs: ti.template(), g_grid: ti.template(),
+                g_term: ti.template(), X, Y, Z, cache: ti.template(), jitter: ti.template(),
+                private: ti.template()):
+        # The compositing adjoint of ``_comp_bwd`` replayed front to back (transmittance factors from trs when
+        # ``cache``, else recomputed), scattered to the 8 corners of each sample's cell in g_grid[gofs:]
+        P = ti.Vector([ray[r, 0], ray[r, 1], ray[r, 2]])
+        Q = ti.Vector([ray[r, 3], ray[r, 4], ray[r, 5]])
+        near, bins, dl = ray[r, 6], ray[r, 7], ray[r, 8]
+        YZ = Y * Z
+        TS = 1.0 - alpha[r]
+        go = ti.Vector([g_out[r, ch] for ch in ti.static(range(C))])
+        for ch in ti.static(range(C)):
+            g_term[r, ch] = go[ch] * TS
+        gd = g_depth[r]
+        Sg = gd * depth[r] + go.dot(ti.Vector([out[r, ch] for ch in ti.static(range(C))]))  # g . what lies behind
+        ga = g_alpha[r] * TS
+        T = 1.0
+        for n in range(n_used[r]):
+            f = n + _offset(u, r, n, jitter)
+            q = P + f * Q
+            tr = _NO_SAMPLE
+            base, w = _cell(q, X, Y, Z)
+            if ti.static(cache):
+                tr = trs[r, n]
+            elif _inside(q, X, Y, Z):
+                s = 0.0
+                for k in ti.static(range(8)):
+                    s += w[k] * grid[_corner(base, k, Z, YZ)][0]
+                if s > 0:
+                    tr = ti.exp(-s * dl)
+            if tr <= 1.0:
+                c = _corners(grid, base, Z, YZ)
+                gc = gd * (near + f * bins)
+                for ch in ti.static(range(C)):
+                    gc += go[ch] * _blend(c, w, ch + 1)
+                a = T * (1.0 - tr)
+                Sg -= a * gc
+                T -= a
+                # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha; d out / d c = a g
+                v = ti.Vector([dl * (T * gc - Sg + ga)] + [go[ch] * a for ch in ti.static(range(C))])
+                for k in ti.static(range(8)):
+                    i = gofs + _corner(base, k, Z, YZ)
+                    if ti.static(private):
+                        g_grid[i] = g_grid[i] + w[k] * v
+                    else:
+                        for ch in ti.static(range(Cp)):
+                            ti.atomic_add(g_grid[i][ch], w[k] * v[ch])
+
+    @ti.kernel
+    def bwd(grid: cell_t, ray: ti.types.ndarray(), u: ti.types.ndarray(), out: ti.types.ndarray(),
+            alpha: ti.types.ndarray(), depth: ti.types.ndarray(), n_used: ti.types.ndarray(),
+            g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(), g_depth: ti.types.ndarray(),
+            trs: ti.types.ndarray(), g_grid: cell_t, g_term: ti.types.ndarray(), counter: ti.types.ndarray(),
+            X: int, Y: int, Z: int, n_workers: int, cache: ti.template(), jitter: ti.template(),
+            private: ti.template()):
+        # ``private`` (CPU): worker w scatters into its own copy g_grid[w * cells:] with plain adds (~3x cheaper
+        # than atomics) and takes _TASK rays at a time from ``counter``; else one copy, atomics, a thread per ray
+        R = out.shape[0]
+        cells = X * Y * Z
+        if ti.static(private):
+            for it in range(n_workers * _SPAN):
+                if it % _SPAN == 0:
+                    gofs = (it // _SPAN) * cells
+                    while True:
+                        task = ti.atomic_add(counter[0], 1)
+                        if task * _TASK >= R:
+                            break
+                        for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
+                            bwd_ray(r, gofs, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs,
+                                    g_grid, g_term, X, Y, Z, cache, jitter, private)
+        else:
+            for r in range(R):
+                bwd_ray(r, 0, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, g_grid,
+                        g_term, X, Y, Z, cache, jitter, private)
+
+    return fwd, bwd
 
 
 @ti.kernel
-def _grid_bwd(grid: ti.types.ndarray(), box: ti.types.ndarray(), o: ti.types.ndarray(),
-              d: ti.types.ndarray(), near: ti.types.ndarray(), far: ti.types.ndarray(), u: ti.types.ndarray(),
-              out: ti.types.ndarray(), alpha: ti.types.ndarray(), depth: ti.types.ndarray(),
-              n_used: ti.types.ndarray(), g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(),
-              g_depth: ti.types.ndarray(), trs: ti.types.ndarray(), g_grid: ti.types.ndarray(), X: int, Y: int,
-              Z: int, S: int, jitter: int, n_chunks: int, private: ti.template(), C: ti.template(),
-              cache: ti.template()):
-    # The compositing adjoint of ``_comp_bwd`` replayed front to back per ray (transmittance factors from trs
-    # when ``cache``, else recomputed), then
-    # scattered to the 8 grid corners. ``private``: each chunk of rays accumulates into its own copy of the
-    # gradient grid (g_grid is n_chunks flat copies) with plain adds, ~3x cheaper than atomics on CPU;
-    # otherwise every ray is its own chunk and atomics add into one copy (GPU).
-    R = o.shape[0]
-    shape = ti.Vector([X, Y, Z, C + 1])
-    for ch in range(n_chunks):
-        r0 = ch * (R // n_chunks) + ti.min(ch, R % n_chunks)
-        r1 = r0 + R // n_chunks + (1 if ch < R % n_chunks else 0)
-        g = ch * grid.shape[0] if ti.static(private) else 0
-        for r in range(r0, r1):
-            bins = (far[r] - near[r]) / S
-            dl = bins * ti.sqrt(d[r, 0] ** 2 + d[r, 1] ** 2 + d[r, 2] ** 2)
-            TS = 1.0 - alpha[r]
-            go = ti.Vector([g_out[r, c] for c in ti.static(range(C))])
-            Sg = g_depth[r] * depth[r]          # g . (everything behind the current sample), colour and depth
-            for c in ti.static(range(C)):
-                Sg += go[c] * out[r, c]
-            ga = g_alpha[r] * TS
-            q0, dq = _ray_in_grid(o, d, box, shape, r)
-            T = 1.0
-            for n in range(n_used[r]):
-                t = near[r] + (n + _offset(u, r, n, jitter)) * bins
-                inside, base, w = _locate(shape, q0 + t * dq)
-                tr = _NO_SAMPLE
-                if ti.static(cache):
-                    tr = trs[r, n]
-                elif inside:
-                    s = _lookup(grid, shape, base, w, 0)
-                    if s > 0:
-                        tr = ti.exp(-s * dl)
-                if tr <= 1.0:
-                    a = T * (1.0 - tr)
-                    gc = g_depth[r] * t + go.dot(_lookup_colour(grid, shape, base, w, C))
-                    Sg -= a * gc
-                    T -= a
-                    # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha; d out / d c = a g
-                    v = ti.Vector([dl * (T * gc - Sg + ga)] + [go[c] * a for c in ti.static(range(C))])
-                    _scatter_all(g_grid, shape, g + base, w, v, private)
+def _fill_zero(a: ti.types.ndarray()):
+    for i in range(a.shape[0]):
+        a[i] = 0
+
+
+@ti.kernel
+def _sum_copies(copies: ti.types.ndarray(), out: ti.types.ndarray(), n: int):
+    # out = sum of the n copies stacked in ``copies`` (flat)
+    N = out.shape[0]
+    for i in range(N):
+        v = copies[i]
+        for w in range(1, n):
+            v += copies[w * N + i]
+        out[i] = v
 
 
 def _scatter_copies(n_rays: int):
-    """(n_chunks, private) for the backward scatter: one private gradient copy per CPU thread, else atomics."""
+    """(n_copies, private) for the backward scatter: one private gradient copy per CPU thread (plain adds), else
+    one copy and atomics (GPU)."""
     if backend.settings().resolved_arch in ("x64", "arm64"):
-        n = max(1, min(int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rays))
-        return n, True
-    return max(n_rays, 1), False
+        return max(1, min(int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rays)), True
+    return 1, False
+
+
+def _workers():
+    return max(1, int(ti.lang.impl.current_cfg().cpu_max_num_threads))
 
 
 class _GridRender(bridge.Op):
     name = "render_volume_grid"
+    fresh_grads = True
 
-    def __init__(self, n_samples: int, jitter: bool):
-        self.S, self.jitter = int(n_samples), int(jitter)
+    def __init__(self, n_samples: int, jitter: bool, image, term_strides, has_near: bool, has_far: bool,
+                 mesh: bool):
+        self.S, self.jitter = int(n_samples), bool(jitter)
+        self.B, self.H, self.W = image
+        self.tstr = term_strides
+        self.flags = (bool(has_near), bool(has_far), bool(mesh))
 
-    def forward(self, grid, term, box, o, d, near, far, u, tz):
-        R, C = o.shape[0], term.shape[1]
+    def forward(self, grid, term, cam, box, near, far, cap, tz, u):
+        R, C, S = self.B * self.H * self.W, grid.shape[3] - 1, self.S
         kw = dict(dtype=grid.dtype, device=grid.device)
         out, alpha, depth = torch.empty(R, C, **kw), torch.empty(R, **kw), torch.empty(R, **kw)
         n_used = torch.empty(R, dtype=torch.int32, device=grid.device)
-        cache = R * self.S <= _CACHE_MAX
-        trs = torch.empty(R, self.S, **kw) if cache else torch.empty(1, 1, **kw)
-        _grid_fwd(grid.reshape(-1), box, o, d, near, far, u, term, tz, out, alpha, depth, n_used, trs,
-                  *grid.shape[:3], self.S, self.jitter, C, cache)
-        saved = (grid, box, o, d, near, far, u, out.detach(), alpha.detach(), depth.detach(), n_used, trs, cache)
+        ray = torch.empty(R, _RAY, **kw)
+        cache = R * S <= _CACHE_MAX
+        trs = torch.empty(R, S, **kw) if cache else torch.empty(1, 1, **kw)
+        counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
+        dynamic = backend.settings().resolved_arch in ("x64", "arm64")
+        fwd, _ = _grid_kernels(grid.shape[3], backend.real())
+        fwd(grid.reshape(-1, grid.shape[3]), cam, box, near, far, cap, tz, u, term.reshape(-1, C), out, alpha, depth,
+            n_used, ray, trs, counter, *grid.shape[:3], self.H, self.W, S, *self.tstr, _workers(), cache,
+            self.jitter, *self.flags, dynamic)
+        saved = (grid, term.shape, u, out, alpha, depth, n_used, ray, trs, cache)
         return (out, alpha, depth), saved
 
     def backward(self, saved, grads):
-        grid, box, o, d, near, far, u, out, alpha, depth, n_used, trs, cache = saved
+        grid, term_shape, u, out, alpha, depth, n_used, ray, trs, cache = saved
         g_out, g_alpha, g_depth = grads
-        n_chunks, private = _scatter_copies(o.shape[0])
-        g_grid = torch.zeros((n_chunks if private else 1, grid.numel()), dtype=grid.dtype, device=grid.device)
-        _grid_bwd(grid.reshape(-1), box, o, d, near, far, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth,
-                  trs, g_grid.reshape(-1), *grid.shape[:3], self.S, self.jitter, n_chunks, private,
-                  grid.shape[3] - 1, cache)
-        g_term = g_out * (1.0 - alpha)[:, None]
-        return g_grid.sum(0).reshape(grid.shape), g_term, None, None, None, None, None, None, None
+        Cp = grid.shape[3]
+        n_copies, private = _scatter_copies(out.shape[0])
+        n_copies = n_copies if private else 1
+        g_grid = torch.empty(grid.shape, dtype=grid.dtype, device=grid.device)
+        copies = g_grid.reshape(-1) if n_copies == 1 else torch.empty(n_copies * grid.numel(), dtype=grid.dtype,
+                                                                         device=grid.device)
+        _fill_zero(copies)
+        g_term = torch.empty(out.shape, dtype=grid.dtype, device=grid.device)
+        counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
+        _, bwd = _grid_kernels(Cp, backend.real())
+        bwd(grid.reshape(-1, Cp), ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs,
+            copies.reshape(-1, Cp), g_term, counter, *grid.shape[:3], n_copies, cache,
+            self.jitter, private)
+        if n_copies > 1:
+            _sum_copies(copies, g_grid.reshape(-1), n_copies)
+        g_term = g_term.reshape(self.B, self.H, self.W, -1).sum_to_size(term_shape)
+        return g_grid, g_term, None, None, None, None, None, None, None
 
 
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bbox):
@@ -414,6 +554,29 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bbox):
     inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
     a, b = (lo - origins) * inv, (hi - origins) * inv
     return torch.minimum(a, b).amax(-1), torch.maximum(a, b).amin(-1)
+
+
+def _camera_table(camera: Camera, dt, dev) -> torch.Tensor:
+    """(B, 16) per camera: world-to-camera R (row-major), camera centre, fx, fy, cx, cy (no gradients)."""
+    B = camera.batch
+    cols = [camera.R.reshape(B, 9), camera.center.reshape(B, 3)] + [v.reshape(B, 1) for v in
+                                                                       (camera.fx, camera.fy, camera.cx, camera.cy)]
+    return torch.cat([c.detach().to(dev, dt) for c in cols], 1).contiguous()
+
+
+def _compact(x: torch.Tensor):
+    """A (B, H, W, C) tensor, possibly a broadcast view -> (the un-broadcast (b, h, w, C) slice, its strides in
+    rows of C for the pixel index (b, y, x))."""
+    idx = tuple(slice(0, 1) if (st == 0 and n > 1) else slice(None) for st, n in zip(x.stride()[:3], x.shape[:3]))
+    small = x[idx]
+    b, h, w = small.shape[:3]
+    return small, (h * w if b > 1 else 0, w if h > 1 else 0, 1 if w > 1 else 0)
+
+
+def _per_ray(v, B: int, H: int, W: int, dt, dev):
+    """A scalar or a (B, H, W)-broadcastable depth bound -> (1,) or (B * H * W,) (no gradients)."""
+    v = torch.as_tensor(v, dtype=dt, device=dev).detach()
+    return v.reshape(1) if v.numel() == 1 else v.expand(B, H, W).reshape(-1)
 
 
 def render_volume(camera: Camera, *, grid: torch.Tensor | None = None, field=None,
@@ -436,13 +599,43 @@ def render_volume(camera: Camera, *, grid: torch.Tensor | None = None, field=Non
     if (grid is None) == (field is None):
         raise ValueError("render_volume needs exactly one of grid= or field=")
     dt, dev = backend.torch_dtype(), backend.torch_device()
+    B, H, W = camera.batch, camera.height, camera.width
+    R, S = B * H * W, int(n_samples)
+    u = torch.rand(B, H, W, S, dtype=dt, device=dev, generator=generator) if stratified else None
+    if grid is not None:
+        # fused path: rays, box clipping, sampling and compositing in one Taichi pass per ray; nothing image- or
+        # sample-sized is staged in torch (torch's worker threads keep spinning for ms after a parallel op and
+        # would compete with the kernel for the cores)
+        grid = grid.to(dt)
+        if min(grid.shape[:3]) < 2:
+            raise ValueError(f"grid must have at least 2 points per axis, got {tuple(grid.shape[:3])}")
+        C = grid.shape[-1] - 1
+        if C < 1:
+            raise ValueError(f"grid needs density plus at least one colour/feature channel, got shape "
+                             f"{tuple(grid.shape)}; append a constant channel for density-only volumes")
+        none = torch.zeros(1, dtype=dt, device=dev)
+        if mesh is not None:
+            covered = mesh.alpha.detach() > 0.5
+            mz = mesh.depth.detach().to(dt)
+            cap = torch.where(covered, mz, torch.full_like(mz, float("inf"))).reshape(R)
+            tz = torch.where(covered, mz, torch.zeros_like(mz)).reshape(R)
+            terminal = mesh.rgb
+        else:
+            cap = tz = none
+            terminal = expand_background(background, B, H, W, C, dt, dev)
+        term, strides = _compact(terminal)
+        box = torch.as_tensor(bbox, dtype=dt, device=dev).reshape(2, 3)
+        near_a = none if near is None else _per_ray(near, B, H, W, dt, dev)
+        far_a = none if far is None else _per_ray(far, B, H, W, dt, dev)
+        uu = u.reshape(R, S) if u is not None else torch.zeros(1, 1, dtype=dt, device=dev)
+        op = _GridRender(S, u is not None, (B, H, W), strides, near is not None, far is not None, mesh is not None)
+        rgb, alpha, depth = bridge.apply(op, grid, term, _camera_table(camera, dt, dev), box, near_a, far_a, cap, tz,
+                                         uu)
+        return VolumeRender(rgb.reshape(B, H, W, C), alpha.reshape(B, H, W), depth.reshape(B, H, W))
     o, d = camera.rays()
-    B, H, W, _ = d.shape
-    S = int(n_samples)
     box_near, box_far = ray_box(o, d, bbox)
     near_t = box_near.clamp_min(1e-3) if near is None else torch.as_tensor(near, dtype=dt, device=dev).expand(B, H, W)
     far_t = box_far if far is None else torch.as_tensor(far, dtype=dt, device=dev).expand(B, H, W)
-    C = (grid.shape[-1] - 1) if grid is not None else None
     if mesh is not None:
         covered = mesh.alpha.detach() > 0.5
         far_t = torch.where(covered, torch.minimum(far_t, mesh.depth.detach()), far_t)
@@ -452,24 +645,6 @@ def render_volume(camera: Camera, *, grid: torch.Tensor | None = None, field=Non
         tz = torch.zeros(B, H, W, dtype=dt, device=dev)
         terminal = None
     far_t = torch.maximum(far_t, near_t)                                      # empty interval: no samples count
-    R = B * H * W
-    u = torch.rand(B, H, W, S, dtype=dt, device=dev, generator=generator) if stratified else None
-    if grid is not None:
-        # fused path: one Taichi pass per ray, nothing per sample is staged in torch
-        box = torch.as_tensor(bbox, dtype=dt, device=dev).reshape(2, 3)
-        grid = grid.to(dt)
-        if min(grid.shape[:3]) < 2:
-            raise ValueError(f"grid must have at least 2 points per axis, got {tuple(grid.shape[:3])}")
-        if C < 1:
-            raise ValueError(f"grid needs density plus at least one colour/feature channel, got shape "
-                             f"{tuple(grid.shape)}; append a constant channel for density-only volumes")
-        if terminal is None:
-            terminal = expand_background(background, B, H, W, C, dt, dev)
-        uu = u.reshape(R, S) if u is not None else torch.zeros(1, 1, dtype=dt, device=dev)
-        rgb, alpha, depth = bridge.apply(_GridRender(S, u is not None), grid, terminal.reshape(R, C), box,
-                                         o.expand(B, H, W, 3).reshape(R, 3), d.reshape(R, 3), near_t.reshape(R),
-                                         far_t.reshape(R), uu, tz.reshape(R))
-        return VolumeRender(rgb.reshape(B, H, W, C), alpha.reshape(B, H, W), depth.reshape(B, H, W))
     if u is None:
         u = torch.full((B, H, W, S), 0.5, dtype=dt, device=dev)
     bins = (far_t - near_t)[..., None] / S
