@@ -28,7 +28,7 @@ from .camera import Camera
 
 __all__ = ["Fragments", "rasterize", "rasterize_screen", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
-TILE = 8
+TILE = 4
 """Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it)."""
 
 _CUTOFF = math.log(1e4)
@@ -140,6 +140,7 @@ _WGR = 10     # 4: barycentric gradients d w0 / d(x, y), d w1 / d(x, y) (w0 = 1,
 _IZ = 14      # 3: 1 / z of each vertex (1/z is affine in screen space)
 _H2 = 17      # 3: squared altitude onto the edge opposite each vertex: line distance^2 = w_i^2 h2_i
 _IL = 20      # 3: 1 / |edge|^2 of the edges (a, b), (b, c), (c, a)
+_ZMIN = 23    # 1: nearest vertex depth (a lower bound on the face's depth anywhere)
 _NREC = 24
 _CHUNK = 32   # tile-list entries box-tested per compaction step in _knn
 
@@ -175,6 +176,7 @@ def _face_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.ty
             a2 = area * area
             fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2] = a2 / lbc, a2 / lca, a2 / lab
             fd[b, f, _IL], fd[b, f, _IL + 1], fd[b, f, _IL + 2] = 1.0 / lab, 1.0 / lbc, 1.0 / lca
+            fd[b, f, _ZMIN] = ti.min(az, bz, cz)
 
 
 @ti.func
@@ -199,13 +201,18 @@ def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), W: int, H: in
 
 
 @ti.kernel
-def _bin_fill(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), cursor: ti.types.ndarray(),
-              bins: ti.types.ndarray(), W: int, H: int):
-    for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
-        s = _tile_span(fd, b, f, W, H, offsets.shape[2], offsets.shape[1])
-        for ty, tx in ti.ndrange((s[2], s[3] + 1), (s[0], s[1] + 1)):
-            slot = offsets[b, ty, tx] + ti.atomic_add(cursor[b, ty, tx], 1)
-            bins[slot] = f
+def _bin_fill(fd: ti.types.ndarray(), order: ti.types.ndarray(), offsets: ti.types.ndarray(),
+              cursor: ti.types.ndarray(), bins: ti.types.ndarray(), W: int, H: int):
+    # faces in ``order`` (nearest vertex first), one serial pass per batch row: every tile list comes out sorted
+    # front to back, so a pixel's K-nearest list fills with near faces early and most far blur-only candidates are
+    # rejected on their nearest vertex's depth alone
+    for b in range(fd.shape[0]):
+        for i in range(fd.shape[1]):
+            f = order[b, i]
+            s = _tile_span(fd, b, f, W, H, offsets.shape[2], offsets.shape[1])
+            for ty, tx in ti.ndrange((s[2], s[3] + 1), (s[0], s[1] + 1)):
+                bins[offsets[b, ty, tx] + cursor[b, ty, tx]] = f
+                cursor[b, ty, tx] += 1
 
 
 @ti.func
@@ -297,8 +304,10 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
                 # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
                 far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
                        | ((w2 < 0) & (w2 * w2 * h2 > r2)))
-                # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel
-                if inside or (soft and lc[K - 1] != 0 and not far):
+                # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
+                # nor a full list of blur-only faces all nearer than this face's nearest vertex
+                if inside or (soft and not far and (lc[K - 1] == 2 or (lc[K - 1] == 1
+                                                                       and fd[b, f, _ZMIN] <= lz[K - 1]))):
                     cc = 1 - ti.cast(inside, ti.i32)
                     z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
                     if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
@@ -395,7 +404,8 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     offsets = (torch.cumsum(flat, 0, dtype=torch.int32) - flat).reshape(counts.shape)
     bins = torch.empty(max(int(flat.sum()), 1), dtype=torch.int32, device=dev)
     cursor = torch.zeros_like(counts)
-    _bin_fill(fd, offsets, cursor, bins, W, H)
+    order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
+    _bin_fill(fd, order, offsets, cursor, bins, W, H)
     p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
