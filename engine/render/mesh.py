@@ -7,7 +7,7 @@ import torch
 from .. import backend, bridge
 from .attributes import face_attributes, interpolate, sample_texture
 from .camera import Camera
-from .raster import (Fragments, _acc, _coverage, _dist_grad, _ndc2, _project_bwd, camera_table, expand_background,
+from .raster import (Fragments, _acc, _dist_grad, _seg_dist2, _ndc2, _project_bwd, camera_table, expand_background,
                      project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 
@@ -58,12 +58,38 @@ def _bg_vec(bg: ti.template(), b, py, px, W, C: ti.template()):
     return v
 
 
+@ti.func
+def _cov(dist: ti.template(), b, py, px, k, sigma):
+    # DBW soft coverage from the K-nearest pass's signed squared NDC distance (< 0 inside: full coverage)
+    d = dist[b, py, px, k]
+    c = 1.0
+    if d > 0:
+        c = ti.exp(-d / sigma)
+    return c
+
+
+@ti.func
+def _nearest_edge(xy: ti.template(), faces: ti.template(), b, f, x, y):
+    # index e of the edge (faces[f, e], faces[f, (e + 1) % 3]) nearest to (x, y), first on ties
+    i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+    ax, ay, bx, by, cx, cy = xy[b, i0, 0], xy[b, i0, 1], xy[b, i1, 0], xy[b, i1, 1], xy[b, i2, 0], xy[b, i2, 1]
+    e0 = _seg_dist2(x, y, ax, ay, bx, by)
+    e1 = _seg_dist2(x, y, bx, by, cx, cy)
+    e2 = _seg_dist2(x, y, cx, cy, ax, ay)
+    e = 0
+    if e1 < e0:
+        e, e0 = 1, e1
+    if e2 < e0:
+        e = 2
+    return e
+
+
 @ti.kernel
-def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
+def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
               zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), rgb: ti.types.ndarray(), dep: ti.types.ndarray(),
               alp: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(), per_face: int, use_shade: int,
-              sigma: float, ndc2: float, C: ti.template()):
+              sigma: float, C: ti.template()):
     # C (colour/feature width) is compile-time: a pixel's C + 2 composite channels live in registers
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
@@ -74,7 +100,7 @@ def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
             lt[b, py, px, k] = T
             f = p2f[b, py, px, k]
             if f >= 0:
-                a, _e, _x = _coverage(xy, faces, opac, b, f, px + 0.5, py + 0.5, sigma, ndc2)
+                a = opac[b, f] * _cov(dist, b, py, px, k, sigma)
                 la[b, py, px, k] = a
                 acc += (T * a) * _layer_vec(attr, faces, bary, zbuf, b, py, px, k, f, per_face, C) \
                     * _shade_vec(shade, b, f, use_shade, C)
@@ -87,8 +113,8 @@ def _soft_fwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
 
 
 @ti.kernel
-def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
-              zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
+def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
+              bary: ti.types.ndarray(), zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
               g_la: ti.types.ndarray(), g_xy: ti.types.ndarray(),
@@ -160,19 +186,25 @@ def _soft_bwd(xy: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.n
                 for k in range(n):
                     f = p2f[b, py, px, k]
                     ga = g_la[b, py, px, k]
-                    a, e, cov = _coverage(xy, faces, opac, b, f, x, y, sigma, ndc2)
+                    cov = _cov(dist, b, py, px, k, sigma)
                     _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
-                    if e >= 0:
-                        _dist_grad(xy, faces, g_xy, b, cb * Bx + b, f, e, x, y, -ga * a / sigma * ndc2, private)
+                    if dist[b, py, px, k] > 0:
+                        # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q on the nearest edge
+                        e = _nearest_edge(xy, faces, b, f, x, y)
+                        _dist_grad(xy, faces, g_xy, b, cb * Bx + b, f, e, x, y,
+                                   -ga * la[b, py, px, k] / sigma * ndc2, private)
 
 
 class SoftMesh(bridge.Op):
     """Fused soft mesh rendering: coverage, interpolation, shading and compositing of precomputed K-nearest lists.
 
+    Coverage comes from the fragments' signed squared distance (computed once, in the K-nearest pass); the backward
+    finds the nearest edge again only for slots outside their face, where the distance has a gradient.
+
     Inputs: verts (Bv, V, 3) world; attr (Ba, V or F, C) per-vertex or per-face colours/features; shade
     (Bs, F, C) per-face multiplier (Lambert irradiance) or a (1, 1, 1) dummy; opacity (Bo, F); background
     (Bg, 1 or H*W, C); then the non-differentiable camera table (B, 16), faces, screen (B, V, 3) = project(verts)
-    and fragments (p2f, bary, zbuf). Outputs: colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and
+    and fragments (p2f, bary, zbuf, dist). Outputs: colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and
     alpha (B, H, W), as separate tensors so that autograd never slices one (a slice's backward zero-fills and
     copies a whole image). Gradients: verts (through coverage and the projection), attr, shade, opacity,
     background. Barycentrics and depths stay detached, as in DBW.
@@ -186,19 +218,19 @@ class SoftMesh(bridge.Op):
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
         self.per_face, self.use_shade = int(per_face), int(use_shade)
 
-    def forward(self, verts, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf):
+    def forward(self, verts, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, dist):
         B, H, W, K = p2f.shape
         C = attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         la, lt = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
-        _soft_fwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, rgb, dep, alp, la, lt,
-                  self.per_face, self.use_shade, self.sigma, self.ndc2, C)
-        saved = (verts.shape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la, lt)
+        _soft_fwd(dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, rgb, dep, alp, la, lt,
+                  self.per_face, self.use_shade, self.sigma, C)
+        saved = (verts.shape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, dist, la, lt)
         return (rgb, dep, alp), saved
 
     def backward(self, saved, grads):
-        vshape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, la, lt = saved
+        vshape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, dist, la, lt = saved
         B, H, W, K = p2f.shape
         n_chunks, private = _scatter_copies(B * H)
         nc = n_chunks if private else 1
@@ -212,7 +244,7 @@ class SoftMesh(bridge.Op):
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
         g_la = torch.empty_like(la)
-        _soft_bwd(screen, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, *grads, g_la, g_xy,
+        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, *grads, g_la, g_xy,
                   g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2, n_chunks,
                   private, attr.shape[2])
         if nc > 1:
@@ -224,7 +256,7 @@ class SoftMesh(bridge.Op):
         _project_bwd(screen, cam, g_xy, g_verts)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
-        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + (None,) * 6
+        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + (None,) * 7
 
 
 def _scatter_copies(n_rows: int):
@@ -372,7 +404,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma,
     fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
     shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
     op = torch.as_tensor(opacity, dtype=dt, device=dev)
-    op = op.reshape(1, -1).expand(B, F) if op.dim() <= 1 else op.expand(B, F)       # _coverage reads row b
+    op = op.reshape(1, -1).expand(B, F) if op.dim() <= 1 else op.expand(B, F)       # the kernels read row b
     bg = torch.as_tensor(background, dtype=dt, device=dev)
     if bg.dim() <= 1:
         bg = bg.reshape(1, 1, -1).expand(1, 1, C)
@@ -383,7 +415,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma,
     if bg.shape[-1] != C:
         raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
     rgb, depth, alpha = bridge.apply(SoftMesh(sigma, W, H, per_face, lights is not None), verts, attr, shade, op, bg,
-                                     cam, faces, screen, frags.pix_to_face, frags.bary, frags.zbuf)
+                                     cam, faces, screen, frags.pix_to_face, frags.bary, frags.zbuf, frags.dist)
     # nearest face's normal, 0 where empty: one index_select from the normals with a zero row appended per batch
     # (no image-sized mask multiply or gather, which torch parallelises and a busy CPU then stalls)
     p2f0 = frags.pix_to_face[..., 0].long()
