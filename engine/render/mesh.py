@@ -7,7 +7,7 @@ import torch
 from .. import backend, bridge
 from .attributes import face_attributes, interpolate, sample_texture
 from .camera import Camera
-from .raster import (Fragments, _acc, _dist_grad, _seg_dist2, _ndc2, _project_bwd, camera_table, expand_background,
+from .raster import (Fragments, _acc, _seg_dist2, _ndc2, _project_bwd, camera_table, expand_background,
                      project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 
@@ -69,19 +69,29 @@ def _cov(dist: ti.template(), b, py, px, k, sigma):
 
 
 @ti.func
-def _nearest_edge(xy: ti.template(), faces: ti.template(), b, f, x, y):
-    # index e of the edge (faces[f, e], faces[f, (e + 1) % 3]) nearest to (x, y), first on ties
-    i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+def _dist_grad_tri(xy: ti.template(), g_xy: ti.template(), b, gb, i0, i1, i2, x, y, gd, private: ti.template()):
+    # gd = dL/d(d2 / ndc2) for a pixel outside triangle (i0, i1, i2): d2 / ndc2 = |p - q|^2 with q the closest point
+    # of the nearest edge (u, v) (the first on ties), q = u + t (v - u); xy is read at batch row b, the gradient
+    # lands in row gb of g_xy (a private copy's row on CPU)
     ax, ay, bx, by, cx, cy = xy[b, i0, 0], xy[b, i0, 1], xy[b, i1, 0], xy[b, i1, 1], xy[b, i2, 0], xy[b, i2, 1]
     e0 = _seg_dist2(x, y, ax, ay, bx, by)
     e1 = _seg_dist2(x, y, bx, by, cx, cy)
     e2 = _seg_dist2(x, y, cx, cy, ax, ay)
-    e = 0
+    iu, iv, ux, uy, vx, vy = i0, i1, ax, ay, bx, by
     if e1 < e0:
-        e, e0 = 1, e1
+        iu, iv, ux, uy, vx, vy, e0 = i1, i2, bx, by, cx, cy, e1
     if e2 < e0:
-        e = 2
-    return e
+        iu, iv, ux, uy, vx, vy = i2, i0, cx, cy, ax, ay
+    ex, ey = vx - ux, vy - uy
+    L = ex * ex + ey * ey
+    t = 0.0
+    if L > 0:
+        t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
+    rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
+    _acc(g_xy, (gb, iu, 0), gd * 2.0 * rx * (1.0 - t), private)
+    _acc(g_xy, (gb, iu, 1), gd * 2.0 * ry * (1.0 - t), private)
+    _acc(g_xy, (gb, iv, 0), gd * 2.0 * rx * t, private)
+    _acc(g_xy, (gb, iv, 1), gd * 2.0 * ry * t, private)
 
 
 @ti.kernel
@@ -117,7 +127,7 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
               bary: ti.types.ndarray(), zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
-              g_la: ti.types.ndarray(), g_xy: ti.types.ndarray(),
+              g_xy: ti.types.ndarray(),
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
               g_bg: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float, n_chunks: int,
               private: ti.template(), C: ti.template()):
@@ -146,8 +156,6 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                 n = 0
                 while n < K and p2f[b, py, px, n] >= 0:
                     n += 1
-                for k in range(n, K):
-                    g_la[b, py, px, k] = 0.0
                 Tn = 1.0
                 if n > 0:
                     Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
@@ -161,38 +169,48 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                 go[C] = g_dep[b, py, px]
                 go[C + 1] = g_alp[b, py, px]
                 R = _bg_vec(bg, b, py, px, W, C)
+                x, y = px + 0.5, py + 0.5
                 for kk in range(n):
                     k = n - 1 - kk
                     f = p2f[b, py, px, k]
                     a, T = la[b, py, px, k], lt[b, py, px, k]
-                    u = _layer_vec(attr, faces, bary, zbuf, b, py, px, k, f, per_face, C)
+                    # face indices and barycentrics in locals, read once (the scatter's stores would otherwise
+                    # make the compiler read them again)
+                    i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+                    w0, w1, w2 = bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2]
+                    u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+                    if per_face:
+                        for c in ti.static(range(C)):
+                            u[c] = attr[ba, f, c]
+                    else:
+                        for c in ti.static(range(C)):
+                            u[c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
+                    u[C] = zbuf[b, py, px, k]
                     sh = _shade_vec(shade, b, f, use_shade, C)
                     v = u * sh
-                    g_la[b, py, px, k] = T * go.dot(v - R)
+                    ga = T * go.dot(v - R)                  # dL / d alpha_k
                     ta = T * a
-                    for c in ti.static(range(C)):
-                        gv = go[c] * ta
-                        if gv != 0.0:
+                    if ta != 0.0:
+                        for c in ti.static(range(C)):
+                            gv = go[c] * ta
                             if use_shade:
                                 _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
                             if per_face:
                                 _acc(g_attr, (cb * Ba + ba, f, c), gv * sh[c], private)
                             else:
-                                for j in ti.static(range(3)):
-                                    _acc(g_attr, (cb * Ba + ba, faces[f, j], c), gv * sh[c] * bary[b, py, px, k, j],
-                                         private)
-                    R = a * v + (1.0 - a) * R
-                x, y = px + 0.5, py + 0.5
-                for k in range(n):
-                    f = p2f[b, py, px, k]
-                    ga = g_la[b, py, px, k]
-                    cov = _cov(dist, b, py, px, k, sigma)
+                                gs = gv * sh[c]
+                                _acc(g_attr, (cb * Ba + ba, i0, c), gs * w0, private)
+                                _acc(g_attr, (cb * Ba + ba, i1, c), gs * w1, private)
+                                _acc(g_attr, (cb * Ba + ba, i2, c), gs * w2, private)
+                    d = dist[b, py, px, k]
+                    cov = 1.0
+                    if d > 0:
+                        cov = ti.exp(-d / sigma)
                     _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
-                    if dist[b, py, px, k] > 0:
+                    if d > 0:
                         # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q on the nearest edge
-                        e = _nearest_edge(xy, faces, b, f, x, y)
-                        _dist_grad(xy, faces, g_xy, b, cb * Bx + b, f, e, x, y,
-                                   -ga * la[b, py, px, k] / sigma * ndc2, private)
+                        _dist_grad_tri(xy, g_xy, b, cb * Bx + b, i0, i1, i2, x, y, -ga * a / sigma * ndc2, private)
+                    R = a * v + (1.0 - a) * R
 
 
 class SoftMesh(bridge.Op):
@@ -243,8 +261,7 @@ class SoftMesh(bridge.Op):
         bg_image = background.shape[1] > 1
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
-        g_la = torch.empty_like(la)
-        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, *grads, g_la, g_xy,
+        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, *grads, g_xy,
                   g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2, n_chunks,
                   private, attr.shape[2])
         if nc > 1:
