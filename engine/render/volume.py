@@ -17,6 +17,7 @@ state kept is each sample's transmittance factor (one float, so the replay needs
 not even that beyond ``_CACHE_MAX`` samples. A field's samples are composited by ``composite_rays``. Negative densities count as zero.
 """
 import functools
+import threading
 from dataclasses import dataclass
 
 import taichi as ti
@@ -230,13 +231,7 @@ def _corner(base, k: ti.template(), Z, YZ):
 
 
 @ti.func
-def _corners(grid: ti.template(), base, Z, YZ):
-    # the 8 corner values (rows: corners, columns: the 1 + C channels) of a cell, one index computation each
-    return ti.Matrix.rows([grid[_corner(base, k, Z, YZ)] for k in ti.static(range(8))])
-
-
-@ti.func
-def _cell(q, X, Y, Z):
+def _cell_at(q, X, Y, Z):
     # q in grid units (inside the box) -> flat index of the lower corner of its cell, and the 8 corner weights
     i = ti.min(ti.cast(q[0], ti.i32), X - 2)
     j = ti.min(ti.cast(q[1], ti.i32), Y - 2)
@@ -254,14 +249,6 @@ def _inside(q, X, Y, Z):
 
 
 @ti.func
-def _blend(c: ti.template(), w: ti.template(), ch: ti.template()):
-    v = w[0] * c[0, ch]
-    for k in ti.static(range(1, 8)):
-        v += w[k] * c[k, ch]
-    return v
-
-
-@ti.func
 def _offset(u: ti.template(), r, n, jitter: ti.template()):
     # sample position inside its bin: the stratified jitter, or the bin centre
     v = 0.5
@@ -276,6 +263,15 @@ def _grid_kernels(Cp: int, real):
     is read as one Cp-vector per grid point, so a corner costs one index computation, not Cp."""
     C = Cp - 1
     cell_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=1)
+
+    @ti.func
+    def lerp_all(grid: ti.template(), base, w, Z, YZ):
+        # all 1 + C channels of one sample at once: sum over corners of weight x corner vector, the form LLVM's
+        # SLP vectorizer turns into whole-vector loads and multiply-adds
+        v = w[0] * grid[base]
+        for k in ti.static(range(1, 8)):
+            v += w[k] * grid[_corner(base, k, Z, YZ)]
+        return v
 
     @ti.func
     def setup(r, cam: ti.template(), box: ti.template(), near_a: ti.template(), far_a: ti.template(),
@@ -332,21 +328,19 @@ def _grid_kernels(Cp: int, real):
         ray[r, 8] = dl
         YZ = Y * Z
         T, dep, n = 1.0, 0.0, 0
-        acc = ti.Vector([0.0 for _ in ti.static(range(C))])
+        acc = ti.Vector([0.0 for _ in ti.static(range(Cp))])
         n_end = S if hit else 0                      # a ray that misses the box takes no samples
         while n < n_end and T >= _T_MIN:
             f = n + _offset(u, r, n, jitter)
             q = P + f * Q
             tr = _NO_SAMPLE
             if _inside(q, X, Y, Z):
-                base, w = _cell(q, X, Y, Z)
-                c = _corners(grid, base, Z, YZ)
-                s = _blend(c, w, 0)
-                if s > 0:
-                    tr = ti.exp(-s * dl)
+                base, w = _cell_at(q, X, Y, Z)
+                v = lerp_all(grid, base, w, Z, YZ)
+                if v[0] > 0:
+                    tr = ti.exp(-v[0] * dl)
                     a = T * (1.0 - tr)
-                    for ch in ti.static(range(C)):
-                        acc[ch] += a * _blend(c, w, ch + 1)
+                    acc += a * v                     # lane 0 (density) is not used
                     dep += a * (near + f * bins)
                     T -= a
             if ti.static(cache):
@@ -354,7 +348,7 @@ def _grid_kernels(Cp: int, real):
             n += 1
         tb = b * sb + py * sh + px * sw
         for ch in ti.static(range(C)):
-            out[r, ch] = acc[ch] + T * term[tb, ch]
+            out[r, ch] = acc[ch + 1] + T * term[tb, ch]
         zt = 0.0
         if ti.static(mesh):
             zt = tz[r]
@@ -406,12 +400,14 @@ def _grid_kernels(Cp: int, real):
         gd = g_depth[r]
         Sg = gd * depth[r] + go.dot(ti.Vector([out[r, ch] for ch in ti.static(range(C))]))  # g . what lies behind
         ga = g_alpha[r] * TS
+        G0 = ti.Vector([0.0] + [go[ch] for ch in ti.static(range(C))])     # g . colour of a corner vector
+        G1 = ti.Vector([dl] + [go[ch] for ch in ti.static(range(C))])      # per-channel factor of v below
         T = 1.0
         for n in range(n_used[r]):
             f = n + _offset(u, r, n, jitter)
             q = P + f * Q
             tr = _NO_SAMPLE
-            base, w = _cell(q, X, Y, Z)
+            base, w = _cell_at(q, X, Y, Z)
             if ti.static(cache):
                 tr = trs[r, n]
             elif _inside(q, X, Y, Z):
@@ -421,15 +417,12 @@ def _grid_kernels(Cp: int, real):
                 if s > 0:
                     tr = ti.exp(-s * dl)
             if tr <= 1.0:
-                c = _corners(grid, base, Z, YZ)
-                gc = gd * (near + f * bins)
-                for ch in ti.static(range(C)):
-                    gc += go[ch] * _blend(c, w, ch + 1)
+                gc = gd * (near + f * bins) + G0.dot(lerp_all(grid, base, w, Z, YZ))
                 a = T * (1.0 - tr)
                 Sg -= a * gc
                 T -= a
                 # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha; d out / d c = a g
-                v = ti.Vector([dl * (T * gc - Sg + ga)] + [go[ch] * a for ch in ti.static(range(C))])
+                v = G1 * ti.Vector([T * gc - Sg + ga] + [a for _ in ti.static(range(C))])
                 for k in ti.static(range(8)):
                     i = gofs + _corner(base, k, Z, YZ)
                     if ti.static(private):
@@ -476,13 +469,41 @@ def _fill_zero(a: ti.types.ndarray()):
 
 @ti.kernel
 def _sum_copies(copies: ti.types.ndarray(), out: ti.types.ndarray(), n: int):
-    # out = sum of the n copies stacked in ``copies`` (flat)
+    # out = sum of the n copies stacked in ``copies`` (flat), leaving the copies zeroed for the next backward
     N = out.shape[0]
     for i in range(N):
         v = copies[i]
+        copies[i] = 0
         for w in range(1, n):
             v += copies[w * N + i]
+            copies[w * N + i] = 0
         out[i] = v
+
+
+_SCRATCH_MAX = 64 << 20
+"""Bytes of zeroed per-thread gradient copies kept between backward passes (a fresh buffer costs a page fault per
+4 KiB and a zeroing pass); larger ones are allocated per call."""
+
+_scratch: dict = {}
+_scratch_lock = threading.Lock()
+
+
+def _take_scratch(numel: int, dtype, device) -> torch.Tensor:
+    """A zeroed flat buffer, reused across calls when small enough (never shared by two calls at once)."""
+    with _scratch_lock:
+        buf = _scratch.pop((numel, dtype, device), None)
+    if buf is None:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        _fill_zero(buf)                  # in Taichi: a torch fill would leave torch's threads spinning
+    return buf
+
+
+def _give_scratch(buf: torch.Tensor):
+    """Return a buffer that ``_sum_copies`` has zeroed again."""
+    if buf.numel() * buf.element_size() <= _SCRATCH_MAX:
+        with _scratch_lock:
+            _scratch.clear()
+            _scratch[(buf.numel(), buf.dtype, buf.device)] = buf
 
 
 def _scatter_copies(n_rays: int):
@@ -532,9 +553,11 @@ class _GridRender(bridge.Op):
         n_copies, private = _scatter_copies(out.shape[0])
         n_copies = n_copies if private else 1
         g_grid = torch.empty(grid.shape, dtype=grid.dtype, device=grid.device)
-        copies = g_grid.reshape(-1) if n_copies == 1 else torch.empty(n_copies * grid.numel(), dtype=grid.dtype,
-                                                                         device=grid.device)
-        _fill_zero(copies)
+        if n_copies == 1:
+            copies = g_grid.reshape(-1)
+            _fill_zero(copies)
+        else:
+            copies = _take_scratch(n_copies * grid.numel(), grid.dtype, grid.device)
         g_term = torch.empty(out.shape, dtype=grid.dtype, device=grid.device)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         _, bwd = _grid_kernels(Cp, backend.real())
@@ -543,6 +566,7 @@ class _GridRender(bridge.Op):
             self.jitter, private)
         if n_copies > 1:
             _sum_copies(copies, g_grid.reshape(-1), n_copies)
+            _give_scratch(copies)
         g_term = g_term.reshape(self.B, self.H, self.W, -1).sum_to_size(term_shape)
         return g_grid, g_term, None, None, None, None, None, None, None
 
