@@ -203,8 +203,9 @@ _NO_SAMPLE = 2.0
 """Cached transmittance factor of a sample that does not count (a real one lies in (0, 1])."""
 
 _CACHE_MAX = 1 << 25
-"""Rays x samples up to which the forward keeps each sample's transmittance factor for the backward (128 MiB in
-f32); beyond it the backward recomputes them (exp and density lookup, ~25 % slower)."""
+"""Rays x samples x (1 + C) up to which the forward keeps each sample's transmittance factor and colour for the
+backward (128 MiB in f32), so the backward reads one vector per sample instead of 8 grid corners and an exp;
+beyond it the backward recomputes them."""
 
 _T_MIN = 1e-4
 """A ray stops once its transmittance falls below this (forward and backward alike): later samples count as
@@ -263,11 +264,11 @@ def _grid_kernels(Cp: int, real):
     is read as one Cp-vector per grid point, so a corner costs one index computation, not Cp."""
     C = Cp - 1
     cell_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=1)
+    smp_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=2)      # per sample: (tr, colour)
 
     @ti.func
     def lerp_all(grid: ti.template(), base, w, Z, YZ):
-        # all 1 + C channels of one sample at once: sum over corners of weight x corner vector, the form LLVM's
-        # SLP vectorizer turns into whole-vector loads and multiply-adds
+        # all 1 + C channels of one sample at once: weights x corner vectors
         v = w[0] * grid[base]
         for k in ti.static(range(1, 8)):
             v += w[k] * grid[_corner(base, k, Z, YZ)]
@@ -316,7 +317,7 @@ def _grid_kernels(Cp: int, real):
     def fwd_ray(r, grid: ti.template(), cam: ti.template(), box: ti.template(), near_a: ti.template(),
                 far_a: ti.template(), cap: ti.template(), tz: ti.template(), u: ti.template(), term: ti.template(),
                 out: ti.template(), alpha: ti.template(), depth: ti.template(), n_used: ti.template(),
-                ray: ti.template(), trs: ti.template(), X, Y, Z, H, W, S, sb, sh, sw, cache: ti.template(),
+                ray: ti.template(), smp: ti.template(), X, Y, Z, H, W, S, sb, sh, sw, cache: ti.template(),
                 jitter: ti.template(), has_near: ti.template(), has_far: ti.template(), mesh: ti.template()):
         b, py, px, P, Q, near, bins, dl, hit = setup(r, cam, box, near_a, far_a, cap, X, Y, Z, H, W, S, has_near,
                                                      has_far, mesh)
@@ -334,6 +335,7 @@ def _grid_kernels(Cp: int, real):
             f = n + _offset(u, r, n, jitter)
             q = P + f * Q
             tr = _NO_SAMPLE
+            v = ti.Vector([0.0 for _ in ti.static(range(Cp))])
             if _inside(q, X, Y, Z):
                 base, w = _cell_at(q, X, Y, Z)
                 v = lerp_all(grid, base, w, Z, YZ)
@@ -344,7 +346,8 @@ def _grid_kernels(Cp: int, real):
                     dep += a * (near + f * bins)
                     T -= a
             if ti.static(cache):
-                trs[r, n] = tr
+                v[0] = tr
+                smp[r, n] = v
             n += 1
         tb = b * sb + py * sh + px * sw
         for ch in ti.static(range(C)):
@@ -360,7 +363,7 @@ def _grid_kernels(Cp: int, real):
     def fwd(grid: cell_t, cam: ti.types.ndarray(), box: ti.types.ndarray(), near_a: ti.types.ndarray(),
             far_a: ti.types.ndarray(), cap: ti.types.ndarray(), tz: ti.types.ndarray(), u: ti.types.ndarray(),
             term: ti.types.ndarray(), out: ti.types.ndarray(), alpha: ti.types.ndarray(), depth: ti.types.ndarray(),
-            n_used: ti.types.ndarray(), ray: ti.types.ndarray(), trs: ti.types.ndarray(),
+            n_used: ti.types.ndarray(), ray: ti.types.ndarray(), smp: smp_t,
             counter: ti.types.ndarray(), X: int, Y: int, Z: int, H: int, W: int, S: int, sb: int, sh: int, sw: int,
             n_workers: int, cache: ti.template(), jitter: ti.template(), has_near: ti.template(),
             has_far: ti.template(), mesh: ti.template(), dynamic: ti.template()):
@@ -375,20 +378,20 @@ def _grid_kernels(Cp: int, real):
                             break
                         for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
                             fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used,
-                                    ray, trs, X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
+                                    ray, smp, X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
         else:
             for r in range(R):
-                fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used, ray, trs,
+                fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used, ray, smp,
                         X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
 
     @ti.func
     def bwd_ray(r, gofs, grid: ti.template(), ray: ti.template(), u: ti.template(), out: ti.template(),
                 alpha: ti.template(), depth: ti.template(), n_used: ti.template(), g_out: ti.template(),
-                g_alpha: ti.template(), g_depth: ti.template(), trs: ti.template(), g_grid: ti.template(),
+                g_alpha: ti.template(), g_depth: ti.template(), smp: ti.template(), g_grid: ti.template(),
                 g_term: ti.template(), X, Y, Z, cache: ti.template(), jitter: ti.template(),
                 private: ti.template()):
-        # The compositing adjoint of ``_comp_bwd`` replayed front to back (transmittance factors from trs when
-        # ``cache``, else recomputed), scattered to the 8 corners of each sample's cell in g_grid[gofs:]
+        # The compositing adjoint of ``_comp_bwd`` replayed front to back (transmittance factors and colours from
+        # smp when ``cache``, else recomputed), scattered to the 8 corners of each sample's cell in g_grid[gofs:]
         P = ti.Vector([ray[r, 0], ray[r, 1], ray[r, 2]])
         Q = ti.Vector([ray[r, 3], ray[r, 4], ray[r, 5]])
         near, bins, dl = ray[r, 6], ray[r, 7], ray[r, 8]
@@ -406,10 +409,12 @@ def _grid_kernels(Cp: int, real):
         for n in range(n_used[r]):
             f = n + _offset(u, r, n, jitter)
             q = P + f * Q
-            tr = _NO_SAMPLE
+            tr, gcv = _NO_SAMPLE, 0.0
             base, w = _cell_at(q, X, Y, Z)
             if ti.static(cache):
-                tr = trs[r, n]
+                sv = smp[r, n]
+                tr = sv[0]
+                gcv = G0.dot(sv)
             elif _inside(q, X, Y, Z):
                 s = 0.0
                 for k in ti.static(range(8)):
@@ -417,7 +422,9 @@ def _grid_kernels(Cp: int, real):
                 if s > 0:
                     tr = ti.exp(-s * dl)
             if tr <= 1.0:
-                gc = gd * (near + f * bins) + G0.dot(lerp_all(grid, base, w, Z, YZ))
+                if ti.static(not cache):
+                    gcv = G0.dot(lerp_all(grid, base, w, Z, YZ))
+                gc = gd * (near + f * bins) + gcv
                 a = T * (1.0 - tr)
                 Sg -= a * gc
                 T -= a
@@ -435,7 +442,7 @@ def _grid_kernels(Cp: int, real):
     def bwd(grid: cell_t, ray: ti.types.ndarray(), u: ti.types.ndarray(), out: ti.types.ndarray(),
             alpha: ti.types.ndarray(), depth: ti.types.ndarray(), n_used: ti.types.ndarray(),
             g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(), g_depth: ti.types.ndarray(),
-            trs: ti.types.ndarray(), g_grid: cell_t, g_term: ti.types.ndarray(), counter: ti.types.ndarray(),
+            smp: smp_t, g_grid: cell_t, g_term: ti.types.ndarray(), counter: ti.types.ndarray(),
             X: int, Y: int, Z: int, n_workers: int, cache: ti.template(), jitter: ti.template(),
             private: ti.template()):
         # ``private`` (CPU): worker w scatters into its own copy g_grid[w * cells:] with plain adds (~3x cheaper
@@ -451,11 +458,11 @@ def _grid_kernels(Cp: int, real):
                         if task * _TASK >= R:
                             break
                         for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
-                            bwd_ray(r, gofs, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs,
+                            bwd_ray(r, gofs, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, smp,
                                     g_grid, g_term, X, Y, Z, cache, jitter, private)
         else:
             for r in range(R):
-                bwd_ray(r, 0, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, g_grid,
+                bwd_ray(r, 0, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, smp, g_grid,
                         g_term, X, Y, Z, cache, jitter, private)
 
     return fwd, bwd
@@ -535,19 +542,20 @@ class _GridRender(bridge.Op):
         out, alpha, depth = torch.empty(R, C, **kw), torch.empty(R, **kw), torch.empty(R, **kw)
         n_used = torch.empty(R, dtype=torch.int32, device=grid.device)
         ray = torch.empty(R, _RAY, **kw)
-        cache = R * S <= _CACHE_MAX
-        trs = torch.empty(R, S, **kw) if cache else torch.empty(1, 1, **kw)
+        Cp = grid.shape[3]
+        cache = R * S * Cp <= _CACHE_MAX
+        smp = torch.empty(R, S, Cp, **kw) if cache else torch.empty(1, 1, Cp, **kw)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         dynamic = backend.settings().resolved_arch in ("x64", "arm64")
         fwd, _ = _grid_kernels(grid.shape[3], backend.real())
         fwd(grid.reshape(-1, grid.shape[3]), cam, box, near, far, cap, tz, u, term.reshape(-1, C), out, alpha, depth,
-            n_used, ray, trs, counter, *grid.shape[:3], self.H, self.W, S, *self.tstr, _workers(), cache,
+            n_used, ray, smp, counter, *grid.shape[:3], self.H, self.W, S, *self.tstr, _workers(), cache,
             self.jitter, *self.flags, dynamic)
-        saved = (grid, term.shape, u, out, alpha, depth, n_used, ray, trs, cache)
+        saved = (grid, term.shape, u, out, alpha, depth, n_used, ray, smp, cache)
         return (out, alpha, depth), saved
 
     def backward(self, saved, grads):
-        grid, term_shape, u, out, alpha, depth, n_used, ray, trs, cache = saved
+        grid, term_shape, u, out, alpha, depth, n_used, ray, smp, cache = saved
         g_out, g_alpha, g_depth = grads
         Cp = grid.shape[3]
         n_copies, private = _scatter_copies(out.shape[0])
@@ -561,7 +569,7 @@ class _GridRender(bridge.Op):
         g_term = torch.empty(out.shape, dtype=grid.dtype, device=grid.device)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         _, bwd = _grid_kernels(Cp, backend.real())
-        bwd(grid.reshape(-1, Cp), ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs,
+        bwd(grid.reshape(-1, Cp), ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, smp,
             copies.reshape(-1, Cp), g_term, counter, *grid.shape[:3], n_copies, cache,
             self.jitter, private)
         if n_copies > 1:
