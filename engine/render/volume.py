@@ -11,10 +11,11 @@ Along each pixel ray, ``S`` stratified samples at depths ``t_i`` in ``[near, far
 terminal colour, so leftover transmittance lands on the mesh and image losses reach the mesh colours.
 
 Sources: a dense grid (channel 0 density, the rest colour/features; trilinear) or any torch callable field.
-A grid renders in one fused Taichi pass per ray (sampling, trilinear lookup and compositing; rays stop once
-T < 1e-4), and its backward replays each ray front to back and scatters into the grid gradient; the only per-sample
-state kept is each sample's transmittance factor (one float, so the replay needs no exp or density lookup), and
-not even that beyond ``_CACHE_MAX`` samples. A field's samples are composited by ``composite_rays``. Negative densities count as zero.
+A grid renders in one fused Taichi pass per ray (pixel ray and box clipping, sampling, trilinear lookup and
+compositing; rays that miss the box take no samples, rays stop once T < 1e-4), and its backward replays each ray
+front to back and scatters into the grid gradient. Per sample the forward keeps the transmittance factor and the
+blended channels (so the replay needs no exp and no grid lookup), up to ``_CACHE_MAX`` values; beyond that the
+backward recomputes them. A field's samples are composited by ``composite_rays``. Negative densities count as zero.
 """
 import functools
 import threading
@@ -203,9 +204,9 @@ _NO_SAMPLE = 2.0
 """Cached transmittance factor of a sample that does not count (a real one lies in (0, 1])."""
 
 _CACHE_MAX = 1 << 25
-"""Rays x samples x (1 + C) up to which the forward keeps each sample's transmittance factor and colour for the
-backward (128 MiB in f32), so the backward reads one vector per sample instead of 8 grid corners and an exp;
-beyond it the backward recomputes them."""
+"""Rays x samples x (2 + C) up to which the forward keeps each sample's transmittance factor and blended channels
+for the backward (128 MiB in f32), so the backward reads them instead of 8 grid corners and an exp; beyond it the
+backward recomputes them."""
 
 _T_MIN = 1e-4
 """A ray stops once its transmittance falls below this (forward and backward alike): later samples count as
@@ -264,7 +265,7 @@ def _grid_kernels(Cp: int, real):
     is read as one Cp-vector per grid point, so a corner costs one index computation, not Cp."""
     C = Cp - 1
     cell_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=1)
-    smp_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=2)      # per sample: (tr, colour)
+    smp_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=2)      # per sample: blended channels
 
     @ti.func
     def lerp_all(grid: ti.template(), base, w, Z, YZ):
@@ -317,7 +318,8 @@ def _grid_kernels(Cp: int, real):
     def fwd_ray(r, grid: ti.template(), cam: ti.template(), box: ti.template(), near_a: ti.template(),
                 far_a: ti.template(), cap: ti.template(), tz: ti.template(), u: ti.template(), term: ti.template(),
                 out: ti.template(), alpha: ti.template(), depth: ti.template(), n_used: ti.template(),
-                ray: ti.template(), smp: ti.template(), X, Y, Z, H, W, S, sb, sh, sw, cache: ti.template(),
+                ray: ti.template(), trs: ti.template(), smp: ti.template(), X, Y, Z, H, W, S, sb, sh, sw,
+                cache: ti.template(),
                 jitter: ti.template(), has_near: ti.template(), has_far: ti.template(), mesh: ti.template()):
         b, py, px, P, Q, near, bins, dl, hit = setup(r, cam, box, near_a, far_a, cap, X, Y, Z, H, W, S, has_near,
                                                      has_far, mesh)
@@ -346,8 +348,8 @@ def _grid_kernels(Cp: int, real):
                     dep += a * (near + f * bins)
                     T -= a
             if ti.static(cache):
-                v[0] = tr
-                smp[r, n] = v
+                trs[r, n] = tr
+                smp[r, n] = v          # the whole blended vector: one store LLVM's SLP pass vectorizes cleanly
             n += 1
         tb = b * sb + py * sh + px * sw
         for ch in ti.static(range(C)):
@@ -363,7 +365,7 @@ def _grid_kernels(Cp: int, real):
     def fwd(grid: cell_t, cam: ti.types.ndarray(), box: ti.types.ndarray(), near_a: ti.types.ndarray(),
             far_a: ti.types.ndarray(), cap: ti.types.ndarray(), tz: ti.types.ndarray(), u: ti.types.ndarray(),
             term: ti.types.ndarray(), out: ti.types.ndarray(), alpha: ti.types.ndarray(), depth: ti.types.ndarray(),
-            n_used: ti.types.ndarray(), ray: ti.types.ndarray(), smp: smp_t,
+            n_used: ti.types.ndarray(), ray: ti.types.ndarray(), trs: ti.types.ndarray(), smp: smp_t,
             counter: ti.types.ndarray(), X: int, Y: int, Z: int, H: int, W: int, S: int, sb: int, sh: int, sw: int,
             n_workers: int, cache: ti.template(), jitter: ti.template(), has_near: ti.template(),
             has_far: ti.template(), mesh: ti.template(), dynamic: ti.template()):
@@ -378,16 +380,17 @@ def _grid_kernels(Cp: int, real):
                             break
                         for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
                             fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used,
-                                    ray, smp, X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
+                                    ray, trs, smp, X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
         else:
             for r in range(R):
-                fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used, ray, smp,
+                fwd_ray(r, grid, cam, box, near_a, far_a, cap, tz, u, term, out, alpha, depth, n_used, ray, trs, smp,
                         X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
 
     @ti.func
     def bwd_ray(r, gofs, grid: ti.template(), ray: ti.template(), u: ti.template(), out: ti.template(),
                 alpha: ti.template(), depth: ti.template(), n_used: ti.template(), g_out: ti.template(),
-                g_alpha: ti.template(), g_depth: ti.template(), smp: ti.template(), g_grid: ti.template(),
+                g_alpha: ti.template(), g_depth: ti.template(), trs: ti.template(), smp: ti.template(),
+                g_grid: ti.template(),
                 g_term: ti.template(), X, Y, Z, cache: ti.template(), jitter: ti.template(),
                 private: ti.template()):
         # The compositing adjoint of ``_comp_bwd`` replayed front to back (transmittance factors and colours from
@@ -412,9 +415,8 @@ def _grid_kernels(Cp: int, real):
             tr, gcv = _NO_SAMPLE, 0.0
             base, w = _cell_at(q, X, Y, Z)
             if ti.static(cache):
-                sv = smp[r, n]
-                tr = sv[0]
-                gcv = G0.dot(sv)
+                tr = trs[r, n]
+                gcv = G0.dot(smp[r, n])
             elif _inside(q, X, Y, Z):
                 s = 0.0
                 for k in ti.static(range(8)):
@@ -442,8 +444,8 @@ def _grid_kernels(Cp: int, real):
     def bwd(grid: cell_t, ray: ti.types.ndarray(), u: ti.types.ndarray(), out: ti.types.ndarray(),
             alpha: ti.types.ndarray(), depth: ti.types.ndarray(), n_used: ti.types.ndarray(),
             g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(), g_depth: ti.types.ndarray(),
-            smp: smp_t, g_grid: cell_t, g_term: ti.types.ndarray(), counter: ti.types.ndarray(),
-            X: int, Y: int, Z: int, n_workers: int, cache: ti.template(), jitter: ti.template(),
+            trs: ti.types.ndarray(), smp: smp_t, g_grid: cell_t, g_term: ti.types.ndarray(),
+            counter: ti.types.ndarray(), X: int, Y: int, Z: int, n_workers: int, cache: ti.template(), jitter: ti.template(),
             private: ti.template()):
         # ``private`` (CPU): worker w scatters into its own copy g_grid[w * cells:] with plain adds (~3x cheaper
         # than atomics) and takes _TASK rays at a time from ``counter``; else one copy, atomics, a thread per ray
@@ -458,11 +460,11 @@ def _grid_kernels(Cp: int, real):
                         if task * _TASK >= R:
                             break
                         for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
-                            bwd_ray(r, gofs, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, smp,
+                            bwd_ray(r, gofs, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp,
                                     g_grid, g_term, X, Y, Z, cache, jitter, private)
         else:
             for r in range(R):
-                bwd_ray(r, 0, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, smp, g_grid,
+                bwd_ray(r, 0, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp, g_grid,
                         g_term, X, Y, Z, cache, jitter, private)
 
     return fwd, bwd
@@ -543,19 +545,20 @@ class _GridRender(bridge.Op):
         n_used = torch.empty(R, dtype=torch.int32, device=grid.device)
         ray = torch.empty(R, _RAY, **kw)
         Cp = grid.shape[3]
-        cache = R * S * Cp <= _CACHE_MAX
+        cache = R * S * (Cp + 1) <= _CACHE_MAX
+        trs = torch.empty(R, S, **kw) if cache else torch.empty(1, 1, **kw)
         smp = torch.empty(R, S, Cp, **kw) if cache else torch.empty(1, 1, Cp, **kw)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         dynamic = backend.settings().resolved_arch in ("x64", "arm64")
         fwd, _ = _grid_kernels(grid.shape[3], backend.real())
         fwd(grid.reshape(-1, grid.shape[3]), cam, box, near, far, cap, tz, u, term.reshape(-1, C), out, alpha, depth,
-            n_used, ray, smp, counter, *grid.shape[:3], self.H, self.W, S, *self.tstr, _workers(), cache,
+            n_used, ray, trs, smp, counter, *grid.shape[:3], self.H, self.W, S, *self.tstr, _workers(), cache,
             self.jitter, *self.flags, dynamic)
-        saved = (grid, term.shape, u, out, alpha, depth, n_used, ray, smp, cache)
+        saved = (grid, term.shape, u, out, alpha, depth, n_used, ray, trs, smp, cache)
         return (out, alpha, depth), saved
 
     def backward(self, saved, grads):
-        grid, term_shape, u, out, alpha, depth, n_used, ray, smp, cache = saved
+        grid, term_shape, u, out, alpha, depth, n_used, ray, trs, smp, cache = saved
         g_out, g_alpha, g_depth = grads
         Cp = grid.shape[3]
         n_copies, private = _scatter_copies(out.shape[0])
@@ -569,7 +572,7 @@ class _GridRender(bridge.Op):
         g_term = torch.empty(out.shape, dtype=grid.dtype, device=grid.device)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         _, bwd = _grid_kernels(Cp, backend.real())
-        bwd(grid.reshape(-1, Cp), ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, smp,
+        bwd(grid.reshape(-1, Cp), ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp,
             copies.reshape(-1, Cp), g_term, counter, *grid.shape[:3], n_copies, cache,
             self.jitter, private)
         if n_copies > 1:
