@@ -109,7 +109,8 @@ def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types
             la[b, py, px, k] = 0.0
             lt[b, py, px, k] = T
             f = p2f[b, py, px, k]
-            if f >= 0:
+            # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, with a = 0 recorded
+            if f >= 0 and T != 0.0:
                 a = opac[b, f] * _cov(dist, b, py, px, k, sigma)
                 la[b, py, px, k] = a
                 acc += (T * a) * _layer_vec(attr, faces, bary, zbuf, b, py, px, k, f, per_face, C) \
@@ -153,8 +154,10 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
             bo = b if Bo > 1 else 0
             bb = b if Bg > 1 else 0
             for px in range(W):
+                # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
+                # anything they add to R (cut by that layer's a = 1) reach the outputs
                 n = 0
-                while n < K and p2f[b, py, px, n] >= 0:
+                while n < K and p2f[b, py, px, n] >= 0 and lt[b, py, px, n] != 0.0:
                     n += 1
                 Tn = 1.0
                 if n > 0:
