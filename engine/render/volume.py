@@ -445,8 +445,8 @@ def _grid_kernels(Cp: int, real):
             alpha: ti.types.ndarray(), depth: ti.types.ndarray(), n_used: ti.types.ndarray(),
             g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(), g_depth: ti.types.ndarray(),
             trs: ti.types.ndarray(), smp: smp_t, g_grid: cell_t, g_term: ti.types.ndarray(),
-            counter: ti.types.ndarray(), X: int, Y: int, Z: int, n_workers: int, cache: ti.template(), jitter: ti.template(),
-            private: ti.template()):
+            counter: ti.types.ndarray(), X: int, Y: int, Z: int, n_workers: int, cache: ti.template(),
+            jitter: ti.template(), private: ti.template()):
         # ``private`` (CPU): worker w scatters into its own copy g_grid[w * cells:] with plain adds (~3x cheaper
         # than atomics) and takes _TASK rays at a time from ``counter``; else one copy, atomics, a thread per ray
         R = out.shape[0]
