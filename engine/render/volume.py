@@ -517,7 +517,8 @@ def _give_scratch(buf: torch.Tensor):
 
 def _scatter_copies(n_rays: int):
     """(n_copies, private) for the backward scatter: one private gradient copy per CPU thread (plain adds), else
-    one copy and atomics (GPU)."""
+    one copy and atomics (GPU). ``private`` also selects the CPU scheduling (threads take rays from a shared
+    counter) over one thread per ray, in the forward too."""
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rays)), True
     return 1, False
@@ -549,7 +550,7 @@ class _GridRender(bridge.Op):
         trs = torch.empty(R, S, **kw) if cache else torch.empty(1, 1, **kw)
         smp = torch.empty(R, S, Cp, **kw) if cache else torch.empty(1, 1, Cp, **kw)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
-        dynamic = backend.settings().resolved_arch in ("x64", "arm64")
+        dynamic = _scatter_copies(R)[1]                # CPU: rays handed out by a shared counter
         fwd, _ = _grid_kernels(grid.shape[3], backend.real())
         fwd(grid.reshape(-1, grid.shape[3]), cam, box, near, far, cap, tz, u, term.reshape(-1, C), out, alpha, depth,
             n_used, ray, trs, smp, counter, *grid.shape[:3], self.H, self.W, S, *self.tstr, _workers(), cache,
