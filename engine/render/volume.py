@@ -515,6 +515,11 @@ def _give_scratch(buf: torch.Tensor):
             _scratch[(buf.numel(), buf.dtype, buf.device)] = buf
 
 
+_COPIES_MAX = 1 << 30
+"""Bytes of private gradient copies the CPU backward may allocate: fewer threads scatter when a grid is so large
+that one copy per thread would exceed it."""
+
+
 def _scatter_copies(n_rays: int):
     """(n_copies, private) for the backward scatter: one private gradient copy per CPU thread (plain adds), else
     one copy and atomics (GPU). ``private`` also selects the CPU scheduling (threads take rays from a shared
@@ -563,7 +568,7 @@ class _GridRender(bridge.Op):
         g_out, g_alpha, g_depth = grads
         Cp = grid.shape[3]
         n_copies, private = _scatter_copies(out.shape[0])
-        n_copies = n_copies if private else 1
+        n_copies = max(1, min(n_copies, _COPIES_MAX // (grid.numel() * grid.element_size()))) if private else 1
         g_grid = torch.empty(grid.shape, dtype=grid.dtype, device=grid.device)
         if n_copies == 1:
             copies = g_grid.reshape(-1)

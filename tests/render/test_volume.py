@@ -275,3 +275,19 @@ def test_grad_grid_background_tensor():
     for which in (0, 1):
         err, gmax = fd_check(fn, [grid, bg], which, n_probe=6)
         assert gmax > 1e-3 and err < 1e-7 * max(1, gmax)
+
+
+def test_grid_backward_with_fewer_gradient_copies_than_threads(monkeypatch):
+    # a grid too large for one gradient copy per thread is scattered by fewer threads: same gradients
+    from engine.render import volume
+    gen = torch.Generator().manual_seed(14)
+    grid = torch.rand(6, 5, 4, 4, generator=gen, dtype=torch.float64) * 2
+
+    def grad():
+        g = grid.clone().requires_grad_()
+        r = render_volume(_cam(), grid=g, n_samples=10, stratified=False)
+        (r.rgb.sum() + r.alpha.sum() + r.depth.sum()).backward()
+        return g.grad
+    ref = grad()
+    monkeypatch.setattr(volume, "_COPIES_MAX", grid.numel() * grid.element_size())
+    assert torch.allclose(grad(), ref, atol=1e-12)
