@@ -251,12 +251,15 @@ def _inside(q, X, Y, Z):
 
 
 @ti.func
-def _offset(u: ti.template(), r, n, jitter: ti.template()):
-    # sample position inside its bin: the stratified jitter, or the bin centre
-    v = 0.5
+def _sample(u: ti.template(), r, n, P, Q, near, bins, qc, tc, jitter: ti.template()):
+    # grid-unit position and depth of sample n: jittered inside its bin (stratified), else the bin centre the
+    # caller steps along (qc, tc)
+    q, t = qc, tc
     if ti.static(jitter):
-        v = u[r, n]
-    return v
+        f = n + u[r, n]
+        q = P + f * Q
+        t = near + f * bins
+    return q, t
 
 
 @functools.lru_cache(maxsize=None)
@@ -333,9 +336,9 @@ def _grid_kernels(Cp: int, real):
         T, dep, n = 1.0, 0.0, 0
         acc = ti.Vector([0.0 for _ in ti.static(range(Cp))])
         n_end = S if hit else 0                      # a ray that misses the box takes no samples
+        qc, tc = P + 0.5 * Q, near + 0.5 * bins      # bin centres, stepped by addition (the backward steps alike)
         while n < n_end and T >= _T_MIN:
-            f = n + _offset(u, r, n, jitter)
-            q = P + f * Q
+            q, t = _sample(u, r, n, P, Q, near, bins, qc, tc, jitter)
             tr = _NO_SAMPLE
             v = ti.Vector([0.0 for _ in ti.static(range(Cp))])
             if _inside(q, X, Y, Z):
@@ -345,12 +348,14 @@ def _grid_kernels(Cp: int, real):
                     tr = ti.exp(-v[0] * dl)
                     a = T * (1.0 - tr)
                     acc += a * v                     # lane 0 (density) is not used
-                    dep += a * (near + f * bins)
+                    dep += a * t
                     T -= a
             if ti.static(cache):
                 trs[r, n] = tr
                 smp[r, n] = v          # the whole blended vector: one store LLVM's SLP pass vectorizes cleanly
             n += 1
+            qc += Q
+            tc += bins
         tb = b * sb + py * sh + px * sw
         for ch in ti.static(range(C)):
             out[r, ch] = acc[ch + 1] + T * term[tb, ch]
@@ -409,9 +414,11 @@ def _grid_kernels(Cp: int, real):
         G0 = ti.Vector([0.0] + [go[ch] for ch in ti.static(range(C))])     # g . colour of a corner vector
         G1 = ti.Vector([dl] + [go[ch] for ch in ti.static(range(C))])      # per-channel factor of v below
         T = 1.0
+        qc, tc = P + 0.5 * Q, near + 0.5 * bins
         for n in range(n_used[r]):
-            f = n + _offset(u, r, n, jitter)
-            q = P + f * Q
+            q, t = _sample(u, r, n, P, Q, near, bins, qc, tc, jitter)
+            qc += Q
+            tc += bins
             tr, gcv = _NO_SAMPLE, 0.0
             base, w = _cell_at(q, X, Y, Z)
             if ti.static(cache):
@@ -426,7 +433,7 @@ def _grid_kernels(Cp: int, real):
             if tr <= 1.0:
                 if ti.static(not cache):
                     gcv = G0.dot(lerp_all(grid, base, w, Z, YZ))
-                gc = gd * (near + f * bins) + gcv
+                gc = gd * t + gcv
                 a = T * (1.0 - tr)
                 Sg -= a * gc
                 T -= a
