@@ -268,7 +268,7 @@ def _grid_kernels(Cp: int, real):
     is read as one Cp-vector per grid point, so a corner costs one index computation, not Cp."""
     C = Cp - 1
     cell_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=1)
-    smp_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=2)      # per sample: blended channels
+    smp_t = ti.types.ndarray(dtype=ti.types.vector(Cp, real), ndim=1)      # per sample: blended channels
 
     @ti.func
     def lerp_all(grid: ti.template(), base, w, Z, YZ):
@@ -337,6 +337,7 @@ def _grid_kernels(Cp: int, real):
         acc = ti.Vector([0.0 for _ in ti.static(range(Cp))])
         n_end = S if hit else 0                      # a ray that misses the box takes no samples
         qc, tc = P + 0.5 * Q, near + 0.5 * bins      # bin centres, stepped by addition (the backward steps alike)
+        rs = r * S                                   # this ray's samples in the flat per-sample caches
         while n < n_end and T >= _T_MIN:
             q, t = _sample(u, r, n, P, Q, near, bins, qc, tc, jitter)
             tr = _NO_SAMPLE
@@ -351,8 +352,8 @@ def _grid_kernels(Cp: int, real):
                     dep += a * t
                     T -= a
             if ti.static(cache):
-                trs[r, n] = tr
-                smp[r, n] = v          # the whole blended vector: one store LLVM's SLP pass vectorizes cleanly
+                trs[rs + n] = tr
+                smp[rs + n] = v          # the whole blended vector: one store LLVM's SLP pass vectorizes cleanly
             n += 1
             qc += Q
             tc += bins
@@ -395,8 +396,7 @@ def _grid_kernels(Cp: int, real):
     def bwd_ray(r, gofs, grid: ti.template(), ray: ti.template(), u: ti.template(), out: ti.template(),
                 alpha: ti.template(), depth: ti.template(), n_used: ti.template(), g_out: ti.template(),
                 g_alpha: ti.template(), g_depth: ti.template(), trs: ti.template(), smp: ti.template(),
-                g_grid: ti.template(),
-                g_term: ti.template(), X, Y, Z, cache: ti.template(), jitter: ti.template(),
+                g_grid: ti.template(), g_term: ti.template(), X, Y, Z, S, cache: ti.template(), jitter: ti.template(),
                 private: ti.template()):
         # The compositing adjoint of ``_comp_bwd`` replayed front to back (transmittance factors and colours from
         # smp when ``cache``, else recomputed), scattered to the 8 corners of each sample's cell in g_grid[gofs:]
@@ -415,6 +415,7 @@ def _grid_kernels(Cp: int, real):
         G1 = ti.Vector([dl] + [go[ch] for ch in ti.static(range(C))])      # per-channel factor of v below
         T = 1.0
         qc, tc = P + 0.5 * Q, near + 0.5 * bins
+        rs = r * S
         for n in range(n_used[r]):
             q, t = _sample(u, r, n, P, Q, near, bins, qc, tc, jitter)
             qc += Q
@@ -422,8 +423,8 @@ def _grid_kernels(Cp: int, real):
             tr, gcv = _NO_SAMPLE, 0.0
             base, w = _cell_at(q, X, Y, Z)
             if ti.static(cache):
-                tr = trs[r, n]
-                gcv = G0.dot(smp[r, n])
+                tr = trs[rs + n]
+                gcv = G0.dot(smp[rs + n])
             elif _inside(q, X, Y, Z):
                 s = 0.0
                 for k in ti.static(range(8)):
@@ -452,7 +453,7 @@ def _grid_kernels(Cp: int, real):
             alpha: ti.types.ndarray(), depth: ti.types.ndarray(), n_used: ti.types.ndarray(),
             g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(), g_depth: ti.types.ndarray(),
             trs: ti.types.ndarray(), smp: smp_t, g_grid: cell_t, g_term: ti.types.ndarray(),
-            counter: ti.types.ndarray(), X: int, Y: int, Z: int, n_workers: int, cache: ti.template(),
+            counter: ti.types.ndarray(), X: int, Y: int, Z: int, S: int, n_workers: int, cache: ti.template(),
             jitter: ti.template(), private: ti.template()):
         # ``private`` (CPU): worker w scatters into its own copy g_grid[w * cells:] with plain adds (~3x cheaper
         # than atomics) and takes _TASK rays at a time from ``counter``; else one copy, atomics, a thread per ray
@@ -468,11 +469,11 @@ def _grid_kernels(Cp: int, real):
                             break
                         for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
                             bwd_ray(r, gofs, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp,
-                                    g_grid, g_term, X, Y, Z, cache, jitter, private)
+                                    g_grid, g_term, X, Y, Z, S, cache, jitter, private)
         else:
             for r in range(R):
                 bwd_ray(r, 0, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp, g_grid,
-                        g_term, X, Y, Z, cache, jitter, private)
+                        g_term, X, Y, Z, S, cache, jitter, private)
 
     return fwd, bwd
 
@@ -559,8 +560,8 @@ class _GridRender(bridge.Op):
         ray = torch.empty(R, _RAY, **kw)
         Cp = grid.shape[3]
         cache = R * S * (Cp + 1) <= _CACHE_MAX
-        trs = torch.empty(R, S, **kw) if cache else torch.empty(1, 1, **kw)
-        smp = torch.empty(R, S, Cp, **kw) if cache else torch.empty(1, 1, Cp, **kw)
+        trs = torch.empty(R * S if cache else 1, **kw)
+        smp = torch.empty(R * S if cache else 1, Cp, **kw)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         dynamic = _scatter_copies(R)[1]                # CPU: rays handed out by a shared counter
         fwd, _ = _grid_kernels(grid.shape[3], backend.real())
@@ -586,7 +587,7 @@ class _GridRender(bridge.Op):
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         _, bwd = _grid_kernels(Cp, backend.real())
         bwd(grid.reshape(-1, Cp), ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp,
-            copies.reshape(-1, Cp), g_term, counter, *grid.shape[:3], n_copies, cache,
+            copies.reshape(-1, Cp), g_term, counter, *grid.shape[:3], self.S, n_copies, cache,
             self.jitter, private)
         if n_copies > 1:
             _sum_copies(copies, g_grid.reshape(-1), n_copies)
