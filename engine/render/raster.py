@@ -193,26 +193,45 @@ def _tile_span(fd: ti.template(), b, f, W, H, tx_n, ty_n):
 
 
 @ti.kernel
-def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), W: int, H: int):
+def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), spans: ti.types.ndarray(), W: int, H: int):
     for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
         s = _tile_span(fd, b, f, W, H, counts.shape[2], counts.shape[1])
+        for j in ti.static(range(4)):
+            spans[b, f, j] = s[j]
         for ty, tx in ti.ndrange((s[2], s[3] + 1), (s[0], s[1] + 1)):
             ti.atomic_add(counts[b, ty, tx], 1)
 
 
 @ti.kernel
-def _bin_fill(fd: ti.types.ndarray(), order: ti.types.ndarray(), offsets: ti.types.ndarray(),
-              cursor: ti.types.ndarray(), bins: ti.types.ndarray(), W: int, H: int):
-    # faces in ``order`` (nearest vertex first), one serial pass per batch row: every tile list comes out sorted
-    # front to back, so a pixel's K-nearest list fills with near faces early and most far blur-only candidates are
-    # rejected on their nearest vertex's depth alone
-    for b in range(fd.shape[0]):
+def _bin_fill(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
+              offsets: ti.types.ndarray(), cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
+    # Faces in ``order`` (nearest vertex first): every tile list comes out sorted front to back, so a pixel's
+    # K-nearest list fills with near faces early and most far blur-only candidates are rejected on their nearest
+    # vertex's depth alone. One task per tile row walks all faces in order (no atomics, deterministic lists).
+    # Each entry is (face, pixel mask): bit (row * TILE + column) is set for the tile's pixels whose centre lies in
+    # the face's grown box, so _knn tests one bit per entry instead of the box.
+    for b, ty in ti.ndrange(fd.shape[0], offsets.shape[1]):
         for i in range(fd.shape[1]):
             f = order[b, i]
-            s = _tile_span(fd, b, f, W, H, offsets.shape[2], offsets.shape[1])
-            for ty, tx in ti.ndrange((s[2], s[3] + 1), (s[0], s[1] + 1)):
-                bins[offsets[b, ty, tx] + cursor[b, ty, tx]] = f
-                cursor[b, ty, tx] += 1
+            if spans[b, f, 2] <= ty and ty <= spans[b, f, 3]:
+                xmin, xmax = fd[b, f, _BOX], fd[b, f, _BOX + 1]
+                ymin, ymax = fd[b, f, _BOX + 2], fd[b, f, _BOX + 3]
+                rows = 0
+                for c in ti.static(range(TILE)):
+                    yc = ty * TILE + c + 0.5
+                    rows |= ti.cast((yc >= ymin) & (yc <= ymax), ti.i32) << c
+                for tx in range(spans[b, f, 0], spans[b, f, 1] + 1):
+                    cols = 0
+                    for c in ti.static(range(TILE)):
+                        xc = tx * TILE + c + 0.5
+                        cols |= ti.cast((xc >= xmin) & (xc <= xmax), ti.i32) << c
+                    mask = 0
+                    for r in ti.static(range(TILE)):
+                        mask |= (cols * ((rows >> r) & 1)) << (r * TILE)
+                    slot = offsets[b, ty, tx] + cursor[b, ty, tx]
+                    bins[slot, 0] = f
+                    bins[slot, 1] = mask
+                    cursor[b, ty, tx] += 1
 
 
 @ti.func
@@ -283,18 +302,17 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
         ld = ti.Vector([0.0 for _ in ti.static(range(K))])
         buf = ti.Vector([0 for _ in ti.static(range(_CHUNK))], dt=ti.i32)
         ty, tx = py // TILE, px // TILE
+        bit = (py % TILE) * TILE + px % TILE
         x, y = px + 0.5, py + 0.5
         s0 = offsets[b, ty, tx]
         end = s0 + counts[b, ty, tx]
         while s0 < end:
             # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
-            # pixel (a data-dependent branch per entry costs more than the test: ~1 in 4 entries pass)
+            # pixel (the entry's mask bit; a data-dependent branch per entry costs more: ~1 in 3 entries pass)
             n = 0
             for j in range(ti.min(_CHUNK, end - s0)):
-                f = bins[s0 + j]
-                buf[n] = f
-                n += ti.cast((x >= fd[b, f, _BOX]) & (x <= fd[b, f, _BOX + 1]) & (y >= fd[b, f, _BOX + 2])
-                             & (y <= fd[b, f, _BOX + 3]), ti.i32)
+                buf[n] = bins[s0 + j, 0]
+                n += (bins[s0 + j, 1] >> bit) & 1
             s0 += _CHUNK
             for j in range(n):
                 f = buf[j]
@@ -399,13 +417,14 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     fd = torch.empty(B, faces.shape[0], _NREC, dtype=dt, device=dev)
     _face_setup(screen, faces, fd, margin, near)
     counts = torch.zeros(B, ty_n, tx_n, dtype=torch.int32, device=dev)
-    _bin_count(fd, counts, W, H)
+    spans = torch.empty(B, faces.shape[0], 4, dtype=torch.int32, device=dev)
+    _bin_count(fd, counts, spans, W, H)
     flat = counts.reshape(-1)
     offsets = (torch.cumsum(flat, 0, dtype=torch.int32) - flat).reshape(counts.shape)
-    bins = torch.empty(max(int(flat.sum()), 1), dtype=torch.int32, device=dev)
+    bins = torch.empty(max(int(flat.sum()), 1), 2, dtype=torch.int32, device=dev)
     cursor = torch.zeros_like(counts)
     order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
-    _bin_fill(fd, order, offsets, cursor, bins, W, H)
+    _bin_fill(fd, spans, order, offsets, cursor, bins)
     p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
