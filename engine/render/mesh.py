@@ -232,6 +232,7 @@ class SoftMesh(bridge.Op):
     """
 
     name = "soft_mesh"
+    fresh_grads = True              # backward allocates every gradient it returns, per call
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool):
         if sigma <= 0:

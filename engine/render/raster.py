@@ -2,8 +2,10 @@
 
 Two stages, so that only a small kernel is differentiable:
 
-1. ``rasterize`` (not differentiable): faces are binned into 8x8-pixel tiles, then each pixel keeps the K
-   faces nearest the camera among those that cover it (hard) or lie within the blur radius (soft); in soft
+1. ``rasterize`` (not differentiable): per-face constants are computed once (barycentric gradients, 1/z per
+   vertex, edge altitudes and lengths), faces are binned into 4x4-pixel tiles in front-to-back order (each
+   entry with a mask of the tile pixels in the face's box grown by the blur radius), then each pixel keeps the
+   K faces nearest the camera among those that cover it (hard) or lie within the blur radius (soft); in soft
    mode faces that contain the pixel centre are kept before blur-only ones, so a dense mesh cannot crowd the
    covering face out of the K (which made alpha ~0 inside silhouettes). Output:
    ``Fragments`` with face ids, perspective-correct barycentrics, depths and signed distances.
@@ -29,7 +31,8 @@ from .camera import Camera
 __all__ = ["Fragments", "rasterize", "rasterize_screen", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
 TILE = 4
-"""Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it)."""
+"""Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it; TILE^2 <= 31,
+the pixel mask of a tile-list entry is an int32)."""
 
 _CUTOFF = math.log(1e4)
 """Soft coverage below exp(-_CUTOFF) = 1e-4 of a face's opacity is dropped (the face is not kept)."""
