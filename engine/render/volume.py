@@ -553,19 +553,18 @@ class _GridRender(bridge.Op):
         self.flags = (bool(has_near), bool(has_far), bool(mesh))
 
     def forward(self, grid, term, cam, box, near, far, cap, tz, u):
-        R, C, S = self.B * self.H * self.W, grid.shape[3] - 1, self.S
+        R, Cp, S = self.B * self.H * self.W, grid.shape[3], self.S
         kw = dict(dtype=grid.dtype, device=grid.device)
-        out, alpha, depth = torch.empty(R, C, **kw), torch.empty(R, **kw), torch.empty(R, **kw)
+        out, alpha, depth = torch.empty(R, Cp - 1, **kw), torch.empty(R, **kw), torch.empty(R, **kw)
         n_used = torch.empty(R, dtype=torch.int32, device=grid.device)
         ray = torch.empty(R, _RAY, **kw)
-        Cp = grid.shape[3]
         cache = R * S * (Cp + 1) <= _CACHE_MAX
         trs = torch.empty(R * S if cache else 1, **kw)
         smp = torch.empty(R * S if cache else 1, Cp, **kw)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         dynamic = _scatter_copies(R)[1]                # CPU: rays handed out by a shared counter
-        fwd, _ = _grid_kernels(grid.shape[3], backend.real())
-        fwd(grid.reshape(-1, grid.shape[3]), cam, box, near, far, cap, tz, u, term.reshape(-1, C), out, alpha, depth,
+        fwd, _ = _grid_kernels(Cp, backend.real())
+        fwd(grid.reshape(-1, Cp), cam, box, near, far, cap, tz, u, term.reshape(-1, Cp - 1), out, alpha, depth,
             n_used, ray, trs, smp, counter, *grid.shape[:3], self.H, self.W, S, *self.tstr, _workers(), cache,
             self.jitter, *self.flags, dynamic)
         saved = (grid, term.shape, u, out, alpha, depth, n_used, ray, trs, smp, cache)
