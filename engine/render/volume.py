@@ -393,8 +393,8 @@ def _grid_kernels(Cp: int, real):
                         X, Y, Z, H, W, S, sb, sh, sw, cache, jitter, has_near, has_far, mesh)
 
     @ti.func
-    def bwd_ray(r, gofs, grid: ti.template(), ray: ti.template(), u: ti.template(), out: ti.template(),
-                alpha: ti.template(), depth: ti.template(), n_used: ti.template(), g_out: ti.template(),
+    def bwd_ray(r, gofs, opaque_zero: ti.template(), grid: ti.template(), ray: ti.template(), u: ti.template(),
+                out: ti.template(), alpha: ti.template(), depth: ti.template(), n_used: ti.template(), g_out: ti.template(),
                 g_alpha: ti.template(), g_depth: ti.template(), trs: ti.template(), smp: ti.template(),
                 g_grid: ti.template(), g_term: ti.template(), X, Y, Z, S, cache: ti.template(), jitter: ti.template(),
                 private: ti.template()):
@@ -413,6 +413,7 @@ def _grid_kernels(Cp: int, real):
         ga = g_alpha[r] * TS
         G0 = ti.Vector([0.0] + [go[ch] for ch in ti.static(range(C))])     # g . colour of a corner vector
         G1 = ti.Vector([dl] + [go[ch] for ch in ti.static(range(C))])      # per-channel factor of v below
+        zero = opaque_zero[0]
         T = 1.0
         qc, tc = P + 0.5 * Q, near + 0.5 * bins
         rs = r * S
@@ -439,7 +440,9 @@ def _grid_kernels(Cp: int, real):
                 Sg -= a * gc
                 T -= a
                 # d out / d sigma = delta (T_{n+1} (g . c_n) - S_n) + delta T_S g_alpha; d out / d c = a g
-                v = G1 * ti.Vector([T * gc - Sg + ga] + [a for _ in ti.static(range(C))])
+                # (+ zero: a value from memory the optimizer cannot fold; without it LLVM re-associates each
+                # w[k] * G1[c] * A[c] lane by lane and the 8 corner updates below are no longer whole-vector ops)
+                v = G1 * ti.Vector([T * gc - Sg + ga] + [a for _ in ti.static(range(C))]) + zero
                 for k in ti.static(range(8)):
                     i = gofs + _corner(base, k, Z, YZ)
                     if ti.static(private):
@@ -453,8 +456,8 @@ def _grid_kernels(Cp: int, real):
             alpha: ti.types.ndarray(), depth: ti.types.ndarray(), n_used: ti.types.ndarray(),
             g_out: ti.types.ndarray(), g_alpha: ti.types.ndarray(), g_depth: ti.types.ndarray(),
             trs: ti.types.ndarray(), smp: smp_t, g_grid: cell_t, g_term: ti.types.ndarray(),
-            counter: ti.types.ndarray(), X: int, Y: int, Z: int, S: int, n_workers: int, cache: ti.template(),
-            jitter: ti.template(), private: ti.template()):
+            counter: ti.types.ndarray(), opaque_zero: cell_t, X: int, Y: int, Z: int, S: int, n_workers: int,
+            cache: ti.template(), jitter: ti.template(), private: ti.template()):
         # ``private`` (CPU): worker w scatters into its own copy g_grid[w * cells:] with plain adds (~3x cheaper
         # than atomics) and takes _TASK rays at a time from ``counter``; else one copy, atomics, a thread per ray
         R = out.shape[0]
@@ -468,12 +471,12 @@ def _grid_kernels(Cp: int, real):
                         if task * _TASK >= R:
                             break
                         for r in range(task * _TASK, ti.min(R, task * _TASK + _TASK)):
-                            bwd_ray(r, gofs, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp,
-                                    g_grid, g_term, X, Y, Z, S, cache, jitter, private)
+                            bwd_ray(r, gofs, opaque_zero, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha,
+                                    g_depth, trs, smp, g_grid, g_term, X, Y, Z, S, cache, jitter, private)
         else:
             for r in range(R):
-                bwd_ray(r, 0, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp, g_grid,
-                        g_term, X, Y, Z, S, cache, jitter, private)
+                bwd_ray(r, 0, opaque_zero, grid, ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp,
+                        g_grid, g_term, X, Y, Z, S, cache, jitter, private)
 
     return fwd, bwd
 
@@ -586,7 +589,8 @@ class _GridRender(bridge.Op):
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         _, bwd = _grid_kernels(Cp, backend.real())
         bwd(grid.reshape(-1, Cp), ray, u, out, alpha, depth, n_used, g_out, g_alpha, g_depth, trs, smp,
-            copies.reshape(-1, Cp), g_term, counter, *grid.shape[:3], self.S, n_copies, cache,
+            copies.reshape(-1, Cp), g_term, counter, torch.zeros(1, Cp, dtype=grid.dtype, device=grid.device),
+            *grid.shape[:3], self.S, n_copies, cache,
             self.jitter, private)
         if n_copies > 1:
             _sum_copies(copies, g_grid.reshape(-1), n_copies)
