@@ -183,58 +183,63 @@ def _face_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.ty
 
 
 @ti.func
-def _tile_span(fd: ti.template(), b, f, W, H, tx_n, ty_n):
-    # inclusive tile range covered by the face's grown bbox; empty (x0 > x1) if skipped or off screen
-    span = ti.Vector([1, 0, 1, 0])
-    xmin, xmax, ymin, ymax = fd[b, f, _BOX], fd[b, f, _BOX + 1], fd[b, f, _BOX + 2], fd[b, f, _BOX + 3]
-    if xmin <= xmax and xmax >= 0 and ymax >= 0 and xmin <= W and ymin <= H:
-        span = ti.Vector([ti.max(0, ti.cast(ti.floor(xmin / TILE), ti.i32)),
-                          ti.min(tx_n - 1, ti.cast(ti.floor(xmax / TILE), ti.i32)),
-                          ti.max(0, ti.cast(ti.floor(ymin / TILE), ti.i32)),
-                          ti.min(ty_n - 1, ti.cast(ti.floor(ymax / TILE), ti.i32))])
-    return span
+def _pix_range(lo, hi, n):
+    # inclusive range [p0, p1] of the pixels p in [0, n) whose centre p + 0.5 lies in [lo, hi] (empty: p0 > p1),
+    # decided by the same float comparisons as a direct test of each centre
+    lo, hi = ti.min(ti.max(lo, -2.0), n + 2.0), ti.min(ti.max(hi, -2.0), n + 2.0)
+    p0 = ti.cast(ti.ceil(lo - 0.5), ti.i32)
+    if p0 + 0.5 < lo:
+        p0 += 1
+    if p0 - 0.5 >= lo:
+        p0 -= 1
+    p1 = ti.cast(ti.floor(hi - 0.5), ti.i32)
+    if p1 + 0.5 > hi:
+        p1 -= 1
+    if p1 + 1.5 <= hi:
+        p1 += 1
+    return ti.max(p0, 0), ti.min(p1, n - 1)
 
 
 @ti.kernel
 def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), spans: ti.types.ndarray(), W: int, H: int):
+    # spans: the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box; every tile holding one of them
+    # gets the face
     for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
-        s = _tile_span(fd, b, f, W, H, counts.shape[2], counts.shape[1])
-        for j in ti.static(range(4)):
-            spans[b, f, j] = s[j]
-        for ty, tx in ti.ndrange((s[2], s[3] + 1), (s[0], s[1] + 1)):
-            ti.atomic_add(counts[b, ty, tx], 1)
+        x0, x1 = _pix_range(fd[b, f, _BOX], fd[b, f, _BOX + 1], W)
+        y0, y1 = _pix_range(fd[b, f, _BOX + 2], fd[b, f, _BOX + 3], H)
+        spans[b, f, 0], spans[b, f, 1], spans[b, f, 2], spans[b, f, 3] = x0, x1, y0, y1
+        if x0 <= x1 and y0 <= y1:
+            for ty, tx in ti.ndrange((y0 // TILE, y1 // TILE + 1), (x0 // TILE, x1 // TILE + 1)):
+                ti.atomic_add(counts[b, ty, tx], 1)
 
 
 @ti.kernel
-def _bin_fill(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
-              offsets: ti.types.ndarray(), cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
-    # Faces in ``order`` (nearest vertex first): every tile list comes out sorted front to back, so a pixel's
-    # K-nearest list fills with near faces early and most far blur-only candidates are rejected on their nearest
-    # vertex's depth alone. One task per tile row walks all faces in order (no atomics, deterministic lists).
+def _bin_fill(spans: ti.types.ndarray(), order: ti.types.ndarray(), offsets: ti.types.ndarray(),
+              cursor: ti.types.ndarray(), bins: ti.types.ndarray(), n_tasks: int):
+    # Faces in ``order`` (nearest vertex first; spans given in that order): every tile list comes out sorted front
+    # to back, so a pixel's K-nearest list fills with near faces early and most far blur-only candidates are
+    # rejected on their nearest vertex's depth alone. Task j fills the tile rows ty = j (mod n_tasks), walking the
+    # faces in order (no atomics, deterministic lists): one task on CPU, one per tile row elsewhere.
     # Each entry is (face, pixel mask): bit (row * TILE + column) is set for the tile's pixels whose centre lies in
     # the face's grown box, so _knn tests one bit per entry instead of the box.
-    for b, ty in ti.ndrange(fd.shape[0], offsets.shape[1]):
-        for i in range(fd.shape[1]):
-            f = order[b, i]
-            if spans[b, f, 2] <= ty and ty <= spans[b, f, 3]:
-                xmin, xmax = fd[b, f, _BOX], fd[b, f, _BOX + 1]
-                ymin, ymax = fd[b, f, _BOX + 2], fd[b, f, _BOX + 3]
-                rows = 0
-                for c in ti.static(range(TILE)):
-                    yc = ty * TILE + c + 0.5
-                    rows |= ti.cast((yc >= ymin) & (yc <= ymax), ti.i32) << c
-                for tx in range(spans[b, f, 0], spans[b, f, 1] + 1):
-                    cols = 0
-                    for c in ti.static(range(TILE)):
-                        xc = tx * TILE + c + 0.5
-                        cols |= ti.cast((xc >= xmin) & (xc <= xmax), ti.i32) << c
-                    mask = 0
-                    for r in ti.static(range(TILE)):
-                        mask |= (cols * ((rows >> r) & 1)) << (r * TILE)
-                    slot = offsets[b, ty, tx] + cursor[b, ty, tx]
-                    bins[slot, 0] = f
-                    bins[slot, 1] = mask
-                    cursor[b, ty, tx] += 1
+    for b, task in ti.ndrange(spans.shape[0], n_tasks):
+        for i in range(spans.shape[1]):
+            x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
+            if x0 <= x1 and y0 <= y1:
+                f = order[b, i]
+                for ty in range(y0 // TILE, y1 // TILE + 1):
+                    if ty % n_tasks == task:
+                        rlo, rhi = ti.max(y0 - ty * TILE, 0), ti.min(y1 - ty * TILE, TILE - 1)
+                        for tx in range(x0 // TILE, x1 // TILE + 1):
+                            clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+                            cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
+                            mask = 0
+                            for r in range(rlo, rhi + 1):
+                                mask |= cols << (r * TILE)
+                            slot = offsets[b, ty, tx] + cursor[b, ty, tx]
+                            bins[slot, 0] = f
+                            bins[slot, 1] = mask
+                            cursor[b, ty, tx] += 1
 
 
 @ti.func
@@ -427,7 +432,10 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     bins = torch.empty(max(int(flat.sum()), 1), 2, dtype=torch.int32, device=dev)
     cursor = torch.zeros_like(counts)
     order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
-    _bin_fill(fd, spans, order, offsets, cursor, bins)
+    # spans in face order, read sequentially by every tile row
+    spans = torch.gather(spans, 1, order.long()[..., None].expand(-1, -1, 4)).contiguous()
+    cpu = backend.settings().resolved_arch in ("x64", "arm64")
+    _bin_fill(spans, order, offsets, cursor, bins, 1 if cpu else ty_n)
     p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
