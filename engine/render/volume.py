@@ -394,10 +394,10 @@ def _grid_kernels(Cp: int, real):
 
     @ti.func
     def bwd_ray(r, gofs, opaque_zero: ti.template(), grid: ti.template(), ray: ti.template(), u: ti.template(),
-                out: ti.template(), alpha: ti.template(), depth: ti.template(), n_used: ti.template(), g_out: ti.template(),
-                g_alpha: ti.template(), g_depth: ti.template(), trs: ti.template(), smp: ti.template(),
-                g_grid: ti.template(), g_term: ti.template(), X, Y, Z, S, cache: ti.template(), jitter: ti.template(),
-                private: ti.template()):
+                out: ti.template(), alpha: ti.template(), depth: ti.template(), n_used: ti.template(),
+                g_out: ti.template(), g_alpha: ti.template(), g_depth: ti.template(), trs: ti.template(),
+                smp: ti.template(), g_grid: ti.template(), g_term: ti.template(), X, Y, Z, S, cache: ti.template(),
+                jitter: ti.template(), private: ti.template()):
         # The compositing adjoint of ``_comp_bwd`` replayed front to back (transmittance factors and colours from
         # smp when ``cache``, else recomputed), scattered to the 8 corners of each sample's cell in g_grid[gofs:]
         P = ti.Vector([ray[r, 0], ray[r, 1], ray[r, 2]])
