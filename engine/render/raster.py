@@ -145,7 +145,7 @@ _H2 = 17      # 3: squared altitude onto the edge opposite each vertex: line dis
 _IL = 20      # 3: 1 / |edge|^2 of the edges (a, b), (b, c), (c, a)
 _ZMIN = 23    # 1: nearest vertex depth (a lower bound on the face's depth anywhere)
 _NREC = 24
-_CHUNK = 32   # tile-list entries box-tested per compaction step in _knn
+_CHUNK = 32   # tile-list entries mask-tested per compaction step in _knn
 
 
 @ti.kernel
@@ -297,9 +297,10 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
     # the pixel is actually inside (alpha -> 0 inside the silhouette).
     # The K best by (class, z, id) live in registers (K is compile-time, the insertion is unrolled); they are
     # re-sorted by (z, id) for compositing once, when the pixel is done.
-    # Per candidate, cheapest test first: grown box, barycentrics (3 FMAs from _face_setup's gradients), then for a
-    # pixel outside the face: a full list of covering faces, the edge lines' distance (a lower bound), the depth
-    # against the list's last entry, and only then the distance to the edges the pixel is outside of.
+    # Per candidate, cheapest test first: grown box (the entry's mask bit), barycentrics (2 FMAs each from
+    # _face_setup's gradients), then for a pixel outside the face: a full list of covering faces, the edge lines'
+    # distance (a lower bound), the nearest vertex's depth and then the depth against the list's last entry, and
+    # only then the distance to the edges the pixel is outside of.
     r2 = max_d2 / ndc2
     soft = max_d2 >= 0
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
