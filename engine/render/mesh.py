@@ -13,6 +13,9 @@ from .shading import DirectionalLights, face_normals, lambert
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh"]
 
+_SPAN = 512
+"""Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations (see _soft_bwd)."""
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # fused soft path: coverage + attribute interpolation + per-face shading + compositing in one kernel
@@ -143,77 +146,83 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
     H, W = p2f.shape[1], p2f.shape[2]
     Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
     bg_image = g_bg.shape[1] > 1
-    for ch in range(n_chunks):
-        cb = ch if ti.static(private) else 0
-        row = ch
-        while row < p2f.shape[0] * H:
-            b, py = row // H, row % H
-            row += n_chunks
-            ba = b if Ba > 1 else 0
-            bs = b if Bs > 1 else 0
-            bo = b if Bo > 1 else 0
-            bb = b if Bg > 1 else 0
-            for px in range(W):
-                # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
-                # anything they add to R (cut by that layer's a = 1) reach the outputs
-                n = 0
-                while n < K and p2f[b, py, px, n] >= 0 and lt[b, py, px, n] != 0.0:
-                    n += 1
-                Tn = 1.0
-                if n > 0:
-                    Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
-                go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
-                for c in ti.static(range(C)):
-                    go[c] = g_rgb[b, py, px, c]
-                    if bg_image:
-                        g_bg[b, py * W + px, c] = go[c] * Tn
-                    else:
-                        _acc(g_bg, (cb * Bg + bb, 0, c), go[c] * Tn, private)
-                go[C] = g_dep[b, py, px]
-                go[C + 1] = g_alp[b, py, px]
-                R = _bg_vec(bg, b, py, px, W, C)
-                x, y = px + 0.5, py + 0.5
-                for kk in range(n):
-                    k = n - 1 - kk
-                    f = p2f[b, py, px, k]
-                    a, T = la[b, py, px, k], lt[b, py, px, k]
-                    # face indices and barycentrics in locals, read once (the scatter's stores would otherwise
-                    # make the compiler read them again)
-                    i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                    w0, w1, w2 = bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2]
-                    u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
-                    if per_face:
-                        for c in ti.static(range(C)):
-                            u[c] = attr[ba, f, c]
-                    else:
-                        for c in ti.static(range(C)):
-                            u[c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
-                    u[C] = zbuf[b, py, px, k]
-                    sh = _shade_vec(shade, b, f, use_shade, C)
-                    v = u * sh
-                    ga = T * go.dot(v - R)                  # dL / d alpha_k
-                    ta = T * a
-                    if ta != 0.0:
-                        for c in ti.static(range(C)):
-                            gv = go[c] * ta
-                            if use_shade:
-                                _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
-                            if per_face:
-                                _acc(g_attr, (cb * Ba + ba, f, c), gv * sh[c], private)
-                            else:
-                                gs = gv * sh[c]
-                                _acc(g_attr, (cb * Ba + ba, i0, c), gs * w0, private)
-                                _acc(g_attr, (cb * Ba + ba, i1, c), gs * w1, private)
-                                _acc(g_attr, (cb * Ba + ba, i2, c), gs * w2, private)
-                    d = dist[b, py, px, k]
-                    cov = 1.0
-                    if d > 0:
-                        cov = ti.exp(-d / sigma)
-                    _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
-                    if d > 0:
-                        # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q on the nearest edge
-                        _dist_grad_tri(xy, g_xy, b, cb * Bx + b, i0, i1, i2, x, y, -ga * a / sigma * ndc2, private)
-                    R = a * v + (1.0 - a) * R
+    # Taichi's CPU range-for gives each thread a contiguous block of at least _SPAN iterations: a plain loop over
+    # the few chunks would run them all on one thread, so on CPU the loop has _SPAN iterations per chunk and only
+    # every _SPAN-th one works (each chunk has its own gradient copy: any schedule gives the same result)
+    span = ti.static(_SPAN if private else 1)
+    for it in range(n_chunks * span):
+        if it % span == 0:
+            ch = it // span
+            cb = ch if ti.static(private) else 0
+            row = ch
+            while row < p2f.shape[0] * H:
+                b, py = row // H, row % H
+                row += n_chunks
+                ba = b if Ba > 1 else 0
+                bs = b if Bs > 1 else 0
+                bo = b if Bo > 1 else 0
+                bb = b if Bg > 1 else 0
+                for px in range(W):
+                    # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
+                    # anything they add to R (cut by that layer's a = 1) reach the outputs
+                    n = 0
+                    while n < K and p2f[b, py, px, n] >= 0 and lt[b, py, px, n] != 0.0:
+                        n += 1
+                    Tn = 1.0
+                    if n > 0:
+                        Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
+                    go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
+                    for c in ti.static(range(C)):
+                        go[c] = g_rgb[b, py, px, c]
+                        if bg_image:
+                            g_bg[b, py * W + px, c] = go[c] * Tn
+                        else:
+                            _acc(g_bg, (cb * Bg + bb, 0, c), go[c] * Tn, private)
+                    go[C] = g_dep[b, py, px]
+                    go[C + 1] = g_alp[b, py, px]
+                    R = _bg_vec(bg, b, py, px, W, C)
+                    x, y = px + 0.5, py + 0.5
+                    for kk in range(n):
+                        k = n - 1 - kk
+                        f = p2f[b, py, px, k]
+                        a, T = la[b, py, px, k], lt[b, py, px, k]
+                        # face indices and barycentrics in locals, read once (the scatter's stores would otherwise
+                        # make the compiler read them again)
+                        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+                        w0, w1, w2 = bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2]
+                        u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+                        if per_face:
+                            for c in ti.static(range(C)):
+                                u[c] = attr[ba, f, c]
+                        else:
+                            for c in ti.static(range(C)):
+                                u[c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
+                        u[C] = zbuf[b, py, px, k]
+                        sh = _shade_vec(shade, b, f, use_shade, C)
+                        v = u * sh
+                        ga = T * go.dot(v - R)                  # dL / d alpha_k
+                        ta = T * a
+                        if ta != 0.0:
+                            for c in ti.static(range(C)):
+                                gv = go[c] * ta
+                                if use_shade:
+                                    _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
+                                if per_face:
+                                    _acc(g_attr, (cb * Ba + ba, f, c), gv * sh[c], private)
+                                else:
+                                    gs = gv * sh[c]
+                                    _acc(g_attr, (cb * Ba + ba, i0, c), gs * w0, private)
+                                    _acc(g_attr, (cb * Ba + ba, i1, c), gs * w1, private)
+                                    _acc(g_attr, (cb * Ba + ba, i2, c), gs * w2, private)
+                        d = dist[b, py, px, k]
+                        cov = 1.0
+                        if d > 0:
+                            cov = ti.exp(-d / sigma)
+                        _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
+                        if d > 0:
+                            # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q on the nearest edge
+                            _dist_grad_tri(xy, g_xy, b, cb * Bx + b, i0, i1, i2, x, y, -ga * a / sigma * ndc2, private)
+                        R = a * v + (1.0 - a) * R
 
 
 class SoftMesh(bridge.Op):
