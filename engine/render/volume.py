@@ -19,6 +19,7 @@ backward recomputes them. A field's samples are composited by ``composite_rays``
 """
 import functools
 import threading
+import weakref
 from dataclasses import dataclass
 
 import taichi as ti
@@ -526,6 +527,37 @@ def _give_scratch(buf: torch.Tensor):
             _scratch[(buf.numel(), buf.dtype, buf.device)] = buf
 
 
+_POOL_MAX = 256 << 20
+"""Bytes of per-call work buffers (the per-sample caches and per-ray state) kept for reuse once the op that used
+them is gone: a fresh large tensor comes from the OS and costs a page fault per 4 KiB on first touch (~6 ms for
+the 20 MB a 128x128x64 render caches, more than its whole forward kernel on 2 cores)."""
+
+_pool: dict = {}
+_pool_lock = threading.Lock()
+
+
+def _pool_take(shape, dtype, device) -> torch.Tensor:
+    """An uninitialised tensor, from the pool when one of this shape is free."""
+    key = (tuple(shape), dtype, device)
+    with _pool_lock:
+        free = _pool.get(key)
+        if free:
+            return free.pop()
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _pool_give(*tensors):
+    """Return work buffers nothing else holds (called when their op is garbage collected)."""
+    with _pool_lock:
+        held = sum(t.numel() * t.element_size() for free in _pool.values() for t in free)
+        for t in tensors:
+            size = t.numel() * t.element_size()
+            if held + size > _POOL_MAX:
+                break
+            _pool.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+            held += size
+
+
 _COPIES_MAX = 1 << 30
 """Bytes of private gradient copies the CPU backward may allocate: fewer threads scatter when a grid is so large
 that one copy per thread would exceed it."""
@@ -559,11 +591,14 @@ class _GridRender(bridge.Op):
         R, Cp, S = self.B * self.H * self.W, grid.shape[3], self.S
         kw = dict(dtype=grid.dtype, device=grid.device)
         out, alpha, depth = torch.empty(R, Cp - 1, **kw), torch.empty(R, **kw), torch.empty(R, **kw)
-        n_used = torch.empty(R, dtype=torch.int32, device=grid.device)
-        ray = torch.empty(R, _RAY, **kw)
         cache = R * S * (Cp + 1) <= _CACHE_MAX
-        trs = torch.empty(R * S if cache else 1, **kw)
-        smp = torch.empty(R * S if cache else 1, Cp, **kw)
+        n_used = _pool_take((R,), torch.int32, grid.device)
+        ray = _pool_take((R, _RAY), grid.dtype, grid.device)
+        trs = _pool_take((R * S if cache else 1,), grid.dtype, grid.device)
+        smp = _pool_take((R * S if cache else 1, Cp), grid.dtype, grid.device)
+        # back to the pool when this op (held by the autograd graph, or nothing under no_grad) is collected: only
+        # the forward and backward kernels ever see these buffers
+        weakref.finalize(self, _pool_give, n_used, ray, trs, smp)
         counter = torch.zeros(1, dtype=torch.int32, device=grid.device)
         dynamic = _scatter_copies(R)[1]                # CPU: rays handed out by a shared counter
         fwd, _ = _grid_kernels(Cp, backend.real())

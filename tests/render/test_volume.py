@@ -311,3 +311,30 @@ def test_grid_backward_reuses_zeroed_gradient_copies():
     assert first.abs().max() > 1e-3
     assert torch.allclose(first, second, atol=1e-13)             # threads may take the rays in another order
     assert torch.allclose(first, third, atol=1e-13)
+
+
+def test_grid_renders_alive_together_keep_their_own_work_buffers():
+    # work buffers go back to a pool only when their op is collected: a render whose backward is still pending
+    # must not share them with later renders (with or without grad)
+    gen = torch.Generator().manual_seed(16)
+    grids = [torch.rand(5, 4, 6, 4, generator=gen, dtype=torch.float64) * 2 for _ in range(2)]
+
+    def render(g):
+        return render_volume(_cam(), grid=g, n_samples=9, stratified=False)
+
+    def loss(r):
+        return r.rgb.sum() + r.alpha.sum() + r.depth.sum()
+    ref = []
+    for g in grids:
+        g = g.clone().requires_grad_()
+        loss(render(g)).backward()
+        ref.append(g.grad)
+    gs = [g.clone().requires_grad_() for g in grids]
+    r0, r1 = render(gs[0]), render(gs[1])
+    with torch.no_grad():
+        render(grids[1] * 3)
+    loss(r1).backward()
+    render(grids[0] * 0.5)
+    loss(r0).backward()
+    for g, want in zip(gs, ref):
+        assert torch.allclose(g.grad, want, atol=1e-13)
