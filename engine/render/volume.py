@@ -17,6 +17,7 @@ front to back and scatters into the grid gradient. Per sample the forward keeps 
 blended channels (so the replay needs no exp and no grid lookup), up to ``_CACHE_MAX`` values; beyond that the
 backward recomputes them. A field's samples are composited by ``composite_rays``. Negative densities count as zero.
 """
+import collections
 import functools
 import threading
 import weakref
@@ -532,7 +533,7 @@ _POOL_MAX = 256 << 20
 them is gone: a fresh large tensor comes from the OS and costs a page fault per 4 KiB on first touch (~6 ms for
 the 20 MB a 128x128x64 render caches, more than its whole forward kernel on 2 cores)."""
 
-_pool: dict = {}
+_pool: "collections.OrderedDict[tuple, list]" = collections.OrderedDict()    # least recently returned first
 _pool_lock = threading.Lock()
 
 
@@ -542,20 +543,28 @@ def _pool_take(shape, dtype, device) -> torch.Tensor:
     with _pool_lock:
         free = _pool.get(key)
         if free:
-            return free.pop()
+            t = free.pop()
+            if not free:
+                del _pool[key]
+            return t
     return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _pool_give(*tensors):
-    """Return work buffers nothing else holds (called when their op is garbage collected)."""
+    """Return work buffers nothing else holds (called when their op is garbage collected). Beyond _POOL_MAX the
+    buffers of the shapes returned longest ago are dropped first."""
+    nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
     with _pool_lock:
-        held = sum(t.numel() * t.element_size() for free in _pool.values() for t in free)
         for t in tensors:
-            size = t.numel() * t.element_size()
-            if held + size > _POOL_MAX:
-                break
-            _pool.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
-            held += size
+            key = (tuple(t.shape), t.dtype, t.device)
+            _pool.setdefault(key, []).append(t)
+            _pool.move_to_end(key)
+        held = sum(nbytes(t) for free in _pool.values() for t in free)
+        while held > _POOL_MAX and _pool:
+            key, free = next(iter(_pool.items()))
+            held -= nbytes(free.pop(0))
+            if not free:
+                del _pool[key]
 
 
 _COPIES_MAX = 1 << 30

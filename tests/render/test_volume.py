@@ -338,3 +338,18 @@ def test_grid_renders_alive_together_keep_their_own_work_buffers():
     loss(r0).backward()
     for g, want in zip(gs, ref):
         assert torch.allclose(g.grad, want, atol=1e-13)
+
+
+def test_work_buffer_pool_stays_under_its_cap(monkeypatch):
+    from engine.render import volume
+    monkeypatch.setattr(volume, "_pool", type(volume._pool)())
+    monkeypatch.setattr(volume, "_POOL_MAX", 1000)
+    a, b, c = torch.empty(100), torch.empty(50), torch.empty(120)         # f32: 400, 200, 480 bytes
+    volume._pool_give(a, b)
+    assert volume._pool_take((100,), torch.float32, a.device) is a
+    assert volume._pool_take((100,), torch.float32, a.device) is not a     # none left: a fresh tensor
+    volume._pool_give(a)
+    volume._pool_give(c)                                                   # 1080 bytes: the oldest shape goes
+    assert sum(t.numel() * 4 for free in volume._pool.values() for t in free) <= 1000
+    assert volume._pool_take((120,), torch.float32, a.device) is c
+    assert volume._pool_take((50,), torch.float32, a.device) is not b      # evicted: a fresh tensor
