@@ -324,8 +324,8 @@ def _grid_kernels(Cp: int, real):
                 far_a: ti.template(), cap: ti.template(), tz: ti.template(), u: ti.template(), term: ti.template(),
                 out: ti.template(), alpha: ti.template(), depth: ti.template(), n_used: ti.template(),
                 ray: ti.template(), trs: ti.template(), smp: ti.template(), X, Y, Z, H, W, S, sb, sh, sw,
-                cache: ti.template(),
-                jitter: ti.template(), has_near: ti.template(), has_far: ti.template(), mesh: ti.template()):
+                cache: ti.template(), jitter: ti.template(), has_near: ti.template(), has_far: ti.template(),
+                mesh: ti.template()):
         b, py, px, P, Q, near, bins, dl, hit = setup(r, cam, box, near_a, far_a, cap, X, Y, Z, H, W, S, has_near,
                                                      has_far, mesh)
         for a in ti.static(range(3)):
