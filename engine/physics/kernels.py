@@ -47,9 +47,8 @@ from types import SimpleNamespace
 
 import taichi as ti
 from taichi.lang import impl
-from taichi.lang.matrix import MatrixType
-from taichi.types import primitive_types
 
+from .. import launch
 from . import materials, svd
 from .model import SLIP, STICKY
 
@@ -126,41 +125,15 @@ class _Launch:
                 self._ctx[key] = self._context(args)
             return None
         ctx, compiled, scalars = hit
-        for i, kind, n in scalars:
-            v = args[i]
-            if kind == 0:
-                ctx.set_arg_float((i,), float(v))
-            elif kind == 1:
-                ctx.set_arg_int((i,), int(v))
-            else:
-                for j in range(n):
-                    ctx.set_struct_arg_float((i, j), float(v[j]))
+        launch.set_args(ctx, scalars, args)
         impl.get_runtime().prog.launch_kernel(compiled, ctx)
         return None
 
     def _context(self, args):
-        kern = self._kernel
-        tk = kern.compiled_kernels[kern.ensure_compiled(*args)]
+        tk, compiled, slots = launch.plan(self._kernel, args)
         ctx = tk.make_launch_context()
-        scalars = []
-        for i, (a, arg) in enumerate(zip(args, kern.arguments)):
-            anno = arg.annotation
-            if isinstance(anno, ti.types.ndarray):
-                el = 0 if id(anno.dtype) in primitive_types.type_ids else anno.dtype.ndim
-                shape = tuple(a.shape[:len(a.shape) - el])
-                g = a.grad
-                ctx.set_arg_external_array_with_shape((i,), int(a.data_ptr()), a.element_size() * a.nelement(), shape,
-                                                      int(g.data_ptr()) if g is not None else 0)
-            elif id(anno) in primitive_types.real_type_ids:
-                scalars.append((i, 0, 1))
-            elif id(anno) in primitive_types.integer_type_ids:
-                scalars.append((i, 1, 1))
-            elif isinstance(anno, MatrixType) and anno.ndim == 1 and id(anno.dtype) in primitive_types.real_type_ids:
-                scalars.append((i, 2, anno.n))
-            else:
-                raise TypeError(f"_Launch: unsupported argument kind {anno} of {kern.func.__name__}")
-        prog = impl.get_runtime().prog
-        return ctx, prog.compile_kernel(prog.config(), prog.get_device_caps(), tk), scalars
+        launch.set_args(ctx, slots, args)
+        return ctx, compiled, [s for s in slots if s[1] != launch.NDARRAY]
 
 
 def _launchers(ns: SimpleNamespace, fast: bool) -> SimpleNamespace:

@@ -8,11 +8,13 @@ import taichi as ti
 import torch
 
 from .. import bridge
+from ..launch import lean
 from .raster import Fragments
 
 __all__ = ["interpolate", "sample_texture", "face_attributes"]
 
 
+@lean
 @ti.kernel
 def _interp_fwd(attr: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
                 out: ti.types.ndarray()):
@@ -26,6 +28,7 @@ def _interp_fwd(attr: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.type
                                       + bary[b, y, x, k, 2] * attr[b, f, 2, c])
 
 
+@lean
 @ti.kernel
 def _interp_bwd(p2f: ti.types.ndarray(), bary: ti.types.ndarray(), g_out: ti.types.ndarray(),
                 g_attr: ti.types.ndarray()):
@@ -93,6 +96,7 @@ def _texel_coords(u, v, Ht, Wt):
     return x0, y0, fx - x0, fy - y0
 
 
+@lean
 @ti.kernel
 def _tex_fwd(tex: ti.types.ndarray(), uv: ti.types.ndarray(), p2f: ti.types.ndarray(), out: ti.types.ndarray()):
     Ht, Wt = tex.shape[1], tex.shape[2]
@@ -105,6 +109,7 @@ def _tex_fwd(tex: ti.types.ndarray(), uv: ti.types.ndarray(), p2f: ti.types.ndar
                                       + ty * ((1 - tx) * tex[b, y1, x0, c] + tx * tex[b, y1, x1, c]))
 
 
+@lean
 @ti.kernel
 def _tex_bwd(tex: ti.types.ndarray(), uv: ti.types.ndarray(), p2f: ti.types.ndarray(), g_out: ti.types.ndarray(),
              g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray()):

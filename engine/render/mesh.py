@@ -5,6 +5,7 @@ import taichi as ti
 import torch
 
 from .. import backend, bridge
+from ..launch import lean
 from .attributes import face_attributes, interpolate, sample_texture
 from .camera import Camera
 from .raster import (Fragments, _acc, _seg_dist2, _ndc2, _project_bwd, camera_table, expand_background,
@@ -97,6 +98,7 @@ def _dist_grad_tri(xy: ti.template(), g_xy: ti.template(), b, gb, i0, i1, i2, x,
     _acc(g_xy, (gb, iv, 1), gd * 2.0 * ry * t, private)
 
 
+@lean
 @ti.kernel
 def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
               zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
@@ -126,6 +128,7 @@ def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types
         alp[b, py, px] = acc[C + 1]
 
 
+@lean
 @ti.kernel
 def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
               bary: ti.types.ndarray(), zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),

@@ -7,6 +7,7 @@ import numpy as np
 import taichi as ti
 
 from .. import backend
+from ..launch import lean
 
 __all__ = ["render_points", "default_view"]
 
@@ -21,6 +22,7 @@ def _footprint(cx, cy, r, W, H):
     return x0, x1, y0, y1
 
 
+@lean
 @ti.kernel
 def _splat(px: ti.types.ndarray(), pz: ti.types.ndarray(), rad: ti.types.ndarray(), col: ti.types.ndarray(),
            depth: ti.types.ndarray(), img: ti.types.ndarray(), light: ti.types.ndarray(), shade_pass: ti.i32):

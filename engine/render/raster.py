@@ -26,6 +26,7 @@ import taichi as ti
 import torch
 
 from .. import backend, bridge
+from ..launch import lean
 from .camera import Camera
 
 __all__ = ["Fragments", "rasterize", "rasterize_screen", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
@@ -82,6 +83,7 @@ def _seg_dist2(px, py, ax, ay, bx, by):
     return qx * qx + qy * qy
 
 
+@lean
 @ti.kernel
 def _project(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: ti.types.ndarray()):
     # pinhole projection (Camera.project): cam rows are R (9), t (3), fx, fy, cx, cy
@@ -99,6 +101,7 @@ def _project(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: ti.type
         screen[b, i, 2] = pc[2]
 
 
+@lean
 @ti.kernel
 def _project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy: ti.types.ndarray(),
                  g_verts: ti.types.ndarray()):
@@ -148,6 +151,7 @@ _NREC = 24
 _CHUNK = 32   # tile-list entries mask-tested per compaction step in _knn
 
 
+@lean
 @ti.kernel
 def _face_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(), margin: float,
                 near: float):
@@ -200,6 +204,7 @@ def _pix_range(lo, hi, n):
     return ti.max(p0, 0), ti.min(p1, n - 1)
 
 
+@lean
 @ti.kernel
 def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), spans: ti.types.ndarray(), W: int, H: int):
     # spans: the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box; every tile holding one of them
@@ -213,6 +218,7 @@ def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), spans: ti.typ
                 ti.atomic_add(counts[b, ty, tx], 1)
 
 
+@lean
 @ti.kernel
 def _bin_fill(spans: ti.types.ndarray(), order: ti.types.ndarray(), offsets: ti.types.ndarray(),
               cursor: ti.types.ndarray(), bins: ti.types.ndarray(), n_tasks: int):
@@ -287,6 +293,7 @@ def _persp_z(fd: ti.template(), b, f, w0, w1, w2):
     return 1.0 / (w0 * fd[b, f, _IZ] + w1 * fd[b, f, _IZ + 1] + w2 * fd[b, f, _IZ + 2])
 
 
+@lean
 @ti.kernel
 def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
@@ -502,6 +509,7 @@ def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, 
     _acc(g_xy, (gb, iv, 1), gd * 2.0 * ry * t, private)
 
 
+@lean
 @ti.kernel
 def _composite_fwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.types.ndarray(),
                    bg: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
@@ -528,6 +536,7 @@ def _composite_fwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.typ
         alpha[b, py, px] = 1.0 - T
 
 
+@lean
 @ti.kernel
 def _composite_bwd(xy: ti.types.ndarray(), opac: ti.types.ndarray(), col: ti.types.ndarray(),
                    bg: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), la: ti.types.ndarray(),

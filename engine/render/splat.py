@@ -20,6 +20,7 @@ import taichi as ti
 import torch
 
 from .. import backend, bridge
+from ..launch import lean
 from .camera import Camera
 from .raster import expand_background
 
@@ -108,6 +109,7 @@ def _tile_box(xy: ti.template(), radius: ti.template(), b, g, H, W, ty_n, tx_n):
     return box
 
 
+@lean
 @ti.kernel
 def _bin_count(xy: ti.types.ndarray(), radius: ti.types.ndarray(), count: ti.types.ndarray(), H: int, W: int):
     for b, g in ti.ndrange(xy.shape[0], xy.shape[1]):
@@ -116,6 +118,7 @@ def _bin_count(xy: ti.types.ndarray(), radius: ti.types.ndarray(), count: ti.typ
             ti.atomic_add(count[b, ty, tx], 1)
 
 
+@lean
 @ti.kernel
 def _bin_fill(xy: ti.types.ndarray(), radius: ti.types.ndarray(), order: ti.types.ndarray(),
               cursor: ti.types.ndarray(), ids: ti.types.ndarray(), H: int, W: int):
@@ -207,6 +210,7 @@ def _tile_pixel(q, W, tx_n):
     return ty * TILE + p // TILE, tx * TILE + p % TILE, ty, tx
 
 
+@lean
 @ti.kernel
 def _splat_fwd(gs: ti.types.ndarray(), col: ti.types.ndarray(), z: ti.types.ndarray(), bg: ti.types.ndarray(),
                ids: ti.types.ndarray(), start: ti.types.ndarray(), end: ti.types.ndarray(), out: ti.types.ndarray(),
@@ -242,6 +246,7 @@ def _splat_fwd(gs: ti.types.ndarray(), col: ti.types.ndarray(), z: ti.types.ndar
             last[b, py, px] = s_end
 
 
+@lean
 @ti.kernel
 def _splat_bwd(gs: ti.types.ndarray(), col: ti.types.ndarray(), z: ti.types.ndarray(), ids: ti.types.ndarray(),
                start: ti.types.ndarray(), last: ti.types.ndarray(), out: ti.types.ndarray(),

@@ -27,6 +27,7 @@ import taichi as ti
 import torch
 
 from .. import backend, bridge
+from ..launch import lean
 from .camera import Camera
 from .raster import expand_background
 
@@ -52,6 +53,7 @@ def _cell(p, n):
     return i, f - i
 
 
+@lean
 @ti.kernel
 def _tri_fwd(grid: ti.types.ndarray(), pts: ti.types.ndarray(), out: ti.types.ndarray()):
     X, Y, Z = grid.shape[0], grid.shape[1], grid.shape[2]
@@ -70,6 +72,7 @@ def _tri_fwd(grid: ti.types.ndarray(), pts: ti.types.ndarray(), out: ti.types.nd
                 out[n, c] = v
 
 
+@lean
 @ti.kernel
 def _tri_bwd(pts: ti.types.ndarray(), g_out: ti.types.ndarray(), g_grid: ti.types.ndarray()):
     X, Y, Z = g_grid.shape[0], g_grid.shape[1], g_grid.shape[2]
@@ -117,6 +120,7 @@ def trilinear(grid: torch.Tensor, points: torch.Tensor, bbox=((-1.0, -1.0, -1.0)
 
 
 # ---- ray compositing ------------------------------------------------------------------------------------------
+@lean
 @ti.kernel
 def _comp_fwd(sig: ti.types.ndarray(), col: ti.types.ndarray(), t: ti.types.ndarray(), dl: ti.types.ndarray(),
               term: ti.types.ndarray(), tz: ti.types.ndarray(), out: ti.types.ndarray(), alpha: ti.types.ndarray(),
@@ -138,6 +142,7 @@ def _comp_fwd(sig: ti.types.ndarray(), col: ti.types.ndarray(), t: ti.types.ndar
         alpha[r] = 1.0 - T
 
 
+@lean
 @ti.kernel
 def _comp_bwd(sig: ti.types.ndarray(), col: ti.types.ndarray(), t: ti.types.ndarray(), dl: ti.types.ndarray(),
               out: ti.types.ndarray(), alpha: ti.types.ndarray(), depth: ti.types.ndarray(),
@@ -369,6 +374,7 @@ def _grid_kernels(Cp: int, real):
         alpha[r] = 1.0 - T
         n_used[r] = n
 
+    @lean
     @ti.kernel
     def fwd(grid: cell_t, cam: ti.types.ndarray(), box: ti.types.ndarray(), near_a: ti.types.ndarray(),
             far_a: ti.types.ndarray(), cap: ti.types.ndarray(), tz: ti.types.ndarray(), u: ti.types.ndarray(),
@@ -453,6 +459,7 @@ def _grid_kernels(Cp: int, real):
                         for ch in ti.static(range(Cp)):
                             ti.atomic_add(g_grid[i][ch], w[k] * v[ch])
 
+    @lean
     @ti.kernel
     def bwd(grid: cell_t, ray: ti.types.ndarray(), u: ti.types.ndarray(), out: ti.types.ndarray(),
             alpha: ti.types.ndarray(), depth: ti.types.ndarray(), n_used: ti.types.ndarray(),
@@ -483,12 +490,14 @@ def _grid_kernels(Cp: int, real):
     return fwd, bwd
 
 
+@lean
 @ti.kernel
 def _fill_zero(a: ti.types.ndarray()):
     for i in range(a.shape[0]):
         a[i] = 0
 
 
+@lean
 @ti.kernel
 def _sum_copies(copies: ti.types.ndarray(), out: ti.types.ndarray(), n: int):
     # out = sum of the n copies stacked in ``copies`` (flat), leaving the copies zeroed for the next backward
