@@ -6,7 +6,7 @@ import torch
 
 from .. import backend, bridge
 from ..launch import lean
-from .attributes import face_attributes, interpolate, sample_texture
+from .attributes import _texel_coords, face_attributes, interpolate, sample_texture
 from .camera import Camera
 from .raster import (Fragments, _acc, _seg_dist2, _ndc2, _project_bwd, camera_table, expand_background,
                      project, rasterize, rasterize_screen, soft_composite)
@@ -63,6 +63,27 @@ def _bg_vec(bg: ti.template(), b, py, px, W, C: ti.template()):
 
 
 @ti.func
+def _tex_vec(tex: ti.template(), uvc: ti.template(), bary: ti.template(), b, py, px, k, f, use_tex,
+             C: ti.template()):
+    # per-layer multiplier of the colour channels: the bilinear texture colour at the fragment's uv (the corners'
+    # uvs interpolated with the perspective-correct barycentrics, _texel_coords' conventions); 1 for depth, alpha
+    v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+    if use_tex:
+        bt = b if tex.shape[0] > 1 else 0
+        bu = b if uvc.shape[0] > 1 else 0
+        w0, w1, w2 = bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2]
+        uu = w0 * uvc[bu, f, 0, 0] + w1 * uvc[bu, f, 1, 0] + w2 * uvc[bu, f, 2, 0]
+        vv = w0 * uvc[bu, f, 0, 1] + w1 * uvc[bu, f, 1, 1] + w2 * uvc[bu, f, 2, 1]
+        Ht, Wt = tex.shape[1], tex.shape[2]
+        x0, y0, tx, ty = _texel_coords(uu, vv, Ht, Wt)
+        x1, y1 = ti.min(x0 + 1, Wt - 1), ti.min(y0 + 1, Ht - 1)
+        for c in ti.static(range(C)):
+            v[c] = ((1 - ty) * ((1 - tx) * tex[bt, y0, x0, c] + tx * tex[bt, y0, x1, c])
+                    + ty * ((1 - tx) * tex[bt, y1, x0, c] + tx * tex[bt, y1, x1, c]))
+    return v
+
+
+@ti.func
 def _cov(dist: ti.template(), b, py, px, k, sigma):
     # DBW soft coverage from the K-nearest pass's signed squared NDC distance (< 0 inside: full coverage)
     d = dist[b, py, px, k]
@@ -102,9 +123,9 @@ def _dist_grad_tri(xy: ti.template(), g_xy: ti.template(), b, gb, i0, i1, i2, x,
 @ti.kernel
 def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
               zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
-              opac: ti.types.ndarray(), bg: ti.types.ndarray(), rgb: ti.types.ndarray(), dep: ti.types.ndarray(),
-              alp: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(), per_face: int, use_shade: int,
-              sigma: float, C: ti.template()):
+              opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
+              rgb: ti.types.ndarray(), dep: ti.types.ndarray(), alp: ti.types.ndarray(), la: ti.types.ndarray(),
+              lt: ti.types.ndarray(), per_face: int, use_shade: int, use_tex: int, sigma: float, C: ti.template()):
     # C (colour/feature width) is compile-time: a pixel's C + 2 composite channels live in registers
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
@@ -119,7 +140,7 @@ def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types
                 a = opac[b, f] * _cov(dist, b, py, px, k, sigma)
                 la[b, py, px, k] = a
                 acc += (T * a) * _layer_vec(attr, faces, bary, zbuf, b, py, px, k, f, per_face, C) \
-                    * _shade_vec(shade, b, f, use_shade, C)
+                    * _shade_vec(shade, b, f, use_shade, C) * _tex_vec(tex, uvc, bary, b, py, px, k, f, use_tex, C)
                 T *= 1.0 - a
         acc += T * _bg_vec(bg, b, py, px, W, C)
         for c in ti.static(range(C)):
@@ -132,22 +153,26 @@ def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types
 @ti.kernel
 def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
               bary: ti.types.ndarray(), zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
-              opac: ti.types.ndarray(), bg: ti.types.ndarray(), la: ti.types.ndarray(), lt: ti.types.ndarray(),
+              opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
+              la: ti.types.ndarray(), lt: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
               g_xy: ti.types.ndarray(),
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
-              g_bg: ti.types.ndarray(), per_face: int, use_shade: int, sigma: float, ndc2: float, n_chunks: int,
-              private: ti.template(), C: ti.template()):
+              g_bg: ti.types.ndarray(), g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray(), per_face: int,
+              use_shade: int, use_tex: int, sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
+              C: ti.template()):
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
     # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
-    # scattered gradients (g_xy, g_attr, g_shade, g_opac carry n_chunks copies stacked on dim 0) with plain adds;
+    # scattered gradients (g_xy, g_attr, g_shade, g_opac, g_tex, g_uv carry n_chunks copies stacked on dim 0) with
+    # plain adds;
     # otherwise (GPU) every row is its own chunk and atomics add into one copy. g_bg is per pixel (B, H*W, C),
     # written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the others.
     K = p2f.shape[3]
     H, W = p2f.shape[1], p2f.shape[2]
     Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
+    Bt, Bu, Ht, Wt = tex.shape[0], uvc.shape[0], tex.shape[1], tex.shape[2]
     bg_image = g_bg.shape[1] > 1
     # Taichi's CPU range-for gives each thread a contiguous block of at least _SPAN iterations: a plain loop over
     # the few chunks would run them all on one thread, so on CPU the loop has _SPAN iterations per chunk and only
@@ -165,6 +190,8 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                 bs = b if Bs > 1 else 0
                 bo = b if Bo > 1 else 0
                 bb = b if Bg > 1 else 0
+                bt = b if Bt > 1 else 0
+                bu = b if Bu > 1 else 0
                 for px in range(W):
                     # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
                     # anything they add to R (cut by that layer's a = 1) reach the outputs
@@ -201,22 +228,62 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                             for c in ti.static(range(C)):
                                 u[c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
                         u[C] = zbuf[b, py, px, k]
+                        # texture: the colour channels times the bilinear texel colour tc at the fragment's uv
+                        col = u
+                        tc = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+                        uu, vv, tx, ty = 0.0, 0.0, 0.0, 0.0
+                        x0, y0, x1, y1 = 0, 0, 0, 0
+                        if use_tex:
+                            uu = w0 * uvc[bu, f, 0, 0] + w1 * uvc[bu, f, 1, 0] + w2 * uvc[bu, f, 2, 0]
+                            vv = w0 * uvc[bu, f, 0, 1] + w1 * uvc[bu, f, 1, 1] + w2 * uvc[bu, f, 2, 1]
+                            x0, y0, tx, ty = _texel_coords(uu, vv, Ht, Wt)
+                            x1, y1 = ti.min(x0 + 1, Wt - 1), ti.min(y0 + 1, Ht - 1)
+                            for c in ti.static(range(C)):
+                                tc[c] = ((1 - ty) * ((1 - tx) * tex[bt, y0, x0, c] + tx * tex[bt, y0, x1, c])
+                                         + ty * ((1 - tx) * tex[bt, y1, x0, c] + tx * tex[bt, y1, x1, c]))
+                            u = col * tc
                         sh = _shade_vec(shade, b, f, use_shade, C)
                         v = u * sh
                         ga = T * go.dot(v - R)                  # dL / d alpha_k
                         ta = T * a
                         if ta != 0.0:
+                            g_u, g_v = 0.0, 0.0                 # dL / d(tx, ty) of the bilinear lookup
                             for c in ti.static(range(C)):
                                 gv = go[c] * ta
                                 if use_shade:
                                     _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
+                                gs = gv * sh[c]                 # dL / d(colour x texture)
+                                if use_tex:
+                                    gt = gs * col[c]            # dL / d(texture colour)
+                                    gs = gs * tc[c]
+                                    tb = cb * Bt + bt
+                                    _acc(g_tex, (tb, y0, x0, c), (1 - ty) * (1 - tx) * gt, private)
+                                    _acc(g_tex, (tb, y0, x1, c), (1 - ty) * tx * gt, private)
+                                    _acc(g_tex, (tb, y1, x0, c), ty * (1 - tx) * gt, private)
+                                    _acc(g_tex, (tb, y1, x1, c), ty * tx * gt, private)
+                                    t00, t01 = tex[bt, y0, x0, c], tex[bt, y0, x1, c]
+                                    t10, t11 = tex[bt, y1, x0, c], tex[bt, y1, x1, c]
+                                    g_u += gt * ((1 - ty) * (t01 - t00) + ty * (t11 - t10))
+                                    g_v += gt * ((1 - tx) * (t10 - t00) + tx * (t11 - t01))
                                 if per_face:
-                                    _acc(g_attr, (cb * Ba + ba, f, c), gv * sh[c], private)
+                                    _acc(g_attr, (cb * Ba + ba, f, c), gs, private)
                                 else:
-                                    gs = gv * sh[c]
                                     _acc(g_attr, (cb * Ba + ba, i0, c), gs * w0, private)
                                     _acc(g_attr, (cb * Ba + ba, i1, c), gs * w1, private)
                                     _acc(g_attr, (cb * Ba + ba, i2, c), gs * w2, private)
+                            if use_tex:
+                                # d(tx, ty) / d(u, v) = (Wt, -Ht), 0 where the lookup is clamped; then the corners'
+                                # uvs through the barycentrics
+                                fx, fy = uu * Wt - 0.5, (1.0 - vv) * Ht - 0.5
+                                g_u = g_u * Wt if 0.0 < fx < Wt - 1.0 else 0.0
+                                g_v = -g_v * Ht if 0.0 < fy < Ht - 1.0 else 0.0
+                                ub = cb * Bu + bu
+                                _acc(g_uv, (ub, f, 0, 0), g_u * w0, private)
+                                _acc(g_uv, (ub, f, 0, 1), g_v * w0, private)
+                                _acc(g_uv, (ub, f, 1, 0), g_u * w1, private)
+                                _acc(g_uv, (ub, f, 1, 1), g_v * w1, private)
+                                _acc(g_uv, (ub, f, 2, 0), g_u * w2, private)
+                                _acc(g_uv, (ub, f, 2, 1), g_v * w2, private)
                         d = dist[b, py, px, k]
                         cov = 1.0
                         if d > 0:
@@ -236,35 +303,38 @@ class SoftMesh(bridge.Op):
 
     Inputs: verts (Bv, V, 3) world; attr (Ba, V or F, C) per-vertex or per-face colours/features; shade
     (Bs, F, C) per-face multiplier (Lambert irradiance) or a (1, 1, 1) dummy; opacity (Bo, F); background
-    (Bg, 1 or H*W, C); then the non-differentiable camera table (B, 16), faces, screen (B, V, 3) = project(verts)
-    and fragments (p2f, bary, zbuf, dist). Outputs: colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and
-    alpha (B, H, W), as separate tensors so that autograd never slices one (a slice's backward zero-fills and
-    copies a whole image). Gradients: verts (through coverage and the projection), attr, shade, opacity,
-    background. Barycentrics and depths stay detached, as in DBW.
+    (Bg, 1 or H*W, C); texture (Bt, Ht, Wt, C) and per-corner uvs (Bu, F, 3, 2), multiplying the colours (bilinear,
+    ``attributes._texel_coords``' conventions), or dummies when ``use_tex`` is off; then the non-differentiable
+    camera table (B, 16), faces, screen (B, V, 3) = project(verts) and fragments (p2f, bary, zbuf, dist). Outputs:
+    colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and alpha (B, H, W), as separate tensors so that
+    autograd never slices one (a slice's backward zero-fills and copies a whole image). Gradients: verts (through
+    coverage and the projection), attr, shade, opacity, background, texels, uvs. Barycentrics and depths stay
+    detached, as in DBW.
     """
 
     name = "soft_mesh"
     fresh_grads = True              # backward allocates every gradient it returns, per call
 
-    def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool):
+    def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool = False):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
-        self.per_face, self.use_shade = int(per_face), int(use_shade)
+        self.per_face, self.use_shade, self.use_tex = int(per_face), int(use_shade), int(use_tex)
 
-    def forward(self, verts, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, dist):
+    def forward(self, verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, bary, zbuf, dist):
         B, H, W, K = p2f.shape
         C = attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         la, lt = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
-        _soft_fwd(dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, rgb, dep, alp, la, lt,
-                  self.per_face, self.use_shade, self.sigma, C)
-        saved = (verts.shape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, dist, la, lt)
+        _soft_fwd(dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, rgb, dep, alp, la, lt,
+                  self.per_face, self.use_shade, self.use_tex, self.sigma, C)
+        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, bary, zbuf, dist,
+                 la, lt)
         return (rgb, dep, alp), saved
 
     def backward(self, saved, grads):
-        vshape, attr, shade, opacity, background, cam, faces, screen, p2f, bary, zbuf, dist, la, lt = saved
+        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, bary, zbuf, dist, la, lt = saved
         B, H, W, K = p2f.shape
         n_chunks, private = _scatter_copies(B * H)
         nc = n_chunks if private else 1
@@ -274,22 +344,27 @@ class SoftMesh(bridge.Op):
         g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
         g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
         g_opac = torch.zeros(nc * opacity.shape[0], *opacity.shape[1:], **kw)
+        g_tex = torch.zeros(nc * tex.shape[0], *tex.shape[1:], **kw)
+        g_uv = torch.zeros(nc * uvc.shape[0], *uvc.shape[1:], **kw)
         bg_image = background.shape[1] > 1
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
-        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, la, lt, *grads, g_xy,
-                  g_attr, g_shade, g_opac, g_bg, self.per_face, self.use_shade, self.sigma, self.ndc2, n_chunks,
-                  private, attr.shape[2])
+        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, *grads,
+                  g_xy, g_attr, g_shade, g_opac, g_bg, g_tex, g_uv, self.per_face, self.use_shade, self.use_tex,
+                  self.sigma, self.ndc2, n_chunks, private, attr.shape[2])
         if nc > 1:
             g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
                                              for g in (g_xy, g_attr, g_shade, g_opac))
+            if self.use_tex:
+                g_tex, g_uv = (g.reshape(nc, -1, *g.shape[1:]).sum(0) for g in (g_tex, g_uv))
             if not bg_image:
                 g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
         g_verts = torch.zeros(vshape, **kw)
         _project_bwd(screen, cam, g_xy, g_verts)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
-        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + (None,) * 7
+        tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
+        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + tex_grads + (None,) * 7
 
 
 def _scatter_copies(n_rows: int):
@@ -349,9 +424,11 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     if mode not in ("hard", "soft"):
         raise ValueError(f"render_mesh mode must be 'hard' or 'soft', got {mode!r}")
     hard = mode == "hard"
-    if not hard and texture is None and not _camera_needs_grad(camera):
-        fused = _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma, faces_per_pixel,
-                                   opacity, background)
+    if texture is not None and uvs is None:
+        raise ValueError("render_mesh: a texture needs uvs (V, 2) or (F, 3, 2)")
+    if not hard and not _camera_needs_grad(camera):
+        fused = _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma,
+                                   faces_per_pixel, opacity, background)
         if fused is not None:
             return fused
     frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel,
@@ -368,8 +445,6 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         fc = fc.unsqueeze(0) if fc.dim() == 2 else fc
         feats = interpolate(frags, fc[:, :, None].expand(-1, -1, 3, -1))
     if texture is not None:
-        if uvs is None:
-            raise ValueError("render_mesh: a texture needs uvs (V, 2) or (F, 3, 2)")
         uvs = uvs.to(dt)
         face_uv = uvs if uvs.dim() == 3 else face_attributes(uvs, faces)[0]
         tex = sample_texture(texture.to(dt), interpolate(frags, face_uv), frags)
@@ -411,26 +486,40 @@ def _camera_needs_grad(camera: Camera) -> bool:
     return any(x.requires_grad for x in (camera.R, camera.t, camera.fx, camera.fy, camera.cx, camera.cy))
 
 
-def _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma, faces_per_pixel, opacity,
-                       background):
+def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma, faces_per_pixel,
+                       opacity, background):
     """Soft ``render_mesh`` as Taichi projection + K-nearest lists + one ``SoftMesh`` op (no per-pixel torch glue).
-    Returns None for inputs it does not cover (lights on features that are not 3 wide)."""
+    Returns None for inputs it does not cover (lights on features that are not 3 wide; colours and a texture of
+    different widths, or a texture batch other than 1 or B)."""
     dt, dev = verts.dtype, verts.device
     H, W = camera.height, camera.width
     F = faces.shape[0]
     per_face = colors is None
+    if texture is not None:
+        tex = texture.to(dt)
+        tex = tex.unsqueeze(0) if tex.dim() == 3 else tex
+        if tex.shape[1] < 2 or tex.shape[2] < 2:
+            raise ValueError(f"texture must be at least 2x2 texels, got {tuple(tex.shape[1:3])}")
+        uvs = uvs.to(dt)
+        uvc = (uvs if uvs.dim() == 3 else face_attributes(uvs, faces)[0]).unsqueeze(0)          # (1, F, 3, 2)
     if colors is not None:
         attr = colors.to(dt)
     elif face_colors is not None:
         attr = face_colors.to(dt)
     else:
-        attr = torch.ones(1, F, 3, dtype=dt, device=dev)
+        attr = torch.ones(1, F, 3 if texture is None else tex.shape[-1], dtype=dt, device=dev)
     attr = attr.unsqueeze(0) if attr.dim() == 2 else attr
     C = attr.shape[-1]
     if lights is not None and C != 3:
         return None
+    if texture is not None and tex.shape[-1] != C:
+        return None
     screen = project(verts, camera)
     B = screen.shape[0]
+    if texture is None:
+        tex, uvc = torch.zeros(1, 2, 2, C, dtype=dt, device=dev), torch.zeros(1, 1, 3, 2, dtype=dt, device=dev)
+    elif tex.shape[0] not in (1, B):
+        return None
     frags = rasterize_screen(screen, faces, W, H, faces_per_pixel, sigma)
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1) if cam.shape[0] != B else cam
@@ -447,8 +536,9 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, lights, sigma,
         bg = bg.reshape(-1, H * W, bg.shape[-1])
     if bg.shape[-1] != C:
         raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
-    rgb, depth, alpha = bridge.apply(SoftMesh(sigma, W, H, per_face, lights is not None), verts, attr, shade, op, bg,
-                                     cam, faces, screen, frags.pix_to_face, frags.bary, frags.zbuf, frags.dist)
+    rgb, depth, alpha = bridge.apply(SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None),
+                                     verts, attr, shade, op, bg, tex, uvc, cam, faces, screen, frags.pix_to_face,
+                                     frags.bary, frags.zbuf, frags.dist)
     # nearest face's normal, 0 where empty: one index_select from the normals with a zero row appended per batch
     # (no image-sized mask multiply or gather, which torch parallelises and a busy CPU then stalls)
     p2f0 = frags.pix_to_face[..., 0].long()
