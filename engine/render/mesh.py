@@ -160,7 +160,7 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
               g_bg: ti.types.ndarray(), g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray(), per_face: int,
               use_shade: int, use_tex: int, sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
-              C: ti.template()):
+              tex_private: ti.template(), C: ti.template()):
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
@@ -169,10 +169,12 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
     # plain adds;
     # otherwise (GPU) every row is its own chunk and atomics add into one copy. g_bg is per pixel (B, H*W, C),
     # written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the others.
+    # ``tex_private`` off on CPU: texel gradients go by atomics into one copy (a large texture's copies cost more to
+    # zero and sum than the atomics; see _texture_copies_pay).
     K = p2f.shape[3]
     H, W = p2f.shape[1], p2f.shape[2]
     Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
-    Bt, Bu, Ht, Wt = tex.shape[0], uvc.shape[0], tex.shape[1], tex.shape[2]
+    Bt, Bu, Ht, Wt, Fu = tex.shape[0], uvc.shape[0], tex.shape[1], tex.shape[2], uvc.shape[1]
     bg_image = g_bg.shape[1] > 1
     # Taichi's CPU range-for gives each thread a contiguous block of at least _SPAN iterations: a plain loop over
     # the few chunks would run them all on one thread, so on CPU the loop has _SPAN iterations per chunk and only
@@ -231,6 +233,9 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                         # texture: the colour channels times the bilinear texel colour tc at the fragment's uv
                         col = u
                         tc = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+                        # the four texels in locals, read once (the scatter's stores would make them be re-read)
+                        t00 = ti.Vector([0.0 for _ in ti.static(range(C))])
+                        t01, t10, t11 = t00, t00, t00
                         uu, vv, tx, ty = 0.0, 0.0, 0.0, 0.0
                         x0, y0, x1, y1 = 0, 0, 0, 0
                         if use_tex:
@@ -239,8 +244,10 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                             x0, y0, tx, ty = _texel_coords(uu, vv, Ht, Wt)
                             x1, y1 = ti.min(x0 + 1, Wt - 1), ti.min(y0 + 1, Ht - 1)
                             for c in ti.static(range(C)):
-                                tc[c] = ((1 - ty) * ((1 - tx) * tex[bt, y0, x0, c] + tx * tex[bt, y0, x1, c])
-                                         + ty * ((1 - tx) * tex[bt, y1, x0, c] + tx * tex[bt, y1, x1, c]))
+                                t00[c], t01[c] = tex[bt, y0, x0, c], tex[bt, y0, x1, c]
+                                t10[c], t11[c] = tex[bt, y1, x0, c], tex[bt, y1, x1, c]
+                                tc[c] = ((1 - ty) * ((1 - tx) * t00[c] + tx * t01[c])
+                                         + ty * ((1 - tx) * t10[c] + tx * t11[c]))
                             u = col * tc
                         sh = _shade_vec(shade, b, f, use_shade, C)
                         v = u * sh
@@ -256,15 +263,16 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                                 if use_tex:
                                     gt = gs * col[c]            # dL / d(texture colour)
                                     gs = gs * tc[c]
-                                    tb = cb * Bt + bt
-                                    _acc(g_tex, (tb, y0, x0, c), (1 - ty) * (1 - tx) * gt, private)
-                                    _acc(g_tex, (tb, y0, x1, c), (1 - ty) * tx * gt, private)
-                                    _acc(g_tex, (tb, y1, x0, c), ty * (1 - tx) * gt, private)
-                                    _acc(g_tex, (tb, y1, x1, c), ty * tx * gt, private)
-                                    t00, t01 = tex[bt, y0, x0, c], tex[bt, y0, x1, c]
-                                    t10, t11 = tex[bt, y1, x0, c], tex[bt, y1, x1, c]
-                                    g_u += gt * ((1 - ty) * (t01 - t00) + ty * (t11 - t10))
-                                    g_v += gt * ((1 - tx) * (t10 - t00) + tx * (t11 - t01))
+                                    tb = bt
+                                    if ti.static(tex_private):
+                                        tb = cb * Bt + bt
+                                    r0, r1 = (tb * Ht + y0) * Wt, (tb * Ht + y1) * Wt
+                                    _acc(g_tex, (r0 + x0, c), (1 - ty) * (1 - tx) * gt, tex_private)
+                                    _acc(g_tex, (r0 + x1, c), (1 - ty) * tx * gt, tex_private)
+                                    _acc(g_tex, (r1 + x0, c), ty * (1 - tx) * gt, tex_private)
+                                    _acc(g_tex, (r1 + x1, c), ty * tx * gt, tex_private)
+                                    g_u += gt * ((1 - ty) * (t01[c] - t00[c]) + ty * (t11[c] - t10[c]))
+                                    g_v += gt * ((1 - tx) * (t10[c] - t00[c]) + tx * (t11[c] - t01[c]))
                                 if per_face:
                                     _acc(g_attr, (cb * Ba + ba, f, c), gs, private)
                                 else:
@@ -277,13 +285,13 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                                 fx, fy = uu * Wt - 0.5, (1.0 - vv) * Ht - 0.5
                                 g_u = g_u * Wt if 0.0 < fx < Wt - 1.0 else 0.0
                                 g_v = -g_v * Ht if 0.0 < fy < Ht - 1.0 else 0.0
-                                ub = cb * Bu + bu
-                                _acc(g_uv, (ub, f, 0, 0), g_u * w0, private)
-                                _acc(g_uv, (ub, f, 0, 1), g_v * w0, private)
-                                _acc(g_uv, (ub, f, 1, 0), g_u * w1, private)
-                                _acc(g_uv, (ub, f, 1, 1), g_v * w1, private)
-                                _acc(g_uv, (ub, f, 2, 0), g_u * w2, private)
-                                _acc(g_uv, (ub, f, 2, 1), g_v * w2, private)
+                                ub = (cb * Bu + bu) * Fu + f
+                                _acc(g_uv, (ub, 0), g_u * w0, private)
+                                _acc(g_uv, (ub, 1), g_v * w0, private)
+                                _acc(g_uv, (ub, 2), g_u * w1, private)
+                                _acc(g_uv, (ub, 3), g_v * w1, private)
+                                _acc(g_uv, (ub, 4), g_u * w2, private)
+                                _acc(g_uv, (ub, 5), g_v * w2, private)
                         d = dist[b, py, px, k]
                         cov = 1.0
                         if d > 0:
@@ -344,19 +352,22 @@ class SoftMesh(bridge.Op):
         g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
         g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
         g_opac = torch.zeros(nc * opacity.shape[0], *opacity.shape[1:], **kw)
-        g_tex = torch.zeros(nc * tex.shape[0], *tex.shape[1:], **kw)
+        tex_private = private and (not self.use_tex or _texture_copies_pay(nc, tex.numel(), B * H * W * attr.shape[2]))
+        g_tex = torch.zeros((nc if tex_private else 1) * tex.shape[0], *tex.shape[1:], **kw)
         g_uv = torch.zeros(nc * uvc.shape[0], *uvc.shape[1:], **kw)
         bg_image = background.shape[1] > 1
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
         _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, *grads,
-                  g_xy, g_attr, g_shade, g_opac, g_bg, g_tex, g_uv, self.per_face, self.use_shade, self.use_tex,
-                  self.sigma, self.ndc2, n_chunks, private, attr.shape[2])
+                  g_xy, g_attr, g_shade, g_opac, g_bg, g_tex.view(-1, tex.shape[3]), g_uv.view(-1, 6), self.per_face, self.use_shade, self.use_tex,
+                  self.sigma, self.ndc2, n_chunks, private, tex_private, attr.shape[2])
         if nc > 1:
             g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
                                              for g in (g_xy, g_attr, g_shade, g_opac))
             if self.use_tex:
-                g_tex, g_uv = (g.reshape(nc, -1, *g.shape[1:]).sum(0) for g in (g_tex, g_uv))
+                g_uv = g_uv.reshape(nc, -1, *g_uv.shape[1:]).sum(0)
+                if tex_private:
+                    g_tex = g_tex.reshape(nc, -1, *g_tex.shape[1:]).sum(0)
             if not bg_image:
                 g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
         g_verts = torch.zeros(vshape, **kw)
@@ -374,6 +385,14 @@ def _scatter_copies(n_rows: int):
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
+
+
+def _texture_copies_pay(n_copies: int, texels: int, pixels: int) -> bool:
+    """Whether the CPU backward scatters texel gradients into private copies (else atomics into one copy, as on the
+    GPU). Zeroing and summing the copies costs their size, atomics cost per scatter (more where many pixels share
+    texels): measured at 128^2 px, 8 copies, fwd+bwd, copies win at a 256^2 RGB texture (~21 vs ~24 ms), break even
+    at 512^2 and lose at 1024^2 (~55 vs ~25 ms). ``texels`` and ``pixels`` count channel entries."""
+    return n_copies * texels <= 64 * pixels
 
 
 @dataclass

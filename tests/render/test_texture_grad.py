@@ -127,7 +127,8 @@ def test_fused_textured_soft_matches_non_fused_chain(monkeypatch, case):
 
 
 def test_fused_textured_soft_scatter_paths_agree(monkeypatch):
-    # CPU private gradient copies (any chunk count) == the GPU scatter (one copy, atomics), texture and uv too
+    # CPU private gradient copies (any chunk count; texels in private copies or by atomics, as for large textures)
+    # == the GPU scatter (one copy, atomics), texture and uv too
     from engine.render import mesh
     cams = Camera.from_look_at([[0.2, 0.1, 3.0], [-0.4, 0.3, 2.8]], fov_y=35, width=14, height=12)
     tex, uvs, vcol, op, bg = _tex_inputs(6, batched_tex=True)
@@ -142,10 +143,12 @@ def test_fused_textured_soft_scatter_paths_agree(monkeypatch):
     monkeypatch.setattr(mesh, "_scatter_copies", lambda n: (max(n, 1), False))
     ref = grads()
     assert all(g.abs().max() > 1e-3 for g in ref)
-    for chunks in (1, 3, 5):
-        monkeypatch.setattr(mesh, "_scatter_copies", lambda n, c=chunks: (min(c, n), True))
-        for g, r in zip(grads(), ref):
-            assert torch.allclose(g, r, atol=1e-12)
+    for tex_copies in (True, False):
+        monkeypatch.setattr(mesh, "_texture_copies_pay", lambda *a, p=tex_copies: p)
+        for chunks in (1, 3, 5):
+            monkeypatch.setattr(mesh, "_scatter_copies", lambda n, c=chunks: (min(c, n), True))
+            for g, r in zip(grads(), ref):
+                assert torch.allclose(g, r, atol=1e-12)
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, 3])
