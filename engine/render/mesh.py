@@ -63,12 +63,12 @@ def _bg_vec(bg: ti.template(), b, py, px, W, C: ti.template()):
 
 
 @ti.func
-def _tex_vec(tex: ti.template(), uvc: ti.template(), bary: ti.template(), b, py, px, k, f, use_tex,
+def _tex_vec(tex: ti.template(), uvc: ti.template(), bary: ti.template(), b, py, px, k, f, use_tex: ti.template(),
              C: ti.template()):
     # per-layer multiplier of the colour channels: the bilinear texture colour at the fragment's uv (the corners'
     # uvs interpolated with the perspective-correct barycentrics, _texel_coords' conventions); 1 for depth, alpha
     v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
-    if use_tex:
+    if ti.static(use_tex):
         bt = b if tex.shape[0] > 1 else 0
         bu = b if uvc.shape[0] > 1 else 0
         w0, w1, w2 = bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2]
@@ -125,7 +125,8 @@ def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types
               zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
               rgb: ti.types.ndarray(), dep: ti.types.ndarray(), alp: ti.types.ndarray(), la: ti.types.ndarray(),
-              lt: ti.types.ndarray(), per_face: int, use_shade: int, use_tex: int, sigma: float, C: ti.template()):
+              lt: ti.types.ndarray(), per_face: int, use_shade: int, use_tex: ti.template(), sigma: float,
+              C: ti.template()):
     # C (colour/feature width) is compile-time: a pixel's C + 2 composite channels live in registers
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
@@ -159,18 +160,18 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
               g_xy: ti.types.ndarray(),
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
               g_bg: ti.types.ndarray(), g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray(), per_face: int,
-              use_shade: int, use_tex: int, sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
+              use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
               tex_private: ti.template(), C: ti.template()):
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
     # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
-    # scattered gradients (g_xy, g_attr, g_shade, g_opac, g_tex, g_uv carry n_chunks copies stacked on dim 0) with
-    # plain adds;
-    # otherwise (GPU) every row is its own chunk and atomics add into one copy. g_bg is per pixel (B, H*W, C),
+    # scattered gradients (g_xy, g_attr, g_shade, g_opac, g_uv carry n_chunks copies stacked on dim 0) with plain
+    # adds; otherwise (GPU) every row is its own chunk and atomics add into one copy. g_bg is per pixel (B, H*W, C),
     # written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the others.
-    # ``tex_private`` off on CPU: texel gradients go by atomics into one copy (a large texture's copies cost more to
-    # zero and sum than the atomics; see _texture_copies_pay).
+    # Texture (``use_tex``, compile-time): g_tex ((copies * Bt * Ht * Wt, C), flat) has n_chunks copies when
+    # ``tex_private``, else one copy and atomics (CPU too for a large texture: see _texture_copies_pay); g_uv is
+    # (copies * Bu * F, 6), per face corner.
     K = p2f.shape[3]
     H, W = p2f.shape[1], p2f.shape[2]
     Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
@@ -238,7 +239,7 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                         t01, t10, t11 = t00, t00, t00
                         uu, vv, tx, ty = 0.0, 0.0, 0.0, 0.0
                         x0, y0, x1, y1 = 0, 0, 0, 0
-                        if use_tex:
+                        if ti.static(use_tex):
                             uu = w0 * uvc[bu, f, 0, 0] + w1 * uvc[bu, f, 1, 0] + w2 * uvc[bu, f, 2, 0]
                             vv = w0 * uvc[bu, f, 0, 1] + w1 * uvc[bu, f, 1, 1] + w2 * uvc[bu, f, 2, 1]
                             x0, y0, tx, ty = _texel_coords(uu, vv, Ht, Wt)
@@ -260,7 +261,7 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                                 if use_shade:
                                     _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
                                 gs = gv * sh[c]                 # dL / d(colour x texture)
-                                if use_tex:
+                                if ti.static(use_tex):
                                     gt = gs * col[c]            # dL / d(texture colour)
                                     gs = gs * tc[c]
                                     tb = bt
@@ -279,7 +280,7 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                                     _acc(g_attr, (cb * Ba + ba, i0, c), gs * w0, private)
                                     _acc(g_attr, (cb * Ba + ba, i1, c), gs * w1, private)
                                     _acc(g_attr, (cb * Ba + ba, i2, c), gs * w2, private)
-                            if use_tex:
+                            if ti.static(use_tex):
                                 # d(tx, ty) / d(u, v) = (Wt, -Ht), 0 where the lookup is clamped; then the corners'
                                 # uvs through the barycentrics
                                 fx, fy = uu * Wt - 0.5, (1.0 - vv) * Ht - 0.5
@@ -359,8 +360,8 @@ class SoftMesh(bridge.Op):
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
         _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, *grads,
-                  g_xy, g_attr, g_shade, g_opac, g_bg, g_tex.view(-1, tex.shape[3]), g_uv.view(-1, 6), self.per_face, self.use_shade, self.use_tex,
-                  self.sigma, self.ndc2, n_chunks, private, tex_private, attr.shape[2])
+                  g_xy, g_attr, g_shade, g_opac, g_bg, g_tex.view(-1, tex.shape[3]), g_uv.view(-1, 6), self.per_face,
+                  self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private, attr.shape[2])
         if nc > 1:
             g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
                                              for g in (g_xy, g_attr, g_shade, g_opac))
