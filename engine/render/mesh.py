@@ -8,8 +8,8 @@ from .. import backend, bridge
 from ..launch import lean
 from .attributes import _texel_coords, face_attributes, interpolate, sample_texture
 from .camera import Camera
-from .raster import (Fragments, _acc, _seg_dist2, _ndc2, _project_bwd, camera_table, expand_background,
-                     project, rasterize, rasterize_screen, soft_composite)
+from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project_bwd, _seg_dist2, camera_table,
+                     expand_background, project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh"]
@@ -107,16 +107,7 @@ def _dist_grad_tri(xy: ti.template(), g_xy: ti.template(), b, gb, i0, i1, i2, x,
         iu, iv, ux, uy, vx, vy, e0 = i1, i2, bx, by, cx, cy, e1
     if e2 < e0:
         iu, iv, ux, uy, vx, vy = i2, i0, cx, cy, ax, ay
-    ex, ey = vx - ux, vy - uy
-    L = ex * ex + ey * ey
-    t = 0.0
-    if L > 0:
-        t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
-    rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
-    _acc(g_xy, (gb, iu, 0), gd * 2.0 * rx * (1.0 - t), private)
-    _acc(g_xy, (gb, iu, 1), gd * 2.0 * ry * (1.0 - t), private)
-    _acc(g_xy, (gb, iv, 0), gd * 2.0 * rx * t, private)
-    _acc(g_xy, (gb, iv, 1), gd * 2.0 * ry * t, private)
+    _edge_grad(g_xy, gb, iu, iv, ux, uy, vx, vy, x, y, gd, private)
 
 
 @lean

@@ -491,12 +491,9 @@ def _acc(g: ti.template(), idx: ti.template(), v, private: ti.template()):
 
 
 @ti.func
-def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, gb, f, e, x, y, gd,
-               private: ti.template()):
-    # gd = dL/d(d2 / ndc2); d2 / ndc2 = |p - q|^2 with q the closest point of edge e = (u, v) of face f.
-    # xy is read at batch row b, the gradient lands in row gb of g_xy (a private copy's row on CPU)
-    iu, iv = faces[f, e], faces[f, (e + 1) % 3]
-    ux, uy, vx, vy = xy[b, iu, 0], xy[b, iu, 1], xy[b, iv, 0], xy[b, iv, 1]
+def _edge_grad(g_xy: ti.template(), gb, iu, iv, ux, uy, vx, vy, x, y, gd, private: ti.template()):
+    # gd = dL/d(d2 / ndc2) with d2 / ndc2 = |p - q|^2 and q the closest point of edge (u, v) to the pixel p,
+    # q = u + t (v - u) (t clamped to the segment, held fixed: d|p - q|^2/dq . dq/dt = 0 inside it)
     ex, ey = vx - ux, vy - uy
     L = ex * ex + ey * ey
     t = 0.0
@@ -507,6 +504,15 @@ def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, 
     _acc(g_xy, (gb, iu, 1), gd * 2.0 * ry * (1.0 - t), private)
     _acc(g_xy, (gb, iv, 0), gd * 2.0 * rx * t, private)
     _acc(g_xy, (gb, iv, 1), gd * 2.0 * ry * t, private)
+
+
+@ti.func
+def _dist_grad(xy: ti.template(), faces: ti.template(), g_xy: ti.template(), b, gb, f, e, x, y, gd,
+               private: ti.template()):
+    # edge e = (u, v) of face f; xy is read at batch row b, the gradient lands in row gb of g_xy (a private
+    # copy's row on CPU)
+    iu, iv = faces[f, e], faces[f, (e + 1) % 3]
+    _edge_grad(g_xy, gb, iu, iv, xy[b, iu, 0], xy[b, iu, 1], xy[b, iv, 0], xy[b, iv, 1], x, y, gd, private)
 
 
 @lean
