@@ -14,6 +14,14 @@ def _cam(w=10, h=8):
     return Camera.from_look_at([0.3, 0.4, 3.0], fov_y=40, width=w, height=h)
 
 
+def _grid_grad(grid, n_samples=10, depth=True, **kw):
+    """d(sum rgb + sum alpha [+ sum depth]) / d grid for one render of ``grid``."""
+    g = grid.clone().requires_grad_()
+    r = render_volume(_cam(), grid=g, n_samples=n_samples, **kw)
+    (r.rgb.sum() + r.alpha.sum() + (r.depth.sum() if depth else 0)).backward()
+    return g.grad
+
+
 def test_uniform_box_matches_beer_lambert():
     # constant density s inside the box: alpha = 1 - exp(-s * L), L the chord length of the ray in the box
     s, col = 1.3, torch.tensor([0.2, 0.7, 0.4], dtype=torch.float64)
@@ -151,11 +159,7 @@ def test_grid_backward_replay_matches_cached_transmittance(monkeypatch, stratifi
     grid = (torch.rand(5, 4, 6, 4, generator=gen, dtype=torch.float64) - 0.2) * 8
 
     def grad():
-        g = grid.clone().requires_grad_()
-        r = render_volume(_cam(), grid=g, n_samples=12, stratified=stratified,
-                          generator=torch.Generator().manual_seed(4), background=0.5)
-        (r.rgb.sum() + r.alpha.sum() + r.depth.sum()).backward()
-        return g.grad
+        return _grid_grad(grid, 12, stratified=stratified, generator=torch.Generator().manual_seed(4), background=0.5)
     ref = grad()
     assert ref.abs().max() > 1e-3
     monkeypatch.setattr(volume, "_CACHE_MAX", 0)
@@ -169,10 +173,7 @@ def test_grid_backward_atomic_path_matches_private_copies(monkeypatch):
     grid = torch.rand(6, 5, 4, 4, generator=gen, dtype=torch.float64) * 2
 
     def grad():
-        g = grid.clone().requires_grad_()
-        r = render_volume(_cam(), grid=g, n_samples=10, stratified=False)
-        (r.rgb.sum() + r.alpha.sum()).backward()
-        return g.grad
+        return _grid_grad(grid, depth=False, stratified=False)
     ref = grad()
     monkeypatch.setattr(volume, "_scatter_copies", lambda n: (max(n, 1), False))
     assert torch.allclose(grad(), ref, atol=1e-12)
@@ -284,10 +285,7 @@ def test_grid_backward_with_fewer_gradient_copies_than_threads(monkeypatch):
     grid = torch.rand(6, 5, 4, 4, generator=gen, dtype=torch.float64) * 2
 
     def grad():
-        g = grid.clone().requires_grad_()
-        r = render_volume(_cam(), grid=g, n_samples=10, stratified=False)
-        (r.rgb.sum() + r.alpha.sum() + r.depth.sum()).backward()
-        return g.grad
+        return _grid_grad(grid, stratified=False)
     ref = grad()
     monkeypatch.setattr(volume, "_COPIES_MAX", grid.numel() * grid.element_size())
     assert torch.allclose(grad(), ref, atol=1e-12)
@@ -301,10 +299,7 @@ def test_grid_backward_reuses_zeroed_gradient_copies():
     grid = torch.rand(5, 6, 4, 4, generator=gen, dtype=torch.float64) * 2
 
     def grad():
-        g = grid.clone().requires_grad_()
-        r = render_volume(_cam(), grid=g, n_samples=10, stratified=False)
-        (r.rgb.sum() + r.alpha.sum() + r.depth.sum()).backward()
-        return g.grad
+        return _grid_grad(grid, stratified=False)
     first, second = grad(), grad()
     volume._scratch.clear()
     third = grad()
