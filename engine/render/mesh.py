@@ -305,7 +305,9 @@ class SoftMesh(bridge.Op):
     (Bs, F, C) per-face multiplier (Lambert irradiance) or a (1, 1, 1) dummy; opacity (Bo, F); background
     (Bg, 1 or H*W, C); texture (Bt, Ht, Wt, C) and per-corner uvs (Bu, F, 3, 2), multiplying the colours (bilinear,
     ``attributes._texel_coords``' conventions), or dummies when ``use_tex`` is off; then the non-differentiable
-    camera table (B, 16), faces, screen (B, V, 3) = project(verts) and fragments (p2f, bary, zbuf, dist). Outputs:
+    camera table (B, 16), faces, screen (B, V, 3) = project(verts) and fragments (p2f, bary, zbuf, dist). With
+    ``screen_input`` the first input is instead the projected vertices (B, V, 3) from the differentiable
+    ``Camera.project`` (camera gradients: torch carries them from the screen positions). Outputs:
     colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and alpha (B, H, W), as separate tensors so that
     autograd never slices one (a slice's backward zero-fills and copies a whole image). Gradients: verts (through
     coverage and the projection), attr, shade, opacity, background, texels, uvs. Barycentrics and depths stay
@@ -315,11 +317,13 @@ class SoftMesh(bridge.Op):
     name = "soft_mesh"
     fresh_grads = True              # backward allocates every gradient it returns, per call
 
-    def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool = False):
+    def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool = False,
+                 screen_input: bool = False):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
         self.per_face, self.use_shade, self.use_tex = int(per_face), int(use_shade), int(use_tex)
+        self.screen_input = bool(screen_input)
 
     def forward(self, verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, bary, zbuf, dist):
         B, H, W, K = p2f.shape
@@ -362,8 +366,12 @@ class SoftMesh(bridge.Op):
                     g_tex = g_tex.reshape(nc, -1, *g_tex.shape[1:]).sum(0)
             if not bg_image:
                 g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
-        g_verts = torch.zeros(vshape, **kw)
-        _project_bwd(screen, cam, g_xy, g_verts)
+        if self.screen_input:
+            # the first input was the projected (B, V, 3) (u, v, z): its gradient is g_xy (depth stays detached)
+            g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
+        else:
+            g_verts = torch.zeros(vshape, **kw)
+            _project_bwd(screen, cam, g_xy, g_verts)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
@@ -437,7 +445,7 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     hard = mode == "hard"
     if texture is not None and uvs is None:
         raise ValueError("render_mesh: a texture needs uvs (V, 2) or (F, 3, 2)")
-    if not hard and not _camera_needs_grad(camera):
+    if not hard:
         fused = _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma,
                                    faces_per_pixel, opacity, background)
         if fused is not None:
@@ -536,8 +544,8 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     cam = cam.expand(B, -1) if cam.shape[0] != B else cam
     fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
     shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
-    op = torch.as_tensor(opacity, dtype=dt, device=dev)
-    op = op.reshape(1, -1).expand(B, F) if op.dim() <= 1 else op.expand(B, F)       # the kernels read row b
+    opac = torch.as_tensor(opacity, dtype=dt, device=dev)
+    opac = opac.reshape(1, -1).expand(B, F) if opac.dim() <= 1 else opac.expand(B, F)  # the kernels read row b
     bg = torch.as_tensor(background, dtype=dt, device=dev)
     if bg.dim() <= 1:
         bg = bg.reshape(1, 1, -1).expand(1, 1, C)
@@ -547,8 +555,10 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         bg = bg.reshape(-1, H * W, bg.shape[-1])
     if bg.shape[-1] != C:
         raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
-    rgb, depth, alpha = bridge.apply(SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None),
-                                     verts, attr, shade, op, bg, tex, uvc, cam, faces, screen, frags.pix_to_face,
+    # camera gradients: the op takes torch's differentiable projection as its geometry input
+    geo = camera.project(verts) if _camera_needs_grad(camera) else verts
+    op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, screen_input=geo is not verts)
+    rgb, depth, alpha = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, cam, faces, screen, frags.pix_to_face,
                                      frags.bary, frags.zbuf, frags.dist)
     # nearest face's normal, 0 where empty: one index_select from the normals with a zero row appended per batch
     # (no image-sized mask multiply or gather, which torch parallelises and a busy CPU then stalls)

@@ -86,7 +86,9 @@ def _values_and_grads(monkeypatch, fused, cams, inputs, w, **kw):
     else:
         called = []
         real = mesh.SoftMesh.__init__
-        monkeypatch.setattr(mesh.SoftMesh, "__init__", lambda self, *a: (called.append(a[-1]), real(self, *a))[1])
+        # records use_tex (the sixth positional argument)
+        monkeypatch.setattr(mesh.SoftMesh, "__init__",
+                            lambda self, *a, **k: (called.append(a[5]), real(self, *a, **k))[1])
     x = [t.clone().requires_grad_() if t is not None else None for t in inputs]
     rgb, alpha, depth = _tex_render(cams, *x, **kw)
     ((rgb * w).sum() + (alpha * w[..., 0]).sum() + (depth * w[..., 1]).sum()).backward()
