@@ -1,6 +1,6 @@
 """Benchmark tide's renderers against vectorised pure-torch references of the same maths (forward + backward).
 
-    python scripts/bench_render.py [--precision f32|f64] [--repeats 3] [--only raster,volume,splat]
+    python scripts/bench_render.py [--precision f32|f64] [--repeats 3] [--only raster,texture,volume,splat]
 
 "pure torch" references are plain torch end to end, non-differentiable work included: the soft rasterizer's
 reference projects the mesh, selects each pixel's K faces (candidate (pixel, face) pairs enumerated from each
@@ -54,9 +54,19 @@ def torch_project(verts, cam):
     return torch.stack([u, v, pc[:, 2]], -1)[None]
 
 
+def torch_texture(tex, uv):
+    """Bilinear lookup of tex (Ht, Wt, C) at uv (..., 2) with tide's conventions (v up, texel centres at
+    (i + 0.5) / size, clamped to the edge): ``grid_sample`` with border padding."""
+    g = torch.stack([2 * uv[..., 0] - 1, 1 - 2 * uv[..., 1]], -1).reshape(1, 1, -1, 2)
+    out = torch.nn.functional.grid_sample(tex.permute(2, 0, 1)[None], g, mode="bilinear", padding_mode="border",
+                                          align_corners=False)
+    return out[0, :, 0].T.reshape(*uv.shape[:-1], tex.shape[-1])
+
+
 def torch_soft(screen, faces, p2f, bary, inside, vcol, sigma, W, H, bg):
     """Reference: DBW coverage from the squared NDC distance to the nearest edge (1 where the selection found the
-    pixel inside the face), barycentric colours, front-to-back compositing. One mesh, one camera."""
+    pixel inside the face), barycentric colours (``vcol`` (V, C), or ``(uvs (V, 2), texture (Ht, Wt, C))``),
+    front-to-back compositing. One mesh, one camera."""
     H_, W_, K = p2f.shape[1:]
     valid = p2f >= 0
     fv = faces.long().index_select(0, p2f.clamp_min(0).reshape(-1)).reshape(-1)       # (H W K 3,)
@@ -70,7 +80,12 @@ def torch_soft(screen, faces, p2f, bary, inside, vcol, sigma, W, H, bg):
     t = ((pa * e).sum(-1) / (e * e).sum(-1).clamp_min(1e-30)).clamp(0, 1)
     d2 = ((t[..., None] * e - pa) ** 2).sum(-1).amin(-1) * (2.0 / min(W, H)) ** 2   # (1, H, W, K)
     alpha = torch.exp(-torch.where(inside, torch.zeros_like(d2), d2) / sigma) * valid
-    col = (bary[..., None] * vcol.index_select(0, fv).reshape(1, H, W, K, 3, -1)).sum(-2)  # (1, H, W, K, C)
+    if isinstance(vcol, tuple):
+        uvs, tex = vcol
+        uv = (bary[..., None] * uvs.index_select(0, fv).reshape(1, H, W, K, 3, 2)).sum(-2)   # (1, H, W, K, 2)
+        col = torch_texture(tex, uv)
+    else:
+        col = (bary[..., None] * vcol.index_select(0, fv).reshape(1, H, W, K, 3, -1)).sum(-2)  # (1, H, W, K, C)
     T = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1]], -1), -1)
     w = T * alpha
     Tn = T[..., -1] * (1 - alpha[..., -1])
@@ -212,7 +227,8 @@ def _same_selection(frags, ref, rtol):
     return same
 
 
-def bench_raster(repeats):
+def _raster_case(texels: int = 0):
+    """The soft-raster bench: vertex colours, or (``texels`` > 0) a texels x texels RGB texture on uvs."""
     import trimesh
 
     from engine.render import orbit_cameras, rasterize, render_mesh
@@ -222,9 +238,14 @@ def bench_raster(repeats):
     V0 = torch.tensor(mesh.vertices, dtype=dt)
     F = torch.tensor(mesh.faces)
     cam = orbit_cameras(1, radius=3.0, width=128, height=128, fov_y=45)
-    vcol0 = V0 * 0.5 + 0.5
+    gen = torch.Generator().manual_seed(0)
+    if texels:
+        uvs = (V0[:, :2] * 0.45 + 0.5).contiguous()
+        shade0 = torch.rand(texels, texels, 3, dtype=dt, generator=gen)              # the texture
+    else:
+        shade0 = V0 * 0.5 + 0.5                                                        # vertex colours
     sigma, K = 1e-4, 8
-    wgt = torch.rand(1, 128, 128, 3, dtype=dt, generator=torch.Generator().manual_seed(0))
+    wgt = torch.rand(1, 128, 128, 3, dtype=dt, generator=gen)
     # The loss leaves out the few pixels (~0.5 %) whose lists differ between tide and the pure-torch selection
     # (depth ties to rounding, checked above), so that image and gradients can be compared strictly.
     same = _same_selection(rasterize(V0, F, cam, faces_per_pixel=K, sigma=sigma),
@@ -236,34 +257,47 @@ def bench_raster(repeats):
     def loss(rgb, alpha):
         return (rgb * wgt).sum() + (alpha * wa).sum()
 
+    def colours(c):
+        return (uvs, c) if texels else c
+
     def tide_run():
-        V, c = V0.clone().requires_grad_(), vcol0.clone().requires_grad_()
-        r = render_mesh(V, F, cam, colors=c, mode="soft", sigma=sigma, faces_per_pixel=K, background=1.0)
+        V, c = V0.clone().requires_grad_(), shade0.clone().requires_grad_()
+        kw = dict(uvs=uvs, texture=c) if texels else dict(colors=c)
+        r = render_mesh(V, F, cam, mode="soft", sigma=sigma, faces_per_pixel=K, background=1.0, **kw)
         loss(r.rgb, r.alpha).backward()
         return r.rgb.detach() * wa[..., None], V.grad, c.grad
 
     def torch_run():
         # pure torch end to end: projection, K-nearest selection, soft compositing
-        V, c = V0.clone().requires_grad_(), vcol0.clone().requires_grad_()
+        V, c = V0.clone().requires_grad_(), shade0.clone().requires_grad_()
         screen = torch_project(V, cam)
         p2f, bary, _, inside = torch_knn(screen.detach(), F, 128, 128, K, sigma)
-        rgb, alpha = torch_soft(screen, F, p2f, bary, inside, c, sigma, 128, 128, 1.0)
+        rgb, alpha = torch_soft(screen, F, p2f, bary, inside, colours(c), sigma, 128, 128, 1.0)
         loss(rgb, alpha).backward()
         return rgb.detach() * wa[..., None], V.grad, c.grad
 
     def shared_run():
         # the differentiable pass alone in torch, on tide's K-nearest lists (its Taichi ``rasterize``)
-        V, c = V0.clone().requires_grad_(), vcol0.clone().requires_grad_()
+        V, c = V0.clone().requires_grad_(), shade0.clone().requires_grad_()
         frags = rasterize(V, F, cam, faces_per_pixel=K, sigma=sigma)
-        rgb, alpha = torch_soft(cam.project(V), F, frags.pix_to_face, frags.bary, frags.dist <= 0, c, sigma, 128, 128,
-                                1.0)
+        rgb, alpha = torch_soft(cam.project(V), F, frags.pix_to_face, frags.bary, frags.dist <= 0, colours(c), sigma,
+                                128, 128, 1.0)
         loss(rgb, alpha).backward()
         return rgb.detach() * wa[..., None], V.grad, c.grad
 
     print(f"raster: pure-torch and tide K-nearest lists identical on {same.float().mean():.4f} of the pixels, "
           "the rest differ by depth ties to rounding only (checked)")
-    return "soft raster 128^2, 5120 faces, K=8", tide_run, {"pure torch": torch_run,
-                                                          "torch soft pass on tide's K-nearest": shared_run}
+    what = f"{texels}^2 texture" if texels else "vertex colours"
+    return f"soft raster 128^2, 5120 faces, K=8, {what}", tide_run, {
+        "pure torch": torch_run, "torch soft pass on tide's K-nearest": shared_run}
+
+
+def bench_raster(repeats):
+    return _raster_case()
+
+
+def bench_texture(repeats):
+    return _raster_case(texels=256)
 
 
 # ---- volume ------------------------------------------------------------------------------------------------
@@ -401,7 +435,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", default="f32", choices=["f32", "f64"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="raster,volume,splat")
+    ap.add_argument("--only", default="raster,texture,volume,splat")
     args = ap.parse_args()
     backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision=args.precision)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -410,7 +444,7 @@ def main():
     print(f"backend {backend.settings().resolved_arch} {args.precision}, torch threads {torch.get_num_threads()}, "
           f"taichi cpu threads {ti.lang.impl.current_cfg().cpu_max_num_threads}")
     ok = True
-    benches = {"raster": bench_raster, "volume": bench_volume, "splat": bench_splat}
+    benches = {"raster": bench_raster, "texture": bench_texture, "volume": bench_volume, "splat": bench_splat}
     tol = 1e-3 if args.precision == "f32" else 1e-6
     for key in args.only.split(","):
         name, tide_run, refs = benches[key](args.repeats)
