@@ -8,6 +8,7 @@ from .. import backend, bridge
 from ..launch import lean
 from .attributes import _texel_coords, face_attributes, interpolate, sample_texture
 from .camera import Camera
+from .clip import clip_near
 from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project_bwd, _seg_dist2, camera_table,
                      expand_background, project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
@@ -419,6 +420,9 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
                 sigma: float = 1e-4, faces_per_pixel: int = 8, opacity=1.0, background=0.0) -> MeshRender:
     """Render a triangle mesh (or B meshes sharing ``faces``) from B cameras.
 
+    Faces crossing a camera's near plane are clipped at camera depth ``clip.CLIP_Z`` (differentiably);
+    the returned fragments refer to the original faces and their barycentrics.
+
     Args:
         verts: (V, 3) or (B, V, 3) world positions.
         faces: (F, 3) int vertex indices.
@@ -434,6 +438,34 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         opacity: scalar, (F,) or (B, F) per-face opacity in [0, 1] (soft mode).
         background: scalar, (C,), (B, C) or an image (B, H, W, C).
     """
+    backend.ensure()
+    dt, dev = backend.torch_dtype(), backend.torch_device()
+    verts = verts.to(dt)
+    faces = faces.to(device=dev, dtype=torch.int32)
+    clip = clip_near(verts, faces, camera)
+    if clip is None:
+        return _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
+                            faces_per_pixel, opacity, background)
+    # faces crossing the near plane: render the clipped mesh, report fragments of the original faces
+    if colors is not None:
+        colors = clip.vertex_attr(colors.to(dt))
+    if face_colors is not None:
+        face_colors = clip.face_attr(face_colors.to(dt), 0 if face_colors.dim() == 2 else 1)
+    if uvs is not None:
+        uvs = uvs.to(dt)
+        uvs = clip.corner_attr(uvs if uvs.dim() == 3 else face_attributes(uvs, faces)[0])
+    op = torch.as_tensor(opacity, dtype=dt, device=dev)
+    if op.dim() >= 1:
+        opacity = clip.face_attr(op, op.dim() - 1)
+    r = _render_mesh(clip.verts, clip.faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
+                     faces_per_pixel, opacity, background)
+    return MeshRender(r.rgb, r.alpha, r.depth, r.normals, clip.fragments(r.fragments))
+
+
+def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma, faces_per_pixel,
+                 opacity, background) -> MeshRender:
+    """``render_mesh`` after near-plane clipping: no face crosses ``z = CLIP_Z``; uvs may be per-corner and
+    batched (B, F, 3, 2)."""
     backend.ensure()
     dt, dev = backend.torch_dtype(), backend.torch_device()
     verts = verts.to(dt)
@@ -465,7 +497,7 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         feats = interpolate(frags, fc[:, :, None].expand(-1, -1, 3, -1))
     if texture is not None:
         uvs = uvs.to(dt)
-        face_uv = uvs if uvs.dim() == 3 else face_attributes(uvs, faces)[0]
+        face_uv = uvs if uvs.dim() >= 3 else face_attributes(uvs, faces)[0]
         tex = sample_texture(texture.to(dt), interpolate(frags, face_uv), frags)
         feats = tex if feats is None else feats * tex
     if feats is None:
@@ -520,7 +552,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         if tex.shape[1] < 2 or tex.shape[2] < 2:
             raise ValueError(f"texture must be at least 2x2 texels, got {tuple(tex.shape[1:3])}")
         uvs = uvs.to(dt)
-        uvc = (uvs if uvs.dim() == 3 else face_attributes(uvs, faces)[0]).unsqueeze(0)          # (1, F, 3, 2)
+        uvc = uvs if uvs.dim() == 4 else (uvs if uvs.dim() == 3 else face_attributes(uvs, faces)[0]).unsqueeze(0)
     if colors is not None:
         attr = colors.to(dt)
     elif face_colors is not None:

@@ -412,7 +412,8 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, faces_pe
         sigma: soft blur (NDC^2 units). 0 keeps only faces that contain the pixel centre (hard z-buffer);
             > 0 also keeps faces whose soft coverage ``exp(-d/sigma)`` exceeds 1e-4, in the slots the faces
             containing the pixel leave free.
-        near: faces with any vertex at depth <= near are skipped (no clipping).
+        near: faces with any vertex at depth <= near are skipped (``render_mesh`` clips them first:
+            ``engine.render.clip``).
     """
     backend.ensure()
     screen = project(verts, camera)
