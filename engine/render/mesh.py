@@ -8,6 +8,7 @@ from .. import backend, bridge
 from ..launch import lean
 from .attributes import _texel_coords, face_attributes, interpolate, sample_texture
 from .camera import Camera
+from .checks import check_finite, check_mesh, check_per
 from .clip import clip_near
 from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project_bwd, _seg_dist2, camera_table,
                      expand_background, project, rasterize, rasterize_screen, soft_composite)
@@ -440,6 +441,7 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     """
     backend.ensure()
     dt, dev = backend.torch_dtype(), backend.torch_device()
+    _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opacity)
     verts = verts.to(dt)
     faces = faces.to(device=dev, dtype=torch.int32)
     clip = clip_near(verts, faces, camera)
@@ -460,6 +462,26 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     r = _render_mesh(clip.verts, clip.faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
                      faces_per_pixel, opacity, background)
     return MeshRender(r.rgb, r.alpha, r.depth, r.normals, clip.fragments(r.fragments))
+
+
+def _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opacity):
+    fn = "render_mesh"
+    check_mesh(verts, faces, fn)
+    V, F = verts.shape[-2], faces.shape[0]
+    B = max(camera.batch, verts.shape[0] if verts.dim() == 3 else 1)
+    check_per("colors", colors, V, "v", fn, B)
+    check_per("face_colors", face_colors, F, "f", fn, B)
+    if uvs is not None and uvs.dim() == 3:
+        if uvs.shape != (F, 3, 2):
+            raise ValueError(f"{fn}: per-corner uvs must be (F, 3, 2) = ({F}, 3, 2), got {tuple(uvs.shape)}")
+    elif uvs is not None and (uvs.dim() != 2 or uvs.shape != (V, 2)):
+        raise ValueError(f"{fn}: uvs must be (V, 2) = ({V}, 2) or (F, 3, 2), got {tuple(uvs.shape)}")
+    if texture is not None and texture.dim() not in (3, 4):
+        raise ValueError(f"{fn}: texture must be (Ht, Wt, C) or (B, Ht, Wt, C), got {tuple(texture.shape)}")
+    check_per("opacity", torch.as_tensor(opacity), F, "f", fn, B, trailing=0)
+    for name, x in (("colors", colors), ("face_colors", face_colors), ("uvs", uvs), ("texture", texture)):
+        if x is not None:
+            check_finite(name, x, fn)
 
 
 def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma, faces_per_pixel,

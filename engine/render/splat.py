@@ -22,6 +22,7 @@ import torch
 from .. import backend, bridge
 from ..launch import lean
 from .camera import Camera
+from .checks import check_finite
 from .raster import expand_background
 
 __all__ = ["SplatRender", "render_gaussians", "project_gaussians", "quat_to_rotmat", "SH_C0", "SH_C1"]
@@ -327,6 +328,24 @@ class _Rasterize(bridge.Op):
         return (*g, g_bg, None, None, None)
 
 
+def _check_gaussians(means, scales, quats, opacities, colors, sh):
+    fn = "render_gaussians"
+    if means.dim() != 2 or means.shape[1] != 3:
+        raise ValueError(f"{fn}: means must be (N, 3), got {tuple(means.shape)}")
+    N = means.shape[0]
+    for name, x, tail in (("scales", scales, (3,)), ("quats", quats, (4,)), ("opacities", opacities, ())):
+        if tuple(x.shape) != (N, *tail):
+            raise ValueError(f"{fn}: {name} must be {(N, *tail)} for {N} Gaussians, got {tuple(x.shape)}")
+    if colors is not None and (colors.dim() != 2 or colors.shape[0] != N):
+        raise ValueError(f"{fn}: colors must be (N, C) with N = {N}, got {tuple(colors.shape)}")
+    if colors is None and sh is not None and (sh.dim() != 3 or sh.shape[0] != N or sh.shape[1] not in (1, 4)):
+        raise ValueError(f"{fn}: sh must be (N, 1 or 4, C) with N = {N}, got {tuple(sh.shape)}")
+    for name, x in (("means", means), ("scales", scales), ("quats", quats), ("opacities", opacities),
+                    ("colors", colors), ("sh", sh)):
+        if x is not None:
+            check_finite(name, x, fn)
+
+
 def render_gaussians(camera: Camera, means, scales, quats, opacities, colors=None, sh=None,
                      background=0.0) -> SplatRender:
     """Render N 3D Gaussians from B cameras.
@@ -339,6 +358,7 @@ def render_gaussians(camera: Camera, means, scales, quats, opacities, colors=Non
         background: scalar, (C,), (B, C) or (B, H, W, C).
     """
     backend.ensure()
+    _check_gaussians(means, scales, quats, opacities, colors, sh)
     dt = backend.torch_dtype()
     means, scales, quats, opacities = (x.to(dt) for x in (means, scales, quats, opacities))
     xy, conic, z, radius = project_gaussians(camera, means, scales, quats)

@@ -29,6 +29,7 @@ import torch
 from .. import backend, bridge
 from ..launch import lean
 from .camera import Camera
+from .checks import check_finite
 from .raster import expand_background
 
 __all__ = ["VolumeRender", "render_volume", "composite_rays", "trilinear", "ray_box"]
@@ -711,6 +712,9 @@ def render_volume(camera: Camera, *, grid: torch.Tensor | None = None, field=Non
         # fused path: rays, box clipping, sampling and compositing in one Taichi pass per ray; nothing image- or
         # sample-sized is staged in torch (torch's worker threads keep spinning for ms after a parallel op and
         # would compete with the kernel for the cores)
+        if grid.dim() != 4:
+            raise ValueError(f"render_volume: grid must be (X, Y, Z, 1 + C), got {tuple(grid.shape)}")
+        check_finite("grid", grid, "render_volume")
         grid = grid.to(dt)
         if min(grid.shape[:3]) < 2:
             raise ValueError(f"grid must have at least 2 points per axis, got {tuple(grid.shape[:3])}")

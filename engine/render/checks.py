@@ -1,0 +1,43 @@
+"""Input checks shared by the renderers: one-line ``ValueError``s naming the argument, before any kernel runs
+(a bad index or a short attribute array would otherwise be read out of bounds by a Taichi kernel)."""
+import torch
+
+__all__ = ["check_mesh", "check_per", "check_finite"]
+
+
+def _shape(x) -> str:
+    return "x".join(map(str, tuple(x.shape))) if x.dim() else "scalar"
+
+
+def check_finite(name: str, x: torch.Tensor, fn: str):
+    """``x`` has no NaN or infinity."""
+    if x.is_floating_point() and not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{fn}: {name} contains NaN or infinite values")
+
+
+def check_mesh(verts: torch.Tensor, faces: torch.Tensor, fn: str):
+    """verts (V, 3) or (B, V, 3) finite floats; faces (F, 3) integers in [0, V)."""
+    if verts.dim() not in (2, 3) or verts.shape[-1] != 3:
+        raise ValueError(f"{fn}: verts must be (V, 3) or (B, V, 3), got {_shape(verts)}")
+    if faces.dim() != 2 or faces.shape[1] != 3:
+        raise ValueError(f"{fn}: faces must be (F, 3), got {_shape(faces)}")
+    if faces.is_floating_point():
+        raise ValueError(f"{fn}: faces must be integer vertex indices, got {faces.dtype}")
+    V = verts.shape[-2]
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= V):
+        raise ValueError(f"{fn}: face indices must lie in [0, {V}) for {V} vertices, got "
+                         f"[{int(faces.min())}, {int(faces.max())}]")
+    check_finite("verts", verts, fn)
+
+
+def check_per(name: str, x, n: int, what: str, fn: str, batch: int, lead: int = 1, trailing: int = 1):
+    """``x`` is per-item: (n, ...) or (Bx, n, ...) with Bx in (1, batch), ``trailing`` dimensions after the item
+    axis. ``lead`` = 0 allows no batch axis only. Scalars pass (broadcast)."""
+    if x is None or not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return
+    item_axis = x.dim() - 1 - trailing
+    if item_axis not in (0, lead) or x.shape[item_axis] != n:
+        raise ValueError(f"{fn}: {name} must have {n} entries along its {what} axis, shaped "
+                         f"({'[B, ]' if lead else ''}{what.upper()}{', ...' if trailing else ''}), got {_shape(x)}")
+    if item_axis == 1 and x.shape[0] not in (1, batch):
+        raise ValueError(f"{fn}: {name} has a batch of {x.shape[0]} for {batch} cameras/meshes")

@@ -1,0 +1,55 @@
+"""Malformed renderer inputs give one-line ValueErrors that name the argument (nothing is read out of bounds)."""
+import pytest
+import torch
+
+from engine.render import Camera, render_gaussians, render_mesh, render_volume
+
+V = torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0], [0.4, 0.4, 0.1]], dtype=torch.float64)
+F = torch.tensor([[0, 1, 2], [1, 3, 2]])
+
+
+def _cam():
+    return Camera.from_look_at([0.0, 0.0, 3.0], fov_y=40, width=12, height=10)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(faces=torch.tensor([[0, 1, 7]])), "face indices"),
+    (dict(faces=torch.tensor([[0, -1, 2]])), "face indices"),
+    (dict(faces=torch.tensor([[0, 1]])), "faces must be (F, 3)"),
+    (dict(faces=F.double()), "integer"),
+    (dict(verts=V[:, :2]), "verts must be"),
+    (dict(verts=V * float("nan")), "verts contains NaN"),
+    (dict(colors=torch.rand(3, 3, dtype=torch.float64)), "colors must have 4 entries"),
+    (dict(face_colors=torch.rand(3, 3, dtype=torch.float64)), "face_colors must have 2 entries"),
+    (dict(opacity=torch.ones(5, dtype=torch.float64)), "opacity must have 2 entries"),
+    (dict(uvs=torch.rand(3, 2, dtype=torch.float64), texture=torch.rand(4, 4, 3, dtype=torch.float64)), "uvs must be"),
+    (dict(colors=torch.rand(3, 4, 3, dtype=torch.float64)), "batch of 3"),
+])
+def test_render_mesh_rejects_malformed_input(kw, words):
+    args = dict(verts=V, faces=F)
+    args.update(kw)
+    for mode in ("hard", "soft"):
+        with pytest.raises(ValueError, match="render_mesh") as e:
+            render_mesh(args["verts"], args["faces"], _cam(), mode=mode,
+                        **{k: v for k, v in args.items() if k not in ("verts", "faces")})
+        msg = str(e.value)
+        assert words in msg and "\n" not in msg, msg
+
+
+def test_render_volume_and_gaussians_reject_malformed_input():
+    with pytest.raises(ValueError, match="grid must be"):
+        render_volume(_cam(), grid=torch.rand(4, 4, 4, dtype=torch.float64))
+    g = torch.rand(4, 4, 4, 2, dtype=torch.float64)
+    g[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="grid contains NaN"):
+        render_volume(_cam(), grid=g)
+    n = 5
+    good = dict(means=torch.rand(n, 3), scales=torch.rand(n, 3), quats=torch.rand(n, 4), opacities=torch.rand(n),
+                colors=torch.rand(n, 3))
+    for key, bad, words in (("scales", torch.rand(4, 3), "scales must be"), ("quats", torch.rand(n, 3), "quats"),
+                            ("opacities", torch.rand(n, 1), "opacities"), ("colors", torch.rand(4, 3), "colors"),
+                            ("means", torch.rand(n, 3) * float("nan"), "means contains NaN")):
+        args = dict(good, **{key: bad})
+        with pytest.raises(ValueError, match="render_gaussians") as e:
+            render_gaussians(_cam(), **args)
+        assert words in str(e.value), str(e.value)
