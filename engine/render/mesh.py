@@ -14,7 +14,7 @@ from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project_bwd, _seg_dist
                      expand_background, project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 
-__all__ = ["MeshRender", "render_mesh", "SoftMesh"]
+__all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
 
 _SPAN = 512
 """Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations (see _soft_bwd)."""
@@ -462,6 +462,54 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     r = _render_mesh(clip.verts, clip.faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
                      faces_per_pixel, opacity, background)
     return MeshRender(r.rgb, r.alpha, r.depth, r.normals, clip.fragments(r.fragments))
+
+
+@dataclass
+class StackedMeshes:
+    """B different meshes as one batch that ``render_mesh`` can draw (see ``stack_meshes``).
+
+    verts: (B, V1 + ... + VB, 3): row b holds mesh b's vertices in place and every other mesh's at camera b's
+        centre, so their faces are skipped in that view. faces: (F1 + ... + FB, 3) into the stacked vertices.
+    vert_offsets, face_offsets: (B + 1,) where each mesh's vertices / faces start (``pix_to_face`` of the
+        fragments indexes the stacked faces: mesh b's local face id is ``p2f - face_offsets[b]``).
+    """
+
+    verts: torch.Tensor
+    faces: torch.Tensor
+    vert_offsets: torch.Tensor
+    face_offsets: torch.Tensor
+
+    def per_vertex(self, values) -> torch.Tensor:
+        """A list of B per-vertex arrays (V_b, C) -> (V1 + ... + VB, C) for ``colors=`` (or uvs)."""
+        return torch.cat(list(values), 0)
+
+    def per_face(self, values) -> torch.Tensor:
+        """A list of B per-face arrays (F_b, ...) -> (F1 + ... + FB, ...) for ``face_colors=`` or ``opacity=``."""
+        return torch.cat(list(values), 0)
+
+
+def stack_meshes(verts: list, faces: list, camera: Camera) -> StackedMeshes:
+    """Batch B meshes with different vertex and face counts for B cameras (mesh b seen by camera b).
+
+    ``render_mesh`` shares one face list across a batch; this stacks every mesh into one list and, in batch row b,
+    parks the other meshes' vertices at camera b's centre (depth 0, so the rasterizer skips their faces).
+    Gradients reach each mesh's own vertices. Costs B times the total face count in the per-face set-up.
+    """
+    B = len(verts)
+    if len(faces) != B or camera.batch != B:
+        raise ValueError(f"stack_meshes: {len(verts)} vertex arrays, {len(faces)} face arrays and {camera.batch} "
+                         "cameras; they must be equal")
+    for v, f in zip(verts, faces):
+        check_mesh(v, f, "stack_meshes")
+    nv = torch.tensor([0] + [v.shape[0] for v in verts]).cumsum(0)
+    nf = torch.tensor([0] + [f.shape[0] for f in faces]).cumsum(0)
+    allv = torch.cat([v.reshape(-1, 3) for v in verts], 0)                                # (Vt, 3)
+    owner = torch.repeat_interleave(torch.arange(B), nv.diff()).to(allv.device)             # (Vt,)
+    own = owner[None, :] == torch.arange(B, device=allv.device)[:, None]                    # (B, Vt)
+    centre = camera.center.detach().to(allv.dtype)[:, None, :]                               # (B, 1, 3)
+    stacked = torch.where(own[..., None], allv[None], centre)
+    fs = torch.cat([f.long() + int(nv[b]) for b, f in enumerate(faces)], 0)
+    return StackedMeshes(stacked, fs, nv, nf)
 
 
 def _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opacity):
