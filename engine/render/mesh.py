@@ -442,7 +442,10 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     backend.ensure()
     dt, dev = backend.torch_dtype(), backend.torch_device()
     _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opacity)
-    verts = verts.to(dt)
+    # everything onto the backend's device: CPU inputs with arch=cuda would otherwise meet CUDA faces/cameras
+    verts = verts.to(device=dev, dtype=dt)
+    colors, face_colors, uvs, texture = (None if x is None else x.to(device=dev, dtype=dt)
+                                         for x in (colors, face_colors, uvs, texture))
     faces = faces.to(device=dev, dtype=torch.int32)
     clip = clip_near(verts, faces, camera)
     if clip is None:
@@ -538,7 +541,7 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
     batched (B, F, 3, 2)."""
     backend.ensure()
     dt, dev = backend.torch_dtype(), backend.torch_device()
-    verts = verts.to(dt)
+    verts = verts.to(device=dev, dtype=dt)
     faces = faces.to(device=dev, dtype=torch.int32)
     if verts.dim() == 2:
         verts = verts.unsqueeze(0)
