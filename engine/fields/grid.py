@@ -93,7 +93,8 @@ class DenseGrid(torch.nn.Module):
 
     def nodes(self) -> torch.Tensor:
         """(n0, n1[, n2], D) node positions."""
-        axes = [torch.linspace(a, b, n, dtype=self.values.dtype) for a, b, n in zip(self.lo, self.hi, self.values.shape)]
+        axes = [torch.linspace(a, b, n, dtype=self.values.dtype, device=self.values.device)
+                for a, b, n in zip(self.lo, self.hi, self.values.shape)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
 
     def spacing(self) -> tuple:

@@ -140,16 +140,18 @@ def sample_surface(verts, faces, n: int, weighting: str = "area", generator=None
         ``(points (n, 3), face_index (n,) int64)``; points are differentiable w.r.t. ``verts``.
     """
     verts, faces = check_mesh(verts, faces)
+    # random numbers on the generator's device (a CPU generator cannot fill a CUDA tensor), then onto the mesh's
+    gdev = generator.device if generator is not None else verts.device
     if weighting == "area":
         w = face_areas(verts, faces).detach()
         if not (w.sum() > 0):
             raise MeshError("mesh has zero total area; cannot sample it by area")
-        idx = torch.multinomial(w, n, replacement=True, generator=generator)
+        idx = torch.multinomial(w.to(gdev), n, replacement=True, generator=generator).to(verts.device)
     elif weighting == "face":
-        idx = torch.randint(len(faces), (n,), generator=generator)
+        idx = torch.randint(len(faces), (n,), generator=generator, device=gdev).to(verts.device)
     else:
         raise ValueError(f"weighting must be 'area' or 'face', got {weighting!r}")
-    u = torch.rand(n, 2, dtype=verts.dtype, generator=generator)
+    u = torch.rand(n, 2, dtype=verts.dtype, generator=generator, device=gdev).to(verts.device)
     # Fold the unit square onto the triangle: uniform barycentrics without rejection.
     flip = u.sum(1) > 1
     u[flip] = 1 - u[flip]

@@ -263,11 +263,11 @@ class _Transform(SDF):
     def __call__(self, points):
         p = torch.as_tensor(points)
         if self.offset is not None:
-            p = p - self.offset.to(p.dtype)
+            p = p - self.offset.to(p)               # dtype and device of the points
         if self.rotation is not None:
-            p = p @ self.rotation.to(p.dtype)  # local = R^T world, written row-wise
+            p = p @ self.rotation.to(p)  # local = R^T world, written row-wise
         if self.factor is not None:
-            return self.child(p / self.factor.to(p.dtype)) * self.factor.to(p.dtype)
+            return self.child(p / self.factor.to(p)) * self.factor.to(p)
         return self.child(p)
 
 

@@ -359,15 +359,16 @@ def render_gaussians(camera: Camera, means, scales, quats, opacities, colors=Non
     """
     backend.ensure()
     _check_gaussians(means, scales, quats, opacities, colors, sh)
-    dt = backend.torch_dtype()
-    means, scales, quats, opacities = (x.to(dt) for x in (means, scales, quats, opacities))
+    dt, dev = backend.torch_dtype(), backend.torch_device()
+    # onto the backend's device, where the camera lives (CPU inputs with arch=cuda would meet CUDA cameras)
+    means, scales, quats, opacities = (x.to(device=dev, dtype=dt) for x in (means, scales, quats, opacities))
     xy, conic, z, radius = project_gaussians(camera, means, scales, quats)
     B, N = z.shape
     H, W = camera.height, camera.width
     if colors is not None:
-        col = colors.to(dt)[None].expand(B, -1, -1)
+        col = colors.to(device=dev, dtype=dt)[None].expand(B, -1, -1)
     elif sh is not None:
-        col = eval_sh1(camera, means, sh.to(dt))
+        col = eval_sh1(camera, means, sh.to(device=dev, dtype=dt))
     else:
         raise ValueError("render_gaussians needs colors= (N, C) or sh= (N, 1|4, C)")
     C = col.shape[-1]

@@ -707,7 +707,9 @@ def render_volume(camera: Camera, *, grid: torch.Tensor | None = None, field=Non
     dt, dev = backend.torch_dtype(), backend.torch_device()
     B, H, W = camera.batch, camera.height, camera.width
     R, S = B * H * W, int(n_samples)
-    u = torch.rand(B, H, W, S, dtype=dt, device=dev, generator=generator) if stratified else None
+    # drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), then moved: same numbers per seed
+    u = torch.rand(B, H, W, S, dtype=dt, device=generator.device if generator is not None else dev,
+                   generator=generator).to(dev) if stratified else None
     if grid is not None:
         # fused path: rays, box clipping, sampling and compositing in one Taichi pass per ray; nothing image- or
         # sample-sized is staged in torch (torch's worker threads keep spinning for ms after a parallel op and
