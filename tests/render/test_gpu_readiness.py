@@ -67,11 +67,20 @@ def test_gpu_binning_branch_matches_cpu(monkeypatch):
     verts = (centres + torch.randn(30, 3, 3, generator=g, dtype=torch.float64) * 0.3).reshape(-1, 3)
     faces = torch.arange(90).reshape(30, 3)
     cam = Camera.from_look_at([[0.2, 0.1, 3.0], [-0.5, 0.3, 2.6]], fov_y=45, width=23, height=18)
-    ref = rasterize(verts, faces, cam, faces_per_pixel=4, sigma=1e-3)
-    active = backend.settings()
-    assert active.resolved_arch in ("x64", "arm64")
-    monkeypatch.setattr(backend, "settings", lambda: dataclasses.replace(active, resolved_arch="cuda"))
-    out = rasterize(verts, faces, cam, faces_per_pixel=4, sigma=1e-3)
+    from engine.render import raster
+    active, fill, tasks = backend.settings(), raster._bin_fill, []
+
+    def counted_fill(*args):
+        tasks.append(args[-1])
+        fill(*args)
+
+    def run(arch):   # only the branch choice reads settings(); the kernels run on the active arch
+        monkeypatch.setattr(backend, "settings", lambda: dataclasses.replace(active, resolved_arch=arch))
+        return rasterize(verts, faces, cam, faces_per_pixel=4, sigma=1e-3)
+    monkeypatch.setattr(raster, "_bin_fill", counted_fill)
+    ref, out = run("x64"), run("cuda")
+    monkeypatch.undo()
+    assert tasks == [1, (18 + raster.TILE - 1) // raster.TILE]
     assert (ref.pix_to_face >= 0).sum() > 100
     for a, b in zip((ref.pix_to_face, ref.bary, ref.zbuf, ref.dist), (out.pix_to_face, out.bary, out.zbuf, out.dist)):
         assert torch.equal(a, b)
