@@ -181,6 +181,8 @@ def _bin_sort(xy, radius, z, H, W):
     tile = (b * ty_n + ty) * tx_n + tx
     tile_sorted, perm = torch.sort(tile, stable=True)                               # keeps depth order per tile
     ids = (src[perm] % N).to(torch.int32).contiguous()
+    if ids.numel() == 0:      # as _bin: no empty array reaches the kernels (every tile range is empty, none is read)
+        ids = torch.zeros(1, dtype=torch.int32, device=ids.device)
     n_tiles = B * ty_n * tx_n
     ranges = torch.bincount(tile_sorted, minlength=n_tiles)
     end = torch.cumsum(ranges, 0)
