@@ -509,7 +509,7 @@ def stack_meshes(verts: list, faces: list, camera: Camera) -> StackedMeshes:
     allv = torch.cat([v.reshape(-1, 3) for v in verts], 0)                                # (Vt, 3)
     owner = torch.repeat_interleave(torch.arange(B), nv.diff()).to(allv.device)             # (Vt,)
     own = owner[None, :] == torch.arange(B, device=allv.device)[:, None]                    # (B, Vt)
-    centre = camera.center.detach().to(allv.dtype)[:, None, :]                               # (B, 1, 3)
+    centre = camera.center.detach().to(allv.device, allv.dtype)[:, None, :]                  # (B, 1, 3)
     stacked = torch.where(own[..., None], allv[None], centre)
     fs = torch.cat([f.long() + int(nv[b]) for b, f in enumerate(faces)], 0)
     return StackedMeshes(stacked, fs, nv, nf)
