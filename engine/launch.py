@@ -6,7 +6,7 @@ backward launch ~10 such kernels whose work on a small image is a few millisecon
 the call. ``lean(kernel)`` keeps what Taichi derives from the argument *types* (the compiled kernel and where each
 argument goes) and sets only the per-call values (pointers, shapes, scalars) on a fresh launch context.
 
-The first call with a new signature, and any call it does not cover (a tensor that is not a contiguous CPU tensor
+Only on CPU backends. The first call with a new signature, and any call it does not cover (a tensor that is not a contiguous CPU tensor
 without gradient buffers, an argument kind it does not know), goes through Taichi's ordinary path, which compiles
 and checks. It relies on Taichi 1.7's launch-context API (``make_launch_context``, ``compile_kernel``,
 ``launch_kernel``); where that is missing every call takes the ordinary path. ``engine.physics.kernels`` builds
@@ -94,6 +94,7 @@ class Lean:
         self.__name__ = getattr(kernel, "__name__", "kernel")
         self.__doc__ = getattr(kernel, "__doc__", None)
         self._ok = hasattr(self._kern, "compiled_kernels")
+        self._arch_checked = False
         # positions of template (compile-time) arguments: their values are part of the signature
         self._tmpl = tuple(isinstance(arg.annotation, ti.template) for arg in getattr(self._kern, "arguments", ()))
 
@@ -115,6 +116,11 @@ class Lean:
         return tuple(key)
 
     def __call__(self, *args):
+        if not self._arch_checked:
+            # CPU backends only: on a GPU the ordinary path stays (untested there, and its staging rules apply)
+            from . import backend
+            self._ok = self._ok and backend.ensure().resolved_arch in ("x64", "arm64")
+            self._arch_checked = True
         key = self._key(args) if self._ok else None
         hit = self._plans.get(key) if key is not None else None
         if hit is None:
