@@ -95,8 +95,9 @@ class ClippedMesh:
         return Fragments(orig.to(frags.pix_to_face.dtype), bary, frags.zbuf, frags.dist)
 
 
-def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera) -> ClippedMesh | None:
-    """Clip (B, V, 3) or (V, 3) world ``verts`` with ``faces`` (F, 3) against ``z = CLIP_Z`` of each camera.
+def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
+              z_clip: float = CLIP_Z) -> ClippedMesh | None:
+    """Clip (B, V, 3) or (V, 3) world ``verts`` with ``faces`` (F, 3) against ``z = z_clip`` of each camera.
 
     Returns None when no face crosses the plane in any camera (nothing to do).
     """
@@ -106,7 +107,7 @@ def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera) -> Clipp
     fl = faces.long()
     with torch.no_grad():
         z = camera.world_to_camera(verts.detach())[..., 2].expand(B, -1)                # (B, V)
-        behind = z[:, fl] < CLIP_Z                                                         # (B, F, 3)
+        behind = z[:, fl] < z_clip                                                         # (B, F, 3)
         nb = behind.sum(-1)
         crossing = ((nb > 0) & (nb < 3)).any(0)
     if not bool(crossing.any()):
@@ -139,7 +140,7 @@ def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera) -> Clipp
     bidx = torch.arange(B, device=dev).view(B, 1, 1, 1)
     zu, zv = z[bidx, gu], z[bidx, gv]
     den = zv - zu
-    t = ((CLIP_Z - zu) / torch.where(den == 0, torch.ones_like(den), den)).clamp(0, 1)
+    t = ((z_clip - zu) / torch.where(den == 0, torch.ones_like(den), den)).clamp(0, 1)
     culled = slot_cull[..., None].expand(-1, -1, -1, 3)
     cut = on_edge & ~culled & (den.abs() > 0)
     t = torch.where(cut, t, torch.zeros_like(t))
@@ -148,7 +149,7 @@ def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera) -> Clipp
     X = verts.expand(B, -1, -1)
     zg = camera.world_to_camera(verts)[..., 2].expand(B, -1)
     zgu, zgv = zg[bidx, gu], zg[bidx, gv]
-    tt = torch.where(cut, (CLIP_Z - zgu) / torch.where(cut, zgv - zgu, torch.ones_like(zgu)), torch.zeros_like(zgu))
+    tt = torch.where(cut, (z_clip - zgu) / torch.where(cut, zgv - zgu, torch.ones_like(zgu)), torch.zeros_like(zgu))
     P = (1 - tt)[..., None] * X[bidx, gu] + tt[..., None] * X[bidx, gv]                # (B, Fc, 2, 3, 3)
     centre = camera.center.detach().to(P.dtype).expand(B, 3).view(B, 1, 1, 1, 3)
     P = torch.where(culled[..., None], centre.expand_as(P), P)

@@ -555,7 +555,7 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
                                    faces_per_pixel, opacity, background)
         if fused is not None:
             return fused
-    frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel,
+    frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel, clip=False,
                       sigma=0.0 if hard else sigma)
     p2f = frags.pix_to_face
     B, H, W, K = p2f.shape

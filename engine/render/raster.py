@@ -401,7 +401,7 @@ def _ndc2(width: int, height: int) -> float:
 
 @torch.no_grad()
 def rasterize(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, faces_per_pixel: int = 1,
-              sigma: float = 0.0, near: float = 1e-3) -> Fragments:
+              sigma: float = 0.0, near: float = 1e-3, clip: bool = True) -> Fragments:
     """Find the ``faces_per_pixel`` nearest faces at each pixel centre (not differentiable).
 
     Args:
@@ -412,10 +412,16 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, faces_pe
         sigma: soft blur (NDC^2 units). 0 keeps only faces that contain the pixel centre (hard z-buffer);
             > 0 also keeps faces whose soft coverage ``exp(-d/sigma)`` exceeds 1e-4, in the slots the faces
             containing the pixel leave free.
-        near: faces with any vertex at depth <= near are skipped (``render_mesh`` clips them first:
-            ``engine.render.clip``).
+        near: faces with any vertex at depth <= near are skipped, unless ``clip``.
+        clip: faces crossing the near plane are clipped at depth ``max(clip.CLIP_Z, 2 near)`` first
+            (``engine.render.clip``); the fragments still name the original faces and their barycentrics.
     """
     backend.ensure()
+    if clip:
+        from .clip import CLIP_Z, clip_near
+        c = clip_near(verts, faces, camera, max(CLIP_Z, 2 * near))
+        if c is not None:
+            return c.fragments(rasterize(c.verts, c.faces, camera, faces_per_pixel, sigma, near, clip=False))
     screen = project(verts, camera)
     return rasterize_screen(screen, faces, camera.width, camera.height, faces_per_pixel, sigma, near)
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import trimesh
 
-from engine.render import Camera, render_mesh
+from engine.render import Camera, rasterize, render_mesh
 from engine.render.clip import clip_near
 
 from .helpers import fd_check, raycast
@@ -82,3 +82,19 @@ def test_soft_gradients_through_a_clipped_triangle():
         err, gmax = fd_check(f, [V, fc], which)
         assert gmax > 1e-3, which
         assert err <= 1e-6 * max(1.0, gmax), (which, err)
+
+
+def test_rasterize_clips_too_and_agrees_with_render_mesh():
+    mesh = _ground()
+    V, F = torch.tensor(mesh.vertices), torch.tensor(mesh.faces)
+    cam = _cams()[0]
+    ref = render_mesh(V, F, cam, mode="hard").fragments
+    fr = rasterize(V, F, cam)
+    assert torch.equal(fr.pix_to_face, ref.pix_to_face)
+    assert torch.allclose(fr.bary, ref.bary, atol=1e-12)
+    # without clipping the floor is dropped
+    covered = (fr.pix_to_face >= 0).float().mean()
+    assert (rasterize(V, F, cam, clip=False).pix_to_face >= 0).float().mean() < 0.5 * covered
+    # a near plane beyond the default clip depth still keeps the floor
+    far = rasterize(V, F, cam, near=0.05)
+    assert (far.pix_to_face >= 0).float().mean() > 0.9 * covered
