@@ -1,16 +1,16 @@
 """Lean launches of Taichi kernels that take torch tensors.
 
-Taichi's ``Kernel.__call__`` spends ~15-20 µs of Python per tensor argument on every call (template look-up, type,
+Taichi's ``Kernel.__call__`` spends ~13 µs of Python per tensor argument on every call (template look-up, type,
 contiguity and device checks, shape stripping), ~150 µs for a kernel with eight tensors. A renderer's forward and
 backward launch ~10 such kernels whose work on a small image is a few milliseconds, so that overhead is 10-20 % of
 the call. ``lean(kernel)`` keeps what Taichi derives from the argument *types* (the compiled kernel and where each
 argument goes) and sets only the per-call values (pointers, shapes, scalars) on a fresh launch context.
 
-Only on CPU backends. The first call with a new signature, and any call it does not cover (a tensor that is not a contiguous CPU tensor
-without gradient buffers, an argument kind it does not know), goes through Taichi's ordinary path, which compiles
-and checks. It relies on Taichi 1.7's launch-context API (``make_launch_context``, ``compile_kernel``,
-``launch_kernel``); where that is missing every call takes the ordinary path. ``engine.physics.kernels`` builds
-its cached launch contexts from the same ``plan``.
+Only on CPU backends. The first call with a new signature, and any call it does not cover (a tensor that is not a
+contiguous CPU tensor without gradient buffers, an argument kind it does not know), goes through Taichi's ordinary
+path, which compiles and checks. It relies on Taichi 1.7's launch-context API (``make_launch_context``,
+``compile_kernel``, ``launch_kernel``); where that is missing every call takes the ordinary path.
+``engine.physics.kernels`` builds its cached launch contexts from the same ``plan``.
 """
 import taichi as ti
 from taichi.lang import impl

@@ -122,8 +122,9 @@ def camera_table(camera: Camera) -> torch.Tensor:
     """(B, 16) rows ``R (9), t (3), fx, fy, cx, cy`` for the Taichi projection kernels (detached: camera
     gradients go through ``Camera.project`` in torch)."""
     B = camera.batch
-    return torch.cat([camera.R.reshape(B, 9), camera.t.reshape(B, 3), camera.fx.reshape(B, 1),
-                      camera.fy.reshape(B, 1), camera.cx.reshape(B, 1), camera.cy.reshape(B, 1)], 1).detach().contiguous()
+    cols = [camera.R.reshape(B, 9), camera.t.reshape(B, 3), camera.fx.reshape(B, 1), camera.fy.reshape(B, 1),
+            camera.cx.reshape(B, 1), camera.cy.reshape(B, 1)]
+    return torch.cat(cols, 1).detach().contiguous()
 
 
 def project(verts: torch.Tensor, camera: Camera) -> torch.Tensor:
