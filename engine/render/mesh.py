@@ -160,8 +160,9 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
     # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
     # scattered gradients (g_xy, g_attr, g_shade, g_opac, g_uv carry n_chunks copies stacked on dim 0) with plain
-    # adds; otherwise (GPU) every row is its own chunk and atomics add into one copy. g_bg is per pixel (B, H*W, C),
-    # written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the others.
+    # adds; otherwise (GPU) every pixel is its own work item and atomics add into one copy. g_bg is per pixel
+    # (B, H*W, C), written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the
+    # others.
     # Texture (``use_tex``, compile-time): g_tex ((copies * Bt * Ht * Wt, C), flat) has n_chunks copies when
     # ``tex_private``, else one copy and atomics (CPU too for a large texture: see _texture_copies_pay); g_uv is
     # (copies * Bu * F, 6), per face corner.
@@ -173,10 +174,16 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
     # Taichi's CPU range-for gives each thread a contiguous block of at least _SPAN iterations: a plain loop over
     # the few chunks would run them all on one thread, so on CPU the loop has _SPAN iterations per chunk and only
     # every _SPAN-th one works (each chunk has its own gradient copy: any schedule gives the same result)
+    # Without private copies (GPU) every pixel is its own work item: chunk ch is row ch, split into W items.
     span = ti.static(_SPAN if private else 1)
-    for it in range(n_chunks * span):
+    npx = 1 if ti.static(private) else W
+    for it in range(n_chunks * span * npx):
         if it % span == 0:
-            ch = it // span
+            ch = it // span // npx
+            px0, px1 = 0, W
+            if ti.static(not private):
+                px0 = it % npx
+                px1 = px0 + 1
             cb = ch if ti.static(private) else 0
             row = ch
             while row < p2f.shape[0] * H:
@@ -188,7 +195,7 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                 bb = b if Bg > 1 else 0
                 bt = b if Bt > 1 else 0
                 bu = b if Bu > 1 else 0
-                for px in range(W):
+                for px in range(px0, px1):
                     # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
                     # anything they add to R (cut by that layer's a = 1) reach the outputs
                     n = 0
