@@ -31,6 +31,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine import backend  # noqa: E402
 
 
+def _gen(seed: int) -> torch.Generator:
+    """A seeded generator on the backend's device (inputs are drawn where tide and the references run)."""
+    return torch.Generator(device=backend.torch_device()).manual_seed(seed)
+
+
+def _sync():
+    if backend.torch_device().type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _time_all(fns, repeats):
     """Median wall time of each function, runs interleaved (tide, ref 1, ref 2, tide, ...) after one warm-up each,
     so all see the same background load on a shared machine."""
@@ -39,8 +49,10 @@ def _time_all(fns, repeats):
     ts = [[] for _ in fns]
     for _ in range(repeats):
         for fn, t in zip(fns, ts):
+            _sync()
             t0 = time.perf_counter()
             fn()
+            _sync()
             t.append(time.perf_counter() - t0)
     return [sorted(t)[len(t) // 2] for t in ts]
 
@@ -238,7 +250,7 @@ def _raster_case(texels: int = 0):
     V0 = torch.tensor(mesh.vertices, dtype=dt)
     F = torch.tensor(mesh.faces)
     cam = orbit_cameras(1, radius=3.0, width=128, height=128, fov_y=45)
-    gen = torch.Generator().manual_seed(0)
+    gen = _gen(0)
     if texels:
         uvs = (V0[:, :2] * 0.45 + 0.5).contiguous()
         shade0 = torch.rand(texels, texels, 3, dtype=dt, generator=gen)              # the texture
@@ -305,7 +317,7 @@ def bench_volume(repeats):
     from engine.render import orbit_cameras, render_volume
 
     dt = backend.torch_dtype()
-    g = torch.Generator().manual_seed(0)
+    g = _gen(0)
     grid0 = torch.rand(64, 64, 64, 4, dtype=dt, generator=g)
     grid0[..., 0] *= 3
     cam = orbit_cameras(1, radius=3.0, width=128, height=128, fov_y=45)
@@ -349,7 +361,7 @@ def bench_splat(repeats, n=100_000):
     from engine.render.splat import _bin, project_gaussians
 
     dt = backend.torch_dtype()
-    g = torch.Generator().manual_seed(0)
+    g = _gen(0)
     means0 = (torch.rand(n, 3, dtype=dt, generator=g) - 0.5) * 2
     scales0 = torch.exp(torch.randn(n, 3, dtype=dt, generator=g) * 0.3 - 4.0)       # ~ 1.8 % of the box
     quats0 = torch.randn(n, 4, dtype=dt, generator=g)
@@ -439,6 +451,8 @@ def main():
     args = ap.parse_args()
     backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision=args.precision)
     torch.set_num_threads(os.cpu_count() or 1)
+    # every input and the torch references live on the backend's device (on a GPU: torch on the GPU vs tide)
+    torch.set_default_device(backend.torch_device())
     import taichi as ti
 
     print(f"backend {backend.settings().resolved_arch} {args.precision}, torch threads {torch.get_num_threads()}, "
