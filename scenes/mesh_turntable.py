@@ -1,12 +1,17 @@
-"""Spin a mesh file on a turntable: surface samples shaded by normal, exported as glb, obj and a coloured ply."""
+"""Spin a mesh file on a turntable: rasterized, coloured by normal and Lambert-lit; exported as glb, obj and a ply.
+
+The ply holds area-weighted surface samples coloured like the render."""
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
+import torch
+
+from engine import backend
 from engine.io import PointCloud, load_mesh
-from engine.render.points import render_points
+from engine.render import Camera, DirectionalLights, render_mesh
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -16,7 +21,7 @@ class Config:
     mesh: str = str(ASSETS / "meshes" / "knot.obj")
     """Mesh file to show (obj, ply, glb, stl, off)."""
     samples: int = 40000
-    """Surface points drawn per frame (area-weighted)."""
+    """Surface points in the exported ply (area-weighted)."""
     frames: int = 48
     """Frames in one full turn."""
     resolution: int = 384
@@ -55,9 +60,15 @@ class Scene:
         return (points - 0.5) @ rot.T + 0.5
 
     def render(self):
-        cam = {"eye": (0.5, 0.9, 2.0), "target": (0.5, 0.5, 0.5), "fov": 35.0}
         r = self.cfg.resolution
-        return render_points(self._rotate(self.points), self.colors, r, r, radius=0.006, camera=cam)
+        dt = backend.torch_dtype()
+        cam = Camera.from_look_at([0.5, 0.9, 2.0], target=(0.5, 0.5, 0.5), fov_y=35.0, width=r, height=r)
+        verts = torch.as_tensor(self._rotate(self.mesh.vertices), dtype=dt)
+        faces = torch.as_tensor(self.mesh.faces, dtype=torch.int64)
+        colours = torch.as_tensor(0.5 + 0.5 * self.mesh.vertex_normals, dtype=dt)   # object-space normals
+        out = render_mesh(verts, faces, cam, colors=colours, lights=DirectionalLights.default(dt), mode="hard",
+                          background=1.0)
+        return (out.rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
     def geometry(self):
         return {"meshes": [{"vertices": self._rotate(self.mesh.vertices), "faces": self.mesh.faces, "color": (0.85, 0.6, 0.35)}],
