@@ -30,14 +30,14 @@ def check_mesh(verts: torch.Tensor, faces: torch.Tensor, fn: str):
     check_finite("verts", verts, fn)
 
 
-def check_per(name: str, x, n: int, what: str, fn: str, batch: int, lead: int = 1, trailing: int = 1):
+def check_per(name: str, x, n: int, what: str, fn: str, batch: int, trailing: int = 1):
     """``x`` is per-item: (n, ...) or (Bx, n, ...) with Bx in (1, batch), ``trailing`` dimensions after the item
-    axis. ``lead`` = 0 allows no batch axis only. Scalars pass (broadcast)."""
+    axis. Scalars and None pass (broadcast)."""
     if x is None or not isinstance(x, torch.Tensor) or x.dim() == 0:
         return
     item_axis = x.dim() - 1 - trailing
-    if item_axis not in (0, lead) or x.shape[item_axis] != n:
+    if item_axis not in (0, 1) or x.shape[item_axis] != n:
         raise ValueError(f"{fn}: {name} must have {n} entries along its {what} axis, shaped "
-                         f"({'[B, ]' if lead else ''}{what.upper()}{', ...' if trailing else ''}), got {_shape(x)}")
+                         f"([B, ]{what.upper()}{', ...' if trailing else ''}), got {_shape(x)}")
     if item_axis == 1 and x.shape[0] not in (1, batch):
         raise ValueError(f"{fn}: {name} has a batch of {x.shape[0]} for {batch} cameras/meshes")

@@ -33,6 +33,24 @@ _SLOTS = {
 }
 
 
+
+def _slot_tables():
+    """``_SLOTS`` as CPU tensors (moved to the mesh's device per call): (case, slot, corner, (u, v, on_edge)) and
+    (case, slot) culled flags."""
+    table = torch.zeros(4, 2, 3, 3, dtype=torch.long, device="cpu")
+    cull = torch.zeros(4, 2, dtype=torch.bool, device="cpu")
+    for case, slots in _SLOTS.items():
+        for s, tri in enumerate(slots):
+            if tri is None:
+                cull[case, s] = True
+            else:
+                table[case, s] = torch.tensor(tri, device="cpu")
+    return table, cull
+
+
+_TABLE, _CULL = _slot_tables()
+
+
 @dataclass
 class ClippedMesh:
     """A mesh clipped against ``z = CLIP_Z`` for B cameras.
@@ -118,16 +136,7 @@ def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
     nbc, bc = nb[:, cf], behind[:, cf]                                                     # (B, Fc), (B, Fc, 3)
     # the odd corner: the one behind when 1 is, the one in front when 2 are (0 otherwise)
     odd = torch.where(nbc == 1, bc.float().argmax(-1), torch.where(nbc == 2, (~bc).float().argmax(-1), 0))
-    # slot tables per case: (case, slot, corner, (u, v, on_edge)), culled slots flagged
-    table = torch.zeros(4, 2, 3, 3, dtype=torch.long)
-    cull = torch.zeros(4, 2, dtype=torch.bool)
-    for case, slots in _SLOTS.items():
-        for s, tri in enumerate(slots):
-            if tri is None:
-                cull[case, s] = True
-            else:
-                table[case, s] = torch.tensor(tri)
-    table, cull = table.to(dev), cull.to(dev)
+    table, cull = _TABLE.to(dev), _CULL.to(dev)
     rows = table[nbc]                                                                      # (B, Fc, 2, 3, 3)
     slot_cull = cull[nbc]                                                                  # (B, Fc, 2)
     # local corner ids -> rotated by the odd corner -> global vertex ids
@@ -138,18 +147,15 @@ def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
     gu = torch.gather(fcv.expand(B, -1, -1), 2, lu.reshape(B, Fc, 6)).reshape(B, Fc, 2, 3)
     gv = torch.gather(fcv.expand(B, -1, -1), 2, lv.reshape(B, Fc, 6)).reshape(B, Fc, 2, 3)
     bidx = torch.arange(B, device=dev).view(B, 1, 1, 1)
-    zu, zv = z[bidx, gu], z[bidx, gv]
-    den = zv - zu
-    t = ((z_clip - zu) / torch.where(den == 0, torch.ones_like(den), den)).clamp(0, 1)
     culled = slot_cull[..., None].expand(-1, -1, -1, 3)
-    cut = on_edge & ~culled & (den.abs() > 0)
-    t = torch.where(cut, t, torch.zeros_like(t))
-    # positions, differentiable: t is recomputed from the camera-space depths of the edge's ends (verts and camera
+    cut = on_edge & ~culled & (z[bidx, gv] != z[bidx, gu])
+    # positions, differentiable: t comes from the camera-space depths of the edge's ends (verts and camera
     # gradients reach the new corners through it)
     X = verts.expand(B, -1, -1)
     zg = camera.world_to_camera(verts)[..., 2].expand(B, -1)
     zgu, zgv = zg[bidx, gu], zg[bidx, gv]
     tt = torch.where(cut, (z_clip - zgu) / torch.where(cut, zgv - zgu, torch.ones_like(zgu)), torch.zeros_like(zgu))
+    t = tt.detach()
     P = (1 - tt)[..., None] * X[bidx, gu] + tt[..., None] * X[bidx, gv]                # (B, Fc, 2, 3, 3)
     centre = camera.center.detach().to(P.dtype).expand(B, 3).view(B, 1, 1, 1, 3)
     P = torch.where(culled[..., None], centre.expand_as(P), P)
@@ -170,7 +176,7 @@ def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
     cul_all[:, nk:] = culled.reshape(B, 2 * Fc, 3)
     eye = torch.eye(3, dtype=verts.dtype, device=dev)
     corner = eye.expand(B, nk + 2 * Fc, 3, 3).clone()
-    bu = eye[lu] * (1 - t.detach())[..., None] + eye[lv] * t.detach()[..., None]          # (B, Fc, 2, 3, 3)
+    bu = eye[lu] * (1 - t)[..., None] + eye[lv] * t[..., None]                            # (B, Fc, 2, 3, 3)
     bu = torch.where(culled[..., None], torch.zeros_like(bu), bu)
     corner[:, nk:] = bu.reshape(B, 2 * Fc, 3, 3)
     return ClippedMesh(new_verts, faces_out, face_map, src, t_all, corner, cul_all, nk)

@@ -449,6 +449,10 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     backend.ensure()
     dt, dev = backend.torch_dtype(), backend.torch_device()
     _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opacity)
+    if mode not in ("hard", "soft"):
+        raise ValueError(f"render_mesh mode must be 'hard' or 'soft', got {mode!r}")
+    if texture is not None and uvs is None:
+        raise ValueError("render_mesh: a texture needs uvs (V, 2) or (F, 3, 2)")
     # everything onto the backend's device: CPU inputs with arch=cuda would otherwise meet CUDA faces/cameras
     verts = verts.to(device=dev, dtype=dt)
     colors, face_colors, uvs, texture = (None if x is None else x.to(device=dev, dtype=dt)
@@ -460,11 +464,10 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
                             faces_per_pixel, opacity, background)
     # faces crossing the near plane: render the clipped mesh, report fragments of the original faces
     if colors is not None:
-        colors = clip.vertex_attr(colors.to(dt))
+        colors = clip.vertex_attr(colors)
     if face_colors is not None:
-        face_colors = clip.face_attr(face_colors.to(dt), 0 if face_colors.dim() == 2 else 1)
+        face_colors = clip.face_attr(face_colors, 0 if face_colors.dim() == 2 else 1)
     if uvs is not None:
-        uvs = uvs.to(dt)
         uvs = clip.corner_attr(uvs if uvs.dim() == 3 else face_attributes(uvs, faces)[0])
     op = torch.as_tensor(opacity, dtype=dt, device=dev)
     if op.dim() >= 1:
@@ -493,9 +496,8 @@ class StackedMeshes:
         """A list of B per-vertex arrays (V_b, C) -> (V1 + ... + VB, C) for ``colors=`` (or uvs)."""
         return torch.cat(list(values), 0)
 
-    def per_face(self, values) -> torch.Tensor:
-        """A list of B per-face arrays (F_b, ...) -> (F1 + ... + FB, ...) for ``face_colors=`` or ``opacity=``."""
-        return torch.cat(list(values), 0)
+    per_face = per_vertex
+    """A list of B per-face arrays (F_b, ...) -> (F1 + ... + FB, ...) for ``face_colors=`` or ``opacity=``."""
 
 
 def stack_meshes(verts: list, faces: list, camera: Camera) -> StackedMeshes:
@@ -545,18 +547,11 @@ def _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opaci
 def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma, faces_per_pixel,
                  opacity, background) -> MeshRender:
     """``render_mesh`` after near-plane clipping: no face crosses ``z = CLIP_Z``; uvs may be per-corner and
-    batched (B, F, 3, 2)."""
-    backend.ensure()
+    batched (B, F, 3, 2). Inputs are validated and already on the backend's device and dtype (faces int32)."""
     dt, dev = backend.torch_dtype(), backend.torch_device()
-    verts = verts.to(device=dev, dtype=dt)
-    faces = faces.to(device=dev, dtype=torch.int32)
     if verts.dim() == 2:
         verts = verts.unsqueeze(0)
-    if mode not in ("hard", "soft"):
-        raise ValueError(f"render_mesh mode must be 'hard' or 'soft', got {mode!r}")
     hard = mode == "hard"
-    if texture is not None and uvs is None:
-        raise ValueError("render_mesh: a texture needs uvs (V, 2) or (F, 3, 2)")
     if not hard:
         fused = _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma,
                                    faces_per_pixel, opacity, background)

@@ -30,8 +30,7 @@ def test_render_mesh_rejects_malformed_input(kw, words):
     args.update(kw)
     for mode in ("hard", "soft"):
         with pytest.raises(ValueError, match="render_mesh") as e:
-            render_mesh(args["verts"], args["faces"], _cam(), mode=mode,
-                        **{k: v for k, v in args.items() if k not in ("verts", "faces")})
+            render_mesh(camera=_cam(), mode=mode, **args)
         msg = str(e.value)
         assert words in msg and "\n" not in msg, msg
 
