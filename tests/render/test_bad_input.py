@@ -52,3 +52,19 @@ def test_render_volume_and_gaussians_reject_malformed_input():
         with pytest.raises(ValueError, match="render_gaussians") as e:
             render_gaussians(_cam(), **args)
         assert words in str(e.value), str(e.value)
+
+
+def test_check_finite_sum_fast_path_is_exact():
+    """The finite-sum shortcut never hides a bad value (opposite infinities sum to NaN) and never rejects finite
+    values whose sum overflows."""
+    from engine.render.checks import check_finite
+
+    big = torch.full((8,), 3e38, dtype=torch.float32)               # finite, but the f32 sum is inf
+    assert not torch.isfinite(big.sum())
+    check_finite("x", big, "f")
+    for bad in (torch.tensor([1.0, float("inf"), -float("inf")]), torch.tensor([float("nan"), 1.0]),
+                torch.tensor([3e38, 3e38, float("inf")], dtype=torch.float32)):
+        with pytest.raises(ValueError, match="f: x contains NaN"):
+            check_finite("x", bad, "f")
+    check_finite("x", torch.zeros(0), "f")
+    check_finite("x", torch.tensor([1, 2]), "f")                    # integer tensors are not checked
