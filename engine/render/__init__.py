@@ -5,14 +5,14 @@ Torch tensors in, torch tensors out; every differentiable op is a Taichi kernel 
 from .attributes import face_attributes, interpolate, sample_texture
 from .camera import CV_TO_GL, Camera, look_at_rotation, orbit_cameras
 from .mesh import MeshRender, StackedMeshes, render_mesh, stack_meshes
-from .raster import Fragments, rasterize, soft_composite
+from .raster import Fragments, differentiable_fragments, rasterize, soft_composite
 from .shading import DirectionalLights, face_normals, lambert, vertex_normals
 from .splat import SplatRender, project_gaussians, quat_to_rotmat, render_gaussians
 from .volume import VolumeRender, composite_rays, ray_box, render_volume, trilinear
 
 __all__ = [
     "Camera", "look_at_rotation", "orbit_cameras", "CV_TO_GL",
-    "Fragments", "rasterize", "soft_composite", "interpolate", "sample_texture", "face_attributes",
+    "Fragments", "rasterize", "differentiable_fragments", "soft_composite", "interpolate", "sample_texture", "face_attributes",
     "DirectionalLights", "face_normals", "vertex_normals", "lambert",
     "MeshRender", "render_mesh", "stack_meshes", "StackedMeshes",
     "SplatRender", "render_gaussians", "project_gaussians", "quat_to_rotmat",

@@ -1,7 +1,8 @@
 """Per-pixel attributes from fragments: barycentric interpolation and bilinear texture lookup (differentiable).
 
-Both are Taichi kernels with hand-written backward passes behind ``engine.bridge``. Barycentrics are treated as
-constants (detached), so gradients reach the attributes, texels and texture coordinates, not the geometry.
+Both are Taichi kernels with hand-written backward passes behind ``engine.bridge``. Gradients reach the attributes,
+texels and texture coordinates, and the barycentrics when they carry gradients (``differentiable_fragments``: then
+the geometry and camera get the gradients of the shading inside each face).
 """
 
 import taichi as ti
@@ -30,32 +31,44 @@ def _interp_fwd(attr: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.type
 
 @lean
 @ti.kernel
-def _interp_bwd(p2f: ti.types.ndarray(), bary: ti.types.ndarray(), g_out: ti.types.ndarray(),
-                g_attr: ti.types.ndarray()):
+def _interp_bwd(attr: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
+                g_out: ti.types.ndarray(), g_attr: ti.types.ndarray(), g_bary: ti.types.ndarray(),
+                want_bary: ti.template()):
+    # g_bary (B, H, W, K, 3) is written whole when ``want_bary``: d out_c / d bary_i = attr[f, i, c]
     for b, y, x, k in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2], p2f.shape[3]):
         f = p2f[b, y, x, k]
+        gb = ti.Vector([0.0, 0.0, 0.0])
         if f >= 0:
             for c in range(g_attr.shape[3]):
                 g = g_out[b, y, x, k, c]
                 for i in ti.static(range(3)):
                     g_attr[b, f, i, c] += bary[b, y, x, k, i] * g
+                    if ti.static(want_bary):
+                        gb[i] += attr[b, f, i, c] * g
+        if ti.static(want_bary):
+            for i in ti.static(range(3)):
+                g_bary[b, y, x, k, i] = gb[i]
 
 
 class _Interpolate(bridge.Op):
     name = "interpolate"
     fresh_grads = True  # backward allocates its gradient every call
 
+    def __init__(self, bary_grad: bool = False):
+        self.bary_grad = bool(bary_grad)
+
     def forward(self, attr, p2f, bary):
         B, H, W, K = p2f.shape
         out = torch.empty(B, H, W, K, attr.shape[3], dtype=attr.dtype, device=attr.device)   # written whole
         _interp_fwd(attr, p2f, bary, out)
-        return (out,), (attr.shape, p2f, bary)
+        return (out,), (attr, p2f, bary)
 
     def backward(self, saved, grads):
-        shape, p2f, bary = saved
-        g_attr = torch.zeros(shape, dtype=grads[0].dtype, device=grads[0].device)
-        _interp_bwd(p2f, bary, grads[0], g_attr)
-        return g_attr, None, None
+        attr, p2f, bary = saved
+        g_attr = torch.zeros(attr.shape, dtype=grads[0].dtype, device=grads[0].device)
+        g_bary = torch.empty(bary.shape if self.bary_grad else (1, 1, 1, 1, 3), dtype=bary.dtype, device=bary.device)
+        _interp_bwd(attr, p2f, bary, grads[0], g_attr, g_bary, self.bary_grad)
+        return g_attr, None, (g_bary if self.bary_grad else None)
 
 
 def face_attributes(attrs: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -74,14 +87,15 @@ def interpolate(fragments: Fragments, face_attrs: torch.Tensor) -> torch.Tensor:
     Args:
         face_attrs: (B, F, 3, C) or (F, 3, C) any width C (colours, UVs, normals, features).
     Returns:
-        (B, H, W, K, C); zero in empty slots. Differentiable w.r.t. ``face_attrs``.
+        (B, H, W, K, C); zero in empty slots. Differentiable w.r.t. ``face_attrs``, and w.r.t. the barycentrics
+        when they require grad (``raster.differentiable_fragments``).
     """
     p2f = fragments.pix_to_face
     if face_attrs.dim() == 3:
         face_attrs = face_attrs.unsqueeze(0)
     face_attrs = face_attrs.expand(p2f.shape[0], -1, -1, -1)
     bary = fragments.bary.to(face_attrs.dtype)
-    return bridge.apply(_Interpolate(), face_attrs, p2f, bary)
+    return bridge.apply(_Interpolate(bary.requires_grad and torch.is_grad_enabled()), face_attrs, p2f, bary)
 
 
 @ti.func

@@ -11,7 +11,8 @@ from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import clip_near
 from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project_bwd, _seg_dist2, camera_table,
-                     expand_background, project, rasterize, rasterize_screen, soft_composite)
+                     differentiable_fragments, expand_background, project, rasterize, rasterize_screen,
+                     soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
@@ -439,8 +440,10 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         uvs: (V, 2) per-vertex or (F, 3, 2) per-corner texture coordinates; with ``texture`` (Ht, Wt, C) or
             (B, Ht, Wt, C). Texture colour multiplies ``colors`` if both are given.
         lights: ambient + Lambert directional lights (flat shading by face normals); None = unlit.
-        mode: "hard" (z-buffer, 1 layer, gradients only to colours/features/texels) or "soft" (K layers,
-            gradients also to vertex positions and opacity).
+        mode: "hard" (z-buffer, 1 layer) or "soft" (K layers). Both give gradients to colours, features,
+            texels and uvs. Hard mode reaches vertex positions and the camera through each face's interior
+            (barycentrics and depth, as nvdiffrast without its antialiasing pass: coverage edges give none); soft
+            mode reaches them through the blurred coverage too, and gives opacity gradients.
         sigma: soft blur in squared NDC units (DBW: 1e-4 coarse, 5e-6 fine).
         faces_per_pixel: K in soft mode.
         opacity: scalar, (F,) or (B, F) per-face opacity in [0, 1] (soft mode).
@@ -559,6 +562,9 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
             return fused
     frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel, clip=False,
                       sigma=0.0 if hard else sigma)
+    if hard and torch.is_grad_enabled() and (verts.requires_grad or _camera_needs_grad(camera)):
+        # barycentrics and depth from torch's projection: interior shading gradients reach the geometry
+        frags = differentiable_fragments(frags, camera.project(verts), faces)
     p2f = frags.pix_to_face
     B, H, W, K = p2f.shape
     mask = (p2f >= 0)

@@ -29,7 +29,7 @@ from .. import backend, bridge
 from ..launch import lean
 from .camera import Camera
 
-__all__ = ["Fragments", "rasterize", "rasterize_screen", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
+__all__ = ["Fragments", "rasterize", "rasterize_screen", "differentiable_fragments", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
 TILE = 4
 """Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it; TILE^2 <= 31,
@@ -459,6 +459,46 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
     _knn(fd, offsets, counts, bins, p2f, bary, zbuf, dist, max_d2, _ndc2(W, H), K)
     return Fragments(p2f, bary, zbuf, dist)
+
+
+def differentiable_fragments(fragments: Fragments, screen: torch.Tensor, faces: torch.Tensor) -> Fragments:
+    """The same fragments with barycentrics and depths recomputed in torch from differentiable projected vertices,
+    so that anything interpolated from them (colours, uvs and texels, normals, depth) has gradients w.r.t. vertex
+    positions and the camera, as nvdiffrast's rasterizer output does. Face ids stay fixed: these are the gradients
+    of each face's shading across its interior, not of its coverage (no silhouette gradients; soft mode has those).
+
+    Args:
+        fragments: from ``rasterize`` (or ``rasterize_screen``) of the same geometry.
+        screen: (B or 1, V, 3) ``(u, v, z)`` from ``Camera.project(verts)`` (pixels, camera depth).
+        faces: (F, 3) int.
+    Returns:
+        ``Fragments`` with ``bary`` (B, H, W, K, 3) and ``zbuf`` (B, H, W, K) differentiable and equal to the
+        input's up to rounding (screen-space barycentrics at the pixel centre, clamped to the triangle, then
+        perspective-corrected by 1/z); ids and ``dist`` unchanged.
+    """
+    p2f = fragments.pix_to_face
+    B, H, W, K = p2f.shape
+    valid = p2f >= 0
+    scr = screen.expand(B, -1, -1)
+    V = scr.shape[1]
+    fv = faces.to(device=scr.device).long().index_select(0, p2f.clamp_min(0).reshape(-1).long()).reshape(B, -1, 3)
+    fv = fv + (torch.arange(B, device=scr.device) * V).view(B, 1, 1)
+    tri = scr.reshape(B * V, 3).index_select(0, fv.reshape(-1)).reshape(B, H, W, K, 3, 3)
+    (ax, ay, az), (bx, by, bz), (cx, cy, cz) = (tri[..., j, :].unbind(-1) for j in range(3))
+    x = (torch.arange(W, dtype=scr.dtype, device=scr.device) + 0.5).view(1, 1, W, 1)
+    y = (torch.arange(H, dtype=scr.dtype, device=scr.device) + 0.5).view(1, H, 1, 1)
+    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    area = torch.where(valid, area, torch.ones_like(area))
+    w0 = ((cx - bx) * (y - by) - (cy - by) * (x - bx)) / area
+    w1 = ((ax - cx) * (y - cy) - (ay - cy) * (x - cx)) / area
+    w = torch.stack([w0, w1, 1.0 - w0 - w1], -1).clamp_min(0.0)
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+    iz = torch.stack([az, bz, cz], -1)
+    q = w / torch.where(valid[..., None], iz, torch.ones_like(iz))
+    z = 1.0 / q.sum(-1).clamp_min(1e-30)
+    bary = torch.where(valid[..., None], q * z[..., None], torch.zeros_like(q))
+    zbuf = torch.where(valid, z, torch.full_like(z, -1.0))
+    return Fragments(p2f, bary, zbuf, fragments.dist)
 
 
 # ---------------------------------------------------------------------------------------------------------------
