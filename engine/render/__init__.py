@@ -2,6 +2,7 @@
 
 Torch tensors in, torch tensors out; every differentiable op is a Taichi kernel behind ``engine.bridge``.
 """
+from .antialias import antialias, edge_neighbours
 from .attributes import face_attributes, interpolate, sample_texture
 from .camera import CV_TO_GL, Camera, look_at_rotation, orbit_cameras
 from .mesh import MeshRender, StackedMeshes, render_mesh, stack_meshes
@@ -12,7 +13,7 @@ from .volume import VolumeRender, composite_rays, ray_box, render_volume, trilin
 
 __all__ = [
     "Camera", "look_at_rotation", "orbit_cameras", "CV_TO_GL",
-    "Fragments", "rasterize", "differentiable_fragments", "soft_composite", "interpolate", "sample_texture", "face_attributes",
+    "Fragments", "rasterize", "differentiable_fragments", "soft_composite", "antialias", "edge_neighbours", "interpolate", "sample_texture", "face_attributes",
     "DirectionalLights", "face_normals", "vertex_normals", "lambert",
     "MeshRender", "render_mesh", "stack_meshes", "StackedMeshes",
     "SplatRender", "render_gaussians", "project_gaussians", "quat_to_rotmat",

@@ -6,6 +6,7 @@ import torch
 
 from .. import backend, bridge
 from ..launch import lean
+from .antialias import antialias as _antialias
 from .attributes import _texel_coords, face_attributes, interpolate, sample_texture
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
@@ -426,7 +427,8 @@ class MeshRender:
 
 def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, colors=None, face_colors=None,
                 uvs=None, texture=None, lights: DirectionalLights | None = None, mode: str = "soft",
-                sigma: float = 1e-4, faces_per_pixel: int = 8, opacity=1.0, background=0.0) -> MeshRender:
+                sigma: float = 1e-4, faces_per_pixel: int = 8, opacity=1.0, background=0.0,
+                antialias: bool = False) -> MeshRender:
     """Render a triangle mesh (or B meshes sharing ``faces``) from B cameras.
 
     Faces crossing a camera's near plane are clipped at camera depth ``clip.CLIP_Z`` (differentiably);
@@ -448,12 +450,16 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         faces_per_pixel: K in soft mode.
         opacity: scalar, (F,) or (B, F) per-face opacity in [0, 1] (soft mode).
         background: scalar, (C,), (B, C) or an image (B, H, W, C).
+        antialias: hard mode: blend rgb and alpha across silhouette edges (``antialias.antialias``), which gives
+            silhouettes gradients w.r.t. vertex positions and the camera.
     """
     backend.ensure()
     dt, dev = backend.torch_dtype(), backend.torch_device()
     _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opacity)
     if mode not in ("hard", "soft"):
         raise ValueError(f"render_mesh mode must be 'hard' or 'soft', got {mode!r}")
+    if antialias and mode != "hard":
+        raise ValueError("render_mesh: antialias=True applies to mode='hard' (soft coverage is already smooth)")
     if texture is not None and uvs is None:
         raise ValueError("render_mesh: a texture needs uvs (V, 2) or (F, 3, 2)")
     # everything onto the backend's device: CPU inputs with arch=cuda would otherwise meet CUDA faces/cameras
@@ -464,7 +470,7 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     clip = clip_near(verts, faces, camera)
     if clip is None:
         return _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
-                            faces_per_pixel, opacity, background)
+                            faces_per_pixel, opacity, background, antialias)
     # faces crossing the near plane: render the clipped mesh, report fragments of the original faces
     if colors is not None:
         colors = clip.vertex_attr(colors)
@@ -476,7 +482,7 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     if op.dim() >= 1:
         opacity = clip.face_attr(op, op.dim() - 1)
     r = _render_mesh(clip.verts, clip.faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
-                     faces_per_pixel, opacity, background)
+                     faces_per_pixel, opacity, background, antialias)
     return MeshRender(r.rgb, r.alpha, r.depth, r.normals, clip.fragments(r.fragments))
 
 
@@ -548,7 +554,7 @@ def _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opaci
 
 
 def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma, faces_per_pixel,
-                 opacity, background) -> MeshRender:
+                 opacity, background, antialias=False) -> MeshRender:
     """``render_mesh`` after near-plane clipping: no face crosses ``z = CLIP_Z``; uvs may be per-corner and
     batched (B, F, 3, 2). Inputs are validated and already on the backend's device and dtype (faces int32)."""
     dt, dev = backend.torch_dtype(), backend.torch_device()
@@ -562,9 +568,11 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
             return fused
     frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel, clip=False,
                       sigma=0.0 if hard else sigma)
+    screen = None
     if hard and torch.is_grad_enabled() and (verts.requires_grad or _camera_needs_grad(camera)):
         # barycentrics and depth from torch's projection: interior shading gradients reach the geometry
-        frags = differentiable_fragments(frags, camera.project(verts), faces)
+        screen = camera.project(verts)
+        frags = differentiable_fragments(frags, screen, faces)
     p2f = frags.pix_to_face
     B, H, W, K = p2f.shape
     mask = (p2f >= 0)
@@ -602,6 +610,10 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
         m = mask[..., 0].to(dt)
         bg = expand_background(background, B, H, W, C, dt, dev)
         rgb = feats[..., 0, :] * m[..., None] + bg * (1 - m[..., None])
+        if antialias:
+            screen = camera.project(verts) if screen is None else screen
+            aa = _antialias(torch.cat([rgb, m[..., None]], -1), frags, screen, faces)
+            rgb, m = aa[..., :C], aa[..., C]
         depth = torch.where(mask[..., 0], frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))
         return MeshRender(rgb, m, depth, pix_n[..., 0, :], frags)
 
