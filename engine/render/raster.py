@@ -220,34 +220,76 @@ def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), spans: ti.typ
                 ti.atomic_add(counts[b, ty, tx], 1)
 
 
+@ti.func
+def _tile_mask(x0, x1, y0, y1, ty, tx):
+    # bit (row * TILE + column) for the pixels of tile (ty, tx) inside the pixel span [x0, x1] x [y0, y1]
+    rlo, rhi = ti.max(y0 - ty * TILE, 0), ti.min(y1 - ty * TILE, TILE - 1)
+    clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+    cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
+    mask = 0
+    for r in range(rlo, rhi + 1):
+        mask |= cols << (r * TILE)
+    return mask
+
+
 @lean
 @ti.kernel
 def _bin_fill(spans: ti.types.ndarray(), order: ti.types.ndarray(), offsets: ti.types.ndarray(),
-              cursor: ti.types.ndarray(), bins: ti.types.ndarray(), n_tasks: int):
-    # Faces in ``order`` (nearest vertex first; spans given in that order): every tile list comes out sorted front
-    # to back, so a pixel's K-nearest list fills with near faces early and most far blur-only candidates are
-    # rejected on their nearest vertex's depth alone. Task j fills the tile rows ty = j (mod n_tasks), walking the
-    # faces in order (no atomics, deterministic lists): one task on CPU, one per tile row elsewhere.
-    # Each entry is (face, pixel mask): bit (row * TILE + column) is set for the tile's pixels whose centre lies in
-    # the face's grown box, so _knn tests one bit per entry instead of the box.
-    for b, task in ti.ndrange(spans.shape[0], n_tasks):
+              cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
+    # CPU: faces in ``order`` (nearest vertex first; spans given in that order), appended to their tiles' lists by
+    # one task (deterministic lists, no atomics), so every tile list comes out sorted front to back: a pixel's
+    # K-nearest list fills with near faces early and most far blur-only candidates are rejected on their nearest
+    # vertex's depth alone. Each entry is (face, pixel mask) (``_tile_mask``): _knn tests one bit per entry instead
+    # of the box.
+    ti.loop_config(serialize=True)
+    for b in range(spans.shape[0]):
         for i in range(spans.shape[1]):
             x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
             if x0 <= x1 and y0 <= y1:
                 f = order[b, i]
                 for ty in range(y0 // TILE, y1 // TILE + 1):
-                    if ty % n_tasks == task:
-                        rlo, rhi = ti.max(y0 - ty * TILE, 0), ti.min(y1 - ty * TILE, TILE - 1)
-                        for tx in range(x0 // TILE, x1 // TILE + 1):
-                            clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                            cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
-                            mask = 0
-                            for r in range(rlo, rhi + 1):
-                                mask |= cols << (r * TILE)
-                            slot = offsets[b, ty, tx] + cursor[b, ty, tx]
-                            bins[slot, 0] = f
-                            bins[slot, 1] = mask
-                            cursor[b, ty, tx] += 1
+                    for tx in range(x0 // TILE, x1 // TILE + 1):
+                        slot = offsets[b, ty, tx] + cursor[b, ty, tx]
+                        bins[slot, 0] = f
+                        bins[slot, 1] = _tile_mask(x0, x1, y0, y1, ty, tx)
+                        cursor[b, ty, tx] += 1
+
+
+@lean
+@ti.kernel
+def _bin_entries(spans: ti.types.ndarray(), order: ti.types.ndarray(), start: ti.types.ndarray(),
+                 keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int):
+    # GPU: one work item per face writes its (face, mask) entries at its own offset ``start`` with the sort key
+    # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_fill's lists
+    F = spans.shape[1]
+    for b, i in ti.ndrange(spans.shape[0], F):
+        x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
+        if x0 <= x1 and y0 <= y1:
+            j = start[b, i]
+            for ty in range(y0 // TILE, y1 // TILE + 1):
+                for tx in range(x0 // TILE, x1 // TILE + 1):
+                    keys[j] = ((ti.cast(b, ti.i64) * ty_n + ty) * tx_n + tx) * F + i
+                    ents[j, 0] = order[b, i]
+                    ents[j, 1] = _tile_mask(x0, x1, y0, y1, ty, tx)
+                    j += 1
+
+
+def _bin_sorted(spans: torch.Tensor, order: torch.Tensor, bins: torch.Tensor, ty_n: int, tx_n: int):
+    """The tile lists of ``_bin_fill`` built in parallel (GPU): entries per face, then one sort by (batch, tile,
+    depth rank). ``spans`` (B, F, 4) and ``order`` (B, F) in depth order; fills ``bins`` (N, 2)."""
+    x0, x1, y0, y1 = spans.long().unbind(-1)
+    ok = (x0 <= x1) & (y0 <= y1)
+    n = torch.where(ok, (y1.div(TILE, rounding_mode="floor") - y0.div(TILE, rounding_mode="floor") + 1)
+                    * (x1.div(TILE, rounding_mode="floor") - x0.div(TILE, rounding_mode="floor") + 1), 0)
+    flat = n.reshape(-1)
+    start = (torch.cumsum(flat, 0) - flat).reshape(n.shape).to(torch.int32).contiguous()
+    total = int(flat.sum())
+    if total == 0:
+        return
+    keys = torch.empty(total, dtype=torch.int64, device=spans.device)
+    ents = torch.empty(total, 2, dtype=torch.int32, device=spans.device)
+    _bin_entries(spans, order, start, keys, ents, ty_n, tx_n)
+    bins[:total] = ents.index_select(0, torch.sort(keys)[1])
 
 
 @ti.func
@@ -447,12 +489,13 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     flat = counts.reshape(-1)
     offsets = (torch.cumsum(flat, 0, dtype=torch.int32) - flat).reshape(counts.shape)
     bins = torch.empty(max(int(flat.sum()), 1), 2, dtype=torch.int32, device=dev)
-    cursor = torch.zeros_like(counts)
     order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
     # spans in face order, read sequentially by every tile row
     spans = torch.gather(spans, 1, order.long()[..., None].expand(-1, -1, 4)).contiguous()
-    cpu = backend.settings().resolved_arch in ("x64", "arm64")
-    _bin_fill(spans, order, offsets, cursor, bins, 1 if cpu else ty_n)
+    if backend.settings().resolved_arch in ("x64", "arm64"):
+        _bin_fill(spans, order, offsets, torch.zeros_like(counts), bins)
+    else:
+        _bin_sorted(spans, order, bins, ty_n, tx_n)
     p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)

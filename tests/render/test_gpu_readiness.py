@@ -4,8 +4,8 @@ A CPU-only machine has no second torch device, so a tensor created without ``dev
 time here; under ``arch=cuda`` it lands on the CPU and meets CUDA tensors. ``test_factories_name_a_device`` is a
 static check instead: every torch factory call in ``engine/render`` and ``engine/fields`` passes ``device=`` (or
 ``**kw`` that carries one), except in the few functions listed, which build CPU tensors on purpose.
-``test_gpu_binning_branch_matches_cpu`` runs the rasterizer's GPU tile-binning branch (one task per tile row) on
-the CPU against the CPU branch.
+``test_gpu_binning_branch_matches_cpu`` runs the rasterizer's GPU tile-binning branch (entries per face, then a
+sort) on the CPU against the CPU branch.
 """
 import ast
 import dataclasses
@@ -62,26 +62,29 @@ def test_factories_name_a_device():
 
 
 def test_gpu_binning_branch_matches_cpu(monkeypatch):
-    # rasterize_screen bins faces with one task on CPU and one task per tile row elsewhere: same fragments
+    # rasterize_screen fills the tile lists with one serial task on CPU and by a parallel entry pass plus a sort
+    # elsewhere (_bin_sorted): the same lists, so the same fragments
     g = torch.Generator().manual_seed(3)
     centres = torch.rand(30, 1, 3, generator=g, dtype=torch.float64) * 1.6 - 0.8
     verts = (centres + torch.randn(30, 3, 3, generator=g, dtype=torch.float64) * 0.3).reshape(-1, 3)
     faces = torch.arange(90).reshape(30, 3)
     cam = Camera.from_look_at([[0.2, 0.1, 3.0], [-0.5, 0.3, 2.6]], fov_y=45, width=23, height=18)
     from engine.render import raster
-    active, fill, tasks = backend.settings(), raster._bin_fill, []
+    active, sorted_fill, calls = backend.settings(), raster._bin_sorted, []
 
-    def counted_fill(*args):
-        tasks.append(args[-1])
-        fill(*args)
+    def counted(*args):
+        calls.append(args[0].shape)
+        sorted_fill(*args)
 
     def run(arch):   # only the branch choice reads settings(); the kernels run on the active arch
         monkeypatch.setattr(backend, "settings", lambda: dataclasses.replace(active, resolved_arch=arch))
         return rasterize(verts, faces, cam, faces_per_pixel=4, sigma=1e-3)
-    monkeypatch.setattr(raster, "_bin_fill", counted_fill)
-    ref, out = run("x64"), run("cuda")
+    monkeypatch.setattr(raster, "_bin_sorted", counted)
+    ref = run("x64")
+    assert not calls
+    out = run("cuda")
     monkeypatch.undo()
-    assert tasks == [1, (18 + raster.TILE - 1) // raster.TILE]
+    assert len(calls) == 1
     assert (ref.pix_to_face >= 0).sum() > 100
     for a, b in zip((ref.pix_to_face, ref.bary, ref.zbuf, ref.dist), (out.pix_to_face, out.bary, out.zbuf, out.dist)):
         assert torch.equal(a, b)
