@@ -13,7 +13,8 @@ from .volume import VolumeRender, composite_rays, ray_box, render_volume, trilin
 
 __all__ = [
     "Camera", "look_at_rotation", "orbit_cameras", "CV_TO_GL",
-    "Fragments", "rasterize", "differentiable_fragments", "soft_composite", "antialias", "edge_neighbours", "interpolate", "sample_texture", "face_attributes",
+    "Fragments", "rasterize", "differentiable_fragments", "soft_composite", "antialias", "edge_neighbours",
+    "interpolate", "sample_texture", "face_attributes",
     "DirectionalLights", "face_normals", "vertex_normals", "lambert",
     "MeshRender", "render_mesh", "stack_meshes", "StackedMeshes",
     "SplatRender", "render_gaussians", "project_gaussians", "quat_to_rotmat",

@@ -89,7 +89,8 @@ def antialias(color: torch.Tensor, fragments: Fragments, screen: torch.Tensor, f
     B, H, W, C = color.shape
     dev, dt = color.device, screen.dtype
     p2f = fragments.pix_to_face[..., 0].long()
-    zb = torch.where(p2f >= 0, fragments.zbuf[..., 0].detach().to(dt), torch.full_like(fragments.zbuf[..., 0], float("inf"), dtype=dt))
+    z0 = fragments.zbuf[..., 0].detach().to(dt)
+    zb = torch.where(p2f >= 0, z0, torch.full_like(z0, float("inf")))             # empty pixels lie farthest
     nb = _cached_neighbours(faces) if neighbours is None else neighbours.long()
     scr = screen.expand(B, -1, -1)
     V = scr.shape[1]
@@ -104,8 +105,8 @@ def antialias(color: torch.Tensor, fragments: Fragments, screen: torch.Tensor, f
         orient = torch.sign(e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0])                  # (B, F)
         # silhouette edges (B, F, 3): nothing across, or a face turned the other way; a pair is examined only if
         # its front face has one (on a closed mesh, the faces along the outline)
-        across = orient.gather(1, nb.clamp_min(0).reshape(1, -1).expand(B, -1)).reshape(B, F, 3)
-        sil_edge = (nb < 0).unsqueeze(0) | (across != orient.unsqueeze(-1))
+        o_nb = orient.gather(1, nb.clamp_min(0).reshape(1, -1).expand(B, -1)).reshape(B, F, 3)
+        sil_edge = (nb < 0).unsqueeze(0) | (o_nb != orient.unsqueeze(-1))
         sil_face = torch.cat([sil_edge.any(-1), torch.zeros(B, 1, dtype=torch.bool, device=dev)], 1)  # F: empty
     flat = color.reshape(B * H * W, C)
     delta = torch.zeros_like(flat)

@@ -29,7 +29,8 @@ from .. import backend, bridge
 from ..launch import lean
 from .camera import Camera
 
-__all__ = ["Fragments", "rasterize", "rasterize_screen", "differentiable_fragments", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
+__all__ = ["Fragments", "rasterize", "rasterize_screen", "differentiable_fragments", "project", "camera_table",
+           "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
 TILE = 4
 """Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it; TILE^2 <= 31,
