@@ -1,4 +1,5 @@
-"""Shape from silhouettes: optimise a grid SDF so its marching-cubes mesh, soft-rasterized, matches target masks."""
+"""Shape from silhouettes: optimise a grid SDF so its marching-cubes mesh, soft-rasterized (or hard-rasterized and
+antialiased), matches target masks."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ class Config:
     """Adam steps."""
     lr: float = 0.01
     """Adam learning rate on grid values (world units)."""
+    raster: str = "soft"
+    """Silhouette renderer: "soft" (blurred coverage, K layers) or "hard" (z-buffer with silhouette antialiasing:
+    gradients only at the outline pixels)."""
     sigma: float = 2e-5
     """Soft-rasterizer blur (squared NDC units)."""
     faces_per_pixel: int = 16
@@ -45,6 +49,8 @@ class Config:
 
         if self.grid < 8 or self.views < 1 or self.image < 16 or self.iterations < 0:
             raise ConfigError("grid >= 8, views >= 1, image >= 16 and iterations >= 0 are required")
+        if self.raster not in ("soft", "hard"):
+            raise ConfigError(f"raster must be 'soft' or 'hard', got {self.raster!r}")
 
 
 class Scene:
@@ -87,6 +93,8 @@ class Scene:
     def _silhouettes(self, verts, faces):
         from engine.render import render_mesh
 
+        if self.cfg.raster == "hard":
+            return render_mesh(verts, faces, self.cameras, mode="hard", antialias=True).alpha
         out = render_mesh(verts, faces, self.cameras, mode="soft", sigma=self.cfg.sigma,
                           faces_per_pixel=self.cfg.faces_per_pixel)
         return out.alpha

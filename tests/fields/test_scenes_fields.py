@@ -27,6 +27,26 @@ def test_shape_from_silhouettes_chamfer_falls_well_below_start():
     assert img.shape == (256, 512, 3) and img.dtype == np.uint8 and img.min() < 200  # something drawn
 
 
+def test_shape_from_silhouettes_with_hard_antialiased_masks():
+    """raster=hard: the gradients come only from antialiased outline pixels; measured: silhouette MSE 0.049 ->
+    0.0040, Chamfer 0.169 -> 0.087 (soft: 0.047 -> 0.0013, 0.169 -> 0.080)."""
+    module = load_scene(os.path.join(ROOT, "scenes", "shape_from_silhouettes.py"))
+    scene = module.Scene(module.Config(iterations=60, raster="hard"))
+    scene.build()
+    import torch
+
+    opt = torch.optim.Adam(scene.field.parameters(), lr=scene.cfg.lr)
+    first = scene.iterate(opt)[1]
+    for _ in range(59):
+        scene.iterate(opt)
+    m = scene.metrics()
+    assert scene.history[-1] < 0.15 * first
+    assert m["chamfer_end"] < 0.6 * m["chamfer_start"], m
+    from engine.errors import ConfigError
+    with pytest.raises(ConfigError, match="raster must be"):
+        module.Config(raster="wire").validate()
+
+
 def test_sdf_gallery_builds_closed_meshes_and_renders():
     module = load_scene(os.path.join(ROOT, "scenes", "sdf_gallery.py"))
     scene = module.Scene(module.Config(resolution=24, image=96))
