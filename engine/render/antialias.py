@@ -23,7 +23,7 @@ gives the backward and it runs on any device.
 """
 import torch
 
-from .raster import Fragments
+from .raster import Fragments, face_corners
 
 __all__ = ["antialias", "edge_neighbours"]
 
@@ -92,15 +92,11 @@ def antialias(color: torch.Tensor, fragments: Fragments, screen: torch.Tensor, f
     z0 = fragments.zbuf[..., 0].detach().to(dt)
     zb = torch.where(p2f >= 0, z0, torch.full_like(z0, float("inf")))             # empty pixels lie farthest
     nb = _cached_neighbours(faces) if neighbours is None else neighbours.long()
-    scr = screen.expand(B, -1, -1)
-    V = scr.shape[1]
-    fl = faces.long().to(dev)
-    F = fl.shape[0]
-    xy = scr[..., :2].reshape(B * V, 2)
+    tri = face_corners(screen[..., :2], faces, B)                                          # (B, F, 3, 2)
+    F = tri.shape[1]
     with torch.no_grad():
         # screen-space orientation of every face: an edge between faces of opposite orientation is a silhouette
-        t = xy.detach().index_select(0, (fl.unsqueeze(0) + (torch.arange(B, device=dev) * V).view(B, 1, 1))
-                                     .reshape(-1)).reshape(B, F, 3, 2)
+        t = tri.detach()
         e1, e2 = t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0]
         orient = torch.sign(e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0])                  # (B, F)
         # silhouette edges (B, F, 3): nothing across, or a face turned the other way; a pair is examined only if
@@ -131,13 +127,14 @@ def antialias(color: torch.Tensor, fragments: Fragments, screen: torch.Tensor, f
         i_front, i_back = torch.where(a_front, ia, ib), torch.where(a_front, ib, ia)
         b = i_front // (H * W)
         rem = i_front - b * H * W
-        py, px = rem // W, rem - (rem // W) * W
+        py = rem // W
+        px = rem - py * W
         # the pair's axis coordinate (along) and fixed coordinate (across) in pixels, centres at + 0.5
         along = (px if axis == 2 else py).to(dt) + 0.5
         across = (py if axis == 2 else px).to(dt) + 0.5
         step = torch.where(a_front, 1.0, -1.0).to(dt)        # direction from the front centre to the back one
         k_al, k_ac = (0, 1) if axis == 2 else (1, 0)
-        corners = xy.index_select(0, (fl.index_select(0, face) + (b * V)[:, None]).reshape(-1)).reshape(-1, 3, 2)
+        corners = tri.reshape(B * F, 3, 2).index_select(0, b * F + face)                   # (n, 3, 2)
         best_s = torch.full_like(along, 2.0)
         s_sel = torch.zeros_like(along)
         for j in range(3):

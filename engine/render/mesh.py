@@ -444,8 +444,8 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         lights: ambient + Lambert directional lights (flat shading by face normals); None = unlit.
         mode: "hard" (z-buffer, 1 layer) or "soft" (K layers). Both give gradients to colours, features,
             texels and uvs. Hard mode reaches vertex positions and the camera through each face's interior
-            (barycentrics and depth, as nvdiffrast without its antialiasing pass: coverage edges give none); soft
-            mode reaches them through the blurred coverage too, and gives opacity gradients.
+            (barycentrics and depth, as nvdiffrast) and, with ``antialias``, through the silhouettes; soft mode
+            reaches them through the blurred coverage too, and gives opacity gradients.
         sigma: soft blur in squared NDC units (DBW: 1e-4 coarse, 5e-6 fine).
         faces_per_pixel: K in soft mode.
         opacity: scalar, (F,) or (B, F) per-face opacity in [0, 1] (soft mode).

@@ -29,7 +29,7 @@ from .. import backend, bridge
 from ..launch import lean
 from .camera import Camera
 
-__all__ = ["Fragments", "rasterize", "rasterize_screen", "differentiable_fragments", "project", "camera_table",
+__all__ = ["Fragments", "rasterize", "rasterize_screen", "differentiable_fragments", "face_corners", "project", "camera_table",
            "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
 TILE = 4
@@ -505,6 +505,16 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     return Fragments(p2f, bary, zbuf, dist)
 
 
+def face_corners(screen: torch.Tensor, faces: torch.Tensor, B: int) -> torch.Tensor:
+    """(B or 1, V, D) per-vertex values (e.g. ``(u, v, z)`` from ``Camera.project``) and faces (F, 3) -> (B, F, 3, D)
+    each face's corner values, differentiable (one gather for the whole batch)."""
+    scr = screen.expand(B, -1, -1)
+    V, D = scr.shape[1], scr.shape[2]
+    fl = faces.to(device=scr.device).long()
+    idx = fl.unsqueeze(0) + (torch.arange(B, device=scr.device) * V).view(B, 1, 1)
+    return scr.reshape(B * V, D).index_select(0, idx.reshape(-1)).reshape(B, fl.shape[0], 3, D)
+
+
 def differentiable_fragments(fragments: Fragments, screen: torch.Tensor, faces: torch.Tensor) -> Fragments:
     """The same fragments with barycentrics and depths recomputed in torch from differentiable projected vertices,
     so that anything interpolated from them (colours, uvs and texels, normals, depth) has gradients w.r.t. vertex
@@ -523,14 +533,13 @@ def differentiable_fragments(fragments: Fragments, screen: torch.Tensor, faces: 
     p2f = fragments.pix_to_face
     B, H, W, K = p2f.shape
     valid = p2f >= 0
-    scr = screen.expand(B, -1, -1)
-    V = scr.shape[1]
-    fv = faces.to(device=scr.device).long().index_select(0, p2f.clamp_min(0).reshape(-1).long()).reshape(B, -1, 3)
-    fv = fv + (torch.arange(B, device=scr.device) * V).view(B, 1, 1)
-    tri = scr.reshape(B * V, 3).index_select(0, fv.reshape(-1)).reshape(B, H, W, K, 3, 3)
+    corners = face_corners(screen, faces, B)                                             # (B, F, 3, 3)
+    F = corners.shape[1]
+    at = (p2f.clamp_min(0).long() + (torch.arange(B, device=p2f.device) * F).view(B, 1, 1, 1)).reshape(-1)
+    tri = corners.reshape(B * F, 3, 3).index_select(0, at).reshape(B, H, W, K, 3, 3)
     (ax, ay, az), (bx, by, bz), (cx, cy, cz) = (tri[..., j, :].unbind(-1) for j in range(3))
-    x = (torch.arange(W, dtype=scr.dtype, device=scr.device) + 0.5).view(1, 1, W, 1)
-    y = (torch.arange(H, dtype=scr.dtype, device=scr.device) + 0.5).view(1, H, 1, 1)
+    x = (torch.arange(W, dtype=tri.dtype, device=tri.device) + 0.5).view(1, 1, W, 1)
+    y = (torch.arange(H, dtype=tri.dtype, device=tri.device) + 0.5).view(1, H, 1, 1)
     area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
     area = torch.where(valid, area, torch.ones_like(area))
     w0 = ((cx - bx) * (y - by) - (cy - by) * (x - bx)) / area

@@ -9,18 +9,23 @@ from engine.scene import load_scene
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.slow
-def test_shape_from_silhouettes_chamfer_falls_well_below_start():
-    module = load_scene(os.path.join(ROOT, "scenes", "shape_from_silhouettes.py"))
-    scene = module.Scene(module.Config(iterations=60))
-    scene.build()
+def _silhouette_run(**config):
+    """The shape_from_silhouettes scene after 60 Adam steps: (module, scene, first silhouette MSE, metrics)."""
     import torch
 
+    module = load_scene(os.path.join(ROOT, "scenes", "shape_from_silhouettes.py"))
+    scene = module.Scene(module.Config(iterations=60, **config))
+    scene.build()
     opt = torch.optim.Adam(scene.field.parameters(), lr=scene.cfg.lr)
     first = scene.iterate(opt)[1]
     for _ in range(59):
         scene.iterate(opt)
-    m = scene.metrics()
+    return module, scene, first, scene.metrics()
+
+
+@pytest.mark.slow
+def test_shape_from_silhouettes_chamfer_falls_well_below_start():
+    _, scene, first, m = _silhouette_run()
     assert scene.history[-1] < 0.1 * first  # silhouettes match
     assert m["chamfer_end"] < 0.6 * m["chamfer_start"], m  # and the 3D shape moved toward the target
     img = scene.render()
@@ -30,16 +35,7 @@ def test_shape_from_silhouettes_chamfer_falls_well_below_start():
 def test_shape_from_silhouettes_with_hard_antialiased_masks():
     """raster=hard: the gradients come only from antialiased outline pixels; measured: silhouette MSE 0.049 ->
     0.0040, Chamfer 0.169 -> 0.087 (soft: 0.047 -> 0.0013, 0.169 -> 0.080)."""
-    module = load_scene(os.path.join(ROOT, "scenes", "shape_from_silhouettes.py"))
-    scene = module.Scene(module.Config(iterations=60, raster="hard"))
-    scene.build()
-    import torch
-
-    opt = torch.optim.Adam(scene.field.parameters(), lr=scene.cfg.lr)
-    first = scene.iterate(opt)[1]
-    for _ in range(59):
-        scene.iterate(opt)
-    m = scene.metrics()
+    module, scene, first, m = _silhouette_run(raster="hard")
     assert scene.history[-1] < 0.15 * first
     assert m["chamfer_end"] < 0.6 * m["chamfer_start"], m
     from engine.errors import ConfigError

@@ -71,3 +71,30 @@ def save_png(path, img):
 
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     imageio.imwrite(path, (np.clip(a, 0, 1) * 255).astype(np.uint8))
+
+
+
+def fit_sphere_translation(loss, true, eyes, lr, steps=60, **render_kw):
+    """Recover a translation ``true`` (3,) of an icosphere (radius 0.6) seen hard-rasterized from cameras at
+    ``eyes`` (32x32, looking at the origin) by Adam on ``loss(render, target)`` (two ``MeshRender``s; ``render_kw``
+    goes to ``render_mesh``). Returns (initial error, final error) of the translation."""
+    import trimesh
+
+    from engine.render import Camera, render_mesh
+
+    m = trimesh.creation.icosphere(2, radius=0.6)
+    V0 = torch.tensor(m.vertices, dtype=torch.float64)
+    faces = torch.tensor(m.faces)
+    cams = Camera.from_look_at(torch.tensor(eyes, dtype=torch.float64), fov_y=40, width=32, height=32)
+    true = torch.as_tensor(true, dtype=torch.float64)
+    with torch.no_grad():
+        target = render_mesh(V0 + true, faces, cams, mode="hard", **render_kw)
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=lr)
+    err0 = float((x.detach() - true).norm())
+    for _ in range(steps):
+        value = loss(render_mesh(V0 + x, faces, cams, mode="hard", **render_kw), target)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    return err0, float((x.detach() - true).norm())

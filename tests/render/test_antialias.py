@@ -3,9 +3,9 @@ whole render (f64), coverage against supersampling, and silhouette-only inverse 
 import torch
 import trimesh
 
-from engine.render import Camera, antialias, edge_neighbours, rasterize, render_mesh
+from engine.render import Camera, edge_neighbours, render_mesh
 
-from .helpers import fd_check
+from .helpers import fd_check, fit_sphere_translation
 
 V = torch.tensor([[-0.6, -0.5, 0.0], [0.5, -0.4, 0.1], [-0.1, 0.6, -0.1], [0.6, 0.5, 0.2],
                   [-0.3, -0.2, 0.4], [0.7, 0.3, 0.3], [0.0, 0.5, 0.5]], dtype=torch.float64)
@@ -82,21 +82,7 @@ def test_antialiased_alpha_approaches_area_coverage():
 
 def test_silhouette_fitting_with_antialiased_hard_masks():
     """Masks alone, hard mode: without antialiasing the loss has no gradient; with it a translation is found."""
-    m = trimesh.creation.icosphere(2, radius=0.6)
-    V0 = torch.tensor(m.vertices, dtype=torch.float64)
-    Fs = torch.tensor(m.faces)
-    cams = Camera.from_look_at(torch.tensor([[0.0, 0.0, 3.0], [3.0, 0.3, 0.2]], dtype=torch.float64), fov_y=40,
-                               width=32, height=32)
-    true = torch.tensor([0.12, -0.1, 0.08], dtype=torch.float64)
-    target = render_mesh(V0 + true, Fs, cams, mode="hard", antialias=True).alpha.detach()
-    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([x], lr=0.02)
-    err0 = float((x.detach() - true).norm())
-    for _ in range(60):
-        loss = ((render_mesh(V0 + x, Fs, cams, mode="hard", antialias=True).alpha - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    err = float((x.detach() - true).norm())
+    err0, err = fit_sphere_translation(lambda r, target: ((r.alpha - target.alpha) ** 2).mean(), [0.12, -0.1, 0.08],
+                                       [[0.0, 0.0, 3.0], [3.0, 0.3, 0.2]], 0.02, antialias=True)
     print(f"hard antialiased silhouette fit: translation error {err0:.4f} -> {err:.2e}")
     assert err < 0.1 * err0, (err0, err)

@@ -8,7 +8,7 @@ import torch
 
 from engine.render import Camera, DirectionalLights, differentiable_fragments, rasterize, render_mesh
 
-from .helpers import fd_check
+from .helpers import fd_check, fit_sphere_translation
 
 V = torch.tensor([[-0.6, -0.5, 0.0], [0.5, -0.4, 0.1], [-0.1, 0.6, -0.1], [0.6, 0.5, 0.2],
                   [-0.3, -0.2, 0.4], [0.7, 0.3, 0.3], [0.0, 0.5, 0.5]], dtype=torch.float64)
@@ -60,26 +60,10 @@ def test_hard_camera_gradients_match_finite_differences():
 
 def test_hard_depth_fitting_recovers_a_translation():
     """Inverse rendering from depth maps alone in hard mode: a sphere's interior depth pins its 3D position."""
-    import trimesh
+    def depth_loss(r, target):
+        both = (target.alpha > 0) & (r.alpha > 0)          # depth compared where both views see the sphere
+        return ((r.depth - target.depth)[both] ** 2).mean()
 
-    m = trimesh.creation.icosphere(2, radius=0.6)
-    V0 = torch.tensor(m.vertices, dtype=torch.float64)
-    Fs = torch.tensor(m.faces)
-    cams = Camera.from_look_at(torch.tensor([[0.0, 0.0, 3.0], [2.5, 0.5, 1.5]], dtype=torch.float64), fov_y=40,
-                               width=32, height=32)
-    true = torch.tensor([0.05, -0.04, 0.06], dtype=torch.float64)
-    target = render_mesh(V0 + true, Fs, cams, mode="hard")
-    cover = target.alpha > 0
-    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([x], lr=0.01)
-    err0 = float((x.detach() - true).norm())
-    for _ in range(60):
-        r = render_mesh(V0 + x, Fs, cams, mode="hard")
-        both = cover & (r.alpha > 0)                      # depth compared where both views see the sphere
-        loss = ((r.depth - target.depth)[both] ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    err = float((x.detach() - true).norm())
+    err0, err = fit_sphere_translation(depth_loss, [0.05, -0.04, 0.06], [[0.0, 0.0, 3.0], [2.5, 0.5, 1.5]], 0.01)
     print(f"hard depth fit: translation error {err0:.4f} -> {err:.2e}")
     assert err < 0.1 * err0, (err0, err)
