@@ -364,7 +364,7 @@ def _column_bits(vol: ti.template(), i, j, i1, j1, k, level):
 
 @ti.func
 def _emit_vertices(c, i, j, k, cross, vol: ti.template(), level, ny, nz, sx, sy, sz, verts: ti.template(),
-                   ends: ti.template(), keys: ti.template(), hits: ti.template()):
+                   ends: ti.template(), keys: ti.template(), snap: ti.template(), hits: ti.template()):
     """Write the vertices of the crossing edges (bit a of ``cross``: along axis a) leaving sample (i, j, k)."""
     if cross != 0:
         v0 = ti.cast(vol[i, j, k], ti.f64)
@@ -379,7 +379,9 @@ def _emit_vertices(c, i, j, k, cross, vol: ti.template(), level, ny, nz, sx, sy,
                 ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k
                 ends[c, 1] = (ti.cast(i + di, ti.i64) * ny + j + dj) * nz + k + dk
                 keys[c] = k * 3 + axis
+                snap[c] = -1
                 if t <= _SNAP or t >= 1.0 - _SNAP:  # (almost) through a grid sample: merged later
+                    snap[c] = ends[c, ti.select(t <= _SNAP, 0, 1)]
                     ti.atomic_add(hits[0], 1)
                 c += 1
     return c
@@ -391,7 +393,8 @@ def _vertices(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarr
               mask: ti.types.ndarray(ndim=3), use_mask: ti.i32, fixed: ti.types.ndarray(ndim=1),
               row_c12: ti.types.ndarray(ndim=1), lut: ti.types.ndarray(ndim=1), row_off: ti.types.ndarray(ndim=2),
               row_amb: ti.types.ndarray(ndim=2), sx: ti.f64, sy: ti.f64, sz: ti.f64, verts: ti.types.ndarray(ndim=2),
-              ends: ti.types.ndarray(ndim=2), keys: ti.types.ndarray(ndim=1), hits: ti.types.ndarray(ndim=1)):
+              ends: ti.types.ndarray(ndim=2), keys: ti.types.ndarray(ndim=1), snap: ti.types.ndarray(ndim=1),
+              hits: ti.types.ndarray(ndim=1)):
     nx, ny, nz = vol.shape[0], vol.shape[1], vol.shape[2]
     for i, j in ti.ndrange(nx, ny):
         c = row_off[i, j]
@@ -411,16 +414,16 @@ def _vertices(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarr
                             cross = ((((bits >> 1) & 1) ^ a) | ((((bits >> 2) & 1) ^ a) << 1)
                                      | ((((bits >> 4) & 1) ^ a) << 2))
                             c = _emit_vertices(c, i, j, k, cross, vol, level, ny, nz, sx, sy, sz, verts, ends, keys,
-                                               hits)
+                                               snap, hits)
             top = ti.cast(cube[i, j, nz - 2], ti.i32) >> 4  # the last sample: its cell's upper corners
             a = top & 1
             c = _emit_vertices(c, i, j, nz - 1, (((top >> 1) & 1) ^ a) | ((((top >> 2) & 1) ^ a) << 1), vol, level,
-                               ny, nz, sx, sy, sz, verts, ends, keys, hits)
+                               ny, nz, sx, sy, sz, verts, ends, keys, snap, hits)
         else:  # the last i or j: no cells, read the volume
             for k in range(nz):
                 e = _edge_bits(vol, i, j, k, level, nx, ny, nz)
                 c = _emit_vertices(c, i, j, k, e[0] | (e[1] << 1) | (e[2] << 2), vol, level, ny, nz, sx, sy, sz,
-                                   verts, ends, keys, hits)
+                                   verts, ends, keys, snap, hits)
         if inner_row and row_amb[i, j] > 0:
             # Lewiner's inner vertices follow the row's edge vertices (keys 3 nz + k keep the row sorted).
             for k in range(nz - 1):
@@ -440,6 +443,7 @@ def _vertices(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarr
                         ends[c, 0] = (ti.cast(i, ti.i64) * ny + j) * nz + k  # the cell's first sample
                         ends[c, 1] = -1
                         keys[c] = 3 * nz + k
+                        snap[c] = -1  # never merged
                         c += 1
 
 
@@ -552,14 +556,15 @@ def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), 
     if nv == 0 or nf == 0:
         return IsoSurface(verts[:0], faces[:0], ends[:0])
     keys = np.empty(nv, dtype=np.int32)
+    snap = np.empty(nv, dtype=np.int64)
     hits = np.zeros(1, dtype=np.int32)
     sx, sy, sz = (float(s) for s in spacing)
     _vertices(vol, level, cube, words, mask, use_mask, fixed, row_c12, lut, voff, row_amb, sx, sy, sz, verts, ends, keys,
-              hits)
+              snap, hits)
     _faces(vol, level, cube, words, mask, use_mask, fixed, lut, table, row_nt, voff, row_v, keys, toff, row_amb, faces)
     surf = IsoSurface(verts, faces, ends)
     if hits[0] > 0:
-        surf = _merge_grid_hits(surf, vol, level)
+        surf = _merge_grid_hits(surf, snap)
     if use_mask or hits[0] > 0:
         surf = _drop_unreferenced(surf)
     return surf
@@ -580,27 +585,31 @@ def _exclusive_cumsum(counts: np.ndarray):
     return off.reshape(counts.shape), total
 
 
-def _merge_grid_hits(surf: IsoSurface, vol: np.ndarray, level: float) -> IsoSurface:
+def _merge_grid_hits(surf: IsoSurface, key: np.ndarray) -> IsoSurface:
     """Vertices with t ~ 0 or 1 sit on a grid sample shared by several edges: give them one id, then drop the
-    faces that collapsed (degenerate) or now repeat another face."""
-    flat = vol.reshape(-1).astype(np.float64)
-    edge = surf.ends[:, 1] >= 0  # Lewiner's inner vertices (ends[:, 1] = -1) are never merged
-    s0, s1 = flat[surf.ends[:, 0]], flat[np.where(edge, surf.ends[:, 1], 0)]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(edge, (level - s0) / (s1 - s0), 0.5)
-    at0 = t <= _SNAP
-    at1 = t >= 1.0 - _SNAP
-    key = np.where(at0, surf.ends[:, 0], np.where(at1, surf.ends[:, 1], -1))
+    faces that collapsed (degenerate) or now repeat another face. ``key``: (V,) the flat index of the sample each
+    vertex snapped to, -1 for the others (written by ``_vertices``)."""
     hit = np.nonzero(key >= 0)[0]
+    if len(hit) == 0:
+        return surf
     remap = np.arange(len(surf.verts))
-    if len(hit):
-        _, first, inv = np.unique(key[hit], return_index=True, return_inverse=True)
-        remap[hit] = hit[first][inv]
-    faces = remap[surf.faces]
-    ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    faces = faces[ok]
-    _, keep = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
-    faces = faces[np.sort(keep)]
+    _, first, inv = np.unique(key[hit], return_index=True, return_inverse=True)
+    remap[hit] = hit[first][inv]
+    # Only faces touching a merged vertex can collapse or repeat another face: an untouched face keeps ids that
+    # no touched face holds (every touched face keeps a merged vertex's id), so the checks run on those alone.
+    # That keeps the sort to a few faces instead of all of them (it took 2/3 of the time on a dense surface).
+    is_hit = np.zeros(len(surf.verts), dtype=bool)
+    is_hit[hit] = True
+    touches = is_hit[surf.faces].any(axis=1)
+    touched = np.nonzero(touches)[0]
+    faces = surf.faces.copy()
+    faces[touched] = remap[faces[touched]]
+    sub = faces[touched]
+    touched = touched[(sub[:, 0] != sub[:, 1]) & (sub[:, 1] != sub[:, 2]) & (sub[:, 0] != sub[:, 2])]
+    _, first = np.unique(np.sort(faces[touched], axis=1), axis=0, return_index=True)
+    keep = ~touches
+    keep[touched[first]] = True
+    faces = faces[keep]
     return IsoSurface(surf.verts, faces, surf.ends)
 
 
