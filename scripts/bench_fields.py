@@ -1,12 +1,16 @@
 """Benchmark fields: marching cubes (tide vs scikit-image vs PyMCubes on the same grids) and hash-grid throughput
 (tide's Taichi kernels vs a plain-torch implementation of the same encoding).
 
-    python scripts/bench_fields.py [--sizes 64 128 256] [--repeats 7] [--arch cpu] [--points 262144]
+    python scripts/bench_fields.py [--sizes 64 128 256] [--fields sphere csg gyroid noise] [--dtypes float32 float64]
+                                   [--repeats 7] [--arch cpu] [--points 262144]
 
 Every figure is the median of ``--repeats`` runs after two warm-ups (so Taichi compilation is excluded), and the
 contenders are interleaved run by run, so that load from other processes hits them alike: compare the ratios.
-The marching-cubes field is a wavy sphere sampled in float32 (the dtype skimage computes in); tide and skimage run
-their default method (Lewiner), tide's Lorensen is listed too, PyMCubes has only the classic table.
+Marching cubes runs on four kinds of surface, from friendly to worst case: a wavy sphere (few active cells), a CSG
+of several primitives (sharp creases), a dense gyroid (four periods per axis: the surface crosses most cells, and
+passes exactly through grid samples, which exercises vertex merging) and band-limited noise (many small
+components and ambiguous cells). tide and skimage run their default method (Lewiner), tide's Lorensen is listed
+too, PyMCubes has only the classic table (and takes float64).
 """
 import argparse
 import os
@@ -32,15 +36,36 @@ def median_ms(fns, repeats, warmup=2):
     return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 
-def volume(n):
-    x = np.linspace(-1, 1, n, dtype=np.float32)
+def volume(n, kind="sphere"):
+    """(n, n, n) float64 samples of one of the benchmark fields."""
+    if kind == "noise":  # Gaussian-filtered white noise, correlation length ~n/16 cells
+        rng = np.random.default_rng(0)
+        k2 = (np.fft.fftfreq(n)[:, None, None] ** 2 + np.fft.fftfreq(n)[None, :, None] ** 2
+              + np.fft.rfftfreq(n)[None, None, :] ** 2)
+        spec = np.fft.rfftn(rng.standard_normal((n, n, n))) * np.exp(-k2 * (n / 8) ** 2)
+        return np.fft.irfftn(spec, s=(n, n, n))
+    x = np.linspace(-1, 1, n)
     X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
-    return np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 0.6 + 0.1 * np.sin(8 * X) * np.sin(8 * Y) * np.sin(8 * Z)
+    if kind == "sphere":
+        return np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 0.6 + 0.1 * np.sin(8 * X) * np.sin(8 * Y) * np.sin(8 * Z)
+    if kind == "gyroid":
+        a = 4 * np.pi * (X + 1)
+        b, c = 4 * np.pi * (Y + 1), 4 * np.pi * (Z + 1)
+        return np.sin(a) * np.cos(b) + np.sin(b) * np.cos(c) + np.sin(c) * np.cos(a)
+    if kind == "csg":  # (box minus sphere) plus three bars, as plain distance min/max
+        box = np.maximum(np.maximum(np.abs(X), np.abs(Y)), np.abs(Z)) - 0.7
+        ball = np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 0.85
+        bars = np.minimum(np.minimum(np.hypot(X, Y), np.hypot(Y, Z)), np.hypot(X, Z)) - 0.2
+        return np.minimum(np.maximum(box, -ball), bars)
+    raise ValueError(f"unknown field {kind!r}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--fields", nargs="+", default=["sphere", "csg", "gyroid", "noise"],
+                    choices=["sphere", "csg", "gyroid", "noise"])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--points", type=int, default=1 << 18, help="points per hash-grid batch")
@@ -66,19 +91,23 @@ def main():
           f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
     if not args.skip_mc:
         print("marching cubes, ms (ratios > 1: tide is faster)")
-        print(f"{'size':>6} {'tide':>8} {'tide-lor':>9} {'skimage':>8} {'pymcubes':>9} {'sk/tide':>8} "
-              f"{'pymc/tide':>10} {'verts':>8}")
-        for n in args.sizes:
-            v = volume(n).astype(np.float32)
-            fns = {"tide": lambda: marching_cubes(v, 0.0), "lor": lambda: marching_cubes(v, 0.0, method="lorensen"),
-                   "sk": lambda: sk_mc(v, 0.0)}
-            if mcubes:
-                fns["mc"] = lambda: mcubes.marching_cubes(v, 0.0)
-            t = median_ms(fns, args.repeats)
-            t_mc = t.get("mc", float("nan"))
-            nv = len(marching_cubes(v, 0.0).verts)
-            print(f"{n:>5}^3 {t['tide']:8.1f} {t['lor']:9.1f} {t['sk']:8.1f} {t_mc:9.1f} {t['sk'] / t['tide']:8.2f} "
-                  f"{t_mc / t['tide']:10.2f} {nv:>8}", flush=True)
+        print(f"{'field':>7} {'dtype':>8} {'size':>6} {'tide':>8} {'tide-lor':>9} {'skimage':>8} {'pymcubes':>9} "
+              f"{'sk/tide':>8} {'pymc/tide':>10} {'faces':>9}")
+        for kind in args.fields:
+            for n in args.sizes:
+                base = volume(n, kind)
+                for dtype in args.dtypes:
+                    v = base.astype(dtype)
+                    v64 = base
+                    fns = {"tide": lambda: marching_cubes(v, 0.0),
+                           "lor": lambda: marching_cubes(v, 0.0, method="lorensen"), "sk": lambda: sk_mc(v, 0.0)}
+                    if mcubes:
+                        fns["mc"] = lambda: mcubes.marching_cubes(v64, 0.0)
+                    t = median_ms(fns, args.repeats)
+                    t_mc = t.get("mc", float("nan"))
+                    nf = len(marching_cubes(v, 0.0).faces)
+                    print(f"{kind:>7} {dtype:>8} {n:>5}^3 {t['tide']:8.1f} {t['lor']:9.1f} {t['sk']:8.1f} "
+                          f"{t_mc:9.1f} {t['sk'] / t['tide']:8.2f} {t_mc / t['tide']:10.2f} {nf:>9}", flush=True)
 
     if not args.skip_hash:
         enc = HashGrid(n_levels=16, features=2, log2_size=19, base_resolution=16, max_resolution=2048)

@@ -598,26 +598,54 @@ def _merge_grid_hits(surf: IsoSurface, key: np.ndarray) -> IsoSurface:
     # Only faces touching a merged vertex can collapse or repeat another face: an untouched face keeps ids that
     # no touched face holds (every touched face keeps a merged vertex's id), so the checks run on those alone.
     # That keeps the sort to a few faces instead of all of them (it took 2/3 of the time on a dense surface).
-    is_hit = np.zeros(len(surf.verts), dtype=bool)
-    is_hit[hit] = True
-    touches = is_hit[surf.faces].any(axis=1)
-    touched = np.nonzero(touches)[0]
-    faces = surf.faces.copy()
+    is_hit = np.zeros(len(surf.verts), dtype=np.uint8)
+    is_hit[hit] = 1
+    touches = np.empty(len(surf.faces), dtype=np.uint8)
+    _touching(surf.faces, is_hit, touches)
+    touched = np.flatnonzero(touches)
+    faces = surf.faces  # ours: marching_cubes made it
     faces[touched] = remap[faces[touched]]
     sub = faces[touched]
-    touched = touched[(sub[:, 0] != sub[:, 1]) & (sub[:, 1] != sub[:, 2]) & (sub[:, 0] != sub[:, 2])]
-    _, first = np.unique(np.sort(faces[touched], axis=1), axis=0, return_index=True)
-    keep = ~touches
-    keep[touched[first]] = True
-    faces = faces[keep]
+    ok = (sub[:, 0] != sub[:, 1]) & (sub[:, 1] != sub[:, 2]) & (sub[:, 0] != sub[:, 2])
+    _, first = np.unique(np.sort(sub[ok], axis=1), axis=0, return_index=True)
+    drop = np.ones(len(touched), dtype=bool)
+    drop[np.flatnonzero(ok)[first]] = False
+    if drop.any():
+        keep = np.ones(len(faces), dtype=bool)
+        keep[touched[drop]] = False
+        faces = faces[keep]
     return IsoSurface(surf.verts, faces, surf.ends)
 
 
+@ti.kernel
+def _touching(faces: ti.types.ndarray(ndim=2), flag: ti.types.ndarray(ndim=1), out: ti.types.ndarray(ndim=1)):
+    for f in range(faces.shape[0]):
+        out[f] = flag[faces[f, 0]] | flag[faces[f, 1]] | flag[faces[f, 2]]
+
+
+@ti.kernel
+def _mark_used(faces: ti.types.ndarray(ndim=2), used: ti.types.ndarray(ndim=1)):
+    for f, m in ti.ndrange(faces.shape[0], 3):
+        used[faces[f, m]] = 1  # every writer stores the same value
+
+
+@ti.kernel
+def _renumber(faces: ti.types.ndarray(ndim=2), new_id: ti.types.ndarray(ndim=1)):
+    for f, m in ti.ndrange(faces.shape[0], 3):
+        faces[f, m] = new_id[faces[f, m]]
+
+
 def _drop_unreferenced(surf: IsoSurface) -> IsoSurface:
-    used = np.zeros(len(surf.verts), dtype=bool)
-    used[surf.faces.reshape(-1)] = True
-    new_id = np.cumsum(used) - 1
-    return IsoSurface(surf.verts[used], new_id[surf.faces], surf.ends[used])
+    """Remove vertices no face uses (the marking and renumbering of F x 3 ids run as Taichi loops)."""
+    used = np.zeros(len(surf.verts), dtype=np.uint8)
+    faces = np.ascontiguousarray(surf.faces)
+    _mark_used(faces, used)
+    used = used.view(bool)
+    if used.all():
+        return surf
+    new_id = np.cumsum(used, dtype=np.int64) - 1
+    _renumber(faces, new_id)
+    return IsoSurface(surf.verts[used], faces, surf.ends[used])
 
 
 # ----------------------------------------------------------------------------------------------------------------
