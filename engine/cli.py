@@ -29,6 +29,29 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_scene(module, cfg):
+    """``Scene(cfg)`` and ``build()``. A ``ValueError`` from the engine (a body with no particles, E <= 0, ...)
+    is a problem with the input, so it becomes a one-line ``ConfigError``."""
+    try:
+        scene = module.Scene(cfg)
+        scene.build()
+    except TideError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"the scene rejected its settings: {exc}") from None
+    return scene
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("scene", help="scene script (path, or a name from `tide list`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -39,7 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION", "f32"), choices=["f32", "f64"])
     p.add_argument("--out", default=None, help="output folder (default: runs/<scene>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--fps", type=int, default=30, help="video frame rate")
+    p.add_argument("--fps", type=_positive_int, default=30, help="video frame rate (frames per second, > 0)")
     p.add_argument("-h", "--help", action="store_true", help="show this help and the scene's options")
 
 
@@ -174,8 +197,7 @@ def cmd_run(args, parser) -> int:
     resolved = {"scene": config_to_dict(cfg), "scene_path": str(path), "frames": frames, "seed": args.seed,
                 "backend": settings.as_dict(), "fps": args.fps}
     t0 = time.perf_counter()
-    scene = module.Scene(cfg)
-    scene.build()  # before touching --out, so a scene that rejects its input leaves nothing behind
+    scene = build_scene(module, cfg)  # before touching --out, so a scene that rejects its input leaves nothing
     prepare_out(out, args.overwrite, args.resume)
     write_json(out / "config.json", resolved)
     log(f"scene {path} on {settings.resolved_arch} ({settings.precision}); config {resolved['scene']}")
@@ -255,9 +277,7 @@ def cmd_view(args, parser) -> int:
     seed_everything(args.seed)
 
     def fresh():
-        s = module.Scene(cfg)
-        s.build()
-        return s
+        return build_scene(module, cfg)
 
     viewer = Viewer(fresh(), res=(w, h), offscreen=args.offscreen, title=f"tide: {path.stem}", reset=fresh)
     if not args.offscreen:
@@ -275,6 +295,8 @@ def cmd_view(args, parser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Taichi prints a version banner when imported; keep it out of --help and error messages
+    os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -1,37 +1,45 @@
 """Elastic cantilever under its own weight (2D plane strain), compared with Euler–Bernoulli beam theory."""
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
 from engine import backend
+from engine.errors import ConfigError
 from engine.physics import Boundary, ModelBuilder, viz
+from engine.physics.viz import FRAME_TIME
+from engine.scene import Choices, Range
 
 
 @dataclass
 class Config:
-    length: float = 0.4
+    length: Annotated[float, Range(gt=0, le=10)] = 0.4
     """Free beam length L [m] (from the clamp face to the tip)."""
-    thickness: float = 0.05
+    thickness: Annotated[float, Range(gt=0, le=1)] = 0.05
     """Beam thickness h [m]."""
-    E: float = 7e6
+    E: Annotated[float, Range(gt=0)] = 7e6
     """Young's modulus [Pa]; with the defaults the Euler–Bernoulli deflection is about 5% of L."""
-    nu: float = 0.3
+    nu: Annotated[float, Range(ge=0, lt=0.5)] = 0.3
     """Poisson ratio (plane strain: E' = E / (1 − ν²))."""
-    rho: float = 1000.0
+    rho: Annotated[float, Range(gt=0)] = 1000.0
     """Density [kg/m²·m]."""
-    material: str = "elastic"
+    material: Annotated[str, Choices("elastic", "corotated")] = "elastic"
     """elastic (neo-Hookean) or corotated."""
-    cells_per_thickness: int = 4
+    cells_per_thickness: Annotated[int, Range(ge=1, le=64)] = 4
     """Grid cells across h (2x2 particles per cell)."""
-    frames: int = 30
+    frames: Annotated[int, Range(ge=0)] = 30
     """Frames of 1/60 s; the static deflection is the midpoint of the tip's oscillation, so run at least one
     period of the first mode (about 0.23 s with the defaults)."""
-    dt: float = 6e-5
+    dt: Annotated[float, Range(gt=0, le=FRAME_TIME)] = 6e-5
     """Substep [s]."""
-    image_width: int = 640
+    image_width: Annotated[int, Range(ge=16, le=4096)] = 640
     """Video width [px]."""
-    image_height: int = 320
+    image_height: Annotated[int, Range(ge=16, le=4096)] = 320
     """Video height [px]."""
+
+    def validate(self):
+        if self.thickness >= self.length:
+            raise ConfigError(f"thickness={self.thickness:g} must be smaller than length={self.length:g} (a beam)")
 
 
 class Scene(viz.MPMScene):

@@ -1,32 +1,28 @@
 """Orbit a textured mesh, a volume (hybrid with the mesh, DELTA style) and a Gaussian cloud; export normal and depth maps."""
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import trimesh
 
 from engine import backend
+from engine.scene import Range
 from engine.render import (DirectionalLights, orbit_cameras, render_gaussians, render_mesh, render_volume)
 
 
 @dataclass
 class Config:
-    frames: int = 36
+    frames: Annotated[int, Range(ge=1)] = 36
     """Frames in one full orbit."""
-    resolution: int = 160
+    resolution: Annotated[int, Range(ge=16, le=2048)] = 160
     """Width and height of each of the three panels, in pixels."""
-    samples: int = 48
+    samples: Annotated[int, Range(ge=2, le=1024)] = 48
     """Volume samples per ray."""
-    gaussians: int = 4000
+    gaussians: Annotated[int, Range(ge=1, le=1_000_000)] = 4000
     """Number of Gaussians in the cloud."""
-    elevation: float = 20.0
+    elevation: Annotated[float, Range(ge=-89, le=89)] = 20.0
     """Camera elevation above the horizon, in degrees."""
-
-    def validate(self):
-        from engine.errors import ConfigError
-
-        if self.frames <= 0 or self.resolution < 16 or self.samples < 2 or self.gaussians < 1:
-            raise ConfigError("need frames > 0, resolution >= 16, samples >= 2 and gaussians >= 1")
 
 
 def _checker(n=64, cells=8):

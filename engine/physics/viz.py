@@ -77,6 +77,11 @@ class MPMScene:
     def start(self, model) -> None:
         from .mpm import Solver
 
+        from .guards import check_dt
+
+        # Refuse a too-large dt now, quoting the value the user gave, before any output exists; the solver
+        # checks the substep it actually takes (FRAME_TIME / substeps) again when it steps.
+        check_dt(model, float(self.cfg.dt))
         self.model, self.solver, self.state = model, Solver(model), model.state()
         self.substeps = max(1, round(FRAME_TIME / self.cfg.dt))
         self.substep_dt = FRAME_TIME / self.substeps
