@@ -45,6 +45,8 @@ class Run:
         self.resumed_from: int | None = None
         self._log = log or (lambda msg: None)
         self._bar = None
+        self.interrupted_checkpoint: tuple[int, Path] | None = None
+        """(iteration, path) of the checkpoint saved when Ctrl-C / SIGTERM stopped the loop."""
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -94,6 +96,7 @@ class Run:
 
             bar = tqdm(total=iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True)
         self._bar = bar
+        stop = _StopRequest(bar) if state is not None else None
         try:
             for it in range(start, iterations):
                 self.iteration = it
@@ -101,9 +104,16 @@ class Run:
                 if bar is not None:
                     bar.update(1)
                 done = it + 1
+                if stop is not None and stop.requested:
+                    # Ctrl-C / SIGTERM arrived during this iteration: it has finished, so state() is exact
+                    self.interrupted_checkpoint = (done, self.save_checkpoint(done, state()))
+                    self._log(f"interrupted: saved checkpoint at iteration {done}")
+                    raise KeyboardInterrupt
                 if state is not None and (done % self.checkpoint_every == 0 or done == iterations):
                     self.save_checkpoint(done, state())
         finally:
+            if stop is not None:
+                stop.restore()
             if bar is not None:
                 bar.close()
             self._bar = None
@@ -126,6 +136,40 @@ class Run:
         for old in sorted(self.checkpoint_dir.glob("ckpt_*.pt"))[:-keep]:
             old.unlink(missing_ok=True)
         return path
+
+
+class _StopRequest:
+    """While a loop runs: the first Ctrl-C (or SIGTERM) asks it to stop after the current iteration, which is then
+    checkpointed; a second one stops at once. Signal handlers can only be set from the main thread."""
+
+    def __init__(self, bar=None):
+        import signal
+        import threading
+
+        self.requested = False
+        self._bar = bar
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        import sys
+
+        msg = "tide: stopping after this iteration to save a checkpoint (press Ctrl-C again to stop now)"
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
+    def restore(self):
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _load(path: Path) -> dict:
