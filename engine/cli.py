@@ -264,10 +264,6 @@ def cmd_run(args, parser, argv=None) -> int:
     _route_warnings(log)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a `kill` checkpoints like Ctrl-C does
     marker = _first_run_marker(path.stem, settings)
-    if not marker.exists():
-        print(f"tide: first run of {path.stem} on {settings.resolved_arch} ({settings.precision}): compiling "
-              f"Taichi kernels, which can take a few minutes; they are cached in {backend.cache_dir()} and load "
-              "in seconds next time", file=sys.stderr)
     seed_everything(args.seed)
     resolved = {"scene": config_to_dict(cfg), "scene_path": str(path), "frames": frames, "seed": args.seed,
                 "backend": settings.as_dict(), "fps": args.fps}
@@ -278,6 +274,10 @@ def cmd_run(args, parser, argv=None) -> int:
     prepare_out(out, args.overwrite, args.resume)
     for stale in clean_stale_temp_files(out):
         log(f"removed stale temp file {stale.name} (left by an interrupted run)")
+    if not marker.exists():  # said after build(), so bad input stays a one-line error
+        print(f"tide: first run of {path.stem} on {settings.resolved_arch} ({settings.precision}): compiling "
+              f"Taichi kernels, which can take a few minutes; they are cached in {backend.cache_dir()} and load "
+              "in seconds next time", flush=True)
     write_json(out / "config.json", resolved)
     log(f"scene {path} on {settings.resolved_arch} ({settings.precision}); config {resolved['scene']}")
     metrics: dict = {}
