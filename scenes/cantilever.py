@@ -60,6 +60,7 @@ class Scene(viz.MPMScene):
         self.model = b.finalize(boundary=Boundary(floor="sticky", walls="slip", clamp=clamp))
         self.start(self.model)
         x = self.model.x0.cpu().numpy()
+        self.x_face, self.y_mid = x_face, y0 + c.thickness / 2  # the clamp face and the beam's rest centreline
         self.tip = x[:, 0] > x_face + c.length - dx / 2
         self.y_tip0 = float(x[self.tip, 1].mean())
         self.history = [0.0]
@@ -74,6 +75,15 @@ class Scene(viz.MPMScene):
         c = self.cfg
         E_plane = c.E / (1 - c.nu ** 2)
         return c.rho * 9.81 * c.thickness * c.length ** 4 / (8 * E_plane * c.thickness ** 3 / 12)
+
+    def references(self):
+        """The Euler–Bernoulli static centreline w(s) = q·s²·(6L² − 4L·s + s²) / (24·E'·I), s from the clamp."""
+        c = self.cfg
+        s = np.linspace(0.0, c.length, 40)
+        w = self.euler_bernoulli() * s ** 2 * (6 * c.length ** 2 - 4 * c.length * s + s ** 2) / (3 * c.length ** 4)
+        return [{"polyline": np.stack([self.x_face + s, self.y_mid - w], 1),
+                 "label": "red dashes: Euler–Bernoulli static deflection (the beam oscillates about it)"},
+                {"x": self.x_face, "label": "red line at left: clamp face"}]
 
     def metrics(self):
         h = np.asarray(self.history)

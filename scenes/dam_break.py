@@ -52,6 +52,11 @@ class Scene(viz.MPMScene):
         front = float(np.percentile(self.state.x[:, 0].cpu().numpy(), 99.5)) - self.x_wall
         self.fronts.append(((frame + 1) * viz.FRAME_TIME, front))
 
+    def references(self):
+        """Ritter's dry-bed front x = x_dam + 2·√(g·h0)·t, drawn as a dashed line that moves with the video."""
+        x = self.x_wall + self.cfg.column_width + 2 * np.sqrt(9.81 * self.cfg.column_height) * self.time
+        return [{"x": x, "label": "red dashes: Ritter's front, dam + 2·√(g·h0)·t"}]
+
     def metrics(self):
         t, L = np.asarray(self.fronts).T
         ritter = 2 * np.sqrt(9.81 * self.cfg.column_height)

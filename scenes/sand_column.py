@@ -50,6 +50,16 @@ class Scene(viz.MPMScene):
         self.start(self.model)
         self.x_wall, self.floor, self.H0 = x0, x0, H0
 
+    def references(self):
+        """Where the deposit's front should end: ΔL/L0 between Lube et al. 2005 (1.2·a; 1.9·a^(2/3) above
+        a = 1.7) and Lajeunesse et al. 2005 (1.6·a; 2.2·a^(2/3) above a = 3)."""
+        a, L0 = self.cfg.aspect, self.cfg.width
+        lube = 1.2 * a if a < 1.7 else 1.9 * a ** (2 / 3)
+        laj = 1.6 * a if a < 3 else 2.2 * a ** (2 / 3)
+        lo, hi = sorted((lube, laj))
+        return [{"band": (self.x_wall + L0 * (1 + lo), self.x_wall + L0 * (1 + hi)), "y": self.floor,
+                 "label": f"red band: final runout in experiments (ΔL/L0 = {lo:.2g}–{hi:.2g})"}]
+
     def metrics(self):
         x = self.state.x.detach().cpu().numpy()
         # the front: the 99.5th percentile of x, so one stray grain does not define it

@@ -89,5 +89,27 @@ class MPMScene:
     def step(self, frame: int) -> None:
         self.solver.advance(self.state, self.substeps, self.substep_dt)
 
+    @property
+    def time(self) -> float:
+        """Simulated time [s] of the current state."""
+        return self.solver.substep * self.substep_dt
+
+    def references(self) -> list[dict]:
+        """What the scene checks against, drawn on its video (see ``engine.viewer.overlay.annotate_2d``)."""
+        return []
+
     def render(self) -> np.ndarray:
-        return render_state(self.model, self.state, self.cfg.image_width, self.cfg.image_height)
+        """The particles, with the floor or terrain, the walls, a time stamp, a scale bar and the scene's
+        references (2D); 3D views get the time stamp."""
+        from ..viewer.overlay import annotate_2d, stamp
+
+        m = self.model
+        cam = camera_for(m)
+        img = render_state(m, self.state, self.cfg.image_width, self.cfg.image_height, camera=cam)
+        if m.dim != 2:
+            return stamp(img, self.time)
+        xs = (np.arange(m.res[0]) + 0.0) * m.dx
+        heights = m.heights.detach().cpu().numpy()
+        walls = (m.bound * m.dx, (m.res[0] - m.bound) * m.dx)
+        return annotate_2d(img, cam, time_s=self.time, ground=(xs, heights), walls=walls,
+                           references=self.references())
