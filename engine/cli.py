@@ -64,7 +64,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION", "f32"), choices=["f32", "f64"])
     p.add_argument("--out", default=None, help="output folder (default: runs/<scene>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--fps", type=_positive_int, default=30, help="video frame rate (frames per second, > 0)")
+    p.add_argument("--fps", type=_positive_int, default=None,
+                   help="video frame rate (> 0); default: the scene's real-time rate (60 for the MPM scenes), else 30")
     p.add_argument("-h", "--help", action="store_true", help="show this help and the scene's options")
 
 
@@ -271,6 +272,10 @@ def cmd_run(args, parser, argv=None) -> int:
     mark = time.perf_counter()
     scene = build_scene(module, cfg)  # before touching --out, so a scene that rejects its input leaves nothing
     phases["build"] = time.perf_counter() - mark
+    if args.fps is not None and hasattr(scene, "video_fps"):
+        scene.video_fps = args.fps  # the scene writes the playback factor on its frames when not real time
+    fps = args.fps or int(getattr(scene, "video_fps", 30))
+    resolved["fps"] = fps
     prepare_out(out, args.overwrite, args.resume)
     for stale in clean_stale_temp_files(out):
         log(f"removed stale temp file {stale.name} (left by an interrupted run)")
@@ -281,7 +286,7 @@ def cmd_run(args, parser, argv=None) -> int:
     write_json(out / "config.json", resolved)
     log(f"scene {path} on {settings.resolved_arch} ({settings.precision}); config {resolved['scene']}")
     metrics: dict = {}
-    video = VideoWriter(out / "video.mp4", fps=args.fps)
+    video = VideoWriter(out / "video.mp4", fps=fps)
     status = 0
     run = None
     try:
@@ -293,7 +298,7 @@ def cmd_run(args, parser, argv=None) -> int:
             phases["optimise"] = time.perf_counter() - mark
             for f in run.frames:
                 video.append(f)
-            plot_history(run.history, out / "loss.png")
+            plot_history(run.history, out / "loss.png", title=f"{path.stem}: optimisation", units=run.units)
             if run.history:
                 metrics["history_last"] = run.history[-1]
             if run.resumed_from is not None:
@@ -381,10 +386,15 @@ def cmd_view(args, parser) -> int:
         w, h = (int(v) for v in args.res.lower().split("x"))
     except ValueError:
         raise ConfigError(f"--res expects WxH, got {args.res!r}") from None
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"--res expects a positive WxH, got {args.res!r}")
+    if not args.offscreen and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConfigError("no display to open a window on (DISPLAY is not set); `tide view SCENE --offscreen` "
+                          "writes the frames and a video instead")
     out = None
     if args.offscreen:
         out = Path(args.out or Path("runs") / f"{path.stem}_view")
-        prepare_out(out, args.overwrite, False)
+        check_out(out, args.overwrite, False)
     backend.init(arch=args.arch, precision=args.precision)
     from .runner import seed_everything
     from .viewer import Viewer
@@ -394,12 +404,15 @@ def cmd_view(args, parser) -> int:
     def fresh():
         return build_scene(module, cfg)
 
-    viewer = Viewer(fresh(), res=(w, h), offscreen=args.offscreen, title=f"tide: {path.stem}", reset=fresh)
+    first = fresh()  # before --out is created, so a scene that rejects its input leaves nothing behind
+    if out is not None:
+        prepare_out(out, args.overwrite, False)
+    viewer = Viewer(first, res=(w, h), offscreen=args.offscreen, title=f"tide: {path.stem}", reset=fresh)
     if not args.offscreen:
         viewer.run(frames=args.frames)
         return 0
     frames = _default_frames(cfg, args.frames)
-    with VideoWriter(out / "video.mp4", fps=args.fps) as video:
+    with VideoWriter(out / "video.mp4", fps=args.fps or 30) as video:
         def on_frame(i, img):
             save_png(out / "frames" / f"frame_{i:05d}.png", img)
             video.append(img)

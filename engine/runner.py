@@ -45,6 +45,8 @@ class Run:
         self.resumed_from: int | None = None
         self._log = log or (lambda msg: None)
         self._bar = None
+        self.units: dict[str, str] = {}
+        """{scalar name: unit} for loss.png's axes; scenes fill it (``run.units["distance"] = "m"``)."""
         self.interrupted_checkpoint: tuple[int, Path] | None = None
         """(iteration, path) of the checkpoint saved when Ctrl-C / SIGTERM stopped the loop."""
 
@@ -194,8 +196,14 @@ def _set_rng(state) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def plot_history(history: list[dict], path: str | Path, key: str = "loss") -> Path | None:
-    """Plot ``key`` against iteration into a PNG (atomic). Returns None when nothing was logged."""
+def plot_history(history: list[dict], path: str | Path, key: str = "loss", title: str = "optimisation",
+                 units: dict | None = None) -> Path | None:
+    """Plot every logged scalar against iteration into one PNG (atomic): one panel per term, each with its own
+    y axis (log when it spans more than 50x), the total ``key`` first. Returns None when ``key`` was never logged.
+
+    Args:
+        units: {name: unit text} for the y labels, e.g. ``{"distance": "m"}``; default "unitless".
+    """
     rows = [r for r in history if key in r]
     if not rows:
         return None
@@ -204,15 +212,23 @@ def plot_history(history: list[dict], path: str | Path, key: str = "loss") -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    its = [r["iteration"] for r in rows]
-    vals = [r[key] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(its, vals, lw=1.5)
-    if min(vals) > 0 and max(vals) / max(min(vals), 1e-300) > 50:
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(key)
-    ax.grid(alpha=0.3)
+    names = [key] + sorted({k for r in history for k in r} - {key, "iteration"})
+    units = units or {}
+    fig, axes = plt.subplots(len(names), 1, figsize=(6.4, 1.2 + 1.9 * len(names)), dpi=100, sharex=True,
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        pts = [(r["iteration"], r[name]) for r in history if name in r and np.isfinite(r[name])]
+        if not pts:
+            continue
+        its, vals = zip(*pts)
+        ax.plot(its, vals, lw=1.5, marker="o" if len(pts) < 30 else None, ms=3)
+        if min(vals) > 0 and max(vals) / max(min(vals), 1e-300) > 50:
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{name}\n[{units.get(name, 'unitless')}]")
+        ax.set_title(f"{name}: last {vals[-1]:.4g}", fontsize=9, loc="right")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("iteration")
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -153,6 +153,7 @@ class Scene:
     def optimize(self, run):
         c, p = self.cfg, self.problem
         t0 = time.perf_counter()
+        run.units.update(distance="m", population_mean="loss, unitless")
         if c.optimiser == "diffsim":
             opt = Diffsim(p, lr=c.lr)
             best = {"loss": float("inf"), "params": copy.deepcopy(p.state_dict())}

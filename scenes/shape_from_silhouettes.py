@@ -124,6 +124,8 @@ class Scene:
                 self.field.values.copy_(blob["values"])
             opt.load_state_dict(blob["opt"])
 
+        run.units.update(loss="mask MSE + weighted smoothness", silhouette="mask MSE, unitless",
+                         chamfer="world units (shape in [-1, 1]^3)")
         for it in run.loop(self.cfg.iterations, state=state, load=load, desc="silhouettes"):
             loss, sil = self.iterate(opt)
             if it % self.cfg.frame_every == 0 or it == self.cfg.iterations - 1:

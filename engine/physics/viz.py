@@ -71,6 +71,9 @@ class MPMScene:
     A subclass builds its ``Model`` in ``build()`` and hands it to ``start``, which makes the solver and state.
     """
 
+    video_fps: int = round(1 / FRAME_TIME)
+    """Video frames per second; 1/FRAME_TIME plays in real time (the runner's --fps sets it)."""
+
     def __init__(self, config):
         self.cfg = config
 
@@ -106,10 +109,12 @@ class MPMScene:
         m = self.model
         cam = camera_for(m)
         img = render_state(m, self.state, self.cfg.image_width, self.cfg.image_height, camera=cam)
+        speed = self.video_fps * FRAME_TIME
+        title = None if abs(speed - 1) < 1e-9 else f"(playback {speed:.2g}x real time)"
         if m.dim != 2:
-            return stamp(img, self.time)
+            return stamp(img, self.time, title)
         xs = (np.arange(m.res[0]) + 0.0) * m.dx
         heights = m.heights.detach().cpu().numpy()
         walls = (m.bound * m.dx, (m.res[0] - m.bound) * m.dx)
         return annotate_2d(img, cam, time_s=self.time, ground=(xs, heights), walls=walls,
-                           references=self.references())
+                           references=self.references(), title=title)

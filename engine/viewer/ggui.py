@@ -173,7 +173,7 @@ class Viewer:
     def _draw(self):
         geo = self._geometry()
         if geo is None:
-            self.canvas.set_image(_image_for_canvas(self.scene.render()))
+            self.canvas.set_image(_image_for_canvas(_letterbox(self.scene.render(), self.res)))
             return
         eye = self.orbit.eye()
         self.camera.position(*eye)
@@ -239,6 +239,22 @@ class Viewer:
                 on_frame(n, img)
             n += 1
         return n
+
+
+def _letterbox(img, res):
+    """Pad a (H, W, 3) image with white to the window's aspect ratio, so the canvas (which stretches whatever it
+    is given to the window) shows it undistorted and centred."""
+    img = np.asarray(img)
+    H, W = img.shape[:2]
+    win_w, win_h = res
+    if W * win_h > H * win_w:  # wider than the window: pad top and bottom
+        new_h, new_w = int(round(W * win_h / win_w)), W
+    else:
+        new_h, new_w = H, int(round(H * win_w / win_h))
+    full = np.full((new_h, new_w) + img.shape[2:], 255 if img.dtype == np.uint8 else 1.0, img.dtype)
+    y0, x0 = (new_h - H) // 2, (new_w - W) // 2
+    full[y0:y0 + H, x0:x0 + W] = img
+    return full
 
 
 def _image_for_canvas(img):
