@@ -80,6 +80,12 @@ class Viewer:
         span = float(np.max(hi - lo)) or 1.0
         self.orbit = _Orbit(centre, 1.8 * span, yaw=0.0 if self._is_2d(geo) else 0.6,
                             pitch=0.0 if self._is_2d(geo) else 0.35)
+        if offscreen:
+            # Measured with lavapipe: the second image GGUI renders offscreen comes back with the ground but
+            # without the meshes (mesh_turntable's frame 1). Two discarded warm-up frames, drawn without
+            # advancing the scene, make every returned frame complete.
+            for _ in range(2):
+                self.frame(advance=False)
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def _geometry(self):

@@ -80,3 +80,26 @@ def test_letterbox_keeps_the_aspect_ratio(shape, res):
     out = _letterbox(img, res)
     assert out.shape[1] / out.shape[0] == pytest.approx(res[0] / res[1], rel=0.02)
     assert (out == 0).sum() == img.size  # the image itself is kept, pixel for pixel, and only padded
+
+
+def test_offscreen_view_shows_the_mesh_in_every_frame(tmp_path, capsys):
+    """mesh_turntable used to lose its mesh after frame 0 (the GGUI offscreen warm-up bug)."""
+    out = tmp_path / "v"
+    assert main(["view", "mesh_turntable", "--offscreen", "--frames", "6", "--res", "160x120", "--out", str(out),
+                 "--arch", "cpu", "--precision", "f64"]) == 0
+    for i in range(6):
+        img = iio.imread(out / "frames" / f"frame_{i:05d}.png")
+        orange = (img[..., 0] > 180) & (img[..., 2] < 140) & (img[..., 1] > 90)  # the mesh's colour
+        assert orange.mean() > 0.05, (i, orange.mean())
+
+
+def test_offscreen_view_of_a_2d_scene_is_not_stretched(tmp_path, capsys):
+    out = tmp_path / "v"
+    assert main(["view", "jelly_drop", "--set", "res=16", "--set", "image_width=128", "--set", "image_height=128",
+                 "--offscreen", "--frames", "2", "--res", "320x160", "--out", str(out), "--arch", "cpu",
+                 "--precision", "f64"]) == 0
+    img = iio.imread(out / "frames" / "frame_00001.png")
+    jelly = (img[..., 0] > 150) & (img[..., 1] < 120)  # the block: 0.3 m x 0.2 m
+    ys, xs = np.nonzero(jelly)
+    ratio = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+    assert ratio == pytest.approx(1.5, rel=0.2), ratio
