@@ -84,24 +84,29 @@ class Scene:
         gs = render_gaussians(cam, self.means, self.scales, self.quats, self.opac, colors=self.colors,
                               background=bg)
         self.out = (mesh, vol, gs)
+        from engine.viewer.overlay import label_panels
+
         panels = [mesh.rgb[0], vol.rgb[0], gs.rgb[0]]
         img = torch.cat(panels, 1).clamp(0, 1).cpu().numpy()
-        return (img * 255 + 0.5).astype(np.uint8)
+        return label_panels((img * 255 + 0.5).astype(np.uint8),
+                            ["textured mesh", "volume + mesh (hybrid)", f"{self.cfg.gaussians} Gaussians"])
 
     def _maps(self):
         if self.out is None:
             self.render()
         mesh, vol, gs = self.out
         normal = ((mesh.normals[0] * 0.5 + 0.5) * mesh.alpha[0, ..., None]).clamp(0, 1)
+        from engine.viewer.overlay import depth_colormap
+
         near, far = 2.0, 4.4                                         # orbit radius 3.2 +- scene extent
-        shade = lambda d, m: ((far - d) / (far - near)).clamp(0, 1) * m  # noqa: E731  (near = bright)
-        depth = shade(mesh.depth[0], mesh.alpha[0])
         # hybrid expected depth normalised by everything that absorbed the ray (volume + mesh behind it)
         w = vol.alpha[0] + (1 - vol.alpha[0]) * mesh.alpha[0]
-        vdepth = shade(vol.depth[0] / w.clamp_min(1e-6), (w > 0.05).to(w))
         to8 = lambda x: (x.cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
-        gray = lambda x: to8(x[..., None].expand(-1, -1, 3))  # noqa: E731
-        return to8(normal), gray(depth), gray(vdepth)
+        depth = depth_colormap(mesh.depth[0].cpu().numpy(), mesh.alpha[0].cpu().numpy() > 0.5, near, far,
+                               "mesh depth (camera z, world units)")
+        vdepth = depth_colormap((vol.depth[0] / w.clamp_min(1e-6)).cpu().numpy(), (w > 0.05).cpu().numpy(), near,
+                                far, "hybrid expected depth")
+        return to8(normal), depth, vdepth
 
     def metrics(self):
         if self.out is None:

@@ -161,7 +161,10 @@ class Scene:
                 out = render_mesh(verts.to(dt), faces, cam, face_colors=torch.tensor([colour], dtype=dt).expand(
                     len(faces), 3), lights=DirectionalLights.default(dt), mode="hard", background=1.0)
                 panels.append((out.rgb[0].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
-        return np.concatenate(panels, axis=1)
+        from engine.viewer.overlay import label_panels
+
+        return label_panels(np.concatenate(panels, axis=1), [f"recovered mesh ({len(self.history)} steps)",
+                                                             "target"])
 
     def metrics(self):
         return {"chamfer_start": self.chamfer_start, "chamfer_end": self.chamfer(),

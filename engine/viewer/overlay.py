@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Window2D", "annotate_2d", "stamp", "nice_length", "font"]
+__all__ = ["Window2D", "annotate_2d", "stamp", "nice_length", "font", "label_panels", "depth_colormap"]
 
 GROUND = np.array([150, 128, 100], np.float32)
 WALL = np.array([120, 120, 125], np.float32)
@@ -145,6 +145,46 @@ def _time_and_scale(d, W, H, time_s, title, scale) -> None:
         d.line([(x1 - n, y - 5), (x1 - n, y + 3)], fill=TEXT, width=2)
         d.line([(x1, y - 5), (x1, y + 3)], fill=TEXT, width=2)
         d.text((x1 - n / 2 - 4 * len(_label(length)), y - 19), _label(length), fill=TEXT, font=font(12))
+
+
+def label_panels(img, labels: list[str], size: int = 12) -> np.ndarray:
+    """Write ``labels[i]`` at the top-left of the i-th of ``len(labels)`` equal-width panels of a (H, W, 3) image."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(np.array(img, copy=True))
+    d = ImageDraw.Draw(im)
+    W = im.size[0] // len(labels)
+    f = font(size)
+    for i, text in enumerate(labels):
+        box = d.textbbox((i * W + 5, 4), text, font=f)
+        d.rectangle([box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2], fill=(255, 255, 255))
+        d.text((i * W + 5, 4), text, fill=TEXT, font=f)
+    return np.asarray(im)
+
+
+def depth_colormap(depth, mask, near: float, far: float, title: str = "depth") -> np.ndarray:
+    """(H, W) depth [world units] -> (H, W + 70, 3) uint8: viridis inside ``mask``, white elsewhere, with a colour
+    bar labelled ``near`` and ``far`` on the right, so the picture says what its colours mean."""
+    import matplotlib
+    from PIL import Image, ImageDraw
+
+    depth, mask = np.asarray(depth, float), np.asarray(mask, bool)
+    H, W = depth.shape
+    cmap = matplotlib.colormaps["viridis"]
+    t = np.clip((depth - near) / (far - near), 0, 1)
+    rgb = (cmap(t)[..., :3] * 255).astype(np.uint8)
+    rgb[~mask] = 255
+    bar = np.full((H, 70, 3), 255, np.uint8)
+    m = min(20, H // 4)  # margins above and below the ramp (small images get small ones)
+    ramp = (cmap(np.linspace(0, 1, H - 2 * m))[:, :3] * 255).astype(np.uint8)
+    bar[m:H - m, 8:22] = ramp[:, None, :]
+    im = Image.fromarray(np.concatenate([rgb, bar], 1))
+    d = ImageDraw.Draw(im)
+    f = font(11)
+    d.text((W + 25, max(m - 6, 0)), f"{near:g}", fill=TEXT, font=f)
+    d.text((W + 25, H - m - 10), f"{far:g}", fill=TEXT, font=f)
+    d.text((4, 4), title, fill=TEXT, font=f)
+    return np.asarray(im)
 
 
 def stamp(img, time_s: float | None = None, title: str | None = None, scale: float | None = None) -> np.ndarray:

@@ -103,3 +103,20 @@ def test_offscreen_view_of_a_2d_scene_is_not_stretched(tmp_path, capsys):
     ys, xs = np.nonzero(jelly)
     ratio = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
     assert ratio == pytest.approx(1.5, rel=0.2), ratio
+
+
+def test_depth_map_uses_a_colour_map_with_its_range():
+    import matplotlib
+
+    from engine.viewer.overlay import depth_colormap, label_panels
+
+    depth = np.full((64, 64), 2.0)
+    depth[:, 32:] = 4.4
+    img = depth_colormap(depth, np.ones((64, 64), bool), 2.0, 4.4)
+    assert img.shape == (64, 64 + 70, 3)
+    viridis = matplotlib.colormaps["viridis"]
+    assert np.abs(img[40, 10].astype(int) - np.array(viridis(0.0)[:3]) * 255).max() <= 1  # near end
+    assert np.abs(img[40, 50].astype(int) - np.array(viridis(1.0)[:3]) * 255).max() <= 1  # far end
+    assert (img[:, 64 + 8:64 + 22] != 255).any()  # the colour bar
+    panels = label_panels(np.full((40, 300, 3), 200, np.uint8), ["a", "b", "c"])
+    assert all((panels[4:16, x:x + 12] < 100).any() for x in (5, 105, 205))  # one label per panel
