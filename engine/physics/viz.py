@@ -101,6 +101,20 @@ class MPMScene:
         """What the scene checks against, drawn on its video (see ``engine.viewer.overlay.annotate_2d``)."""
         return []
 
+    def geometry(self) -> dict:
+        """What the GGUI viewer draws in 3D: the particles in their body colours (a 2D scene as a slab at z = 0),
+        the floor or terrain as ``heightfield`` (xs, heights) and the domain bounds."""
+        m = self.model
+        x = self.state.x.detach().cpu().numpy()
+        h = float(m.vol[0]) ** (1 / m.dim)
+        heights = m.heights.detach().cpu().numpy()
+        xs = np.arange(m.res[0]) * m.dx
+        return {"particles": {"x": x, "color": None if m.colors is None else np.clip(m.colors, 0, 1),
+                              "radius": 0.6 * h},
+                "heightfield": (xs, heights) if m.dim == 2 else None,
+                "ground": float(np.min(heights)),
+                "bounds": (np.zeros(m.dim), np.asarray(m.domain, float))}
+
     def render(self) -> np.ndarray:
         """The particles, with the floor or terrain, the walls, a time stamp, a scale bar and the scene's
         references (2D); 3D views get the time stamp."""
