@@ -6,6 +6,8 @@ silently resetting. Nothing here runs at import time.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -100,7 +102,9 @@ def init(arch: str = "auto", precision: str = "f32", debug: bool = False, fast_c
         debug=bool(debug),
         offline_cache=True,
         offline_cache_file_path=str(cache),
-        log_level=os.environ.get("TIDE_TI_LOG", "warn"),
+        # "error": Taichi's compile-time precision notes ("Atomic add may lose precision", 64 per silhouette
+        # run) are not actionable for users; TIDE_TI_LOG=warn brings them back
+        log_level=os.environ.get("TIDE_TI_LOG", "error"),
         random_seed=0,
     )
     if fast_compile:
@@ -108,7 +112,9 @@ def init(arch: str = "auto", precision: str = "f32", debug: bool = False, fast_c
     if arch != "cpu":
         kwargs["enable_fallback"] = False
     try:
-        ti.init(**kwargs)
+        # ti.init prints "[Taichi] Starting on arch=..." to stdout; tide reports the arch itself (log.txt)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ti.init(**kwargs)
     except Exception as exc:  # noqa: BLE001 - Taichi raises plain RuntimeError on missing devices
         raise BackendError(f"could not start Taichi on arch={arch}: {exc}") from exc
     resolved = ti.lang.impl.current_cfg().arch.name

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -29,6 +31,29 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_scene(module, cfg):
+    """``Scene(cfg)`` and ``build()``. A ``ValueError`` from the engine (a body with no particles, E <= 0, ...)
+    is a problem with the input, so it becomes a one-line ``ConfigError``."""
+    try:
+        scene = module.Scene(cfg)
+        scene.build()
+    except TideError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"the scene rejected its settings: {exc}") from None
+    return scene
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("scene", help="scene script (path, or a name from `tide list`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -39,12 +64,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION", "f32"), choices=["f32", "f64"])
     p.add_argument("--out", default=None, help="output folder (default: runs/<scene>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--fps", type=int, default=30, help="video frame rate")
+    p.add_argument("--fps", type=_positive_int, default=None,
+                   help="video frame rate (> 0); default: the scene's real-time rate (60 for the MPM scenes), else 30")
     p.add_argument("-h", "--help", action="store_true", help="show this help and the scene's options")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tide", description="tide: differentiable simulation and graphics on Taichi")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", add_help=False, help="run a scene headlessly and write its outputs")
     _common(run)
@@ -60,6 +87,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
+def _version() -> str:
+    from importlib import metadata
+
+    def v(name, default="?"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return default
+
+    return f"tide {v('tide', '0.1.0')} (taichi {v('taichi')}, torch {v('torch')}, python {sys.version.split()[0]})"
+
+
+def clean_stale_temp_files(out: Path) -> list[Path]:
+    """Remove the ``.tmp-*`` files a killed run leaves (atomic writes that never got renamed), in ``out`` and its
+    ``checkpoints/``. Returns what was removed."""
+    gone = []
+    for folder in (out, out / "checkpoints"):
+        if folder.is_dir():
+            for p in folder.glob(".tmp-*"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    gone.append(p)
+    return gone
+
+
+def _first_run_marker(scene: str, settings) -> Path:
+    """A marker per (scene, arch, precision) next to Taichi's kernel cache: absent means kernels will compile."""
+    from .backend import cache_dir
+
+    return cache_dir().parent / "seen" / f"{scene}-{settings.resolved_arch}-{settings.precision}"
+
+
+def _resume_command(argv: list[str]) -> str:
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return "tide " + " ".join(shlex.quote(a) for a in args) + " --resume"
+
+
+def _route_warnings(log) -> None:
+    """Print warnings (the solver's StabilityWarning, ...) as one tide line above the progress bar, once each,
+    and keep them in log.txt."""
+    import warnings
+
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = f"{category.__name__}: {message}"
+        if text in seen:
+            return
+        seen.add(text)
+        log(f"warning: {text}")
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"tide: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def resolve_scene(name: str) -> Path:
     path = Path(name)
     if path.is_file():
@@ -152,7 +240,7 @@ def _print_scene_help(parser, module, path) -> int:
     return 0
 
 
-def cmd_run(args, parser) -> int:
+def cmd_run(args, parser, argv=None) -> int:
     from . import backend
     from .io import VideoWriter, save_export, write_json, write_text
     from .runner import Run, plot_history, seed_everything
@@ -166,35 +254,67 @@ def cmd_run(args, parser) -> int:
     cfg = _load_config(module, args.overrides, out, args.resume)
     frames = _default_frames(cfg, args.frames)
     check_out(out, args.overwrite, args.resume)
+    if args.resume and not (out / "config.json").is_file():
+        raise OutputError(f"--resume: {out} is not a tide run folder (no config.json); run without --resume to "
+                          "start a new run there")
     log = _Log()
     if args.resume and (out / "log.txt").is_file():
         log.lines = (out / "log.txt").read_text().splitlines()
+    t0 = time.perf_counter()  # everything from here on counts: Taichi start, compiles, exports
     settings = backend.init(arch=args.arch, precision=args.precision)
+    _route_warnings(log)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a `kill` checkpoints like Ctrl-C does
+    marker = _first_run_marker(path.stem, settings)
     seed_everything(args.seed)
     resolved = {"scene": config_to_dict(cfg), "scene_path": str(path), "frames": frames, "seed": args.seed,
                 "backend": settings.as_dict(), "fps": args.fps}
-    t0 = time.perf_counter()
-    scene = module.Scene(cfg)
-    scene.build()  # before touching --out, so a scene that rejects its input leaves nothing behind
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
+    scene = build_scene(module, cfg)  # before touching --out, so a scene that rejects its input leaves nothing
+    phases["build"] = time.perf_counter() - mark
+    if args.fps is not None and hasattr(scene, "video_fps"):
+        scene.video_fps = args.fps  # the scene writes the playback factor on its frames when not real time
+    fps = args.fps or int(getattr(scene, "video_fps", 30))
+    resolved["fps"] = fps
     prepare_out(out, args.overwrite, args.resume)
+    for stale in clean_stale_temp_files(out):
+        log(f"removed stale temp file {stale.name} (left by an interrupted run)")
+    if not marker.exists():  # said after build(), so bad input stays a one-line error
+        print(f"tide: first run of {path.stem} on {settings.resolved_arch} ({settings.precision}): compiling "
+              f"Taichi kernels, which can take a few minutes; they are cached in {backend.cache_dir()} and load "
+              "in seconds next time", flush=True)
     write_json(out / "config.json", resolved)
     log(f"scene {path} on {settings.resolved_arch} ({settings.precision}); config {resolved['scene']}")
     metrics: dict = {}
-    video = VideoWriter(out / "video.mp4", fps=args.fps)
+    video = VideoWriter(out / "video.mp4", fps=fps)
     status = 0
+    run = None
     try:
         optimize = getattr(scene, "optimize", None)
         if callable(optimize):
             run = Run(out, resume=args.resume, progress=not args.no_progress, log=log)
+            mark = time.perf_counter()
             optimize(run)
+            phases["optimise"] = time.perf_counter() - mark
             for f in run.frames:
                 video.append(f)
-            plot_history(run.history, out / "loss.png")
+            plot_history(run.history, out / "loss.png", title=f"{path.stem}: optimisation", units=run.units)
             if run.history:
                 metrics["history_last"] = run.history[-1]
             if run.resumed_from is not None:
                 metrics["resumed_from_iteration"] = run.resumed_from
+        mark = time.perf_counter()
         _rollout(scene, frames, video, not args.no_progress)
+        phases["simulate"] = time.perf_counter() - mark
+    except KeyboardInterrupt:
+        video.abort()
+        saved = run.interrupted_checkpoint if run is not None else None
+        where = f"checkpoint at iteration {saved[0]} saved; " if saved else ""
+        log(f"interrupted; {where}resume with: {_resume_command(sys.argv[1:] if argv is None else argv)}")
+        write_text(out / "log.txt", "\n".join(log.lines) + "\n")
+        print(f"tide: interrupted; {where}continue with:\n  {_resume_command(sys.argv[1:] if argv is None else argv)}",
+              file=sys.stderr)
+        return 130
     except SimulationError as exc:
         metrics["error"] = str(exc)
         log(f"simulation error: {exc}")
@@ -205,18 +325,40 @@ def cmd_run(args, parser) -> int:
             video.close()
         else:
             video.abort()
-    wall = time.perf_counter() - t0
-    metrics = {**metrics, **(scene.metrics() if status == 0 else {}), "wall_time_s": wall, "frames": frames}
-    write_json(out / "metrics.json", metrics)
+    metrics = {**metrics, **(scene.metrics() if status == 0 else {})}
     exports = getattr(scene, "exports", None)
     if status == 0 and callable(exports):
-        for name, obj in exports().items():
-            save_export(out / name, obj)
-            log(f"exported {name}")
-    log(f"done in {wall:.1f} s")
+        mark = time.perf_counter()
+        _export(exports, out, log, not args.no_progress)
+        phases["export"] = time.perf_counter() - mark
+    wall = time.perf_counter() - t0
+    metrics.update(wall_time_s=wall, frames=frames, time_s={k: round(v, 3) for k, v in phases.items()})
+    write_json(out / "metrics.json", metrics)
+    if status == 0:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    breakdown = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+    log(f"done in {wall:.1f} s ({breakdown}; the first step of each phase includes compiling its kernels)")
     write_text(out / "log.txt", "\n".join(log.lines) + "\n")
-    print(f"tide: outputs in {out.resolve()}")
+    print(f"tide: done in {wall:.1f} s ({breakdown}); outputs in {out.resolve()}")
     return status
+
+
+def _export(exports, out: Path, log, progress: bool) -> None:
+    """Compute the scene's exports (meshing can take a while) and write them, with a progress bar."""
+    from .io import save_export
+
+    if progress:
+        print("tide: computing exports ...", file=sys.stderr)
+    items = list(exports().items())
+    it = items
+    if progress and items:
+        from tqdm.auto import tqdm
+
+        it = tqdm(items, desc="export", unit="file", dynamic_ncols=True)
+    for name, obj in it:
+        save_export(out / name, obj)
+        log(f"exported {name}")
 
 
 def _rollout(scene, frames, video, progress) -> None:
@@ -244,10 +386,15 @@ def cmd_view(args, parser) -> int:
         w, h = (int(v) for v in args.res.lower().split("x"))
     except ValueError:
         raise ConfigError(f"--res expects WxH, got {args.res!r}") from None
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"--res expects a positive WxH, got {args.res!r}")
+    if not args.offscreen and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConfigError("no display to open a window on (DISPLAY is not set); `tide view SCENE --offscreen` "
+                          "writes the frames and a video instead")
     out = None
     if args.offscreen:
         out = Path(args.out or Path("runs") / f"{path.stem}_view")
-        prepare_out(out, args.overwrite, False)
+        check_out(out, args.overwrite, False)
     backend.init(arch=args.arch, precision=args.precision)
     from .runner import seed_everything
     from .viewer import Viewer
@@ -255,16 +402,17 @@ def cmd_view(args, parser) -> int:
     seed_everything(args.seed)
 
     def fresh():
-        s = module.Scene(cfg)
-        s.build()
-        return s
+        return build_scene(module, cfg)
 
-    viewer = Viewer(fresh(), res=(w, h), offscreen=args.offscreen, title=f"tide: {path.stem}", reset=fresh)
+    first = fresh()  # before --out is created, so a scene that rejects its input leaves nothing behind
+    if out is not None:
+        prepare_out(out, args.overwrite, False)
+    viewer = Viewer(first, res=(w, h), offscreen=args.offscreen, title=f"tide: {path.stem}", reset=fresh)
     if not args.offscreen:
         viewer.run(frames=args.frames)
         return 0
     frames = _default_frames(cfg, args.frames)
-    with VideoWriter(out / "video.mp4", fps=args.fps) as video:
+    with VideoWriter(out / "video.mp4", fps=args.fps or 30) as video:
         def on_frame(i, img):
             save_png(out / "frames" / f"frame_{i:05d}.png", img)
             video.append(img)
@@ -275,6 +423,8 @@ def cmd_view(args, parser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Taichi prints a version banner when imported; keep it out of --help and error messages
+    os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -286,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(args)
         sub = parser.commands[args.command]
         if args.command == "run":
-            return cmd_run(args, sub)
+            return cmd_run(args, sub, argv)
         return cmd_view(args, sub)
     except TideError as exc:
         print(f"tide: error: {exc}", file=sys.stderr)

@@ -45,6 +45,10 @@ class Run:
         self.resumed_from: int | None = None
         self._log = log or (lambda msg: None)
         self._bar = None
+        self.units: dict[str, str] = {}
+        """{scalar name: unit} for loss.png's axes; scenes fill it (``run.units["distance"] = "m"``)."""
+        self.interrupted_checkpoint: tuple[int, Path] | None = None
+        """(iteration, path) of the checkpoint saved when Ctrl-C / SIGTERM stopped the loop."""
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -94,6 +98,7 @@ class Run:
 
             bar = tqdm(total=iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True)
         self._bar = bar
+        stop = _StopRequest(bar) if state is not None else None
         try:
             for it in range(start, iterations):
                 self.iteration = it
@@ -101,9 +106,16 @@ class Run:
                 if bar is not None:
                     bar.update(1)
                 done = it + 1
+                if stop is not None and stop.requested:
+                    # Ctrl-C / SIGTERM arrived during this iteration: it has finished, so state() is exact
+                    self.interrupted_checkpoint = (done, self.save_checkpoint(done, state()))
+                    self._log(f"interrupted: saved checkpoint at iteration {done}")
+                    raise KeyboardInterrupt
                 if state is not None and (done % self.checkpoint_every == 0 or done == iterations):
                     self.save_checkpoint(done, state())
         finally:
+            if stop is not None:
+                stop.restore()
             if bar is not None:
                 bar.close()
             self._bar = None
@@ -128,6 +140,40 @@ class Run:
         return path
 
 
+class _StopRequest:
+    """While a loop runs: the first Ctrl-C (or SIGTERM) asks it to stop after the current iteration, which is then
+    checkpointed; a second one stops at once. Signal handlers can only be set from the main thread."""
+
+    def __init__(self, bar=None):
+        import signal
+        import threading
+
+        self.requested = False
+        self._bar = bar
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        import sys
+
+        msg = "tide: stopping after this iteration to save a checkpoint (press Ctrl-C again to stop now)"
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
+    def restore(self):
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def _load(path: Path) -> dict:
     import torch
 
@@ -150,8 +196,14 @@ def _set_rng(state) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def plot_history(history: list[dict], path: str | Path, key: str = "loss") -> Path | None:
-    """Plot ``key`` against iteration into a PNG (atomic). Returns None when nothing was logged."""
+def plot_history(history: list[dict], path: str | Path, key: str = "loss", title: str = "optimisation",
+                 units: dict | None = None) -> Path | None:
+    """Plot every logged scalar against iteration into one PNG (atomic): one panel per term, each with its own
+    y axis (log when it spans more than 50x), the total ``key`` first. Returns None when ``key`` was never logged.
+
+    Args:
+        units: {name: unit text} for the y labels, e.g. ``{"distance": "m"}``; default "unitless".
+    """
     rows = [r for r in history if key in r]
     if not rows:
         return None
@@ -160,15 +212,23 @@ def plot_history(history: list[dict], path: str | Path, key: str = "loss") -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    its = [r["iteration"] for r in rows]
-    vals = [r[key] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(its, vals, lw=1.5)
-    if min(vals) > 0 and max(vals) / max(min(vals), 1e-300) > 50:
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(key)
-    ax.grid(alpha=0.3)
+    names = [key] + sorted({k for r in history for k in r} - {key, "iteration"})
+    units = units or {}
+    fig, axes = plt.subplots(len(names), 1, figsize=(6.4, 1.2 + 1.9 * len(names)), dpi=100, sharex=True,
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        pts = [(r["iteration"], r[name]) for r in history if name in r and np.isfinite(r[name])]
+        if not pts:
+            continue
+        its, vals = zip(*pts)
+        ax.plot(its, vals, lw=1.5, marker="o" if len(pts) < 30 else None, ms=3)
+        if min(vals) > 0 and max(vals) / max(min(vals), 1e-300) > 50:
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{name}\n[{units.get(name, 'unitless')}]")
+        ax.set_title(f"{name}: last {vals[-1]:.4g}", fontsize=9, loc="right")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("iteration")
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

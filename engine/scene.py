@@ -3,7 +3,10 @@
 A scene script defines:
 
 * ``Config``: a dataclass. Each field has a type annotation, a default and a docstring (a string literal on the
-  line after it), which becomes ``tide run SCENE.py --help``.
+  line after it), which becomes ``tide run SCENE.py --help``. A field states its valid values in its annotation,
+  ``E: Annotated[float, Range(gt=0)] = 1e5`` or ``material: Annotated[str, Choices("elastic", "sand")] = "sand"``;
+  ``apply_overrides`` checks them before anything is built and ``--help`` shows them. Checks between fields
+  (``lo < hi``) go in an optional ``validate()`` method raising ``ConfigError``.
 * ``Scene(config)``: with ``build()``, ``step(frame)``, ``render() -> (H, W, 3) uint8``, ``metrics() -> dict``,
   and optionally ``exports() -> {filename: object}`` and ``optimize(run)`` for learning scenes.
 
@@ -15,6 +18,7 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import math
 import sys
 import textwrap
 import typing
@@ -22,7 +26,94 @@ from pathlib import Path
 
 from .errors import ConfigError, SceneError
 
-__all__ = ["load_scene", "field_docs", "describe_config", "apply_overrides", "config_to_dict", "parse_value"]
+__all__ = ["load_scene", "field_docs", "describe_config", "apply_overrides", "config_to_dict", "parse_value",
+           "Range", "Choices", "field_constraints"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric Config field, or of every item of a tuple field.
+
+    Give any of ``gt`` (>), ``ge`` (>=), ``lt`` (<), ``le`` (<=). NaN and infinity are always refused.
+    Use in the annotation: ``dt: Annotated[float, Range(gt=0, le=1 / 60)] = 1e-4``.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def describe(self) -> str:
+        low = f"> {self.gt:g}" if self.gt is not None else f">= {self.ge:g}" if self.ge is not None else None
+        high = f"< {self.lt:g}" if self.lt is not None else f"<= {self.le:g}" if self.le is not None else None
+        if low and high:
+            return f"{low} and {high}"
+        return low or high or "finite"
+
+    def ok(self, v) -> bool:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return False
+        return (math.isfinite(v) and (self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
+                and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le))
+
+    def check(self, key: str, value) -> None:
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if not all(self.ok(v) for v in items):
+            each = "each value " if isinstance(value, (tuple, list)) else ""
+            raise ConfigError(f"{key}={_show(value)} is out of range: {each}must be {self.describe()}")
+
+    def outside(self) -> list[float]:
+        """Values just outside the range, plus NaN (used by the tests that walk every scene)."""
+        out = [float("nan")]
+        for bound, step in ((self.gt, 0.0), (self.ge, -1.0), (self.lt, 0.0), (self.le, 1.0)):
+            if bound is not None:
+                out.append(bound + step * max(1.0, abs(bound)) if step else bound)
+        return out
+
+
+class Choices:
+    """The valid values of a Config field: ``material: Annotated[str, Choices("elastic", "sand")] = "sand"``."""
+
+    def __init__(self, *values):
+        if not values:
+            raise ValueError("Choices needs at least one value")
+        self.values = tuple(values)
+
+    def describe(self) -> str:
+        return "{" + "|".join(str(v) if v != "" else "''" for v in self.values) + "}"
+
+    def check(self, key: str, value) -> None:
+        if value not in self.values:
+            raise ConfigError(f"{key}={_show(value)} is not a valid choice: expected one of "
+                              f"{', '.join(repr(v) if v == '' else str(v) for v in self.values)}")
+
+    def __repr__(self):
+        return f"Choices{self.values!r}"
+
+
+def _show(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(_show(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
+def field_constraints(cls) -> dict[str, list]:
+    """{field name: [Range | Choices, ...]} declared in the Config's annotations (``Literal`` counts as Choices)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out: dict[str, list] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        found = []
+        if typing.get_origin(tp) is typing.Annotated:
+            found = [m for m in tp.__metadata__ if isinstance(m, (Range, Choices))]
+            tp = typing.get_args(tp)[0]
+        if typing.get_origin(tp) is typing.Literal:
+            found.append(Choices(*typing.get_args(tp)))
+        if found:
+            out[f.name] = found
+    return out
 
 
 def load_scene(path: str | Path):
@@ -82,11 +173,18 @@ def describe_config(cls) -> str:
     """Human-readable list of a Config's fields: name, type, default and docstring."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
+    limits = field_constraints(cls)
     lines = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        lines.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r})")
+        kind = _type_name(hints[f.name])
+        for c in limits.get(f.name, []):
+            if isinstance(c, Range):
+                kind += " " + c.describe()
+            elif typing.get_origin(hints[f.name]) is not typing.Literal:
+                kind = c.describe()
+        lines.append(f"  {f.name} ({kind}, default {default!r})")
         if f.name in docs:
             lines.append(f"      {docs[f.name]}")
     return "\n".join(lines)
@@ -144,7 +242,8 @@ def parse_value(text: str, tp, key: str = "value"):
 def apply_overrides(cls, overrides: list[str] | dict | None = None, base: dict | None = None):
     """Build a ``cls`` instance from defaults, then ``base`` (a resolved dict), then ``key=value`` overrides.
 
-    Unknown keys and badly typed values raise ``ConfigError`` naming the valid keys.
+    Unknown keys, badly typed values and values outside a field's declared ``Range``/``Choices`` raise
+    ``ConfigError`` (one line, naming the field), then the Config's own ``validate()`` runs; nothing is built.
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -161,6 +260,9 @@ def apply_overrides(cls, overrides: list[str] | dict | None = None, base: dict |
         cfg = cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid config: {exc}") from None
+    for name, rules in field_constraints(cls).items():
+        for rule in rules:
+            rule.check(name, getattr(cfg, name))
     check = getattr(cfg, "validate", None)
     if callable(check):
         check()

@@ -2,6 +2,7 @@
 import copy
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -10,6 +11,8 @@ from engine import backend
 from engine.errors import ConfigError
 from tasks.codesign import (ALGORITHMS, CMAES, ENVIRONMENTS, Diffsim, Population, Problem, ProblemSpec,
                             RandomSearch, WorldSpec, check_budget)
+from engine.scene import Choices, Range
+from tasks.codesign import CONTROLLERS, REPRESENTATIONS, TASKS
 from tasks.codesign.rollout import Stepper
 
 # muscle-group colours (soft assignments blend them)
@@ -20,53 +23,53 @@ TERRAIN = np.array([0.72, 0.68, 0.58])
 
 @dataclass
 class Config:
-    env: str = "ground"
+    env: Annotated[str, Choices(*ENVIRONMENTS)] = "ground"
     """Environment preset: ground, ice, desert, snow, clay, wetland, shallow_water or ocean."""
-    dim: int = 2
+    dim: Annotated[int, Choices(2, 3)] = 2
     """2 (default, minutes on 2 CPU cores) or 3 (much slower)."""
-    res: int = 48
+    res: Annotated[int, Range(ge=16, le=256)] = 48
     """Grid nodes per axis over the 1 m domain."""
-    representation: str = "sdf_basis"
+    representation: Annotated[str, Choices(*REPRESENTATIONS)] = "sdf_basis"
     """Design space: particle, voxel, implicit or sdf_basis."""
-    controller: str = "sine"
+    controller: Annotated[str, Choices(*CONTROLLERS)] = "sine"
     """Controller: sine (open loop), pure_sine or mlp (closed loop)."""
-    task: str = "locomotion"
+    task: Annotated[str, Choices(*TASKS)] = "locomotion"
     """Task: locomotion (distance along +x), turning, waypoints or velocity."""
-    optimiser: str = "diffsim"
+    optimiser: Annotated[str, Choices(*ALGORITHMS)] = "diffsim"
     """diffsim (Adam on simulation gradients), cmaes or random (gradient-free, populations on Ray)."""
-    optimise: str = "both"
+    optimise: Annotated[str, Choices("both", "control", "design")] = "both"
     """Parameters trained: both (co-design), control or design."""
-    iterations: int = 20
+    iterations: Annotated[int, Range(ge=0)] = 20
     """Optimiser iterations (generations for cmaes/random)."""
-    lr: float = 0.05
+    lr: Annotated[float, Range(gt=0)] = 0.05
     """Adam learning rate (diffsim)."""
-    popsize: int = 8
+    popsize: Annotated[int, Range(ge=1)] = 8
     """Population per generation (cmaes/random)."""
-    sigma: float = 0.3
+    sigma: Annotated[float, Range(gt=0)] = 0.3
     """Initial step size (cmaes) / perturbation scale (random)."""
-    workers: int = 2
+    workers: Annotated[int, Range(ge=0, le=256)] = 2
     """Ray workers for gradient-free populations (0: evaluate in this process)."""
     ray_address: str = ""
     """Ray cluster to join (empty: an embedded local instance)."""
-    n_groups: int = 4
+    n_groups: Annotated[int, Range(ge=1, le=64)] = 4
     """Muscle groups."""
-    steps: int = 50
+    steps: Annotated[int, Range(ge=1)] = 50
     """Control steps per training episode."""
-    substeps: int = 10
+    substeps: Annotated[int, Range(ge=1)] = 10
     """MPM substeps per control step."""
-    dt: float = 1e-3
+    dt: Annotated[float, Range(gt=0, le=0.01)] = 1e-3
     """MPM substep [s]."""
-    robot_width: float = 0.2
+    robot_width: Annotated[float, Range(gt=0, lt=0.9)] = 0.2
     """Robot bounding-box width [m]."""
-    robot_height: float = 0.1
+    robot_height: Annotated[float, Range(gt=0, lt=0.9)] = 0.1
     """Robot bounding-box height [m]."""
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0, lt=2**31)] = 0
     """Seed of the initial design and controller."""
-    frames: int = 100
+    frames: Annotated[int, Range(ge=0)] = 100
     """Video: control steps shown for the optimised robot (the initial robot is shown first for as many)."""
-    width: int = 640
+    width: Annotated[int, Range(ge=16, le=4096)] = 640
     """Video width [px]."""
-    height: int = 240
+    height: Annotated[int, Range(ge=16, le=4096)] = 240
     """Video height [px]."""
 
     def spec(self) -> ProblemSpec:
@@ -77,14 +80,8 @@ class Config:
                            optimise=self.optimise, seed=self.seed)
 
     def validate(self) -> None:
-        if self.env not in ENVIRONMENTS:
-            raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENVIRONMENTS)}")
-        if self.optimiser not in ALGORITHMS:
-            raise ConfigError(f"unknown optimiser {self.optimiser!r}; choose one of {', '.join(ALGORITHMS)}")
         check_budget(self.iterations, self.popsize)
-        if self.workers < 0 or self.frames < 0:
-            raise ConfigError("workers and frames must be >= 0")
-        self.spec().validate()
+        self.spec().validate()  # the task package's own checks (robot_size against dim, ...)
 
 
 def design_mesh(points: np.ndarray, spacing: float):
@@ -156,6 +153,7 @@ class Scene:
     def optimize(self, run):
         c, p = self.cfg, self.problem
         t0 = time.perf_counter()
+        run.units.update(distance="m", population_mean="loss, unitless")
         if c.optimiser == "diffsim":
             opt = Diffsim(p, lr=c.lr)
             best = {"loss": float("inf"), "params": copy.deepcopy(p.state_dict())}

@@ -1,31 +1,34 @@
 """Dam break: a water column collapses along a dry floor; the front is compared with Ritter's 2·√(g·h0)."""
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
 from engine import backend
 from engine.physics import Boundary, ModelBuilder, viz
+from engine.physics.viz import FRAME_TIME
+from engine.scene import Choices, Range
 
 
 @dataclass
 class Config:
-    dim: int = 2
+    dim: Annotated[int, Choices(2, 3)] = 2
     """Dimension: 2 or 3."""
-    res: int = 96
+    res: Annotated[int, Range(ge=32, le=1024)] = 96
     """Grid nodes along x (the domain is 1 m long, 0.5 m high[, 0.25 m deep])."""
-    column_width: float = 0.25
+    column_width: Annotated[float, Range(gt=0, lt=0.9)] = 0.25
     """Initial water column width [m]."""
-    column_height: float = 0.3
+    column_height: Annotated[float, Range(gt=0, lt=0.45)] = 0.3
     """Initial water column height h0 [m]."""
-    bulk_modulus: float = 2e5
+    bulk_modulus: Annotated[float, Range(gt=0)] = 2e5
     """Water bulk modulus K [Pa] (weakly compressible; sound speed √(K/ρ))."""
-    frames: int = 40
+    frames: Annotated[int, Range(ge=0)] = 40
     """Frames of 1/60 s."""
-    dt: float = 1e-4
+    dt: Annotated[float, Range(gt=0, le=FRAME_TIME)] = 1e-4
     """Substep [s]."""
-    image_width: int = 640
+    image_width: Annotated[int, Range(ge=16, le=4096)] = 640
     """Video width [px]."""
-    image_height: int = 320
+    image_height: Annotated[int, Range(ge=16, le=4096)] = 320
     """Video height [px]."""
 
 
@@ -48,6 +51,11 @@ class Scene(viz.MPMScene):
         super().step(frame)
         front = float(np.percentile(self.state.x[:, 0].cpu().numpy(), 99.5)) - self.x_wall
         self.fronts.append(((frame + 1) * viz.FRAME_TIME, front))
+
+    def references(self):
+        """Ritter's dry-bed front x = x_dam + 2·√(g·h0)·t, drawn as a dashed line that moves with the video."""
+        x = self.x_wall + self.cfg.column_width + 2 * np.sqrt(9.81 * self.cfg.column_height) * self.time
+        return [{"x": x, "label": "red dashes: Ritter's front, dam + 2·√(g·h0)·t"}]
 
     def metrics(self):
         t, L = np.asarray(self.fronts).T

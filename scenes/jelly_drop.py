@@ -1,31 +1,34 @@
 """Jelly drop: an elastic block falls on a sticky floor and bounces (MLS-MPM, 2D or 3D)."""
 from dataclasses import dataclass
+from typing import Annotated
 
 from engine import backend
 from engine.physics import Boundary, ModelBuilder, viz
+from engine.physics.viz import FRAME_TIME
+from engine.scene import Choices, Range
 
 
 @dataclass
 class Config:
-    dim: int = 2
+    dim: Annotated[int, Choices(2, 3)] = 2
     """Dimension: 2 or 3."""
-    res: int = 64
+    res: Annotated[int, Range(ge=16, le=1024)] = 64
     """Grid nodes per axis (the domain is a 1 m cube)."""
-    material: str = "elastic"
+    material: Annotated[str, Choices("elastic", "corotated")] = "elastic"
     """Jelly material: elastic (neo-Hookean) or corotated (fixed-corotated)."""
-    E: float = 2e4
+    E: Annotated[float, Range(gt=0)] = 2e4
     """Young's modulus [Pa]."""
-    nu: float = 0.3
+    nu: Annotated[float, Range(ge=0, lt=0.5)] = 0.3
     """Poisson ratio."""
-    drop_height: float = 0.4
+    drop_height: Annotated[float, Range(ge=0, lt=0.6)] = 0.4
     """Height of the block's bottom above the floor [m]."""
-    frames: int = 60
+    frames: Annotated[int, Range(ge=0)] = 60
     """Frames to simulate (1/60 s each)."""
-    dt: float = 2e-4
+    dt: Annotated[float, Range(gt=0, le=FRAME_TIME)] = 2e-4
     """Substep [s]; 1/60 s per frame is split into as many substeps as fit."""
-    image_width: int = 512
+    image_width: Annotated[int, Range(ge=16, le=4096)] = 512
     """Video width [px]."""
-    image_height: int = 512
+    image_height: Annotated[int, Range(ge=16, le=4096)] = 512
     """Video height [px]."""
 
 

@@ -2,6 +2,7 @@
 
 The ply holds area-weighted surface samples coloured like the render."""
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from engine import backend
 from engine.io import PointCloud, load_mesh
+from engine.scene import Range
 from engine.render import Camera, DirectionalLights, render_mesh
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -20,18 +22,12 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 class Config:
     mesh: str = str(ASSETS / "meshes" / "knot.obj")
     """Mesh file to show (obj, ply, glb, stl, off)."""
-    samples: int = 40000
+    samples: Annotated[int, Range(ge=1, le=10_000_000)] = 40000
     """Surface points in the exported ply (area-weighted)."""
-    frames: int = 48
+    frames: Annotated[int, Range(ge=1)] = 48
     """Frames in one full turn."""
-    resolution: int = 384
+    resolution: Annotated[int, Range(ge=16, le=4096)] = 384
     """Image width and height in pixels."""
-
-    def validate(self):
-        from engine.errors import ConfigError
-
-        if self.samples <= 0 or self.frames <= 0 or self.resolution < 16:
-            raise ConfigError("samples and frames must be > 0 and resolution >= 16")
 
 
 class Scene:

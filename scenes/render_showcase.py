@@ -1,32 +1,28 @@
 """Orbit a textured mesh, a volume (hybrid with the mesh, DELTA style) and a Gaussian cloud; export normal and depth maps."""
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import trimesh
 
 from engine import backend
+from engine.scene import Range
 from engine.render import (DirectionalLights, orbit_cameras, render_gaussians, render_mesh, render_volume)
 
 
 @dataclass
 class Config:
-    frames: int = 36
+    frames: Annotated[int, Range(ge=1)] = 36
     """Frames in one full orbit."""
-    resolution: int = 160
+    resolution: Annotated[int, Range(ge=16, le=2048)] = 160
     """Width and height of each of the three panels, in pixels."""
-    samples: int = 48
+    samples: Annotated[int, Range(ge=2, le=1024)] = 48
     """Volume samples per ray."""
-    gaussians: int = 4000
+    gaussians: Annotated[int, Range(ge=1, le=1_000_000)] = 4000
     """Number of Gaussians in the cloud."""
-    elevation: float = 20.0
+    elevation: Annotated[float, Range(ge=-89, le=89)] = 20.0
     """Camera elevation above the horizon, in degrees."""
-
-    def validate(self):
-        from engine.errors import ConfigError
-
-        if self.frames <= 0 or self.resolution < 16 or self.samples < 2 or self.gaussians < 1:
-            raise ConfigError("need frames > 0, resolution >= 16, samples >= 2 and gaussians >= 1")
 
 
 def _checker(n=64, cells=8):
@@ -88,24 +84,29 @@ class Scene:
         gs = render_gaussians(cam, self.means, self.scales, self.quats, self.opac, colors=self.colors,
                               background=bg)
         self.out = (mesh, vol, gs)
+        from engine.viewer.overlay import label_panels
+
         panels = [mesh.rgb[0], vol.rgb[0], gs.rgb[0]]
         img = torch.cat(panels, 1).clamp(0, 1).cpu().numpy()
-        return (img * 255 + 0.5).astype(np.uint8)
+        return label_panels((img * 255 + 0.5).astype(np.uint8),
+                            ["textured mesh", "volume + mesh (hybrid)", f"{self.cfg.gaussians} Gaussians"])
 
     def _maps(self):
         if self.out is None:
             self.render()
         mesh, vol, gs = self.out
         normal = ((mesh.normals[0] * 0.5 + 0.5) * mesh.alpha[0, ..., None]).clamp(0, 1)
+        from engine.viewer.overlay import depth_colormap
+
         near, far = 2.0, 4.4                                         # orbit radius 3.2 +- scene extent
-        shade = lambda d, m: ((far - d) / (far - near)).clamp(0, 1) * m  # noqa: E731  (near = bright)
-        depth = shade(mesh.depth[0], mesh.alpha[0])
         # hybrid expected depth normalised by everything that absorbed the ray (volume + mesh behind it)
         w = vol.alpha[0] + (1 - vol.alpha[0]) * mesh.alpha[0]
-        vdepth = shade(vol.depth[0] / w.clamp_min(1e-6), (w > 0.05).to(w))
         to8 = lambda x: (x.cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
-        gray = lambda x: to8(x[..., None].expand(-1, -1, 3))  # noqa: E731
-        return to8(normal), gray(depth), gray(vdepth)
+        depth = depth_colormap(mesh.depth[0].cpu().numpy(), mesh.alpha[0].cpu().numpy() > 0.5, near, far,
+                               "mesh depth (camera z, world units)")
+        vdepth = depth_colormap((vol.depth[0] / w.clamp_min(1e-6)).cpu().numpy(), (w > 0.05).cpu().numpy(), near,
+                                far, "hybrid expected depth")
+        return to8(normal), depth, vdepth
 
     def metrics(self):
         if self.out is None:

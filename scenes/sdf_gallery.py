@@ -1,11 +1,13 @@
 """Analytic SDFs and CSG, meshed by tide's marching cubes and spun on a turntable; each mesh exported as glb."""
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import trimesh
 
 from engine import backend
+from engine.scene import Range
 from engine.fields import marching_cubes, sdf
 from engine.fields.isosurface import grid_points
 
@@ -32,18 +34,12 @@ def gallery() -> dict:
 
 @dataclass
 class Config:
-    resolution: int = 64
+    resolution: Annotated[int, Range(ge=8, le=512)] = 64
     """Marching-cubes samples per axis for each shape (over [-1, 1]^3)."""
-    frames: int = 48
+    frames: Annotated[int, Range(ge=1)] = 48
     """Frames in one full turn (the runner's --frames decides how many are rendered)."""
-    image: int = 384
+    image: Annotated[int, Range(ge=32, le=4096)] = 384
     """Width and height of the video in pixels."""
-
-    def validate(self):
-        from engine.errors import ConfigError
-
-        if self.resolution < 8 or self.frames <= 0 or self.image < 32:
-            raise ConfigError("resolution must be >= 8, frames > 0 and image >= 32")
 
 
 class Scene:

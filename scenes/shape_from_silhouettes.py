@@ -1,12 +1,14 @@
 """Shape from silhouettes: optimise a grid SDF so its marching-cubes mesh, soft-rasterized (or hard-rasterized and
 antialiased), matches target masks."""
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import trimesh
 
 from engine import backend
+from engine.scene import Choices, Range
 from engine.fields import DenseGrid, chamfer_distance, marching_cubes, marching_cubes_torch, sample_surface, sdf
 from engine.fields.isosurface import grid_points
 
@@ -20,37 +22,29 @@ def target_shape():
 
 @dataclass
 class Config:
-    grid: int = 24
+    grid: Annotated[int, Range(ge=8, le=256)] = 24
     """SDF grid nodes per axis over [-1, 1]^3 (the optimised parameters)."""
-    views: int = 8
+    views: Annotated[int, Range(ge=1, le=256)] = 8
     """Number of target silhouettes (cameras on two rings around the shape)."""
-    image: int = 64
+    image: Annotated[int, Range(ge=16, le=2048)] = 64
     """Silhouette width and height in pixels."""
-    iterations: int = 150
+    iterations: Annotated[int, Range(ge=0)] = 150
     """Adam steps."""
-    lr: float = 0.01
+    lr: Annotated[float, Range(gt=0)] = 0.01
     """Adam learning rate on grid values (world units)."""
-    raster: str = "soft"
+    raster: Annotated[str, Choices("soft", "hard")] = "soft"
     """Silhouette renderer: "soft" (blurred coverage, K layers) or "hard" (z-buffer with silhouette antialiasing:
     gradients only at the outline pixels)."""
-    sigma: float = 2e-5
+    sigma: Annotated[float, Range(gt=0)] = 2e-5
     """Soft-rasterizer blur (squared NDC units)."""
-    faces_per_pixel: int = 16
+    faces_per_pixel: Annotated[int, Range(ge=1, le=64)] = 16
     """K of the soft rasterizer (more layers keep small marching-cubes faces from dropping out of the blend)."""
-    smooth_weight: float = 0.5
+    smooth_weight: Annotated[float, Range(ge=0)] = 0.5
     """Weight of the grid smoothness term (squared second differences of the SDF values)."""
-    frame_every: int = 10
+    frame_every: Annotated[int, Range(ge=1)] = 10
     """Add a progress frame to the video every this many iterations."""
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0, lt=2**31)] = 0
     """Seed for surface sampling in the Chamfer metric."""
-
-    def validate(self):
-        from engine.errors import ConfigError
-
-        if self.grid < 8 or self.views < 1 or self.image < 16 or self.iterations < 0:
-            raise ConfigError("grid >= 8, views >= 1, image >= 16 and iterations >= 0 are required")
-        if self.raster not in ("soft", "hard"):
-            raise ConfigError(f"raster must be 'soft' or 'hard', got {self.raster!r}")
 
 
 class Scene:
@@ -130,6 +124,8 @@ class Scene:
                 self.field.values.copy_(blob["values"])
             opt.load_state_dict(blob["opt"])
 
+        run.units.update(loss="mask MSE + weighted smoothness", silhouette="mask MSE, unitless",
+                         chamfer="world units (shape in [-1, 1]^3)")
         for it in run.loop(self.cfg.iterations, state=state, load=load, desc="silhouettes"):
             loss, sil = self.iterate(opt)
             if it % self.cfg.frame_every == 0 or it == self.cfg.iterations - 1:
@@ -165,7 +161,10 @@ class Scene:
                 out = render_mesh(verts.to(dt), faces, cam, face_colors=torch.tensor([colour], dtype=dt).expand(
                     len(faces), 3), lights=DirectionalLights.default(dt), mode="hard", background=1.0)
                 panels.append((out.rgb[0].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
-        return np.concatenate(panels, axis=1)
+        from engine.viewer.overlay import label_panels
+
+        return label_panels(np.concatenate(panels, axis=1), [f"recovered mesh ({len(self.history)} steps)",
+                                                             "target"])
 
     def metrics(self):
         return {"chamfer_start": self.chamfer_start, "chamfer_end": self.chamfer(),

@@ -1,40 +1,48 @@
 """Terrain: a passive soft walker dropped on one of the eight SoftZoo environments (--set env=...), optionally
 on Perlin-noise terrain and with a mixed bed (--set pool=water: a pool set into the bed)."""
 from dataclasses import dataclass
+from typing import Annotated
 
 from engine import backend
 from engine.physics import ModelBuilder, environments, materials, terrain, viz
+from engine.errors import ConfigError
 from engine.physics.robot import add_walker
+from engine.physics.viz import FRAME_TIME
+from engine.scene import Choices, Range
 
 
 @dataclass
 class Config:
-    env: str = "ground"
+    env: Annotated[str, Choices(*environments.PRESETS)] = "ground"
     """Environment: ground|ice|desert|snow|clay|wetland|shallow_water|ocean."""
-    dim: int = 2
+    dim: Annotated[int, Choices(2, 3)] = 2
     """Dimension: 2 or 3."""
-    res: int = 96
+    res: Annotated[int, Range(ge=16, le=512)] = 96
     """Grid nodes per axis (the domain is a 1 m cube)."""
-    roughness: float = 0.03
+    roughness: Annotated[float, Range(ge=0, le=0.2)] = 0.03
     """Perlin terrain amplitude [m] (0 = flat, as in every SoftZoo config)."""
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0, lt=2**31)] = 0
     """Terrain noise seed."""
-    pool: str = ""
+    pool: Annotated[str, Choices("", *(m for m in materials.NAMES if m != "muscle"))] = ""
     """Mixed bed: material of a pool dug into the terrain and set into the bed (e.g. water; empty = none)."""
-    pool_x: str = "0.62,0.9"
+    pool_x: Annotated[tuple[float, float], Range(ge=0, le=1)] = (0.62, 0.9)
     """Pool extent along x as fractions of the domain width, "lo,hi"."""
-    pool_depth: float = 0.05
+    pool_depth: Annotated[float, Range(ge=0, le=0.3)] = 0.05
     """Depth of the pool's basin below the terrain [m]."""
-    robot_E: float = 3e4
+    robot_E: Annotated[float, Range(gt=0)] = 3e4
     """Robot Young's modulus [Pa]."""
-    frames: int = 60
+    frames: Annotated[int, Range(ge=0)] = 60
     """Frames of 1/60 s."""
-    dt: float = 1e-4
+    dt: Annotated[float, Range(gt=0, le=FRAME_TIME)] = 1e-4
     """Substep [s]."""
-    image_width: int = 512
+    image_width: Annotated[int, Range(ge=16, le=4096)] = 512
     """Video width [px]."""
-    image_height: int = 512
+    image_height: Annotated[int, Range(ge=16, le=4096)] = 512
     """Video height [px]."""
+
+    def validate(self):
+        if self.pool_x[0] >= self.pool_x[1]:
+            raise ConfigError(f"pool_x={self.pool_x[0]:g},{self.pool_x[1]:g}: expected lo,hi with lo < hi")
 
 
 class Scene(viz.MPMScene):
@@ -46,8 +54,7 @@ class Scene(viz.MPMScene):
         res = (c.res,) * c.dim
         b = ModelBuilder(res=res, dx=dx, ppc=2)
         if c.pool:
-            lo, hi = (float(v) for v in c.pool_x.split(","))
-            env = env.with_pool(c.pool, pool_x=(lo, hi), pool_depth=c.pool_depth)
+            env = env.with_pool(c.pool, pool_x=tuple(c.pool_x), pool_depth=c.pool_depth)
         heights, _ = terrain.heightfield(res, dx, base=0.1, amplitude=c.roughness, seed=c.seed)
         heights, self.beds = environments.lay_bed(env, b, heights)
         normals = terrain.normals_of(heights, dx)

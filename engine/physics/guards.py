@@ -47,6 +47,8 @@ def dt_limit(model) -> tuple[float, float, float]:
 def check_dt(model, dt: float) -> float:
     """Warn (``StabilityWarning``) when dt > CFL·dx/c, raise ``ConfigError`` when dt > REFUSE·dx/c.
     Returns the recommended limit."""
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a positive time step [s], got {dt}")
     lim, E, c = dt_limit(model)
     if dt > lim * REFUSE / CFL:
         raise ConfigError(f"dt={dt:g} s is far above the CFL limit for E={E:g} Pa (wave speed {c:.3g} m/s, "

@@ -183,6 +183,17 @@ def _real_tensor(a, shape=None):
     return t.reshape(shape).contiguous() if shape is not None else t.contiguous()
 
 
+def check_material_parameters(E=None, nu=None, rho=None) -> None:
+    """ValueError unless E > 0 [Pa], 0 <= nu < 0.5 and rho > 0 [kg/m^d] (None: the material's default)."""
+    if E is not None and not (np.isfinite(E) and E > 0):
+        raise ValueError(f"Young's modulus E must be > 0 Pa, got {E}")
+    if nu is not None and not (np.isfinite(nu) and 0 <= nu < 0.5):
+        raise ValueError(f"Poisson ratio nu must be in [0, 0.5) (0.5 is incompressible, which explicit MPM cannot "
+                         f"step), got {nu}")
+    if rho is not None and not (np.isfinite(rho) and rho > 0):
+        raise ValueError(f"density rho must be > 0, got {rho}")
+
+
 @dataclass
 class _Body:
     points: np.ndarray
@@ -211,6 +222,16 @@ class ModelBuilder:
     bound: int = 3
     bodies: list = field(default_factory=list)
 
+    def __post_init__(self):
+        if len(self.res) not in (2, 3):
+            raise ValueError(f"res must have 2 or 3 entries (the dimension), got {len(self.res)}: {tuple(self.res)}")
+        if min(int(r) for r in self.res) < 2 * self.bound + 1:
+            raise ValueError(f"res={tuple(self.res)} leaves no room inside the {self.bound}-cell wall bands")
+        if not (np.isfinite(self.dx) and self.dx > 0):
+            raise ValueError(f"dx must be a positive length [m], got {self.dx}")
+        if int(self.ppc) < 1:
+            raise ValueError(f"ppc (particles per cell per axis) must be >= 1, got {self.ppc}")
+
     @property
     def dim(self) -> int:
         return len(self.res)
@@ -228,6 +249,7 @@ class ModelBuilder:
         pts = np.asarray(points, dtype=np.float64).reshape(-1, self.dim)
         if len(pts) == 0:
             raise ValueError("body has no particles: make it larger than one lattice spacing dx/ppc")
+        check_material_parameters(E, nu, rho)
         name = material if isinstance(material, str) else [k for k, v in materials.NAMES.items() if v == material][0]
         mid = materials.ids(material)
         dE, dnu, drho = MATERIAL_DEFAULTS[name]

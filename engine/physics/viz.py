@@ -71,12 +71,20 @@ class MPMScene:
     A subclass builds its ``Model`` in ``build()`` and hands it to ``start``, which makes the solver and state.
     """
 
+    video_fps: int = round(1 / FRAME_TIME)
+    """Video frames per second; 1/FRAME_TIME plays in real time (the runner's --fps sets it)."""
+
     def __init__(self, config):
         self.cfg = config
 
     def start(self, model) -> None:
         from .mpm import Solver
 
+        from .guards import check_dt
+
+        # Refuse a too-large dt now, quoting the value the user gave, before any output exists; the solver
+        # checks the substep it actually takes (FRAME_TIME / substeps) again when it steps.
+        check_dt(model, float(self.cfg.dt))
         self.model, self.solver, self.state = model, Solver(model), model.state()
         self.substeps = max(1, round(FRAME_TIME / self.cfg.dt))
         self.substep_dt = FRAME_TIME / self.substeps
@@ -84,5 +92,43 @@ class MPMScene:
     def step(self, frame: int) -> None:
         self.solver.advance(self.state, self.substeps, self.substep_dt)
 
+    @property
+    def time(self) -> float:
+        """Simulated time [s] of the current state."""
+        return self.solver.substep * self.substep_dt
+
+    def references(self) -> list[dict]:
+        """What the scene checks against, drawn on its video (see ``engine.viewer.overlay.annotate_2d``)."""
+        return []
+
+    def geometry(self) -> dict:
+        """What the GGUI viewer draws in 3D: the particles in their body colours (a 2D scene as a slab at z = 0),
+        the floor or terrain as ``heightfield`` (xs, heights) and the domain bounds."""
+        m = self.model
+        x = self.state.x.detach().cpu().numpy()
+        h = float(m.vol[0]) ** (1 / m.dim)
+        heights = m.heights.detach().cpu().numpy()
+        xs = np.arange(m.res[0]) * m.dx
+        return {"particles": {"x": x, "color": None if m.colors is None else np.clip(m.colors, 0, 1),
+                              "radius": 0.6 * h},
+                "heightfield": (xs, heights) if m.dim == 2 else None,
+                "ground": float(np.min(heights)),
+                "bounds": (np.zeros(m.dim), np.asarray(m.domain, float))}
+
     def render(self) -> np.ndarray:
-        return render_state(self.model, self.state, self.cfg.image_width, self.cfg.image_height)
+        """The particles, with the floor or terrain, the walls, a time stamp, a scale bar and the scene's
+        references (2D); 3D views get the time stamp."""
+        from ..viewer.overlay import annotate_2d, stamp
+
+        m = self.model
+        cam = camera_for(m)
+        img = render_state(m, self.state, self.cfg.image_width, self.cfg.image_height, camera=cam)
+        speed = self.video_fps * FRAME_TIME
+        title = None if abs(speed - 1) < 1e-9 else f"(playback {speed:.2g}x real time)"
+        if m.dim != 2:
+            return stamp(img, self.time, title)
+        xs = (np.arange(m.res[0]) + 0.0) * m.dx
+        heights = m.heights.detach().cpu().numpy()
+        walls = (m.bound * m.dx, (m.res[0] - m.bound) * m.dx)
+        return annotate_2d(img, cam, time_s=self.time, ground=(xs, heights), walls=walls,
+                           references=self.references(), title=title)

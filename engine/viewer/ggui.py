@@ -80,6 +80,12 @@ class Viewer:
         span = float(np.max(hi - lo)) or 1.0
         self.orbit = _Orbit(centre, 1.8 * span, yaw=0.0 if self._is_2d(geo) else 0.6,
                             pitch=0.0 if self._is_2d(geo) else 0.35)
+        if offscreen:
+            # Measured with lavapipe: the second image GGUI renders offscreen comes back with the ground but
+            # without the meshes (mesh_turntable's frame 1). Two discarded warm-up frames, drawn without
+            # advancing the scene, make every returned frame complete.
+            for _ in range(2):
+                self.frame(advance=False)
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def _geometry(self):
@@ -173,7 +179,7 @@ class Viewer:
     def _draw(self):
         geo = self._geometry()
         if geo is None:
-            self.canvas.set_image(_image_for_canvas(self.scene.render()))
+            self.canvas.set_image(_image_for_canvas(_letterbox(self.scene.render(), self.res)))
             return
         eye = self.orbit.eye()
         self.camera.position(*eye)
@@ -239,6 +245,22 @@ class Viewer:
                 on_frame(n, img)
             n += 1
         return n
+
+
+def _letterbox(img, res):
+    """Pad a (H, W, 3) image with white to the window's aspect ratio, so the canvas (which stretches whatever it
+    is given to the window) shows it undistorted and centred."""
+    img = np.asarray(img)
+    H, W = img.shape[:2]
+    win_w, win_h = res
+    if W * win_h > H * win_w:  # wider than the window: pad top and bottom
+        new_h, new_w = int(round(W * win_h / win_w)), W
+    else:
+        new_h, new_w = H, int(round(H * win_w / win_h))
+    full = np.full((new_h, new_w) + img.shape[2:], 255 if img.dtype == np.uint8 else 1.0, img.dtype)
+    y0, x0 = (new_h - H) // 2, (new_w - W) // 2
+    full[y0:y0 + H, x0:x0 + W] = img
+    return full
 
 
 def _image_for_canvas(img):

@@ -39,8 +39,9 @@ def test_shape_from_silhouettes_with_hard_antialiased_masks():
     assert scene.history[-1] < 0.15 * first
     assert m["chamfer_end"] < 0.6 * m["chamfer_start"], m
     from engine.errors import ConfigError
-    with pytest.raises(ConfigError, match="raster must be"):
-        module.Config(raster="wire").validate()
+    from engine.scene import apply_overrides
+    with pytest.raises(ConfigError, match="raster='wire' is not a valid choice"):
+        apply_overrides(module.Config, {"raster": "wire"})
 
 
 def test_sdf_gallery_builds_closed_meshes_and_renders():

@@ -1,0 +1,122 @@
+"""Videos that explain themselves: ground, walls, time, scale and the scene's reference on the frames; real-time
+playback; loss.png with every term; 2D images letterboxed (never stretched) in the viewer."""
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from engine.cli import main
+from engine.runner import plot_history
+from engine.viewer.ggui import _letterbox
+from engine.viewer.overlay import Window2D, annotate_2d, nice_length
+
+from ..physics.helpers import run_scene
+
+FLAGS = ["--arch", "cpu", "--precision", "f64", "--no-progress"]
+
+
+@pytest.mark.parametrize("metres, bar", [(0.37, 0.2), (1.2, 1.0), (0.05, 0.05), (0.0999, 0.05), (7.0, 5.0)])
+def test_scale_bar_length_is_a_round_number(metres, bar):
+    assert nice_length(metres) == pytest.approx(bar)
+
+
+def test_ground_walls_and_reference_are_drawn_where_they_belong():
+    white = np.full((200, 400, 3), 255, np.uint8)
+    cam = {"lo": (0.0, 0.0), "hi": (2.0, 1.0)}  # 200 px per metre
+    img = annotate_2d(white, cam, time_s=0.5, ground=([0.0, 2.0], [0.1, 0.1]), walls=(0.1, 1.9),
+                      references=[{"x": 1.0, "label": ""}])
+    win = Window2D(cam, 400, 200)
+    assert win.scale == 200
+    assert (img[190, 150:250] != 255).any(axis=1).all()  # 5 cm above the bottom: under the floor (0.1 m)
+    assert (img[120, 60:340] == 255).all(axis=1).mean() > 0.95  # open space above the floor stays white
+    assert (img[120, 2:18] != 255).any(axis=1).all()  # left wall band (x < 0.1 m) is shaded
+    assert (img[120:150, 199:202] != 255).any()  # the reference line at x = 1 m (pixel 200)
+    assert (img[5:20, 5:60] != 255).any()  # the time stamp
+
+
+def test_mpm_frames_show_floor_and_the_scene_reference():
+    scene = run_scene("jelly_drop", frames=1, res=16, image_width=64, image_height=64)
+    img = scene.render()
+    floor_row = 64 - int(3 / 16 * 64) // 2  # halfway into the floor band (3 cells of 1/16 m)
+    assert (img[floor_row, 16:48] != 255).any(axis=1).all()
+    beam = run_scene("cantilever", frames=0)
+    line = beam.references()[0]["polyline"]
+    assert line[0, 1] == pytest.approx(beam.y_mid)  # no deflection at the clamp
+    assert beam.y_mid - line[-1, 1] == pytest.approx(beam.euler_bernoulli())  # the tip deflection δ = qL⁴/8E'I
+    dam = run_scene("dam_break", frames=2, res=32, dt=2e-4)
+    c = dam.cfg
+    assert dam.time == pytest.approx(2 / 60)
+    assert dam.references()[0]["x"] == pytest.approx(dam.x_wall + c.column_width + 2 * (9.81 * c.column_height) ** 0.5
+                                                     * 2 / 60)
+    sand = run_scene("sand_column", frames=0, aspect=1.0, cells_per_width=4)
+    x0, x1 = sand.references()[0]["band"]
+    assert (x0 - sand.x_wall) / sand.cfg.width == pytest.approx(2.2) and (x1 - sand.x_wall) / sand.cfg.width == pytest.approx(2.6)
+
+
+def test_videos_play_in_real_time_or_say_the_factor(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["run", "jelly_drop", "--set", "res=16", "--frames", "2", "--out", str(out), *FLAGS]) == 0
+    assert json.loads((out / "config.json").read_text())["fps"] == 60  # frames are 1/60 s of simulated time
+    assert iio.immeta(out / "video.mp4")["fps"] == 60
+    assert main(["run", "jelly_drop", "--set", "res=16", "--frames", "2", "--fps", "30", "--out", str(tmp_path / "b"),
+                 *FLAGS]) == 0
+    a, b = iio.imread(out / "video.mp4")[0], iio.imread(tmp_path / "b" / "video.mp4")[0]
+    assert np.abs(a[:24].astype(int) - b[:24].astype(int)).max() > 100  # "(playback 0.5x real time)" is written
+    assert np.abs(a[40:].astype(int) - b[40:].astype(int)).mean() < 3  # and nothing else differs
+
+
+def test_loss_png_has_a_panel_per_term(tmp_path):
+    rows = [{"iteration": i, "loss": 1 / (i + 1), "silhouette": 0.5 / (i + 1)} for i in range(5)]
+    one = iio.imread(plot_history([{k: r[k] for k in ("iteration", "loss")} for r in rows], tmp_path / "a.png"))
+    two = iio.imread(plot_history(rows, tmp_path / "b.png", units={"silhouette": "MSE"}))
+    assert two.shape[0] > 1.5 * one.shape[0]
+    assert plot_history([{"iteration": 0, "x": 1.0}], tmp_path / "c.png") is None
+
+
+@pytest.mark.parametrize("shape, res", [((100, 50), (800, 600)), ((50, 100), (800, 600)), ((60, 80), (800, 600))])
+def test_letterbox_keeps_the_aspect_ratio(shape, res):
+    img = np.zeros(shape + (3,), np.uint8)
+    out = _letterbox(img, res)
+    assert out.shape[1] / out.shape[0] == pytest.approx(res[0] / res[1], rel=0.02)
+    assert (out == 0).sum() == img.size  # the image itself is kept, pixel for pixel, and only padded
+
+
+def test_offscreen_view_shows_the_mesh_in_every_frame(tmp_path, capsys):
+    """mesh_turntable used to lose its mesh after frame 0 (the GGUI offscreen warm-up bug)."""
+    out = tmp_path / "v"
+    assert main(["view", "mesh_turntable", "--offscreen", "--frames", "6", "--res", "160x120", "--out", str(out),
+                 "--arch", "cpu", "--precision", "f64"]) == 0
+    for i in range(6):
+        img = iio.imread(out / "frames" / f"frame_{i:05d}.png")
+        orange = (img[..., 0] > 180) & (img[..., 2] < 140) & (img[..., 1] > 90)  # the mesh's colour
+        assert orange.mean() > 0.05, (i, orange.mean())
+
+
+def test_offscreen_view_of_a_2d_scene_is_not_stretched(tmp_path, capsys):
+    out = tmp_path / "v"
+    assert main(["view", "jelly_drop", "--set", "res=16", "--set", "image_width=128", "--set", "image_height=128",
+                 "--offscreen", "--frames", "2", "--res", "320x160", "--out", str(out), "--arch", "cpu",
+                 "--precision", "f64"]) == 0
+    img = iio.imread(out / "frames" / "frame_00001.png")
+    jelly = (img[..., 0] > 150) & (img[..., 1] < 120)  # the block: 0.3 m x 0.2 m
+    ys, xs = np.nonzero(jelly)
+    ratio = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+    assert ratio == pytest.approx(1.5, rel=0.2), ratio
+
+
+def test_depth_map_uses_a_colour_map_with_its_range():
+    import matplotlib
+
+    from engine.viewer.overlay import depth_colormap, label_panels
+
+    depth = np.full((64, 64), 2.0)
+    depth[:, 32:] = 4.4
+    img = depth_colormap(depth, np.ones((64, 64), bool), 2.0, 4.4)
+    assert img.shape == (64, 64 + 70, 3)
+    viridis = matplotlib.colormaps["viridis"]
+    assert np.abs(img[40, 10].astype(int) - np.array(viridis(0.0)[:3]) * 255).max() <= 1  # near end
+    assert np.abs(img[40, 50].astype(int) - np.array(viridis(1.0)[:3]) * 255).max() <= 1  # far end
+    assert (img[:, 64 + 8:64 + 22] != 255).any()  # the colour bar
+    panels = label_panels(np.full((40, 300, 3), 200, np.uint8), ["a", "b", "c"])
+    assert all((panels[4:16, x:x + 12] < 100).any() for x in (5, 105, 205))  # one label per panel
