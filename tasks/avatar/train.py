@@ -12,7 +12,7 @@ import torch
 from .common import Sequence, evaluate, ssim
 from .gaussian import Denoiser, GaussianAvatar, MeshBaseline, major_bones
 
-__all__ = ["BaselineTrainer", "GaussianTrainer", "pose_features", "part_images", "crop_box", "report"]
+__all__ = ["BaselineTrainer", "GaussianTrainer", "HybridTrainer", "pose_features", "part_images", "crop_box", "report"]
 
 
 def pose_features(seq: Sequence) -> torch.Tensor:
@@ -239,3 +239,58 @@ class GaussianTrainer(_Base):
 def report(times: list) -> float | None:
     """Median seconds per iteration (the first iterations include kernel compilation)."""
     return float(np.median(times[2:] if len(times) > 4 else times)) if times else None
+
+
+class HybridTrainer(_Base):
+    """Hybrid mesh + clothing-field avatar (DELTA): RGB + mask MSE + SSIM, with a small Laplacian-free offset
+    penalty keeping the body mesh near the model's shape (the mesh is trained by the image losses through the
+    terminal colour and the hard raster's interior gradients; the field by the volume samples)."""
+
+    def __init__(self, seq: Sequence, views: int = 3, n_samples: int = 48, voxel: float = 0.025,
+                 cutoff: float = 0.15, w_mask: float = 0.5, w_ssim: float = 0.2, w_offset: float = 10.0,
+                 lr: float = 1.0, seed: int = 0):
+        super().__init__(seq, views, seed)
+        from .hybrid import HybridAvatar
+
+        torch.manual_seed(seed)
+        self.model = HybridAvatar(seq.body, voxel=voxel, cutoff=cutoff)
+        m = self.model
+        self.opt = torch.optim.Adam([{"params": [m.colour], "lr": 0.05 * lr}, {"params": [m.offset], "lr": 5e-4 * lr},
+                                     {"params": [m.encoding.table], "lr": 0.02 * lr},
+                                     {"params": m.head.parameters(), "lr": 5e-3 * lr}])
+        self.S = n_samples
+        self.w = dict(mask=w_mask, ssim=w_ssim, offset=w_offset)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def prepare(self, frames):
+        """Compute (and cache) the posed grids' canonical coordinates for these frames."""
+        for f in frames:
+            self.model.posed_grid(f, self.seq.transforms[f])
+
+    def step(self, it: int) -> dict:
+        t0 = time.perf_counter()
+        seq = self.seq
+        f, cams = self.batch()
+        rgb, alpha, _ = self.model.render(f, seq.transforms[f], seq.cameras(cams), self.S)
+        target, mask = seq.images[cams, f], seq.masks[cams, f]
+        l_rgb = ((rgb - target) ** 2).mean()
+        loss = l_rgb + self.w["mask"] * ((alpha - mask) ** 2).mean() + self.w["ssim"] * (1 - ssim(rgb, target))
+        loss = loss + self.w["offset"] * (self.model.offset ** 2).sum(1).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.step_times.append(time.perf_counter() - t0)
+        return {"loss": loss.item(), "rgb_mse": l_rgb.item()}
+
+    @torch.no_grad()
+    def predict(self, f: int, cams: list) -> torch.Tensor:
+        return self.model.render(f, self.seq.transforms[f], self.seq.cameras(cams), self.S, stratified=False)[0]
+
+    def state(self):
+        return {"model": {k: v for k, v in self.model.state_dict().items()}, "opt": self.opt.state_dict(),
+                "rng": self.rng.getstate()}
+
+    def load(self, blob):
+        self.model.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["opt"])
+        self.rng.setstate(blob["rng"])
