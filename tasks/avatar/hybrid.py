@@ -162,7 +162,10 @@ class HybridAvatar(nn.Module):
         axes = [torch.linspace(float(lo[i]), float(hi[i]), int(n[i]), dtype=lo.dtype) for i in range(3)]
         pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
         with torch.no_grad():
-            d = torch.cdist(pts, self.body.rest_verts[self.sub]).amin(1) if len(pts) < 3e6 else None
+            from scipy.spatial import cKDTree
+
+            d = torch.as_tensor(cKDTree(self.body.rest_verts[self.sub].double().numpy()).query(
+                pts.double().numpy())[0], dtype=pts.dtype)
             sig = torch.cat([self.field(pts[s:s + 65536])[0] for s in range(0, len(pts), 65536)])
             sig = torch.where(d < self.cutoff, sig, torch.zeros_like(sig))
         vol = sig.reshape(*n.tolist())
