@@ -119,7 +119,9 @@ class Scene:
         return self._other
 
     @torch.no_grad()
-    def _panel(self, f, training=None):
+    def _panel(self, f, training=None, transfer=False):
+        """Comparison strip for frame f; the video's frames (training and novel pose) share one size, so the
+        clothing-transfer tile goes only into the exported PNGs (``transfer=True``)."""
         from tasks.avatar.viz import panel
 
         cam = [self.seq.test_cams[0]]
@@ -129,7 +131,7 @@ class Scene:
                 m.render(f, T, cams, t.S, stratified=False, with_clothes=False)[0][0],
                 m.render(f, T, cams, t.S, stratified=False, with_body=False)[0][0]]
         labels = ["ground truth", "baseline mesh", "hybrid", "body only", "clothes only"]
-        if training is None:
+        if transfer:
             other, To, shift = self._transfer()
             imgs.append(m.render(("transfer", f), To[f], cams, t.S, stratified=False, body=other,
                                  rest_shift=shift)[0][0])
@@ -167,5 +169,5 @@ class Scene:
                                                             .astype(np.uint8), process=False).export(file_type="ply")
         tf = self.seq.test_frames or self.seq.train_frames
         for f in tf[:: max(1, len(tf) // 4)]:
-            out[f"novel_pose_{f:04d}.png"] = self._panel(f)
+            out[f"novel_pose_{f:04d}.png"] = self._panel(f, transfer=True)
         return out
