@@ -14,7 +14,10 @@ from engine import backend
 from .body import AnnyBody, BodyModel
 from .data import Dataset, DatasetError, generate, part_labels, read_dataset
 
-__all__ = ["Sequence", "load_sequence", "ssim", "psnr", "bbox", "evaluate", "gaussian_window"]
+ANNY_BONES = 104
+"""Bones of anny's default rig (the avatars' body model)."""
+
+__all__ = ["ANNY_BONES", "Sequence", "load_sequence", "ssim", "psnr", "bbox", "evaluate", "gaussian_window"]
 
 
 @dataclass
@@ -57,7 +60,8 @@ def load_sequence(data: str = "", size: int = 128, cams: int = 10, frames_per_mo
     if data and not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
     dt, dev = backend.torch_dtype(), backend.torch_device()
-    probe = read_dataset(root)  # joint count checked against the body below
+    # anny's default rig has 104 bones: checked before anny loads (and Warp prints its banner)
+    probe = read_dataset(root, n_bones=ANNY_BONES)
     body = AnnyBody(probe.phenotype if set(probe.phenotype) != {"default"} else None, dtype=dt)
     if probe.poses.shape[1] != body.n_bones:
         raise DatasetError(f"{root / 'models'}: poses have {probe.poses.shape[1]} joints, the anny body has "
