@@ -65,3 +65,24 @@ def test_bad_config_one_line_exit_2(tmp_path, capsys, scene, bad, message):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_short_hybrid_fit_beats_baseline(tmp_path):
+    # 60 iterations each on a 48-pixel, 4-camera dataset; measured here: novel pose 17.7 -> 20.1 dB, novel view
+    # 15.5 -> 16.2 dB (baseline -> hybrid); the margins asserted are about half of those
+    from tasks.avatar.common import load_sequence
+    from tasks.avatar.data import generate
+    from tasks.avatar.train import BaselineTrainer, HybridTrainer
+
+    root = generate(tmp_path / "tiny", size=48, n_cams=4, frames_per_motion=2, train_motions=("walk", "wave"),
+                    test_motions=("run",))
+    seq = load_sequence(str(root), holdout_cams=1)
+    base = BaselineTrainer(seq, views=3)
+    hyb = HybridTrainer(seq, views=3, n_samples=24, voxel=0.04)
+    for it in range(60):
+        base.step(it)
+        hyb.step(it)
+    b, h = base.metrics("", base.predict), hyb.metrics("", hyb.predict)
+    assert h["novel_pose_psnr"] > b["novel_pose_psnr"] + 1.0 and h["novel_pose_ssim"] > b["novel_pose_ssim"]
+    assert h["novel_view_psnr"] > b["novel_view_psnr"] + 0.3
