@@ -6,27 +6,29 @@ also fits the baseline (the posed body mesh with learned vertex colours) and rep
 PSNR/SSIM inside each frame's bounding box for the baseline, the Gaussians and the Gaussians + denoiser.
 """
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from engine import backend
+from engine.scene import Range
 
 
 @dataclass
 class Config:
     data: str = ""
     """Dataset folder in the ZJU-MoCap layout; empty: generate (or reuse) the cached clothed-character sequence."""
-    size: int = 128
+    size: Annotated[int, Range(ge=32, le=1024)] = 128
     """Image size of the generated dataset (pixels, square)."""
-    cams: int = 10
+    cams: Annotated[int, Range(ge=2)] = 10
     """Cameras of the generated dataset (3 are held out for novel views)."""
-    frames_per_motion: int = 6
+    frames_per_motion: Annotated[int, Range(ge=1)] = 6
     """Frames per motion of the generated dataset (train: walk, wave, squat; test: run, turn)."""
-    iterations: int = 600
+    iterations: Annotated[int, Range(ge=0)] = 600
     """Training iterations of the Gaussian avatar."""
-    baseline_iterations: int = 300
+    baseline_iterations: Annotated[int, Range(ge=0)] = 300
     """Training iterations of the mesh baseline."""
-    n_gaussians: int = 8000
+    n_gaussians: Annotated[int, Range(ge=100)] = 8000
     """Number of Gaussians, anchored to body faces drawn in proportion to their area."""
     rectifier: bool = True
     """Use the pose-conditioned rectifier MLP (False: static anchored Gaussians)."""
@@ -34,34 +36,24 @@ class Config:
     """Train the part-conditioned 2D denoiser UNet (its output is reported as 'gaussian_denoised')."""
     alternate: bool = True
     """Alternate denoise and rectify phases (False: train both jointly every step once the denoiser starts)."""
-    views: int = 3
+    views: Annotated[int, Range(ge=1)] = 3
     """Training cameras per iteration (one frame per iteration)."""
-    lr: float = 1.0
+    lr: Annotated[float, Range(gt=0)] = 1.0
     """Multiplier on all Gaussian learning rates."""
-    w_mask: float = 0.5
+    w_mask: Annotated[float, Range(ge=0)] = 0.5
     """Weight of the mask (alpha) MSE."""
-    w_ssim: float = 0.2
+    w_ssim: Annotated[float, Range(ge=0)] = 0.2
     """Weight of the (1 - SSIM) loss."""
-    w_den: float = 0.5
+    w_den: Annotated[float, Range(ge=0)] = 0.5
     """Weight of the denoised render's loss in the rectify phase."""
-    period: int = 20
+    period: Annotated[int, Range(ge=1)] = 20
     """Iterations per phase of the alternating denoise -> rectify loop."""
-    frame_every: int = 100
+    frame_every: Annotated[int, Range(ge=1)] = 100
     """Add a training-progress frame to the video every this many iterations."""
-    frames: int = 24
+    frames: Annotated[int, Range(ge=1)] = 24
     """Novel-pose video frames after training (held-out motions, a held-out camera)."""
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     """Seed for batch sampling and initialisation."""
-
-    def validate(self):
-        from engine.errors import ConfigError
-
-        if self.size < 32 or self.cams < 2 or self.frames_per_motion < 1:
-            raise ConfigError("size >= 32, cams >= 2 and frames_per_motion >= 1 are required")
-        if self.iterations < 0 or self.baseline_iterations < 0 or self.n_gaussians < 100 or self.views < 1:
-            raise ConfigError("iterations >= 0, baseline_iterations >= 0, n_gaussians >= 100, views >= 1 required")
-        if self.period < 1 or self.frame_every < 1 or self.lr <= 0:
-            raise ConfigError("period >= 1, frame_every >= 1 and lr > 0 are required")
 
 
 class Scene:

@@ -7,62 +7,52 @@ PSNR/SSIM inside each frame's bounding box, exports the body mesh and the clothi
 field) separately, and renders the clothing transferred to a body of other phenotype parameters.
 """
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from engine import backend
+from engine.scene import Range
 
 
 @dataclass
 class Config:
     data: str = ""
     """Dataset folder in the ZJU-MoCap layout; empty: generate (or reuse) the cached clothed-character sequence."""
-    size: int = 128
+    size: Annotated[int, Range(ge=32, le=1024)] = 128
     """Image size of the generated dataset (pixels, square)."""
-    cams: int = 10
+    cams: Annotated[int, Range(ge=2)] = 10
     """Cameras of the generated dataset (3 are held out for novel views)."""
-    frames_per_motion: int = 6
+    frames_per_motion: Annotated[int, Range(ge=1)] = 6
     """Frames per motion of the generated dataset (train: walk, wave, squat; test: run, turn)."""
-    iterations: int = 300
+    iterations: Annotated[int, Range(ge=0)] = 300
     """Training iterations of the hybrid avatar."""
-    baseline_iterations: int = 300
+    baseline_iterations: Annotated[int, Range(ge=0)] = 300
     """Training iterations of the mesh baseline."""
-    views: int = 3
+    views: Annotated[int, Range(ge=1)] = 3
     """Training cameras per iteration (one frame per iteration)."""
-    n_samples: int = 48
+    n_samples: Annotated[int, Range(ge=2)] = 48
     """Volume samples per ray (in front of the body mesh, which ends each ray it hits)."""
-    voxel: float = 0.025
+    voxel: Annotated[float, Range(ge=0.005, le=0.2)] = 0.025
     """Spacing of the per-frame posed grid the field is resampled onto (metres)."""
-    cutoff: float = 0.15
+    cutoff: Annotated[float, Range(ge=0.01, le=0.5)] = 0.15
     """k-NN inverse-skinning cut-off: points farther from the body get no density (metres)."""
-    lr: float = 1.0
+    lr: Annotated[float, Range(gt=0)] = 1.0
     """Multiplier on all learning rates."""
-    w_mask: float = 0.5
+    w_mask: Annotated[float, Range(ge=0)] = 0.5
     """Weight of the mask (alpha) MSE."""
-    w_ssim: float = 0.2
+    w_ssim: Annotated[float, Range(ge=0)] = 0.2
     """Weight of the (1 - SSIM) loss."""
-    w_offset: float = 10.0
+    w_offset: Annotated[float, Range(ge=0)] = 10.0
     """Weight of the squared body-vertex offset penalty (m^-2)."""
-    transfer_weight: float = 0.9
+    transfer_weight: Annotated[float, Range(ge=0, le=1)] = 0.9
     """anny 'weight' phenotype of the body the clothing is transferred to (the data's body has 0.5)."""
-    frame_every: int = 50
+    frame_every: Annotated[int, Range(ge=1)] = 50
     """Add a training-progress frame to the video every this many iterations."""
-    frames: int = 24
+    frames: Annotated[int, Range(ge=1)] = 24
     """Novel-pose video frames after training (held-out motions, a held-out camera)."""
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     """Seed for batch sampling and initialisation."""
-
-    def validate(self):
-        from engine.errors import ConfigError
-
-        if self.size < 32 or self.cams < 2 or self.frames_per_motion < 1:
-            raise ConfigError("size >= 32, cams >= 2 and frames_per_motion >= 1 are required")
-        if self.iterations < 0 or self.baseline_iterations < 0 or self.views < 1 or self.n_samples < 2:
-            raise ConfigError("iterations >= 0, baseline_iterations >= 0, views >= 1, n_samples >= 2 required")
-        if not (0.005 <= self.voxel <= 0.2) or not (0.01 <= self.cutoff <= 0.5):
-            raise ConfigError("voxel in [0.005, 0.2] m and cutoff in [0.01, 0.5] m are required")
-        if self.lr <= 0 or self.frame_every < 1 or not (0.0 <= self.transfer_weight <= 1.0):
-            raise ConfigError("lr > 0, frame_every >= 1 and transfer_weight in [0, 1] are required")
 
 
 class Scene:
