@@ -276,12 +276,14 @@ def make_coarse(fine: Shape | Asset, seed: int = 0, resolution: int = 26, blur: 
         tree, cols = cKDTree(fine.verts.detach().cpu().numpy()), fine.colors.detach().cpu().numpy()
         color_of = lambda q: cols[tree.query(q)[1]]  # noqa: E731
     h = 2.0 / (resolution - 1)
-    vol = np.clip(vol.reshape((resolution,) * 3), -2 * h, 2 * h) - dilate * h
+    # truncated at +-2 voxels so far-away positive distances do not drown a thin part in the blur
+    vol = np.clip(vol.reshape((resolution,) * 3), -2 * h, 2 * h)
     if blur > 0:
         vol = ndimage.gaussian_filter(vol, blur)
+    vol = vol - dilate
     if not (vol < 0).any():
         raise ValueError("make_coarse: the coarse asset is empty; raise resolution or dilate")
-    verts, faces = _march(vol - dilate, resolution)
+    verts, faces = _march(vol, resolution)
     g = torch.Generator().manual_seed(int(seed))
     verts = verts + noise * torch.randn(verts.shape, generator=g, dtype=verts.dtype)
     colors = torch.as_tensor(color_of(verts.numpy()), dtype=verts.dtype)
