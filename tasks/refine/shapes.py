@@ -199,6 +199,11 @@ def _vase(g):
     return [(body, col), (lip, band)]
 
 
+POLE_R, SHADE_WALL = 0.07, 0.06
+"""Lamp pole radius and shade wall (world units): the pole spans a voxel of ``make_coarse`` (0.08) and the wall one
+of ``Shape.mesh(48)`` (0.043); at 0.03 both fell between grid samples and the lamp meshed as a floating disc."""
+
+
 def _lamp(g):
     base_r, base_h = g.uniform(0.2, 0.32), g.uniform(0.03, 0.07)
     pole_h = g.uniform(0.6, 0.9)
@@ -207,11 +212,11 @@ def _lamp(g):
     shade = _hsv(g.uniform(0.05, 0.2), g.uniform(0.1, 0.6), g.uniform(0.8, 1.0))
     top = FLOOR + 2 * base_h + pole_h
     parts = [(lambda p: _cyl(p, np.array([0, FLOOR + base_h, 0]), base_r, base_h), metal),
-             (lambda p: _cyl(p, np.array([0, FLOOR + base_h + pole_h / 2, 0]), 0.03, pole_h / 2 + base_h), metal)]
+             (lambda p: _cyl(p, np.array([0, FLOOR + base_h + pole_h / 2, 0]), POLE_R, pole_h / 2 + base_h), metal)]
     sc = np.array([0, top, 0])
     rad = lambda y: shade_r1 + (shade_r0 - shade_r1) * (y + shade_h / 2) / shade_h  # noqa: E731
     parts.append((lambda p: np.maximum(_lathe(p, sc, rad, -shade_h / 2, shade_h / 2),
-                                       -_lathe(p, sc, lambda y: rad(y) - 0.03, -shade_h / 2 - 0.1,
+                                       -_lathe(p, sc, lambda y: rad(y) - SHADE_WALL, -shade_h / 2 - 0.1,
                                                shade_h / 2 + 0.1)), shade))
     return parts
 
