@@ -40,8 +40,11 @@ def load_asset(path) -> Asset:
         raise MeshError(f"asset must be one of {', '.join(MESH_SUFFIXES)}, got {p.name}")
     tm = load_mesh(p)
     dt = backend.torch_dtype()
+    kind = getattr(tm.visual, "kind", None)
     try:
-        cols = np.asarray(tm.visual.to_color().vertex_colors, dtype=np.float64)[:, :3] / 255.0
+        vis = tm.visual.to_color() if kind == "texture" else tm.visual   # texture: sampled at the vertex uvs
+        cols = (np.asarray(vis.vertex_colors, dtype=np.float64)[:, :3] / 255.0 if kind is not None
+                else np.full((len(tm.vertices), 3), 0.7))
     except Exception:  # noqa: BLE001 - a visual trimesh cannot convert: no colour information
         cols = np.full((len(tm.vertices), 3), 0.7)
     if cols.shape[0] != len(tm.vertices):
