@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine.errors import ConfigError
+
 __all__ = ["GuidanceSettings", "Guidance", "TideGuidance", "DiffusersGuidance", "load_guidance", "load_tide_denoiser",
            "sample_views", "DEFAULT_WEIGHTS"]
 
@@ -117,15 +119,15 @@ class DiffusersGuidance(Guidance):
 
         p = Path(path)
         if not (p / "model_index.json").is_file():
-            raise ValueError(f"guidance path is not a diffusers pipeline folder (no model_index.json): {p}")
+            raise ConfigError(f"guidance path is not a diffusers pipeline folder (no model_index.json): {p}")
         try:
             self.pipe = DiffusionPipeline.from_pretrained(str(p), local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - diffusers raises many types for broken folders
-            raise ValueError(f"could not load the diffusers pipeline at {p}: {type(exc).__name__}: "
+            raise ConfigError(f"could not load the diffusers pipeline at {p}: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         self.unet = getattr(self.pipe, "unet", None)
         if self.unet is None or getattr(self.pipe, "scheduler", None) is None:
-            raise ValueError(f"the diffusers pipeline at {p} has no unet/scheduler to score images with")
+            raise ConfigError(f"the diffusers pipeline at {p} has no unet/scheduler to score images with")
         self.unet.eval()
         self.settings = settings or GuidanceSettings()
         self.alphas_cumprod = self.pipe.scheduler.alphas_cumprod
@@ -189,7 +191,7 @@ def load_tide_denoiser(path=DEFAULT_WEIGHTS):
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"denoiser weights not found: {p} (train them with scripts/train_mv_denoiser.py)")
+        raise ConfigError(f"denoiser weights not found: {p} (train them with scripts/train_mv_denoiser.py)")
     blob = torch.load(p, map_location="cpu")
     model = MVDenoiser(**blob["config"])
     model.load_state_dict({k: v.float() for k, v in blob["state"].items()})
@@ -205,7 +207,7 @@ def load_guidance(spec: str, settings: GuidanceSettings | None = None) -> Guidan
         return TideGuidance(path, settings)
     if kind == "diffusers" and path:
         return DiffusersGuidance(path, settings)
-    raise ValueError(f"guidance must be 'tide', 'tide:/path/weights.pt' or 'diffusers:/path/to/pipeline', got {spec!r}")
+    raise ConfigError(f"guidance must be 'tide', 'tide:/path/weights.pt' or 'diffusers:/path/to/pipeline', got {spec!r}")
 
 
 @torch.no_grad()
