@@ -42,6 +42,7 @@ def test_load_asset_without_colour_is_grey_and_bad_files_raise(tmp_path):
         distill.load_asset(tmp_path / "junk.ply")
 
 
+@pytest.mark.slow
 def test_mesh_distillation_reaches_a_psnr_bound():
     tm, cols = _coloured_sphere()
     dt = torch.float64
@@ -66,6 +67,7 @@ def _cli(*args):
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sets, needle", [
     (["--set", "asset=/nonexistent/mesh.obj"], "mesh not found"),
     (["--set", "prompt=sofa"], "unknown class"),
