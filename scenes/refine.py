@@ -21,7 +21,8 @@ class Config:
     """Condition: a class of the shipped denoiser (chair, table, mug, vase, lamp, mushroom), or a text prompt for a
     diffusers pipeline."""
     representation: str = "mesh"
-    """mesh (SDF grid + marching cubes + rasterizer) or gaussians (splatter)."""
+    """mesh (SDF grid + marching cubes + rasterizer), gaussians (splatter) or nerf (hash grid + MLP, volume
+    renderer)."""
     init: str = "distill"
     """distill (BoostDream: start from the distilled asset) or scratch (SDS from a sphere / a ball of Gaussians)."""
     guidance: str = "tide"
@@ -57,9 +58,8 @@ class Config:
         from engine.errors import ConfigError
         from tasks.refine.shapes import CLASSES
 
-        if self.representation not in ("mesh", "gaussians"):
-            raise ConfigError(f"representation must be mesh or gaussians (nerf is not implemented), "
-                              f"got {self.representation!r}")
+        if self.representation not in ("mesh", "gaussians", "nerf"):
+            raise ConfigError(f"representation must be mesh, gaussians or nerf, got {self.representation!r}")
         if self.init not in ("distill", "scratch"):
             raise ConfigError(f"init must be distill or scratch, got {self.init!r}")
         if self.guidance.startswith("tide") and self.prompt not in CLASSES:
@@ -87,11 +87,14 @@ class Scene:
             shape = shapes.held_out_shape(c.prompt, c.held_out)
             self.fine = shape.mesh(48)
             self.coarse = shapes.make_coarse(shape, seed=c.seed)
-        kw = {"n": c.resolution} if c.representation == "mesh" else {"n": c.gaussians, "seed": c.seed}
+        kw = {"mesh": {"n": c.resolution}, "gaussians": {"n": c.gaussians, "seed": c.seed},
+              "nerf": {"seed": c.seed}}[c.representation]
         self.distilled = None
         if c.init == "distill":
+            # built here, not by distill(): its own ``seed`` (the cameras) would collide with the Gaussians' seed
+            rep = distill.make_representation(c.representation, self.coarse, **kw)
             self.rep, self.distill_report = distill.distill(self.coarse, c.representation, steps=c.distill_steps,
-                                                            size=c.size, seed=c.seed, **kw)
+                                                            size=c.size, seed=c.seed, rep=rep)
             with torch.no_grad():
                 self.distilled = distill.make_representation(c.representation, self.coarse, **kw)
                 self.distilled.load_state_dict(self.rep.state_dict())

@@ -26,7 +26,7 @@ from .shapes import Asset
 __all__ = ["load_asset", "MeshField", "GaussianField", "make_representation", "distill", "psnr", "ssim",
            "REPRESENTATIONS"]
 
-REPRESENTATIONS = ("mesh", "gaussians")
+REPRESENTATIONS = ("mesh", "gaussians", "nerf")
 LO, HI = -1.0, 1.0
 
 
@@ -184,6 +184,10 @@ def make_representation(kind: str, asset: Asset | None, **kw):
         return MeshField(asset, **kw)
     if kind == "gaussians":
         return GaussianField(asset, **kw)
+    if kind == "nerf":
+        from .nerf import NerfField
+
+        return NerfField(asset, **kw)
     raise ValueError(f"representation must be one of {', '.join(REPRESENTATIONS)}, got {kind!r}")
 
 
