@@ -8,9 +8,12 @@ same SDS from a sphere instead (the comparison BoostDream makes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
+
+from engine.scene import Choices, Range
 
 
 @dataclass
@@ -20,52 +23,46 @@ class Config:
     prompt: str = "chair"
     """Condition: a class of the shipped denoiser (chair, table, mug, vase, lamp, mushroom), or a text prompt for a
     diffusers pipeline."""
-    representation: str = "mesh"
+    representation: Annotated[str, Choices("mesh", "gaussians", "nerf")] = "mesh"
     """mesh (SDF grid + marching cubes + rasterizer), gaussians (splatter) or nerf (hash grid + MLP, volume
     renderer)."""
-    init: str = "distill"
+    init: Annotated[str, Choices("distill", "scratch")] = "distill"
     """distill (BoostDream: start from the distilled asset) or scratch (SDS from a sphere / a ball of Gaussians)."""
     guidance: str = "tide"
     """tide (the shipped multi-view denoiser), tide:/path/weights.pt, or diffusers:/path/to/pipeline (local)."""
-    held_out: int = 0
+    held_out: Annotated[int, Range(ge=0)] = 0
     """Which held-out shape of the class to make when no asset is given."""
-    distill_steps: int = 10
+    distill_steps: Annotated[int, Range(ge=0)] = 10
     """L1 distillation steps (one random 4-view set each)."""
-    steps: int = 30
+    steps: Annotated[int, Range(ge=0)] = 30
     """SDS refinement steps (4 orthogonal views per step, random elevation and distance)."""
-    size: int = 32
+    size: Annotated[int, Range(ge=16, le=512)] = 32
     """View size in pixels (the denoiser's resolution)."""
-    lr: float = 0.005
+    lr: Annotated[float, Range(gt=0)] = 0.005
     """Adam learning rate of the refinement (the distillation uses 0.01)."""
-    cfg: float = 5.0
+    cfg: Annotated[float, Range(ge=0)] = 5.0
     """Classifier-free guidance scale."""
-    normal_weight: float = 1.0
+    normal_weight: Annotated[float, Range(ge=0)] = 1.0
     """Weight of the normal-map channels of the SDS gradient (BoostDream's normal guidance)."""
-    reg_weight: float = 2.0
+    reg_weight: Annotated[float, Range(ge=0)] = 2.0
     """Weight of the L1 pull towards the distilled asset's renders at the start; it fades to 0 over reg_fade."""
-    reg_fade: float = 0.5
+    reg_fade: Annotated[float, Range(ge=0, le=1)] = 0.5
     """Fraction of the refinement over which the regulariser fades out."""
-    resolution: int = 32
+    resolution: Annotated[int, Range(ge=8, le=256)] = 32
     """SDF grid size (mesh) per axis."""
-    gaussians: int = 3000
+    gaussians: Annotated[int, Range(ge=10)] = 3000
     """Number of Gaussians (gaussians)."""
-    frames: int = 24
+    frames: Annotated[int, Range(ge=1)] = 24
     """Turntable frames in the video."""
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     """Seed of the coarse maker, cameras and SDS noise."""
 
     def validate(self):
         from engine.errors import ConfigError
         from tasks.refine.shapes import CLASSES
 
-        if self.representation not in ("mesh", "gaussians", "nerf"):
-            raise ConfigError(f"representation must be mesh, gaussians or nerf, got {self.representation!r}")
-        if self.init not in ("distill", "scratch"):
-            raise ConfigError(f"init must be distill or scratch, got {self.init!r}")
         if self.guidance.startswith("tide") and self.prompt not in CLASSES:
             raise ConfigError(f"unknown class {self.prompt!r} for the tide denoiser: use one of {', '.join(CLASSES)}")
-        if self.steps < 0 or self.distill_steps < 0 or self.size < 16 or self.resolution < 8 or self.gaussians < 10:
-            raise ConfigError("steps, distill_steps >= 0, size >= 16, resolution >= 8, gaussians >= 10 required")
 
 
 class Scene:
