@@ -152,6 +152,13 @@ def run_sweep(plan: Plan, out: str | Path, *, workers: int | None = None, addres
     signature = _signature(plan, arch, precision, frames)
     check_out(out, resume, overwrite, signature)
 
+    if resume and out.is_dir():  # a finished sweep needs no Ray: only its tables are written again
+        records = _load_records(out, plan)
+        if all(records.get(r.key, {}).get("status") == "ok" for r in plan.runs):
+            echo(f"sweep: {len(plan.runs)} of {len(plan.runs)} runs already finished")
+            result = SweepResult(out=out, plan=plan, records=records)
+            _write_tables(result, metrics, plot=plot)
+            return result
     import ray
 
     started = _start_ray(workers or os.cpu_count() or 1, address)
@@ -282,7 +289,8 @@ def _line(done: int, total: int, rec: dict, metrics) -> str:
         where += f" on {rec['node']}"
     if rec["status"] == "ok":
         flat = _summary.flatten(rec.get("metrics") or {})
-        names = metrics or [k for k, v in flat.items() if _summary._is_number(v)][:3]
+        names = metrics or [k for k, v in flat.items() if _summary._is_number(v)
+                            and k not in ("frames", "wall_time_s") and not k.startswith("history_last")][:3]
         detail = "  ".join(f"{k}={flat[k]:.4g}" if _summary._is_number(flat.get(k)) else f"{k}={flat.get(k)}"
                            for k in names if k in flat)
         return f"[{done}/{total}] ok      {rec['key']}  ({where})  {detail}"
