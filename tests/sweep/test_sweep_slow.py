@@ -2,10 +2,12 @@
 Each starts its own Ray and several `tide run` processes, so all are marked slow."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,16 +55,16 @@ def test_one_worker_gives_the_same_metrics_as_two(grid_sweep, tmp_path):
 
 def test_failing_runs_are_isolated_with_one_line_reasons(tmp_path):
     out = tmp_path / "fail"
-    res = sweep("--grid", "mode=ok,raise,blowup,hang", "--out", str(out), "--workers", "2", "--run-timeout", "75")
+    res = sweep("--grid", "mode=ok,raise,blowup,hang", "--out", str(out), "--workers", "2", "--run-timeout", "90")
     assert res.returncode == 1, res.stdout + res.stderr
     rows = summary(out)
     assert [r["status"] for r in rows.values()] == ["ok", "failed", "failed", "failed"]
     assert rows["mode=raise,seed=0"]["reason"] == "RuntimeError: deliberate failure at iteration 3"
     assert rows["mode=blowup,seed=0"]["reason"] == "NaN in particle velocities at substep 31: dt above the CFL limit"
-    assert rows["mode=hang,seed=0"]["reason"] == "timed out after 75 s (--run-timeout)"
+    assert rows["mode=hang,seed=0"]["reason"] == "timed out after 90 s (--run-timeout)"
     assert float(rows["mode=ok,seed=0"]["distance"]) == metrics(out, "mode=ok,seed=0")["distance"]
     md = (out / "summary.md").read_text()
-    assert "1 ok, 3 failed" in md and "timed out after 75 s" in md
+    assert "1 ok, 3 failed" in md and "timed out after 90 s" in md
     assert "1/1" in md.splitlines()[4] and "0/1" in md  # the failed groups have no successful run
     assert not _wait_gone(str(out), timeout=30)  # the hung run was killed, helpers and all
 
@@ -131,17 +133,19 @@ def two_node_cluster(tmp_path):
     cluster_env = env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     common = ["--block", "--num-cpus", "1", "--object-store-memory", str(80 * 1024 * 1024),
               "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    dirs = [str(tmp_path / "rh"), str(tmp_path / "rw")]
+    # short temp dirs: Ray's Unix socket paths inside them must stay under the 107-character limit
+    dirs = [tempfile.mkdtemp(prefix="tide-rh-", dir="/tmp"), tempfile.mkdtemp(prefix="tide-rw-", dir="/tmp")]
     procs = []
+    log = open(tmp_path / "ray_start.log", "w")  # what went wrong, should a node not come up
     try:
         procs.append(subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard",
                                        "false", "--temp-dir", dirs[0], *common], env=cluster_env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for_nodes(ray_bin, port, 1, cluster_env)
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for_nodes(ray_bin, port, 1, cluster_env, procs)
         procs.append(subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--temp-dir", dirs[1],
-                                       *common], env=cluster_env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for_nodes(ray_bin, port, 2, cluster_env)
+                                       *common], env=cluster_env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for_nodes(ray_bin, port, 2, cluster_env, procs)
         yield f"127.0.0.1:{port}"
     finally:
         for p in reversed(procs):  # `ray start --block` stops its node's processes on SIGTERM
@@ -154,11 +158,15 @@ def two_node_cluster(tmp_path):
         for d in dirs:  # anything of ours that outlived its node
             for pid in _wait_gone(d, timeout=20):
                 os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(d, ignore_errors=True)
+        log.close()
 
 
-def _wait_for_nodes(ray_bin, port, n, cluster_env, timeout=240):
+def _wait_for_nodes(ray_bin, port, n, cluster_env, procs, timeout=240):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a `ray start` of the test cluster exited; see ray_start.log in the test's tmp_path")
         res = subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=cluster_env,
                              capture_output=True, text=True)
         active = res.stdout.split("Active:")[-1].split("Pending:")[0] if "Active:" in res.stdout else ""
