@@ -1,6 +1,7 @@
 """`tide sweep`: a 2 x 2 grid x 2 seeds on 2 workers, checked run by run against an independent re-computation,
 and every kind of bad input refused with one line, exit status 2 and nothing written."""
 import json
+from pathlib import Path
 import re
 
 import numpy as np
@@ -128,3 +129,28 @@ def test_out_in_the_way_is_refused(grid_sweep, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "cannot --resume" in err and "different sets" in err and err.count("\n") == 1
     assert (out / "summary.csv").stat().st_mtime_ns == stamp
+
+
+def test_plan_order_keys_and_linked_axes():
+    from engine.sweep import make_plan
+
+    plan = make_plan(TOY, ["target=0.7,0.3;0.2,0.9", [{"lr": "0.1", "iterations": "5"}, {"lr": "0.2", "iterations": "9"}]],
+                     seeds=[3, 1], sets=["frames=2"])
+    assert [r.key for r in plan.runs] == [
+        "target=0.7_0.3,lr=0.1,iterations=5,seed=3", "target=0.7_0.3,lr=0.1,iterations=5,seed=1",
+        "target=0.7_0.3,lr=0.2,iterations=9,seed=3", "target=0.7_0.3,lr=0.2,iterations=9,seed=1",
+        "target=0.2_0.9,lr=0.1,iterations=5,seed=3", "target=0.2_0.9,lr=0.1,iterations=5,seed=1",
+        "target=0.2_0.9,lr=0.2,iterations=9,seed=3", "target=0.2_0.9,lr=0.2,iterations=9,seed=1"]
+    assert plan.columns == ["target", "lr", "iterations"] and plan.scene == str(Path(TOY).resolve())
+    assert plan.runs[2].overrides == ("frames=2", "target=0.7,0.3", "lr=0.2", "iterations=9")
+    assert make_plan("codesign", ["env=ground"], seeds=[4]).runs[0].overrides == ("env=ground", "seed=4")
+
+
+def test_failure_reasons_are_one_line():
+    from engine.sweep.worker import reason_from_output
+
+    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: boom\n"
+    assert reason_from_output(trace, 1) == "RuntimeError: boom"
+    assert reason_from_output("[Taichi] hi\ntide: error: unknown option 'x'\n", 2) == "unknown option 'x'"
+    assert reason_from_output("tide: NaN at substep 3\ntide: outputs in /a/b\n", 1) == "NaN at substep 3"
+    assert reason_from_output("", -9) == "killed by SIGKILL"
