@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, comparable, env, metrics, popen, summary, sweep
+from .helpers import comparable, env, metrics, popen, summary, sweep
 
 SUBSET = ["--grid", "shape=square", "--grid", "scale=0.5,1", "--seeds", "0,1"]  # 4 runs of the reference grid
 pytestmark = pytest.mark.slow
