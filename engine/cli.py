@@ -1,4 +1,4 @@
-"""The ``tide`` command: ``tide run | view | list``.
+"""The ``tide`` command: ``tide run | view | list | sweep``.
 
 Input problems (a missing scene, an unknown option, an output folder in the way, a bad mesh) print one line to
 stderr and exit with status 2. A simulation that blows up exits with status 1 after publishing what it had.
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--offscreen", action="store_true", help="no window: write frames and an mp4 to --out")
     view.add_argument("--res", default="800x600", help="window size WxH")
     sub.add_parser("list", help="list the scenes in scenes/")
+    from .sweep import add_arguments as _add_sweep  # tide sweep lives in engine/sweep
+
+    _add_sweep(sub)
     parser.commands = {"run": run, "view": view}  # for the scene-aware --help of each
     return parser
 
@@ -434,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "sweep":
+            from .sweep import cmd_sweep
+
+            return cmd_sweep(args)
         sub = parser.commands[args.command]
         if args.command == "run":
             return cmd_run(args, sub, argv)

@@ -4,8 +4,12 @@ Every run co-designs body (SDF-basis) and open-loop sine controller for 2D forwa
 rollout equivalents (one forward episode = 1; a diffsim iteration = forward + backward = ``DIFFSIM_COST``), so
 diffsim gets budget/3 Adam steps and CMA-ES / random search get budget/popsize generations. The score is the
 distance travelled along +x [m] by the best parameters found (higher is better); the table shows mean ± standard
-deviation over seeds and the initial design's distance for reference. Gradient-free populations run on an
-embedded Ray instance (``--workers``).
+deviation over seeds and the initial design's distance for reference.
+
+A thin layer over ``tide sweep``: each (environment, optimiser, seed) is an ordinary ``tide run codesign`` in
+``--sweep-dir/runs/`` (its video, metrics and design exports included), run ``--workers`` at a time on an embedded
+Ray (or ``--ray-address`` for a cluster); populations are evaluated inside each run. ``--resume`` continues an
+interrupted table.
 
     python scripts/codesign_table.py [--budget 24] [--seeds 0,1,2] [--envs ground,ice,...] [--out table.md]
 """
@@ -19,35 +23,30 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_one(opt_name, env, seed, args, ray_ok):
-    import torch
+def iterations(opt: str, args) -> int:
+    from tasks.codesign import DIFFSIM_COST
 
-    from tasks.codesign import CMAES, DIFFSIM_COST, Diffsim, Population, Problem, ProblemSpec, RandomSearch, WorldSpec
+    return max(1, int(args.budget // DIFFSIM_COST)) if opt == "diffsim" else max(1, args.budget // args.popsize)
 
-    spec = ProblemSpec(world=WorldSpec(env=env, res=args.res, robot_size=(0.2, 0.1)), representation="sdf_basis",
-                       controller="sine", n_groups=args.groups, steps=args.steps, substeps=args.substeps, dt=1e-3,
-                       optimise="both", seed=seed)
-    problem = Problem(spec)
-    with torch.no_grad():
-        initial = problem.summary(problem.rollout())["distance"]
-    t0 = time.perf_counter()
-    if opt_name == "diffsim":
-        opt = Diffsim(problem, lr=args.lr)
-        best = -np.inf
-        for i in range(max(1, int(args.budget // DIFFSIM_COST))):
-            best = max(best, -opt.step(i).loss)
-    else:
-        pop = Population(spec, workers=args.workers if ray_ok else 0, precision=args.precision, problem=problem)
-        try:
-            x0 = problem.vector()
-            opt = (CMAES(x0, pop, sigma0=args.sigma, popsize=args.popsize, seed=seed) if opt_name == "cmaes"
-                   else RandomSearch(x0, pop, sigma=args.sigma, popsize=args.popsize, seed=seed))
-            for i in range(max(1, args.budget // args.popsize)):
-                opt.step(i)
-            best = -opt.best
-        finally:
-            pop.close()
-    return initial, float(best), time.perf_counter() - t0
+
+def table_lines(result, envs, opts, args) -> list[str]:
+    """The markdown table from the sweep's rows: distance mean ± std per (environment, optimiser)."""
+    by = {}
+    for r in result.table:
+        if r["status"] == "ok":
+            by.setdefault((r["env"], r["optimiser"]), []).append(r)
+    lines = [f"Distance travelled [m] along +x after co-design (2D, res {args.res}, {args.steps}x{args.substeps} "
+             f"substeps of 1 ms, budget {args.budget} rollout equivalents, mean ± std over seeds {args.seeds}):",
+             "", "| environment | initial | " + " | ".join(opts) + " |", "|---" * (len(opts) + 2) + "|"]
+    for env in envs:
+        first = by.get((env, opts[0]), [])
+        init = f"{np.mean([float(r['initial_distance']) for r in first]):.3f}" if first else "—"
+        cells = []
+        for opt in opts:
+            d = np.array([float(r["distance"]) for r in by.get((env, opt), [])])
+            cells.append(f"{d.mean():.3f} ± {d.std():.3f}" if len(d) else "—")
+        lines.append(f"| {env} | {init} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv=None):
@@ -65,57 +64,42 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--popsize", type=int, default=6)
     ap.add_argument("--sigma", type=float, default=0.3)
-    ap.add_argument("--workers", type=int, default=2, help="Ray workers for populations (0: in-process)")
+    ap.add_argument("--workers", type=int, default=2, help="runs at a time (CPUs of the embedded Ray)")
+    ap.add_argument("--ray-address", default=None, help="run the table on a Ray cluster instead")
     ap.add_argument("--precision", default="f64", choices=["f64"], help="f64 (f32 MPM adjoints are not usable)")
+    ap.add_argument("--sweep-dir", default="runs/codesign_table", help="where the sweep's runs and summaries go")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted table in --sweep-dir")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     args = ap.parse_args(argv)
-    from engine import backend
+    from engine.errors import TideError
+    from engine.sweep import make_plan, parse_seeds, run_sweep
 
-    backend.init(arch="cpu", precision=args.precision)
-    seeds = [int(s) for s in args.seeds.split(",")]
     envs = [e for e in args.envs.split(",") if e]
     opts = [o for o in args.optimisers.split(",") if o]
-    ray_ok = False
-    if args.workers > 0 and any(o != "diffsim" for o in opts):
-        import ray
-
-        from tasks.codesign.population import _ROOT
-
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": _ROOT}})
-        ray_ok = True
-    rows, t_all = {}, time.perf_counter()
-    for env in envs:
-        for opt in opts:
-            res = [run_one(opt, env, s, args, ray_ok) for s in seeds]
-            rows[(env, opt)] = res
-            d = np.array([r[1] for r in res])
-            print(f"{env:14s} {opt:8s} distance {d.mean():+.4f} ± {d.std():.4f} m  "
-                  f"(initial {np.mean([r[0] for r in res]):+.4f}, {np.mean([r[2] for r in res]):.1f} s/run)",
-                  flush=True)
-    lines = [f"Distance travelled [m] along +x after co-design (2D, res {args.res}, {args.steps}x{args.substeps} "
-             f"substeps of 1 ms, budget {args.budget} rollout equivalents, mean ± std over seeds {args.seeds}):",
-             "", "| environment | initial | " + " | ".join(opts) + " |", "|---" * (len(opts) + 2) + "|"]
-    for env in envs:
-        init = np.mean([r[0] for r in rows[(env, opts[0])]])
-        cells = []
-        for opt in opts:
-            d = np.array([r[1] for r in rows[(env, opt)]])
-            cells.append(f"{d.mean():.3f} ± {d.std():.3f}")
-        lines.append(f"| {env} | {init:.3f} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Total wall time {time.perf_counter() - t_all:.0f} s on this machine.")
+    grid = [[{"env": e} for e in envs],
+            [{"optimiser": o, "iterations": str(iterations(o, args))} for o in opts]]
+    sets = [f"res={args.res}", f"steps={args.steps}", f"substeps={args.substeps}", f"n_groups={args.groups}",
+            f"lr={args.lr}", f"popsize={args.popsize}", f"sigma={args.sigma}",
+            "workers=0",  # the sweep runs the table's runs in parallel; each evaluates its population in-process
+            "frames=0"]  # no playback video: the table needs the scores only
+    t0 = time.perf_counter()
+    try:
+        plan = make_plan("codesign", grid, parse_seeds(args.seeds), sets)
+        result = run_sweep(plan, args.sweep_dir, workers=args.workers, address=args.ray_address, resume=args.resume,
+                           arch="cpu", precision=args.precision, metrics=["distance", "initial_distance"])
+    except TideError as exc:
+        print(f"codesign_table: error: {exc}", file=sys.stderr)
+        return 2
+    lines = table_lines(result, envs, opts, args)
+    lines += ["", f"Total wall time {time.perf_counter() - t0:.0f} s on this machine "
+                  f"({args.workers} runs at a time; runs and summaries in {args.sweep_dir})."]
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
         from engine.io import write_text
 
         write_text(args.out, table + "\n")
-    if ray_ok:
-        import ray
-
-        ray.shutdown()
-    return 0
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":
