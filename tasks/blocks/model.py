@@ -210,6 +210,7 @@ class BlocksModel(torch.nn.Module):
         gt = c.expand(ground_res, ground_res, 3) if ground_tex is None else ground_tex
         self.ground_tex = torch.nn.Parameter(gt.clone().float())
         self.background = torch.nn.Parameter(c.clone())
+        self.use_env = True
 
     # ---- derived quantities -------------------------------------------------------------------------------------
     @property
@@ -272,7 +273,7 @@ class BlocksModel(torch.nn.Module):
 
     # ---- rendering ----------------------------------------------------------------------------------------------
     def render(self, cams: Camera, sigma: float = 1e-4, faces_per_pixel: int = 8, noise: float = 0.0,
-               decimate: int = 1, generator=None, flat_colours=None, env: bool = True, keep=None):
+               decimate: int = 1, generator=None, flat_colours=None, env: bool | None = None, keep=None):
         """Render B views. Returns (rgb (B, H, W, 3), blocks' alpha (B, H, W)).
 
         ``flat_colours`` (N, 3) replaces the textures with one colour per block (the video's third panel);
@@ -286,10 +287,10 @@ class BlocksModel(torch.nn.Module):
         if keep is not None:
             alpha = alpha * keep
         opac = alpha.repeat_interleave(F)
-        if env:
+        if self.use_env if env is None else env:
             bg = render_environment(cams, self.ground, self.ground_tex, self.background, self.extent)
         else:
-            bg = self.background.detach().new_ones(cams.batch, cams.height, cams.width, 3)
+            bg = self.background.expand(cams.batch, cams.height, cams.width, 3)
         if flat_colours is not None:
             fc = torch.as_tensor(flat_colours, dtype=verts.dtype).repeat_interleave(F, 0)
             out = render_mesh(verts.reshape(-1, 3), faces, cams, face_colors=fc, mode="soft", sigma=sigma,
