@@ -84,6 +84,7 @@ def render_environment(cams: Camera, ground: torch.Tensor, ground_tex: torch.Ten
     Differentiable w.r.t. the height (through the texture lookup), the texels and the background.
     Returns (B, H, W, 3)."""
     o, d = cams.rays()                                                     # (B, H, W, 3); d advances depth by 1
+    ground, ground_tex, background = (x.to(o.dtype) for x in (ground, ground_tex, background))
     dy = d[..., 1]
     down = dy < -1e-6
     s = (ground - o[..., 1]) / torch.where(down, dy, torch.full_like(dy, -1.0))
