@@ -34,7 +34,7 @@ class Config:
     """Learning rate of the block geometry and opacities."""
     lr_texture: float = 0.05
     """Learning rate of the block textures."""
-    w_parsimony: float = 0.001
+    w_parsimony: float = 0.0003
     """Weight of the parsimony term mean(sqrt(alpha)) (ramped in from 20 % to 50 % of the run)."""
     w_tv: float = 0.1
     """Weight of the texture total variation."""

@@ -48,7 +48,7 @@ class FitSettings:
     sigma_coarse: float = 1.5
     sigma_fine: float = 0.33
     faces_per_pixel: int = 8
-    opacity_noise: float = 1.0
+    opacity_noise: float = 0.3
     decimate: int = 8
     coarse: float = 0.6
     lr_drop: float = 0.1
