@@ -125,3 +125,18 @@ def test_exported_obj_satisfies_blocks_inside_outside():
     assert np.allclose(c, m.trans[0].detach().double().numpy(), atol=1e-6)
     assert np.allclose(blocks[0]["scale"], m.scale()[0].detach().double().numpy() * 2.5, atol=1e-6)
     assert math.isclose(blocks[1]["opacity"], 0.5, abs_tol=1e-6)
+
+
+def test_simulation_bodies_fill_the_blocks():
+    """--set simulate=true: each kept block becomes one MPM body whose particles fill its superquadric (a near-box
+    block gets about volume / (dx/2)^3 particles, all above the floor)."""
+    from tasks.blocks.simulate import blocks_to_model
+
+    frame = SceneFrame(np.eye(3), np.zeros(3), 1.0, np.array([0.0, 1.0, 0.0]))
+    box = {"scale": [0.2, 0.15, 0.1], "e": [0.1, 0.1], "R": np.eye(3).tolist(), "t": [0.0, 0.0, 0.0]}
+    model = blocks_to_model([box], frame, ground=-0.2, res=32)
+    x = model.state().x.detach().cpu().numpy()
+    k, dx = 0.35, 1 / 32
+    expect = np.prod(2 * k * np.array(box["scale"])) / (dx / 2) ** 3
+    assert 0.8 * expect < len(x) < 1.1 * expect
+    assert x[:, 1].min() > 3 * dx and np.allclose(x[:, [0, 2]].mean(0), 0.5, atol=0.01)
