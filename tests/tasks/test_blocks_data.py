@@ -11,7 +11,7 @@ from PIL import Image
 
 from engine.errors import ConfigError
 from tasks.blocks import synthetic
-from tasks.blocks.data import GL_TO_CV, decompose_projection, load_dtu, load_transforms, load_views
+from tasks.blocks.data import GL_TO_CV, decompose_projection, load_transforms, load_views
 from tasks.blocks.frame import estimate_frame
 
 
