@@ -87,7 +87,7 @@ def blocks_glb(model: BlocksModel, blocks: list[dict], frame: SceneFrame, textur
         vis = trimesh.visual.TextureVisuals(uv=uvc.reshape(-1, 2), material=mat)
         scene.add_geometry(trimesh.Trimesh(vv, ff, visual=vis, process=False), node_name=f"block_{k}",
                            geom_name=f"block_{k}")
-    gv, gf, gn = ground_mesh(frame, float(model.ground))
+    gv, gf, gn = ground_mesh(frame, float(model.ground.detach()))
     # the ground texture lives in warped coordinates: resample it onto the square's plain uv grid
     n = 256
     xs = np.linspace(gn[0, 0], gn[1, 0], n)
