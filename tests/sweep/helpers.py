@@ -43,4 +43,4 @@ def metrics(out: Path, key: str) -> dict:
 def comparable(row: dict) -> dict:
     """A summary row without what legitimately differs between two sweeps (time, node, the resume marker)."""
     drop = {"run_time_s", "node", "wall_time_s", "resumed_from_iteration"}
-    return {k: v for k, v in row.items() if k not in drop}
+    return {k: v for k, v in row.items() if k not in drop and not k.startswith("time_s")}  # time_s: phase timings

@@ -80,7 +80,8 @@ def test_datasets_and_resume_reruns_only_the_failed_run(tmp_path):
     assert res.returncode == 1, res.stdout + res.stderr
     rows = summary(out)
     assert list(rows) == ["data=a,seed=0", "data=b,seed=0"] and [r["data"] for r in rows.values()] == ["a", "b"]
-    assert rows["data=b,seed=0"]["reason"] == "ValueError: could not convert string to float: 'oops'"
+    reason = rows["data=b,seed=0"]["reason"]
+    assert reason == "the scene rejected its settings: could not convert string to float: 'oops'"
     cfg = json.loads((out / "runs" / "data=a,seed=0" / "config.json").read_text())
     assert cfg["scene"]["data"] == str((data / "a").resolve())  # passed as --set data=<folder>
     done = (out / "results" / "data=a,seed=0.json").read_text()
