@@ -10,8 +10,8 @@ from typing import Annotated
 
 import torch
 
-from engine import backend
 from engine.scene import Range
+from tasks.avatar.scene import AvatarScene
 
 
 @dataclass
@@ -56,72 +56,32 @@ class Config:
     """Seed for batch sampling and initialisation."""
 
 
-class Scene:
-    def __init__(self, config: Config):
-        self.cfg = config
+class Scene(AvatarScene):
+    name = "gaussian"
 
-    def build(self):
-        from tasks.avatar.common import load_sequence
-        from tasks.avatar.train import BaselineTrainer, GaussianTrainer
+    def make_trainer(self):
+        from tasks.avatar.train import GaussianTrainer
 
-        backend.ensure()
         c = self.cfg
-        self.seq = load_sequence(c.data, c.size, c.cams, c.frames_per_motion)
-        self.trainer = GaussianTrainer(self.seq, c.iterations, c.n_gaussians, c.rectifier, c.denoiser, c.alternate,
-                                       c.views, c.lr, c.w_mask, c.w_ssim, c.w_den, c.period, seed=c.seed)
-        self.baseline = BaselineTrainer(self.seq, c.views, seed=c.seed)
-        self.results = {}
-        self.frame = 0
+        return GaussianTrainer(self.seq, c.iterations, c.n_gaussians, c.rectifier, c.denoiser, c.alternate, c.views,
+                               c.lr, c.w_mask, c.w_ssim, c.w_den, c.period, seed=c.seed)
 
-    def optimize(self, run):
-        c = self.cfg
-        for it in run.loop(c.iterations, state=self.trainer.state, load=self.trainer.load, desc="gaussian avatar"):
-            run.log(**self.trainer.step(it))
-            if it % c.frame_every == 0 or it == c.iterations - 1:
-                run.frame(self._panel(self.seq.train_frames[it % len(self.seq.train_frames)], training=it))
-        for it in range(c.baseline_iterations):
-            self.baseline.step(it)
-        self._evaluate()
-
-    def _evaluate(self):
-        from tasks.avatar.train import report
-
-        t, b = self.trainer, self.baseline
-        r = {}
-        r.update(b.metrics("baseline_", b.predict))
-        r.update(t.metrics("gaussian_", t.predict))
+    def model_metrics(self):
+        t = self.trainer
+        r = t.metrics("gaussian_", t.predict)
         if t.use_den:
             r.update(t.metrics("gaussian_denoised_", lambda f, cams: t.predict(f, cams, denoised=True)))
-        r.update(seconds_per_iteration=report(t.step_times), baseline_seconds_per_iteration=report(b.step_times),
-                 iterations=len(t.step_times), n_gaussians=len(t.model.face),
-                 train_frames=len(self.seq.train_frames), test_frames=len(self.seq.test_frames),
-                 train_cams=len(self.seq.train_cams), test_cams=len(self.seq.test_cams))
-        self.results = r
+        r.update(n_gaussians=len(t.model.face), train_cams=len(self.seq.train_cams),
+                 test_cams=len(self.seq.test_cams))
+        return r
 
-    def _panel(self, f, training=None):
-        from tasks.avatar.viz import panel
-
-        cam = [self.seq.test_cams[0]]
+    def tiles(self, f, cam):
         t = self.trainer
-        imgs = [self.seq.images[cam[0], f], self.baseline.predict(f, cam)[0], t.predict(f, cam)[0]]
-        labels = ["ground truth", "baseline mesh", "gaussians"]
+        imgs, labels = [t.predict(f, cam)[0]], ["gaussians"]
         if t.use_den:
             imgs.append(t.predict(f, cam, denoised=True)[0])
             labels.append("+ denoiser")
-        motion = self.seq.ds.split.get("motions", {}).get(str(f), "")
-        cap = (f"training it {training}, frame {f} ({motion})" if training is not None
-               else f"novel pose: frame {f} ({motion}), held-out camera {self.seq.ds.cam_names[cam[0]]}")
-        return panel(imgs, labels, cap)
-
-    def step(self, frame: int):
-        self.frame = frame
-
-    def render(self):
-        frames = self.seq.test_frames or self.seq.train_frames
-        return self._panel(frames[self.frame % len(frames)])
-
-    def metrics(self):
-        return dict(self.results)
+        return imgs, labels
 
     def exports(self):
         from tasks.avatar.gaussian import gaussians_ply
@@ -132,7 +92,5 @@ class Scene:
             for f in self.seq.test_frames:
                 g = t.model.gaussians(self.seq.verts[f], t.faces, t.pose[f])
                 out[f"gaussians/frame_{f:04d}.ply"] = gaussians_ply(*g)
-        tf = self.seq.test_frames or self.seq.train_frames
-        for f in tf[:: max(1, len(tf) // 4)]:
-            out[f"novel_pose_{f:04d}.png"] = self._panel(f)
+        out.update(self.novel_pose_panels())
         return out

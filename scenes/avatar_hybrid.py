@@ -11,8 +11,8 @@ from typing import Annotated
 
 import torch
 
-from engine import backend
 from engine.scene import Range
+from tasks.avatar.scene import AvatarScene
 
 
 @dataclass
@@ -55,42 +55,22 @@ class Config:
     """Seed for batch sampling and initialisation."""
 
 
-class Scene:
-    def __init__(self, config: Config):
-        self.cfg = config
+class Scene(AvatarScene):
+    name = "hybrid"
 
     def build(self):
-        from tasks.avatar.common import load_sequence
-        from tasks.avatar.train import BaselineTrainer, HybridTrainer
-
-        backend.ensure()
-        c = self.cfg
-        self.seq = load_sequence(c.data, c.size, c.cams, c.frames_per_motion)
-        self.trainer = HybridTrainer(self.seq, c.views, c.n_samples, c.voxel, c.cutoff, c.w_mask, c.w_ssim,
-                                     c.w_offset, c.lr, seed=c.seed)
-        self.baseline = BaselineTrainer(self.seq, c.views, seed=c.seed)
-        self.results = {}
-        self.frame = 0
+        super().build()
         self._other = None
 
-    def optimize(self, run):
-        c = self.cfg
-        for it in run.loop(c.iterations, state=self.trainer.state, load=self.trainer.load, desc="hybrid avatar"):
-            run.log(**self.trainer.step(it))
-            if it % c.frame_every == 0 or it == c.iterations - 1:
-                run.frame(self._panel(self.seq.train_frames[it % len(self.seq.train_frames)], training=it))
-        for it in range(c.baseline_iterations):
-            self.baseline.step(it)
-        from tasks.avatar.train import report
+    def make_trainer(self):
+        from tasks.avatar.train import HybridTrainer
 
-        t, b = self.trainer, self.baseline
-        r = {}
-        r.update(b.metrics("baseline_", b.predict))
-        r.update(t.metrics("hybrid_", t.predict))
-        r.update(seconds_per_iteration=report(t.step_times), baseline_seconds_per_iteration=report(b.step_times),
-                 iterations=len(t.step_times), train_frames=len(self.seq.train_frames),
-                 test_frames=len(self.seq.test_frames))
-        self.results = r
+        c = self.cfg
+        return HybridTrainer(self.seq, c.views, c.n_samples, c.voxel, c.cutoff, c.w_mask, c.w_ssim, c.w_offset, c.lr,
+                             seed=c.seed)
+
+    def model_metrics(self):
+        return self.trainer.metrics("hybrid_", self.trainer.predict)
 
     def _transfer(self):
         """The other body (anny with ``transfer_weight``) and its bone transforms for every frame."""
@@ -108,38 +88,20 @@ class Scene:
             self._other = (other, T, shift)
         return self._other
 
-    @torch.no_grad()
-    def _panel(self, f, training=None, transfer=False):
-        """Comparison strip for frame f; the video's frames (training and novel pose) share one size, so the
-        clothing-transfer tile goes only into the exported PNGs (``transfer=True``)."""
-        from tasks.avatar.viz import panel
-
-        cam = [self.seq.test_cams[0]]
+    def tiles(self, f, cam, transfer=False):
+        """The hybrid, its body alone and its clothes alone; the video's frames (training and novel pose) share one
+        size, so the clothing-transfer tile goes only into the exported PNGs (``transfer=True``)."""
         t, m = self.trainer, self.trainer.model
         T, cams = self.seq.transforms[f], self.seq.cameras(cam)
-        imgs = [self.seq.images[cam[0], f], self.baseline.predict(f, cam)[0], t.predict(f, cam)[0],
-                m.render(f, T, cams, t.S, stratified=False, with_clothes=False)[0][0],
+        imgs = [t.predict(f, cam)[0], m.render(f, T, cams, t.S, stratified=False, with_clothes=False)[0][0],
                 m.render(f, T, cams, t.S, stratified=False, with_body=False)[0][0]]
-        labels = ["ground truth", "baseline mesh", "hybrid", "body only", "clothes only"]
+        labels = ["hybrid", "body only", "clothes only"]
         if transfer:
             other, To, shift = self._transfer()
             imgs.append(m.render(("transfer", f), To[f], cams, t.S, stratified=False, body=other,
                                  rest_shift=shift)[0][0])
             labels.append(f"transfer w={self.cfg.transfer_weight:g}")
-        motion = self.seq.ds.split.get("motions", {}).get(str(f), "")
-        cap = (f"training it {training}, frame {f} ({motion})" if training is not None
-               else f"novel pose: frame {f} ({motion}), held-out camera {self.seq.ds.cam_names[cam[0]]}")
-        return panel(imgs, labels, cap)
-
-    def step(self, frame: int):
-        self.frame = frame
-
-    def render(self):
-        frames = self.seq.test_frames or self.seq.train_frames
-        return self._panel(frames[self.frame % len(frames)])
-
-    def metrics(self):
-        return dict(self.results)
+        return imgs, labels
 
     def exports(self):
         import numpy as np
@@ -157,7 +119,5 @@ class Scene:
         if len(cf):
             out["clothing_canonical.ply"] = trimesh.Trimesh(cv, cf, vertex_colors=(np.clip(cc, 0, 1) * 255)
                                                             .astype(np.uint8), process=False).export(file_type="ply")
-        tf = self.seq.test_frames or self.seq.train_frames
-        for f in tf[:: max(1, len(tf) // 4)]:
-            out[f"novel_pose_{f:04d}.png"] = self._panel(f, transfer=True)
+        out.update(self.novel_pose_panels(transfer=True))
         return out

@@ -1,0 +1,94 @@
+"""What the avatar scenes share: data, the mesh baseline, the training loop, the metrics and the comparison panels.
+
+``scenes/avatar_gaussian.py`` and ``scenes/avatar_hybrid.py`` subclass ``AvatarScene`` and add only their model:
+``make_trainer()``, ``model_metrics()``, ``tiles()`` (the panel images after ground truth and baseline) and their
+own exports. Their Config must have ``data, size, cams, frames_per_motion, iterations, baseline_iterations, views,
+frame_every, seed``.
+"""
+import torch
+
+from engine import backend
+
+
+class AvatarScene:
+    name = "avatar"
+    """Used in the progress bar: "<name> avatar"."""
+
+    def __init__(self, config):
+        self.cfg = config
+
+    # ---- to override ------------------------------------------------------------------------------------------
+    def make_trainer(self):
+        raise NotImplementedError
+
+    def model_metrics(self) -> dict:
+        """The model's prefixed PSNR/SSIM entries and any model-specific counts."""
+        raise NotImplementedError
+
+    def tiles(self, f: int, cam: list, **options):
+        """``(images, labels)`` of the model for frame ``f`` seen from ``cam`` (one camera index in a list)."""
+        raise NotImplementedError
+
+    # ---- shared -----------------------------------------------------------------------------------------------
+    def build(self):
+        from tasks.avatar.common import load_sequence
+        from tasks.avatar.train import BaselineTrainer
+
+        backend.ensure()
+        c = self.cfg
+        self.seq = load_sequence(c.data, c.size, c.cams, c.frames_per_motion)
+        self.trainer = self.make_trainer()
+        self.baseline = BaselineTrainer(self.seq, c.views, seed=c.seed)
+        self.results = {}
+        self.frame = 0
+
+    def optimize(self, run):
+        c = self.cfg
+        for it in run.loop(c.iterations, state=self.trainer.state, load=self.trainer.load, desc=f"{self.name} avatar"):
+            run.log(**self.trainer.step(it))
+            if it % c.frame_every == 0 or it == c.iterations - 1:
+                run.frame(self.panel(self.seq.train_frames[it % len(self.seq.train_frames)], training=it))
+        for it in range(c.baseline_iterations):
+            self.baseline.step(it)
+        self.evaluate()
+
+    def evaluate(self):
+        from tasks.avatar.train import report
+
+        t, b = self.trainer, self.baseline
+        r = dict(b.metrics("baseline_", b.predict))
+        r.update(self.model_metrics())
+        r.update(seconds_per_iteration=report(t.step_times), baseline_seconds_per_iteration=report(b.step_times),
+                 iterations=len(t.step_times), train_frames=len(self.seq.train_frames),
+                 test_frames=len(self.seq.test_frames))
+        self.results = r
+
+    @torch.no_grad()
+    def panel(self, f, training=None, **options):
+        """Comparison strip for frame ``f`` from the first held-out camera: ground truth, baseline, the model's
+        tiles; captioned with the training iteration or as a novel pose."""
+        from tasks.avatar.viz import panel
+
+        cam = [self.seq.test_cams[0]]
+        imgs, labels = self.tiles(f, cam, **options)
+        imgs = [self.seq.images[cam[0], f], self.baseline.predict(f, cam)[0], *imgs]
+        labels = ["ground truth", "baseline mesh", *labels]
+        motion = self.seq.ds.split.get("motions", {}).get(str(f), "")
+        cap = (f"training it {training}, frame {f} ({motion})" if training is not None
+               else f"novel pose: frame {f} ({motion}), held-out camera {self.seq.ds.cam_names[cam[0]]}")
+        return panel(imgs, labels, cap)
+
+    def novel_pose_panels(self, **options) -> dict:
+        """``{novel_pose_FFFF.png: panel}`` for about four held-out frames."""
+        tf = self.seq.test_frames or self.seq.train_frames
+        return {f"novel_pose_{f:04d}.png": self.panel(f, **options) for f in tf[:: max(1, len(tf) // 4)]}
+
+    def step(self, frame: int):
+        self.frame = frame
+
+    def render(self):
+        frames = self.seq.test_frames or self.seq.train_frames
+        return self.panel(frames[self.frame % len(frames)])
+
+    def metrics(self):
+        return dict(self.results)
