@@ -286,11 +286,13 @@ class Scene:
         return float(self.stepper.x[:n][torch.as_tensor(self.visible[:n])][:, 0].mean()) - self.start_x
 
     def _camera3d(self):
-        """A fixed camera in front of and above the track: the start and 0.45 m of travel are in view."""
+        """A camera in front of and above the track, following the robot once it is 0.14 m past its start (until
+        then the start line and the robot are both in view)."""
         w = self.problem.world
         floor = w.top
         zc = (w.box[0][2] + w.box[1][2]) / 2
-        target = np.array([self.start_x + 0.14, floor + 0.04, zc])
+        x = max(self.start_x + self._distance(), self.start_x + 0.14)
+        target = np.array([x, floor + 0.04, zc])
         eye = target + np.array([-0.05, 0.36, 0.85])
         return {"eye": tuple(eye), "target": tuple(target), "fov": 22.0}, floor
 

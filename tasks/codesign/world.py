@@ -97,9 +97,9 @@ class WorldSpec:
 
 
 def mesh_points(path: str, lo, size, spacing: float) -> np.ndarray:
-    """(M, 3) lattice points [m] filling a closed mesh, scaled uniformly to fit the box ``size`` with its corner at
-    ``lo`` (the robot box: bottom at ``lo``, centred in x and z). The mesh is voxelised at ``spacing`` and filled
-    (trimesh), so an open or non-manifold mesh gives its surface shell."""
+    """(M, 3) lattice points [m] inside a closed mesh, scaled uniformly to fit the box ``size`` with its corner at
+    ``lo`` (bottom at ``lo``'s height, centred in x and z). Points of the lattice of ``spacing`` over the mesh's
+    bounds are kept where ``trimesh``'s ray-parity test says they are inside."""
     import trimesh
 
     try:
@@ -108,15 +108,19 @@ def mesh_points(path: str, lo, size, spacing: float) -> np.ndarray:
         raise ConfigError(f"cannot read body mesh {path!r}: {exc}") from exc
     if len(mesh.faces) == 0:
         raise ConfigError(f"body mesh {path!r} has no faces")
+    if not mesh.is_watertight:
+        raise ConfigError(f"body mesh {path!r} is not closed (watertight): its inside is undefined")
     size = np.asarray(size, float)
     mesh.apply_translation(-mesh.bounds[0])
     mesh.apply_scale(float(np.min(size / mesh.extents)))
-    pts = np.asarray(mesh.voxelized(spacing).fill().points, float)
+    axes = [np.arange(spacing / 2, e, spacing) for e in mesh.extents]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    pts = grid[mesh.contains(grid)]
     if len(pts) == 0:
         raise ConfigError(f"body mesh {path!r} is thinner than one particle spacing ({spacing:.4f} m)")
-    pts += np.asarray(lo, float) - pts.min(0) + 0.5 * spacing
-    pts[:, [0, 2]] += (size[[0, 2]] - (pts.max(0) - pts.min(0) + spacing)[[0, 2]]) / 2
-    return pts
+    shift = np.asarray(lo, float).copy()
+    shift[[0, 2]] += (size[[0, 2]] - mesh.extents[[0, 2]]) / 2
+    return pts + shift
 
 
 DEPTH_FRACTION = 0.5

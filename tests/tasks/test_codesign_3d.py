@@ -33,9 +33,11 @@ def test_3d_gradient_matches_finite_differences(representation, controller, task
         with torch.no_grad():
             p.design.raw.add_(0.3 * torch.randn(p.design.raw.shape, generator=torch.Generator().manual_seed(1),
                                                 dtype=p.design.raw.dtype))
-    err = _fd_check(p, n_dirs=1)
+    # eps 1e-6: at 1e-4 the central difference's truncation error alone is 2e-4 (particle/mlp) and 1e-2
+    # (implicit/waypoints) of the derivative here; at 1e-6 every case agrees to ~1e-7
+    err = _fd_check(p, n_dirs=1, eps=1e-6)
     print(f"3D {representation}/{controller}/{task}: relative error {err:.2e}")
-    assert err < 1e-4
+    assert err < 1e-5
 
 
 @pytest.mark.slow
@@ -53,15 +55,19 @@ def test_3d_same_seed_same_metrics():
     assert torch.allclose(out[0][2], out[1][2], rtol=1e-9, atol=1e-15)
 
 
-BEDS = [e for e in ENVIRONMENTS if environments.get(e).bed is not None]
+# SoftZoo's bed materials: sand, snow, clay, mud and water (shallow and deep). Ice's 3 cm slab is thinner than
+# one particle layer on this small grid; its floor is the tested part (2D: test_codesign_envs.py)
+BEDS = ["desert", "snow", "clay", "wetland", "shallow_water", "ocean"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env", BEDS)
 def test_3d_passive_drop_on_bed_settles(env):
-    """The robot (muscles off) drops onto each bed material in 3D for 0.3 s: everything stays finite and inside the
-    domain, the body rests on or in the bed (not below the floor, not flung up), and the motion dies down."""
-    p = _tiny3d(world=WorldSpec(env=env, dim=3, res=16, robot_size=(0.25, 0.12, 0.12)), steps=30, substeps=5)
+    """The robot (muscles off) drops onto each bed in 3D for 0.5 s: everything stays finite and inside the domain
+    (the solver's guard raises otherwise), the body ends lower than it started but above the floor, and the motion
+    dies down. Measured: final mean robot speed 0.02-0.05 m/s on the granular and plastic beds, 0.14-0.15 on water
+    (sloshing), from a peak of 0.8-1.1 m/s at impact."""
+    p = _tiny3d(world=WorldSpec(env=env, dim=3, res=24, robot_size=(0.25, 0.12, 0.12)), steps=50, substeps=5)
     with torch.no_grad():
         for q in p.controller.parameters():
             q.zero_()  # sine controller: tanh(0) = 0, no activation
@@ -70,14 +76,13 @@ def test_3d_passive_drop_on_bed_settles(env):
     assert w.model.n > w.n_robot  # the bed is there
     x_end = torch.as_tensor(traj.all_x[-1])
     assert torch.isfinite(x_end).all()
-    assert float(x_end[:, 1].min()) > (3.0 - 1.0) / 16  # above the floor collider band
-    y0 = traj.xs[0][:, 1].detach()
-    y = traj.xs[-1][:, 1].detach()
-    assert float(y.max()) < float(y0.max()) + 0.02  # not flung up
-    speed = traj.vs[-1].detach().norm(dim=1)
-    print(f"3D drop on {env}: robot CoM y {float(y.mean()):.3f} m (start {float(y0.mean()):.3f}), "
-          f"final mean speed {float(speed.mean()):.3f} m/s, max {float(speed.max()):.3f}")
-    assert float(speed.mean()) < 0.2
+    assert float(x_end[:, 1].min()) > (3.0 - 1.0) / 24  # nothing below the floor collider band
+    y0, y1 = float(traj.com(0)[1]), float(traj.com(len(traj.xs) - 1)[1])
+    assert y1 < y0  # it fell onto / into the bed
+    speed = [float(v.norm(dim=1).mean()) for v in traj.vs]
+    print(f"3D drop on {env}: robot CoM y {y0:.3f} -> {y1:.3f} m, mean speed peak {max(speed):.2f}, "
+          f"final {speed[-1]:.3f} m/s")
+    assert speed[-1] < 0.25 and speed[-1] < 0.5 * max(speed)
 
 
 def test_mesh_body_is_voxelised_inside_the_mesh(tmp_path):
@@ -91,6 +96,12 @@ def test_mesh_body_is_voxelised_inside_the_mesh(tmp_path):
     pts = w.x0_robot.numpy()
     ext = pts.max(0) - pts.min(0)
     assert ext.max() == pytest.approx(0.2, abs=2.0 / 48)  # scaled to the robot box's length
+    # every particle lies inside the scaled, placed capsule (axis along x through the particles' centre, which the
+    # lattice leaves within half a spacing of the capsule's)
+    c = (pts.max(0) + pts.min(0)) / 2
+    r = np.linalg.norm((pts - c)[:, 1:], axis=1)
+    ax = np.clip(np.abs(pts[:, 0] - c[0]) - 0.3 * 0.2 / 1.1, 0, None)
+    assert (np.hypot(ax, r) <= 0.25 * 0.2 / 1.1 + 0.75 / 48).all()
     # the particles fill the scaled capsule: count against its volume / particle volume
     scale = 0.2 / 1.1
     vol = (np.pi * 0.25**2 * 0.6 + 4 / 3 * np.pi * 0.25**3) * scale**3
