@@ -321,11 +321,14 @@ def bench_3d(args) -> int:
         slope = np.polyfit(np.log(n), np.log(t), 1)[0]
         print(f"growth: time ~ N^{slope:.2f} over N = {int(n[0])}..{int(n[-1])} (the grid work is fixed, so "
               f"below 1 while it weighs)")
-    # cold compile: a fresh process with an empty Taichi cache builds a tiny 3D problem and runs one iteration
-    code = ("import time,sys; t=time.perf_counter(); from engine import backend; backend.init(arch='cpu', "
-            "precision='f64'); import torch; torch.set_num_threads(1); from tasks.codesign import Problem, "
-            "ProblemSpec, WorldSpec; p=Problem(ProblemSpec(world=WorldSpec(dim=3,res=16,robot_size=(0.2,0.1,0.1)),"
-            "n_groups=2,steps=2,substeps=2,dt=2e-3)); l,_=p.loss(); l.backward(); print(time.perf_counter()-t)")
+    # cold compile: a fresh process with an empty Taichi cache builds a tiny 3D problem and runs two iterations; the
+    # first minus the second is what the kernels' first calls cost (Taichi's front end, then LLVM or a cache load).
+    # ti.reset() writes the offline cache (a plain script's exit does not). Then the same with the cache filled.
+    code = ("import time; from engine import backend; backend.init(arch='cpu', precision='f64'); import torch; "
+            "torch.set_num_threads(1); from tasks.codesign import Problem, ProblemSpec, WorldSpec; "
+            "p=Problem(ProblemSpec(world=WorldSpec(dim=3,res=16,robot_size=(0.2,0.1,0.1)),n_groups=2,steps=2,"
+            "substeps=2,dt=2e-3)); ts=[]\nfor _ in range(2):\n t=time.perf_counter(); l,_=p.loss(); l.backward(); "
+            "ts.append(time.perf_counter()-t)\nimport taichi as ti; ti.reset(); print(ts[0]-ts[1])")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     times = []
     with tempfile.TemporaryDirectory() as cache:
@@ -333,9 +336,10 @@ def bench_3d(args) -> int:
             env = dict(os.environ, TIDE_CACHE_DIR=cache, PYTHONPATH=root)
             out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
             times.append(float(out.stdout.strip().splitlines()[-1]))
-            print(f"3D gradient path, fresh process, {label}: {times[-1]:.1f} s (load average "
-                  f"{os.getloadavg()[0]:.1f})", flush=True)
-    print(f"cold compile of the 3D co-design kernels: {times[0] - times[1]:.1f} s (goal < 120 s)")
+            print(f"3D gradient path, first calls of its kernels in a fresh process, {label}: {times[-1]:.1f} s "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"cold compile of the 3D co-design kernels: {times[0]:.1f} s (goal < 120 s); from the offline cache "
+          f"{times[1]:.1f} s (Taichi's Python front end runs either way)")
     return 0
 
 
