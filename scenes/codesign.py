@@ -306,14 +306,15 @@ class Scene:
 
         w = self.problem.world
         W, H = self.cfg.width, self.cfg.height
-        cam, floor_y = self._camera3d()
+        cam, _ = self._camera3d()
+        floor_y = w.floor  # bed particles, when there are any, are drawn on top of it
         x = self.stepper.x.detach().cpu().numpy()[self.visible]
         bg = np.array([1.0, 0.0, 1.0])  # a sentinel no shaded particle takes: where it remains, the floor shows
         spacing = 1.0 / (w.spec.res * w.spec.ppc)
         img = render_points(x, self.colors[self.visible], width=W, height=H, radius=0.75 * spacing, camera=cam,
                             background=tuple(bg)).astype(np.float32) / 255.0
         empty = (np.abs(img - bg).sum(-1) < 1e-3)
-        # floor: per-pixel ray against the plane y = floor (the bed's top in bed environments)
+        # floor: per-pixel ray against the plane y = floor (the terrain under the bed in bed environments)
         eye, tgt = np.asarray(cam["eye"], float), np.asarray(cam["target"], float)
         f = (tgt - eye) / np.linalg.norm(tgt - eye)
         sx = np.cross(f, (0.0, 1.0, 0.0))
@@ -337,7 +338,7 @@ class Scene:
         # soft shadow: robot particles dropped onto the floor, splatted and blurred
         n = w.n_robot
         rob = x[:int(self.visible[:n].sum())].copy()
-        rob[:, 1] = floor_y
+        rob[:, 1] = w.top
         sp, _, _ = _project(rob, W, H, cam)
         acc = np.zeros((H, W))
         ij = np.round(sp).astype(int)

@@ -161,7 +161,8 @@ class World:
         size = np.asarray(spec.robot_size, float)
         # 3D: the robot is centred across the (shallower) domain's depth
         lo = np.array([spec.robot_x, top + 0.5 * dx] + ([b.res[2] * dx / 2 - size[-1] / 2] if d == 3 else []))
-        self.top = top
+        self.top = top  # the bed's top (the floor's height without a bed) [m]
+        self.floor = float(heights.max())  # the terrain under the bed [m]
         # one muscle body whose group gives the model G actuation columns; the design overrides the weights
         pts = b.lattice(lo, lo + size) if not spec.body else mesh_points(spec.body, lo, size, dx / spec.ppc)
         self.box = (lo, lo + size) if not spec.body else (pts.min(0) - 0.5 * dx / spec.ppc,
