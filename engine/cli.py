@@ -61,7 +61,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames to simulate and render")
     p.add_argument("--seed", type=int, default=0, help="seed for python, numpy and torch")
     p.add_argument("--arch", default=os.environ.get("TIDE_ARCH", "auto"), choices=["auto", "cpu", "cuda", "vulkan"])
-    p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION", "f32"), choices=["f32", "f64"])
+    p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION"), choices=["f32", "f64"],
+                   help="float precision (default f32, or the scene's default_precision(config))")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scene>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--fps", type=_positive_int, default=None,
@@ -264,7 +265,8 @@ def cmd_run(args, parser, argv=None) -> int:
     if args.resume and (out / "log.txt").is_file():
         log.lines = (out / "log.txt").read_text().splitlines()
     t0 = time.perf_counter()  # everything from here on counts: Taichi start, compiles, exports
-    settings = backend.init(arch=args.arch, precision=args.precision)
+    precision = args.precision or getattr(module, "default_precision", lambda c: "f32")(cfg)
+    settings = backend.init(arch=args.arch, precision=precision)
     _route_warnings(log)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a `kill` checkpoints like Ctrl-C does
     marker = _first_run_marker(path.stem, settings)
@@ -398,7 +400,7 @@ def cmd_view(args, parser) -> int:
     if args.offscreen:
         out = Path(args.out or Path("runs") / f"{path.stem}_view")
         check_out(out, args.overwrite, False)
-    backend.init(arch=args.arch, precision=args.precision)
+    backend.init(arch=args.arch, precision=args.precision or "f32")
     from .runner import seed_everything
     from .viewer import Viewer
 

@@ -24,8 +24,9 @@ It computes the same numbers as the staged kernels (tests/physics/test_fast_path
 Reverse mode (``Solver.backward``) runs hand-written adjoints of G2P (``g2p_adjoint``, a scatter into the grid
 velocity's grad), the grid update with its colliders (``grid_adjoint``, per node, no atomics) and P2G
 (``p2g_adjoint``, a gather over each particle's 3^d stencil, no atomics). Scenes whose materials all have
-hand-written stress adjoints (neo-Hookean, water: ``materials.HAND_ADJOINT``) also run deform + stress + P2G forward
-in the fused kernel and reverse them in one pass (``p2g_stress_adjoint``); the others keep Taichi's generated
+hand-written stress adjoints (neo-Hookean, muscle, water: ``materials.HAND_ADJOINT``) also run deform + stress (with
+the muscle activation) + P2G forward in the fused kernel and reverse them in one pass (``p2g_stress_adjoint``, then
+``muscle_adjoint`` for the activations and muscle weights); the others keep Taichi's generated
 adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's. Taichi's generated reverse kernels
 carry every material's branch and cost 1.5-2x these (tests/physics/test_gradients.py checks all against central
 differences).
@@ -492,15 +493,17 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
 
     @ti.kernel
     def p2g_stress_adjoint(x: P_vec, v: P_vec, C: P_mat, F: P_mat, tau: P_mat, material: A_i, E: P_s, nu: P_s,
-                           vol: P_s, rho: P_s, dx: real, dt: real, g_mv: G_vec, g_m: G_s, g_Fn: P_mat, g_Jpn: P_s,
-                           g_x: P_vec, g_v: P_vec, g_C: P_mat, g_F: P_mat, g_Jp: P_s, g_E: P_s, g_nu: P_s,
-                           g_vol: P_s, g_rho: P_s):
-        # Reverse of deform, stress and P2G in one pass per particle, for scenes whose materials all have
-        # hand-written stress adjoints (``materials.build_stress_adjoint``): τ's grad stays in registers
+                           vol: P_s, rho: P_s, muscle: W_s, act: P_s, fibre: P_vec, dx: real, dt: real, g_mv: G_vec,
+                           g_m: G_s, g_Fn: P_mat, g_Jpn: P_s, g_x: P_vec, g_v: P_vec, g_C: P_mat, g_F: P_mat,
+                           g_Jp: P_s, g_E: P_s, g_nu: P_s, g_vol: P_s, g_rho: P_s, g_fibre: P_vec, g_actp: P_s):
+        # Reverse of deform, stress (muscle activation included) and P2G in one pass per particle, for scenes whose
+        # materials all have hand-written stress adjoints (``materials.build_stress_adjoint``): τ's grad stays in
+        # registers; each particle's activation grad lands in g_actp for ``muscle_adjoint``
         ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
             gc, gt = p2g_grad(p, x, v, C, tau, vol, rho, dx, dt, g_mv, g_m, g_x, g_v, g_vol, g_rho)
-            g_C[p] += gc + stress_grad(p, C, F, dt, material, E, nu, g_Fn, g_Jpn, gt, g_F, g_Jp, g_E, g_nu)
+            g_C[p] += gc + stress_grad(p, C, F, dt, material, E, nu, muscle, act, fibre, g_Fn, g_Jpn, gt, g_F, g_Jp,
+                                       g_E, g_nu, g_fibre, g_actp)
 
     @ti.kernel
     def g2p_adjoint(x: P_vec, grid_v: G_vec, dx: real, dt: real, g_xo: P_vec, g_vo: P_vec, g_Co: P_mat,
@@ -660,7 +663,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         for i in range(a.shape[0]):
             a[i] = 0.0
 
-    stress_adjoint, stress_grad = materials.build_stress_adjoint(dim, real, ser_all)
+    stress_adjoint, stress_grad, muscle_adjoint = materials.build_stress_adjoint(dim, real, ser_all)
 
     svd_forward, svd_backward = svd.kernels(dim, real)
     # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
@@ -675,5 +678,5 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                                       p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
                                       clear_flat=clear_flat, p2g_stress_adjoint=p2g_stress_adjoint,
-                                      stress_adjoint=stress_adjoint), serial)
+                                      stress_adjoint=stress_adjoint, muscle_adjoint=muscle_adjoint), serial)
 

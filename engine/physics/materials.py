@@ -34,9 +34,9 @@ NAMES = {"elastic": ELASTIC, "corotated": COROTATED, "muscle": MUSCLE, "sand": S
          "water": WATER, "mud": MUD, "ice": ICE}
 
 _SVD_MATERIALS = (COROTATED, SAND, SNOW, CLAY, MUD, ICE)
-HAND_ADJOINT = (ELASTIC, WATER)
+HAND_ADJOINT = (ELASTIC, WATER, MUSCLE)
 """Materials whose stress gradient ``build_stress_adjoint`` writes by hand (Taichi's generated reverse kernel
-carries every material's branch and costs ~2x the forward)."""
+carries every material's branch, costs ~2x the forward and, in 3D, minutes to compile)."""
 
 
 def ids(name: str | int) -> int:
@@ -241,28 +241,38 @@ def build_stress(dim: int, real):
 @functools.lru_cache(maxsize=None)
 def build_stress_adjoint(dim: int, real, serial: bool = False):
     """Hand-written reverse of the deformation update F = (I + dt·C)·F_in and ``stress`` for the ``HAND_ADJOINT``
-    materials (neo-Hookean and water); other ids are skipped. Returns ``(stress_adjoint, stress_grad)``: the
-    kernel accumulates into g_C, g_Fin (N, d, d), g_Jp, g_E, g_nu (N,) from the output grads g_Fn (N, d, d),
-    g_Jpn (N,), g_tau (N, d, d); ``stress_grad`` is its per-particle ``ti.func`` (the P2G adjoint inlines it).
+    materials (neo-Hookean, muscle and water); other ids are skipped. Returns ``(stress_adjoint, stress_grad,
+    muscle_adjoint)``: the kernel accumulates into g_C, g_Fin (N, d, d), g_Jp, g_E, g_nu (N,), g_fibre (N, d) from
+    the output grads g_Fn (N, d, d), g_Jpn (N,), g_tau (N, d, d), and writes g_actp (N,), the grad of each
+    particle's activation a_p = Σ_g w_pg·act_g; ``muscle_adjoint`` maps g_actp to the muscle weights' and the
+    activations' grads. ``stress_grad`` is its per-particle ``ti.func`` (the P2G adjoint inlines it).
     With J = det F and ∂J/∂F = cof F = J·F⁻ᵀ:
         water    τ = E·J(J−1)·I, F_new = J^(1/d)·I:  ∂L/∂J = tr(ḡ_Fn)·J^(1/d−1)/d + tr(ḡ_τ)·E(2J−1)
         elastic  τ = μ(FFᵀ − I) + λ log J·I:           ∂L/∂F = ḡ_Fn + μ(ḡ_τ + ḡ_τᵀ)F + λ tr(ḡ_τ)·F⁻ᵀ
-    (μ, λ from E, ν as in ``lame``). tests/physics/test_gradients.py checks both against central differences."""
+        muscle   the elastic τ plus a·E·f fᵀ with f = F·d (d the fibre): with S = ḡ_τ + ḡ_τᵀ,
+                 ∂L/∂F += a·E·(S f) dᵀ,  ∂L/∂d = a·E·Fᵀ(S f),  ∂L/∂a = E·fᵀḡ_τ f,  ∂L/∂E += a·fᵀḡ_τ f
+    (μ, λ from E, ν as in ``lame``). tests/physics/test_gradients.py checks all three against central differences
+    in 2D, tests/physics/test_gradients_3d.py the muscle in 3D."""
     D = dim
     mat = ti.types.matrix(D, D, real)
+    vec = ti.types.vector(D, real)
     A_mat = ti.types.ndarray(dtype=mat, ndim=1)
+    A_vec = ti.types.ndarray(dtype=vec, ndim=1)
     A_s = ti.types.ndarray(dtype=real, ndim=1)
+    A_w = ti.types.ndarray(dtype=real, ndim=2)
     A_i = ti.types.ndarray(dtype=ti.i32, ndim=1)
     T_ = ti.template()
 
     @ti.func
-    def stress_grad(p, C: T_, F_in: T_, dt, material: T_, E: T_, nu: T_, g_Fn: T_, g_Jpn: T_, G, g_Fin: T_, g_Jp: T_,
-                    g_E: T_, g_nu: T_):
+    def stress_grad(p, C: T_, F_in: T_, dt, material: T_, E: T_, nu: T_, w: T_, act: T_, fibre: T_, g_Fn: T_,
+                    g_Jpn: T_, G, g_Fin: T_, g_Jp: T_, g_E: T_, g_nu: T_, g_fibre: T_, g_actp: T_):
         """Particle p's adjoint from its τ grad G (a d×d matrix); returns its C grad (the caller adds it, so a
-        fused P2G adjoint writes g_C once). The trial gradient F = (I + dt·C)·F_in is recomputed, not stored."""
+        fused P2G adjoint writes g_C once) and writes g_actp[p]. The trial gradient F = (I + dt·C)·F_in and the
+        activation a_p are recomputed, not stored."""
         g_C = ti.Matrix.zero(real, D, D)
+        g_a = ti.cast(0.0, real)
         m = material[p]
-        if m == WATER or m == ELASTIC:
+        if m == WATER or m == ELASTIC or m == MUSCLE:
             I = ti.Matrix.identity(real, D)
             A = I + dt * C[p]
             F = A @ F_in[p]
@@ -282,18 +292,46 @@ def build_stress_adjoint(dim: int, real, serial: bool = False):
                 g_F = g_Fn[p] + mu * (G + G.transpose()) @ F + la * trG * F_invT
                 g_mu = (G * (F @ F.transpose() - I)).sum()
                 g_la = trG * ti.log(J)
-                g_E[p] += g_mu / (2 * (1 + n)) + g_la * n / q
+                g_e = g_mu / (2 * (1 + n)) + g_la * n / q
                 g_nu[p] += -g_mu * e / (2 * (1 + n) ** 2) + g_la * e * (1 + 2 * n * n) / (q * q)
+                if m == MUSCLE:
+                    a = ti.cast(0.0, real)
+                    for g in range(w.shape[1]):
+                        a += w[p, g] * act[g]
+                    d = fibre[p]
+                    f = F @ d
+                    Sf = (G + G.transpose()) @ f
+                    fGf = f.dot(G @ f)
+                    g_F += a * e * Sf.outer_product(d)
+                    g_fibre[p] += a * e * (F.transpose() @ Sf)
+                    g_a = e * fGf
+                    g_e += a * fGf
+                g_E[p] += g_e
             g_Jp[p] += g_Jpn[p]
             g_C = dt * g_F @ F_in[p].transpose()  # the deformation update, reversed here too
             g_Fin[p] += A.transpose() @ g_F
+        g_actp[p] = g_a
         return g_C
 
     @ti.kernel
-    def stress_adjoint(C: A_mat, F_in: A_mat, dt: real, material: A_i, E: A_s, nu: A_s, g_Fn: A_mat, g_Jpn: A_s,
-                       g_tau: A_mat, g_C: A_mat, g_Fin: A_mat, g_Jp: A_s, g_E: A_s, g_nu: A_s):
+    def stress_adjoint(C: A_mat, F_in: A_mat, dt: real, material: A_i, E: A_s, nu: A_s, w: A_w, act: A_s,
+                       fibre: A_vec, g_Fn: A_mat, g_Jpn: A_s, g_tau: A_mat, g_C: A_mat, g_Fin: A_mat, g_Jp: A_s,
+                       g_E: A_s, g_nu: A_s, g_fibre: A_vec, g_actp: A_s):
         ti.loop_config(serialize=serial)
         for p in range(F_in.shape[0]):
-            g_C[p] += stress_grad(p, C, F_in, dt, material, E, nu, g_Fn, g_Jpn, g_tau[p], g_Fin, g_Jp, g_E, g_nu)
+            g_C[p] += stress_grad(p, C, F_in, dt, material, E, nu, w, act, fibre, g_Fn, g_Jpn, g_tau[p], g_Fin, g_Jp,
+                                  g_E, g_nu, g_fibre, g_actp)
 
-    return stress_adjoint, stress_grad
+    @ti.kernel
+    def muscle_adjoint(w: A_w, act: A_s, g_actp: A_s, g_w: A_w, g_act: A_s):
+        # a_p = Σ_g w_pg·act_g reversed: g_w += g_a·act, g_act += Σ_p g_a·w. Serialised: every particle adds into
+        # the few act[g] (plain adds, no contended atomics; ~N·G flops)
+        ti.loop_config(serialize=True)
+        for p in range(w.shape[0]):
+            ga = g_actp[p]
+            if ga != 0:
+                for g in range(w.shape[1]):
+                    g_w[p, g] += ga * act[g]
+                    g_act[g] += ga * w[p, g]
+
+    return stress_adjoint, stress_grad, muscle_adjoint

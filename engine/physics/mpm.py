@@ -161,10 +161,11 @@ class Solver:
         k.clear_flat(sc.grid_mv.detach().view(-1))
         k.clear_flat(sc.grid_m.detach().view(-1))
         if self._hand(m):
-            # no SVD, no muscle: deform, stress and P2G in one pass (the forward-only kernel, keeping τ); the
+            # no SVD: deform, muscle activation, stress and P2G in one pass (the forward-only kernel, keeping τ); the
             # backward recomputes the trial F, so sc.F_tr is not written
+            act = self._no_act if control is None else control.act
             k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
-                        self._no_act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m)
+                        act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m)
         else:
             k.deform(s_in.C, s_in.F, dt, sc.F_tr)
             if self.use_svd:
@@ -198,10 +199,14 @@ class Solver:
                        m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp,
                        g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
         sc._grid_v_grad_clean = sc.grid_v.grad is not None
-        if self._hand(m):  # P2G, stress and deform reversed in one pass
-            k.p2g_stress_adjoint(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho, m.dx,
-                                 dt, g(sc.grid_mv), g(sc.grid_m), g(s_out.F), g(s_out.Jp), g(s_in.x), g(s_in.v),
-                                 g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E), g(m.nu), g(m.vol), g(m.rho))
+        if self._hand(m):  # P2G, stress (with the muscle's active term) and deform reversed in one pass
+            act = self._no_act if control is None else control.act
+            k.p2g_stress_adjoint(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho,
+                                 m.muscle, act, m.fibre, m.dx, dt, g(sc.grid_mv), g(sc.grid_m), g(s_out.F),
+                                 g(s_out.Jp), g(s_in.x), g(s_in.v), g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E),
+                                 g(m.nu), g(m.vol), g(m.rho), g(m.fibre), g(sc.act))
+            if self.use_muscle and control is not None:
+                k.muscle_adjoint(m.muscle, act, g(sc.act), g(m.muscle), g(act))
             return
         k.p2g_adjoint(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, g(sc.grid_mv), g(sc.grid_m),
                       g(s_in.x), g(s_in.v), g(s_in.C), g(sc.tau), g(m.vol), g(m.rho))

@@ -25,7 +25,7 @@ from engine.physics.model import MATERIAL_DEFAULTS
 
 from .designs import DesignFields, normalise_coords
 
-__all__ = ["ENVIRONMENTS", "BED_SPEED_CAP", "WorldSpec", "World", "bed_modulus"]
+__all__ = ["ENVIRONMENTS", "BED_SPEED_CAP", "DEPTH_FRACTION", "WorldSpec", "World", "bed_modulus", "grid_res"]
 
 ENVIRONMENTS = tuple(environments.PRESETS)
 """Names of the environment presets: ground, ice, desert, snow, clay, wetland, shallow_water, ocean."""
@@ -49,7 +49,8 @@ def bed_modulus(env, robot_speed: float) -> tuple[float, float]:
 
 @dataclass
 class WorldSpec:
-    """Geometry and physics of a co-design world (2D or 3D; the domain is a cube of side res·dx)."""
+    """Geometry and physics of a co-design world: a 1 m square in 2D; in 3D 1 m long and ``DEPTH_FRACTION`` of that
+    high and deep (``grid_res``)."""
 
     env: str = "ground"
     """Environment preset: one of ENVIRONMENTS."""
@@ -71,6 +72,9 @@ class WorldSpec:
     """Robot density at full occupancy [kg/m^d]."""
     gravity: float = 9.81
     """|g| [m/s²], pointing down (−y)."""
+    body: str = ""
+    """3D only: a closed mesh file (.obj, .stl, .ply, ...) voxelised into the robot's candidate particles, scaled to
+    fit ``robot_size``; empty: the robot box."""
 
     def validate(self) -> None:
         if self.env not in ENVIRONMENTS:
@@ -83,6 +87,54 @@ class WorldSpec:
             raise ConfigError(f"robot_size needs {self.dim} values, got {len(self.robot_size)}")
         if min(self.robot_size) <= 0 or self.E <= 0 or self.rho <= 0:
             raise ConfigError("robot_size, E and rho must be positive")
+        if self.body:
+            import os
+
+            if self.dim != 3:
+                raise ConfigError("body=PATH (a mesh) needs dim=3")
+            if not os.path.isfile(self.body):
+                raise ConfigError(f"body mesh {self.body!r} not found")
+
+
+def mesh_points(path: str, lo, size, spacing: float) -> np.ndarray:
+    """(M, 3) lattice points [m] inside a closed mesh, scaled uniformly to fit the box ``size`` with its corner at
+    ``lo`` (bottom at ``lo``'s height, centred in x and z). Points of the lattice of ``spacing`` over the mesh's
+    bounds are kept where ``trimesh``'s ray-parity test says they are inside."""
+    import trimesh
+
+    try:
+        mesh = trimesh.load(path, force="mesh")
+    except Exception as exc:  # noqa: BLE001 - trimesh raises many kinds on bad files
+        raise ConfigError(f"cannot read body mesh {path!r}: {exc}") from exc
+    if len(mesh.faces) == 0:
+        raise ConfigError(f"body mesh {path!r} has no faces")
+    if not mesh.is_watertight:
+        raise ConfigError(f"body mesh {path!r} is not closed (watertight): its inside is undefined")
+    size = np.asarray(size, float)
+    mesh.apply_translation(-mesh.bounds[0])
+    mesh.apply_scale(float(np.min(size / mesh.extents)))
+    axes = [np.arange(spacing / 2, e, spacing) for e in mesh.extents]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    pts = grid[mesh.contains(grid)]
+    if len(pts) == 0:
+        raise ConfigError(f"body mesh {path!r} is thinner than one particle spacing ({spacing:.4f} m)")
+    shift = np.asarray(lo, float).copy()
+    shift[[0, 2]] += (size[[0, 2]] - mesh.extents[[0, 2]]) / 2
+    return pts + shift
+
+
+DEPTH_FRACTION = 0.5
+"""3D: the domain's height and depth as a fraction of its length (1 m along x). The robot walks along x; half a
+metre of height and depth holds the bed, the robot and its jumps, and a turning robot, with a quarter of the grid
+nodes of a cube (and grid work, which dominates a small robot's substep)."""
+
+
+def grid_res(spec: WorldSpec) -> tuple:
+    """Grid nodes per axis: (res, res) in 2D; (res, h, h) with h = max(16, ceil(DEPTH_FRACTION·res)) in 3D."""
+    if spec.dim == 2:
+        return (spec.res, spec.res)
+    h = max(16, -(-spec.res * int(DEPTH_FRACTION * 100) // 100))
+    return (spec.res, h, h)
 
 
 class World:
@@ -103,15 +155,20 @@ class World:
         self.spec, self.n_groups = spec, n_groups
         env = environments.get(spec.env)
         d, dx = spec.dim, 1.0 / spec.res
-        b = ModelBuilder(res=(spec.res,) * d, dx=dx, ppc=spec.ppc)
+        b = ModelBuilder(res=grid_res(spec), dx=dx, ppc=spec.ppc)
         heights, normals = terrain.heightfield(b.res, dx, base=b.bound * dx, bound=b.bound)
         top = float(heights.max()) + (env.bed_thickness if env.bed else 0.0)
         size = np.asarray(spec.robot_size, float)
-        lo = np.array([spec.robot_x, top + 0.5 * dx] + ([0.5 - size[-1] / 2] if d == 3 else []))
-        self.box = (lo, lo + size)
+        # 3D: the robot is centred across the (shallower) domain's depth
+        lo = np.array([spec.robot_x, top + 0.5 * dx] + ([b.res[2] * dx / 2 - size[-1] / 2] if d == 3 else []))
+        self.top = top  # the bed's top (the floor's height without a bed) [m]
+        self.floor = float(heights.max())  # the terrain under the bed [m]
         # one muscle body whose group gives the model G actuation columns; the design overrides the weights
-        b.add_box(lo, lo + size, material="muscle", E=spec.E, nu=spec.nu, rho=spec.rho, group=n_groups - 1,
-                  color=(0.9, 0.45, 0.3))
+        pts = b.lattice(lo, lo + size) if not spec.body else mesh_points(spec.body, lo, size, dx / spec.ppc)
+        self.box = (lo, lo + size) if not spec.body else (pts.min(0) - 0.5 * dx / spec.ppc,
+                                                          pts.max(0) + 0.5 * dx / spec.ppc)
+        b.add_points(pts, material="muscle", E=spec.E, nu=spec.nu, rho=spec.rho, group=n_groups - 1,
+                     color=(0.9, 0.45, 0.3))
         if env.bed:
             robot_c = float(wave_speed([spec.E], [spec.nu], [spec.rho], [0])[0])
             E_bed, rho_bed = bed_modulus(env, robot_c)

@@ -52,3 +52,41 @@ def test_3d_rollout_gradients_match_finite_differences(material):
         print(f"3D {material} dL/d{name}: fd {fd:.10g} analytic {an:.10g} rel.err {err:.2e}")
         # E steps of 1e-6·E move the loss by ~1e-8 of its size: f64 round-off in the FD quotient is ~1e-6 there
         assert err <= (1e-4 if name == "E" else 1e-6), (name, fd, an)
+
+
+@pytest.mark.slow
+def test_3d_muscle_hand_written_adjoint_matches_finite_differences():
+    """The hand-written muscle stress adjoint in 3D (``materials.build_stress_adjoint``): the activation sequence,
+    the muscle weights, E and ν of a two-group muscle block, through 12 substeps."""
+    b = ModelBuilder(res=(12, 12, 12), dx=1 / 12, ppc=2)
+    for g, (y0, y1), fib in ((0, (0.3, 0.42), (1.0, 0.3, 0.2)), (1, (0.42, 0.55), (0.2, 1.0, -0.4))):
+        b.add_box((0.3, y0, 0.3), (0.63, y1, 0.63), material="muscle", E=2e3, nu=0.3, rho=1e3,
+                  velocity=(0.4, -1.0, 0.2), group=g, fibre=fib)
+    m = b.finalize()
+    s = Solver(m)
+    assert s.hand_stress and s.use_muscle
+    g = torch.Generator().manual_seed(2)
+    v0 = m.v0 + 0.5 * torch.randn(m.n, 3, generator=g, dtype=torch.float64)
+    wx, wv = (torch.randn(m.n, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    acts = 0.3 * torch.randn(T, m.n_groups, generator=g, dtype=torch.float64)
+
+    def loss(params=None, actions=acts):
+        ro = Rollout(s, T, DT, segment=5)
+        x, v, _ = ro.run(m.x0, v0, params, actions)
+        return float((wx * x).sum() + (wv * v).sum()), ro
+
+    _, ro = loss()
+    grads = ro.grad(wx, wv)
+    da = torch.randn(T, m.n_groups, generator=g, dtype=torch.float64)
+    fd = (loss(actions=acts + EPS * da)[0] - loss(actions=acts - EPS * da)[0]) / (2 * EPS)
+    an = float((grads["actions"] * da).sum())
+    print(f"3D muscle dL/dactions: fd {fd:.10g} analytic {an:.10g} rel.err {abs(fd - an) / abs(fd):.2e}")
+    assert abs(fd - an) <= 1e-6 * abs(fd)
+    for name, scale in (("muscle", 1.0), ("E", 2e3), ("nu", 0.1)):
+        base = getattr(m, name)
+        d = scale * torch.rand(base.shape, generator=g, dtype=torch.float64)
+        fd = (loss({name: base + EPS * d})[0] - loss({name: base - EPS * d})[0]) / (2 * EPS)
+        an = float((grads[name] * d).sum())
+        err = abs(fd - an) / max(abs(fd), abs(an))
+        print(f"3D muscle dL/d{name}: fd {fd:.10g} analytic {an:.10g} rel.err {err:.2e}")
+        assert err <= 1e-4, (name, fd, an)
