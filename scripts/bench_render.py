@@ -584,7 +584,7 @@ def _tide_peer_runs(V0, F, res):
     dt, dev = backend.torch_dtype(), backend.torch_device()
     cam = Camera.from_look_at(list(_EYE), fov_y=_FOV, width=res, height=res)
     V0 = torch.as_tensor(V0, dtype=dt)
-    F = torch.as_tensor(F)
+    F = torch.as_tensor(F, dtype=torch.int32)
     d = torch.nn.functional.normalize(torch.tensor([[0.4, -0.8, -0.45]], dtype=dt), dim=-1)
     lights = DirectionalLights(d, torch.ones(1, 3, dtype=dt), torch.zeros(3, dtype=dt))
     col = torch.full((len(V0), 3), 0.5, dtype=dt)
@@ -614,7 +614,11 @@ def _tide_peer_runs(V0, F, res):
 
     runs = {"hard fwd": fwd("hard"), "hard fwd+bwd": fwd_bwd("hard"), "hard+aa fwd+bwd": fwd_bwd("hard", antialias=True),
             "soft fwd": fwd("soft", sigma=1e-4, faces_per_pixel=8),
-            "soft fwd+bwd": fwd_bwd("soft", sigma=1e-4, faces_per_pixel=8), "raster depth": depth}
+            "soft fwd+bwd": fwd_bwd("soft", sigma=1e-4, faces_per_pixel=8),
+            # the same blur in pixels at every size (sigma is in NDC units: 1e-4 reaches 1.9 px at 128^2, 7.8 px at
+            # 512^2, so the candidates per pixel grow with the image side at a fixed sigma)
+            "soft 1.9px fwd+bwd": fwd_bwd("soft", sigma=1e-4 * (128 / res) ** 2, faces_per_pixel=8),
+            "raster depth": depth}
     return cam, runs
 
 
