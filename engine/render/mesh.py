@@ -11,7 +11,7 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import clip_near
-from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project_bwd, _seg_dist2, camera_table,
+from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project, _project_bwd, _seg_dist2, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, rasterize_screen,
                      soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
@@ -414,12 +414,18 @@ def _hard_bary(scr: ti.template(), b, i0, i1, i2, x, y):
 @lean
 @ti.kernel
 def _hard_fwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), attr: ti.types.ndarray(),
-              shade: ti.types.ndarray(), bg: ti.types.ndarray(), rgb: ti.types.ndarray(), dep: ti.types.ndarray(),
-              alp: ti.types.ndarray(), per_face: int, use_shade: int, C: ti.template()):
+              shade: ti.types.ndarray(), bg: ti.types.ndarray(), fn: ti.types.ndarray(), rgb: ti.types.ndarray(),
+              dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), per_face: int, use_shade: int,
+              with_normals: ti.template(), C: ti.template()):
+    # with_normals: also write each pixel's face normal fn (Bn, F, 3) into nrm (B, H, W, 3), 0 where empty
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
         f = p2f[b, py, px, 0]
         v = _bg_vec(bg, b, py, px, W, C)
+        if ti.static(with_normals):
+            bn = b if fn.shape[0] > 1 else 0
+            for c in ti.static(range(3)):
+                nrm[b, py, px, c] = fn[bn, f, c] if f >= 0 else 0.0
         if f >= 0:
             ba = b if attr.shape[0] > 1 else 0
             bsc = b if scr.shape[0] > 1 else 0
@@ -443,12 +449,12 @@ def _hard_fwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.
 @ti.kernel
 def _hard_bwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), attr: ti.types.ndarray(),
               shade: ti.types.ndarray(), bg: ti.types.ndarray(), g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(),
-              g_scr: ti.types.ndarray(), g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(),
-              g_bg: ti.types.ndarray(), per_face: int, use_shade: int, n_chunks: int, private: ti.template(),
-              C: ti.template()):
+              g_nrm: ti.types.ndarray(), g_scr: ti.types.ndarray(), g_attr: ti.types.ndarray(),
+              g_shade: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_bg: ti.types.ndarray(), per_face: int,
+              use_shade: int, n_chunks: int, private: ti.template(), with_normals: ti.template(), C: ti.template()):
     # chunking and private gradient copies as _soft_bwd (chunk ch takes rows ch, ch + n_chunks, ...)
     H, W = p2f.shape[1], p2f.shape[2]
-    Ba, Bs, Bx, Bg = attr.shape[0], shade.shape[0], scr.shape[0], bg.shape[0]
+    Ba, Bs, Bx, Bg, Bn = attr.shape[0], shade.shape[0], scr.shape[0], bg.shape[0], g_fn.shape[0] // n_chunks
     bg_image = g_bg.shape[1] > 1
     span = ti.static(_SPAN if private else 1)
     npx = 1 if ti.static(private) else W
@@ -480,6 +486,10 @@ def _hard_bwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.
                         if bg_image:
                             for c in ti.static(range(C)):
                                 g_bg[b, py * W + px, c] = 0.0
+                        if ti.static(with_normals):
+                            bn = b if Bn > 1 else 0
+                            for c in ti.static(range(3)):
+                                _acc(g_fn, (cb * Bn + bn, f, c), g_nrm[b, py, px, c], private)
                         x, y = px + 0.5, py + 0.5
                         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
                         w0, w1, w2, s, q0, q1, q2, Z, area = _hard_bary(scr, bx, i0, i1, i2, x, y)
@@ -560,7 +570,9 @@ class HardMesh(bridge.Op):
         C = attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
-        _hard_fwd(screen, faces, p2f, attr, shade, background, rgb, dep, alp, self.per_face, self.use_shade, C)
+        _hard_fwd(screen, faces, p2f, attr, shade, background, torch.zeros(1, 1, 3, **kw), rgb, dep, alp,
+                  torch.zeros(1, 1, 1, 3, **kw), self.per_face,
+                  self.use_shade, False, C)
         return (rgb, dep, alp), (screen, attr, shade, background, faces, p2f)
 
     def backward(self, saved, grads):
@@ -576,8 +588,9 @@ class HardMesh(bridge.Op):
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
         g_rgb, g_dep, _g_alp = grads
-        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, g_dep, g_scr, g_attr, g_shade, g_bg,
-                  self.per_face, self.use_shade, n_chunks, private, attr.shape[2])
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, g_dep, torch.zeros(1, 1, 1, 3, **kw), g_scr, g_attr, g_shade,
+                  torch.zeros(n_chunks, 1, 3, **kw), g_bg, self.per_face, self.use_shade, n_chunks, private, False,
+                  attr.shape[2])
         if nc > 1:
             g_scr, g_attr, g_shade = (g.reshape(nc, -1, *g.shape[1:]).sum(0) for g in (g_scr, g_attr, g_shade))
             if not bg_image:
@@ -585,6 +598,138 @@ class HardMesh(bridge.Op):
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         return g_scr, g_attr, g_shade if self.use_shade else None, g_bg, None, None
+
+
+@lean
+@ti.kernel
+def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
+                lcol: ti.types.ndarray(), amb: ti.types.ndarray(), fn: ti.types.ndarray(), shade: ti.types.ndarray(),
+                use_shade: int):
+    # face_normals + lambert (two-sided) per face: fn = normalize(cross(v1 - v0, v2 - v0)) (eps 1e-12),
+    # shade_c = ambient_c + sum_l color_lc |fn . d_l|
+    for b, f in ti.ndrange(fn.shape[0], fn.shape[1]):
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
+        e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
+        e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
+        n = e1.cross(e2)
+        n = n / ti.max(n.norm(), 1e-12)
+        for c in ti.static(range(3)):
+            fn[b, f, c] = n[c]
+        if use_shade:
+            for c in ti.static(range(3)):
+                sc = amb[c]
+                for l in range(ldir.shape[0]):
+                    sc += lcol[l, c] * ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
+                shade[b, f, c] = sc
+
+
+@lean
+@ti.kernel
+def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
+                    lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
+                    g_verts: ti.types.ndarray(), use_shade: int):
+    # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners
+    for b, f in ti.ndrange(g_fn.shape[0], g_fn.shape[1]):
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
+        e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
+        e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
+        m = e1.cross(e2)
+        ln = m.norm()
+        n = m / ti.max(ln, 1e-12)
+        g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
+        if use_shade:
+            for l in range(ldir.shape[0]):
+                d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
+                dot = n.dot(d)
+                sg = ti.select(dot > 0, 1.0, ti.select(dot < 0, -1.0, 0.0))
+                gs = 0.0
+                for c in ti.static(range(3)):
+                    gs += g_shade[b, f, c] * lcol[l, c]
+                g += gs * sg * d
+        gm = g / 1e-12
+        if ln > 1e-12:
+            gm = (g - n * n.dot(g)) / ln
+        g1, g2 = e2.cross(gm), gm.cross(e1)
+        for c in ti.static(range(3)):
+            g_verts[b, i1, c] += g1[c]
+            g_verts[b, i2, c] += g2[c]
+            g_verts[b, i0, c] -= g1[c] + g2[c]
+
+
+@lean
+@ti.kernel
+def _project_z_bwd(cam: ti.types.ndarray(), g_scr: ti.types.ndarray(), g_verts: ti.types.ndarray()):
+    # z = R[2] . X + t[2]: the depth's share of the world gradient
+    for b, i in ti.ndrange(g_scr.shape[0], g_scr.shape[1]):
+        bv = b if g_verts.shape[0] > 1 else 0
+        gz = g_scr[b, i, 2]
+        for j in ti.static(range(3)):
+            g_verts[bv, i, j] += cam[b, 6 + j] * gz
+
+
+class HardMeshWorld(bridge.Op):
+    """``HardMesh`` from world vertices, all in Taichi: the projection, face normals and two-sided Lambert shade
+    per face (``face_normals``, ``lambert``) and their gradients to the vertices are kernels too, so no torch op
+    runs per face or per pixel. For fixed cameras and lights (their gradients need the torch path).
+
+    Inputs: verts (Bv, V, 3), attr (Ba, V or F, C), background (Bg, 1 or H*W, C), light directions (L, 3), colours
+    (L, 3) and ambient (3,) (zero-size when unlit), then the camera table (B, 16), faces and pix_to_face.
+    Outputs: colour, depth, alpha (no gradient) and the nearest face's normal (B, H, W, 3)."""
+
+    name = "hard_mesh_world"
+    fresh_grads = True
+
+    def __init__(self, per_face: bool, use_shade: bool):
+        self.per_face, self.use_shade = int(per_face), int(use_shade)
+
+    def forward(self, verts, attr, background, ldir, lcol, amb, cam, faces, p2f):
+        B, H, W, _ = p2f.shape
+        C = attr.shape[2]
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        screen = torch.empty(B, verts.shape[1], 3, **kw)
+        _project(verts, cam, screen)
+        fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
+        shade = torch.empty(verts.shape[0], faces.shape[0], 3, **kw) if self.use_shade else torch.ones(1, 1, 1, **kw)
+        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
+        nrm = torch.empty(B, H, W, 3, **kw)
+        _hard_fwd(screen, faces, p2f, attr, shade, background, fn, rgb, dep, alp, nrm, self.per_face, self.use_shade,
+                  True, C)
+        return (rgb, dep, alp, nrm), (verts, attr, shade, background, ldir, lcol, cam, faces, p2f, screen)
+
+    def backward(self, saved, grads):
+        verts, attr, shade, background, ldir, lcol, cam, faces, p2f, screen = saved
+        B, H, W, _ = p2f.shape
+        n_chunks, private = _scatter_copies(B * H)
+        nc = n_chunks if private else 1
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        Bv = verts.shape[0]
+        g_scr = torch.zeros(nc * B, *screen.shape[1:], **kw)
+        g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
+        g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
+        g_fn = torch.zeros(nc * Bv, faces.shape[0], 3, **kw)
+        bg_image = background.shape[1] > 1
+        g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
+                else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
+        g_rgb, g_dep, _g_alp, g_nrm = grads
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, g_dep, g_nrm, g_scr, g_attr, g_shade, g_fn,
+                  g_bg, self.per_face, self.use_shade, n_chunks, private, True, attr.shape[2])
+        if nc > 1:
+            g_scr, g_attr, g_shade, g_fn = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
+                                            for g in (g_scr, g_attr, g_shade, g_fn))
+            if not bg_image:
+                g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
+        if bg_image and background.shape[0] == 1 and B > 1:
+            g_bg = g_bg.sum(0, keepdim=True)
+        g_verts = torch.zeros_like(verts)
+        _project_bwd(screen, cam, g_scr, g_verts)
+        _project_z_bwd(cam, g_scr, g_verts)
+        if not self.use_shade:
+            g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade)
+        return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
 def _scatter_copies(n_rows: int):
@@ -919,8 +1064,6 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         return None
     frags = rasterize(verts, faces, camera, faces_per_pixel=1, clip=False, sigma=0.0)
     B = frags.pix_to_face.shape[0]
-    fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
-    shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
     bg = torch.as_tensor(background, dtype=dt, device=dev)
     if bg.dim() <= 1:
         bg = bg.reshape(1, 1, -1).expand(1, 1, C)
@@ -930,6 +1073,24 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         bg = bg.reshape(-1, H * W, bg.shape[-1])
     if bg.shape[-1] != C:
         raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    if not _camera_needs_grad(camera) and not (lights is not None and any(
+            x.requires_grad for x in (lights.direction, lights.color, lights.ambient))):
+        # fixed camera and lights: projection, normals and shading in Taichi too (no per-face torch ops)
+        cam = camera_table(camera).to(dt)
+        cam = cam.expand(B, -1).contiguous() if cam.shape[0] != B else cam
+        if lights is not None:
+            ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
+        else:
+            ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+        rgb, depth, alpha, normals = bridge.apply(HardMeshWorld(per_face, lights is not None), verts, attr, bg, ldir,
+                                                  lcol, amb, cam, faces, frags.pix_to_face)
+        alpha = alpha.detach()
+        if antialias:
+            aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, camera.project(verts), faces)
+            rgb, alpha = aa[..., :C], aa[..., C]
+        return MeshRender(rgb, alpha, depth, normals, frags)
+    fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
+    shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
     screen = camera.project(verts)                      # differentiable: torch carries vertex and camera gradients
     rgb, depth, alpha = bridge.apply(HardMesh(per_face, lights is not None), screen, attr, shade, bg, faces,
                                      frags.pix_to_face)
