@@ -451,7 +451,9 @@ def _hard_bwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.
               shade: ti.types.ndarray(), bg: ti.types.ndarray(), g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(),
               g_nrm: ti.types.ndarray(), g_scr: ti.types.ndarray(), g_attr: ti.types.ndarray(),
               g_shade: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_bg: ti.types.ndarray(), per_face: int,
-              use_shade: int, n_chunks: int, private: ti.template(), with_normals: ti.template(), C: ti.template()):
+              use_shade: int, n_chunks: int, has_gdep: int, has_gnrm: int, private: ti.template(),
+              with_normals: ti.template(), C: ti.template()):
+    # has_gdep / has_gnrm: 0 when the loss does not use depth / normals (their gradient arrays are then dummies)
     # chunking and private gradient copies as _soft_bwd (chunk ch takes rows ch, ch + n_chunks, ...)
     H, W = p2f.shape[1], p2f.shape[2]
     Ba, Bs, Bx, Bg, Bn = attr.shape[0], shade.shape[0], scr.shape[0], bg.shape[0], g_fn.shape[0] // n_chunks
@@ -486,7 +488,7 @@ def _hard_bwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.
                         if bg_image:
                             for c in ti.static(range(C)):
                                 g_bg[b, py * W + px, c] = 0.0
-                        if ti.static(with_normals):
+                        if ti.static(with_normals) and has_gnrm:
                             bn = b if Bn > 1 else 0
                             for c in ti.static(range(3)):
                                 _acc(g_fn, (cb * Bn + bn, f, c), g_nrm[b, py, px, c], private)
@@ -516,7 +518,9 @@ def _hard_bwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.
                             if use_shade:
                                 _acc(g_shade, (cb * Bs + bs, f, c), g * val, private)
                         # b_i = q_i Z, Z = 1 / sum q: dL/dq_j = Z (gb_j - sum_i gb_i b_i) - gZ Z^2
-                        gZ = g_dep[b, py, px]
+                        gZ = 0.0
+                        if has_gdep:
+                            gZ = g_dep[b, py, px]
                         dot = gb0 * b0 + gb1 * b1 + gb2 * b2
                         gq0 = Z * (gb0 - dot) - gZ * Z * Z
                         gq1 = Z * (gb1 - dot) - gZ * Z * Z
@@ -561,6 +565,7 @@ class HardMesh(bridge.Op):
 
     name = "hard_mesh"
     fresh_grads = True
+    none_grads = True
 
     def __init__(self, per_face: bool, use_shade: bool):
         self.per_face, self.use_shade = int(per_face), int(use_shade)
@@ -578,7 +583,7 @@ class HardMesh(bridge.Op):
     def backward(self, saved, grads):
         screen, attr, shade, background, faces, p2f = saved
         B, H, W, _ = p2f.shape
-        n_chunks, private = _scatter_copies(B * H)
+        n_chunks, private = _hard_copies(B, H, W, screen.numel() + attr.numel() + shade.numel())
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
         g_scr = torch.zeros(nc * screen.shape[0], *screen.shape[1:], **kw)
@@ -588,9 +593,11 @@ class HardMesh(bridge.Op):
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
         g_rgb, g_dep, _g_alp = grads
-        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, g_dep, torch.zeros(1, 1, 1, 3, **kw), g_scr, g_attr, g_shade,
-                  torch.zeros(n_chunks, 1, 3, **kw), g_bg, self.per_face, self.use_shade, n_chunks, private, False,
-                  attr.shape[2])
+        g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
+        dummy = torch.zeros(1, 1, 1, 3, **kw)
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep, dummy,
+                  g_scr, g_attr, g_shade, torch.zeros(n_chunks, 1, 3, **kw), g_bg, self.per_face, self.use_shade,
+                  n_chunks, int(g_dep is not None), 0, private, False, attr.shape[2])
         if nc > 1:
             g_scr, g_attr, g_shade = (g.reshape(nc, -1, *g.shape[1:]).sum(0) for g in (g_scr, g_attr, g_shade))
             if not bg_image:
@@ -680,6 +687,7 @@ class HardMeshWorld(bridge.Op):
 
     name = "hard_mesh_world"
     fresh_grads = True
+    none_grads = True
 
     def __init__(self, per_face: bool, use_shade: bool):
         self.per_face, self.use_shade = int(per_face), int(use_shade)
@@ -702,7 +710,8 @@ class HardMeshWorld(bridge.Op):
     def backward(self, saved, grads):
         verts, attr, shade, background, ldir, lcol, cam, faces, p2f, screen = saved
         B, H, W, _ = p2f.shape
-        n_chunks, private = _scatter_copies(B * H)
+        n_chunks, private = _hard_copies(B, H, W, screen.numel() + attr.numel() + shade.numel() + 3 * verts.shape[0]
+                                         * faces.shape[0])
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
         Bv = verts.shape[0]
@@ -714,8 +723,12 @@ class HardMeshWorld(bridge.Op):
         g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
                 else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
         g_rgb, g_dep, _g_alp, g_nrm = grads
-        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, g_dep, g_nrm, g_scr, g_attr, g_shade, g_fn,
-                  g_bg, self.per_face, self.use_shade, n_chunks, private, True, attr.shape[2])
+        g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
+        dummy = torch.zeros(1, 1, 1, 3, **kw)
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep,
+                  dummy if g_nrm is None else g_nrm, g_scr, g_attr, g_shade, g_fn, g_bg, self.per_face,
+                  self.use_shade, n_chunks, int(g_dep is not None), int(g_nrm is not None), private, True,
+                  attr.shape[2])
         if nc > 1:
             g_scr, g_attr, g_shade, g_fn = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
                                             for g in (g_scr, g_attr, g_shade, g_fn))
@@ -739,6 +752,16 @@ def _scatter_copies(n_rows: int):
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
+
+
+def _hard_copies(B: int, H: int, W: int, scattered: int):
+    """``_scatter_copies`` for the hard backward, where each pixel scatters into one face: private copies only while
+    zeroing and summing them (``scattered`` entries each) costs less than the image; else atomics into one copy
+    (a 51k-face mesh at 128^2 spent more on 8 copies than on the pixels)."""
+    n_chunks, private = _scatter_copies(B * H)
+    if private and n_chunks * scattered > 4 * B * H * W:
+        return max(B * H, 1), False
+    return n_chunks, private
 
 
 def _texture_copies_pay(n_copies: int, texels: int, pixels: int) -> bool:
