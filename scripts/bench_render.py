@@ -1,6 +1,17 @@
-"""Benchmark tide's renderers against vectorised pure-torch references of the same maths (forward + backward).
+"""Benchmark tide's renderers against real peers and against vectorised pure-torch references of the same maths.
 
-    python scripts/bench_render.py [--precision f32|f64] [--repeats 3] [--only raster,texture,volume,splat]
+    python scripts/bench_render.py [--precision f32|f64] [--repeats 3] [--only raster,texture,volume,splat,peers]
+                                   [--peer-res 128,256,512] [--peer-faces 5120,51200] [--plot]
+
+``peers``: tide's hard and soft mesh rasterizer against what a CPU user would run instead, on the same torus (5,120
+and 51,200 faces), camera and image size (128^2, 256^2, 512^2): **Mitsuba 3** (``pip install -e '.[bench]'``;
+``llvm_ad_rgb``, 1 sample per pixel, one directional light on a diffuse mesh; its ``direct`` integrator's forward
+and forward + backward to the vertex positions, which like tide's hard mode has no silhouette gradients, and its
+``direct_projective`` integrator, whose silhouette gradients compare with tide's soft mode and hard + antialias)
+and **Open3D**'s Embree ray casting (silhouette and depth forward, against tide's ``rasterize``). Silhouettes and
+depths are checked to agree (IoU, median depth difference) before timing; each peer is skipped with a message
+when it is not installed. It prints every time, the side-by-side ratios, and the growth per doubling of pixels
+and of faces; ``--plot`` writes docs/bench_render_peers.png.
 
 "pure torch" references are plain torch end to end, non-differentiable work included: the soft rasterizer's
 reference projects the mesh, selects each pixel's K faces (candidate (pixel, face) pairs enumerated from each

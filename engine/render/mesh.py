@@ -351,7 +351,9 @@ class SoftMesh(bridge.Op):
     def backward(self, saved, grads):
         vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, bary, zbuf, dist, la, lt = saved
         B, H, W, K = p2f.shape
-        n_chunks, private = _scatter_copies(B * H)
+        # private copies while zeroing and summing them costs less than the pixels' K layers, else atomics
+        n_chunks, private = _hard_copies(B, H, W * K, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
+                                         + opacity.numel() + uvc.numel())
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
         # scattered gradients: nc copies stacked on dim 0, summed after the launch
@@ -745,6 +747,51 @@ class HardMeshWorld(bridge.Op):
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
+class FaceShade(bridge.Op):
+    """Unit face normals and two-sided Lambert shade per face (``face_normals`` + ``lambert``) as Taichi kernels
+    with a hand-written backward to the vertices (``_face_frame``): no face-sized torch ops. For fixed lights.
+    Inputs verts (Bv, V, 3), light directions (L, 3), colours (L, 3), ambient (3,), faces; outputs fn, shade
+    (Bv, F, 3) (shade all ones when ``use_shade`` is off)."""
+
+    name = "face_shade"
+    fresh_grads = True
+    none_grads = True
+
+    def __init__(self, use_shade: bool):
+        self.use_shade = int(use_shade)
+
+    def forward(self, verts, ldir, lcol, amb, faces):
+        kw = dict(dtype=verts.dtype, device=verts.device)
+        fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
+        shade = torch.empty_like(fn) if self.use_shade else torch.ones_like(fn)
+        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        return (fn, shade), (verts, ldir, lcol, faces)
+
+    def backward(self, saved, grads):
+        verts, ldir, lcol, faces = saved
+        g_fn, g_shade = grads
+        shape = (verts.shape[0], faces.shape[0], 3)
+        g_fn = torch.zeros(shape, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        use = self.use_shade and g_shade is not None
+        g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
+        g_verts = torch.zeros_like(verts)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use))
+        return g_verts, None, None, None, None
+
+
+def _face_shade(verts, faces, lights, dt, dev):
+    """(fn, shade or a (1, 1, 1) ones dummy): Taichi ``FaceShade`` for fixed lights, else torch (light gradients)."""
+    if lights is not None and any(x.requires_grad for x in (lights.direction, lights.color, lights.ambient)):
+        fn = face_normals(verts, faces)
+        return fn, lambert(fn, lights)
+    if lights is not None:
+        ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
+    else:
+        ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+    fn, shade = bridge.apply(FaceShade(lights is not None), verts, ldir, lcol, amb, faces)
+    return fn, shade if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+
+
 def _scatter_copies(n_rows: int):
     """(n_chunks, private) for the backward scatter: private gradient copies on CPU, else atomics. Four chunks per
     CPU thread (the copies are per-vertex/face, small) even out rows of unequal cost (a mesh fills the middle
@@ -1038,8 +1085,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     frags = rasterize_screen(screen, faces, W, H, faces_per_pixel, sigma)
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1) if cam.shape[0] != B else cam
-    fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
-    shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+    fn, shade = _face_shade(verts, faces, lights, dt, dev)                                   # (Bv, F, 3)
     opac = torch.as_tensor(opacity, dtype=dt, device=dev)
     opac = opac.reshape(1, -1).expand(B, F) if opac.dim() <= 1 else opac.expand(B, F)  # the kernels read row b
     bg = torch.as_tensor(background, dtype=dt, device=dev)
@@ -1112,8 +1158,7 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
             aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, camera.project(verts), faces)
             rgb, alpha = aa[..., :C], aa[..., C]
         return MeshRender(rgb, alpha, depth, normals, frags)
-    fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
-    shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+    fn, shade = _face_shade(verts, faces, lights, dt, dev)                                   # (Bv, F, 3)
     screen = camera.project(verts)                      # differentiable: torch carries vertex and camera gradients
     rgb, depth, alpha = bridge.apply(HardMesh(per_face, lights is not None), screen, attr, shade, bg, faces,
                                      frags.pix_to_face)
