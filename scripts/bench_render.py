@@ -53,15 +53,18 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _time_all(fns, repeats):
+def _time_all(fns, repeats, pause=0.0):
     """Median wall time of each function, runs interleaved (tide, ref 1, ref 2, tide, ...) after one warm-up each,
-    so all see the same background load on a shared machine."""
+    so all see the same background load on a shared machine. ``pause`` seconds (untimed) before each run let the
+    previous contender's worker threads go idle (Dr.Jit's and Embree's pools spin for a while after a call)."""
     for fn in fns:
         fn()                                                               # warm-up: compile / cache load
     ts = [[] for _ in fns]
     for _ in range(repeats):
         for fn, t in zip(fns, ts):
             _sync()
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             _sync()
@@ -694,7 +697,7 @@ def bench_peers(args):
                 checks.append(f"mitsuba IoU {iou:.4f}")
                 ok &= iou > 0.97                              # 1 jittered sample per pixel moves edge pixels
             names = list(runs) + list(peers)
-            times = _time_all([*runs.values(), *peers.values()], args.repeats)
+            times = _time_all([*runs.values(), *peers.values()], args.repeats, pause=0.05)
             t = dict(zip(names, times))
             rows.append((nf, res, t))
             print(f"peers {nf} faces, {res}^2: " + "; ".join(checks), flush=True)

@@ -458,7 +458,8 @@ def _hard_bwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.
     # has_gdep / has_gnrm: 0 when the loss does not use depth / normals (their gradient arrays are then dummies)
     # chunking and private gradient copies as _soft_bwd (chunk ch takes rows ch, ch + n_chunks, ...)
     H, W = p2f.shape[1], p2f.shape[2]
-    Ba, Bs, Bx, Bg, Bn = attr.shape[0], shade.shape[0], scr.shape[0], bg.shape[0], g_fn.shape[0] // n_chunks
+    Ba, Bs, Bx, Bg = attr.shape[0], shade.shape[0], scr.shape[0], bg.shape[0]
+    Bn = g_fn.shape[0] // n_chunks if ti.static(private) else g_fn.shape[0]     # g_fn holds n_chunks copies
     bg_image = g_bg.shape[1] > 1
     span = ti.static(_SPAN if private else 1)
     npx = 1 if ti.static(private) else W
