@@ -126,8 +126,8 @@ def main():
                 series = {"tide": [t["tide"] for _, t in sel], "skimage": [t["sk"] for _, t in sel]}
                 if mcubes:
                     series["PyMCubes"] = [t["mc"] for _, t in sel]
-                growth.table(f"{kind} {dtype}: time against cells (growth per doubling of the cell count; x8 per "
-                             "doubling of the grid side is the cube of it)", "cells", cells, series)
+                growth.table(f"{kind} {dtype}: time against cells (growth per doubling of the cell count; a "
+                             "doubling of the grid side is three of them)", "cells", cells, series)
                 panels[f"{kind} {dtype}"] = (cells, series)
         if args.plot and panels:
             growth.plot("bench_fields_mc", "marching cubes: ms against cells (one run; compare within a panel)",
