@@ -31,8 +31,12 @@ def plot(name: str, title: str, size_label: str, panels: dict, ylabel: str = "ms
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
-    for ax, (pt, (sizes, series)) in zip(axes[0], panels.items()):
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (pt, (sizes, series)) in zip(axes.flat, panels.items()):
         for label, ts in series.items():
             ax.loglog(sizes, ts, "o-", label=label, base=2)
         ax.set_title(pt, fontsize=10)
