@@ -793,6 +793,51 @@ def _face_shade(verts, faces, lights, dt, dev):
     return fn, shade if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
 
 
+@lean
+@ti.kernel
+def _gather_normals(fn: ti.types.ndarray(), p2f: ti.types.ndarray(), nrm: ti.types.ndarray()):
+    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        f = p2f[b, py, px, 0]
+        bn = b if fn.shape[0] > 1 else 0
+        for c in ti.static(range(3)):
+            nrm[b, py, px, c] = fn[bn, f, c] if f >= 0 else 0.0
+
+
+@lean
+@ti.kernel
+def _gather_normals_bwd(p2f: ti.types.ndarray(), g_nrm: ti.types.ndarray(), g_fn: ti.types.ndarray()):
+    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        f = p2f[b, py, px, 0]
+        if f >= 0:
+            bn = b if g_fn.shape[0] > 1 else 0
+            for c in ti.static(range(3)):
+                ti.atomic_add(g_fn[bn, f, c], g_nrm[b, py, px, c])
+
+
+class NearestNormals(bridge.Op):
+    """(Bn, F, 3) face normals and pix_to_face (B, H, W, K) -> (B, H, W, 3) the nearest face's normal per pixel, 0
+    where empty; one Taichi kernel each way (torch's where / cat / index_select chain cost several image-sized
+    ops)."""
+
+    name = "nearest_normals"
+    fresh_grads = True
+    none_grads = True
+
+    def forward(self, fn, p2f):
+        B, H, W, _ = p2f.shape
+        nrm = torch.empty(B, H, W, 3, dtype=fn.dtype, device=fn.device)
+        _gather_normals(fn, p2f, nrm)
+        return (nrm,), (fn.shape, p2f)
+
+    def backward(self, saved, grads):
+        shape, p2f = saved
+        if grads[0] is None:
+            return None, None
+        g_fn = torch.zeros(shape, dtype=grads[0].dtype, device=grads[0].device)
+        _gather_normals_bwd(p2f, grads[0], g_fn)
+        return g_fn, None
+
+
 def _scatter_copies(n_rows: int):
     """(n_chunks, private) for the backward scatter: private gradient copies on CPU, else atomics. Four chunks per
     CPU thread (the copies are per-vertex/face, small) even out rows of unequal cost (a mesh fills the middle
@@ -1103,12 +1148,8 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, screen_input=geo is not verts)
     rgb, depth, alpha = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, cam, faces, screen, frags.pix_to_face,
                                      frags.bary, frags.zbuf, frags.dist)
-    # nearest face's normal, 0 where empty: one index_select from the normals with a zero row appended per batch
-    # (no image-sized mask multiply or gather, which torch parallelises and a busy CPU then stalls)
-    p2f0 = frags.pix_to_face[..., 0].long()
-    fnz = torch.cat([fn.expand(B, -1, -1), fn.new_zeros(B, 1, 3)], 1).reshape(-1, 3)            # (B (F + 1), 3)
-    idx = torch.where(p2f0 >= 0, p2f0, F) + (torch.arange(B, device=dev) * (F + 1)).view(B, 1, 1)
-    normals = fnz.index_select(0, idx.reshape(-1)).reshape(B, H, W, 3)
+    # nearest face's normal, 0 where empty (one kernel each way: no image-sized torch ops)
+    normals = bridge.apply(NearestNormals(), fn, frags.pix_to_face)
     return MeshRender(rgb, alpha, depth, normals, frags)
 
 
@@ -1167,8 +1208,4 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     if antialias:
         aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, screen, faces)
         rgb, alpha = aa[..., :C], aa[..., C]
-    p2f0 = frags.pix_to_face[..., 0].long()
-    fnz = torch.cat([fn.expand(B, -1, -1), fn.new_zeros(B, 1, 3)], 1).reshape(-1, 3)            # (B (F + 1), 3)
-    idx = torch.where(p2f0 >= 0, p2f0, F) + (torch.arange(B, device=dev) * (F + 1)).view(B, 1, 1)
-    normals = fnz.index_select(0, idx.reshape(-1)).reshape(B, H, W, 3)
-    return MeshRender(rgb, alpha, depth, normals, frags)
+    return MeshRender(rgb, alpha, depth, bridge.apply(NearestNormals(), fn, frags.pix_to_face), frags)

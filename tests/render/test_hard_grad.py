@@ -99,3 +99,13 @@ def test_fused_hard_paths_agree_with_the_torch_path_and_fd(monkeypatch):
     err, gmax = fd_check(lambda v: render_mesh(v, F, cams, colors=VCOL, lights=lights, mode="hard").normals,
                          [verts], 0, n_probe=12)
     assert gmax > 1e-2 and err <= 1e-6 * max(1.0, gmax), (err, gmax)
+
+
+def test_soft_normals_output_matches_finite_differences():
+    """The nearest face's normal of a soft render (``NearestNormals``: one Taichi gather each way) against central
+    differences, two cameras and meshes."""
+    cams = Camera.from_look_at([[0.2, 0.1, 3.0], [-0.4, 0.3, 2.8]], fov_y=35, width=14, height=12)
+    verts = torch.stack([V, V * 1.1])
+    err, gmax = fd_check(lambda v: render_mesh(v, F, cams, colors=VCOL, mode="soft", sigma=2e-2,
+                                               faces_per_pixel=3).normals, [verts], 0, n_probe=12)
+    assert gmax > 1e-2 and err <= 1e-6 * max(1.0, gmax), (err, gmax)
