@@ -45,6 +45,10 @@ class Op:
     """Set True if ``backward`` allocates new gradient tensors on every call and keeps no reference to them;
     the bridge then hands them to torch without a defensive copy (large tables: a full copy per backward)."""
 
+    none_grads = False
+    """Set True if ``backward`` accepts None for the gradient of an output the loss does not use (the bridge then
+    skips zero-filling it: an image-sized fill per unused output)."""
+
     def forward(self, *inputs: torch.Tensor):  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -76,8 +80,10 @@ class _Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs):
+        none_ok = ctx.op.none_grads
         grads_out = tuple(
-            (torch.zeros(shape, dtype=dtype, device=dev) if g is None else g.detach().to(dev, dtype).contiguous())
+            ((None if none_ok else torch.zeros(shape, dtype=dtype, device=dev)) if g is None
+             else g.detach().to(dev, dtype).contiguous())
             if dtype.is_floating_point else None
             for g, (shape, dtype, dev) in zip(grad_outputs, ctx.out_meta))
         grads_in = tuple(ctx.op.backward(ctx.saved, grads_out))

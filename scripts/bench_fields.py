@@ -2,7 +2,7 @@
 (tide's Taichi kernels vs a plain-torch implementation of the same encoding).
 
     python scripts/bench_fields.py [--sizes 64 128 256] [--fields sphere csg gyroid noise] [--dtypes float32 float64]
-                                   [--repeats 7] [--arch cpu] [--points 262144]
+                                   [--repeats 7] [--arch cpu] [--points 262144] [--plot]
 
 Every figure is the median of ``--repeats`` runs after two warm-ups (so Taichi compilation is excluded), and the
 contenders are interleaved run by run, so that load from other processes hits them alike: compare the ratios.
@@ -20,6 +20,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import growth  # noqa: E402
 
 
 def median_ms(fns, repeats, warmup=2):
@@ -67,10 +70,12 @@ def main():
                     choices=["sphere", "csg", "gyroid", "noise"])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed runs of each contender first (compilation)")
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--points", type=int, default=1 << 18, help="points per hash-grid batch")
     ap.add_argument("--skip-mc", action="store_true")
     ap.add_argument("--skip-hash", action="store_true")
+    ap.add_argument("--plot", action="store_true", help="write docs/bench_fields_mc.png (time against grid size)")
     args = ap.parse_args()
 
     from engine import backend
@@ -93,8 +98,9 @@ def main():
         print("marching cubes, ms (ratios > 1: tide is faster)")
         print(f"{'field':>7} {'dtype':>8} {'size':>6} {'tide':>8} {'tide-lor':>9} {'skimage':>8} {'pymcubes':>9} "
               f"{'sk/tide':>8} {'pymc/tide':>10} {'faces':>9}")
-        for kind in args.fields:
-            for n in args.sizes:
+        rows = []
+        for n in args.sizes:                                # every field at a size before the next size
+            for kind in args.fields:
                 base = volume(n, kind)
                 for dtype in args.dtypes:
                     v = base.astype(dtype)
@@ -103,11 +109,29 @@ def main():
                            "lor": lambda: marching_cubes(v, 0.0, method="lorensen"), "sk": lambda: sk_mc(v, 0.0)}
                     if mcubes:
                         fns["mc"] = lambda: mcubes.marching_cubes(v64, 0.0)
-                    t = median_ms(fns, args.repeats)
+                    t = median_ms(fns, args.repeats, warmup=args.warmup)
                     t_mc = t.get("mc", float("nan"))
                     nf = len(marching_cubes(v, 0.0).faces)
                     print(f"{kind:>7} {dtype:>8} {n:>5}^3 {t['tide']:8.1f} {t['lor']:9.1f} {t['sk']:8.1f} "
                           f"{t_mc:9.1f} {t['sk'] / t['tide']:8.2f} {t_mc / t['tide']:10.2f} {nf:>9}", flush=True)
+                    rows.append((kind, dtype, n, t, nf))
+        # how the cost grows: per doubling of the grid side (x8 cells) and of the cell count
+        panels = {}
+        for kind in args.fields:
+            for dtype in args.dtypes:
+                sel = [(n, t) for k, d, n, t, _ in rows if k == kind and d == dtype]
+                if len(sel) < 2:
+                    continue
+                cells = [(n - 1) ** 3 for n, _ in sel]
+                series = {"tide": [t["tide"] for _, t in sel], "skimage": [t["sk"] for _, t in sel]}
+                if mcubes:
+                    series["PyMCubes"] = [t["mc"] for _, t in sel]
+                growth.table(f"{kind} {dtype}: time against cells (growth per doubling of the cell count; a "
+                             "doubling of the grid side is three of them)", "cells", cells, series)
+                panels[f"{kind} {dtype}"] = (cells, series)
+        if args.plot and panels:
+            growth.plot("bench_fields_mc", "marching cubes: ms against cells (one run; compare within a panel)",
+                        "cells", panels)
 
     if not args.skip_hash:
         enc = HashGrid(n_levels=16, features=2, log2_size=19, base_resolution=16, max_resolution=2048)

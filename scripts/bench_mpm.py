@@ -17,7 +17,7 @@ grid, a reduced substep count) above the process's baseline, compares it with th
 4000 substeps.
 
 Usage: python scripts/bench_mpm.py [--steps 20] [--rounds 3] [--precision f32] [--skip-grad] [--profile]
-       [--memory [--substeps 240]]
+       [--memory [--substeps 240]] [--scaling [--plot]]
 """
 import argparse
 import os
@@ -264,6 +264,31 @@ def bench_memory(n_substeps):
     return m.n, m.res, K, measured, est, seconds
 
 
+def bench_scaling(ti, real, args):
+    """Time per substep against particle count: the grid doubles per side (particles = cells / 2^(dim-1), as the
+    mpm3d example), tide and the reference timed in alternation at each size."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import growth
+
+    panels = {}
+    for dim, grids, dt in ((2, (64, 128, 256), 1e-4), (3, (32, 64, 128), 2e-4)):  # 3D 16^3: walls fill it
+        ns, t_ref, t_tide = [], [], []
+        for n_grid in grids:
+            n, r_ref, r_tide = bench_forward(dim, n_grid, dt, args.steps, ti, real, args.rounds)
+            ns.append(n)
+            t_ref.append(n / r_ref * 1e3)                         # ms per substep
+            t_tide.append(n / r_tide * 1e3)
+            print(f"{dim}D {n_grid}^{dim}, {n} particles: reference {t_ref[-1]:.3f} ms/substep, tide "
+                  f"{t_tide[-1]:.3f} ms/substep, ratio {t_ref[-1] / t_tide[-1]:.2f}x", flush=True)
+        series = {"tide": t_tide, "mpm3d reference": t_ref}
+        growth.table(f"{dim}D fluid, forward: ms per substep against particles (grid side doubles with each row)",
+                     "particles", ns, series)
+        panels[f"{dim}D fluid forward ({'/'.join(f'{g}^{dim}' for g in grids)} grids)"] = (ns, series)
+    if args.plot:
+        growth.plot("bench_mpm_scaling", "MPM forward: ms per substep against particles (one run)", "particles",
+                    panels, ylabel="ms per substep (best of rounds)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="substeps timed per configuration and round")
@@ -273,6 +298,9 @@ def main():
     ap.add_argument("--profile", action="store_true", help="per-kernel µs/substep of the 2D full-tape fwd+bwd")
     ap.add_argument("--memory", action="store_true", help="measure a real 3D f64 checkpointed rollout's memory")
     ap.add_argument("--substeps", type=int, default=240, help="substeps of the --memory rollout")
+    ap.add_argument("--scaling", action="store_true",
+                    help="time per substep against particle count (2D 64^2..256^2, 3D 32^3..128^3 grids), both solvers")
+    ap.add_argument("--plot", action="store_true", help="with --scaling: write docs/bench_mpm_scaling.png")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     from engine import backend
@@ -303,6 +331,9 @@ def main():
             e = memory_estimate(20000, 3, res_, 4000, K_, bytes_per_float=8)
             print(f"4000 substeps x 20k particles 3D f64, grid {res_[0]}^3, K={K_}: formula {e['total'] / gib:.2f} GiB, "
                   f"x{factor:.2f} measured overhead = {e['total'] * factor / gib:.2f} GiB (of 24 GiB)")
+        return
+    if args.scaling:
+        bench_scaling(ti, real, args)
         return
     print(f"{'config':<28}{'reference p·steps/s':>22}{'tide p·steps/s':>18}{'ratio':>8}")
     for dim, n_grid, dt, steps in ((3, 64, 2e-4, args.steps), (2, 256, 1e-4, args.steps * 5)):

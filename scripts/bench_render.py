@@ -1,6 +1,17 @@
-"""Benchmark tide's renderers against vectorised pure-torch references of the same maths (forward + backward).
+"""Benchmark tide's renderers against real peers and against vectorised pure-torch references of the same maths.
 
-    python scripts/bench_render.py [--precision f32|f64] [--repeats 3] [--only raster,texture,volume,splat]
+    python scripts/bench_render.py [--precision f32|f64] [--repeats 3] [--only raster,texture,volume,splat,peers]
+                                   [--peer-res 128,256,512] [--peer-faces 5120,51200] [--plot]
+
+``peers``: tide's hard and soft mesh rasterizer against what a CPU user would run instead, on the same torus (5,120
+and 51,200 faces), camera and image size (128^2, 256^2, 512^2): **Mitsuba 3** (``pip install -e '.[bench]'``;
+``llvm_ad_rgb``, 1 sample per pixel, one directional light on a diffuse mesh; its ``direct`` integrator's forward
+and forward + backward to the vertex positions, which like tide's hard mode has no silhouette gradients, and its
+``direct_projective`` integrator, whose silhouette gradients compare with tide's soft mode and hard + antialias)
+and **Open3D**'s Embree ray casting (silhouette and depth forward, against tide's ``rasterize``). Silhouettes and
+depths are checked to agree (IoU, median depth difference) before timing; each peer is skipped with a message
+when it is not installed. It prints every time, the side-by-side ratios, and the growth per doubling of pixels
+and of faces; ``--plot`` writes docs/bench_render_peers.png.
 
 "pure torch" references are plain torch end to end, non-differentiable work included: the soft rasterizer's
 reference projects the mesh, selects each pixel's K faces (candidate (pixel, face) pairs enumerated from each
@@ -24,6 +35,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,15 +53,18 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _time_all(fns, repeats):
+def _time_all(fns, repeats, pause=0.0):
     """Median wall time of each function, runs interleaved (tide, ref 1, ref 2, tide, ...) after one warm-up each,
-    so all see the same background load on a shared machine."""
+    so all see the same background load on a shared machine. ``pause`` seconds (untimed) before each run let the
+    previous contender's worker threads go idle (Dr.Jit's and Embree's pools spin for a while after a call)."""
     for fn in fns:
         fn()                                                               # warm-up: compile / cache load
     ts = [[] for _ in fns]
     for _ in range(repeats):
         for fn, t in zip(fns, ts):
             _sync()
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             _sync()
@@ -443,11 +458,317 @@ def bench_splat(repeats, n=100_000):
         "pure torch": lambda: torch_ref(True), "torch splat pass on tide's tile lists": lambda: torch_ref(False)}
 
 
+# ---- real peers: Mitsuba 3 and Open3D on the same mesh, camera and resolution ---------------------------------
+PEER_RES = (128, 256, 512)
+PEER_FACES = (5_120, 51_200)
+
+
+def peer_mesh(n_faces: int):
+    """A torus seen from 35 degrees above its plane (two to four surface layers along many rays: occlusion and
+    silhouettes a sphere does not have), with ``n_faces`` = 2 * major * minor sections."""
+    import trimesh
+
+    minor = 40 if n_faces <= 5_120 else 128
+    major = n_faces // (2 * minor)
+    m = trimesh.creation.torus(major_radius=1.0, minor_radius=0.35, major_sections=major, minor_sections=minor)
+    assert len(m.faces) == n_faces, len(m.faces)
+    return np.array(m.vertices, dtype="float64"), np.array(m.faces, dtype="int64")
+
+
+_EYE, _FOV = (0.0, 1.72, 2.46), 45.0                                     # 3 units away, 35 degrees up
+
+
+def _find_libllvm():
+    """Dr.Jit's LLVM backend needs libLLVM >= 17 (older ones fail on the fmaximum intrinsic): point it at the
+    newest system copy unless DRJIT_LIBLLVM_PATH is set."""
+    import glob
+    import re
+
+    if os.environ.get("DRJIT_LIBLLVM_PATH"):
+        return os.environ["DRJIT_LIBLLVM_PATH"]
+    best = None
+    for p in glob.glob("/usr/lib/*/libLLVM*.so*") + glob.glob("/usr/lib/llvm-*/lib/libLLVM*.so*") \
+            + glob.glob("/usr/local/lib/libLLVM*.so*"):
+        m = re.search(r"libLLVM-?(\d+)", os.path.basename(p))
+        if m and int(m.group(1)) >= 17 and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), p)
+    if best:
+        os.environ["DRJIT_LIBLLVM_PATH"] = best[1]
+        return best[1]
+    return None
+
+
+def load_mitsuba():
+    """(mitsuba, drjit) with the llvm_ad_rgb variant, or a reason string."""
+    lib = _find_libllvm()
+    try:
+        import drjit as dr
+        import mitsuba as mi
+    except ImportError as e:
+        return f"mitsuba not installed ({e.name}); pip install -e '.[bench]'"
+    if lib is None:
+        return "mitsuba installed but no libLLVM >= 17 found (set DRJIT_LIBLLVM_PATH; Debian: apt install libllvm19)"
+    try:
+        mi.set_variant("llvm_ad_rgb")
+        mi.set_log_level(mi.LogLevel.Error)
+    except Exception as e:                                                         # noqa: BLE001
+        return f"mitsuba llvm_ad_rgb variant unavailable: {e}"
+    return mi, dr
+
+
+class MitsubaPeer:
+    """The mesh in Mitsuba 3 (llvm_ad_rgb): perspective camera matching tide's (same eye, target, up, vertical
+    field of view, box filter, 1 sample per pixel at a jittered position), a diffuse mesh lit by one directional
+    light. ``integrator``: 'direct' (Mitsuba's C++ direct-lighting integrator; gradients reach vertex positions
+    through the shading and the hit points, not the silhouettes, like tide's hard mode) or 'direct_projective'
+    (its projective-sampling integrator: silhouette gradients too, like tide's soft mode or hard + antialias)."""
+
+    def __init__(self, mi, dr, V, F, res, integrator):
+        self.mi, self.dr = mi, dr
+        m = mi.Mesh("mesh", len(V), len(F), has_vertex_normals=False)
+        p = mi.traverse(m)
+        p["vertex_positions"] = dr.ravel(mi.Point3f(np.ascontiguousarray(V.T, dtype="float32")))
+        p["faces"] = dr.ravel(mi.Vector3u(np.ascontiguousarray(F.T, dtype="uint32")))
+        p.update()
+        integ = {"type": integrator}
+        if integrator == "direct_projective":
+            integ["sppi"] = 0                          # no indirect silhouettes in a single-mesh direct render
+        self.scene = mi.load_dict({
+            "type": "scene", "integrator": integ,
+            "sensor": {"type": "perspective", "fov": _FOV, "fov_axis": "y",
+                       "to_world": mi.ScalarTransform4f().look_at(origin=list(_EYE), target=[0, 0, 0], up=[0, 1, 0]),
+                       "film": {"type": "hdrfilm", "width": res, "height": res, "rfilter": {"type": "box"},
+                                "pixel_format": "rgb", "sample_border": integrator == "direct_projective"},
+                       "sampler": {"type": "independent", "sample_count": 1}},
+            "light": {"type": "directional", "direction": [0.4, -0.8, -0.45]},
+            "mesh": m})
+        self.params = mi.traverse(self.scene)
+        self.key = "mesh.vertex_positions"
+        self.w = mi.TensorXf(np.random.default_rng(0).random((res, res, 3)).astype("float32"))
+        self.seed = 0
+
+    def forward(self):
+        self.seed += 1
+        img = self.mi.render(self.scene, spp=1, seed=self.seed)
+        return np.asarray(img)
+
+    def forward_backward(self):
+        dr = self.dr
+        self.seed += 1
+        dr.enable_grad(self.params[self.key])
+        self.params.update()
+        img = self.mi.render(self.scene, self.params, spp=1, seed=self.seed)
+        dr.backward(dr.sum(img * self.w, axis=None))
+        g = np.asarray(dr.grad(self.params[self.key]))
+        dr.disable_grad(self.params[self.key])
+        return g
+
+    def depth(self):
+        """Hit depth along the ray (AOV integrator), for the same-geometry check."""
+        mi = self.mi
+        sc = mi.load_dict({"type": "scene", "integrator": {"type": "aov", "aovs": "d:depth"},
+                           "sensor": self.scene.sensors()[0], "mesh": self.scene.shapes()[0]})
+        return np.asarray(mi.render(sc, spp=1, seed=0))[..., 0]
+
+
+class Open3DPeer:
+    """The mesh in Open3D's RaycastingScene (Embree): one ray per pixel centre from tide's intrinsics and
+    extrinsics; silhouette (hit mask) and camera depth (t along rays with unit camera-z, as tide's depth)."""
+
+    def __init__(self, V, F, cam):
+        import open3d as o3d
+
+        self.o3d = o3d
+        self.scene = o3d.t.geometry.RaycastingScene()
+        self.scene.add_triangles(o3d.core.Tensor(V.astype("float32")), o3d.core.Tensor(F.astype("uint32")))
+        o, d = cam.rays()                                        # (1, H, W, 3): direction advances z by 1 per unit t
+        self.rays = o3d.core.Tensor(torch.cat([o[0], d[0]], -1).detach().cpu().float().numpy())
+
+    def forward(self):
+        ans = self.scene.cast_rays(self.rays)
+        t = ans["t_hit"].numpy()
+        hit = np.isfinite(t)
+        return hit, np.where(hit, t, 0.0)
+
+
+def _tide_peer_runs(V0, F, res):
+    """tide's runs on the peer scene: {label: fn}; forward-only runs under no_grad."""
+    from engine.render import Camera, DirectionalLights, rasterize, render_mesh
+
+    dt, dev = backend.torch_dtype(), backend.torch_device()
+    cam = Camera.from_look_at(list(_EYE), fov_y=_FOV, width=res, height=res)
+    V0 = torch.as_tensor(V0, dtype=dt)
+    F = torch.as_tensor(F, dtype=torch.int32)
+    d = torch.nn.functional.normalize(torch.tensor([[0.4, -0.8, -0.45]], dtype=dt), dim=-1)
+    lights = DirectionalLights(d, torch.ones(1, 3, dtype=dt), torch.zeros(3, dtype=dt))
+    col = torch.full((len(V0), 3), 0.5, dtype=dt)
+    w = torch.rand(1, res, res, 3, dtype=dt, generator=_gen(0))
+
+    def render(V, mode, **kw):
+        return render_mesh(V, F, cam, colors=col, lights=lights, mode=mode, background=0.0, **kw)
+
+    def fwd(mode, **kw):
+        def run():
+            with torch.no_grad():
+                return render(V0, mode, **kw).rgb
+        return run
+
+    def fwd_bwd(mode, **kw):
+        def run():
+            V = V0.clone().requires_grad_()
+            r = render(V, mode, **kw)
+            ((r.rgb * w).sum() + r.alpha.sum()).backward()
+            return V.grad
+        return run
+
+    def depth():
+        with torch.no_grad():
+            fr = rasterize(V0, F, cam, faces_per_pixel=1)
+            return fr.pix_to_face[0, ..., 0] >= 0, fr.zbuf[0, ..., 0].clamp_min(0)
+
+    runs = {"hard fwd": fwd("hard"), "hard fwd+bwd": fwd_bwd("hard"), "hard+aa fwd+bwd": fwd_bwd("hard", antialias=True),
+            "soft fwd": fwd("soft", sigma=1e-4, faces_per_pixel=8),
+            "soft fwd+bwd": fwd_bwd("soft", sigma=1e-4, faces_per_pixel=8),
+            # the same blur in pixels at every size (sigma is in NDC units: 1e-4 reaches 1.9 px at 128^2, 7.8 px at
+            # 512^2, so the candidates per pixel grow with the image side at a fixed sigma)
+            "soft 1.9px fwd+bwd": fwd_bwd("soft", sigma=1e-4 * (128 / res) ** 2, faces_per_pixel=8),
+            "raster depth": depth}
+    return cam, runs
+
+
+def _growth(xs, ts):
+    """Least-squares slope of log2(time) against log2(size): the factor per doubling of size."""
+    lx, lt = np.log2(np.asarray(xs, float)), np.log2(np.asarray(ts, float))
+    if len(lx) < 2 or np.ptp(lx) == 0:
+        return float("nan")
+    return float(2 ** np.polyfit(lx, lt, 1)[0])
+
+
+def bench_peers(args):
+    """tide's hard and soft rasterizer vs Mitsuba 3 and Open3D on the same torus, camera and resolution."""
+    import taichi as ti  # noqa: F401
+
+    mit = load_mitsuba()
+    if isinstance(mit, str):
+        print(f"peers: Mitsuba 3 skipped: {mit}")
+        mit = None
+    try:
+        import open3d  # noqa: F401
+        have_o3d = True
+    except ImportError:
+        print("peers: Open3D skipped: not installed")
+        have_o3d = False
+    if mit:
+        print(f"peers: Mitsuba {mit[0].__version__} ({mit[0].variant()}, Dr.Jit {mit[1].__version__}, "
+              f"libLLVM {os.environ.get('DRJIT_LIBLLVM_PATH')}), 1 spp, box filter")
+    if have_o3d:
+        print(f"peers: Open3D {open3d.__version__} RaycastingScene, 1 ray per pixel centre")
+    res_list = [int(r) for r in args.peer_res.split(",")]
+    face_list = [int(f) for f in args.peer_faces.split(",")]
+    rows = []
+    ok = True
+    for nf in face_list:
+        V, F = peer_mesh(nf)
+        for res in res_list:
+            cam, runs = _tide_peer_runs(V, F, res)
+            peers = {}
+            if have_o3d:
+                o3 = Open3DPeer(V, F, cam)
+                peers["open3d depth"] = o3.forward
+            if mit:
+                md = MitsubaPeer(*mit, V, F, res, "direct")
+                mp = MitsubaPeer(*mit, V, F, res, "direct_projective")
+                peers.update({"mitsuba direct fwd": md.forward, "mitsuba direct fwd+bwd": md.forward_backward,
+                              "mitsuba projective fwd+bwd": mp.forward_backward})
+            # same geometry: silhouettes and depths agree between tide and the peers
+            hit, z = (x.cpu().numpy() for x in runs["raster depth"]())
+            checks = []
+            if have_o3d:
+                h3, z3 = o3.forward()
+                iou = (hit & h3).sum() / max((hit | h3).sum(), 1)
+                both = hit & h3
+                dz = np.median(np.abs(z[both] - z3[both]) / z3[both])
+                checks.append(f"open3d IoU {iou:.4f}, median depth rel diff {dz:.1e}")
+                ok &= iou > 0.99 and dz < 1e-3
+            if mit:
+                dm = md.depth()
+                hm = dm > 0
+                iou = (hit & hm).sum() / max((hit | hm).sum(), 1)
+                checks.append(f"mitsuba IoU {iou:.4f}")
+                ok &= iou > 0.97                              # 1 jittered sample per pixel moves edge pixels
+            names = list(runs) + list(peers)
+            times = _time_all([*runs.values(), *peers.values()], args.repeats, pause=0.05)
+            t = dict(zip(names, times))
+            rows.append((nf, res, t))
+            print(f"peers {nf} faces, {res}^2: " + "; ".join(checks), flush=True)
+            print("    " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()), flush=True)
+    _peer_tables(rows, res_list, face_list)
+    if args.plot:
+        _peer_plot(rows, res_list, face_list)
+    return ok
+
+
+def _peer_tables(rows, res_list, face_list):
+    cols = [("hard fwd+bwd", "mitsuba direct fwd+bwd"), ("hard+aa fwd+bwd", "mitsuba projective fwd+bwd"),
+            ("soft fwd+bwd", "mitsuba projective fwd+bwd"), ("raster depth", "open3d depth")]
+    print("\nside by side (ms, median; ratio = peer / tide, > 1: tide faster)")
+    print(f"{'faces':>7s} {'res':>5s} | " + " | ".join(f"{a} vs {b.split(' ')[0]}" for a, b in cols)
+          + " | soft / hard fwd+bwd")
+    for nf, res, t in rows:
+        cells = []
+        for a, b in cols:
+            if b in t:
+                cells.append(f"{t[a] * 1e3:7.1f} vs {t[b] * 1e3:7.1f} = {t[b] / t[a]:5.2f}x")
+            else:
+                cells.append(f"{t[a] * 1e3:7.1f} vs       -")
+        print(f"{nf:7d} {res:4d}² | " + " | ".join(cells) + f" | {t['soft fwd+bwd'] / t['hard fwd+bwd']:5.2f}")
+    print("\ngrowth: time factor per doubling of pixels (at fixed faces) and per doubling of faces (at fixed "
+          "pixels), log-log least squares")
+    names = [k for k in rows[0][2]]
+    for k in names:
+        per_px = [_growth([r * r for f, r, t in rows if f == nf], [t[k] for f, r, t in rows if f == nf])
+                  for nf in face_list]
+        per_f = [_growth([f for f, r, t in rows if r == res], [t[k] for f, r, t in rows if r == res])
+                 for res in res_list]
+        print(f"    {k:28s} x{'/'.join(f'{g:.2f}' for g in per_px)} per doubling of pixels "
+              f"({'/'.join(str(f) for f in face_list)} faces); x{'/'.join(f'{g:.2f}' for g in per_f)} per doubling "
+              f"of faces ({'/'.join(f'{r}²' for r in res_list)})")
+
+
+def _peer_plot(rows, res_list, face_list):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows[0][2])
+    fig, axes = plt.subplots(1, len(face_list), figsize=(5.5 * len(face_list), 4.2), squeeze=False)
+    for ax, nf in zip(axes[0], face_list):
+        for k in names:
+            px = [r * r for f, r, t in rows if f == nf]
+            ax.loglog(px, [t[k] * 1e3 for f, r, t in rows if f == nf], "o-" if "mitsuba" in k or "open3d" in k
+                      else "s--", label=k, base=2)
+        ax.set_title(f"torus, {nf} faces")
+        ax.set_xlabel("pixels")
+        ax.set_ylabel("ms (median)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "bench_render_peers.png")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = out + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, out)
+    print(f"plot written to {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", default="f32", choices=["f32", "f64"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="raster,texture,volume,splat")
+    ap.add_argument("--only", default="raster,texture,volume,splat,peers")
+    ap.add_argument("--peer-res", default=",".join(map(str, PEER_RES)), help="peers: image sizes (square)")
+    ap.add_argument("--peer-faces", default=",".join(map(str, PEER_FACES)), help="peers: torus face counts")
+    ap.add_argument("--plot", action="store_true", help="write docs/bench_render_*.png")
     args = ap.parse_args()
     backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision=args.precision)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -461,6 +782,9 @@ def main():
     benches = {"raster": bench_raster, "texture": bench_texture, "volume": bench_volume, "splat": bench_splat}
     tol = 1e-3 if args.precision == "f32" else 1e-6
     for key in args.only.split(","):
+        if key == "peers":
+            ok &= bench_peers(args)
+            continue
         name, tide_run, refs = benches[key](args.repeats)
         refs = refs if isinstance(refs, dict) else {"pure torch": refs}
         a = tide_run()

@@ -1,5 +1,7 @@
 """Input checks shared by the renderers: one-line ``ValueError``s naming the argument, before any kernel runs
 (a bad index or a short attribute array would otherwise be read out of bounds by a Taichi kernel)."""
+import weakref
+
 import torch
 
 __all__ = ["check_mesh", "check_per", "check_finite"]
@@ -29,10 +31,27 @@ def check_mesh(verts: torch.Tensor, faces: torch.Tensor, fn: str):
     if faces.is_floating_point():
         raise ValueError(f"{fn}: faces must be integer vertex indices, got {faces.dtype}")
     V = verts.shape[-2]
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= V):
+    if faces.numel() and not _faces_in_range(faces, V):
         raise ValueError(f"{fn}: face indices must lie in [0, {V}) for {V} vertices, got "
                          f"[{int(faces.min())}, {int(faces.max())}]")
     check_finite("verts", verts, fn)
+
+
+_FACES_OK: list = []
+"""(weak reference, version, V) of the last few face tensors whose indices passed the range check: an optimisation
+renders the same faces every step, and two reductions over F x 3 ids per call cost more than the raster on a busy
+machine. The same tensor object, unmodified (``_version``), for the same vertex count skips the check."""
+
+
+def _faces_in_range(faces: torch.Tensor, V: int) -> bool:
+    for ref, version, nv in _FACES_OK:
+        if ref() is faces and faces._version == version and nv == V:
+            return True
+    if int(faces.min()) < 0 or int(faces.max()) >= V:
+        return False
+    _FACES_OK.append((weakref.ref(faces), faces._version, V))
+    del _FACES_OK[:-4]
+    return True
 
 
 def check_per(name: str, x, n: int, what: str, fn: str, batch: int, trailing: int = 1):

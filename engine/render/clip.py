@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .camera import Camera
-from .raster import Fragments
+from .raster import Fragments, project
 
 __all__ = ["CLIP_Z", "ClippedMesh", "clip_near"]
 
@@ -122,6 +122,11 @@ def clip_near(verts: torch.Tensor, faces: torch.Tensor, camera: Camera,
     verts = verts.unsqueeze(0) if verts.dim() == 2 else verts
     B = max(verts.shape[0], camera.batch)
     dev = verts.device
+    with torch.no_grad():
+        # depths by the Taichi projection (one kernel; no image- or face-sized torch ops when nothing crosses);
+        # the margin covers rounding differences from the torch depths below
+        if not bool((project(verts, camera)[..., 2] < z_clip + 1e-5 * (1.0 + abs(z_clip))).any()):
+            return None                                        # no vertex behind the plane: no face crosses it
     fl = faces.long()
     with torch.no_grad():
         z = camera.world_to_camera(verts.detach())[..., 2].expand(B, -1)                # (B, V)

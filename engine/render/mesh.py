@@ -11,7 +11,7 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import clip_near
-from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project_bwd, _seg_dist2, camera_table,
+from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project, _project_bwd, _seg_dist2, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, rasterize_screen,
                      soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
@@ -351,7 +351,9 @@ class SoftMesh(bridge.Op):
     def backward(self, saved, grads):
         vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, bary, zbuf, dist, la, lt = saved
         B, H, W, K = p2f.shape
-        n_chunks, private = _scatter_copies(B * H)
+        # private copies while zeroing and summing them costs less than the pixels' K layers, else atomics
+        n_chunks, private = _hard_copies(B, H, W * K, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
+                                         + opacity.numel() + uvc.numel())
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
         # scattered gradients: nc copies stacked on dim 0, summed after the launch
@@ -389,6 +391,453 @@ class SoftMesh(bridge.Op):
         return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + tex_grads + (None,) * 7
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# fused hard path: barycentrics, interpolation, per-face shading and the background in one kernel, with the
+# barycentrics' hand-written gradients to the projected vertices (interior gradients, as nvdiffrast)
+# ---------------------------------------------------------------------------------------------------------------
+@ti.func
+def _hard_bary(scr: ti.template(), b, i0, i1, i2, x, y):
+    # differentiable_fragments' steps: screen-space barycentrics at (x, y), clamped to the triangle, then
+    # perspective-corrected by 1/z. Returns the raw (w0, w1), the clamped sum, q = w / z, the depth and area.
+    ax, ay, az = scr[b, i0, 0], scr[b, i0, 1], scr[b, i0, 2]
+    bx, by, bz = scr[b, i1, 0], scr[b, i1, 1], scr[b, i1, 2]
+    cx, cy, cz = scr[b, i2, 0], scr[b, i2, 1], scr[b, i2, 2]
+    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    w0 = ((cx - bx) * (y - by) - (cy - by) * (x - bx)) / area
+    w1 = ((ax - cx) * (y - cy) - (ay - cy) * (x - cx)) / area
+    w2 = 1.0 - w0 - w1
+    c0, c1, c2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
+    s = ti.max(c0 + c1 + c2, 1e-30)
+    q0, q1, q2 = c0 / s / az, c1 / s / bz, c2 / s / cz
+    Z = 1.0 / ti.max(q0 + q1 + q2, 1e-30)
+    return w0, w1, w2, s, q0, q1, q2, Z, area
+
+
+@lean
+@ti.kernel
+def _hard_fwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), attr: ti.types.ndarray(),
+              shade: ti.types.ndarray(), bg: ti.types.ndarray(), fn: ti.types.ndarray(), rgb: ti.types.ndarray(),
+              dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), per_face: int, use_shade: int,
+              with_normals: ti.template(), C: ti.template()):
+    # with_normals: also write each pixel's face normal fn (Bn, F, 3) into nrm (B, H, W, 3), 0 where empty
+    W = p2f.shape[2]
+    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        f = p2f[b, py, px, 0]
+        v = _bg_vec(bg, b, py, px, W, C)
+        if ti.static(with_normals):
+            bn = b if fn.shape[0] > 1 else 0
+            for c in ti.static(range(3)):
+                nrm[b, py, px, c] = fn[bn, f, c] if f >= 0 else 0.0
+        if f >= 0:
+            ba = b if attr.shape[0] > 1 else 0
+            bsc = b if scr.shape[0] > 1 else 0
+            i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+            _w0, _w1, _w2, _s, q0, q1, q2, Z, _a = _hard_bary(scr, bsc, i0, i1, i2, px + 0.5, py + 0.5)
+            sh = _shade_vec(shade, b, f, use_shade, C)
+            for c in ti.static(range(C)):
+                if per_face:
+                    v[c] = attr[ba, f, c] * sh[c]
+                else:
+                    v[c] = (q0 * attr[ba, i0, c] + q1 * attr[ba, i1, c] + q2 * attr[ba, i2, c]) * Z * sh[c]
+            v[C] = Z
+            v[C + 1] = 1.0
+        for c in ti.static(range(C)):
+            rgb[b, py, px, c] = v[c]
+        dep[b, py, px] = v[C]
+        alp[b, py, px] = v[C + 1]
+
+
+@lean
+@ti.kernel
+def _hard_bwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), attr: ti.types.ndarray(),
+              shade: ti.types.ndarray(), bg: ti.types.ndarray(), g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(),
+              g_nrm: ti.types.ndarray(), g_scr: ti.types.ndarray(), g_attr: ti.types.ndarray(),
+              g_shade: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_bg: ti.types.ndarray(), per_face: int,
+              use_shade: int, n_chunks: int, has_gdep: int, has_gnrm: int, private: ti.template(),
+              with_normals: ti.template(), C: ti.template()):
+    # has_gdep / has_gnrm: 0 when the loss does not use depth / normals (their gradient arrays are then dummies)
+    # chunking and private gradient copies as _soft_bwd (chunk ch takes rows ch, ch + n_chunks, ...)
+    H, W = p2f.shape[1], p2f.shape[2]
+    Ba, Bs, Bx, Bg = attr.shape[0], shade.shape[0], scr.shape[0], bg.shape[0]
+    Bn = g_fn.shape[0] // n_chunks if ti.static(private) else g_fn.shape[0]     # g_fn holds n_chunks copies
+    bg_image = g_bg.shape[1] > 1
+    span = ti.static(_SPAN if private else 1)
+    npx = 1 if ti.static(private) else W
+    for it in range(n_chunks * span * npx):
+        if it % span == 0:
+            ch = it // span // npx
+            px0, px1 = 0, W
+            if ti.static(not private):
+                px0 = it % npx
+                px1 = px0 + 1
+            cb = ch if ti.static(private) else 0
+            row = ch
+            while row < p2f.shape[0] * H:
+                b, py = row // H, row % H
+                row += n_chunks
+                ba = b if Ba > 1 else 0
+                bs = b if Bs > 1 else 0
+                bx = b if Bx > 1 else 0
+                bb = b if Bg > 1 else 0
+                for px in range(px0, px1):
+                    f = p2f[b, py, px, 0]
+                    if f < 0:
+                        for c in ti.static(range(C)):
+                            if bg_image:
+                                g_bg[b, py * W + px, c] = g_rgb[b, py, px, c]
+                            else:
+                                _acc(g_bg, (cb * Bg + bb, 0, c), g_rgb[b, py, px, c], private)
+                    else:
+                        if bg_image:
+                            for c in ti.static(range(C)):
+                                g_bg[b, py * W + px, c] = 0.0
+                        if ti.static(with_normals) and has_gnrm:
+                            bn = b if Bn > 1 else 0
+                            for c in ti.static(range(3)):
+                                _acc(g_fn, (cb * Bn + bn, f, c), g_nrm[b, py, px, c], private)
+                        x, y = px + 0.5, py + 0.5
+                        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+                        w0, w1, w2, s, q0, q1, q2, Z, area = _hard_bary(scr, bx, i0, i1, i2, x, y)
+                        sh = _shade_vec(shade, b, f, use_shade, C)
+                        b0, b1, b2 = q0 * Z, q1 * Z, q2 * Z
+                        # colour = (sum_i b_i attr_i) * shade: gradients to attr, shade and the barycentrics b_i
+                        gb0, gb1, gb2 = 0.0, 0.0, 0.0
+                        for c in ti.static(range(C)):
+                            g = g_rgb[b, py, px, c]
+                            val = 0.0
+                            if per_face:
+                                val = attr[ba, f, c]
+                                _acc(g_attr, (cb * Ba + ba, f, c), g * sh[c], private)
+                            else:
+                                a0, a1, a2 = attr[ba, i0, c], attr[ba, i1, c], attr[ba, i2, c]
+                                val = b0 * a0 + b1 * a1 + b2 * a2
+                                gv = g * sh[c]
+                                _acc(g_attr, (cb * Ba + ba, i0, c), gv * b0, private)
+                                _acc(g_attr, (cb * Ba + ba, i1, c), gv * b1, private)
+                                _acc(g_attr, (cb * Ba + ba, i2, c), gv * b2, private)
+                                gb0 += gv * a0
+                                gb1 += gv * a1
+                                gb2 += gv * a2
+                            if use_shade:
+                                _acc(g_shade, (cb * Bs + bs, f, c), g * val, private)
+                        # b_i = q_i Z, Z = 1 / sum q: dL/dq_j = Z (gb_j - sum_i gb_i b_i) - gZ Z^2
+                        gZ = 0.0
+                        if has_gdep:
+                            gZ = g_dep[b, py, px]
+                        dot = gb0 * b0 + gb1 * b1 + gb2 * b2
+                        gq0 = Z * (gb0 - dot) - gZ * Z * Z
+                        gq1 = Z * (gb1 - dot) - gZ * Z * Z
+                        gq2 = Z * (gb2 - dot) - gZ * Z * Z
+                        az, bz, cz = scr[bx, i0, 2], scr[bx, i1, 2], scr[bx, i2, 2]
+                        # q_j = wn_j / z_j: to the depths and the normalised clamped barycentrics wn = c / s
+                        _acc(g_scr, (cb * Bx + bx, i0, 2), -gq0 * q0 / az, private)
+                        _acc(g_scr, (cb * Bx + bx, i1, 2), -gq1 * q1 / bz, private)
+                        _acc(g_scr, (cb * Bx + bx, i2, 2), -gq2 * q2 / cz, private)
+                        gn0, gn1, gn2 = gq0 / az, gq1 / bz, gq2 / cz
+                        n0, n1, n2 = ti.max(w0, 0.0) / s, ti.max(w1, 0.0) / s, ti.max(w2, 0.0) / s
+                        dn = gn0 * n0 + gn1 * n1 + gn2 * n2
+                        gc0 = (gn0 - dn) / s if w0 > 0 else 0.0
+                        gc1 = (gn1 - dn) / s if w1 > 0 else 0.0
+                        gc2 = (gn2 - dn) / s if w2 > 0 else 0.0
+                        # w2 = 1 - w0 - w1; w0 = E0 / A, w1 = E1 / A (edge functions over twice the area)
+                        gw0, gw1 = gc0 - gc2, gc1 - gc2
+                        gE0, gE1 = gw0 / area, gw1 / area
+                        gA = -(gw0 * w0 + gw1 * w1) / area
+                        ax, ay = scr[bx, i0, 0], scr[bx, i0, 1]
+                        bxx, byy = scr[bx, i1, 0], scr[bx, i1, 1]
+                        cx, cy = scr[bx, i2, 0], scr[bx, i2, 1]
+                        r = cb * Bx + bx
+                        _acc(g_scr, (r, i0, 0), gE1 * (y - cy) + gA * (byy - cy), private)
+                        _acc(g_scr, (r, i0, 1), -gE1 * (x - cx) + gA * (cx - bxx), private)
+                        _acc(g_scr, (r, i1, 0), gE0 * (cy - y) + gA * (cy - ay), private)
+                        _acc(g_scr, (r, i1, 1), gE0 * (x - cx) - gA * (cx - ax), private)
+                        _acc(g_scr, (r, i2, 0), gE0 * (y - byy) + gE1 * (ay - y) - gA * (byy - ay), private)
+                        _acc(g_scr, (r, i2, 1), -gE0 * (x - bxx) + gE1 * (x - ax) + gA * (bxx - ax), private)
+
+
+class HardMesh(bridge.Op):
+    """Fused hard mesh rendering of a 1-layer z-buffer: perspective-correct barycentrics recomputed from the
+    projected vertices (``differentiable_fragments``' steps), interpolated colours times the per-face shade, the
+    background where no face is; depth and alpha.
+
+    Inputs: screen (Bx, V, 3) ``(u, v, z)`` from the differentiable ``Camera.project``; attr (Ba, V or F, C);
+    shade (Bs, F, C) or a (1, 1, 1) dummy; background (Bg, 1 or H*W, C); then faces and pix_to_face
+    (B, H, W, 1). Outputs colour (B, H, W, C), depth (B, H, W) (0 where empty) and alpha (B, H, W) (0/1, no
+    gradient). Gradients: screen positions and depths (through each face's interior), attr, shade, background.
+    """
+
+    name = "hard_mesh"
+    fresh_grads = True
+    none_grads = True
+
+    def __init__(self, per_face: bool, use_shade: bool):
+        self.per_face, self.use_shade = int(per_face), int(use_shade)
+
+    def forward(self, screen, attr, shade, background, faces, p2f):
+        B, H, W, _ = p2f.shape
+        C = attr.shape[2]
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
+        _hard_fwd(screen, faces, p2f, attr, shade, background, torch.zeros(1, 1, 3, **kw), rgb, dep, alp,
+                  torch.zeros(1, 1, 1, 3, **kw), self.per_face,
+                  self.use_shade, False, C)
+        return (rgb, dep, alp), (screen, attr, shade, background, faces, p2f)
+
+    def backward(self, saved, grads):
+        screen, attr, shade, background, faces, p2f = saved
+        B, H, W, _ = p2f.shape
+        n_chunks, private = _hard_copies(B, H, W, screen.numel() + attr.numel() + shade.numel())
+        nc = n_chunks if private else 1
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        g_scr = torch.zeros(nc * screen.shape[0], *screen.shape[1:], **kw)
+        g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
+        g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
+        bg_image = background.shape[1] > 1
+        g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
+                else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
+        g_rgb, g_dep, _g_alp = grads
+        g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
+        dummy = torch.zeros(1, 1, 1, 3, **kw)
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep, dummy,
+                  g_scr, g_attr, g_shade, torch.zeros(n_chunks, 1, 3, **kw), g_bg, self.per_face, self.use_shade,
+                  n_chunks, int(g_dep is not None), 0, private, False, attr.shape[2])
+        if nc > 1:
+            g_scr, g_attr, g_shade = (g.reshape(nc, -1, *g.shape[1:]).sum(0) for g in (g_scr, g_attr, g_shade))
+            if not bg_image:
+                g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
+        if bg_image and background.shape[0] == 1 and B > 1:
+            g_bg = g_bg.sum(0, keepdim=True)
+        return g_scr, g_attr, g_shade if self.use_shade else None, g_bg, None, None
+
+
+@lean
+@ti.kernel
+def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
+                lcol: ti.types.ndarray(), amb: ti.types.ndarray(), fn: ti.types.ndarray(), shade: ti.types.ndarray(),
+                use_shade: int):
+    # face_normals + lambert (two-sided) per face: fn = normalize(cross(v1 - v0, v2 - v0)) (eps 1e-12),
+    # shade_c = ambient_c + sum_l color_lc |fn . d_l|
+    for b, f in ti.ndrange(fn.shape[0], fn.shape[1]):
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
+        e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
+        e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
+        n = e1.cross(e2)
+        n = n / ti.max(n.norm(), 1e-12)
+        for c in ti.static(range(3)):
+            fn[b, f, c] = n[c]
+        if use_shade:
+            for c in ti.static(range(3)):
+                sc = amb[c]
+                for l in range(ldir.shape[0]):
+                    sc += lcol[l, c] * ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
+                shade[b, f, c] = sc
+
+
+@lean
+@ti.kernel
+def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
+                    lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
+                    g_verts: ti.types.ndarray(), use_shade: int):
+    # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners
+    for b, f in ti.ndrange(g_fn.shape[0], g_fn.shape[1]):
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
+        e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
+        e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
+        m = e1.cross(e2)
+        ln = m.norm()
+        n = m / ti.max(ln, 1e-12)
+        g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
+        if use_shade:
+            for l in range(ldir.shape[0]):
+                d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
+                dot = n.dot(d)
+                sg = ti.select(dot > 0, 1.0, ti.select(dot < 0, -1.0, 0.0))
+                gs = 0.0
+                for c in ti.static(range(3)):
+                    gs += g_shade[b, f, c] * lcol[l, c]
+                g += gs * sg * d
+        gm = g / 1e-12
+        if ln > 1e-12:
+            gm = (g - n * n.dot(g)) / ln
+        g1, g2 = e2.cross(gm), gm.cross(e1)
+        for c in ti.static(range(3)):
+            g_verts[b, i1, c] += g1[c]
+            g_verts[b, i2, c] += g2[c]
+            g_verts[b, i0, c] -= g1[c] + g2[c]
+
+
+@lean
+@ti.kernel
+def _project_z_bwd(cam: ti.types.ndarray(), g_scr: ti.types.ndarray(), g_verts: ti.types.ndarray()):
+    # z = R[2] . X + t[2]: the depth's share of the world gradient
+    for b, i in ti.ndrange(g_scr.shape[0], g_scr.shape[1]):
+        bv = b if g_verts.shape[0] > 1 else 0
+        gz = g_scr[b, i, 2]
+        for j in ti.static(range(3)):
+            g_verts[bv, i, j] += cam[b, 6 + j] * gz
+
+
+class HardMeshWorld(bridge.Op):
+    """``HardMesh`` from world vertices, all in Taichi: the projection, face normals and two-sided Lambert shade
+    per face (``face_normals``, ``lambert``) and their gradients to the vertices are kernels too, so no torch op
+    runs per face or per pixel. For fixed cameras and lights (their gradients need the torch path).
+
+    Inputs: verts (Bv, V, 3), attr (Ba, V or F, C), background (Bg, 1 or H*W, C), light directions (L, 3), colours
+    (L, 3) and ambient (3,) (zero-size when unlit), then the camera table (B, 16), faces and pix_to_face.
+    Outputs: colour, depth, alpha (no gradient) and the nearest face's normal (B, H, W, 3)."""
+
+    name = "hard_mesh_world"
+    fresh_grads = True
+    none_grads = True
+
+    def __init__(self, per_face: bool, use_shade: bool):
+        self.per_face, self.use_shade = int(per_face), int(use_shade)
+
+    def forward(self, verts, attr, background, ldir, lcol, amb, cam, faces, p2f):
+        B, H, W, _ = p2f.shape
+        C = attr.shape[2]
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        screen = torch.empty(B, verts.shape[1], 3, **kw)
+        _project(verts, cam, screen)
+        fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
+        shade = torch.empty(verts.shape[0], faces.shape[0], 3, **kw) if self.use_shade else torch.ones(1, 1, 1, **kw)
+        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
+        nrm = torch.empty(B, H, W, 3, **kw)
+        _hard_fwd(screen, faces, p2f, attr, shade, background, fn, rgb, dep, alp, nrm, self.per_face, self.use_shade,
+                  True, C)
+        return (rgb, dep, alp, nrm), (verts, attr, shade, background, ldir, lcol, cam, faces, p2f, screen)
+
+    def backward(self, saved, grads):
+        verts, attr, shade, background, ldir, lcol, cam, faces, p2f, screen = saved
+        B, H, W, _ = p2f.shape
+        n_chunks, private = _hard_copies(B, H, W, screen.numel() + attr.numel() + shade.numel() + 3 * verts.shape[0]
+                                         * faces.shape[0])
+        nc = n_chunks if private else 1
+        kw = dict(dtype=attr.dtype, device=attr.device)
+        Bv = verts.shape[0]
+        g_scr = torch.zeros(nc * B, *screen.shape[1:], **kw)
+        g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
+        g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
+        g_fn = torch.zeros(nc * Bv, faces.shape[0], 3, **kw)
+        bg_image = background.shape[1] > 1
+        g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
+                else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
+        g_rgb, g_dep, _g_alp, g_nrm = grads
+        g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
+        dummy = torch.zeros(1, 1, 1, 3, **kw)
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep,
+                  dummy if g_nrm is None else g_nrm, g_scr, g_attr, g_shade, g_fn, g_bg, self.per_face,
+                  self.use_shade, n_chunks, int(g_dep is not None), int(g_nrm is not None), private, True,
+                  attr.shape[2])
+        if nc > 1:
+            g_scr, g_attr, g_shade, g_fn = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
+                                            for g in (g_scr, g_attr, g_shade, g_fn))
+            if not bg_image:
+                g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
+        if bg_image and background.shape[0] == 1 and B > 1:
+            g_bg = g_bg.sum(0, keepdim=True)
+        g_verts = torch.zeros_like(verts)
+        _project_bwd(screen, cam, g_scr, g_verts)
+        _project_z_bwd(cam, g_scr, g_verts)
+        if not self.use_shade:
+            g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade)
+        return g_verts, g_attr, g_bg, None, None, None, None, None, None
+
+
+class FaceShade(bridge.Op):
+    """Unit face normals and two-sided Lambert shade per face (``face_normals`` + ``lambert``) as Taichi kernels
+    with a hand-written backward to the vertices (``_face_frame``): no face-sized torch ops. For fixed lights.
+    Inputs verts (Bv, V, 3), light directions (L, 3), colours (L, 3), ambient (3,), faces; outputs fn, shade
+    (Bv, F, 3) (shade all ones when ``use_shade`` is off)."""
+
+    name = "face_shade"
+    fresh_grads = True
+    none_grads = True
+
+    def __init__(self, use_shade: bool):
+        self.use_shade = int(use_shade)
+
+    def forward(self, verts, ldir, lcol, amb, faces):
+        kw = dict(dtype=verts.dtype, device=verts.device)
+        fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
+        shade = torch.empty_like(fn) if self.use_shade else torch.ones_like(fn)
+        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        return (fn, shade), (verts, ldir, lcol, faces)
+
+    def backward(self, saved, grads):
+        verts, ldir, lcol, faces = saved
+        g_fn, g_shade = grads
+        shape = (verts.shape[0], faces.shape[0], 3)
+        g_fn = torch.zeros(shape, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        use = self.use_shade and g_shade is not None
+        g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
+        g_verts = torch.zeros_like(verts)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use))
+        return g_verts, None, None, None, None
+
+
+def _face_shade(verts, faces, lights, dt, dev):
+    """(fn, shade or a (1, 1, 1) ones dummy): Taichi ``FaceShade`` for fixed lights, else torch (light gradients)."""
+    if lights is not None and any(x.requires_grad for x in (lights.direction, lights.color, lights.ambient)):
+        fn = face_normals(verts, faces)
+        return fn, lambert(fn, lights)
+    if lights is not None:
+        ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
+    else:
+        ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+    fn, shade = bridge.apply(FaceShade(lights is not None), verts, ldir, lcol, amb, faces)
+    return fn, shade if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+
+
+@lean
+@ti.kernel
+def _gather_normals(fn: ti.types.ndarray(), p2f: ti.types.ndarray(), nrm: ti.types.ndarray()):
+    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        f = p2f[b, py, px, 0]
+        bn = b if fn.shape[0] > 1 else 0
+        for c in ti.static(range(3)):
+            nrm[b, py, px, c] = fn[bn, f, c] if f >= 0 else 0.0
+
+
+@lean
+@ti.kernel
+def _gather_normals_bwd(p2f: ti.types.ndarray(), g_nrm: ti.types.ndarray(), g_fn: ti.types.ndarray()):
+    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
+        f = p2f[b, py, px, 0]
+        if f >= 0:
+            bn = b if g_fn.shape[0] > 1 else 0
+            for c in ti.static(range(3)):
+                ti.atomic_add(g_fn[bn, f, c], g_nrm[b, py, px, c])
+
+
+class NearestNormals(bridge.Op):
+    """(Bn, F, 3) face normals and pix_to_face (B, H, W, K) -> (B, H, W, 3) the nearest face's normal per pixel, 0
+    where empty; one Taichi kernel each way (torch's where / cat / index_select chain cost several image-sized
+    ops)."""
+
+    name = "nearest_normals"
+    fresh_grads = True
+    none_grads = True
+
+    def forward(self, fn, p2f):
+        B, H, W, _ = p2f.shape
+        nrm = torch.empty(B, H, W, 3, dtype=fn.dtype, device=fn.device)
+        _gather_normals(fn, p2f, nrm)
+        return (nrm,), (fn.shape, p2f)
+
+    def backward(self, saved, grads):
+        shape, p2f = saved
+        if grads[0] is None:
+            return None, None
+        g_fn = torch.zeros(shape, dtype=grads[0].dtype, device=grads[0].device)
+        _gather_normals_bwd(p2f, grads[0], g_fn)
+        return g_fn, None
+
+
 def _scatter_copies(n_rows: int):
     """(n_chunks, private) for the backward scatter: private gradient copies on CPU, else atomics. Four chunks per
     CPU thread (the copies are per-vertex/face, small) even out rows of unequal cost (a mesh fills the middle
@@ -396,6 +845,16 @@ def _scatter_copies(n_rows: int):
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
+
+
+def _hard_copies(B: int, H: int, W: int, scattered: int):
+    """``_scatter_copies`` for the hard backward, where each pixel scatters into one face: private copies only while
+    zeroing and summing them (``scattered`` entries each) costs less than the image; else atomics into one copy
+    (a 51k-face mesh at 128^2 spent more on 8 copies than on the pixels)."""
+    n_chunks, private = _scatter_copies(B * H)
+    if private and n_chunks * scattered > 4 * B * H * W:
+        return max(B * H, 1), False
+    return n_chunks, private
 
 
 def _texture_copies_pay(n_copies: int, texels: int, pixels: int) -> bool:
@@ -561,6 +1020,11 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
     if verts.dim() == 2:
         verts = verts.unsqueeze(0)
     hard = mode == "hard"
+    if hard:
+        fused = _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, background,
+                                   antialias)
+        if fused is not None:
+            return fused
     if not hard:
         fused = _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma,
                                    faces_per_pixel, opacity, background)
@@ -667,8 +1131,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     frags = rasterize_screen(screen, faces, W, H, faces_per_pixel, sigma)
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1) if cam.shape[0] != B else cam
-    fn = face_normals(verts, faces)                                                          # (Bv, F, 3)
-    shade = lambert(fn, lights) if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+    fn, shade = _face_shade(verts, faces, lights, dt, dev)                                   # (Bv, F, 3)
     opac = torch.as_tensor(opacity, dtype=dt, device=dev)
     opac = opac.reshape(1, -1).expand(B, F) if opac.dim() <= 1 else opac.expand(B, F)  # the kernels read row b
     bg = torch.as_tensor(background, dtype=dt, device=dev)
@@ -685,10 +1148,64 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, screen_input=geo is not verts)
     rgb, depth, alpha = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, cam, faces, screen, frags.pix_to_face,
                                      frags.bary, frags.zbuf, frags.dist)
-    # nearest face's normal, 0 where empty: one index_select from the normals with a zero row appended per batch
-    # (no image-sized mask multiply or gather, which torch parallelises and a busy CPU then stalls)
-    p2f0 = frags.pix_to_face[..., 0].long()
-    fnz = torch.cat([fn.expand(B, -1, -1), fn.new_zeros(B, 1, 3)], 1).reshape(-1, 3)            # (B (F + 1), 3)
-    idx = torch.where(p2f0 >= 0, p2f0, F) + (torch.arange(B, device=dev) * (F + 1)).view(B, 1, 1)
-    normals = fnz.index_select(0, idx.reshape(-1)).reshape(B, H, W, 3)
+    # nearest face's normal, 0 where empty (one kernel each way: no image-sized torch ops)
+    normals = bridge.apply(NearestNormals(), fn, frags.pix_to_face)
     return MeshRender(rgb, alpha, depth, normals, frags)
+
+
+def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, background, antialias):
+    """Hard ``render_mesh`` as the Taichi z-buffer + one ``HardMesh`` op (no per-pixel torch glue): barycentrics,
+    interpolation, shading and background in one kernel, their gradients in one more. Returns None for inputs it
+    does not cover (a texture; lights on features that are not 3 wide)."""
+    if texture is not None:
+        return None
+    dt, dev = verts.dtype, verts.device
+    H, W = camera.height, camera.width
+    F = faces.shape[0]
+    per_face = colors is None
+    if colors is not None:
+        attr = colors.to(dt)
+    elif face_colors is not None:
+        attr = face_colors.to(dt)
+    else:
+        attr = torch.ones(1, F, 3, dtype=dt, device=dev)
+    attr = attr.unsqueeze(0) if attr.dim() == 2 else attr
+    C = attr.shape[-1]
+    if lights is not None and C != 3:
+        return None
+    frags = rasterize(verts, faces, camera, faces_per_pixel=1, clip=False, sigma=0.0)
+    B = frags.pix_to_face.shape[0]
+    bg = torch.as_tensor(background, dtype=dt, device=dev)
+    if bg.dim() <= 1:
+        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
+    elif bg.dim() == 2:
+        bg = bg.reshape(bg.shape[0], 1, -1)
+    else:
+        bg = bg.reshape(-1, H * W, bg.shape[-1])
+    if bg.shape[-1] != C:
+        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    if not _camera_needs_grad(camera) and not (lights is not None and any(
+            x.requires_grad for x in (lights.direction, lights.color, lights.ambient))):
+        # fixed camera and lights: projection, normals and shading in Taichi too (no per-face torch ops)
+        cam = camera_table(camera).to(dt)
+        cam = cam.expand(B, -1).contiguous() if cam.shape[0] != B else cam
+        if lights is not None:
+            ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
+        else:
+            ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+        rgb, depth, alpha, normals = bridge.apply(HardMeshWorld(per_face, lights is not None), verts, attr, bg, ldir,
+                                                  lcol, amb, cam, faces, frags.pix_to_face)
+        alpha = alpha.detach()
+        if antialias:
+            aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, camera.project(verts), faces)
+            rgb, alpha = aa[..., :C], aa[..., C]
+        return MeshRender(rgb, alpha, depth, normals, frags)
+    fn, shade = _face_shade(verts, faces, lights, dt, dev)                                   # (Bv, F, 3)
+    screen = camera.project(verts)                      # differentiable: torch carries vertex and camera gradients
+    rgb, depth, alpha = bridge.apply(HardMesh(per_face, lights is not None), screen, attr, shade, bg, faces,
+                                     frags.pix_to_face)
+    alpha = alpha.detach()
+    if antialias:
+        aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, screen, faces)
+        rgb, alpha = aa[..., :C], aa[..., C]
+    return MeshRender(rgb, alpha, depth, bridge.apply(NearestNormals(), fn, frags.pix_to_face), frags)
