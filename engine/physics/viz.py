@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["render_state", "point_cloud", "camera_for", "surface_mesh", "MPMScene", "FRAME_TIME"]
+__all__ = ["render_state", "point_cloud", "camera_for", "surface_mesh", "mpm_geometry", "MPMScene", "FRAME_TIME"]
 
 FRAME_TIME = 1 / 60
 """Simulated seconds per video frame in the MPM scenes."""
@@ -64,6 +64,36 @@ def surface_mesh(model, state, mask=None, slab: float | None = None, smooth_iter
     return particles_to_mesh(x, voxel_size=h, radius=2.0 * h, smooth_iterations=smooth_iterations)
 
 
+def mpm_geometry(model, x, colors=None, mask=None) -> dict:
+    """What the GGUI viewer draws for an MPM model with particle positions ``x`` (N, dim): the particles in
+    ``colors`` (default the bodies' colours; a 2D scene as a slab at z = 0), the floor or terrain as
+    ``heightfield``, the wall bands as ``walls`` and the domain as ``bounds``. ``mask`` keeps some particles."""
+    m = model
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    colors = m.colors if colors is None else colors
+    colors = None if colors is None else np.clip(np.asarray(colors, float), 0, 1)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        x, colors = x[mask], None if colors is None else colors[mask]
+    h = float(m.vol[0]) ** (1 / m.dim)
+    heights = m.heights.detach().cpu().numpy()
+    ext = np.asarray(m.domain, float)
+    xs = np.arange(m.res[0]) * m.dx
+    b = m.bound * m.dx
+    if m.dim == 2:
+        hf = (xs, heights)
+        zlo, zhi = -0.05 * ext.max(), -0.05 * ext.max() + 0.2 * b  # thin plates behind the slab
+        walls = [((0.0, 0.0, zlo), (b, ext[1], zhi)), ((ext[0] - b, 0.0, zlo), (ext[0], ext[1], zhi))]
+    else:
+        hf = (xs, np.arange(m.res[2]) * m.dx, heights)
+        top = float(np.max(heights))  # low kerbs where the side walls are, so the floor's edge reads
+        walls = [((0.0, 0.0, 0.0), (b, top + b, ext[2])), ((ext[0] - b, 0.0, 0.0), (ext[0], top + b, ext[2])),
+                 ((b, 0.0, 0.0), (ext[0] - b, top + b, b)), ((b, 0.0, ext[2] - b), (ext[0] - b, top + b, ext[2]))]
+    return {"particles": {"x": x, "color": colors, "radius": 0.6 * h},
+            "heightfield": hf, "walls": walls, "ground": float(np.min(heights)),
+            "bounds": (np.zeros(m.dim), ext)}
+
+
 class MPMScene:
     """Base of the MPM scenes: a frame advances ``FRAME_TIME`` seconds in equal substeps no longer than ``cfg.dt``,
     and ``render`` draws the particles at ``cfg.image_width`` × ``cfg.image_height`` pixels.
@@ -102,23 +132,13 @@ class MPMScene:
         return []
 
     def geometry(self) -> dict:
-        """What the GGUI viewer draws in 3D: the particles in their body colours (a 2D scene as a slab at z = 0),
-        the floor or terrain as ``heightfield`` (xs, heights) and the domain bounds."""
-        m = self.model
-        x = self.state.x.detach().cpu().numpy()
-        h = float(m.vol[0]) ** (1 / m.dim)
-        heights = m.heights.detach().cpu().numpy()
-        xs = np.arange(m.res[0]) * m.dx
-        return {"particles": {"x": x, "color": None if m.colors is None else np.clip(m.colors, 0, 1),
-                              "radius": 0.6 * h},
-                "heightfield": (xs, heights) if m.dim == 2 else None,
-                "ground": float(np.min(heights)),
-                "bounds": (np.zeros(m.dim), np.asarray(m.domain, float))}
+        """What the GGUI viewer draws in 3D (``mpm_geometry``)."""
+        return mpm_geometry(self.model, self.state.x)
 
     def render(self) -> np.ndarray:
         """The particles, with the floor or terrain, the walls, a time stamp, a scale bar and the scene's
-        references (2D); 3D views get the time stamp."""
-        from ..viewer.overlay import annotate_2d, stamp
+        references (2D); 3D views get the floor with a grid, a scale bar lying on it and the time stamp."""
+        from ..viewer.overlay import annotate_2d, annotate_3d
 
         m = self.model
         cam = camera_for(m)
@@ -126,7 +146,10 @@ class MPMScene:
         speed = self.video_fps * FRAME_TIME
         title = None if abs(speed - 1) < 1e-9 else f"(playback {speed:.2g}x real time)"
         if m.dim != 2:
-            return stamp(img, self.time, title)
+            b = m.bound * m.dx
+            ext = np.asarray(m.domain, float)
+            floor_y = float(np.mean(m.heights.detach().cpu().numpy()))
+            return annotate_3d(img, cam, floor_y, (b, b), (ext[0] - b, ext[2] - b), time_s=self.time, title=title)
         xs = (np.arange(m.res[0]) + 0.0) * m.dx
         heights = m.heights.detach().cpu().numpy()
         walls = (m.bound * m.dx, (m.res[0] - m.bound) * m.dx)
