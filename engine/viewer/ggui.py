@@ -149,6 +149,8 @@ class Viewer:
         lo, hi = self._bounds(geo)
         self.is_2d = self._is_2d(geo)
         self.frame_view(lo, hi)
+        if geo is not None:  # allocate every field before the first draw (none is created between frames)
+            self._draw_geometry(geo, allocate_only=True)
         if offscreen:
             # Measured with lavapipe: the second image GGUI renders offscreen comes back with the ground but
             # without the meshes (mesh_turntable's frame 1). Two discarded warm-up frames, drawn without
@@ -169,7 +171,7 @@ class Viewer:
             self.orbit = _Orbit(centre, dist, yaw=0.0, pitch=0.0)
         else:
             r = 0.5 * float(np.linalg.norm(ext))
-            self.orbit = _Orbit(centre, 1.05 * r / math.sin(math.atan(t * min(aspect, 1.0))), yaw=0.5, pitch=0.35)
+            self.orbit = _Orbit(centre, 0.9 * r / math.sin(math.atan(t * min(aspect, 1.0))), yaw=0.5, pitch=0.35)
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def _geometry(self):
@@ -216,14 +218,17 @@ class Viewer:
         """Pixel (column, row) of world points in this viewer's current picture."""
         return project(points, self.orbit.eye(), self.orbit.target, self.res)
 
-    def _upload(self, key, arr):
-        """Copy ``arr`` (n, 3) into a reusable Taichi field (capacity grows by doubling); returns (field, n)."""
+    def _upload(self, key, arr, allocate_only=False):
+        """Copy ``arr`` (n, 3) into a reusable Taichi field (capacity: the next power of two, twice that when
+        allocated ahead); returns (field, n)."""
         arr = np.ascontiguousarray(arr, np.float32).reshape(-1, 3)
         n = len(arr)
         f = self._fields.get(key)
         if f is None or f.shape[0] < n:
-            f = ti.Vector.field(3, ti.f32, shape=max(1 << max(n - 1, 1).bit_length(), 4))
+            f = ti.Vector.field(3, ti.f32, shape=max(1 << max(n - 1, 1).bit_length(), 4) * (2 if allocate_only else 1))
             self._fields[key] = f
+        if allocate_only:
+            return f, n
         if n < f.shape[0]:
             arr = np.concatenate([arr, np.zeros((f.shape[0] - n, 3), np.float32)])
         f.from_numpy(arr)
@@ -253,7 +258,7 @@ class Viewer:
         elif geo.get("ground") is not None:
             y = float(geo["ground"])
             c = (lo + hi) / 2
-            r = float(np.max(hi - lo))
+            r = 0.75 * float(np.max(hi - lo))  # a floor a little wider than the scene
             quad = np.array([[c[0] - r, y, c[2] - r], [c[0] + r, y, c[2] - r], [c[0] + r, y, c[2] + r],
                              [c[0] - r, y, c[2] - r], [c[0] + r, y, c[2] + r], [c[0] - r, y, c[2] + r]])
             env.append((quad, np.broadcast_to(np.asarray(GROUND, np.float32), quad.shape)))
@@ -318,28 +323,35 @@ class Viewer:
         self.camera.lookat(*self.orbit.target)
         self.camera.up(0.0, 1.0, 0.0)
         self.camera.fov(FOV)
-        span = float(np.max(self._bounds(geo)[1] - self._bounds(geo)[0]))
+        lo, hi = self._bounds(geo)
+        span = float(np.max(hi - lo))
         self.camera.z_near(max(1e-3 * self.orbit.distance, 1e-4))
         self.camera.z_far(10 * (self.orbit.distance + span))
         self.gscene.set_camera(self.camera)
         self.gscene.ambient_light((0.45, 0.45, 0.45))
         self.gscene.point_light(pos=tuple(eye + np.array([0.5, 2.0, 0.5]) * max(span, 1e-3)), color=(0.8, 0.8, 0.8))
         self.canvas.set_background_color((0.97, 0.97, 0.97))
+        self._draw_geometry(geo)
+        self.canvas.scene(self.gscene)
+
+    def _draw_geometry(self, geo, allocate_only=False):
+        """Upload the particles and the two triangle soups (objects, surroundings) and hand them to GGUI."""
         p = geo.get("particles")
-        if self.show["particles"] and p is not None and len(p["x"]):
+        if p is not None and len(p["x"]) and (self.show["particles"] or allocate_only):
             x = _lift(p["x"])
             col = p.get("color")
             col = np.broadcast_to(np.asarray(_numpy(col) if col is not None else PARTICLE, np.float32), x.shape)
-            fx, n = self._upload("px", x)
-            fc, _ = self._upload("pc", col)
-            self.gscene.particles(fx, radius=float(p.get("radius", 0.005)), per_vertex_color=fc, index_count=n)
+            fx, n = self._upload("px", x, allocate_only)
+            fc, _ = self._upload("pc", col, allocate_only)
+            if not allocate_only:
+                self.gscene.particles(fx, radius=float(p.get("radius", 0.005)), per_vertex_color=fc, index_count=n)
         objs, env = self._soups(geo)
         for key, soup, on in (("m", objs, self.show["meshes"]), ("g", env, self.show["ground"])):
-            if soup is not None and on:
-                fv, n = self._upload(key + "v", soup[0])
-                fc, _ = self._upload(key + "c", soup[1])
-                self.gscene.mesh(fv, per_vertex_color=fc, two_sided=True, vertex_count=n)
-        self.canvas.scene(self.gscene)
+            if soup is not None and (on or allocate_only):
+                fv, n = self._upload(key + "v", soup[0], allocate_only)
+                fc, _ = self._upload(key + "c", soup[1], allocate_only)
+                if not allocate_only:
+                    self.gscene.mesh(fv, per_vertex_color=fc, two_sided=True, vertex_count=n)
 
     def _draw_help(self):
         if self.offscreen or not self.show["help"]:

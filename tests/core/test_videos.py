@@ -90,7 +90,7 @@ def test_offscreen_view_shows_the_mesh_in_every_frame(tmp_path, capsys):
     for i in range(6):
         img = iio.imread(out / "frames" / f"frame_{i:05d}.png")
         orange = (img[..., 0] > 180) & (img[..., 2] < 140) & (img[..., 1] > 90)  # the mesh's colour
-        assert orange.mean() > 0.05, (i, orange.mean())
+        assert orange.mean() > 0.02, (i, orange.mean())  # edge-on views of the knot cover ~4 %
 
 
 def test_offscreen_view_of_a_2d_scene_is_not_stretched(tmp_path, capsys):
@@ -120,3 +120,30 @@ def test_depth_map_uses_a_colour_map_with_its_range():
     assert (img[:, 64 + 8:64 + 22] != 255).any()  # the colour bar
     panels = label_panels(np.full((40, 300, 3), 200, np.uint8), ["a", "b", "c"])
     assert all((panels[4:16, x:x + 12] < 100).any() for x in (5, 105, 205))  # one label per panel
+
+
+def test_3d_frames_get_floor_grid_scale_bar_and_time():
+    """annotate_3d on a white picture with a red object: the floor fills the projected floor rectangle (and only
+    it), never paints over the object, and the scale bar lies on the floor's front edge."""
+    from engine.viewer.ggui import project
+    from engine.viewer.overlay import annotate_3d
+
+    W, H = 240, 160
+    cam = {"eye": (0.5, 0.7, 2.6), "target": (0.5, 0.25, 0.5), "fov": 40.0}
+    img = np.full((H, W, 3), 255, np.uint8)
+    centre = project([[0.5, 0.1, 0.5]], cam["eye"], cam["target"], (W, H), cam["fov"])[0].astype(int)
+    img[centre[1] - 3:centre[1] + 4, centre[0] - 3:centre[0] + 4] = (220, 30, 30)  # an object on the floor
+    out = annotate_3d(img, cam, 0.1, (0.1, 0.1), (0.9, 0.9), time_s=0.25)
+    assert (out[centre[1] - 3:centre[1] + 4, centre[0] - 3:centre[0] + 4] == (220, 30, 30)).all()
+    on_floor = project([[0.3, 0.1, 0.3], [0.7, 0.1, 0.7], [0.2, 0.1, 0.6]], cam["eye"], cam["target"], (W, H), 40.0)
+    for c, r in on_floor.astype(int):
+        assert (out[r, c] < 245).any() and abs(int(out[r, c, 0]) - int(out[r, c, 2])) > 15  # brownish, not white
+    off_floor = project([[0.5, 0.9, 0.5], [1.3, 0.1, 0.5], [-0.3, 0.1, 0.5]], cam["eye"], cam["target"], (W, H), 40.0)
+    for c, r in off_floor.astype(int):
+        if 0 <= c < W and 0 <= r < H:
+            assert (out[r, c] == 255).all()
+    # the bar: 20 cm (the largest 1-2-5 length under 40 % of the 0.8 m floor) from x = 0.14 m on the front edge
+    a, b = project([[0.14, 0.1, 0.9], [0.34, 0.1, 0.9]], cam["eye"], cam["target"], (W, H), 40.0)
+    mid = ((a + b) / 2).round().astype(int)
+    assert (out[mid[1] - 1:mid[1] + 2, mid[0]] < 60).all(axis=1).any()
+    assert (out[5:20, 5:80] < 60).any()  # the time stamp
