@@ -144,6 +144,8 @@ class Viewer:
         self.show = {"particles": True, "meshes": True, "ground": True, "help": True}
         self.frame_index = 0
         self._fields: dict = {}
+        self._counts: dict = {}
+        self._radius = 0.005
         self._last_mouse = None
         geo = self._geometry()
         lo, hi = self._bounds(geo)
@@ -152,9 +154,8 @@ class Viewer:
         if geo is not None:  # allocate every field before the first draw (none is created between frames)
             self._draw_geometry(geo, allocate_only=True)
         if offscreen:
-            # Measured with lavapipe: the second image GGUI renders offscreen comes back with the ground but
-            # without the meshes (mesh_turntable's frame 1). Two discarded warm-up frames, drawn without
-            # advancing the scene, make every returned frame complete.
+            # Two discarded warm-up frames, drawn without advancing the scene (kept from before the fixed call
+            # sequence of ``_draw_geometry``, which is what made mesh_turntable's frame 1 lose its mesh).
             for _ in range(2):
                 self.frame(advance=False)
 
@@ -219,19 +220,17 @@ class Viewer:
         return project(points, self.orbit.eye(), self.orbit.target, self.res)
 
     def _upload(self, key, arr, allocate_only=False):
-        """Copy ``arr`` (n, 3) into a reusable Taichi field (capacity: the next power of two, twice that when
-        allocated ahead); returns (field, n)."""
+        """Copy ``arr`` (n, 3) into a Taichi field of exactly n items, kept while n stays the same; returns
+        (field, n). Measured offscreen with lavapipe: with fields longer than what is drawn (index/vertex counts
+        below their size) GGUI dropped the mesh drawn after the particles; exact sizes draw both."""
         arr = np.ascontiguousarray(arr, np.float32).reshape(-1, 3)
         n = len(arr)
         f = self._fields.get(key)
-        if f is None or f.shape[0] < n:
-            f = ti.Vector.field(3, ti.f32, shape=max(1 << max(n - 1, 1).bit_length(), 4) * (2 if allocate_only else 1))
+        if f is None or f.shape[0] != max(n, 1):
+            f = ti.Vector.field(3, ti.f32, shape=max(n, 1))
             self._fields[key] = f
-        if allocate_only:
-            return f, n
-        if n < f.shape[0]:
-            arr = np.concatenate([arr, np.zeros((f.shape[0] - n, 3), np.float32)])
-        f.from_numpy(arr)
+        if not allocate_only and n:
+            f.from_numpy(arr)
         return f, n
 
     def _soups(self, geo):
@@ -335,23 +334,40 @@ class Viewer:
         self.canvas.scene(self.gscene)
 
     def _draw_geometry(self, geo, allocate_only=False):
-        """Upload the particles and the two triangle soups (objects, surroundings) and hand them to GGUI."""
+        """Upload the particles and one triangle soup (the objects, then the surroundings) and hand them to GGUI.
+
+        Measured offscreen with lavapipe: a frame whose sequence of ``particles``/``mesh`` calls differs from the
+        previous one's (a toggle, a soup that appears) comes back with meshes missing or drawn from another call's
+        data, and a second ``mesh`` call after ``particles`` is dropped. So every frame makes the same two calls
+        on the same fields; the toggles choose the range drawn (a count of zero draws nothing)."""
         p = geo.get("particles")
-        if p is not None and len(p["x"]) and (self.show["particles"] or allocate_only):
+        if p is not None and len(p["x"]):
             x = _lift(p["x"])
             col = p.get("color")
             col = np.broadcast_to(np.asarray(_numpy(col) if col is not None else PARTICLE, np.float32), x.shape)
-            fx, n = self._upload("px", x, allocate_only)
-            fc, _ = self._upload("pc", col, allocate_only)
-            if not allocate_only:
-                self.gscene.particles(fx, radius=float(p.get("radius", 0.005)), per_vertex_color=fc, index_count=n)
+            self._upload("px", x, allocate_only)
+            self._upload("pc", col, allocate_only)
+            self._counts["p"] = len(x) if self.show["particles"] else 0
+            self._radius = float(p.get("radius", 0.005))
+        else:
+            self._counts["p"] = 0
         objs, env = self._soups(geo)
-        for key, soup, on in (("m", objs, self.show["meshes"]), ("g", env, self.show["ground"])):
-            if soup is not None and (on or allocate_only):
-                fv, n = self._upload(key + "v", soup[0], allocate_only)
-                fc, _ = self._upload(key + "c", soup[1], allocate_only)
-                if not allocate_only:
-                    self.gscene.mesh(fv, per_vertex_color=fc, two_sided=True, vertex_count=n)
+        parts = [x for x in (objs, env) if x is not None]
+        n_obj, n_env = (len(objs[0]) if objs is not None else 0), (len(env[0]) if env is not None else 0)
+        if parts:
+            self._upload("tv", np.concatenate([x[0] for x in parts]), allocate_only)
+            self._upload("tc", np.concatenate([x[1] for x in parts]), allocate_only)
+        m_on, g_on = self.show["meshes"] and n_obj > 0, self.show["ground"] and n_env > 0
+        self._counts["t"] = (0 if m_on or not g_on else n_obj, n_obj * m_on + n_env * g_on)
+        if allocate_only:
+            return
+        if "px" in self._fields:
+            self.gscene.particles(self._fields["px"], radius=self._radius, per_vertex_color=self._fields["pc"],
+                                  index_count=self._counts["p"])
+        if "tv" in self._fields:
+            offset, count = self._counts["t"]
+            self.gscene.mesh(self._fields["tv"], per_vertex_color=self._fields["tc"], two_sided=True,
+                             vertex_offset=offset, vertex_count=count)
 
     def _draw_help(self):
         if self.offscreen or not self.show["help"]:

@@ -48,7 +48,7 @@ def test_recorder_stores_what_changes_and_reads_back_every_frame(tmp_path):
 
 
 def test_recorder_stops_at_its_size_limit():
-    rec = GeometryRecorder(limit_bytes=200)
+    rec = GeometryRecorder(limit_bytes=400)  # the first frame stores ~230 bytes, then 24 per frame
     assert rec.append(_geo(0.0))  # under the limit
     results = [rec.append(_geo(0.1 * t)) for t in range(1, 20)]
     assert not all(results) and rec.full and not rec.append(_geo(5.0))
@@ -64,7 +64,8 @@ def test_run_writes_geometry_and_view_replays_it(tmp_path, capsys):
     np.testing.assert_allclose(frames[-1]["particles"]["x"], np.asarray(ply.vertices)[:, :2], atol=1e-5)
     assert not np.allclose(frames[0]["particles"]["x"], frames[-1]["particles"]["x"])  # it falls
     view = tmp_path / "view"
-    assert main(["view", str(out), "--offscreen", "--res", "160x120", "--out", str(view), "--arch", "cpu"]) == 0
+    assert main(["view", str(out), "--offscreen", "--res", "160x120", "--out", str(view), "--arch", "cpu",
+                 "--precision", "f64"]) == 0
     imgs = [iio.imread(view / "frames" / f"frame_{i:05d}.png").astype(int) for i in range(8)]
     red = [((im[..., 0] - im[..., 1]) > 80) for im in imgs]  # the jelly's colour
     assert all(r.mean() > 0.005 for r in red)
