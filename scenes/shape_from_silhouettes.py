@@ -151,8 +151,8 @@ class Scene:
         rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
         with torch.no_grad():
             verts, faces = self.current_mesh()
-        return {"meshes": [{"vertices": verts.double().cpu().numpy() @ rot.T - [1.1, 0, 0], "faces": faces.cpu().numpy(),
-                            "color": (0.9, 0.55, 0.3)},
+        return {"meshes": [{"vertices": verts.double().cpu().numpy() @ rot.T - [1.1, 0, 0],
+                            "faces": faces.cpu().numpy(), "color": (0.9, 0.55, 0.3)},
                            {"vertices": self.target[0].double().cpu().numpy() @ rot.T + [1.1, 0, 0],
                             "faces": self.target[1].cpu().numpy(), "color": (0.45, 0.7, 0.9)}],
                 "ground": -1.0, "bounds": ((-2.2, -1.0, -1.0), (2.2, 1.0, 1.0))}
