@@ -45,6 +45,12 @@ class Scene(viz.MPMScene):
         self.start(self.model)
         self.top0 = float(self.state.x[:, 1].max())
 
+    def view_focus(self):
+        """A 3D video frames the jelly's footprint widened by half its size on each side (it lands in place)."""
+        xz = self.model.x0.detach().cpu().numpy()[:, [0, 2]]
+        lo, hi = xz.min(0), xz.max(0)
+        return tuple(lo - 0.5 * (hi - lo)), tuple(hi + 0.5 * (hi - lo))
+
     def metrics(self):
         x = self.state.x.detach()
         e = self.solver.energy(self.state)

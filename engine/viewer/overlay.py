@@ -198,15 +198,17 @@ def stamp(img, time_s: float | None = None, title: str | None = None, scale: flo
 
 
 def annotate_3d(img, camera: dict, floor_y: float, lo, hi, time_s: float | None = None,
-                title: str | None = None) -> np.ndarray:
+                title: str | None = None, focus=None) -> np.ndarray:
     """Draw the floor, a floor grid, a scale bar lying on the floor and a time stamp on a (H, W, 3) uint8 perspective
     view rendered with ``engine.render.points``' 3D ``camera``; returns a new image.
 
     Args:
         floor_y: height of the floor [m].
         lo, hi: (x, z) corners of the floor rectangle [m] (the inner faces of the walls).
-    The grid spacing is the scale bar's length; the bar lies along x on the floor's front edge (the edge nearest
-    the camera), so it shrinks with distance exactly as the scene does.
+        focus: optional ((x0, z0), (x1, z1)) [m], the part of the floor the camera frames (``viz.camera_for``);
+            default the whole floor.
+    The grid spacing is half the scale bar's length; the bar lies along x on the front edge (the edge nearest the
+    camera) of the framed part of the floor, so it shrinks with distance exactly as the scene does.
     """
     from PIL import Image, ImageDraw
 
@@ -221,7 +223,8 @@ def annotate_3d(img, camera: dict, floor_y: float, lo, hi, time_s: float | None 
     fd = ImageDraw.Draw(floor)
     fd.polygon([tuple(p) for p in P([[x0, floor_y, z0], [x1, floor_y, z0], [x1, floor_y, z1], [x0, floor_y, z1]])
                 .tolist()], fill=255)
-    length = nice_length(0.4 * (x1 - x0))
+    (fx0, _), (fx1, fz1) = ((x0, z0), (x1, z1)) if focus is None else ((float(v) for v in c) for c in focus)
+    length = nice_length(0.4 * (fx1 - fx0))
     step = length / 2
     lines = Image.new("L", (W, H), 0)
     ld = ImageDraw.Draw(lines)
@@ -235,7 +238,7 @@ def annotate_3d(img, camera: dict, floor_y: float, lo, hi, time_s: float | None 
     out[grid] = (0.8 * out[grid]).astype(np.uint8)
     im = Image.fromarray(out)
     d = ImageDraw.Draw(im)
-    a, b = P([[x0 + 0.05 * (x1 - x0), floor_y, z1], [x0 + 0.05 * (x1 - x0) + length, floor_y, z1]])
+    a, b = P([[fx0 + 0.05 * (fx1 - fx0), floor_y, fz1], [fx0 + 0.05 * (fx1 - fx0) + length, floor_y, fz1]])
     d.line([tuple(a), tuple(b)], fill=TEXT, width=4)
     for p in (a, b):
         d.line([(p[0], p[1] - 6), (p[0], p[1] + 6)], fill=TEXT, width=2)

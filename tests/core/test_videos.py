@@ -147,3 +147,40 @@ def test_3d_frames_get_floor_grid_scale_bar_and_time():
     mid = ((a + b) / 2).round().astype(int)
     assert (out[mid[1] - 1:mid[1] + 2, mid[0]] < 60).all(axis=1).any()
     assert (out[5:20, 5:80] < 60).any()  # the time stamp
+
+
+@pytest.mark.parametrize("size", [(320, 240), (512, 512), (640, 360)])
+def test_3d_camera_frames_the_floor_and_the_bodies_tightly(size):
+    """camera_for fits the floor between the walls, up to just above the bodies, into the picture: checked with the
+    viewer's pinhole (written separately), every corner of that box is inside the frame, clear of the time stamp
+    at the top and of the scale bar's label at the bottom, and the box fills at least 90 % of the free width or height (the old
+    camera, 2.1 domain sizes away, left the box under half of both). A jelly-like focus on the body's footprint
+    makes the body itself a large part of the picture."""
+    from engine.physics import Boundary, ModelBuilder
+    from engine.physics.viz import camera_for
+    from engine.viewer.ggui import project
+
+    W, H = size
+    res = 24
+    dx = 1.0 / res
+    b = ModelBuilder(res=(res,) * 3, dx=dx, ppc=2)
+    b.add_box([0.35, 3 * dx + 0.4, 0.35], [0.65, 3 * dx + 0.6, 0.65])
+    m = b.finalize(boundary=Boundary(floor="sticky"))
+    wall, top = m.bound * dx, float(m.x0[:, 1].max())
+    margin = min(30.0, 0.15 * H)
+
+    def fit(cam, box):
+        p = project(box, cam["eye"], cam["target"], (W, H), cam["fov"])
+        assert (p[:, 0] >= 8 - 1).all() and (p[:, 0] <= W - 8 + 1).all(), p
+        assert (p[:, 1] >= margin - 1).all() and (p[:, 1] <= H - margin + 1).all(), p
+        return max((p[:, 0].max() - p[:, 0].min()) / (W - 16), (p[:, 1].max() - p[:, 1].min()) / (H - 2 * margin))
+
+    floor_box = [[x, y, z] for x in (wall, 1 - wall) for y in (wall, top) for z in (wall, 1 - wall)]
+    assert fit(camera_for(m, W, H), floor_box) > 0.9
+    focus = ((0.2, 0.2), (0.8, 0.8))
+    cam = camera_for(m, W, H, focus=focus)
+    assert fit(cam, [[x, y, z] for x in (0.2, 0.8) for y in (wall, top) for z in (0.2, 0.8)]) > 0.9
+    body = np.ptp(project(m.x0.numpy(), cam["eye"], cam["target"], (W, H), cam["fov"]), axis=0)
+    old = {"eye": (0.5, 0.7, 2.6), "target": (0.5, 0.25, 0.5), "fov": 40.0}  # the previous camera_for
+    before = np.ptp(project(m.x0.numpy(), old["eye"], old["target"], (W, H), 40.0), axis=0)
+    assert body[0] > 0.18 * W and body[1] > 0.18 * H and (body > 1.25 * before).all(), (body, before)
