@@ -83,6 +83,16 @@ def project(points, eye, target, res, fov=FOV):
     return out
 
 
+def _face_normals(tv):
+    """(3T, 3) per-vertex normals of a triangle soup (3T, 3): each triangle's unit normal (a − b) × (a − c), the one
+    GGUI would compute. Handing them to ``mesh`` skips GGUI's own normal kernel, which loops over ``range(N / 3)``
+    (a float) and makes Taichi warn "Casting range_for boundary values from f32 to i32" when it compiles."""
+    t = np.asarray(tv, np.float32).reshape(-1, 3, 3)
+    n = np.cross(t[:, 0] - t[:, 1], t[:, 0] - t[:, 2])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    return np.repeat(n, 3, axis=0)
+
+
 def _numpy(x):
     return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
 
@@ -355,8 +365,10 @@ class Viewer:
         parts = [x for x in (objs, env) if x is not None]
         n_obj, n_env = (len(objs[0]) if objs is not None else 0), (len(env[0]) if env is not None else 0)
         if parts:
-            self._upload("tv", np.concatenate([x[0] for x in parts]), allocate_only)
+            tv = np.concatenate([x[0] for x in parts])
+            self._upload("tv", tv, allocate_only)
             self._upload("tc", np.concatenate([x[1] for x in parts]), allocate_only)
+            self._upload("tn", _face_normals(tv), allocate_only)
         m_on, g_on = self.show["meshes"] and n_obj > 0, self.show["ground"] and n_env > 0
         self._counts["t"] = (0 if m_on or not g_on else n_obj, n_obj * m_on + n_env * g_on)
         if allocate_only:
@@ -366,8 +378,8 @@ class Viewer:
                                   index_count=self._counts["p"])
         if "tv" in self._fields:
             offset, count = self._counts["t"]
-            self.gscene.mesh(self._fields["tv"], per_vertex_color=self._fields["tc"], two_sided=True,
-                             vertex_offset=offset, vertex_count=count)
+            self.gscene.mesh(self._fields["tv"], per_vertex_color=self._fields["tc"], normals=self._fields["tn"],
+                             two_sided=True, vertex_offset=offset, vertex_count=count)
 
     def _draw_help(self):
         if self.offscreen or not self.show["help"]:

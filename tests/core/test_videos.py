@@ -82,6 +82,8 @@ def test_letterbox_keeps_the_aspect_ratio(shape, res):
     assert (out == 0).sum() == img.size  # the image itself is kept, pixel for pixel, and only padded
 
 
+# GGUI's own normal kernel loops over range(N / 3) and warned at compile; the viewer now hands mesh() its normals
+@pytest.mark.filterwarnings("error:Casting range_for")
 def test_offscreen_view_shows_the_mesh_in_every_frame(tmp_path, capsys):
     """mesh_turntable used to lose its mesh after frame 0 (the GGUI offscreen warm-up bug)."""
     out = tmp_path / "v"
@@ -184,3 +186,13 @@ def test_3d_camera_frames_the_floor_and_the_bodies_tightly(size):
     old = {"eye": (0.5, 0.7, 2.6), "target": (0.5, 0.25, 0.5), "fov": 40.0}  # the previous camera_for
     before = np.ptp(project(m.x0.numpy(), old["eye"], old["target"], (W, H), 40.0), axis=0)
     assert body[0] > 0.18 * W and body[1] > 0.18 * H and (body > 1.25 * before).all(), (body, before)
+
+
+def test_viewer_face_normals_match_trimesh():
+    import trimesh
+
+    from engine.viewer.ggui import _face_normals
+
+    mesh = trimesh.creation.icosphere(subdivisions=1)
+    n = _face_normals(mesh.vertices[mesh.faces].reshape(-1, 3))
+    assert np.allclose(n.reshape(-1, 3, 3), mesh.face_normals[:, None, :], atol=1e-5)
