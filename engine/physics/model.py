@@ -271,13 +271,14 @@ class ModelBuilder:
                                  group, fib, np.asarray(color, dtype=float)))
         return len(self.bodies) - 1
 
-    def add_box(self, lo, hi, **kw) -> int:
-        """A box [lo, hi) [m] of lattice particles centred in it (``lattice(centred=True)``); keyword arguments
-        as ``add_points``."""
-        return self.add_points(self.lattice(lo, hi, centred=True), **kw)
+    def add_box(self, lo, hi, centred: bool = False, **kw) -> int:
+        """A box [lo, hi) [m] of lattice particles, flush with lo (a body standing on the floor or against a wall)
+        or ``centred`` in the box (a free body symmetric about the box's centre; see ``lattice``); keyword
+        arguments as ``add_points``."""
+        return self.add_points(self.lattice(lo, hi, centred=centred), **kw)
 
     def add_ellipsoid(self, center, radii, **kw) -> int:
-        """An ellipse (2D) / ellipsoid (3D) of lattice particles."""
+        """An ellipse (2D) / ellipsoid (3D) of lattice particles, the lattice centred on ``center``."""
         c, r = np.asarray(center, float), np.asarray(radii, float) * np.ones(self.dim)
         pts = self.lattice(c - r, c + r, centred=True)
         return self.add_points(pts[(((pts - c) / r) ** 2).sum(1) <= 1.0], **kw)

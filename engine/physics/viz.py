@@ -60,7 +60,8 @@ def render_state(model, state, width: int = 512, height: int = 512, camera: dict
     from ..render.points import render_points
 
     x = state.x.detach().cpu().numpy()
-    radius = 0.5 * model.dx * (1.2 if model.dim == 2 else 1.0) * (float(model.vol[0]) ** (1 / model.dim) / model.dx)
+    spacing = float(model.vol[0].detach()) ** (1 / model.dim)
+    radius = 0.5 * model.dx * (1.2 if model.dim == 2 else 1.0) * (spacing / model.dx)
     return render_points(x, model.colors, width=width, height=height, radius=max(radius, 0.3 * model.dx),
                          camera=camera or camera_for(model, width, height))
 
@@ -111,7 +112,7 @@ def mpm_geometry(model, x, colors=None, mask=None) -> dict:
     if mask is not None:
         mask = np.asarray(mask, bool)
         x, colors = x[mask], None if colors is None else colors[mask]
-    h = float(m.vol[0]) ** (1 / m.dim)
+    h = float(m.vol[0].detach()) ** (1 / m.dim)
     heights = m.heights.detach().cpu().numpy()
     ext = np.asarray(m.domain, float)
     xs = np.arange(m.res[0]) * m.dx

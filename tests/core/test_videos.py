@@ -155,9 +155,9 @@ def test_3d_frames_get_floor_grid_scale_bar_and_time():
 def test_3d_camera_frames_the_floor_and_the_bodies_tightly(size):
     """camera_for fits the floor between the walls, up to just above the bodies, into the picture: checked with the
     viewer's pinhole (written separately), every corner of that box is inside the frame, clear of the time stamp
-    at the top and of the scale bar's label at the bottom, and the box fills at least 90 % of the free width or height (the old
-    camera, 2.1 domain sizes away, left the box under half of both). A jelly-like focus on the body's footprint
-    makes the body itself a large part of the picture."""
+    at the top and of the scale bar's label at the bottom, and the box fills at least 90 % of the free width or
+    height. With a jelly-like focus on the body's footprint the body spans over 18 % of the picture both ways and
+    is at least 1.25 times as large as with the old camera (2.1 domain sizes away)."""
     from engine.physics import Boundary, ModelBuilder
     from engine.physics.viz import camera_for
     from engine.viewer.ggui import project
