@@ -54,11 +54,16 @@ def build_scene(module, cfg):
     return scene
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scene", help="scene script (path, or a name from `tide list`)")
+def _common(p: argparse.ArgumentParser, view: bool = False) -> None:
+    p.add_argument("scene", help="scene script (path, or a name from `tide list`)" + (
+        "; or a finished run's folder, to replay it" if view else ""))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a Config field (repeatable); see `tide run SCENE --help`")
-    p.add_argument("--frames", type=int, default=None, help="frames to simulate and render")
+    p.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="frames of the video after any optimisation; sets the scene's `frames` option where it has "
+                        "one (a turntable makes one turn in N frames). Scenes that optimise put their training "
+                        "frames first; co-design shows the initial and the optimised robot for N frames each" + (
+                            "; a replayed run: frames to play (default all)" if view else ""))
     p.add_argument("--seed", type=int, default=0, help="seed for python, numpy and torch")
     p.add_argument("--arch", default=os.environ.get("TIDE_ARCH", "auto"), choices=["auto", "cpu", "cuda", "vulkan"])
     p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION"), choices=["f32", "f64"],
@@ -78,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--resume", action="store_true", help="continue from the output folder's last checkpoint")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    view = sub.add_parser("view", add_help=False, help="open the GGUI viewer on a scene")
-    _common(view)
+    run.add_argument("--save-geometry", action="store_true",
+                     help="always write geometry.npz (each frame's particles and meshes, for `tide view RUN_DIR`); "
+                          "by default it is written when it stays under 32 MB")
+    view = sub.add_parser("view", add_help=False, help="open the GGUI viewer on a scene, or replay a finished run")
+    _common(view, view=True)
     view.add_argument("--offscreen", action="store_true", help="no window: write frames and an mp4 to --out")
     view.add_argument("--res", default="800x600", help="window size WxH")
     sub.add_parser("list", help="list the scenes in scenes/")
@@ -196,7 +204,10 @@ def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
         raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
 
 
-def _load_config(module, overrides, out: Path | None, resume: bool):
+def _load_config(module, overrides, out: Path | None, resume: bool, frames: int | None = None):
+    """The scene's Config from its defaults, a resumed run's saved settings and ``--set``; ``--frames N`` is the
+    scene's own ``frames=N`` where it has that option (checked against its range like any ``--set``)."""
+    import dataclasses
     import json
 
     from .scene import apply_overrides
@@ -205,6 +216,11 @@ def _load_config(module, overrides, out: Path | None, resume: bool):
     if resume and out is not None and (out / "config.json").is_file():
         saved = json.loads((out / "config.json").read_text())
         base = saved.get("scene", {})
+    overrides = list(overrides)
+    if frames is not None and "frames" in {f.name for f in dataclasses.fields(module.Config)}:
+        if any(o.split("=", 1)[0].strip() == "frames" for o in overrides):
+            raise ConfigError("give the number of frames once: --frames or --set frames=, not both")
+        overrides.append(f"frames={frames}")
     return apply_overrides(module.Config, overrides, base=base)
 
 
@@ -255,7 +271,7 @@ def cmd_run(args, parser, argv=None) -> int:
     if args.help:
         return _print_scene_help(parser, module, path)
     out = Path(args.out or Path("runs") / path.stem)
-    cfg = _load_config(module, args.overrides, out, args.resume)
+    cfg = _load_config(module, args.overrides, out, args.resume, args.frames)
     frames = _default_frames(cfg, args.frames)
     check_out(out, args.overwrite, args.resume)
     if args.resume and not (out / "config.json").is_file():
@@ -293,7 +309,7 @@ def cmd_run(args, parser, argv=None) -> int:
     metrics: dict = {}
     video = VideoWriter(out / "video.mp4", fps=fps)
     status = 0
-    run = None
+    run = recorder = None
     try:
         optimize = getattr(scene, "optimize", None)
         if callable(optimize):
@@ -309,7 +325,11 @@ def cmd_run(args, parser, argv=None) -> int:
             if run.resumed_from is not None:
                 metrics["resumed_from_iteration"] = run.resumed_from
         mark = time.perf_counter()
-        _rollout(scene, frames, video, not args.no_progress)
+        if callable(getattr(scene, "geometry", None)):
+            from .viewer.replay import GeometryRecorder
+
+            recorder = GeometryRecorder(limit_bytes=None if args.save_geometry else 32e6)
+        _rollout(scene, frames, video, not args.no_progress, recorder)
         phases["simulate"] = time.perf_counter() - mark
     except KeyboardInterrupt:
         video.abort()
@@ -331,6 +351,12 @@ def cmd_run(args, parser, argv=None) -> int:
         else:
             video.abort()
     metrics = {**metrics, **(scene.metrics() if status == 0 else {})}
+    if status == 0 and recorder is not None and recorder.frames:
+        if recorder.full:
+            log(f"geometry.npz not written: {frames} frames of geometry pass 32 MB (--save-geometry writes it)")
+        else:
+            recorder.save(out / "geometry.npz")
+            log(f"geometry.npz: {recorder.frames} frames for `tide view {out}`")
     exports = getattr(scene, "exports", None)
     if status == 0 and callable(exports):
         mark = time.perf_counter()
@@ -366,7 +392,7 @@ def _export(exports, out: Path, log, progress: bool) -> None:
         log(f"exported {name}")
 
 
-def _rollout(scene, frames, video, progress) -> None:
+def _rollout(scene, frames, video, progress, recorder=None) -> None:
     it = range(frames)
     if progress and frames:
         from tqdm.auto import tqdm
@@ -375,49 +401,85 @@ def _rollout(scene, frames, video, progress) -> None:
     for f in it:
         scene.step(f)
         video.append(scene.render())
+        if recorder is not None and not recorder.full:
+            recorder.append(scene.geometry())
+
+
+def _window_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--res expects WxH, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"--res expects a positive WxH, got {text!r}")
+    return w, h
+
+
+def _check_display(offscreen: bool) -> None:
+    if not offscreen and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConfigError("no display to open a window on (DISPLAY is not set); `tide view SCENE --offscreen` "
+                          "writes the frames and a video instead")
 
 
 def cmd_view(args, parser) -> int:
     from . import backend
     from .io import VideoWriter, save_png
-    from .scene import load_scene
 
-    path = resolve_scene(args.scene)
-    module = load_scene(path)
-    if args.help:
-        return _print_scene_help(parser, module, path)
-    cfg = _load_config(module, args.overrides, None, False)
-    try:
-        w, h = (int(v) for v in args.res.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--res expects WxH, got {args.res!r}") from None
-    if w <= 0 or h <= 0:
-        raise ConfigError(f"--res expects a positive WxH, got {args.res!r}")
-    if not args.offscreen and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise ConfigError("no display to open a window on (DISPLAY is not set); `tide view SCENE --offscreen` "
-                          "writes the frames and a video instead")
+    folder = Path(args.scene)
+    replay = folder.is_dir()
+    if replay:
+        if args.help:
+            print(parser.format_help())
+            return 0
+        if args.overrides:
+            raise ConfigError("--set does not apply to a replayed run (its settings are in its config.json)")
+        from .viewer.replay import load_run
+
+        source = load_run(folder)
+        name = folder.resolve().name
+    else:
+        from .scene import config_to_dict, load_scene
+
+        path = resolve_scene(args.scene)
+        module = load_scene(path)
+        if args.help:
+            return _print_scene_help(parser, module, path)
+        cfg = _load_config(module, args.overrides, None, False, args.frames)
+        name = path.stem
+    w, h = _window_size(args.res)
+    _check_display(args.offscreen)
     out = None
     if args.offscreen:
-        out = Path(args.out or Path("runs") / f"{path.stem}_view")
+        out = Path(args.out or (folder.parent / f"{name}_view" if replay else Path("runs") / f"{name}_view"))
         check_out(out, args.overwrite, False)
     backend.init(arch=args.arch, precision=args.precision or "f32")
     from .runner import seed_everything
     from .viewer import Viewer
 
     seed_everything(args.seed)
+    if replay:
+        frames = len(source.frames) if args.frames is None else _default_frames(None, args.frames)
+        first, fresh, title = source, None, f"tide: {name} (replay of {source.source})"
+    else:
+        def fresh():
+            return build_scene(module, cfg)
 
-    def fresh():
-        return build_scene(module, cfg)
-
-    first = fresh()  # before --out is created, so a scene that rejects its input leaves nothing behind
+        first = fresh()  # before --out is created, so a scene that rejects its input leaves nothing behind
+        frames = _default_frames(cfg, args.frames)
+        title = f"tide: {name}"
     if out is not None:
+        from .io import write_json
+
         prepare_out(out, args.overwrite, False)
-    viewer = Viewer(first, res=(w, h), offscreen=args.offscreen, title=f"tide: {path.stem}", reset=fresh)
+        # marks the folder as tide's, so `--overwrite` may replace it next time
+        write_json(out / "config.json", {"view": str(folder.resolve()) if replay else str(path),
+                                         "frames": frames, "res": [w, h], "seed": args.seed,
+                                         **({} if replay else {"scene": config_to_dict(cfg)})})
+    viewer = Viewer(first, res=(w, h), offscreen=args.offscreen, title=title, reset=fresh)
     if not args.offscreen:
         viewer.run(frames=args.frames)
         return 0
-    frames = _default_frames(cfg, args.frames)
-    with VideoWriter(out / "video.mp4", fps=args.fps or 30) as video:
+    with VideoWriter(out / "video.mp4", fps=args.fps or int(getattr(first, "video_fps", 30))) as video:
         def on_frame(i, img):
             save_png(out / "frames" / f"frame_{i:05d}.png", img)
             video.append(img)

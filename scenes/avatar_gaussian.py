@@ -83,6 +83,14 @@ class Scene(AvatarScene):
             labels.append("+ denoiser")
         return imgs, labels
 
+    def model_geometry(self, f):
+        """The Gaussians' centres in their colours (M hides the body mesh under them)."""
+        t = self.trainer
+        with torch.no_grad():
+            means, scales, _, _, col = t.model.gaussians(self.seq.verts[f], t.faces, t.pose[f])
+        return {"particles": {"x": means.double().cpu().numpy(), "color": col.double().clamp(0, 1).cpu().numpy(),
+                              "radius": float(scales.mean())}}
+
     def exports(self):
         from tasks.avatar.gaussian import gaussians_ply
 

@@ -103,6 +103,15 @@ class Scene(AvatarScene):
             labels.append(f"transfer w={self.cfg.transfer_weight:g}")
         return imgs, labels
 
+    def model_geometry(self, f):
+        """The skinned body with its learned offsets and colours (the clothing field is in the video and the
+        exports)."""
+        m = self.trainer.model
+        with torch.no_grad():
+            verts = m.body_verts(self.seq.transforms[f]).double().cpu().numpy()
+            col = torch.sigmoid(m.colour).double().clamp(0, 1).cpu().numpy()
+        return {"meshes": [{"vertices": verts, "faces": self.seq.body.faces.cpu().numpy(), "colors": col}]}
+
     def exports(self):
         import numpy as np
         import trimesh

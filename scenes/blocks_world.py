@@ -161,6 +161,22 @@ class Scene:
             d.text((k * w + 4, 3), label + (f"  view {i}" if k == 0 else ""), fill=(0, 0, 0))
         return np.asarray(canvas)
 
+    def geometry(self):
+        """The kept blocks in their flat colours on the ground plane (the normalised frame, y up), turning as the
+        video orbits the views."""
+        keep = self.fitter.kept()
+        with torch.no_grad():
+            verts = self.model.block_verts().double().numpy()
+            ground = float(self.model.ground)
+        a = -2 * np.pi * self.frame_index / max(self.cfg.frames, 1)
+        c, s = np.cos(a), np.sin(a)
+        rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        faces = self.model.faces.numpy()
+        pal = self.palette().numpy()
+        meshes = [{"vertices": verts[i] @ rot.T, "faces": faces, "color": pal[i]}
+                  for i in torch.nonzero(keep).flatten().tolist()]
+        return {"meshes": meshes, "ground": ground, "bounds": ((-1.0, ground, -1.0), (1.0, ground + 1.2, 1.0))}
+
     def palette(self) -> torch.Tensor:
         """(N, 3) distinct flat colours, one per block (golden-ratio hues)."""
         import colorsys

@@ -75,7 +75,7 @@ class Config:
     seed: Annotated[int, Range(ge=0, lt=2**31)] = 0
     """Seed of the initial design and controller."""
     frames: Annotated[int, Range(ge=0)] = 100
-    """Video: control steps shown for the optimised robot (the initial robot is shown first for as many)."""
+    """Video: control steps shown for the initial robot, then as many for the optimised one (--frames sets it)."""
     width: Annotated[int, Range(ge=16, le=4096)] = 640
     """Video width [px]."""
     height: Annotated[int, Range(ge=16, le=4096)] = 240
@@ -234,8 +234,7 @@ class Scene:
         with torch.no_grad():
             self.before = p.summary(p.rollout())
             self._reset_video(label="initial")
-            run.frame(self.render())
-            for _ in range(self.cfg.frames):
+            for _ in range(self.cfg.frames):  # as many frames as the optimised part, drawn the same way
                 self.stepper.step()
                 run.frame(self.render())
         p.load_state_dict(final)
@@ -248,6 +247,13 @@ class Scene:
     def step(self, frame: int):
         with torch.no_grad():
             self.stepper.step()
+
+    def geometry(self):
+        """The robot's particles coloured by muscle group and the bed in its colour, on the floor, in the MPM
+        domain (a 2D world as a slab at z = 0)."""
+        from engine.physics.viz import mpm_geometry
+
+        return mpm_geometry(self.problem.world.model, self.stepper.x, colors=self.colors, mask=self.visible)
 
     def render(self):
         if self.problem.world.spec.dim == 3:

@@ -40,10 +40,20 @@ class Scene(viz.MPMScene):
         b = ModelBuilder(res=(c.res,) * c.dim, dx=dx, ppc=2)
         lo = [0.35, 3 * dx + c.drop_height] + [0.35] * (c.dim - 2)
         hi = [0.65, lo[1] + 0.2] + [0.65] * (c.dim - 2)
-        b.add_box(lo, hi, material=c.material, E=c.E, nu=c.nu, color=(0.95, 0.35, 0.45))
-        self.model = b.finalize(boundary=Boundary(floor="sticky"))
+        # centred: the block is symmetric about x = 0.5 (and z = 0.5), a lattice plane of the grid, so it cannot
+        # drift sideways (flush with lo, the leftover of 0.3 m / spacing put it up to half a spacing off centre)
+        b.add_box(lo, hi, centred=True, material=c.material, E=c.E, nu=c.nu, color=(0.95, 0.35, 0.45))
+        # walls and ceiling only push (separate): at low res the block starts within a stencil of the ceiling's
+        # wall band, and a slip ceiling (normal velocity removed both ways) held its top layer up there
+        self.model = b.finalize(boundary=Boundary(floor="sticky", walls="separate"))
         self.start(self.model)
         self.top0 = float(self.state.x[:, 1].max())
+
+    def view_focus(self):
+        """A 3D video frames the jelly's footprint widened by half its size on each side (it lands in place)."""
+        xz = self.model.x0.detach().cpu().numpy()[:, [0, 2]]
+        lo, hi = xz.min(0), xz.max(0)
+        return tuple(lo - 0.5 * (hi - lo)), tuple(hi + 0.5 * (hi - lo))
 
     def metrics(self):
         x = self.state.x.detach()

@@ -100,6 +100,7 @@ class Scene:
             self.distill_report = None
         self.history = []
         self.angle = 0.0
+        self._refined = None  # the refined asset, cached for the viewer (optimize() clears it)
 
     def optimize(self, run):
         from tasks.refine import views
@@ -138,6 +139,7 @@ class Scene:
             gnorm = float(grad.norm())
             self.history.append(gnorm)
             run.log(loss=gnorm, reg=float(reg))
+        self._refined = None
 
     # ---- metrics -----------------------------------------------------------------------------------------------
     def _points(self, asset, n=4000):
@@ -217,6 +219,32 @@ class Scene:
             img = self._render(self.fine, p, 96)[0, 0]
             panels += [("ground truth", img[:3])]
         return _label_row(panels)
+
+    @torch.no_grad()
+    def geometry(self):
+        """Coarse asset (left), refined asset (middle) and the ground truth (right) when there is one, turning
+        like the video; an asset without faces (Gaussians) is drawn as its points."""
+        a = -self.angle
+        c, s = np.cos(a), np.sin(a)
+        rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        if self._refined is None:
+            self._refined = self.rep.asset()
+        items = [self.coarse, self._refined] + ([self.fine] if self.fine is not None else [])
+        meshes, pts, cols = [], [], []
+        for k, asset in enumerate(items):
+            v = asset.verts.double().cpu().numpy() @ rot.T + [(k - (len(items) - 1) / 2) * 1.6, 0.0, 0.0]
+            col = None if asset.colors is None else np.clip(asset.colors.double().cpu().numpy(), 0, 1)
+            if len(asset.faces):
+                meshes.append({"vertices": v, "faces": asset.faces.cpu().numpy(),
+                               **({"colors": col} if col is not None and len(col) == len(v) else {})})
+            else:
+                pts.append(v)
+                cols.append(col if col is not None and len(col) == len(v) else np.full((len(v), 3), 0.6))
+        half = 0.8 * len(items)
+        out = {"meshes": meshes, "ground": -0.75, "bounds": ((-half, -0.75, -0.75), (half, 0.75, 0.75))}
+        if pts:
+            out["particles"] = {"x": np.concatenate(pts), "color": np.concatenate(cols), "radius": 0.01}
+        return out
 
     def exports(self):
         return self.rep.exports("refined")

@@ -63,11 +63,33 @@ class Scene:
         self.opac = t(np.full(len(s), 0.8))
         self.colors = t(np.stack([s, 0.5 + 0.5 * np.sin(ang), 1 - s], 1))
         self.lights = DirectionalLights.default(dt, backend.torch_device())
+        # for the viewer: the checker colour at each sphere vertex, and the ring's dense voxels as points
+        tex = _checker()
+        ij = np.clip((uv[:, ::-1] * len(tex)).astype(int), 0, len(tex) - 1)
+        self.vertex_colors = tex[ij[:, 0], ij[:, 1]]
+        dense = ring > 0.3
+        self.ring_points, self.ring_colors = np.stack([X[dense], Y[dense], Z[dense]], 1), col[dense]
         self.frame = 0
         self.out = None
 
     def step(self, frame: int):
         self.frame = frame
+
+    def geometry(self):
+        """The three panels side by side in 3D: the textured sphere; the sphere in its smoky ring (the ring's
+        dense voxels as points); the Gaussian cloud (its centres). They turn as the video's camera orbits."""
+        a = -2 * np.pi * self.frame / self.cfg.frames
+        c, s = np.cos(a), np.sin(a)
+        rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        turn = lambda p, dx: np.asarray(p, float) @ rot.T + [dx, 0.0, 0.0]  # noqa: E731
+        sphere = self.mesh.vertices
+        means = self.means.detach().cpu().numpy()
+        return {"meshes": [{"vertices": turn(sphere, -2.2), "faces": self.mesh.faces, "colors": self.vertex_colors},
+                           {"vertices": turn(sphere, 0.0), "faces": self.mesh.faces, "colors": self.vertex_colors}],
+                "particles": {"x": np.concatenate([turn(self.ring_points, 0.0), turn(means, 2.2)]),
+                              "color": np.concatenate([self.ring_colors, self.colors.detach().cpu().numpy()]),
+                              "radius": 0.02},
+                "ground": -1.0, "bounds": ((-3.2, -1.0, -1.0), (3.2, 1.0, 1.0))}
 
     def _camera(self):
         c = self.cfg

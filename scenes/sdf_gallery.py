@@ -72,6 +72,17 @@ class Scene:
             base += len(mesh.vertices)
         self.board = (np.concatenate(verts), np.concatenate(faces), np.concatenate(colors))
 
+    def geometry(self):
+        """The nine meshes on their 3 x 3 board, each in its colour, spinning about its own vertical axis."""
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        meshes = []
+        for i, mesh in enumerate(self.meshes.values()):
+            offset = np.array([(i % 3 - 1) * 1.1, (1 - i // 3) * 1.1, 0.0])
+            meshes.append({"vertices": (mesh.vertices * 0.45) @ rot.T + offset, "faces": mesh.faces,
+                           "color": PALETTE[i % len(PALETTE)]})
+        return {"meshes": meshes, "bounds": ((-1.6, -1.6, -0.5), (1.6, 1.6, 0.5))}
+
     def step(self, frame: int):
         self.angle = 2 * np.pi * (frame + 1) / self.cfg.frames
 

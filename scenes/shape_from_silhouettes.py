@@ -145,6 +145,18 @@ class Scene:
         self.history.append(sil.item())
         return loss.item(), sil.item()
 
+    def geometry(self):
+        """The recovered mesh (orange, left) and the target (blue, right), turning like the video's camera."""
+        c, s = np.cos(-self.angle), np.sin(-self.angle)
+        rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        with torch.no_grad():
+            verts, faces = self.current_mesh()
+        return {"meshes": [{"vertices": verts.double().cpu().numpy() @ rot.T - [1.1, 0, 0],
+                            "faces": faces.cpu().numpy(), "color": (0.9, 0.55, 0.3)},
+                           {"vertices": self.target[0].double().cpu().numpy() @ rot.T + [1.1, 0, 0],
+                            "faces": self.target[1].cpu().numpy(), "color": (0.45, 0.7, 0.9)}],
+                "ground": -1.0, "bounds": ((-2.2, -1.0, -1.0), (2.2, 1.0, 1.0))}
+
     def step(self, frame: int):
         self.angle = 2 * np.pi * (frame + 1) / 48
 

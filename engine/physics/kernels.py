@@ -43,7 +43,6 @@ same (Python-side argument set-up was ~40% of a small scene's substep).
 
 import functools
 import itertools
-import warnings
 from types import SimpleNamespace
 
 import taichi as ti
@@ -424,10 +423,8 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             check_particle(p, x_out, v_out, F_out, lo, hi, step, flag)
 
     # ---------------------------------------------------------------------------- hand-written adjoints
-    # Taichi warns about any plain-Python call in a kernel; this one is deliberate, so silence exactly that warning
-    warnings.filterwarnings("ignore", message='.*non-taichi function "bspline_grad"', category=SyntaxWarning)
-
-    def bspline_grad(fx):  # plain Python, inlined at trace time (its list is indexed by static offsets)
+    @ti.func
+    def bspline_grad(fx):  # returns a list like ``bspline``'s w, indexed by static offsets
         """Derivatives of the quadratic B-spline weights w (``bspline``) with respect to fx."""
         return [fx - 1.5, -2.0 * (fx - 1.0), fx - 0.5]
 

@@ -236,10 +236,16 @@ class ModelBuilder:
     def dim(self) -> int:
         return len(self.res)
 
-    def lattice(self, lo, hi) -> np.ndarray:
-        """(M, d) cell-centred lattice points with spacing dx/ppc filling the box [lo, hi)."""
+    def lattice(self, lo, hi, centred: bool = False) -> np.ndarray:
+        """(M, d) lattice points with spacing h = dx/ppc in the box [lo, hi): on every axis as many as fit from
+        lo + h/2 in steps of h. By default they start at lo + h/2 (flush with lo, e.g. a bed on the floor), so
+        when the box's length is not a whole number of steps the leftover is all at the hi end; ``centred`` splits
+        it evenly between both ends instead, so a box symmetric about a plane gives a body symmetric about it."""
         h = self.dx / self.ppc
-        axes = [np.arange(l + h / 2, u, h) for l, u in zip(lo, hi)]
+        axes = []
+        for l, u in zip(lo, hi):
+            a = np.arange(l + h / 2, u, h)
+            axes.append((l + u) / 2 + (np.arange(len(a)) - (len(a) - 1) / 2) * h if centred else a)
         grid = np.meshgrid(*axes, indexing="ij")
         return np.stack([g.ravel() for g in grid], axis=1)
 
@@ -265,14 +271,16 @@ class ModelBuilder:
                                  group, fib, np.asarray(color, dtype=float)))
         return len(self.bodies) - 1
 
-    def add_box(self, lo, hi, **kw) -> int:
-        """A box [lo, hi) [m] of lattice particles; keyword arguments as ``add_points``."""
-        return self.add_points(self.lattice(lo, hi), **kw)
+    def add_box(self, lo, hi, centred: bool = False, **kw) -> int:
+        """A box [lo, hi) [m] of lattice particles, flush with lo (a body standing on the floor or against a wall)
+        or ``centred`` in the box (a free body symmetric about the box's centre; see ``lattice``); keyword
+        arguments as ``add_points``."""
+        return self.add_points(self.lattice(lo, hi, centred=centred), **kw)
 
     def add_ellipsoid(self, center, radii, **kw) -> int:
-        """An ellipse (2D) / ellipsoid (3D) of lattice particles."""
+        """An ellipse (2D) / ellipsoid (3D) of lattice particles, the lattice centred on ``center``."""
         c, r = np.asarray(center, float), np.asarray(radii, float) * np.ones(self.dim)
-        pts = self.lattice(c - r, c + r)
+        pts = self.lattice(c - r, c + r, centred=True)
         return self.add_points(pts[(((pts - c) / r) ** 2).sum(1) <= 1.0], **kw)
 
     def finalize(self, gravity=None, boundary: Boundary | None = None, heights=None, normals=None,

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Window2D", "annotate_2d", "stamp", "nice_length", "font", "label_panels", "depth_colormap"]
+__all__ = ["Window2D", "annotate_2d", "annotate_3d", "stamp", "nice_length", "font", "label_panels", "depth_colormap"]
 
 GROUND = np.array([150, 128, 100], np.float32)
 WALL = np.array([120, 120, 125], np.float32)
@@ -194,4 +194,58 @@ def stamp(img, time_s: float | None = None, title: str | None = None, scale: flo
     im = Image.fromarray(np.array(img, copy=True))
     H, W = np.asarray(img).shape[:2]
     _time_and_scale(ImageDraw.Draw(im), W, H, time_s, title, scale)
+    return np.asarray(im)
+
+
+def annotate_3d(img, camera: dict, floor_y: float, lo, hi, time_s: float | None = None,
+                title: str | None = None, focus=None) -> np.ndarray:
+    """Draw the floor, a floor grid, a scale bar lying on the floor and a time stamp on a (H, W, 3) uint8 perspective
+    view rendered with ``engine.render.points``' 3D ``camera``; returns a new image.
+
+    Args:
+        floor_y: height of the floor [m].
+        lo, hi: (x, z) corners of the floor rectangle [m] (the inner faces of the walls).
+        focus: optional ((x0, z0), (x1, z1)) [m], the part of the floor the camera frames (``viz.camera_for``);
+            default the whole floor.
+    The grid spacing is half the scale bar's length; the bar lies along x on the front edge (the edge nearest the
+    camera) of the framed part of the floor, so it shrinks with distance exactly as the scene does.
+    """
+    from PIL import Image, ImageDraw
+
+    from ..render.points import _project
+
+    out = np.array(img, copy=True)
+    H, W = out.shape[:2]
+    bg = _background(out)
+    (x0, z0), (x1, z1) = (float(v) for v in lo), (float(v) for v in hi)
+    P = lambda pts: _project(np.asarray(pts, float), W, H, camera)[0]  # noqa: E731
+    floor = Image.new("L", (W, H), 0)
+    fd = ImageDraw.Draw(floor)
+    fd.polygon([tuple(p) for p in P([[x0, floor_y, z0], [x1, floor_y, z0], [x1, floor_y, z1], [x0, floor_y, z1]])
+                .tolist()], fill=255)
+    (fx0, _), (fx1, fz1) = ((x0, z0), (x1, z1)) if focus is None else ((float(v) for v in c) for c in focus)
+    length = nice_length(0.4 * (fx1 - fx0))
+    step = length / 2
+    lines = Image.new("L", (W, H), 0)
+    ld = ImageDraw.Draw(lines)
+    for x in np.arange(x0, x1 + 1e-9, step):
+        ld.line([tuple(p) for p in P([[x, floor_y, z0], [x, floor_y, z1]]).tolist()], fill=255, width=1)
+    for z in np.arange(z0, z1 + 1e-9, step):
+        ld.line([tuple(p) for p in P([[x0, floor_y, z], [x1, floor_y, z]]).tolist()], fill=255, width=1)
+    on_floor = (np.asarray(floor) > 0) & bg
+    out[on_floor] = (0.55 * out[on_floor] + 0.45 * GROUND).astype(np.uint8)
+    grid = (np.asarray(lines) > 0) & on_floor
+    out[grid] = (0.8 * out[grid]).astype(np.uint8)
+    im = Image.fromarray(out)
+    d = ImageDraw.Draw(im)
+    a, b = P([[fx0 + 0.05 * (fx1 - fx0), floor_y, fz1], [fx0 + 0.05 * (fx1 - fx0) + length, floor_y, fz1]])
+    d.line([tuple(a), tuple(b)], fill=TEXT, width=4)
+    for p in (a, b):
+        d.line([(p[0], p[1] - 6), (p[0], p[1] + 6)], fill=TEXT, width=2)
+    text = f"{_label(length)} (grid {_label(step)})"
+    f = font(12)
+    box = d.textbbox((float(a[0]), float(a[1]) + 8), text, font=f)
+    d.rectangle([box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2], fill=(255, 255, 255))
+    d.text((float(a[0]), float(a[1]) + 8), text, fill=TEXT, font=f)
+    _time_and_scale(d, W, H, time_s, title, None)
     return np.asarray(im)

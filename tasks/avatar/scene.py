@@ -90,5 +90,22 @@ class AvatarScene:
         frames = self.seq.test_frames or self.seq.train_frames
         return self.panel(frames[self.frame % len(frames)])
 
+    @torch.no_grad()
+    def geometry(self) -> dict:
+        """The posed body mesh of the video's current frame (y up, metres) on the floor, plus what the model
+        adds (``model_geometry``)."""
+        frames = self.seq.test_frames or self.seq.train_frames
+        f = frames[self.frame % len(frames)]
+        verts = self.seq.verts[f].double().cpu().numpy()
+        out = {"meshes": [{"vertices": verts, "faces": self.seq.body.faces.cpu().numpy(), "color": (0.85, 0.72, 0.62)}]}
+        out.update(self.model_geometry(f))
+        lo, hi = verts.min(0), verts.max(0)
+        out.update(ground=float(lo[1]), bounds=(lo - 0.1, hi + 0.1))
+        return out
+
+    def model_geometry(self, f: int) -> dict:
+        """Geometry keys (see ``engine.viewer``) the model adds or replaces for frame ``f``."""
+        return {}
+
     def metrics(self):
         return dict(self.results)

@@ -82,6 +82,8 @@ def test_letterbox_keeps_the_aspect_ratio(shape, res):
     assert (out == 0).sum() == img.size  # the image itself is kept, pixel for pixel, and only padded
 
 
+# GGUI's own normal kernel loops over range(N / 3) and warned at compile; the viewer now hands mesh() its normals
+@pytest.mark.filterwarnings("error:Casting range_for")
 def test_offscreen_view_shows_the_mesh_in_every_frame(tmp_path, capsys):
     """mesh_turntable used to lose its mesh after frame 0 (the GGUI offscreen warm-up bug)."""
     out = tmp_path / "v"
@@ -90,7 +92,7 @@ def test_offscreen_view_shows_the_mesh_in_every_frame(tmp_path, capsys):
     for i in range(6):
         img = iio.imread(out / "frames" / f"frame_{i:05d}.png")
         orange = (img[..., 0] > 180) & (img[..., 2] < 140) & (img[..., 1] > 90)  # the mesh's colour
-        assert orange.mean() > 0.05, (i, orange.mean())
+        assert orange.mean() > 0.02, (i, orange.mean())  # edge-on views of the knot cover ~4 %
 
 
 def test_offscreen_view_of_a_2d_scene_is_not_stretched(tmp_path, capsys):
@@ -120,3 +122,77 @@ def test_depth_map_uses_a_colour_map_with_its_range():
     assert (img[:, 64 + 8:64 + 22] != 255).any()  # the colour bar
     panels = label_panels(np.full((40, 300, 3), 200, np.uint8), ["a", "b", "c"])
     assert all((panels[4:16, x:x + 12] < 100).any() for x in (5, 105, 205))  # one label per panel
+
+
+def test_3d_frames_get_floor_grid_scale_bar_and_time():
+    """annotate_3d on a white picture with a red object: the floor fills the projected floor rectangle (and only
+    it), never paints over the object, and the scale bar lies on the floor's front edge."""
+    from engine.viewer.ggui import project
+    from engine.viewer.overlay import annotate_3d
+
+    W, H = 240, 160
+    cam = {"eye": (0.5, 0.7, 2.6), "target": (0.5, 0.25, 0.5), "fov": 40.0}
+    img = np.full((H, W, 3), 255, np.uint8)
+    centre = project([[0.5, 0.1, 0.5]], cam["eye"], cam["target"], (W, H), cam["fov"])[0].astype(int)
+    img[centre[1] - 3:centre[1] + 4, centre[0] - 3:centre[0] + 4] = (220, 30, 30)  # an object on the floor
+    out = annotate_3d(img, cam, 0.1, (0.1, 0.1), (0.9, 0.9), time_s=0.25)
+    assert (out[centre[1] - 3:centre[1] + 4, centre[0] - 3:centre[0] + 4] == (220, 30, 30)).all()
+    on_floor = project([[0.3, 0.1, 0.3], [0.7, 0.1, 0.7], [0.2, 0.1, 0.6]], cam["eye"], cam["target"], (W, H), 40.0)
+    for c, r in on_floor.astype(int):
+        assert (out[r, c] < 245).any() and abs(int(out[r, c, 0]) - int(out[r, c, 2])) > 15  # brownish, not white
+    off_floor = project([[0.5, 0.9, 0.5], [1.3, 0.1, 0.5], [-0.3, 0.1, 0.5]], cam["eye"], cam["target"], (W, H), 40.0)
+    for c, r in off_floor.astype(int):
+        if 0 <= c < W and 0 <= r < H:
+            assert (out[r, c] == 255).all()
+    # the bar: 20 cm (the largest 1-2-5 length under 40 % of the 0.8 m floor) from x = 0.14 m on the front edge
+    a, b = project([[0.14, 0.1, 0.9], [0.34, 0.1, 0.9]], cam["eye"], cam["target"], (W, H), 40.0)
+    mid = ((a + b) / 2).round().astype(int)
+    assert (out[mid[1] - 1:mid[1] + 2, mid[0]] < 60).all(axis=1).any()
+    assert (out[5:20, 5:80] < 60).any()  # the time stamp
+
+
+@pytest.mark.parametrize("size", [(320, 240), (512, 512), (640, 360)])
+def test_3d_camera_frames_the_floor_and_the_bodies_tightly(size):
+    """camera_for fits the floor between the walls, up to just above the bodies, into the picture: checked with the
+    viewer's pinhole (written separately), every corner of that box is inside the frame, clear of the time stamp
+    at the top and of the scale bar's label at the bottom, and the box fills at least 90 % of the free width or
+    height. With a jelly-like focus on the body's footprint the body spans over 18 % of the picture both ways and
+    is at least 1.25 times as large as with the old camera (2.1 domain sizes away)."""
+    from engine.physics import Boundary, ModelBuilder
+    from engine.physics.viz import camera_for
+    from engine.viewer.ggui import project
+
+    W, H = size
+    res = 24
+    dx = 1.0 / res
+    b = ModelBuilder(res=(res,) * 3, dx=dx, ppc=2)
+    b.add_box([0.35, 3 * dx + 0.4, 0.35], [0.65, 3 * dx + 0.6, 0.65])
+    m = b.finalize(boundary=Boundary(floor="sticky"))
+    wall, top = m.bound * dx, float(m.x0[:, 1].max())
+    margin = min(30.0, 0.15 * H)
+
+    def fit(cam, box):
+        p = project(box, cam["eye"], cam["target"], (W, H), cam["fov"])
+        assert (p[:, 0] >= 8 - 1).all() and (p[:, 0] <= W - 8 + 1).all(), p
+        assert (p[:, 1] >= margin - 1).all() and (p[:, 1] <= H - margin + 1).all(), p
+        return max((p[:, 0].max() - p[:, 0].min()) / (W - 16), (p[:, 1].max() - p[:, 1].min()) / (H - 2 * margin))
+
+    floor_box = [[x, y, z] for x in (wall, 1 - wall) for y in (wall, top) for z in (wall, 1 - wall)]
+    assert fit(camera_for(m, W, H), floor_box) > 0.9
+    focus = ((0.2, 0.2), (0.8, 0.8))
+    cam = camera_for(m, W, H, focus=focus)
+    assert fit(cam, [[x, y, z] for x in (0.2, 0.8) for y in (wall, top) for z in (0.2, 0.8)]) > 0.9
+    body = np.ptp(project(m.x0.numpy(), cam["eye"], cam["target"], (W, H), cam["fov"]), axis=0)
+    old = {"eye": (0.5, 0.7, 2.6), "target": (0.5, 0.25, 0.5), "fov": 40.0}  # the previous camera_for
+    before = np.ptp(project(m.x0.numpy(), old["eye"], old["target"], (W, H), 40.0), axis=0)
+    assert body[0] > 0.18 * W and body[1] > 0.18 * H and (body > 1.25 * before).all(), (body, before)
+
+
+def test_viewer_face_normals_match_trimesh():
+    import trimesh
+
+    from engine.viewer.ggui import _face_normals
+
+    mesh = trimesh.creation.icosphere(subdivisions=1)
+    n = _face_normals(mesh.vertices[mesh.faces].reshape(-1, 3))
+    assert np.allclose(n.reshape(-1, 3, 3), mesh.face_normals[:, None, :], atol=1e-5)
