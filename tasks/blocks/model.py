@@ -24,6 +24,7 @@ from engine.fields import icosphere
 from engine.render import Camera, render_mesh
 
 __all__ = ["BlocksModel", "rot6d_to_matrix", "matrix_to_rot6d", "superquadric_points", "inside_outside",
+           "log_inside_outside",
            "render_environment", "sweep_ground", "ground_coords"]
 
 
@@ -67,6 +68,15 @@ def inside_outside(p_local: torch.Tensor, eps: torch.Tensor, scale: torch.Tensor
     e1, e2 = eps[..., 0], eps[..., 1]
     xy = q[..., 0] ** (2 / e2) + q[..., 1] ** (2 / e2)
     return xy ** (e2 / e1) + q[..., 2] ** (2 / e1)
+
+
+def log_inside_outside(p_local: torch.Tensor, eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log F of ``inside_outside``, evaluated with log-sum-exps so that it stays finite (and its gradient too)
+    far outside boxy blocks, where F itself overflows (|x/s|^(2/e) with e ~ 0.1 is a 20th power)."""
+    lq = torch.log((p_local / scale).abs().clamp_min(1e-9))
+    e1, e2 = eps[..., 0], eps[..., 1]
+    lxy = torch.logaddexp(2 / e2 * lq[..., 0], 2 / e2 * lq[..., 1])
+    return torch.logaddexp(e2 / e1 * lxy, 2 / e1 * lq[..., 2])
 
 
 def ground_coords(x: torch.Tensor, z: torch.Tensor, extent: float) -> torch.Tensor:
@@ -274,8 +284,12 @@ class BlocksModel(torch.nn.Module):
 
     # ---- rendering ----------------------------------------------------------------------------------------------
     def render(self, cams: Camera, sigma: float = 1e-4, faces_per_pixel: int = 8, noise: float = 0.0,
-               decimate: int = 1, generator=None, flat_colours=None, env: bool | None = None, keep=None):
+               decimate: int = 1, generator=None, flat_colours=None, env: bool | None = None, keep=None,
+               ground_decimate: int = 1):
         """Render B views. Returns (rgb (B, H, W, 3), blocks' alpha (B, H, W)).
+
+        ``decimate`` / ``ground_decimate`` average-pool the blocks' / the ground's textures by that factor
+        (the coarse stage's low-resolution textures).
 
         ``flat_colours`` (N, 3) replaces the textures with one colour per block (the video's third panel);
         ``keep`` (N,) bool hides the other blocks.
@@ -289,7 +303,12 @@ class BlocksModel(torch.nn.Module):
             alpha = alpha * keep
         opac = alpha.repeat_interleave(F)
         if self.use_env if env is None else env:
-            bg = render_environment(cams, self.ground, self.ground_tex, self.background, self.extent)
+            gtex = self.ground_tex
+            if ground_decimate > 1:
+                g = gtex.permute(2, 0, 1)[None]
+                gtex = Fn.interpolate(Fn.avg_pool2d(g, ground_decimate), size=g.shape[-2:], mode="bilinear",
+                                      align_corners=False)[0].permute(1, 2, 0)
+            bg = render_environment(cams, self.ground, gtex, self.background, self.extent)
         else:
             bg = self.background.expand(cams.batch, cams.height, cams.width, 3)
         if flat_colours is not None:
@@ -327,7 +346,7 @@ class BlocksModel(torch.nn.Module):
         u = torch.rand(len(idx), n_points, 3, generator=generator) * 2 - 1
         pts = ((u * s[:, None]) @ R.transpose(1, 2) + t[:, None]).reshape(-1, 3)            # (M, 3)
         loc = torch.einsum("nji,mnj->mni", R, pts[:, None, :] - t[None])                     # (M, n, 3)
-        Fv = inside_outside(loc, e[None], s[None])
-        sdf = loc.norm(dim=-1) * (1 - Fv.clamp_min(1e-6) ** (-e[None, :, 0] / 2))
+        logF = log_inside_outside(loc, e[None], s[None])
+        sdf = loc.norm(dim=-1) * (1 - torch.exp(-e[None, :, 0] / 2 * logF.clamp_min(math.log(1e-6))))
         occ = (torch.sigmoid(-sdf / tau) * a[None]).sum(1)
         return torch.relu(occ - limit).mean()
