@@ -10,7 +10,11 @@ Schedule over ``iterations`` (fractions are of the total), following DBW's stage
   x``decimate`` during the first half of it;
 * fine stage: ``sigma_fine``, no noise, full textures; learning rates x0.1 for the last ``lr_drop`` fraction;
 * every ``prune_every`` iterations after 20 %, blocks with alpha < ``delete_below`` are deleted; at the end,
-  blocks with alpha < ``keep_above`` are filtered out of the result.
+  blocks with alpha < ``keep_above`` are filtered out of the result;
+* at the ``respawn_at`` fractions, unused blocks (deleted, or alpha < ``respawn_below``) are re-initialised where
+  the current model explains the images worst (``Fitter.respawn``: multi-view voting of the colour residual on a 3D
+  grid). This is not in DBW; it recovers objects that no initial block reached, which were otherwise lost (low
+  objects the ground texture half-explains, blocks that faded out during the noisy coarse stage).
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ __all__ = ["FitSettings", "Fitter", "sigma_ndc", "chamfer_l1", "block_points", "
 @dataclass
 class FitSettings:
     """Loss weights and schedule (see the module docstring). sigma_* are blur radii in pixels:
-    DBW's 1e-4 and 5e-6 squared-NDC at 300 px are 1.5 and 0.33 px."""
+    DBW's 1e-4 and 5e-6 squared-NDC at 300 px are 1.5 and 0.33 px. ``respawn_min`` is the least residual score
+    (mean L1 colour error over RGB, 0-3) for which a block is respawned."""
 
     iterations: int = 1500
     batch: int = 4
@@ -55,7 +60,6 @@ class FitSettings:
     prune_every: int = 50
     delete_below: float = 0.01
     keep_above: float = 0.5
-    ground_decimate: int = 1
     respawn_at: tuple = (0.15, 0.3, 0.45)
     respawn_below: float = 0.1
     respawn_min: float = 0.15
@@ -92,8 +96,7 @@ class Fitter:
         k = min(f / max(s.coarse, 1e-9), 1.0)
         px = math.exp((1 - k) * math.log(s.sigma_coarse) + k * math.log(s.sigma_fine))
         return {"sigma": sigma_ndc(px, self.cams), "noise": s.opacity_noise if coarse else 0.0,
-                "decimate": s.decimate if f < s.coarse / 2 else 1,
-                "ground_decimate": s.ground_decimate if f < s.coarse / 2 else 1, "lr_scale": 0.1 if f >= 1 - s.lr_drop else 1.0,
+                "decimate": s.decimate if f < s.coarse / 2 else 1, "lr_scale": 0.1 if f >= 1 - s.lr_drop else 1.0,
                 "parsimony": min(max((f - s.parsimony_ramp[0]) / max(s.parsimony_ramp[1] - s.parsimony_ramp[0],
                                                                          1e-9), 0.0), 1.0),
                 "ground": 0.0 if f < s.ground_warmup else 1.0}
@@ -112,8 +115,7 @@ class Fitter:
         self.opt.param_groups[2]["lr"] *= sch["ground"]
         idx = torch.randperm(self.images.shape[0], generator=self.gen)[:s.batch]
         rgb, _ = m.render(self._batch(idx), sigma=sch["sigma"], faces_per_pixel=s.faces_per_pixel,
-                          noise=sch["noise"], decimate=sch["decimate"], generator=self.gen,
-                          ground_decimate=sch["ground_decimate"])
+                          noise=sch["noise"], decimate=sch["decimate"], generator=self.gen)
         mse = ((rgb - self.images[idx]) ** 2).mean()
         pars, tv = m.parsimony(), m.texture_tv()
         ovl = m.overlap(s.overlap_points, generator=self.gen) if s.w_overlap > 0 else mse * 0

@@ -284,12 +284,8 @@ class BlocksModel(torch.nn.Module):
 
     # ---- rendering ----------------------------------------------------------------------------------------------
     def render(self, cams: Camera, sigma: float = 1e-4, faces_per_pixel: int = 8, noise: float = 0.0,
-               decimate: int = 1, generator=None, flat_colours=None, env: bool | None = None, keep=None,
-               ground_decimate: int = 1):
+               decimate: int = 1, generator=None, flat_colours=None, env: bool | None = None, keep=None):
         """Render B views. Returns (rgb (B, H, W, 3), blocks' alpha (B, H, W)).
-
-        ``decimate`` / ``ground_decimate`` average-pool the blocks' / the ground's textures by that factor
-        (the coarse stage's low-resolution textures).
 
         ``flat_colours`` (N, 3) replaces the textures with one colour per block (the video's third panel);
         ``keep`` (N,) bool hides the other blocks.
@@ -303,12 +299,7 @@ class BlocksModel(torch.nn.Module):
             alpha = alpha * keep
         opac = alpha.repeat_interleave(F)
         if self.use_env if env is None else env:
-            gtex = self.ground_tex
-            if ground_decimate > 1:
-                g = gtex.permute(2, 0, 1)[None]
-                gtex = Fn.interpolate(Fn.avg_pool2d(g, ground_decimate), size=g.shape[-2:], mode="bilinear",
-                                      align_corners=False)[0].permute(1, 2, 0)
-            bg = render_environment(cams, self.ground, gtex, self.background, self.extent)
+            bg = render_environment(cams, self.ground, self.ground_tex, self.background, self.extent)
         else:
             bg = self.background.expand(cams.batch, cams.height, cams.width, 3)
         if flat_colours is not None:
