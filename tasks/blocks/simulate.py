@@ -53,6 +53,10 @@ def blocks_to_model(blocks: list[dict], frame: SceneFrame, ground: float, res: i
     return b.finalize(boundary=Boundary(floor="sticky"))
 
 
+SIM_CAMERA = {"eye": (0.5, 0.55, 1.75), "target": (0.5, 0.12, 0.5), "fov": 40.0}
+"""The simulation video's camera (``render_points``' 3D dict): the floor square [0.09, 0.91]^2 fills the frame."""
+
+
 def _pixel_rays(camera: dict, width: int, height: int):
     """(H, W, 3) ray directions through pixel centres for ``render_points``' 3D camera dict (same pinhole)."""
     eye, target = np.asarray(camera["eye"], float), np.asarray(camera["target"], float)
@@ -97,7 +101,7 @@ def simulation_video(blocks: list[dict], frame: SceneFrame, ground: float, frame
 
     from engine.io import save_video
     from engine.physics import Solver
-    from engine.physics.viz import camera_for, render_state
+    from engine.physics.viz import render_state
 
     model = blocks_to_model(blocks, frame, ground)
     imgs = []
@@ -105,7 +109,7 @@ def simulation_video(blocks: list[dict], frame: SceneFrame, ground: float, frame
         imgs = [np.full((size, size, 3), 255, np.uint8)]
     else:
         solver, state = Solver(model), model.state()
-        cam = camera_for(model)
+        cam = SIM_CAMERA
         floor_y = float(model.bound * model.dx)
         lo, hi = floor_y, 1.0 - floor_y
         floor = floor_image(cam, size, size, floor_y, lo, hi)
