@@ -24,6 +24,7 @@ from engine.fields import icosphere
 from engine.render import Camera, render_mesh
 
 __all__ = ["BlocksModel", "rot6d_to_matrix", "matrix_to_rot6d", "superquadric_points", "inside_outside",
+           "log_inside_outside",
            "render_environment", "sweep_ground", "ground_coords"]
 
 
@@ -67,6 +68,15 @@ def inside_outside(p_local: torch.Tensor, eps: torch.Tensor, scale: torch.Tensor
     e1, e2 = eps[..., 0], eps[..., 1]
     xy = q[..., 0] ** (2 / e2) + q[..., 1] ** (2 / e2)
     return xy ** (e2 / e1) + q[..., 2] ** (2 / e1)
+
+
+def log_inside_outside(p_local: torch.Tensor, eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log F of ``inside_outside``, evaluated with log-sum-exps so that it stays finite (and its gradient too)
+    far outside boxy blocks, where F itself overflows (|x/s|^(2/e) with e ~ 0.1 is a 20th power)."""
+    lq = torch.log((p_local / scale).abs().clamp_min(1e-9))
+    e1, e2 = eps[..., 0], eps[..., 1]
+    lxy = torch.logaddexp(2 / e2 * lq[..., 0], 2 / e2 * lq[..., 1])
+    return torch.logaddexp(e2 / e1 * lxy, 2 / e1 * lq[..., 2])
 
 
 def ground_coords(x: torch.Tensor, z: torch.Tensor, extent: float) -> torch.Tensor:
@@ -327,7 +337,7 @@ class BlocksModel(torch.nn.Module):
         u = torch.rand(len(idx), n_points, 3, generator=generator) * 2 - 1
         pts = ((u * s[:, None]) @ R.transpose(1, 2) + t[:, None]).reshape(-1, 3)            # (M, 3)
         loc = torch.einsum("nji,mnj->mni", R, pts[:, None, :] - t[None])                     # (M, n, 3)
-        Fv = inside_outside(loc, e[None], s[None])
-        sdf = loc.norm(dim=-1) * (1 - Fv.clamp_min(1e-6) ** (-e[None, :, 0] / 2))
+        logF = log_inside_outside(loc, e[None], s[None])
+        sdf = loc.norm(dim=-1) * (1 - torch.exp(-e[None, :, 0] / 2 * logF.clamp_min(math.log(1e-6))))
         occ = (torch.sigmoid(-sdf / tau) * a[None]).sum(1)
         return torch.relu(occ - limit).mean()

@@ -91,6 +91,26 @@ def test_overlap_penalty_gradients_and_value():
         torch.set_default_dtype(torch.float32)
 
 
+def test_overlap_stays_finite_for_far_boxy_blocks():
+    """Boxy blocks (eps ~ 0.1) far from each other: F ~ |x/s|^(2/e) overflows f32, and the overlap penalty's
+    gradient became NaN (seen in a default run); its log-space F matches log F where F is finite and keeps the
+    gradient finite where it is not."""
+    from tasks.blocks.model import log_inside_outside
+
+    p = torch.tensor([[0.3, -0.2, 0.1], [0.02, 0.01, 0.03]], dtype=torch.float64)
+    e = torch.tensor([[0.4, 1.3], [1.0, 0.2]], dtype=torch.float64)
+    s = torch.tensor([[0.2, 0.3, 0.1], [0.1, 0.1, 0.2]], dtype=torch.float64)
+    assert torch.allclose(log_inside_outside(p, e, s), torch.log(inside_outside(p, e, s)), rtol=1e-12)
+    m = BlocksModel(2, level=1, tex_size=4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.trans.copy_(torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+        m.log_scale.fill_(-10.0)                                          # half extents ~ s_min = 0.02
+        m.shape.fill_(-6.0)                                               # eps ~ 0.10
+        m.alpha_logit.fill_(6.0)
+    m.overlap(200, generator=torch.Generator().manual_seed(0)).backward()
+    assert all(torch.isfinite(q.grad).all() for q in (m.trans, m.log_scale, m.shape, m.rot6d))
+
+
 def test_rot6d_round_trip():
     torch.manual_seed(2)
     R = rot6d_to_matrix(torch.randn(5, 6, dtype=torch.float64))
@@ -140,3 +160,49 @@ def test_simulation_bodies_fill_the_blocks():
     expect = np.prod(2 * k * np.array(box["scale"])) / (dx / 2) ** 3
     assert 0.8 * expect < len(x) < 1.1 * expect
     assert x[:, 1].min() > 3 * dx and np.allclose(x[:, [0, 2]].mean(0), 0.5, atol=0.01)
+
+
+def test_simulation_floor_matches_projection():
+    """The simulation video's floor: points of the floor square projected by the particle renderer's camera land on
+    pixels of their checker tile's colour; the sky above the horizon is the background."""
+    from engine.render.points import _project
+    from tasks.blocks.simulate import floor_image
+
+    cam = {"eye": (0.5, 0.7, 2.6), "target": (0.5, 0.25, 0.5), "fov": 40.0}
+    img = floor_image(cam, 120, 100, floor=0.1, lo=0.1, hi=0.9, tile=0.1)
+    rng = np.random.default_rng(0)
+    # tile centres (x, z) = (k + 0.5) * tile, away from tile edges so the pixel's ray stays in the tile
+    k = rng.integers(1, 9, (30, 2))
+    pts = np.stack([(k[:, 0] + 0.5) * 0.1, np.full(30, 0.1), (k[:, 1] + 0.5) * 0.1], 1)
+    px = _project(pts, 120, 100, cam)[0]
+    for (x, y), (i, j) in zip(px, k):
+        expect = (200, 196, 188) if (i + j) % 2 else (168, 163, 155)
+        assert tuple(img[int(y), int(x)]) == expect
+    assert (img[0] == 255).all()                                        # the top row looks above the floor
+
+
+def test_respawn_finds_a_missed_block(tmp_path):
+    """A model whose blocks were all deleted respawns one where the images are not explained: at the one block of
+    an Embree-rendered scene (the truth from the synthetic scene, not from tide's renderer)."""
+    import json
+
+    from tasks.blocks import estimate_frame, load_views
+    from tasks.blocks.fit import FitSettings, Fitter
+    from tasks.blocks.model import sweep_ground
+    from tasks.blocks.synthetic import write_scene
+
+    write_scene(tmp_path, seed=3, views=8, size=40, n_blocks=1)
+    v = load_views(tmp_path)
+    fr = estimate_frame(v.cameras)
+    cams = fr.cameras_to_norm(v.cameras)
+    h, tex, _ = sweep_ground(v.images, cams, np.linspace(-1.0, 0.2, 25), 2.0, 64)
+    m = BlocksModel(3, level=1, tex_size=4, ground=h, ground_tex=tex, generator=torch.Generator().manual_seed(0))
+    m.alive[:] = False
+    f = Fitter(m, v.images, cams, FitSettings(iterations=10))
+    placed = f.respawn()
+    truth = json.loads((tmp_path / "gt_blocks.json").read_text())["blocks"][0]
+    c = fr.to_norm(np.asarray(truth["t"])[None])[0]
+    assert len(placed) >= 1 and m.alive.sum() == len(placed)
+    first = np.asarray(placed[0][0])
+    assert np.linalg.norm(first[[0, 2]] - c[[0, 2]]) < 0.15, (first, c)     # over the block, near its centre
+    assert np.linalg.norm(m.trans[m.alive][0].detach().numpy() - first) < 1e-6
