@@ -127,7 +127,7 @@ def _capacity(cpus: float, gpus: float, workers: int | None) -> int:
 # -- the sweep ----------------------------------------------------------------------------------------------------
 def run_sweep(plan: Plan, out: str | Path, *, workers: int | None = None, address: str | None = None,
               resume: bool = False, overwrite: bool = False, run_timeout: float | None = None, arch: str = "auto",
-              precision: str = "f32", frames: int | None = None, cpus_per_run: float = 1.0,
+              precision: str | None = None, frames: int | None = None, cpus_per_run: float = 1.0,
               gpus_per_run: float | None = None, metrics: list[str] | None = None, plot: bool = False,
               progress: bool = True, echo=print) -> SweepResult:
     """Run every run of ``plan`` into ``out`` and write the summaries. See the module docstring.
@@ -137,6 +137,8 @@ def run_sweep(plan: Plan, out: str | Path, *, workers: int | None = None, addres
         address: a Ray cluster (``auto``, ``host:port`` or ``ray://host:10001``); None for an embedded Ray.
         run_timeout: seconds after which a run is killed and recorded as failed.
         gpus_per_run: GPUs each run asks Ray for (default 1 with ``arch="cuda"``, else 0).
+        precision: ``"f32"`` or ``"f64"`` for every run; None lets each run take its scene's default, as
+            ``tide run`` does.
         metrics: metrics of the grouped table (default: every numeric metric of the successful runs).
     """
     out = Path(out)
@@ -185,8 +187,9 @@ def run_sweep(plan: Plan, out: str | Path, *, workers: int | None = None, addres
 
 def _job(scene: str, spec, out: Path, resume_run: bool, run_timeout, arch, precision, frames, cpus) -> dict:
     run_dir = (out / "runs" / spec.key).resolve()
-    args = [scene, "--out", str(run_dir), "--seed", str(spec.seed), "--arch", arch, "--precision", precision,
-            "--no-progress"]
+    args = [scene, "--out", str(run_dir), "--seed", str(spec.seed), "--arch", arch, "--no-progress"]
+    if precision is not None:  # None: each run takes the scene's default (e.g. f64 for 3D co-design)
+        args += ["--precision", precision]
     if frames is not None:
         args += ["--frames", str(frames)]
     for item in spec.overrides:
@@ -342,7 +345,8 @@ def add_arguments(sub) -> None:
     p.add_argument("--plot", action="store_true", help="also write summary.png, a bar chart of the grouped table")
     p.add_argument("--frames", type=int, default=None, help="frames per run (default: the scene's)")
     p.add_argument("--arch", default=os.environ.get("TIDE_ARCH", "auto"), choices=["auto", "cpu", "cuda", "vulkan"])
-    p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION", "f32"), choices=["f32", "f64"])
+    p.add_argument("--precision", default=os.environ.get("TIDE_PRECISION"), choices=["f32", "f64"],
+                   help="float precision of every run (default: each scene's own default, as in tide run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run still)")
 
 

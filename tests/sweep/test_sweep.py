@@ -154,3 +154,15 @@ def test_failure_reasons_are_one_line():
     assert reason_from_output("[Taichi] hi\ntide: error: unknown option 'x'\n", 2) == "unknown option 'x'"
     assert reason_from_output("tide: NaN at substep 3\ntide: outputs in /a/b\n", 1) == "NaN at substep 3"
     assert reason_from_output("", -9) == "killed by SIGKILL"
+
+
+def test_runs_take_the_scene_default_precision_unless_one_is_given(tmp_path):
+    """A sweep without --precision must not force f32 on scenes whose default differs (3D co-design is f64)."""
+    from engine.sweep.driver import _job
+    from engine.sweep.plan import RunSpec
+
+    spec = RunSpec(key="a=1,seed=0", settings=(("a", "1"),), seed=0, overrides=("a=1",))
+    plain = _job("s", spec, tmp_path, False, None, "cpu", None, None, 1)["args"]
+    forced = _job("s", spec, tmp_path, False, None, "cpu", "f32", None, 1)["args"]
+    assert "--precision" not in plain
+    assert forced[forced.index("--precision") + 1] == "f32"
