@@ -12,47 +12,21 @@ from typing import Annotated
 import torch
 
 from engine.scene import Range
-from tasks.avatar.scene import AvatarScene
+from tasks.avatar.scene import AvatarConfig, AvatarScene
 
 
 @dataclass
-class Config:
-    data: str = ""
-    """Dataset folder in the ZJU-MoCap layout; empty: generate (or reuse) the cached clothed-character sequence."""
-    size: Annotated[int, Range(ge=32, le=1024)] = 128
-    """Image size of the generated dataset (pixels, square)."""
-    cams: Annotated[int, Range(ge=2)] = 10
-    """Cameras of the generated dataset (3 are held out for novel views)."""
-    frames_per_motion: Annotated[int, Range(ge=1)] = 6
-    """Frames per motion of the generated dataset (train: walk, wave, squat; test: run, turn)."""
-    iterations: Annotated[int, Range(ge=0)] = 300
-    """Training iterations of the hybrid avatar."""
-    baseline_iterations: Annotated[int, Range(ge=0)] = 300
-    """Training iterations of the mesh baseline."""
-    views: Annotated[int, Range(ge=1)] = 3
-    """Training cameras per iteration (one frame per iteration)."""
+class Config(AvatarConfig):
     n_samples: Annotated[int, Range(ge=2)] = 48
     """Volume samples per ray (in front of the body mesh, which ends each ray it hits)."""
     voxel: Annotated[float, Range(ge=0.005, le=0.2)] = 0.025
     """Spacing of the per-frame posed grid the field is resampled onto (metres)."""
     cutoff: Annotated[float, Range(ge=0.01, le=0.5)] = 0.15
     """k-NN inverse-skinning cut-off: points farther from the body get no density (metres)."""
-    lr: Annotated[float, Range(gt=0)] = 1.0
-    """Multiplier on all learning rates."""
-    w_mask: Annotated[float, Range(ge=0)] = 0.5
-    """Weight of the mask (alpha) MSE."""
-    w_ssim: Annotated[float, Range(ge=0)] = 0.2
-    """Weight of the (1 - SSIM) loss."""
     w_offset: Annotated[float, Range(ge=0)] = 10.0
     """Weight of the squared body-vertex offset penalty (m^-2)."""
     transfer_weight: Annotated[float, Range(ge=0, le=1)] = 0.9
     """anny 'weight' phenotype of the body the clothing is transferred to (the data's body has 0.5)."""
-    frame_every: Annotated[int, Range(ge=1)] = 50
-    """Add a training-progress frame to the video every this many iterations."""
-    frames: Annotated[int, Range(ge=1)] = 24
-    """Novel-pose video frames after training (held-out motions, a held-out camera)."""
-    seed: Annotated[int, Range(ge=0)] = 0
-    """Seed for batch sampling and initialisation."""
 
 
 class Scene(AvatarScene):
