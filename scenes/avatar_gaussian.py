@@ -49,6 +49,7 @@ class Scene(AvatarScene):
             r.update(t.metrics("gaussian_denoised_", lambda f, cams: t.predict(f, cams, denoised=True)))
         r.update(n_gaussians=len(t.model.face), train_cams=len(self.seq.train_cams),
                  test_cams=len(self.seq.test_cams))
+        r.update(t.part_report())
         return r
 
     def tiles(self, f, cam):

@@ -25,6 +25,17 @@ class Config(AvatarConfig):
     """k-NN inverse-skinning cut-off: points farther from the body get no density (metres)."""
     w_offset: Annotated[float, Range(ge=0)] = 10.0
     """Weight of the squared body-vertex offset penalty (m^-2)."""
+    w_cloth: Annotated[float, Range(ge=0)] = 1.0
+    """Weight of the clothing-segmentation MSE on the field's opacity in front of the mesh (DELTA; used where the
+    dataset has <frame>_cloth.png segmentations)."""
+    offset_every: Annotated[int, Range(ge=0)] = 4
+    """Update the body-vertex offsets every this many iterations (their raster backward is the costliest part of an
+    iteration); 0 freezes them."""
+    density_bias: Annotated[float, Range(ge=-10, le=5)] = -5.0
+    """Initial raw density of the clothing field (softplus(bias) * 30 1/m; -5: 0.2 1/m, nearly empty)."""
+    warm_iterations: Annotated[int, Range(ge=0)] = 80
+    """Warm start: fit the clothing field to the hull carved from the cloth segmentations (the body mesh's
+    occlusion respected) for this many steps before training; 0 (or data without segmentations): none."""
     transfer_weight: Annotated[float, Range(ge=0, le=1)] = 0.9
     """anny 'weight' phenotype of the body the clothing is transferred to (the data's body has 0.5)."""
 
@@ -41,10 +52,13 @@ class Scene(AvatarScene):
 
         c = self.cfg
         return HybridTrainer(self.seq, c.views, c.n_samples, c.voxel, c.cutoff, c.w_mask, c.w_ssim, c.w_offset, c.lr,
-                             seed=c.seed)
+                             seed=c.seed, w_cloth=c.w_cloth, offset_every=c.offset_every, density_bias=c.density_bias,
+                             warm_iterations=c.warm_iterations)
 
     def model_metrics(self):
-        return self.trainer.metrics("hybrid_", self.trainer.predict)
+        r = self.trainer.metrics("hybrid_", self.trainer.predict)
+        r.update(self.trainer.part_report())
+        return r
 
     def _transfer(self):
         """The other body (anny with ``transfer_weight``) and its bone transforms for every frame."""

@@ -43,7 +43,7 @@ def test_hybrid_render_composes_body_and_clothes(body):
     T = torch.eye(4, dtype=dt).expand(b.n_bones, 4, 4)
     with torch.no_grad():
         m.head.net[-1].bias.copy_(torch.tensor([-20.0, 0.0, 0.0, 0.0], dtype=dt))   # an empty clothing field
-        rgb, alpha, mesh_alpha = m.render(0, T, cams, 8, stratified=False)
+        rgb, alpha, mesh_alpha, cloth_alpha = m.render(0, T, cams, 8, stratified=False)
         only_body = m.render(0, T, cams, 8, stratified=False, with_clothes=False)
     assert mesh_alpha.sum() > 20 and torch.allclose(alpha, mesh_alpha, atol=1e-6)   # softplus(-20): ~1e-7 1/m
     # with no density in front, each covered ray ends on the mesh colour (sigmoid(0) = 0.5 grey)
