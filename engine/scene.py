@@ -145,7 +145,18 @@ def load_scene(path: str | Path):
 
 
 def field_docs(cls) -> dict[str, str]:
-    """Docstrings written under dataclass fields (nerfstudio style), read from the source."""
+    """Docstrings written under dataclass fields (nerfstudio style), read from the source of ``cls`` and of every
+    dataclass it inherits from (a field redeclared in a subclass takes the subclass's docstring, or keeps the
+    base's when the subclass writes none)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(inspect.getmro(cls) if inspect.isclass(cls) else (cls,)):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):

@@ -11,23 +11,13 @@ from typing import Annotated
 import torch
 
 from engine.scene import Range
-from tasks.avatar.scene import AvatarScene
+from tasks.avatar.scene import AvatarConfig, AvatarScene
 
 
 @dataclass
-class Config:
-    data: str = ""
-    """Dataset folder in the ZJU-MoCap layout; empty: generate (or reuse) the cached clothed-character sequence."""
-    size: Annotated[int, Range(ge=32, le=1024)] = 128
-    """Image size of the generated dataset (pixels, square)."""
-    cams: Annotated[int, Range(ge=2)] = 10
-    """Cameras of the generated dataset (3 are held out for novel views)."""
-    frames_per_motion: Annotated[int, Range(ge=1)] = 6
-    """Frames per motion of the generated dataset (train: walk, wave, squat; test: run, turn)."""
+class Config(AvatarConfig):
     iterations: Annotated[int, Range(ge=0)] = 600
-    """Training iterations of the Gaussian avatar."""
-    baseline_iterations: Annotated[int, Range(ge=0)] = 300
-    """Training iterations of the mesh baseline."""
+    frame_every: Annotated[int, Range(ge=1)] = 100
     n_gaussians: Annotated[int, Range(ge=100)] = 8000
     """Number of Gaussians, anchored to body faces drawn in proportion to their area."""
     rectifier: bool = True
@@ -36,24 +26,10 @@ class Config:
     """Train the part-conditioned 2D denoiser UNet (its output is reported as 'gaussian_denoised')."""
     alternate: bool = True
     """Alternate denoise and rectify phases (False: train both jointly every step once the denoiser starts)."""
-    views: Annotated[int, Range(ge=1)] = 3
-    """Training cameras per iteration (one frame per iteration)."""
-    lr: Annotated[float, Range(gt=0)] = 1.0
-    """Multiplier on all Gaussian learning rates."""
-    w_mask: Annotated[float, Range(ge=0)] = 0.5
-    """Weight of the mask (alpha) MSE."""
-    w_ssim: Annotated[float, Range(ge=0)] = 0.2
-    """Weight of the (1 - SSIM) loss."""
     w_den: Annotated[float, Range(ge=0)] = 0.5
     """Weight of the denoised render's loss in the rectify phase."""
     period: Annotated[int, Range(ge=1)] = 20
     """Iterations per phase of the alternating denoise -> rectify loop."""
-    frame_every: Annotated[int, Range(ge=1)] = 100
-    """Add a training-progress frame to the video every this many iterations."""
-    frames: Annotated[int, Range(ge=1)] = 24
-    """Novel-pose video frames after training (held-out motions, a held-out camera)."""
-    seed: Annotated[int, Range(ge=0)] = 0
-    """Seed for batch sampling and initialisation."""
 
 
 class Scene(AvatarScene):
@@ -73,6 +49,7 @@ class Scene(AvatarScene):
             r.update(t.metrics("gaussian_denoised_", lambda f, cams: t.predict(f, cams, denoised=True)))
         r.update(n_gaussians=len(t.model.face), train_cams=len(self.seq.train_cams),
                  test_cams=len(self.seq.test_cams))
+        r.update(t.part_report())
         return r
 
     def tiles(self, f, cam):

@@ -12,47 +12,32 @@ from typing import Annotated
 import torch
 
 from engine.scene import Range
-from tasks.avatar.scene import AvatarScene
+from tasks.avatar.scene import AvatarConfig, AvatarScene
 
 
 @dataclass
-class Config:
-    data: str = ""
-    """Dataset folder in the ZJU-MoCap layout; empty: generate (or reuse) the cached clothed-character sequence."""
-    size: Annotated[int, Range(ge=32, le=1024)] = 128
-    """Image size of the generated dataset (pixels, square)."""
-    cams: Annotated[int, Range(ge=2)] = 10
-    """Cameras of the generated dataset (3 are held out for novel views)."""
-    frames_per_motion: Annotated[int, Range(ge=1)] = 6
-    """Frames per motion of the generated dataset (train: walk, wave, squat; test: run, turn)."""
-    iterations: Annotated[int, Range(ge=0)] = 300
-    """Training iterations of the hybrid avatar."""
-    baseline_iterations: Annotated[int, Range(ge=0)] = 300
-    """Training iterations of the mesh baseline."""
-    views: Annotated[int, Range(ge=1)] = 3
-    """Training cameras per iteration (one frame per iteration)."""
+class Config(AvatarConfig):
     n_samples: Annotated[int, Range(ge=2)] = 48
     """Volume samples per ray (in front of the body mesh, which ends each ray it hits)."""
     voxel: Annotated[float, Range(ge=0.005, le=0.2)] = 0.025
     """Spacing of the per-frame posed grid the field is resampled onto (metres)."""
     cutoff: Annotated[float, Range(ge=0.01, le=0.5)] = 0.15
     """k-NN inverse-skinning cut-off: points farther from the body get no density (metres)."""
-    lr: Annotated[float, Range(gt=0)] = 1.0
-    """Multiplier on all learning rates."""
-    w_mask: Annotated[float, Range(ge=0)] = 0.5
-    """Weight of the mask (alpha) MSE."""
-    w_ssim: Annotated[float, Range(ge=0)] = 0.2
-    """Weight of the (1 - SSIM) loss."""
     w_offset: Annotated[float, Range(ge=0)] = 10.0
     """Weight of the squared body-vertex offset penalty (m^-2)."""
+    w_cloth: Annotated[float, Range(ge=0)] = 1.0
+    """Weight of the clothing-segmentation MSE on the field's opacity in front of the mesh (DELTA; used where the
+    dataset has <frame>_cloth.png segmentations)."""
+    offset_every: Annotated[int, Range(ge=0)] = 4
+    """Update the body-vertex offsets every this many iterations (their raster backward is the costliest part of an
+    iteration); 0 freezes them."""
+    density_bias: Annotated[float, Range(ge=-10, le=5)] = -5.0
+    """Initial raw density of the clothing field (softplus(bias) * 30 1/m; -5: 0.2 1/m, nearly empty)."""
+    warm_iterations: Annotated[int, Range(ge=0)] = 80
+    """Warm start: fit the clothing field to the hull carved from the cloth segmentations (the body mesh's
+    occlusion respected) for this many steps before training; 0 (or data without segmentations): none."""
     transfer_weight: Annotated[float, Range(ge=0, le=1)] = 0.9
     """anny 'weight' phenotype of the body the clothing is transferred to (the data's body has 0.5)."""
-    frame_every: Annotated[int, Range(ge=1)] = 50
-    """Add a training-progress frame to the video every this many iterations."""
-    frames: Annotated[int, Range(ge=1)] = 24
-    """Novel-pose video frames after training (held-out motions, a held-out camera)."""
-    seed: Annotated[int, Range(ge=0)] = 0
-    """Seed for batch sampling and initialisation."""
 
 
 class Scene(AvatarScene):
@@ -67,10 +52,13 @@ class Scene(AvatarScene):
 
         c = self.cfg
         return HybridTrainer(self.seq, c.views, c.n_samples, c.voxel, c.cutoff, c.w_mask, c.w_ssim, c.w_offset, c.lr,
-                             seed=c.seed)
+                             seed=c.seed, w_cloth=c.w_cloth, offset_every=c.offset_every, density_bias=c.density_bias,
+                             warm_iterations=c.warm_iterations)
 
     def model_metrics(self):
-        return self.trainer.metrics("hybrid_", self.trainer.predict)
+        r = self.trainer.metrics("hybrid_", self.trainer.predict)
+        r.update(self.trainer.part_report())
+        return r
 
     def _transfer(self):
         """The other body (anny with ``transfer_weight``) and its bone transforms for every frame."""

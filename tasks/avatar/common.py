@@ -26,7 +26,8 @@ class Sequence:
 
     images: (C, N, H, W, 3); masks: (C, N, H, W); transforms: (N, J, 4, 4) bone transforms per frame;
     verts: (N, V, 3) posed body vertices; train_cams / test_cams: camera indices (novel views = test_cams);
-    train_frames / test_frames: frame indices (novel poses = test_frames); parts: (V,) part index per vertex.
+    train_frames / test_frames: frame indices (novel poses = test_frames); parts: (V,) part index per vertex;
+    cloth: (C, N, H, W) clothing segmentation or None.
     """
 
     ds: Dataset
@@ -40,6 +41,8 @@ class Sequence:
     train_frames: list
     test_frames: list
     parts: torch.Tensor
+    cloth: torch.Tensor | None = None
+    """(C, N, H, W) clothing segmentation (garment and hair pixels) where the dataset has one, else None."""
 
     def cameras(self, idx):
         return self.ds.cameras(idx)
@@ -83,7 +86,8 @@ def load_sequence(data: str = "", size: int = 128, cams: int = 10, frames_per_mo
     test = [int(i) for i in ds.split.get("test", [])]
     return Sequence(ds, body, torch.as_tensor(ds.images, dtype=dt, device=dev),
                     torch.as_tensor(ds.masks, dtype=dt, device=dev), T.to(dev), verts.to(dev), train_cams, test_cams,
-                    train, test, torch.as_tensor(part_labels(body)))
+                    train, test, torch.as_tensor(part_labels(body)),
+                    None if ds.cloth is None else torch.as_tensor(ds.cloth, dtype=dt, device=dev))
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------------

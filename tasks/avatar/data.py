@@ -6,6 +6,8 @@ Layout (one subject folder)::
                               "1": {"K": 3x3, "D": 5x1, "R": 3x3, "T": 3x1}, ...}   OpenCV, world -> camera,
                                                                                     X_cam = R X + T (metres)
     1/000000.jpg 1/000000.png ...   per camera: RGB images, foreground masks beside them (same stem, .png)
+    1/000000_cloth.png ...   optional (tide's addition, all or none): clothing segmentation (garment and hair
+                             pixels), as DELTA gets from a cloth-segmentation network; the generator writes them
     models/000000.npz        body parameters of each frame: poses (J, 3) per-bone axis-angle, Rh (3,), Th (3,),
                              phenotype (P,) with phenotype_labels (anny); SMPL files carry poses, Rh, Th, shapes
     tide_split.json          (tide's addition) {"train": [frame, ...], "test": [...], "motions": {frame: name}}
@@ -178,8 +180,9 @@ def ring_cameras(n: int, size: int, radius: float = 2.7, height: float = 0.3, ta
     return cams
 
 
-def ray_cast(meshes_posed, faces, colours, K, R, T, size, light=(0.3, 0.8, 0.5)):
-    """Render one view by Embree ray casting: (rgb (H, W, 3) float, mask (H, W) bool).
+def ray_cast(meshes_posed, faces, colours, K, R, T, size, light=(0.3, 0.8, 0.5), which: bool = False):
+    """Render one view by Embree ray casting: (rgb (H, W, 3) float, mask (H, W) bool), and with ``which`` also the
+    index of the mesh each pixel sees ((H, W) int, -1 where none).
 
     Lambert shading with ambient 0.35 (normals face the camera, so open garments are two-sided).
     """
@@ -200,6 +203,7 @@ def ray_cast(meshes_posed, faces, colours, K, R, T, size, light=(0.3, 0.8, 0.5))
     loc, ray, tri = RayMeshIntersector(mesh).intersects_location(origins, dirs, multiple_hits=False)
     rgb = np.zeros((size * size, 3))
     mask = np.zeros(size * size, dtype=bool)
+    hit = -np.ones(size * size, dtype=np.int64)
     if len(ray):
         bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], loc)
         albedo = (C[F[tri]] * bary[:, :, None]).sum(1)
@@ -208,15 +212,21 @@ def ray_cast(meshes_posed, faces, colours, K, R, T, size, light=(0.3, 0.8, 0.5))
         lam = np.clip(n @ (np.asarray(light) / np.linalg.norm(light)), 0, None)
         rgb[ray] = np.clip(albedo * (0.35 + 0.65 * lam[:, None]), 0, 1)
         mask[ray] = True
+        hit[ray] = np.searchsorted(off, F[tri, 0], side="right") - 1
+    if which:
+        return rgb.reshape(size, size, 3), mask.reshape(size, size), hit.reshape(size, size)
     return rgb.reshape(size, size, 3), mask.reshape(size, size)
 
 
 # ---- writing and reading ----------------------------------------------------------------------------------------
-def write_dataset(root, cams: dict, images: dict, masks: dict, models: list, split: dict | None = None):
+def write_dataset(root, cams: dict, images: dict, masks: dict, models: list, split: dict | None = None,
+                  cloth: dict | None = None):
     """Write a dataset folder (atomic files).
 
     cams: {name: (K, R, T)}; images/masks: {name: list over frames of (H, W, 3) float / (H, W) bool};
-    models: list over frames of dicts of arrays (saved as models/<frame>.npz).
+    models: list over frames of dicts of arrays (saved as models/<frame>.npz);
+    cloth: optional {name: list over frames of (H, W) bool} clothing segmentations (garment and hair pixels),
+        written beside the masks as ``<frame>_cloth.png`` (DELTA's clothing segmentation; ZJU-MoCap has none).
     """
     from PIL import Image
 
@@ -235,6 +245,9 @@ def write_dataset(root, cams: dict, images: dict, masks: dict, models: list, spl
                 path = root / n / f"{i:06d}{ext}"
                 with atomic_path(path) as tmp:
                     Image.fromarray(arr).save(tmp, format="JPEG" if ext == ".jpg" else "PNG", **kw)
+        for i, c in enumerate((cloth or {}).get(n, [])):
+            with atomic_path(root / n / f"{i:06d}_cloth.png") as tmp:
+                Image.fromarray(np.asarray(c, bool).astype(np.uint8) * 255).save(tmp, format="PNG")
     for i, model in enumerate(models):
         path = root / "models" / f"{i:06d}.npz"
         with atomic_path(path) as tmp:
@@ -251,7 +264,8 @@ class Dataset:
 
     cam_names: list of C names; K, R, T: (C, 3, 3), (C, 3, 3), (C, 3) float64 (OpenCV world -> camera);
     images: (C, N, H, W, 3) float32 in [0, 1]; masks: (C, N, H, W) float32 {0, 1};
-    poses: (N, J, 3); Rh, Th: (N, 3); phenotype: dict; split: {"train": [...], "test": [...]} frame indices.
+    poses: (N, J, 3); Rh, Th: (N, 3); phenotype: dict; split: {"train": [...], "test": [...]} frame indices;
+    cloth: (C, N, H, W) float32 {0, 1} clothing segmentation (garment and hair), or None where the folder has none.
     """
 
     root: Path
@@ -266,6 +280,7 @@ class Dataset:
     Th: np.ndarray
     phenotype: dict
     split: dict
+    cloth: np.ndarray | None = None
 
     @property
     def size(self):
@@ -310,7 +325,7 @@ def read_dataset(root, n_bones: int | None = None) -> Dataset:
     if not model_files:
         raise DatasetError(f"{root / 'models'}: no <frame>.npz body parameter files")
     stems = [p.stem for p in model_files]
-    K, R, T, imgs, msks = [], [], [], [], []
+    K, R, T, imgs, msks, cloth = [], [], [], [], [], []
     for n in names:
         c = params[n]
         try:
@@ -328,9 +343,16 @@ def read_dataset(root, n_bones: int | None = None) -> Dataset:
                 raise DatasetError(f"{mp}: missing mask beside image {ip.name} of camera {n}")
             ci.append(np.asarray(Image.open(ip).convert("RGB"), np.float32) / 255.0)
             cm.append((np.asarray(Image.open(mp).convert("L")) > 127).astype(np.float32))
+            cp_ = root / n / f"{s}_cloth.png"
+            if cp_.is_file():
+                cloth.append((np.asarray(Image.open(cp_).convert("L")) > 127).astype(np.float32))
         imgs.append(ci)
         msks.append(cm)
-    shapes = {a.shape for ci in imgs for a in ci} | {a.shape + (3,) for cm in msks for a in cm}
+    if cloth and len(cloth) != len(names) * len(stems):
+        raise DatasetError(f"{root}: clothing segmentations (<frame>_cloth.png) exist for {len(cloth)} of "
+                           f"{len(names) * len(stems)} images; give all or none")
+    shapes = ({a.shape for ci in imgs for a in ci} | {a.shape + (3,) for cm in msks for a in cm}
+              | {a.shape + (3,) for a in cloth})
     if len(shapes) != 1:
         raise DatasetError(f"{root}: images and masks differ in size ({sorted(shapes)})")
     poses, Rh, Th, pheno = [], [], [], {}
@@ -357,7 +379,8 @@ def read_dataset(root, n_bones: int | None = None) -> Dataset:
     if bad:
         raise DatasetError(f"{split_path}: frame indices {bad[:5]} outside 0..{n - 1}")
     return Dataset(root, names, np.stack(K), np.stack(R), np.stack(T), np.asarray(imgs, np.float32),
-                   np.asarray(msks, np.float32), np.stack(poses), np.stack(Rh), np.stack(Th), pheno, split)
+                   np.asarray(msks, np.float32), np.stack(poses), np.stack(Rh), np.stack(Th), pheno, split,
+                   np.asarray(cloth, np.float32).reshape(len(names), len(stems), *cloth[0].shape) if cloth else None)
 
 
 # ---- the generator ----------------------------------------------------------------------------------------------
@@ -369,7 +392,7 @@ def generate(root=None, size: int = 128, n_cams: int = 10, frames_per_motion: in
     The folder name hashes the arguments, so a cached dataset is reused only for the same settings.
     """
     key = json.dumps([size, n_cams, frames_per_motion, list(train_motions), list(test_motions), garment,
-                      sorted((phenotype or {}).items()), 1], sort_keys=True)
+                      sorted((phenotype or {}).items()), 2], sort_keys=True)
     if root is None:
         root = default_cache() / ("zju_" + hashlib.sha1(key.encode()).hexdigest()[:10])
     root = Path(root)
@@ -385,20 +408,22 @@ def generate(root=None, size: int = 128, n_cams: int = 10, frames_per_motion: in
             frames.append(p)
     images = {n: [] for n in cams}
     masks = {n: [] for n in cams}
+    cloth = {n: [] for n in cams}
     models = []
     labels = np.array(list(body.phenotype.keys()) or ["default"])
     values = np.array(list(body.phenotype.values()) or [0.5])
     for i, pose in enumerate(frames):
         verts, T = char.posed(pose)
         for n, (K, R, Tc) in cams.items():
-            rgb, m = ray_cast(verts, [x[2].numpy() for x in char.meshes], [x[3].numpy() for x in char.meshes],
-                              K, R, Tc, size)
+            rgb, m, hit = ray_cast(verts, [x[2].numpy() for x in char.meshes], [x[3].numpy() for x in char.meshes],
+                                   K, R, Tc, size, which=True)
             images[n].append(rgb)
             masks[n].append(m)
+            cloth[n].append(hit >= 1)                  # every mesh after the body: the garment and the hair
         models.append({"poses": pose, "Rh": np.zeros(3), "Th": np.zeros(3), "phenotype": values,
                        "phenotype_labels": labels, "bone_transforms": T.numpy()})
     n_train = len(train_motions) * frames_per_motion
     split = {"train": list(range(n_train)), "test": list(range(n_train, len(frames))),
              "motions": {str(k): v for k, v in motions.items()}}
-    write_dataset(root, cams, images, masks, models, split)
+    write_dataset(root, cams, images, masks, models, split, cloth)
     return root

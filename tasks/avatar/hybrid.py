@@ -11,12 +11,25 @@ fused grid path of ``render_volume``; gradients flow from the images to the grid
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from .body import lbs
 
-__all__ = ["knn_inverse_skinning", "HybridAvatar", "body_subset"]
+__all__ = ["knn_inverse_skinning", "HybridAvatar", "HybridRender", "body_subset"]
+
+
+class HybridRender(NamedTuple):
+    rgb: torch.Tensor
+    """(B, H, W, 3) the composite: sum_i w_i c_i + T_N c_mesh (background 0 where no mesh)."""
+    alpha: torch.Tensor
+    """(B, H, W) total coverage: mesh + (1 - mesh) * field."""
+    mesh_alpha: torch.Tensor
+    """(B, H, W) the body mesh's coverage."""
+    cloth_alpha: torch.Tensor
+    """(B, H, W) the clothing field's accumulated opacity in front of the mesh (what the cloth mask supervises)."""
 
 
 def body_subset(verts: torch.Tensor, faces: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -67,11 +80,12 @@ class HybridAvatar(nn.Module):
 
     Args:
         body: the BodyModel (rest mesh and skinning); voxel: posed-grid spacing (metres); cutoff: the k-NN
-        inverse-skinning distance cut-off; margin: grid margin around the posed body (metres).
+        inverse-skinning distance cut-off; margin: grid margin around the posed body (metres);
+        density_bias: the head's initial raw density (softplus(bias) * 30 1/m: -5 gives 0.2 1/m, a near-empty field).
     """
 
     def __init__(self, body, voxel: float = 0.025, cutoff: float = 0.15, margin: float = 0.15, knn_verts: int = 3000,
-                 levels: int = 8, log2_size: int = 15, hidden: int = 32):
+                 levels: int = 8, log2_size: int = 15, hidden: int = 32, density_bias: float = -5.0):
         super().__init__()
         from engine.fields import HashGrid
         from engine.fields.mlp import MLP
@@ -87,7 +101,7 @@ class HybridAvatar(nn.Module):
                                  base_resolution=8, max_resolution=128)
         self.head = MLP(self.encoding.out_features, 4, hidden, 2, beta=10.0)
         with torch.no_grad():
-            self.head.net[-1].bias.copy_(torch.tensor([-5.0, 0.0, 0.0, 0.0], dtype=dt))
+            self.head.net[-1].bias.copy_(torch.tensor([density_bias, 0.0, 0.0, 0.0], dtype=dt))
         self.register_buffer("sub", body_subset(body.rest_verts, body.faces, knn_verts))
         self._grids = {}
 
@@ -125,29 +139,51 @@ class HybridAvatar(nn.Module):
         return lbs(body.rest_verts + self.offset, body.skin_idx, body.skin_w, T[None])[0]
 
     def render(self, key, T, cameras, n_samples: int = 48, stratified: bool = True, body=None, rest_shift=None,
-               with_body: bool = True, with_clothes: bool = True):
-        """Render frame ``key`` (bone transforms T (J, 4, 4)) from ``cameras``: (rgb (B, H, W, 3), alpha (B, H, W),
-        mesh alpha (B, H, W))."""
+               with_body: bool = True, with_clothes: bool = True, grad_offsets: bool = True,
+               timer: dict | None = None) -> HybridRender:
+        """Render frame ``key`` (bone transforms T (J, 4, 4)) from ``cameras``.
+
+        grad_offsets: False detaches the posed vertices, so the raster's backward skips the vertex-position
+            gradients (its costliest part); the colours and the field still get theirs.
+        timer: a dict that receives the forward seconds of each part (grid, lbs, mesh, field, volume).
+        """
+        import time
+
         from engine.render import render_mesh, render_volume
 
+        clock = [time.perf_counter()]
+
+        def lap(name):
+            now = time.perf_counter()
+            if timer is not None:
+                timer[name] = timer.get(name, 0.0) + now - clock[0]
+            clock[0] = now
+
         body = body or self.body
+        canon, valid, shape, box = self.posed_grid(key, T, body, rest_shift)
+        lap("grid")
         verts = self.body_verts(T, body)
+        if not grad_offsets:
+            verts = verts.detach()
+        lap("lbs")
         if with_body:
             mesh = render_mesh(verts, body.faces, cameras, colors=torch.sigmoid(self.colour), mode="hard",
                                background=0.0)
-        canon, valid, shape, box = self.posed_grid(key, T, body, rest_shift)
+        lap("mesh")
         # the field runs only where the cut-off lets density exist (about a third of the grid)
         grid = torch.zeros(len(canon), 4, dtype=canon.dtype)
         if with_clothes:
             sig, col = self.field(canon[valid])
             grid = grid.index_put((valid.nonzero()[:, 0],), torch.cat([sig[:, None], col], 1))
         grid = grid.reshape(*shape, 4)
+        lap("field")
         vol = render_volume(cameras, grid=grid, bbox=box, n_samples=n_samples, stratified=stratified,
                             mesh=mesh if with_body else None, background=0.0)
+        lap("volume")
         if not with_body:
-            return vol.rgb, vol.alpha, torch.zeros_like(vol.alpha)
+            return HybridRender(vol.rgb, vol.alpha, torch.zeros_like(vol.alpha), vol.alpha)
         alpha = mesh.alpha + (1 - mesh.alpha) * vol.alpha
-        return vol.rgb, alpha, mesh.alpha
+        return HybridRender(vol.rgb, alpha, mesh.alpha, vol.alpha)
 
     def clothing_mesh(self, level: float = 20.0, res: int = 96):
         """The clothing field as a mesh by marching cubes in canonical space (density iso-level ``level`` 1/m),

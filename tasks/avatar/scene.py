@@ -2,12 +2,46 @@
 
 ``scenes/avatar_gaussian.py`` and ``scenes/avatar_hybrid.py`` subclass ``AvatarScene`` and add only their model:
 ``make_trainer()``, ``model_metrics()``, ``tiles()`` (the panel images after ground truth and baseline) and their
-own exports. Their Config must have ``data, size, cams, frames_per_motion, iterations, baseline_iterations, views,
-frame_every, seed``.
+own exports. Their Config subclasses ``AvatarConfig``, which declares the fields both share (documentation and
+ranges are read through the dataclass MRO), and adds only the model's own.
 """
+from dataclasses import dataclass
+from typing import Annotated
+
 import torch
 
 from engine import backend
+from engine.scene import Range
+
+
+@dataclass
+class AvatarConfig:
+    data: str = ""
+    """Dataset folder in the ZJU-MoCap layout; empty: generate (or reuse) the cached clothed-character sequence."""
+    size: Annotated[int, Range(ge=32, le=1024)] = 128
+    """Image size of the generated dataset (pixels, square)."""
+    cams: Annotated[int, Range(ge=2)] = 10
+    """Cameras of the generated dataset (3 are held out for novel views)."""
+    frames_per_motion: Annotated[int, Range(ge=1)] = 6
+    """Frames per motion of the generated dataset (train: walk, wave, squat; test: run, turn)."""
+    iterations: Annotated[int, Range(ge=0)] = 300
+    """Training iterations of the avatar."""
+    baseline_iterations: Annotated[int, Range(ge=0)] = 300
+    """Training iterations of the mesh baseline."""
+    views: Annotated[int, Range(ge=1)] = 3
+    """Training cameras per iteration (one frame per iteration)."""
+    lr: Annotated[float, Range(gt=0)] = 1.0
+    """Multiplier on all of the avatar's learning rates."""
+    w_mask: Annotated[float, Range(ge=0)] = 0.5
+    """Weight of the mask (alpha) MSE."""
+    w_ssim: Annotated[float, Range(ge=0)] = 0.2
+    """Weight of the (1 - SSIM) loss."""
+    frame_every: Annotated[int, Range(ge=1)] = 50
+    """Add a training-progress frame to the video every this many iterations."""
+    frames: Annotated[int, Range(ge=1)] = 24
+    """Novel-pose video frames after training (held-out motions, a held-out camera)."""
+    seed: Annotated[int, Range(ge=0)] = 0
+    """Seed for batch sampling and initialisation."""
 
 
 class AvatarScene:

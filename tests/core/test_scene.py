@@ -1,11 +1,11 @@
 """Config parsing for --set: types, Literal choices, tuples, Optional, and docstrings read from the source."""
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import pytest
 
 from engine.errors import ConfigError
-from engine.scene import apply_overrides, describe_config, field_docs
+from engine.scene import Range, apply_overrides, describe_config, field_docs
 
 
 @dataclass
@@ -51,3 +51,29 @@ def test_docs_from_source():
     assert field_docs(Cfg)["dt"] == "Substep in seconds."
     text = describe_config(Cfg)
     assert "env ({ground|ice}, default 'ground')" in text and "Terrain preset." in text
+
+
+@dataclass
+class _Shared:
+    steps: Annotated[int, Range(ge=1)] = 10
+    """Iterations."""
+    seed: int = 0
+    """Seed."""
+
+
+@dataclass
+class _Child(_Shared):
+    steps: Annotated[int, Range(ge=1)] = 50
+    width: Annotated[float, Range(gt=0)] = 1.0
+    """Width in metres."""
+
+
+def test_inherited_fields_keep_their_docs_and_ranges():
+    # scenes that share a base Config (the avatars) declare the shared fields once: docs and ranges come through
+    # the MRO, a redeclared field keeps the base's docstring and takes the subclass's default
+    assert field_docs(_Child) == {"steps": "Iterations.", "seed": "Seed.", "width": "Width in metres."}
+    text = describe_config(_Child)
+    assert "steps (int >= 1, default 50)" in text and "Iterations." in text and "Seed." in text
+    with pytest.raises(ConfigError, match="steps=0 is out of range"):
+        apply_overrides(_Child, ["steps=0"])
+    assert apply_overrides(_Child, ["seed=3", "width=2"]).seed == 3

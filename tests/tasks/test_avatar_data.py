@@ -9,7 +9,7 @@ import trimesh
 from tasks.avatar.data import DatasetError, read_dataset, ray_cast, ring_cameras, write_dataset
 
 
-def _tiny(root, n_cams=3, n_frames=2, joints=5, size=16):
+def _tiny(root, n_cams=3, n_frames=2, joints=5, size=16, cloth=False):
     rng = np.random.default_rng(0)
     cams = ring_cameras(n_cams, size)
     yy, xx = np.mgrid[0:size, 0:size] / size                      # smooth images: JPEG keeps them closely
@@ -17,12 +17,13 @@ def _tiny(root, n_cams=3, n_frames=2, joints=5, size=16):
     masks = {n: [rng.random((size, size)) > 0.5 for _ in range(n_frames)] for n in cams}
     models = [{"poses": rng.normal(size=(joints, 3)), "Rh": np.zeros(3), "Th": np.array([0.0, 0.1, i]),
                "phenotype": np.array([0.3]), "phenotype_labels": np.array(["age"])} for i in range(n_frames)]
-    write_dataset(root, cams, images, masks, models, {"train": [0], "test": [1]})
-    return cams, images, masks, models
+    segs = {n: [m & (rng.random(m.shape) > 0.5) for m in masks[n]] for n in cams} if cloth else None
+    write_dataset(root, cams, images, masks, models, {"train": [0], "test": [1]}, segs)
+    return cams, images, masks, models, segs
 
 
 def test_round_trip(tmp_path):
-    cams, images, masks, models = _tiny(tmp_path)
+    cams, images, masks, models, _ = _tiny(tmp_path)
     params = json.loads((tmp_path / "cam_params.json").read_text())
     assert params["all_cam_names"] == ["1", "2", "3"] and np.asarray(params["1"]["T"]).shape == (3, 1)
     assert (tmp_path / "2" / "000001.jpg").is_file() and (tmp_path / "2" / "000001.png").is_file()
@@ -39,6 +40,18 @@ def test_round_trip(tmp_path):
     uvz = cam.project(__import__("torch").zeros(1, 3, dtype=cam.R.dtype))[0, 0].numpy()
     p = K @ T.ravel()
     assert np.allclose(uvz[:2], p[:2] / p[2])
+    assert ds.cloth is None                                                 # ZJU-MoCap folders have no cloth masks
+
+
+def test_cloth_segmentations_all_or_none(tmp_path):
+    segs = _tiny(tmp_path, cloth=True)[4]
+    assert (tmp_path / "3" / "000001_cloth.png").is_file()
+    ds = read_dataset(tmp_path, n_bones=5)
+    assert ds.cloth.shape == (3, 2, 16, 16) and np.array_equal(ds.cloth[2, 1] > 0.5, segs["3"][1])
+    (tmp_path / "2" / "000000_cloth.png").unlink()
+    with pytest.raises(DatasetError, match="clothing segmentations .* 5 of 6 images") as e:
+        read_dataset(tmp_path, n_bones=5)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("breakage, message", [
@@ -77,3 +90,11 @@ def test_ray_cast_sphere_silhouette_and_shading():
     r_px = K[0, 0] * math.tan(math.asin(1 / d))
     assert abs(mask.sum() / (math.pi * r_px ** 2) - 1) < 0.03
     assert rgb[~mask].max() == 0 and rgb[mask].min() >= 0.35 - 1e-9 and rgb[mask].max() <= 1
+    # which mesh each pixel sees: a small sphere (mesh 1) between the camera and the big one covers its own disc
+    eye = -R.T @ T.ravel()
+    small = np.asarray(s.vertices) * 0.2 + 0.5 * eye
+    _, mask2, hit = ray_cast([np.asarray(s.vertices), small], [np.asarray(s.faces)] * 2,
+                             [np.ones((len(s.vertices), 3))] * 2, K, R, T, size, which=True)
+    r_small = K[0, 0] * math.tan(math.asin(0.2 / (0.5 * d)))
+    assert np.array_equal(hit >= 0, mask2) and np.array_equal(mask2, mask)
+    assert abs((hit == 1).sum() / (math.pi * r_small ** 2) - 1) < 0.06 and (hit == 0).sum() > 0

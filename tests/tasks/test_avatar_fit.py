@@ -1,7 +1,5 @@
 """Avatar models: gradients of the face anchoring against central differences, k-NN inverse skinning against the
 posed body, a short fit that beats the mesh baseline, and one-line exit-2 errors from the CLI."""
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,25 +88,33 @@ def test_short_fit_beats_baseline(tmp_path):
     assert gm["novel_view_psnr"] > b["novel_view_psnr"] + 0.5
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "engine.cli", "run", *args, "--no-progress"], cwd=cwd,
-                          capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+def _cli(*args, capsys):
+    """The CLI in this process, on the test session's backend (a dataset error surfaces while the scene builds,
+    after the backend is initialised, so it must be the session's arch and precision); returns (code, stderr)."""
+    from engine import backend, cli
+
+    s = backend.settings()
+    code = cli.main(["run", *args, "--no-progress", "--arch", s.arch, "--precision", s.precision])
+    return code, capsys.readouterr().err.strip()
 
 
-def test_cli_bad_dataset_exits_2(tmp_path):
+def test_cli_bad_dataset_exits_2(tmp_path, capsys, monkeypatch):
     from tasks.avatar.data import ring_cameras, write_dataset
 
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    r = _cli(str(ROOT / "scenes" / "avatar_gaussian.py"), "--out", str(out), "--set", f"data={tmp_path / 'nope'}",
-             cwd=tmp_path)
-    assert r.returncode == 2 and "dataset folder not found" in r.stderr and not out.exists()
+    code, err = _cli(str(ROOT / "scenes" / "avatar_gaussian.py"), "--out", str(out), "--set",
+                     f"data={tmp_path / 'nope'}", capsys=capsys)
+    assert code == 2 and "dataset folder not found" in err and not out.exists()
     cams = ring_cameras(2, 16)
     ds = tmp_path / "ds"
     write_dataset(ds, cams, {n: [np.zeros((16, 16, 3))] for n in cams}, {n: [np.zeros((16, 16), bool)] for n in cams},
                   [{"poses": np.zeros((24, 3))}])
-    r = _cli(str(ROOT / "scenes" / "avatar_hybrid.py"), "--out", str(out), "--set", f"data={ds}", cwd=tmp_path)
-    assert r.returncode == 2 and "24 joints" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    code, err = _cli(str(ROOT / "scenes" / "avatar_hybrid.py"), "--out", str(out), "--set", f"data={ds}", capsys=capsys)
+    assert code == 2 and "24 joints" in err and len(err.splitlines()) == 1
     assert not out.exists()
     (ds / "1" / "000000.png").unlink()
-    r = _cli(str(ROOT / "scenes" / "avatar_gaussian.py"), "--out", str(out), "--set", f"data={ds}", cwd=tmp_path)
-    assert r.returncode == 2 and "missing mask" in r.stderr and not out.exists()
+    code, err = _cli(str(ROOT / "scenes" / "avatar_gaussian.py"), "--out", str(out), "--set", f"data={ds}",
+                     capsys=capsys)
+    assert code == 2 and "missing mask" in err and len(err.splitlines()) == 1 and not out.exists()
+    assert "Traceback" not in err
