@@ -5,7 +5,8 @@ the fine ground truth, on held-out procedural shapes.
 
 For every (class, held-out shape): the coarse asset (the scene's own coarse maker), the refined asset (the scene's
 default settings) and SDS from scratch with the same wall time (``budget_s`` = the refined run's build + distillation +
-refinement time; both wall times and the scratch step count are recorded). Rows are appended to ``--out`` as they finish (JSON, rewritten atomically), so a killed run keeps its
+refinement time; both wall times and the scratch step count are recorded). The distilled asset (before SDS) is
+reported too, so the table shows what the SDS refinement itself adds. Rows are appended to ``--out`` as they finish (JSON, rewritten atomically), so a killed run keeps its
 rows and a rerun skips them. Prints a markdown table of the means per class and the win counts.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ def one(cls: str, i: int, init: str, overrides: dict, budget_s: float = 0.0) -> 
 
     cfg = sc.Config(prompt=cls, held_out=i, init=init, **overrides)
     if init == "scratch":      # as many SDS steps as fit in the refined run's wall time
-        cfg.steps, cfg.distill_steps, cfg.budget_s = 100_000, 0, budget_s
+        cfg.steps, cfg.budget_s = 100_000, budget_s
     t0 = time.perf_counter()
     s = sc.Scene(cfg)
     s.build()
@@ -49,14 +50,15 @@ def one(cls: str, i: int, init: str, overrides: dict, budget_s: float = 0.0) -> 
 
 
 def table(rows: list) -> str:
-    out = ["| class | n | Chamfer-L1 ↓ coarse / refined / scratch | normal consistency ↑ | PSNR (dB) ↑ | "
+    out = ["| class | n | Chamfer-L1 ↓ coarse / distilled / refined / scratch | normal consistency ↑ | PSNR (dB) ↑ | "
            "refined beats coarse (CD, NC, PSNR) | refined beats scratch | best_shift_deg = 0 (refined, scratch) | "
            "wall s (refined, scratch) |", "|" + "---|" * 9]
     for cls in dict.fromkeys(r["class"] for r in rows):
         rs = [r for r in rows if r["class"] == cls]
         cells = []
         for k in KEYS:
-            cells.append(" / ".join(f"{np.mean([r[m][k] for r in rs]):.4g}" for m in ("coarse", "refined", "scratch")))
+            cells.append(" / ".join(f"{np.mean([r[m][k] for r in rs]):.4g}" if all(r.get(m) for r in rs) else "-"
+                                    for m in ("coarse", "distilled", "refined", "scratch")))
         better = lambda a, b, k: (a[k] < b[k]) if k == "chamfer_l1" else (a[k] > b[k])  # noqa: E731
         wc = ", ".join(str(sum(better(r["refined"], r["coarse"], k) for r in rs)) for k in KEYS)
         ws = ", ".join(str(sum(better(r["refined"], r["scratch"], k) for r in rs)) for k in KEYS)
@@ -96,7 +98,7 @@ def main() -> None:
                 t0 = time.time()
                 a = one(cls, i, "distill", overrides)
                 b = one(cls, i, "scratch", overrides, budget_s=a["wall_s"])
-                rows.append({"class": cls, "held_out": i, "coarse": a["coarse"], "refined": a["refined"],
+                rows.append({"class": cls, "held_out": i, "coarse": a["coarse"], "distilled": a.get("distilled"), "refined": a["refined"],
                              "scratch": b["refined"], "scratch_steps": b["sds_steps"], "wall_refined": a["wall_s"], "wall_scratch": b["wall_s"],
                              "distill": a["distill"], "load_average": os.getloadavg(), "settings": overrides})
                 write_json(out, rows)
