@@ -200,7 +200,9 @@ class Scene:
         ref = views.render_asset(self.fine.verts, self.fine.faces, self.fine.colors, p, self.cfg.size)[0]
         img = self._render(rep_or_asset, p)[0]
         errs = [float((img.roll(s, 0) - ref).abs().mean()) for s in range(4)]
-        return {"view_l1": errs[0], "best_shift_deg": 90 * int(np.argmin(errs))}
+        # front_margin > 0: the asset matches the ground truth best the right way round, by that much L1; about 0:
+        # no preferred orientation (a symmetric blob ties every shift, and argmin then reports 0)
+        return {"view_l1": errs[0], "best_shift_deg": 90 * int(np.argmin(errs)), "front_margin": min(errs[1:]) - errs[0]}
 
     def _render(self, what, p, size=None):
         from tasks.refine import views

@@ -63,6 +63,9 @@ def table(rows: list) -> str:
         wc = ", ".join(str(sum(better(r["refined"], r["coarse"], k) for r in rs)) for k in KEYS)
         ws = ", ".join(str(sum(better(r["refined"], r["scratch"], k) for r in rs)) for k in KEYS)
         front = f"{sum(r['refined']['best_shift_deg'] == 0 for r in rs)}, {sum(r['scratch']['best_shift_deg'] == 0 for r in rs)}"
+        if all("front_margin" in r["refined"] for r in rs):
+            front += " (margin " + ", ".join(f"{np.mean([r[m]['front_margin'] for r in rs]):.4f}"
+                                             for m in ("refined", "scratch")) + ")"
         wall = f"{np.mean([r['wall_refined'] for r in rs]):.0f}, {np.mean([r['wall_scratch'] for r in rs]):.0f}"
         out.append(f"| {cls} | {len(rs)} | " + " | ".join(cells) + f" | {wc} | {ws} | {front} | {wall} |")
     return "\n".join(out)
