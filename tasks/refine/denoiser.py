@@ -2,10 +2,11 @@
 
 Input ``x``: (B, V, C, S, S) noisy views (C = 6: RGB and normal map, scaled to [-1, 1]); ``t``: (B,) integer
 timesteps of a 1000-step DDPM schedule; ``cams``: (B, V, 3) (azimuth rad, elevation rad, distance world units);
-``labels``: (B,) class index, or ``n_classes`` for "no condition" (classifier-free guidance). Output: the predicted
-noise, (B, V, C, S, S).
+``labels``: (B,) class index, or ``n_classes`` for "no condition" (classifier-free guidance). Output, (B, V, C, S, S):
+the predicted noise or, for ``prediction="v_prediction"`` (the shipped weights), v = sqrt(a) eps - sqrt(1 - a) x0;
+``eps_from_output`` turns either into the noise that SDS needs.
 
-Views are processed as a batch of B V images by the convolutions; at the two coarsest levels every view's tokens
+Views are processed as a batch of B V images by the convolutions; at the coarsest level (S / 4) every view's tokens
 attend to all V views' tokens (3D self-attention across views, as MVDream), so the views agree on one object. The
 camera enters as an embedding added to every residual block (absolute azimuth: the classes have a canonical front).
 """

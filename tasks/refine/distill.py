@@ -6,7 +6,7 @@ Representations (each renders (B, V, 6, S, S) RGB + normal views through ``views
   antialiased silhouettes (DMTet-like).
 - ``GaussianField``: 3D Gaussians initialised from surface samples (colour and normal as 6 feature channels),
   rendered by the splatter.
-(The NeRF representation of the issue is not implemented yet.)
+- ``NerfField`` (``nerf.py``): tide's hash grid + an MLP head, volume-rendered.
 """
 from __future__ import annotations
 
