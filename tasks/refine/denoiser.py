@@ -2,10 +2,11 @@
 
 Input ``x``: (B, V, C, S, S) noisy views (C = 6: RGB and normal map, scaled to [-1, 1]); ``t``: (B,) integer
 timesteps of a 1000-step DDPM schedule; ``cams``: (B, V, 3) (azimuth rad, elevation rad, distance world units);
-``labels``: (B,) class index, or ``n_classes`` for "no condition" (classifier-free guidance). Output: the predicted
-noise, (B, V, C, S, S).
+``labels``: (B,) class index, or ``n_classes`` for "no condition" (classifier-free guidance). Output, (B, V, C, S, S):
+the predicted noise or, for ``prediction="v_prediction"`` (the shipped weights), v = sqrt(a) eps - sqrt(1 - a) x0;
+``eps_from_output`` turns either into the noise that SDS needs.
 
-Views are processed as a batch of B V images by the convolutions; at the two coarsest levels every view's tokens
+Views are processed as a batch of B V images by the convolutions; at the coarsest level (S / 4) every view's tokens
 attend to all V views' tokens (3D self-attention across views, as MVDream), so the views agree on one object. The
 camera enters as an embedding added to every residual block (absolute azimuth: the classes have a canonical front).
 """
@@ -64,25 +65,31 @@ class _ViewAttention(nn.Module):
 
 
 class MVDenoiser(nn.Module):
-    """Multi-view epsilon-prediction UNet (see the module docstring). ``config`` holds its constructor arguments,
-    so ``MVDenoiser(**ckpt["config"])`` rebuilds it."""
+    """Multi-view UNet (see the module docstring); it predicts ``prediction`` ("epsilon" or "v", diffusers'
+    names). ``config`` holds its constructor arguments, so ``MVDenoiser(**ckpt["config"])`` rebuilds it.
 
-    def __init__(self, n_classes: int = 6, channels: int = 6, views: int = 4, size: int = 32, width: int = 24,
-                 emb: int = 128):
+    Levels S, S/2, S/4 with widths (w, 2w, 4w) (the same cost per level: the full-resolution convolutions dominate
+    a CPU step otherwise); cross-view attention at S/4 only (down, middle, up): at S = 32 that is 4 x 64 = 256
+    tokens per object, cheap on a CPU, and enough for the views to agree on the silhouette."""
+
+    def __init__(self, n_classes: int = 6, channels: int = 6, views: int = 4, size: int = 32, width: int = 16,
+                 emb: int = 128, prediction: str = "epsilon"):
         super().__init__()
-        self.config = dict(n_classes=n_classes, channels=channels, views=views, size=size, width=width, emb=emb)
+        self.config = dict(n_classes=n_classes, channels=channels, views=views, size=size, width=width, emb=emb,
+                           prediction=prediction)
         self.n_classes, self.views, self.channels, self.size = n_classes, views, channels, size
-        w1, w2, w3 = width, 2 * width, 3 * width
+        self.prediction = prediction
+        w1, w2, w3 = width, 2 * width, 4 * width
         self.t_mlp = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.label = nn.Embedding(n_classes + 1, emb)           # the last row is "unconditional"
         self.cam = nn.Sequential(nn.Linear(5, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.inp = nn.Conv2d(channels, w1, 3, padding=1)
         self.d1, self.d2, self.d3 = _Res(w1, w1, emb), _Res(w1, w2, emb), _Res(w2, w3, emb)
-        self.a2, self.a3 = _ViewAttention(w2, views), _ViewAttention(w3, views)
+        self.a3 = _ViewAttention(w3, views)
         self.mid = _Res(w3, w3, emb)
         self.am = _ViewAttention(w3, views)
         self.u3, self.u2, self.u1 = _Res(2 * w3, w2, emb), _Res(2 * w2, w1, emb), _Res(2 * w1, w1, emb)
-        self.au2 = _ViewAttention(w1, views)
+        self.au3 = _ViewAttention(w2, views)
         self.out = nn.Sequential(nn.GroupNorm(8, w1), nn.SiLU(), nn.Conv2d(w1, channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -93,10 +100,16 @@ class MVDenoiser(nn.Module):
         e = (e[:, None] + self.cam(camera_features(cams.float()))).reshape(B * V, -1)              # (B V, E)
         h = self.inp(x.reshape(B * V, C, S, S))
         h1 = self.d1(h, e)                                                    # S
-        h2 = self.a2(self.d2(F.avg_pool2d(h1, 2), e))                         # S / 2
+        h2 = self.d2(F.avg_pool2d(h1, 2), e)                                  # S / 2
         h3 = self.a3(self.d3(F.avg_pool2d(h2, 2), e))                         # S / 4
         m = self.am(self.mid(h3, e))
-        u = self.u3(torch.cat([m, h3], 1), e)
-        u = self.au2(self.u2(torch.cat([F.interpolate(u, scale_factor=2.0), h2], 1), e))
+        u = self.au3(self.u3(torch.cat([m, h3], 1), e))
+        u = self.u2(torch.cat([F.interpolate(u, scale_factor=2.0), h2], 1), e)
         u = self.u1(torch.cat([F.interpolate(u, scale_factor=2.0), h1], 1), e)
         return self.out(u).reshape(B, V, C, S, S)
+
+    def eps_from_output(self, out: torch.Tensor, xt: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """The network's output -> the predicted noise (``alpha_bar`` broadcastable to ``xt``)."""
+        if self.prediction == "epsilon":
+            return out
+        return alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * xt       # v = sqrt(a) eps - sqrt(1 - a) x0

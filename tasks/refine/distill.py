@@ -6,7 +6,7 @@ Representations (each renders (B, V, 6, S, S) RGB + normal views through ``views
   antialiased silhouettes (DMTet-like).
 - ``GaussianField``: 3D Gaussians initialised from surface samples (colour and normal as 6 feature channels),
   rendered by the splatter.
-(The NeRF representation of the issue is not implemented yet.)
+- ``NerfField`` (``nerf.py``): tide's hash grid + an MLP head, volume-rendered.
 """
 from __future__ import annotations
 
@@ -54,14 +54,13 @@ def load_asset(path) -> Asset:
 
 
 def _sdf_of(asset: Asset, n: int) -> np.ndarray:
-    import trimesh
+    """The asset's signed distance (``shapes.mesh_sdf``) on the n^3 grid over [LO, HI]^3, truncated at +-0.2 (far
+    from the surface the value does not matter, and a truncated SDF keeps the grid smooth there)."""
+    from .shapes import mesh_sdf
 
     a = np.linspace(LO, HI, n)
     pts = np.stack(np.meshgrid(a, a, a, indexing="ij"), -1).reshape(-1, 3)
-    tm = trimesh.Trimesh(asset.verts.detach().cpu().numpy(), asset.faces.cpu().numpy(), process=False)
-    # trimesh: positive inside; ours: negative inside. Far from the surface the value is clipped (a truncated SDF
-    # keeps the grid smooth where it does not matter)
-    return np.clip(-trimesh.proximity.signed_distance(tm, pts), -0.2, 0.2).reshape(n, n, n)
+    return np.clip(mesh_sdf(asset, pts), -0.2, 0.2).reshape(n, n, n)
 
 
 def _sample_grid(grid: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:

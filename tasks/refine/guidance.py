@@ -99,7 +99,8 @@ class TideGuidance(Guidance):
         null = torch.full((B,), self.model.n_classes)
         both = self.model(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([cams, cams]).float(),
                           torch.cat([lab, null]))
-        ec, eu = both.chunk(2)
+        a = self.alphas_cumprod[t].float().view(-1, *([1] * (xt.dim() - 1)))
+        ec, eu = (self.model.eps_from_output(o, xt, a) for o in both.chunk(2))
         return eu + cfg * (ec - eu)
 
 
@@ -217,7 +218,8 @@ def sample_views(model, cams, labels, steps: int = 30, cfg: float = 3.0, generat
     cams: (B, V, 3); labels: (B,) class indices. Returns (B, V, C, S, S) in [0, 1]."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                          prediction_type=getattr(model, "prediction", "epsilon"))
     sched.set_timesteps(steps)
     B, V = cams.shape[:2]
     x = torch.randn(B, V, model.channels, model.size, model.size, generator=generator)

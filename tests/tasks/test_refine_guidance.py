@@ -91,3 +91,16 @@ def test_denoiser_shapes_and_cross_view_mixing():
     # view 0's output depends on view 2's input (cross-view attention), and object 0's not on object 1's
     (g,) = torch.autograd.grad(y[0, 0].sum(), x)
     assert g[0, 2].abs().sum() > 0 and g[1].abs().sum() == 0
+
+
+def test_v_prediction_output_converts_to_the_true_noise():
+    from tasks.refine.denoiser import MVDenoiser
+
+    m = MVDenoiser(size=8, width=8, emb=16, prediction="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(3, 4, 6, 8, 8, generator=g) * 2 - 1, torch.randn(3, 4, 6, 8, 8, generator=g)
+    a = torch.tensor([0.9, 0.5, 0.02]).view(-1, 1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0            # the training target (diffusers' v)
+    assert torch.allclose(m.eps_from_output(v, xt, a), eps, atol=1e-5)
+    assert MVDenoiser(size=8, width=8, emb=16).eps_from_output(eps, xt, a) is eps
