@@ -3,6 +3,9 @@ each, every frame showing the scene's objects where a pinhole camera independent
 objects' on-screen aspect ratio kept. Scenes are discovered from scenes/, so a new scene is covered automatically
 (give it tiny settings in SMALL if its defaults are slow)."""
 import gc
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +43,38 @@ def _changed(a, b):
     return (np.abs(a.astype(int) - b.astype(int)) > 10).any(axis=2)
 
 
-def _draw(viewer, particles, meshes, ground):
+def _draw(viewer, particles, meshes, ground, tries=6):
+    """One settled picture with the given toggles: redrawn until two pictures in a row agree. Under lavapipe a
+    picture drawn right after the drawn ranges change sometimes misses a draw call (an intermittent failure of
+    this test, never twice in a row); a user's window redraws every frame, so only a settled picture counts."""
     viewer.show.update(particles=particles, meshes=meshes, ground=ground)
-    return viewer.frame(advance=False)
+    img = viewer.frame(advance=False)
+    for _ in range(tries):
+        nxt = viewer.frame(advance=False)
+        if np.array_equal(nxt, img):
+            return img
+        img = nxt
+    raise AssertionError("the offscreen picture never settled (each redraw differs)")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SCENES])
 def test_every_scene_is_drawn_in_3d_in_every_frame(name):
+    """Each scene in its own process, as ``tide view`` runs: under lavapipe (the software Vulkan driver CI uses),
+    after several offscreen windows in one process GGUI now and then stops drawing one scene's floor or meshes in
+    every later picture of that scene, while the same scene alone always draws. A second try in a fresh process
+    guards against a one-off driver hiccup; a scene that is wrong fails both."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    errors = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, __file__, name], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=900)
+        if r.returncode == 0:
+            return
+        errors.append((r.stdout + r.stderr).strip().splitlines()[-3:])
+    pytest.fail(f"{name}: {errors}")
+
+
+def _check_scene(name):
     backend.init(arch="cpu", precision="f64")
     module = load_scene(ROOT / "scenes" / f"{name}.py")
     scene = build_scene(module, _load_config(module, SMALL.get(name, []), None, False))
@@ -117,3 +145,7 @@ def test_a_2d_scene_is_seen_from_the_front_undistorted():
     finally:
         del viewer
         gc.collect()
+
+
+if __name__ == "__main__":
+    _check_scene(sys.argv[1])
