@@ -122,11 +122,13 @@ def _tables():
 
 @ti.func
 def _pick(v, idx):
-    r = ti.cast(0.0, ti.f64)
-    for c in ti.static(range(8)):
-        if idx == c:
-            r = v[c]
-    return r
+    """``v[idx]`` for a runtime ``idx`` in 0..7, as a tree of selects (straight-line code: a chain of 8 branches
+    per pick made Taichi's optimisation passes slow)."""
+    b0 = (idx & 1) != 0
+    b1 = (idx & 2) != 0
+    lo = ti.select(b1, ti.select(b0, v[3], v[2]), ti.select(b0, v[1], v[0]))
+    hi = ti.select(b1, ti.select(b0, v[7], v[6]), ti.select(b0, v[5], v[4]))
+    return ti.select((idx & 4) != 0, hi, lo)
 
 
 @ti.func
