@@ -532,25 +532,25 @@ def _faces(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarray(
     for i, j in ti.ndrange(cx, cy):
         c = row_toff[i, j]
         start = ti.Vector([row_voff[i, j], row_voff[i + 1, j], row_voff[i, j + 1], row_voff[i + 1, j + 1]])
-        cur = start
-        for w in range(words.shape[2]):
-            word = words[i, j, w]
-            if word != 0 and word != ti.u64(0xFFFFFFFFFFFFFFFF):  # 8 empty or full cells at once
-                for b in range(8):
-                    k = 8 * w + b
-                    if k < cz:
-                        row = fixed[ti.cast(cube[i, j, k], ti.i32)]
-                        if row > 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
-                            cur = _advance(cur, i, j, k, row_voff, row_vcnt, keys)
-                            c = _emit_faces(c, i, j, k, nz, row, cur, table, row_nt, row_voff, row_vcnt, keys, faces)
-        if row_amb[i, j] > 0:  # ambiguous cells after the others, the tests kept out of the hot loop
+        # pass 0: the cells with a fixed tiling; pass 1 (rows with ambiguous cells): those, after the others, the
+        # tests kept out of the hot loop. One loop body for both, so _emit_faces and _lewiner_row are compiled once.
+        for p in range(ti.select(row_amb[i, j] > 0, 2, 1)):
             cur = start
-            for k in range(cz):
-                case = ti.cast(cube[i, j, k], ti.i32)
-                if fixed[case] < 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
-                    row = _lewiner_row(_cell_values(vol, i, j, k, level), case, lut)
-                    cur = _advance(cur, i, j, k, row_voff, row_vcnt, keys)
-                    c = _emit_faces(c, i, j, k, nz, row, cur, table, row_nt, row_voff, row_vcnt, keys, faces)
+            for w in range(words.shape[2]):
+                word = words[i, j, w]
+                if word != 0 and word != ti.u64(0xFFFFFFFFFFFFFFFF):  # 8 empty or full cells at once
+                    for b in range(8):
+                        k = 8 * w + b
+                        if k < cz:
+                            case = ti.cast(cube[i, j, k], ti.i32)
+                            row = fixed[case]
+                            wanted = ti.select(p == 0, row > 0, row < 0)
+                            if wanted and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
+                                if p != 0:
+                                    row = _lewiner_row(_cell_values(vol, i, j, k, level), case, lut)
+                                cur = _advance(cur, i, j, k, row_voff, row_vcnt, keys)
+                                c = _emit_faces(c, i, j, k, nz, row, cur, table, row_nt, row_voff, row_vcnt, keys,
+                                                faces)
 
 
 def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), mask=None,
