@@ -122,11 +122,13 @@ def _tables():
 
 @ti.func
 def _pick(v, idx):
-    r = ti.cast(0.0, ti.f64)
-    for c in ti.static(range(8)):
-        if idx == c:
-            r = v[c]
-    return r
+    """``v[idx]`` for a runtime ``idx`` in 0..7, as a tree of selects (straight-line code: a chain of 8 branches
+    per pick made Taichi's optimisation passes slow)."""
+    b0 = (idx & 1) != 0
+    b1 = (idx & 2) != 0
+    lo = ti.select(b1, ti.select(b0, v[3], v[2]), ti.select(b0, v[1], v[0]))
+    hi = ti.select(b1, ti.select(b0, v[7], v[6]), ti.select(b0, v[5], v[4]))
+    return ti.select((idx & 4) != 0, hi, lo)
 
 
 @ti.func
@@ -202,27 +204,57 @@ def _test_interior(v, lut: ti.template(), cls, edge, s):
 
 @ti.func
 def _lewiner_row(v, case, lut: ti.template()):
-    """The tiling (row of the table) Lewiner's case switch picks for an ambiguous cell of tide case ``case``."""
+    """The tiling (row of the table) Lewiner's case switch picks for an ambiguous cell of tide case ``case``.
+
+    Written so that ``_test_face`` and ``_test_interior`` each appear once (a runtime loop runs the face tests, one
+    call runs the interior test at the end): inlined at every use in the case switch (13 face tests and 5 interior
+    tests, each a chain of corner picks) they made this function so large that Taichi's full optimisation passes
+    (on for f32) took minutes to compile each kernel that uses it."""
     cls = lut[ti.static(_O["CLS"]) + case]
     cfg = lut[ti.static(_O["CFG"]) + case]
-    row = 0
+    # 1. which face tests the class runs: ``nf`` face codes from lut[o]
+    o = 0
+    nf = 0
     if cls == 3:
-        row = ti.select(_test_face(v, lut[ti.static(_O["TEST3"]) + cfg], lut), ti.static(_B["TILING3_2"]),
-                        ti.static(_B["TILING3_1"])) + cfg
-    elif cls == 4:
-        row = ti.select(_test_interior(v, lut, cls, 0, lut[ti.static(_O["TEST4"]) + cfg]),
-                        ti.static(_B["TILING4_1"]), ti.static(_B["TILING4_2"])) + cfg
+        o = ti.static(_O["TEST3"]) + cfg
+        nf = 1
     elif cls == 6:
         o = ti.static(_O["TEST6"]) + 3 * cfg
-        if _test_face(v, lut[o], lut):
-            row = ti.static(_B["TILING6_2"]) + cfg
-        else:
-            row = ti.select(_test_interior(v, lut, cls, lut[o + 2], lut[o + 1]), ti.static(_B["TILING6_1_1"]),
-                            ti.static(_B["TILING6_1_2"])) + cfg
+        nf = 1
     elif cls == 7:
         o = ti.static(_O["TEST7"]) + 5 * cfg
-        sub = (ti.select(_test_face(v, lut[o], lut), 1, 0) + ti.select(_test_face(v, lut[o + 1], lut), 2, 0)
-               + ti.select(_test_face(v, lut[o + 2], lut), 4, 0))
+        nf = 3
+    elif cls == 10:
+        o = ti.static(_O["TEST10"]) + 3 * cfg
+        nf = 2
+    elif cls == 12:
+        o = ti.static(_O["TEST12"]) + 4 * cfg
+        nf = 2
+    elif cls == 13:
+        o = ti.static(_O["TEST13"]) + 7 * cfg
+        nf = 6
+    sub = 0  # bit f: face test f passed
+    for f in range(nf):
+        if _test_face(v, lut[o + f], lut):
+            sub |= 1 << f
+    # 2. the row, or the two rows the interior test chooses between (``row_in`` when it passes, else ``row``)
+    row = 0
+    interior = False
+    row_in = 0
+    edge = 0
+    s = 0
+    if cls == 3:
+        row = ti.select(sub != 0, ti.static(_B["TILING3_2"]), ti.static(_B["TILING3_1"])) + cfg
+    elif cls == 4:
+        interior, edge, s = True, 0, lut[ti.static(_O["TEST4"]) + cfg]
+        row_in, row = ti.static(_B["TILING4_1"]) + cfg, ti.static(_B["TILING4_2"]) + cfg
+    elif cls == 6:
+        if sub != 0:
+            row = ti.static(_B["TILING6_2"]) + cfg
+        else:
+            interior, edge, s = True, lut[o + 2], lut[o + 1]
+            row_in, row = ti.static(_B["TILING6_1_1"]) + cfg, ti.static(_B["TILING6_1_2"]) + cfg
+    elif cls == 7:
         if sub == 0:
             row = ti.static(_B["TILING7_1"]) + cfg
         elif sub == 1 or sub == 2 or sub == 4:
@@ -230,33 +262,25 @@ def _lewiner_row(v, case, lut: ti.template()):
         elif sub == 3 or sub == 5 or sub == 6:
             row = ti.static(_B["TILING7_3"]) + 3 * cfg + ti.select(sub == 3, 0, ti.select(sub == 5, 1, 2))
         else:
-            row = ti.select(_test_interior(v, lut, cls, lut[o + 4], lut[o + 3]), ti.static(_B["TILING7_4_2"]),
-                            ti.static(_B["TILING7_4_1"])) + cfg
+            interior, edge, s = True, lut[o + 4], lut[o + 3]
+            row_in, row = ti.static(_B["TILING7_4_2"]) + cfg, ti.static(_B["TILING7_4_1"]) + cfg
     elif cls == 10 or cls == 12:
-        o = ti.static(_O["TEST10"]) + 3 * cfg
         b11, b11_, b12, b2, b2_ = (ti.static(_B["TILING10_1_1"]), ti.static(_B["TILING10_1_1_"]),
                                    ti.static(_B["TILING10_1_2"]), ti.static(_B["TILING10_2"]),
                                    ti.static(_B["TILING10_2_"]))
-        edge = 0
         if cls == 12:
-            o = ti.static(_O["TEST12"]) + 4 * cfg
             edge = lut[o + 3]
             b11, b11_, b12, b2, b2_ = (ti.static(_B["TILING12_1_1"]), ti.static(_B["TILING12_1_1_"]),
                                        ti.static(_B["TILING12_1_2"]), ti.static(_B["TILING12_2"]),
                                        ti.static(_B["TILING12_2_"]))
-        f0 = _test_face(v, lut[o], lut)
-        f1 = _test_face(v, lut[o + 1], lut)
-        if f0:
-            row = ti.select(f1, b11_, b2) + cfg
-        elif f1:
+        if (sub & 1) != 0:
+            row = ti.select((sub & 2) != 0, b11_, b2) + cfg
+        elif (sub & 2) != 0:
             row = b2_ + cfg
         else:
-            row = ti.select(_test_interior(v, lut, cls, edge, lut[o + 2]), b11, b12) + cfg
+            interior, s = True, lut[o + 2]
+            row_in, row = b11 + cfg, b12 + cfg
     elif cls == 13:
-        o = ti.static(_O["TEST13"]) + 7 * cfg
-        sub = 0
-        for f in ti.static(range(6)):
-            sub += ti.select(_test_face(v, lut[o + f], lut), 1 << f, 0)
         sc = lut[ti.static(_O["SUBCONFIG13"]) + sub]
         if sc == 0:
             row = ti.static(_B["TILING13_1"]) + cfg
@@ -268,15 +292,19 @@ def _lewiner_row(v, case, lut: ti.template()):
             row = ti.static(_B["TILING13_4"]) + 4 * cfg + sc - 19
         elif sc <= 26:
             s2 = sc - 23
-            edge = lut[ti.static(_O["EDGE13_5"]) + 4 * cfg + s2]
-            row = ti.select(_test_interior(v, lut, cls, edge, lut[o + 6]), ti.static(_B["TILING13_5_1"]),
-                            ti.static(_B["TILING13_5_2"])) + 4 * cfg + s2
+            interior, edge, s = True, lut[ti.static(_O["EDGE13_5"]) + 4 * cfg + s2], lut[o + 6]
+            row_in = ti.static(_B["TILING13_5_1"]) + 4 * cfg + s2
+            row = ti.static(_B["TILING13_5_2"]) + 4 * cfg + s2
         elif sc <= 38:
             row = ti.static(_B["TILING13_3_"]) + 12 * cfg + sc - 27
         elif sc <= 44:
             row = ti.static(_B["TILING13_2_"]) + 6 * cfg + sc - 39
         else:
             row = ti.static(_B["TILING13_1_"]) + cfg
+    # 3. the interior test, once
+    if interior:
+        if _test_interior(v, lut, cls, edge, s):
+            row = row_in
     return row
 
 
@@ -504,25 +532,25 @@ def _faces(vol: ti.types.ndarray(ndim=3), level: ti.f64, cube: ti.types.ndarray(
     for i, j in ti.ndrange(cx, cy):
         c = row_toff[i, j]
         start = ti.Vector([row_voff[i, j], row_voff[i + 1, j], row_voff[i, j + 1], row_voff[i + 1, j + 1]])
-        cur = start
-        for w in range(words.shape[2]):
-            word = words[i, j, w]
-            if word != 0 and word != ti.u64(0xFFFFFFFFFFFFFFFF):  # 8 empty or full cells at once
-                for b in range(8):
-                    k = 8 * w + b
-                    if k < cz:
-                        row = fixed[ti.cast(cube[i, j, k], ti.i32)]
-                        if row > 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
-                            cur = _advance(cur, i, j, k, row_voff, row_vcnt, keys)
-                            c = _emit_faces(c, i, j, k, nz, row, cur, table, row_nt, row_voff, row_vcnt, keys, faces)
-        if row_amb[i, j] > 0:  # ambiguous cells after the others, the tests kept out of the hot loop
+        # pass 0: the cells with a fixed tiling; pass 1 (rows with ambiguous cells): those, after the others, the
+        # tests kept out of the hot loop. One loop body for both, so _emit_faces and _lewiner_row are compiled once.
+        for p in range(ti.select(row_amb[i, j] > 0, 2, 1)):
             cur = start
-            for k in range(cz):
-                case = ti.cast(cube[i, j, k], ti.i32)
-                if fixed[case] < 0 and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
-                    row = _lewiner_row(_cell_values(vol, i, j, k, level), case, lut)
-                    cur = _advance(cur, i, j, k, row_voff, row_vcnt, keys)
-                    c = _emit_faces(c, i, j, k, nz, row, cur, table, row_nt, row_voff, row_vcnt, keys, faces)
+            for w in range(words.shape[2]):
+                word = words[i, j, w]
+                if word != 0 and word != ti.u64(0xFFFFFFFFFFFFFFFF):  # 8 empty or full cells at once
+                    for b in range(8):
+                        k = 8 * w + b
+                        if k < cz:
+                            case = ti.cast(cube[i, j, k], ti.i32)
+                            row = fixed[case]
+                            wanted = ti.select(p == 0, row > 0, row < 0)
+                            if wanted and (use_mask == 0 or mask[i + 1, j + 1, k + 1] != 0):
+                                if p != 0:
+                                    row = _lewiner_row(_cell_values(vol, i, j, k, level), case, lut)
+                                cur = _advance(cur, i, j, k, row_voff, row_vcnt, keys)
+                                c = _emit_faces(c, i, j, k, nz, row, cur, table, row_nt, row_voff, row_vcnt, keys,
+                                                faces)
 
 
 def marching_cubes(volume, level: float | None = None, spacing=(1.0, 1.0, 1.0), mask=None,
