@@ -10,11 +10,12 @@ from .antialias import antialias as _antialias
 from .attributes import _texel_coords, face_attributes, interpolate, sample_texture
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
-from .clip import clip_near
+from .clip import CLIP_Z, clip_near
 from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project, _project_bwd, _seg_dist2, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, rasterize_screen,
                      soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
+from .zbuffer import _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
 
@@ -926,6 +927,10 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     colors, face_colors, uvs, texture = (None if x is None else x.to(device=dev, dtype=dt)
                                          for x in (colors, face_colors, uvs, texture))
     faces = faces.to(device=dev, dtype=torch.int32)
+    if mode == "hard" and texture is None:
+        fast = _render_hard_z(verts, faces, camera, colors, face_colors, lights, background, antialias)
+        if fast is not None:
+            return fast
     clip = clip_near(verts, faces, camera)
     if clip is None:
         return _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
@@ -1209,3 +1214,120 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, screen, faces)
         rgb, alpha = aa[..., :C], aa[..., C]
     return MeshRender(rgb, alpha, depth, bridge.apply(NearestNormals(), fn, frags.pix_to_face), frags)
+
+
+class ZBufferMesh(bridge.Op):
+    """Hard mesh rendering on the scatter z-buffer (``zbuffer``) for fixed cameras and lights: the faces' depth keys,
+    then one pass per pixel for the fragment, colour (interpolated attributes times two-sided Lambert shade), depth,
+    alpha and normal; the backward is one pass per face (``_zb_backward``). Gradients as ``HardMeshWorld``.
+
+    Inputs: verts (Bv, V, 3), attr (Ba, V or F, C), background (Bg, 1 or H*W, C), light directions (L, 3), colours
+    (L, 3) and ambient (3,) (zero-size when unlit), the camera table (B, 16), faces (F, 3) int32 and the projected
+    vertices (B, V, 3) (no gradient: the op differentiates the projection itself).
+    Outputs: colour (B, H, W, C), depth, alpha (B, H, W), normals (B, H, W, 3), then the fragments (pix_to_face,
+    bary, zbuf, dist with K = 1; detach them: they carry no gradient).
+    ``g_verts``: a zeroed (Bv, V, 3) buffer the backward adds into (zeroed by the projection launch), or None.
+    """
+
+    name = "zbuffer_mesh"
+    fresh_grads = True
+    none_grads = True
+
+    def __init__(self, width: int, height: int, per_face: bool, use_shade: bool, g_verts, need_attr: bool,
+                 need_bg: bool):
+        self.W, self.H = int(width), int(height)
+        self.per_face, self.use_shade = int(per_face), int(use_shade)
+        self.g_verts, self.need_attr, self.need_bg = g_verts, bool(need_attr), bool(need_bg)
+        self.need_verts = g_verts is not None
+
+    def forward(self, verts, attr, background, ldir, lcol, amb, cam, faces, screen):
+        frags, out = zbuffer(screen, faces, self.W, self.H, shading=(verts, attr, background, ldir, lcol, amb,
+                                                                   self.per_face, self.use_shade))
+        return (*out, *frags), (verts, attr, background, ldir, lcol, amb, cam, faces, screen, frags[0])
+
+    def backward(self, saved, grads):
+        verts, attr, background, ldir, lcol, amb, cam, faces, screen, p2f = saved
+        g_rgb, g_dep, _g_alp, g_nrm = grads[:4]
+        B, H, W, _ = p2f.shape
+        kw = dict(dtype=verts.dtype, device=verts.device)
+        C = attr.shape[2]
+        if g_rgb is None:
+            g_rgb = torch.zeros(B, H, W, C, **kw)
+        need_verts = self.need_verts
+        g_verts = self.g_verts
+        self.g_verts = None                          # a second backward (retain_graph) gets a fresh buffer
+        if g_verts is None:
+            g_verts = torch.zeros_like(verts) if need_verts else torch.zeros(1, 1, 3, **kw)
+        g_attr = torch.zeros_like(attr) if self.need_attr else torch.zeros(1, 1, C, **kw)
+        dummy = torch.zeros(1, 1, 1, 3, **kw)
+        if need_verts or self.need_attr:
+            _zb_backward(screen, faces, p2f, verts, attr, ldir, lcol, amb, cam, g_rgb,
+                         dummy[0] if g_dep is None else g_dep, dummy if g_nrm is None else g_nrm, g_verts, g_attr,
+                         1e-3, self.per_face, self.use_shade, int(g_dep is not None), int(g_nrm is not None),
+                         int(need_verts), int(self.need_attr), C)
+        g_bg = None
+        if self.need_bg:
+            bg_image = background.shape[1] > 1
+            g_bg = (torch.empty(B, H * W, C, **kw) if bg_image else torch.zeros(background.shape[0], 1, C, **kw))
+            _zb_bg_grad(p2f, g_rgb, g_bg, int(bg_image))
+            if bg_image and background.shape[0] == 1 and B > 1:
+                g_bg = g_bg.sum(0, keepdim=True)
+        return (g_verts if need_verts else None, g_attr if self.need_attr else None, g_bg,
+                None, None, None, None, None, None)
+
+
+def _render_hard_z(verts, faces, camera, colors, face_colors, lights, background, antialias):
+    """Hard ``render_mesh`` on the scatter z-buffer (``ZBufferMesh``): one projection (which also tests the near
+    plane and zeroes the vertex-gradient buffer), the faces' depth keys, one pass per pixel; no torch op over faces
+    or pixels. Returns None where it does not apply (camera or light gradients, lights on features that are not 3
+    wide, a face crossing the near plane): the caller takes the general path."""
+    if _camera_needs_grad(camera) or (lights is not None and any(
+            x.requires_grad for x in (lights.direction, lights.color, lights.ambient))):
+        return None
+    dt, dev = verts.dtype, verts.device
+    H, W = camera.height, camera.width
+    F = faces.shape[0]
+    per_face = colors is None
+    if colors is not None:
+        attr = colors
+    elif face_colors is not None:
+        attr = face_colors
+    else:
+        attr = torch.ones(1, F, 3, dtype=dt, device=dev)
+    attr = attr.unsqueeze(0) if attr.dim() == 2 else attr
+    C = attr.shape[-1]
+    if lights is not None and C != 3:
+        return None
+    grad = torch.is_grad_enabled()
+    v3 = verts.unsqueeze(0) if verts.dim() == 2 else verts
+    need_verts = grad and verts.requires_grad
+    screen, zmin, g_verts = project_min_z(v3, camera, zero_like_verts=need_verts)
+    if zmin < CLIP_Z + 1e-5 * (1.0 + CLIP_Z):
+        return None                                   # a vertex near or behind the plane: maybe a face to clip
+    bg_t = torch.as_tensor(background, dtype=dt, device=dev)
+    bg = bg_t
+    if bg.dim() <= 1:
+        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
+    elif bg.dim() == 2:
+        bg = bg.reshape(bg.shape[0], 1, -1)
+    else:
+        bg = bg.reshape(-1, H * W, bg.shape[-1])
+    if bg.shape[-1] != C:
+        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    B = screen.shape[0]
+    cam = camera_table(camera).to(dt)
+    cam = cam.expand(B, -1).contiguous() if cam.shape[0] != B else cam
+    if lights is not None:
+        ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
+    else:
+        ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+    op = ZBufferMesh(W, H, per_face, lights is not None, g_verts, grad and attr.requires_grad,
+                     grad and bg_t.requires_grad)
+    rgb, depth, alpha, normals, p2f, bary, zbuf, dist = bridge.apply(op, v3, attr, bg, ldir, lcol, amb, cam, faces,
+                                                                     screen)
+    frags = Fragments(p2f, bary.detach(), zbuf.detach(), dist.detach())
+    alpha = alpha.detach()
+    if antialias:
+        aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, camera.project(verts), faces)
+        rgb, alpha = aa[..., :C], aa[..., C]
+    return MeshRender(rgb, alpha, depth, normals, frags)
