@@ -599,7 +599,7 @@ class HardMesh(bridge.Op):
         g_rgb, g_dep, _g_alp = grads
         g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
         dummy = torch.zeros(1, 1, 1, 3, **kw)
-        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep, dummy,
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy[0] if g_dep is None else g_dep, dummy,
                   g_scr, g_attr, g_shade, torch.zeros(n_chunks, 1, 3, **kw), g_bg, self.per_face, self.use_shade,
                   n_chunks, int(g_dep is not None), 0, private, False, attr.shape[2])
         if nc > 1:
@@ -729,7 +729,7 @@ class HardMeshWorld(bridge.Op):
         g_rgb, g_dep, _g_alp, g_nrm = grads
         g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
         dummy = torch.zeros(1, 1, 1, 3, **kw)
-        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep,
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy[0] if g_dep is None else g_dep,
                   dummy if g_nrm is None else g_nrm, g_scr, g_attr, g_shade, g_fn, g_bg, self.per_face,
                   self.use_shade, n_chunks, int(g_dep is not None), int(g_nrm is not None), private, True,
                   attr.shape[2])
