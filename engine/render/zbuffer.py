@@ -144,9 +144,12 @@ def _zb_faces(scr: ti.types.ndarray(), faces: ti.types.ndarray(), zkey: ti.types
     H, W = zkey.shape[1], zkey.shape[2]
     for b, f in ti.ndrange(scr.shape[0], faces.shape[0]):
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        # the box first: on a dense mesh most faces hold no pixel centre and need no set-up
+        x0, x1, y0, y1 = _span(scr, b, i0, i1, i2, W, H)
+        if x0 > x1 or y0 > y1:
+            continue
         ok, ax, ay, g, iz = _tri(scr, b, i0, i1, i2, near)
         if ok:
-            x0, x1, y0, y1 = _span(scr, b, i0, i1, i2, W, H)
             for py in range(y0, y1 + 1):
                 for px in range(x0, x1 + 1):
                     inside, _w0, _w1, _w2, z = _inside_z(ax, ay, g, iz, px + 0.5, py + 0.5)
@@ -159,9 +162,9 @@ def _zb_faces(scr: ti.types.ndarray(), faces: ti.types.ndarray(), zkey: ti.types
     if ti.static(not packed):
         for b, f in ti.ndrange(scr.shape[0], faces.shape[0]):
             i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+            x0, x1, y0, y1 = _span(scr, b, i0, i1, i2, W, H)
             ok, ax, ay, g, iz = _tri(scr, b, i0, i1, i2, near)
-            if ok:
-                x0, x1, y0, y1 = _span(scr, b, i0, i1, i2, W, H)
+            if ok and x0 <= x1 and y0 <= y1:
                 for py in range(y0, y1 + 1):
                     for px in range(x0, x1 + 1):
                         inside, _w0, _w1, _w2, z = _inside_z(ax, ay, g, iz, px + 0.5, py + 0.5)
@@ -305,8 +308,14 @@ def _zb_backward(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.typ
     H, W = p2f.shape[1], p2f.shape[2]
     for b, f in ti.ndrange(scr.shape[0], faces.shape[0]):
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-        ok, _ax, _ay, _g, _iz = _tri(scr, b, i0, i1, i2, near)
-        if ok:
+        # does any pixel show this face? (on a dense mesh most faces show none and need no set-up)
+        x0, x1, y0, y1 = _span(scr, b, i0, i1, i2, W, H)
+        shown = 0
+        for py in range(y0, y1 + 1):
+            for px in range(x0, x1 + 1):
+                if p2f[b, py, px, 0] == f:
+                    shown = 1
+        if shown:
             bv = b if verts.shape[0] > 1 else 0
             ba = b if attr.shape[0] > 1 else 0
             gba = b if g_attr.shape[0] > 1 else 0
@@ -322,12 +331,9 @@ def _zb_backward(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.typ
             gsh = ti.Vector([0.0, 0.0, 0.0])
             gfn = ti.Vector([0.0, 0.0, 0.0])
             ga = ti.Matrix([[0.0 for _ in ti.static(range(C))] for _ in ti.static(range(3))])
-            shown = 0
-            x0, x1, y0, y1 = _span(scr, b, i0, i1, i2, W, H)
             for py in range(y0, y1 + 1):
                 for px in range(x0, x1 + 1):
                     if p2f[b, py, px, 0] == f:
-                        shown = 1
                         x, y = px + 0.5, py + 0.5
                         if has_gnrm:
                             for j in ti.static(range(3)):
@@ -380,47 +386,46 @@ def _zb_backward(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.typ
                             gs[4] += gE0 * (x - cx) - gA * (cx - ax)
                             gs[6] += gE0 * (y - byy) + gE1 * (ay - y) - gA * (byy - ay)
                             gs[7] += -gE0 * (x - bxx) + gE1 * (x - ax) + gA * (bxx - ax)
-            if shown:
-                if need_attr:
-                    if per_face:
-                        for c in ti.static(range(C)):
-                            ti.atomic_add(g_attr[gba, f, c], ga[0, c])
-                    else:
-                        for c in ti.static(range(C)):
-                            ti.atomic_add(g_attr[gba, i0, c], ga[0, c])
-                            ti.atomic_add(g_attr[gba, i1, c], ga[1, c])
-                            ti.atomic_add(g_attr[gba, i2, c], ga[2, c])
-                if need_verts:
-                    gw = ti.Matrix([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])     # rows: corners
-                    # projection: u = fx x / z + cx, v = fy y / z + cy, depth z; world = R^T (camera gradient)
-                    for k in ti.static(range(3)):
-                        ii = i0 if k == 0 else (i1 if k == 1 else i2)
-                        z = scr[b, ii, 2]
-                        if ti.abs(z) < 1e-12:
-                            z = 1e-12
-                        gu, gv = gs[3 * k], gs[3 * k + 1]
-                        gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
-                                        -(gu * (scr[b, ii, 0] - cam[b, 14]) + gv * (scr[b, ii, 1] - cam[b, 15])) / z
-                                        + gs[3 * k + 2]])
-                        for j in ti.static(range(3)):
-                            gw[k, j] = cam[b, j] * gc[0] + cam[b, 3 + j] * gc[1] + cam[b, 6 + j] * gc[2]
-                    # face frame: through |n . d| (sign; 0 at 0), the normalisation and the cross product
-                    gg = gfn
-                    if use_shade and ti.static(C == 3):
-                        for l in range(ldir.shape[0]):
-                            d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
-                            dd = n.dot(d)
-                            sg = ti.select(dd > 0, 1.0, ti.select(dd < 0, -1.0, 0.0))
-                            gl = gsh[0] * lcol[l, 0] + gsh[1] * lcol[l, 1] + gsh[2] * lcol[l, 2]
-                            gg += gl * sg * d
-                    gm = gg / 1e-12
-                    if ln > 1e-12:
-                        gm = (gg - n * n.dot(gg)) / ln
-                    g1, g2 = e2.cross(gm), gm.cross(e1)
+            if need_attr:
+                if per_face:
+                    for c in ti.static(range(C)):
+                        ti.atomic_add(g_attr[gba, f, c], ga[0, c])
+                else:
+                    for c in ti.static(range(C)):
+                        ti.atomic_add(g_attr[gba, i0, c], ga[0, c])
+                        ti.atomic_add(g_attr[gba, i1, c], ga[1, c])
+                        ti.atomic_add(g_attr[gba, i2, c], ga[2, c])
+            if need_verts:
+                gw = ti.Matrix([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])     # rows: corners
+                # projection: u = fx x / z + cx, v = fy y / z + cy, depth z; world = R^T (camera gradient)
+                for k in ti.static(range(3)):
+                    ii = i0 if k == 0 else (i1 if k == 1 else i2)
+                    z = scr[b, ii, 2]
+                    if ti.abs(z) < 1e-12:
+                        z = 1e-12
+                    gu, gv = gs[3 * k], gs[3 * k + 1]
+                    gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
+                                    -(gu * (scr[b, ii, 0] - cam[b, 14]) + gv * (scr[b, ii, 1] - cam[b, 15])) / z
+                                    + gs[3 * k + 2]])
                     for j in ti.static(range(3)):
-                        ti.atomic_add(g_verts[gbv, i0, j], gw[0, j] - g1[j] - g2[j])
-                        ti.atomic_add(g_verts[gbv, i1, j], gw[1, j] + g1[j])
-                        ti.atomic_add(g_verts[gbv, i2, j], gw[2, j] + g2[j])
+                        gw[k, j] = cam[b, j] * gc[0] + cam[b, 3 + j] * gc[1] + cam[b, 6 + j] * gc[2]
+                # face frame: through |n . d| (sign; 0 at 0), the normalisation and the cross product
+                gg = gfn
+                if use_shade and ti.static(C == 3):
+                    for l in range(ldir.shape[0]):
+                        d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
+                        dd = n.dot(d)
+                        sg = ti.select(dd > 0, 1.0, ti.select(dd < 0, -1.0, 0.0))
+                        gl = gsh[0] * lcol[l, 0] + gsh[1] * lcol[l, 1] + gsh[2] * lcol[l, 2]
+                        gg += gl * sg * d
+                gm = gg / 1e-12
+                if ln > 1e-12:
+                    gm = (gg - n * n.dot(gg)) / ln
+                g1, g2 = e2.cross(gm), gm.cross(e1)
+                for j in ti.static(range(3)):
+                    ti.atomic_add(g_verts[gbv, i0, j], gw[0, j] - g1[j] - g2[j])
+                    ti.atomic_add(g_verts[gbv, i1, j], gw[1, j] + g1[j])
+                    ti.atomic_add(g_verts[gbv, i2, j], gw[2, j] + g2[j])
 
 
 @lean
