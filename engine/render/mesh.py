@@ -1,4 +1,5 @@
 """``render_mesh``: rasterize + attributes + shading + compositing, hard or soft, in one call."""
+import math
 from dataclasses import dataclass
 
 import taichi as ti
@@ -157,7 +158,8 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
               g_bg: ti.types.ndarray(), g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray(), per_face: int,
               use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
-              tex_private: ti.template(), C: ti.template()):
+              tex_private: ti.template(), has_gdep: int, has_galp: int, C: ti.template()):
+    # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
@@ -214,8 +216,10 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                             g_bg[b, py * W + px, c] = go[c] * Tn
                         else:
                             _acc(g_bg, (cb * Bg + bb, 0, c), go[c] * Tn, private)
-                    go[C] = g_dep[b, py, px]
-                    go[C + 1] = g_alp[b, py, px]
+                    if has_gdep:
+                        go[C] = g_dep[b, py, px]
+                    if has_galp:
+                        go[C + 1] = g_alp[b, py, px]
                     R = _bg_vec(bg, b, py, px, W, C)
                     x, y = px + 0.5, py + 0.5
                     for kk in range(n):
@@ -307,6 +311,51 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                         R = a * v + (1.0 - a) * R
 
 
+@lean
+@ti.kernel
+def _sum_copies(buf: ti.types.ndarray(), segs: ti.types.ndarray(), out: ti.types.ndarray(), nc: int):
+    # out = each segment's nc stacked copies summed, segments back to back: segs rows (offset in buf, length)
+    for j in range(out.shape[0]):
+        s, base = 0, 0
+        while j - base >= segs[s, 1]:
+            base += segs[s, 1]
+            s += 1
+        k = j - base
+        n = segs[s, 1]
+        o = segs[s, 0]
+        acc = buf[o + k]
+        for c in range(1, nc):
+            acc += buf[o + c * n + k]
+        out[j] = acc
+
+
+@lean
+@ti.kernel
+def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy: ti.types.ndarray(),
+                      g_verts: ti.types.ndarray(), nc: int):
+    # raster._project_bwd from nc stacked copies of the (B, V, 2) screen gradient, written whole (no zeroed
+    # buffer): each vertex sums its copies and, for one mesh seen by B cameras, its B views
+    B, V = screen.shape[0], screen.shape[1]
+    Bv = g_verts.shape[0]
+    for bv, i in ti.ndrange(Bv, V):
+        acc = ti.Vector([0.0, 0.0, 0.0])
+        for b in range(B):
+            if Bv == 1 or b == bv:
+                z = screen[b, i, 2]
+                if ti.abs(z) < 1e-12:
+                    z = 1e-12
+                gu, gv = 0.0, 0.0
+                for c in range(nc):
+                    gu += g_xy[c * B + b, i, 0]
+                    gv += g_xy[c * B + b, i, 1]
+                gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
+                                -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
+                for j in ti.static(range(3)):
+                    acc[j] += cam[b, j] * gc[0] + cam[b, 3 + j] * gc[1] + cam[b, 6 + j] * gc[2]
+        for j in ti.static(range(3)):
+            g_verts[bv, i, j] = acc[j]
+
+
 class SoftMesh(bridge.Op):
     """Fused soft mesh rendering: coverage, interpolation, shading and compositing of precomputed K-nearest lists.
 
@@ -328,6 +377,7 @@ class SoftMesh(bridge.Op):
 
     name = "soft_mesh"
     fresh_grads = True              # backward allocates every gradient it returns, per call
+    none_grads = True               # unused depth / alpha gradients arrive as None (no image-sized zeros)
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool = False,
                  screen_input: bool = False):
@@ -357,35 +407,60 @@ class SoftMesh(bridge.Op):
                                          + opacity.numel() + uvc.numel())
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
-        # scattered gradients: nc copies stacked on dim 0, summed after the launch
-        g_xy = torch.zeros(nc * B, screen.shape[1], 2, **kw)
-        g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
-        g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
-        g_opac = torch.zeros(nc * opacity.shape[0], *opacity.shape[1:], **kw)
+        # scattered gradients: nc copies stacked on dim 0 of each, all views of one zeroed buffer (one fill, not
+        # one per array: on a busy 2-core box each torch op over a large tensor waits ~10-25 ms for a descheduled
+        # OpenMP thread), summed over the copies by one launch (_sum_copies)
         tex_private = private and (not self.use_tex or _texture_copies_pay(nc, tex.numel(), B * H * W * attr.shape[2]))
-        g_tex = torch.zeros((nc if tex_private else 1) * tex.shape[0], *tex.shape[1:], **kw)
-        g_uv = torch.zeros(nc * uvc.shape[0], *uvc.shape[1:], **kw)
         bg_image = background.shape[1] > 1
-        g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
-                else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
-        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, *grads,
+        shapes = [(B, screen.shape[1], 2), tuple(attr.shape), tuple(shade.shape), tuple(opacity.shape),
+                  tuple(uvc.shape)]
+        if not bg_image:
+            shapes.append(tuple(background.shape))
+        copies = [nc] * len(shapes)
+        shapes.append(tuple(tex.shape))
+        copies.append(nc if tex_private else 1)
+        sizes = [math.prod(sh) for sh in shapes]
+        buf = torch.zeros(sum(n * c for n, c in zip(sizes, copies)), **kw)
+        views, off = [], 0
+        for sh, n, c in zip(shapes, sizes, copies):
+            views.append(buf[off:off + n * c].view(c * sh[0], *sh[1:]))
+            off += n * c
+        g_xy, g_attr, g_shade, g_opac, g_uv = views[:5]
+        g_tex = views[-1]
+        g_bg = views[5] if not bg_image else torch.empty(B, H * W, background.shape[2], **kw)
+        g_rgb, g_dep, g_alp = grads
+        if g_rgb is None:
+            g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw)
+        dummy = torch.zeros(1, 1, 1, **kw)
+        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, g_rgb,
+                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp,
                   g_xy, g_attr, g_shade, g_opac, g_bg, g_tex.view(-1, tex.shape[3]), g_uv.view(-1, 6), self.per_face,
-                  self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private, attr.shape[2])
+                  self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
+                  int(g_dep is not None), int(g_alp is not None), attr.shape[2])
         if nc > 1:
-            g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
-                                             for g in (g_xy, g_attr, g_shade, g_opac))
-            if self.use_tex:
-                g_uv = g_uv.reshape(nc, -1, *g_uv.shape[1:]).sum(0)
-                if tex_private:
-                    g_tex = g_tex.reshape(nc, -1, *g_tex.shape[1:]).sum(0)
+            # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
+            parts = [(v, n, c) for v, n, c in zip(views[1:], sizes[1:], copies[1:])
+                     if c > 1 and (v is not g_tex or self.use_tex)]
+            segs = torch.tensor([[(v.data_ptr() - buf.data_ptr()) // buf.element_size(), n] for v, n, _c in parts],
+                                dtype=torch.int64, device=buf.device)
+            out = torch.empty(sum(n for _v, n, _c in parts), **kw)
+            _sum_copies(buf, segs, out, nc)
+            off, summed = 0, {}
+            for v, n, _c in parts:
+                summed[id(v)] = out[off:off + n].view(v.shape[0] // nc, *v.shape[1:])
+                off += n
+            g_attr, g_shade, g_opac, g_uv, g_tex = (summed.get(id(v), v) for v in (g_attr, g_shade, g_opac, g_uv,
+                                                                                   g_tex))
             if not bg_image:
-                g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
+                g_bg = summed[id(views[5])]
         if self.screen_input:
             # the first input was the projected (B, V, 3) (u, v, z): its gradient is g_xy (depth stays detached)
+            if nc > 1:
+                g_xy = g_xy.reshape(nc, -1, *g_xy.shape[1:]).sum(0)
             g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
         else:
-            g_verts = torch.zeros(vshape, **kw)
-            _project_bwd(screen, cam, g_xy, g_verts)
+            g_verts = torch.empty(vshape, **kw)
+            _soft_project_bwd(screen, cam, g_xy, g_verts, nc)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
