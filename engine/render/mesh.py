@@ -723,9 +723,9 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
 @ti.kernel
 def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                     lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
-                    g_verts: ti.types.ndarray(), use_shade: int):
+                    g_verts: ti.types.ndarray(), use_shade: int, has_gfn: int):
     # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners
-    for b, f in ti.ndrange(g_fn.shape[0], g_fn.shape[1]):
+    for b, f in ti.ndrange(verts.shape[0], faces.shape[0]):
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
         v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
         e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
@@ -733,7 +733,9 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
         m = e1.cross(e2)
         ln = m.norm()
         n = m / ti.max(ln, 1e-12)
-        g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
+        g = ti.Vector([0.0, 0.0, 0.0])
+        if has_gfn:
+            g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
         if use_shade:
             for l in range(ldir.shape[0]):
                 d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
@@ -829,7 +831,7 @@ class HardMeshWorld(bridge.Op):
         _project_z_bwd(cam, g_scr, g_verts)
         if not self.use_shade:
             g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade, 1)
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
@@ -856,12 +858,16 @@ class FaceShade(bridge.Op):
     def backward(self, saved, grads):
         verts, ldir, lcol, faces = saved
         g_fn, g_shade = grads
+        if g_fn is None and (g_shade is None or not self.use_shade):
+            return None, None, None, None, None
         shape = (verts.shape[0], faces.shape[0], 3)
-        g_fn = torch.zeros(shape, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        has_gfn = g_fn is not None
+        g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
         use = self.use_shade and g_shade is not None
         g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
-        g_verts = torch.zeros_like(verts)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use))
+        g_verts = torch.empty_like(verts)
+        _fill0(g_verts.view(-1))                                   # a Taichi fill: no OpenMP region
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn))
         return g_verts, None, None, None, None
 
 
@@ -1015,6 +1021,12 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
         fast = _render_hard_z(verts, faces, camera, colors, face_colors, lights, background, antialias)
         if fast is not None:
             return fast
+    if mode == "soft":
+        # one projection serves the near-plane test and the rasterizer
+        screen, zmin, _ = project_min_z(verts, camera)
+        if zmin >= CLIP_Z + 1e-5 * (1.0 + CLIP_Z):
+            return _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
+                                faces_per_pixel, opacity, background, antialias, screen=screen)
     clip = clip_near(verts, faces, camera)
     if clip is None:
         return _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
@@ -1102,7 +1114,7 @@ def _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opaci
 
 
 def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma, faces_per_pixel,
-                 opacity, background, antialias=False) -> MeshRender:
+                 opacity, background, antialias=False, screen=None) -> MeshRender:
     """``render_mesh`` after near-plane clipping: no face crosses ``z = CLIP_Z``; uvs may be per-corner and
     batched (B, F, 3, 2). Inputs are validated and already on the backend's device and dtype (faces int32)."""
     dt, dev = backend.torch_dtype(), backend.torch_device()
@@ -1116,7 +1128,7 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
             return fused
     if not hard:
         fused = _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma,
-                                   faces_per_pixel, opacity, background)
+                                   faces_per_pixel, opacity, background, screen)
         if fused is not None:
             return fused
     frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel, clip=False,
@@ -1184,7 +1196,7 @@ def _camera_needs_grad(camera: Camera) -> bool:
 
 
 def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma, faces_per_pixel,
-                       opacity, background):
+                       opacity, background, screen=None):
     """Soft ``render_mesh`` as Taichi projection + K-nearest lists + one ``SoftMesh`` op (no per-pixel torch glue).
     Returns None for inputs it does not cover (lights on features that are not 3 wide; colours and a texture of
     different widths, or a texture batch other than 1 or B)."""
@@ -1211,7 +1223,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         return None
     if texture is not None and tex.shape[-1] != C:
         return None
-    screen = project(verts, camera)
+    screen = project(verts, camera) if screen is None else screen
     B = screen.shape[0]
     if texture is None:
         tex, uvc = torch.zeros(1, 2, 2, C, dtype=dt, device=dev), torch.zeros(1, 1, 3, 2, dtype=dt, device=dev)
