@@ -8,7 +8,10 @@ and 51,200 faces), camera and image size (128^2, 256^2, 512^2): **Mitsuba 3** (`
 ``llvm_ad_rgb``, 1 sample per pixel, one directional light on a diffuse mesh; its ``direct`` integrator's forward
 and forward + backward to the vertex positions, which like tide's hard mode has no silhouette gradients, and its
 ``direct_projective`` integrator, whose silhouette gradients compare with tide's soft mode and hard + antialias)
-and **Open3D**'s Embree ray casting (silhouette and depth forward, against tide's ``rasterize``). Silhouettes and
+and **Open3D**'s Embree ray casting (silhouette and depth forward, against tide's ``rasterize``). Both sides
+back-propagate the same vector-Jacobian product, the gradient of sum(w * rgb) (+ sum(alpha) for tide's soft and
+antialiased alpha): Mitsuba as dr.backward of its (JIT-fused) weighted sum, tide by seeding w and ones straight
+into its outputs (torch.autograd.backward), so no loss runs as separate torch ops. Silhouettes and
 depths are checked to agree (IoU, median depth difference) before timing; each peer is skipped with a message
 when it is not installed. It prints every time, the side-by-side ratios, and the growth per doubling of pixels
 and of faces; ``--plot`` writes docs/bench_render_peers.png.

@@ -9,6 +9,8 @@ Two stages, so that only a small kernel is differentiable:
    mode faces that contain the pixel centre are kept before blur-only ones, so a dense mesh cannot crowd the
    covering face out of the K (which made alpha ~0 inside silhouettes). Output:
    ``Fragments`` with face ids, perspective-correct barycentrics, depths and signed distances.
+   The hard one-layer case (K = 1, sigma = 0) skips the tiles: faces scatter an atomic minimum of a (depth, face
+   id) key per pixel and one pass per pixel resolves it (``zbuffer``), the same selection in fewer launches.
 2. ``soft_composite`` (differentiable, hand-written backward): recomputes each kept face's signed 2D distance
    from the projected vertices, turns it into coverage ``alpha = opacity * exp(-max(d, 0) / sigma)``
    (Differentiable Blocks World; d is the squared distance in NDC units, positive outside), and composites the

@@ -444,7 +444,8 @@ def _zb_bg_grad(p2f: ti.types.ndarray(), g_rgb: ti.types.ndarray(), g_bg: ti.typ
 
 
 _BUFFERS: dict = {}
-"""Key buffers per (batch, height, width, device), kept between calls: the resolve pass leaves them empty."""
+"""Key buffers per (batch, height, width, device), kept between calls: the resolve pass leaves them empty (so no
+fill per call). Not for concurrent renders of one size from several Python threads."""
 
 
 def _keys(B: int, H: int, W: int, device, packed: bool):
@@ -453,7 +454,7 @@ def _keys(B: int, H: int, W: int, device, packed: bool):
     k = (B, H, W, str(device))
     buf = _BUFFERS.get(k)
     if buf is None or buf[2]:
-        if len(_BUFFERS) > 8:
+        if len(_BUFFERS) >= 4:                   # a few image sizes at a time (8 bytes per pixel each)
             _BUFFERS.clear()
         zkey = torch.full((B, H, W), _EMPTY_KEY, dtype=torch.int64, device=device)
         fid = torch.full((B, H, W) if not packed else (1, 1, 1), _EMPTY_ID, dtype=torch.int32, device=device)
