@@ -64,6 +64,8 @@ class _Function(torch.autograd.Function):
     def forward(ctx, op: Op, *inputs):
         device = backend.torch_device()
         staged = tuple(_stage(x, device) for x in inputs)
+        # torch otherwise hands backward zero tensors for unused outputs (an image-sized fill each)
+        ctx.set_materialize_grads(not op.none_grads)
         outputs, saved = op.forward(*staged)
         outputs = tuple(outputs)
         ctx.op, ctx.saved, ctx.n_in = op, saved, len(inputs)

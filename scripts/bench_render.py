@@ -8,7 +8,10 @@ and 51,200 faces), camera and image size (128^2, 256^2, 512^2): **Mitsuba 3** (`
 ``llvm_ad_rgb``, 1 sample per pixel, one directional light on a diffuse mesh; its ``direct`` integrator's forward
 and forward + backward to the vertex positions, which like tide's hard mode has no silhouette gradients, and its
 ``direct_projective`` integrator, whose silhouette gradients compare with tide's soft mode and hard + antialias)
-and **Open3D**'s Embree ray casting (silhouette and depth forward, against tide's ``rasterize``). Silhouettes and
+and **Open3D**'s Embree ray casting (silhouette and depth forward, against tide's ``rasterize``). Both sides
+back-propagate the same vector-Jacobian product, the gradient of sum(w * rgb) (+ sum(alpha) for tide's soft and
+antialiased alpha): Mitsuba as dr.backward of its (JIT-fused) weighted sum, tide by seeding w and ones straight
+into its outputs (torch.autograd.backward), so no loss runs as separate torch ops. Silhouettes and
 depths are checked to agree (IoU, median depth difference) before timing; each peer is skipped with a message
 when it is not installed. It prints every time, the side-by-side ratios, and the growth per doubling of pixels
 and of faces; ``--plot`` writes docs/bench_render_peers.png.
@@ -613,11 +616,23 @@ def _tide_peer_runs(V0, F, res):
                 return render(V0, mode, **kw).rgb
         return run
 
+    ones = torch.ones(1, res, res, dtype=dt)
+
     def fwd_bwd(mode, **kw):
+        # the gradient of sum(w * rgb) + sum(alpha), seeded straight into the outputs (a vector-Jacobian product):
+        # no loss is timed in torch (on this 2-core box at load ~8 one 49k-element torch mul took ~19 ms, its
+        # OpenMP region waiting on a descheduled thread, more than the whole render); Mitsuba's mul and sum are
+        # fused into its own kernels. The vertices are one leaf whose gradient is reset per run (no copy).
+        V = V0.clone().requires_grad_()
+
         def run():
-            V = V0.clone().requires_grad_()
+            V.grad = None
             r = render(V, mode, **kw)
-            ((r.rgb * w).sum() + r.alpha.sum()).backward()
+            outs, seeds = [r.rgb], [w]
+            if r.alpha.requires_grad:                  # hard mode's alpha is a 0/1 mask without gradient
+                outs.append(r.alpha)
+                seeds.append(ones)
+            torch.autograd.backward(outs, seeds)
             return V.grad
         return run
 

@@ -2,6 +2,7 @@
 (a bad index or a short attribute array would otherwise be read out of bounds by a Taichi kernel)."""
 import weakref
 
+import numpy as np
 import torch
 
 __all__ = ["check_mesh", "check_per", "check_finite"]
@@ -18,6 +19,14 @@ def check_finite(name: str, x: torch.Tensor, fn: str):
     if not x.is_floating_point() or x.numel() == 0:
         return
     x = x.detach()
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        # numpy's single-threaded sum: torch's parallel one is an OpenMP region, which on a busy 2-core machine
+        # waits for a descheduled thread (~9 ms for 77k floats at load ~7, against ~0.03 ms alone)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.add.reduce(x.numpy(), axis=None)
+        if np.isfinite(total) or bool(torch.isfinite(x).all()):
+            return
+        raise ValueError(f"{fn}: {name} contains NaN or infinite values")
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{fn}: {name} contains NaN or infinite values")
 

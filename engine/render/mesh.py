@@ -1,4 +1,5 @@
 """``render_mesh``: rasterize + attributes + shading + compositing, hard or soft, in one call."""
+import math
 from dataclasses import dataclass
 
 import taichi as ti
@@ -10,11 +11,12 @@ from .antialias import antialias as _antialias
 from .attributes import _texel_coords, face_attributes, interpolate, sample_texture
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
-from .clip import clip_near
+from .clip import CLIP_Z, clip_near
 from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project, _project_bwd, _seg_dist2, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, rasterize_screen,
                      soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
+from .zbuffer import _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
 
@@ -156,7 +158,8 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
               g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
               g_bg: ti.types.ndarray(), g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray(), per_face: int,
               use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
-              tex_private: ti.template(), C: ti.template()):
+              tex_private: ti.template(), has_gdep: int, has_galp: int, C: ti.template()):
+    # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
@@ -213,8 +216,10 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                             g_bg[b, py * W + px, c] = go[c] * Tn
                         else:
                             _acc(g_bg, (cb * Bg + bb, 0, c), go[c] * Tn, private)
-                    go[C] = g_dep[b, py, px]
-                    go[C + 1] = g_alp[b, py, px]
+                    if has_gdep:
+                        go[C] = g_dep[b, py, px]
+                    if has_galp:
+                        go[C + 1] = g_alp[b, py, px]
                     R = _bg_vec(bg, b, py, px, W, C)
                     x, y = px + 0.5, py + 0.5
                     for kk in range(n):
@@ -306,6 +311,59 @@ def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.
                         R = a * v + (1.0 - a) * R
 
 
+@lean
+@ti.kernel
+def _fill0(buf: ti.types.ndarray()):
+    # torch.zeros' fill is an OpenMP region; on a busy 2-core box it waited ~20 ms for 266k floats at load ~9
+    for i in range(buf.shape[0]):
+        buf[i] = 0.0
+
+
+@lean
+@ti.kernel
+def _sum_copies(buf: ti.types.ndarray(), segs: ti.types.ndarray(), out: ti.types.ndarray(), nc: int):
+    # out = each segment's nc stacked copies summed, segments back to back: segs rows (offset in buf, length)
+    for j in range(out.shape[0]):
+        s, base = 0, 0
+        while j - base >= segs[s, 1]:
+            base += segs[s, 1]
+            s += 1
+        k = j - base
+        n = segs[s, 1]
+        o = segs[s, 0]
+        acc = buf[o + k]
+        for c in range(1, nc):
+            acc += buf[o + c * n + k]
+        out[j] = acc
+
+
+@lean
+@ti.kernel
+def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy: ti.types.ndarray(),
+                      g_verts: ti.types.ndarray(), nc: int):
+    # raster._project_bwd from nc stacked copies of the (B, V, 2) screen gradient, written whole (no zeroed
+    # buffer): each vertex sums its copies and, for one mesh seen by B cameras, its B views
+    B, V = screen.shape[0], screen.shape[1]
+    Bv = g_verts.shape[0]
+    for bv, i in ti.ndrange(Bv, V):
+        acc = ti.Vector([0.0, 0.0, 0.0])
+        for b in range(B):
+            if Bv == 1 or b == bv:
+                z = screen[b, i, 2]
+                if ti.abs(z) < 1e-12:
+                    z = 1e-12
+                gu, gv = 0.0, 0.0
+                for c in range(nc):
+                    gu += g_xy[c * B + b, i, 0]
+                    gv += g_xy[c * B + b, i, 1]
+                gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
+                                -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
+                for j in ti.static(range(3)):
+                    acc[j] += cam[b, j] * gc[0] + cam[b, 3 + j] * gc[1] + cam[b, 6 + j] * gc[2]
+        for j in ti.static(range(3)):
+            g_verts[bv, i, j] = acc[j]
+
+
 class SoftMesh(bridge.Op):
     """Fused soft mesh rendering: coverage, interpolation, shading and compositing of precomputed K-nearest lists.
 
@@ -327,6 +385,7 @@ class SoftMesh(bridge.Op):
 
     name = "soft_mesh"
     fresh_grads = True              # backward allocates every gradient it returns, per call
+    none_grads = True               # unused depth / alpha gradients arrive as None (no image-sized zeros)
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool = False,
                  screen_input: bool = False):
@@ -356,35 +415,61 @@ class SoftMesh(bridge.Op):
                                          + opacity.numel() + uvc.numel())
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
-        # scattered gradients: nc copies stacked on dim 0, summed after the launch
-        g_xy = torch.zeros(nc * B, screen.shape[1], 2, **kw)
-        g_attr = torch.zeros(nc * attr.shape[0], *attr.shape[1:], **kw)
-        g_shade = torch.zeros(nc * shade.shape[0], *shade.shape[1:], **kw)
-        g_opac = torch.zeros(nc * opacity.shape[0], *opacity.shape[1:], **kw)
+        # scattered gradients: nc copies stacked on dim 0 of each, all views of one zeroed buffer (one fill, not
+        # one per array: on a busy 2-core box each torch op over a large tensor waits ~10-25 ms for a descheduled
+        # OpenMP thread), summed over the copies by one launch (_sum_copies)
         tex_private = private and (not self.use_tex or _texture_copies_pay(nc, tex.numel(), B * H * W * attr.shape[2]))
-        g_tex = torch.zeros((nc if tex_private else 1) * tex.shape[0], *tex.shape[1:], **kw)
-        g_uv = torch.zeros(nc * uvc.shape[0], *uvc.shape[1:], **kw)
         bg_image = background.shape[1] > 1
-        g_bg = (torch.empty(B, H * W, background.shape[2], **kw) if bg_image
-                else torch.zeros(nc * background.shape[0], 1, background.shape[2], **kw))
-        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, *grads,
+        shapes = [(B, screen.shape[1], 2), tuple(attr.shape), tuple(shade.shape), tuple(opacity.shape),
+                  tuple(uvc.shape)]
+        if not bg_image:
+            shapes.append(tuple(background.shape))
+        copies = [nc] * len(shapes)
+        shapes.append(tuple(tex.shape))
+        copies.append(nc if tex_private else 1)
+        sizes = [math.prod(sh) for sh in shapes]
+        buf = torch.empty(sum(n * c for n, c in zip(sizes, copies)), **kw)
+        _fill0(buf)
+        views, off = [], 0
+        for sh, n, c in zip(shapes, sizes, copies):
+            views.append(buf[off:off + n * c].view(c * sh[0], *sh[1:]))
+            off += n * c
+        g_xy, g_attr, g_shade, g_opac, g_uv = views[:5]
+        g_tex = views[-1]
+        g_bg = views[5] if not bg_image else torch.empty(B, H * W, background.shape[2], **kw)
+        g_rgb, g_dep, g_alp = grads
+        if g_rgb is None:
+            g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw)
+        dummy = torch.zeros(1, 1, 1, **kw)
+        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, g_rgb,
+                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp,
                   g_xy, g_attr, g_shade, g_opac, g_bg, g_tex.view(-1, tex.shape[3]), g_uv.view(-1, 6), self.per_face,
-                  self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private, attr.shape[2])
+                  self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
+                  int(g_dep is not None), int(g_alp is not None), attr.shape[2])
         if nc > 1:
-            g_xy, g_attr, g_shade, g_opac = (g.reshape(nc, -1, *g.shape[1:]).sum(0)
-                                             for g in (g_xy, g_attr, g_shade, g_opac))
-            if self.use_tex:
-                g_uv = g_uv.reshape(nc, -1, *g_uv.shape[1:]).sum(0)
-                if tex_private:
-                    g_tex = g_tex.reshape(nc, -1, *g_tex.shape[1:]).sum(0)
+            # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
+            parts = [(v, n, c) for v, n, c in zip(views[1:], sizes[1:], copies[1:])
+                     if c > 1 and (v is not g_tex or self.use_tex)]
+            segs = torch.tensor([[(v.data_ptr() - buf.data_ptr()) // buf.element_size(), n] for v, n, _c in parts],
+                                dtype=torch.int64, device=buf.device)
+            out = torch.empty(sum(n for _v, n, _c in parts), **kw)
+            _sum_copies(buf, segs, out, nc)
+            off, summed = 0, {}
+            for v, n, _c in parts:
+                summed[id(v)] = out[off:off + n].view(v.shape[0] // nc, *v.shape[1:])
+                off += n
+            g_attr, g_shade, g_opac, g_uv, g_tex = (summed.get(id(v), v) for v in (g_attr, g_shade, g_opac, g_uv,
+                                                                                   g_tex))
             if not bg_image:
-                g_bg = g_bg.reshape(nc, -1, *g_bg.shape[1:]).sum(0)
+                g_bg = summed[id(views[5])]
         if self.screen_input:
             # the first input was the projected (B, V, 3) (u, v, z): its gradient is g_xy (depth stays detached)
+            if nc > 1:
+                g_xy = g_xy.reshape(nc, -1, *g_xy.shape[1:]).sum(0)
             g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
         else:
-            g_verts = torch.zeros(vshape, **kw)
-            _project_bwd(screen, cam, g_xy, g_verts)
+            g_verts = torch.empty(vshape, **kw)
+            _soft_project_bwd(screen, cam, g_xy, g_verts, nc)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
@@ -598,7 +683,7 @@ class HardMesh(bridge.Op):
         g_rgb, g_dep, _g_alp = grads
         g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
         dummy = torch.zeros(1, 1, 1, 3, **kw)
-        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep, dummy,
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy[0] if g_dep is None else g_dep, dummy,
                   g_scr, g_attr, g_shade, torch.zeros(n_chunks, 1, 3, **kw), g_bg, self.per_face, self.use_shade,
                   n_chunks, int(g_dep is not None), 0, private, False, attr.shape[2])
         if nc > 1:
@@ -638,9 +723,9 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
 @ti.kernel
 def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                     lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
-                    g_verts: ti.types.ndarray(), use_shade: int):
+                    g_verts: ti.types.ndarray(), use_shade: int, has_gfn: int):
     # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners
-    for b, f in ti.ndrange(g_fn.shape[0], g_fn.shape[1]):
+    for b, f in ti.ndrange(verts.shape[0], faces.shape[0]):
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
         v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
         e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
@@ -648,7 +733,9 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
         m = e1.cross(e2)
         ln = m.norm()
         n = m / ti.max(ln, 1e-12)
-        g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
+        g = ti.Vector([0.0, 0.0, 0.0])
+        if has_gfn:
+            g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
         if use_shade:
             for l in range(ldir.shape[0]):
                 d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
@@ -728,7 +815,7 @@ class HardMeshWorld(bridge.Op):
         g_rgb, g_dep, _g_alp, g_nrm = grads
         g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw) if g_rgb is None else g_rgb
         dummy = torch.zeros(1, 1, 1, 3, **kw)
-        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy if g_dep is None else g_dep,
+        _hard_bwd(screen, faces, p2f, attr, shade, background, g_rgb, dummy[0] if g_dep is None else g_dep,
                   dummy if g_nrm is None else g_nrm, g_scr, g_attr, g_shade, g_fn, g_bg, self.per_face,
                   self.use_shade, n_chunks, int(g_dep is not None), int(g_nrm is not None), private, True,
                   attr.shape[2])
@@ -744,7 +831,7 @@ class HardMeshWorld(bridge.Op):
         _project_z_bwd(cam, g_scr, g_verts)
         if not self.use_shade:
             g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade, 1)
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
@@ -771,12 +858,16 @@ class FaceShade(bridge.Op):
     def backward(self, saved, grads):
         verts, ldir, lcol, faces = saved
         g_fn, g_shade = grads
+        if g_fn is None and (g_shade is None or not self.use_shade):
+            return None, None, None, None, None
         shape = (verts.shape[0], faces.shape[0], 3)
-        g_fn = torch.zeros(shape, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        has_gfn = g_fn is not None
+        g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
         use = self.use_shade and g_shade is not None
         g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
-        g_verts = torch.zeros_like(verts)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use))
+        g_verts = torch.empty_like(verts)
+        _fill0(g_verts.view(-1))                                   # a Taichi fill: no OpenMP region
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn))
         return g_verts, None, None, None, None
 
 
@@ -926,6 +1017,16 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, *, col
     colors, face_colors, uvs, texture = (None if x is None else x.to(device=dev, dtype=dt)
                                          for x in (colors, face_colors, uvs, texture))
     faces = faces.to(device=dev, dtype=torch.int32)
+    if mode == "hard" and texture is None:
+        fast = _render_hard_z(verts, faces, camera, colors, face_colors, lights, background, antialias)
+        if fast is not None:
+            return fast
+    if mode == "soft":
+        # one projection serves the near-plane test and the rasterizer
+        screen, zmin, _ = project_min_z(verts, camera)
+        if zmin >= CLIP_Z + 1e-5 * (1.0 + CLIP_Z):
+            return _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
+                                faces_per_pixel, opacity, background, antialias, screen=screen)
     clip = clip_near(verts, faces, camera)
     if clip is None:
         return _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma,
@@ -1013,7 +1114,7 @@ def _check_inputs(verts, faces, camera, colors, face_colors, uvs, texture, opaci
 
 
 def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights, mode, sigma, faces_per_pixel,
-                 opacity, background, antialias=False) -> MeshRender:
+                 opacity, background, antialias=False, screen=None) -> MeshRender:
     """``render_mesh`` after near-plane clipping: no face crosses ``z = CLIP_Z``; uvs may be per-corner and
     batched (B, F, 3, 2). Inputs are validated and already on the backend's device and dtype (faces int32)."""
     dt, dev = backend.torch_dtype(), backend.torch_device()
@@ -1027,7 +1128,7 @@ def _render_mesh(verts, faces, camera, colors, face_colors, uvs, texture, lights
             return fused
     if not hard:
         fused = _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma,
-                                   faces_per_pixel, opacity, background)
+                                   faces_per_pixel, opacity, background, screen)
         if fused is not None:
             return fused
     frags = rasterize(verts, faces, camera, faces_per_pixel=1 if hard else faces_per_pixel, clip=False,
@@ -1095,7 +1196,7 @@ def _camera_needs_grad(camera: Camera) -> bool:
 
 
 def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma, faces_per_pixel,
-                       opacity, background):
+                       opacity, background, screen=None):
     """Soft ``render_mesh`` as Taichi projection + K-nearest lists + one ``SoftMesh`` op (no per-pixel torch glue).
     Returns None for inputs it does not cover (lights on features that are not 3 wide; colours and a texture of
     different widths, or a texture batch other than 1 or B)."""
@@ -1122,7 +1223,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         return None
     if texture is not None and tex.shape[-1] != C:
         return None
-    screen = project(verts, camera)
+    screen = project(verts, camera) if screen is None else screen
     B = screen.shape[0]
     if texture is None:
         tex, uvc = torch.zeros(1, 2, 2, C, dtype=dt, device=dev), torch.zeros(1, 1, 3, 2, dtype=dt, device=dev)
@@ -1209,3 +1310,120 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, screen, faces)
         rgb, alpha = aa[..., :C], aa[..., C]
     return MeshRender(rgb, alpha, depth, bridge.apply(NearestNormals(), fn, frags.pix_to_face), frags)
+
+
+class ZBufferMesh(bridge.Op):
+    """Hard mesh rendering on the scatter z-buffer (``zbuffer``) for fixed cameras and lights: the faces' depth keys,
+    then one pass per pixel for the fragment, colour (interpolated attributes times two-sided Lambert shade), depth,
+    alpha and normal; the backward is one pass per face (``_zb_backward``). Gradients as ``HardMeshWorld``.
+
+    Inputs: verts (Bv, V, 3), attr (Ba, V or F, C), background (Bg, 1 or H*W, C), light directions (L, 3), colours
+    (L, 3) and ambient (3,) (zero-size when unlit), the camera table (B, 16), faces (F, 3) int32 and the projected
+    vertices (B, V, 3) (no gradient: the op differentiates the projection itself).
+    Outputs: colour (B, H, W, C), depth, alpha (B, H, W), normals (B, H, W, 3), then the fragments (pix_to_face,
+    bary, zbuf, dist with K = 1; detach them: they carry no gradient).
+    ``g_verts``: a zeroed (Bv, V, 3) buffer the backward adds into (zeroed by the projection launch), or None.
+    """
+
+    name = "zbuffer_mesh"
+    fresh_grads = True
+    none_grads = True
+
+    def __init__(self, width: int, height: int, per_face: bool, use_shade: bool, g_verts, need_attr: bool,
+                 need_bg: bool):
+        self.W, self.H = int(width), int(height)
+        self.per_face, self.use_shade = int(per_face), int(use_shade)
+        self.g_verts, self.need_attr, self.need_bg = g_verts, bool(need_attr), bool(need_bg)
+        self.need_verts = g_verts is not None
+
+    def forward(self, verts, attr, background, ldir, lcol, amb, cam, faces, screen):
+        frags, out = zbuffer(screen, faces, self.W, self.H, shading=(verts, attr, background, ldir, lcol, amb,
+                                                                   self.per_face, self.use_shade))
+        return (*out, *frags), (verts, attr, background, ldir, lcol, amb, cam, faces, screen, frags[0])
+
+    def backward(self, saved, grads):
+        verts, attr, background, ldir, lcol, amb, cam, faces, screen, p2f = saved
+        g_rgb, g_dep, _g_alp, g_nrm = grads[:4]
+        B, H, W, _ = p2f.shape
+        kw = dict(dtype=verts.dtype, device=verts.device)
+        C = attr.shape[2]
+        if g_rgb is None:
+            g_rgb = torch.zeros(B, H, W, C, **kw)
+        need_verts = self.need_verts
+        g_verts = self.g_verts
+        self.g_verts = None                          # a second backward (retain_graph) gets a fresh buffer
+        if g_verts is None:
+            g_verts = torch.zeros_like(verts) if need_verts else torch.zeros(1, 1, 3, **kw)
+        g_attr = torch.zeros_like(attr) if self.need_attr else torch.zeros(1, 1, C, **kw)
+        dummy = torch.zeros(1, 1, 1, 3, **kw)
+        if need_verts or self.need_attr:
+            _zb_backward(screen, faces, p2f, verts, attr, ldir, lcol, amb, cam, g_rgb,
+                         dummy[0] if g_dep is None else g_dep, dummy if g_nrm is None else g_nrm, g_verts, g_attr,
+                         1e-3, self.per_face, self.use_shade, int(g_dep is not None), int(g_nrm is not None),
+                         int(need_verts), int(self.need_attr), C)
+        g_bg = None
+        if self.need_bg:
+            bg_image = background.shape[1] > 1
+            g_bg = (torch.empty(B, H * W, C, **kw) if bg_image else torch.zeros(background.shape[0], 1, C, **kw))
+            _zb_bg_grad(p2f, g_rgb, g_bg, int(bg_image))
+            if bg_image and background.shape[0] == 1 and B > 1:
+                g_bg = g_bg.sum(0, keepdim=True)
+        return (g_verts if need_verts else None, g_attr if self.need_attr else None, g_bg,
+                None, None, None, None, None, None)
+
+
+def _render_hard_z(verts, faces, camera, colors, face_colors, lights, background, antialias):
+    """Hard ``render_mesh`` on the scatter z-buffer (``ZBufferMesh``): one projection (which also tests the near
+    plane and zeroes the vertex-gradient buffer), the faces' depth keys, one pass per pixel; no torch op over faces
+    or pixels. Returns None where it does not apply (camera or light gradients, lights on features that are not 3
+    wide, a face crossing the near plane): the caller takes the general path."""
+    if _camera_needs_grad(camera) or (lights is not None and any(
+            x.requires_grad for x in (lights.direction, lights.color, lights.ambient))):
+        return None
+    dt, dev = verts.dtype, verts.device
+    H, W = camera.height, camera.width
+    F = faces.shape[0]
+    per_face = colors is None
+    if colors is not None:
+        attr = colors
+    elif face_colors is not None:
+        attr = face_colors
+    else:
+        attr = torch.ones(1, F, 3, dtype=dt, device=dev)
+    attr = attr.unsqueeze(0) if attr.dim() == 2 else attr
+    C = attr.shape[-1]
+    if lights is not None and C != 3:
+        return None
+    grad = torch.is_grad_enabled()
+    v3 = verts.unsqueeze(0) if verts.dim() == 2 else verts
+    need_verts = grad and verts.requires_grad
+    screen, zmin, g_verts = project_min_z(v3, camera, zero_like_verts=need_verts)
+    if zmin < CLIP_Z + 1e-5 * (1.0 + CLIP_Z):
+        return None                                   # a vertex near or behind the plane: maybe a face to clip
+    bg_t = torch.as_tensor(background, dtype=dt, device=dev)
+    bg = bg_t
+    if bg.dim() <= 1:
+        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
+    elif bg.dim() == 2:
+        bg = bg.reshape(bg.shape[0], 1, -1)
+    else:
+        bg = bg.reshape(-1, H * W, bg.shape[-1])
+    if bg.shape[-1] != C:
+        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    B = screen.shape[0]
+    cam = camera_table(camera).to(dt)
+    cam = cam.expand(B, -1).contiguous() if cam.shape[0] != B else cam
+    if lights is not None:
+        ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
+    else:
+        ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+    op = ZBufferMesh(W, H, per_face, lights is not None, g_verts, grad and attr.requires_grad,
+                     grad and bg_t.requires_grad)
+    rgb, depth, alpha, normals, p2f, bary, zbuf, dist = bridge.apply(op, v3, attr, bg, ldir, lcol, amb, cam, faces,
+                                                                     screen)
+    frags = Fragments(p2f, bary.detach(), zbuf.detach(), dist.detach())
+    alpha = alpha.detach()
+    if antialias:
+        aa = _antialias(torch.cat([rgb, alpha[..., None]], -1), frags, camera.project(verts), faces)
+        rgb, alpha = aa[..., :C], aa[..., C]
+    return MeshRender(rgb, alpha, depth, normals, frags)

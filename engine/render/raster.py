@@ -9,6 +9,8 @@ Two stages, so that only a small kernel is differentiable:
    mode faces that contain the pixel centre are kept before blur-only ones, so a dense mesh cannot crowd the
    covering face out of the K (which made alpha ~0 inside silhouettes). Output:
    ``Fragments`` with face ids, perspective-correct barycentrics, depths and signed distances.
+   The hard one-layer case (K = 1, sigma = 0) skips the tiles: faces scatter an atomic minimum of a (depth, face
+   id) key per pixel and one pass per pixel resolves it (``zbuffer``), the same selection in fewer launches.
 2. ``soft_composite`` (differentiable, hand-written backward): recomputes each kept face's signed 2D distance
    from the projected vertices, turns it into coverage ``alpha = opacity * exp(-max(d, 0) / sigma)``
    (Differentiable Blocks World; d is the squared distance in NDC units, positive outside), and composites the
@@ -468,12 +470,17 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, faces_pe
             (``engine.render.clip``); the fragments still name the original faces and their barycentrics.
     """
     backend.ensure()
+    from .zbuffer import project_min_z
+
+    # one projection serves the near-plane test and the rasterizer
+    screen, zmin, _ = project_min_z(verts, camera)
     if clip:
         from .clip import CLIP_Z, clip_near
-        c = clip_near(verts, faces, camera, max(CLIP_Z, 2 * near))
-        if c is not None:
-            return c.fragments(rasterize(c.verts, c.faces, camera, faces_per_pixel, sigma, near, clip=False))
-    screen = project(verts, camera)
+        z_clip = max(CLIP_Z, 2 * near)
+        if zmin < z_clip + 1e-5 * (1.0 + abs(z_clip)):
+            c = clip_near(verts, faces, camera, z_clip)
+            if c is not None:
+                return c.fragments(rasterize(c.verts, c.faces, camera, faces_per_pixel, sigma, near, clip=False))
     return rasterize_screen(screen, faces, camera.width, camera.height, faces_per_pixel, sigma, near)
 
 
@@ -485,6 +492,10 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     faces = faces.to(device=screen.device, dtype=torch.int32).contiguous()
     B, H, W, K = screen.shape[0], int(height), int(width), int(faces_per_pixel)
     dt, dev = screen.dtype, screen.device
+    if K == 1 and sigma <= 0:
+        # hard z-buffer: faces scatter into a key buffer, no tile lists (``zbuffer``)
+        from .zbuffer import zbuffer
+        return Fragments(*zbuffer(screen, faces, W, H, near))
     ty_n, tx_n = (H + TILE - 1) // TILE, (W + TILE - 1) // TILE
     # the blur reach in pixels gets a rounding margin so the box test never rejects a face the distance keeps
     margin = blur_radius_px(sigma, W, H) + (1e-3 if sigma > 0 else 0.0)
