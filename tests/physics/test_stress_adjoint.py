@@ -1,5 +1,5 @@
 """The hand-written stress adjoints (``materials.build_stress_adjoint``) per particle, against central differences in
-f64 of the forward kernels (deform, SVD, ``stress``), in 2D and 3D: every material, each output (F_new, Jp_new, τ)
+f64 of the forward kernels (deform, SVD, ``stress``; in 3D LAPACK's SVD, see ``_forward``), in 2D and 3D: every material, each output (F_new, Jp_new, τ)
 on its own, each input (C, F_in, Jp, E, ν). The deformations span elastic and plastic states, so every branch of
 each return mapping is hit (the test asserts it), plus particles with repeated singular values (F = c·R), where the
 textbook SVD adjoint divides 0 by 0."""
@@ -49,9 +49,20 @@ def _forward(dim, inp, mat, table):
     n = mat.shape[0]
     F_tr = torch.zeros(n, dim, dim, dtype=F64)
     k.deform(inp["C"].contiguous(), inp["F_in"].contiguous(), DT, F_tr)
-    U, V = torch.zeros(n, dim, dim, dtype=F64), torch.zeros(n, dim, dim, dtype=F64)
-    sig = torch.zeros(n, dim, dtype=F64)
-    fwd_svd(F_tr, mat, U, sig, V)
+    if dim == 2:
+        U, V = torch.zeros(n, dim, dim, dtype=F64), torch.zeros(n, dim, dim, dtype=F64)
+        sig = torch.zeros(n, dim, dtype=F64)
+        fwd_svd(F_tr, mat, U, sig, V)
+    else:
+        # ti.svd in 3D iterates a fixed number of sweeps: in f64 it reconstructs F to ~1e-11 near repeated singular
+        # values, which would swamp a central difference at these steps. LAPACK's SVD (signs fixed so U, V are
+        # rotations) feeds the same stress kernel instead.
+        U, sig, Vh = torch.linalg.svd(F_tr)
+        V = Vh.transpose(1, 2).clone()
+        flip = torch.det(U) < 0  # det F > 0 here, so det V < 0 too
+        U[flip, :, -1] *= -1
+        V[flip, :, -1] *= -1
+        U, sig, V = U.contiguous(), sig.contiguous(), V.contiguous()
     F_new, tau = torch.zeros(n, dim, dim, dtype=F64), torch.zeros(n, dim, dim, dtype=F64)
     Jp_new = torch.zeros(n, dtype=F64)
     zero = torch.zeros(n, dtype=F64)
