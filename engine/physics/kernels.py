@@ -386,42 +386,40 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     stress_kernel, update, stress_serial = materials.build_stress(dim, real)
     decompose = svd.decompose_func(dim, real)
 
-    @ti.func
-    def fused_particle(p, x: T_, v: T_, C: T_, F: T_, Jp: T_, material: T_, E: T_, nu: T_, rho: T_, vol: T_,
-                       muscle: T_, act: T_, fibre: T_, table: T_, dx, dt, F_out: T_, Jp_out: T_, tau: T_, grid_mv: T_,
-                       grid_m: T_):
-        """Particle p of ``p2g_fused``; returns its trial F's SVD (identity for materials without one)."""
-        F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
-        m = material[p]
-        u, sig, vv = decompose(F_tr, m)
-        a = ti.cast(0.0, real)
-        if m == materials.MUSCLE:
-            for g in range(muscle.shape[1]):
-                a += muscle[p, g] * act[g]
-        update(p, F_tr, u, sig, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
-        scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
-        return u, sig, vv
-
     @ti.kernel
     def p2g_fused(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
                   vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
                   Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s):
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
-            fused_particle(p, x, v, C, F, Jp, material, E, nu, rho, vol, muscle, act, fibre, table, dx, dt, F_out,
-                           Jp_out, tau, grid_mv, grid_m)
+            F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+            m = material[p]
+            u, sig, vv = decompose(F_tr, m)
+            a = ti.cast(0.0, real)
+            if m == materials.MUSCLE:
+                for g in range(muscle.shape[1]):
+                    a += muscle[p, g] * act[g]
+            update(p, F_tr, u, sig, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
 
     @ti.kernel
     def p2g_fused_svd(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
                       vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
                       Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s, U: P_mat, sig: P_vec, V: P_mat):
-        # ``p2g_fused`` that also stores the SVD materials' trial-F SVD, which their stress adjoint reads (the
-        # differentiable path)
+        # ``p2g_fused`` (the same loop body: keep them in step) that also stores the SVD materials' trial-F SVD,
+        # which their stress adjoint reads (the differentiable path). A shared ti.func returning the SVD changed
+        # the forward's round-off in 2D, so ``p2g_fused`` keeps its own body.
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
-            u, s, vv = fused_particle(p, x, v, C, F, Jp, material, E, nu, rho, vol, muscle, act, fibre, table, dx,
-                                      dt, F_out, Jp_out, tau, grid_mv, grid_m)
+            F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
             m = material[p]
+            u, s, vv = decompose(F_tr, m)
+            a = ti.cast(0.0, real)
+            if m == materials.MUSCLE:
+                for g in range(muscle.shape[1]):
+                    a += muscle[p, g] * act[g]
+            update(p, F_tr, u, s, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
             if m != materials.ELASTIC and m != materials.MUSCLE and m != materials.WATER:
                 U[p] = u
                 sig[p] = s
