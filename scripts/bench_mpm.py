@@ -322,15 +322,18 @@ def bench_materials(dims, rounds):
             for _ in range(rounds):
                 for mode, ro in ros.items():
                     for kind, job in (("fwd", fwd), ("both", both)):
-                        t = time.perf_counter()
+                        t, t_cpu = time.perf_counter(), time.process_time()
                         job(ro)
-                        best[mode, kind] = min(best.get((mode, kind), float("inf")), time.perf_counter() - t)
+                        for clock, dt in (("wall", time.perf_counter() - t), ("cpu", time.process_time() - t_cpu)):
+                            key = mode, kind, clock
+                            best[key] = min(best.get(key, float("inf")), dt)
             ms = {k: v / c["substeps"] * 1e3 for k, v in best.items()}
             rows.append((dim, name, m.n, ms))
-            print(f"{dim}D {name:<10}{m.n:>7} {ms['generated', 'fwd']:>9.3f} {ms['generated', 'both']:>11.3f} "
-                  f"{ms['hand', 'fwd']:>9.3f} {ms['hand', 'both']:>11.3f} "
-                  f"{ms['hand', 'both'] / ms['hand', 'fwd']:>8.2f}x {ms['generated', 'both'] / ms['hand', 'both']:>8.2f}x",
-                  flush=True)
+            cpu = {(mode, kind): ms[mode, kind, "cpu"] for mode in ros for kind in ("fwd", "both")}
+            print(f"{dim}D {name:<10}{m.n:>7} {cpu['generated', 'fwd']:>8.2f} {cpu['generated', 'both']:>9.2f} "
+                  f"{cpu['hand', 'fwd']:>8.2f} {cpu['hand', 'both']:>9.2f} {cpu['hand', 'both'] / cpu['hand', 'fwd']:>7.2f}x "
+                  f"{cpu['generated', 'both'] / cpu['hand', 'both']:>7.2f}x   {ms['generated', 'both', 'wall']:>9.2f} "
+                  f"{ms['hand', 'both', 'wall']:>9.2f}", flush=True)
     return rows
 
 
@@ -403,7 +406,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="substeps timed per configuration and round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (best of each is kept)")
-    ap.add_argument("--precision", default="f32", choices=["f32", "f64"])
+    ap.add_argument("--precision", default=None, choices=["f32", "f64"],
+                    help="default f32; f64 for --memory and --materials (3D gradient kernels compile in f64 only in "
+                         "reasonable time, as 3D co-design runs)")
     ap.add_argument("--skip-grad", action="store_true")
     ap.add_argument("--profile", action="store_true", help="per-kernel µs/substep of the 2D full-tape fwd+bwd")
     ap.add_argument("--memory", action="store_true", help="measure a real 3D f64 checkpointed rollout's memory")
@@ -420,7 +425,8 @@ def main():
     from engine import backend
     from engine.physics.checkpoint import memory_estimate
 
-    s = backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision="f64" if args.memory else args.precision)
+    precision = args.precision or ("f64" if args.memory or args.materials else "f32")
+    s = backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision=precision)
     import taichi as ti
 
     real = backend.real()
@@ -451,11 +457,15 @@ def main():
         return
     if args.materials:
         print(f"load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
-        print("ms per substep (rollout: forward = checkpointed run, both = run + backward), best of "
-              f"{args.rounds}; 2D {MATERIAL_SCENES[2]['res']} grid, {MATERIAL_SCENES[2]['substeps']} substeps; "
-              f"3D {MATERIAL_SCENES[3]['res']} grid, {MATERIAL_SCENES[3]['substeps']} substeps")
-        print(f"{'material':<13}{'N':>7} {'gen fwd':>9} {'gen both':>11} {'hand fwd':>9} {'hand both':>11} "
-              f"{'bwd+fwd/fwd':>8} {'gen/hand':>8}")
+        print("ms per substep, best of {} alternating rounds: CPU time (process_time: robust to the box's load, "
+              "which makes each kernel launch wait for a core) and wall time; forward = checkpointed run, both = run +"
+              " backward; 2D {} grid, {} substeps; 3D {} grid, {} substeps".format(
+                  args.rounds, MATERIAL_SCENES[2]["res"], MATERIAL_SCENES[2]["substeps"], MATERIAL_SCENES[3]["res"],
+                  MATERIAL_SCENES[3]["substeps"]))
+        print(f"{'':<20}{'-- CPU: generated --':>18} {'-- CPU: hand --':>18} {'both/':>8} {'gen/':>8}   "
+              f"{'-- wall: both --':>19}")
+        print(f"{'material':<13}{'N':>7} {'fwd':>8} {'both':>9} {'fwd':>8} {'both':>9} {'fwd':>8} {'hand':>8}   "
+              f"{'generated':>9} {'hand':>9}")
         bench_materials([int(d) for d in args.dims.split(",")], args.rounds)
         if not args.no_cold:
             for mode, (f, b, warm) in bench_cold_compile(s.precision).items():
