@@ -23,13 +23,14 @@ It computes the same numbers as the staged kernels (tests/physics/test_fast_path
 
 Reverse mode (``Solver.backward``) runs hand-written adjoints of G2P (``g2p_adjoint``, a scatter into the grid
 velocity's grad), the grid update with its colliders (``grid_adjoint``, per node, no atomics) and P2G
-(``p2g_adjoint``, a gather over each particle's 3^d stencil, no atomics). Scenes whose materials all have
-hand-written stress adjoints (neo-Hookean, muscle, water: ``materials.HAND_ADJOINT``) also run deform + stress (with
-the muscle activation) + P2G forward in the fused kernel and reverse them in one pass (``p2g_stress_adjoint``, then
-``muscle_adjoint`` for the activations and muscle weights); the others keep Taichi's generated
-adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's. Taichi's generated reverse kernels
-carry every material's branch and cost 1.5-2x these (tests/physics/test_gradients.py checks all against central
-differences).
+(``p2g_adjoint``, a gather over each particle's 3^d stencil, no atomics). The stress has hand-written adjoints for
+every material (``materials.build_stress_adjoint``), so the differentiable forward runs deform, SVD, stress (with the
+muscle activation) and P2G in the fused kernel (``p2g_fused_svd`` also stores the SVD that the SVD materials' adjoint
+reads) and the backward reverses them in one pass (``p2g_stress_adjoint[_svd]``, then ``muscle_adjoint`` for the
+activations and muscle weights). ``Solver(stress_adjoint="generated")`` keeps the staged kernels for the SVD-based
+materials, with Taichi's generated adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's:
+they carry every material's branch, cost more and compile several times longer, and are kept for comparison
+(tests/physics/test_gradients.py checks both against central differences and against each other).
 
 On CPUs the scatter loops (P2G, and G2P's gradient) run serialised: Taichi then turns their float atomics into
 plain adds, which is about 5x faster on this box than two threads contending through compare-and-swap loops.
