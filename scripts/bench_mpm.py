@@ -331,7 +331,8 @@ def bench_materials(dims, rounds):
             rows.append((dim, name, m.n, ms))
             cpu = {(mode, kind): ms[mode, kind, "cpu"] for mode in ros for kind in ("fwd", "both")}
             print(f"{dim}D {name:<10}{m.n:>7} {cpu['generated', 'fwd']:>8.2f} {cpu['generated', 'both']:>9.2f} "
-                  f"{cpu['hand', 'fwd']:>8.2f} {cpu['hand', 'both']:>9.2f} {cpu['hand', 'both'] / cpu['hand', 'fwd']:>7.2f}x "
+                  f"{cpu['hand', 'fwd']:>8.2f} {cpu['hand', 'both']:>9.2f} "
+                  f"{cpu['hand', 'both'] / cpu['hand', 'fwd']:>7.2f}x "
                   f"{cpu['generated', 'both'] / cpu['hand', 'both']:>7.2f}x   {ms['generated', 'both', 'wall']:>9.2f} "
                   f"{ms['hand', 'both', 'wall']:>9.2f}", flush=True)
     return rows

@@ -704,7 +704,8 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel)
     return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
                                       stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
-                                      p2g_fused=p2g_fused, p2g_fused_svd=p2g_fused_svd, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad,
+                                      p2g_fused=p2g_fused, p2g_fused_svd=p2g_fused_svd, grid_fast=grid_fast,
+                                      g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
                                       clear_flat=clear_flat, p2g_stress_adjoint=p2g_stress_adjoint,
                                       p2g_stress_adjoint_svd=p2g_stress_adjoint_svd,

@@ -265,7 +265,8 @@ def build_stress_adjoint(dim: int, real, serial: bool = False, with_svd: bool = 
     U·K·Vᵀ where K_ii = ∂L/∂σ_i (the chain through f, t, c, the return mapping and Jp, by hand per material) and,
     for each pair i ≠ j (the rotation part of the SVD's derivative, Xu et al. 2015, "Nonlinear material design
     using principal stretches", written as an adjoint),
-        K_ij = α_f·sym(X)_ij + β_f·skew(X)_ij + (α_t + β_t)·Y_ij,   K_ji = α_f·sym(X)_ij − β_f·skew(X)_ij + (α_t − β_t)·Y_ij
+        K_ij = α_f·sym(X)_ij + β_f·skew(X)_ij + (α_t + β_t)·Y_ij,
+        K_ji = α_f·sym(X)_ij − β_f·skew(X)_ij + (α_t − β_t)·Y_ij
         α_f = (f_i − f_j)/(σ_i − σ_j),  β_f = (f_i + f_j)/(σ_i + σ_j),  α_t = (t_i − t_j)/(σ_i − σ_j),
         β_t = (t_j − t_i)/(σ_i + σ_j).
     The divided differences α are written in closed forms that stay exact as σ_i → σ_j (an undeformed particle has

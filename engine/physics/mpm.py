@@ -32,7 +32,8 @@ class Scratch(TensorBundle):
 
     Only what the backward pass reads is written: U, sig, V only with SVD materials (and there only for those
     materials' particles), act only with muscles on the generated-adjoint path, and F_tr only there
-    (``Solver(stress_adjoint="generated")``; the hand-written adjoints recompute it). ``Solver.backward`` leaves grid_v's grad zeroed (see ``Solver.zero_scratch_grad``)."""
+    (``Solver(stress_adjoint="generated")``; the hand-written adjoints recompute it). ``Solver.backward`` leaves
+    grid_v's grad zeroed (see ``Solver.zero_scratch_grad``)."""
 
     F_tr: torch.Tensor
     U: torch.Tensor

@@ -13,7 +13,7 @@ from engine.physics.checkpoint import Rollout
 from tests.physics.test_gradients import _yielded
 
 T, DT, EPS = 12, 5e-4, 1e-6
-YIELDING = materials.MaterialTable(clay_yield=2.0, mud_yield=2.0)  # low yield stresses: clay and mud yield in 12 substeps
+YIELDING = materials.MaterialTable(clay_yield=2.0, mud_yield=2.0)  # low: clay and mud yield within 12 substeps
 
 
 def _case(material):

@@ -1,6 +1,6 @@
 """The hand-written stress adjoints (``materials.build_stress_adjoint``) per particle, against central differences in
-f64 of the forward kernels (deform, SVD, ``stress``; in 3D LAPACK's SVD, see ``_forward``), in 2D and 3D: every material, each output (F_new, Jp_new, τ)
-on its own, each input (C, F_in, Jp, E, ν). The deformations span elastic and plastic states, so every branch of
+f64 of the forward kernels (deform, SVD, ``stress``; in 3D LAPACK's SVD, see ``_forward``), in 2D and 3D: every
+material, each output (F_new, Jp_new, τ) on its own, each input (C, F_in, Jp, E, ν). The deformations span elastic and plastic states, so every branch of
 each return mapping is hit (the test asserts it), plus particles with repeated singular values (F = c·R), where the
 textbook SVD adjoint divides 0 by 0."""
 import numpy as np
@@ -97,8 +97,7 @@ def _branches(material, sig, inp, table):
         lo, hi = 1 - t[0], 1 + t[1]
         clamped = ((s < lo) | (s > hi)).any(1)
         f = s.clamp(lo, hi)
-        jp_raw = torch.tensor(0.0)  # Jp floor: Jp·Πσ/Πf below Jp_min
-        jp_raw = torch.as_tensor(inp["Jp"]) * s.prod(1) / f.prod(1)
+        jp_raw = inp["Jp"] * s.prod(1) / f.prod(1)  # the Jp floor acts where Jp·Πσ/Πf < Jp_min
         return {"clamped": int(clamped.sum()), "inside": int((~clamped).sum()),
                 "floor": int((jp_raw < t[3]).sum()), "free": int((jp_raw >= t[3]).sum())}
     return {"all": s.shape[0]}
