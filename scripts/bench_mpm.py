@@ -16,8 +16,14 @@ pass and prints µs per substep for each, largest first.
 grid, a reduced substep count) above the process's baseline, compares it with the formula and extrapolates to
 4000 substeps.
 
+``--materials`` instead times each material's rollout per substep, forward and forward + backward (segmented
+checkpoints, as co-design runs them), with the hand-written stress adjoints and with Taichi's generated ones
+(``Solver(stress_adjoint="generated")``, the SVD-based materials' path before theirs were written), alternating,
+2D and 3D; then the cold compile of the 3D sand gradient path in each mode (a subprocess on an empty kernel
+cache, ``TIDE_CACHE_DIR``). ``--dims 2`` or ``--no-cold`` shorten it.
+
 Usage: python scripts/bench_mpm.py [--steps 20] [--rounds 3] [--precision f32] [--skip-grad] [--profile]
-       [--memory [--substeps 240]] [--scaling [--plot]]
+       [--memory [--substeps 240]] [--scaling [--plot]] [--materials [--dims 2,3] [--no-cold]]
 """
 import argparse
 import os
@@ -264,6 +270,114 @@ def bench_memory(n_substeps):
     return m.n, m.res, K, measured, est, seconds
 
 
+MATERIAL_SCENES = {2: dict(res=(128, 128), lo=(0.3, 0.1), hi=(0.6, 0.3), substeps=40, dt=1e-4),
+                   3: dict(res=(32, 32, 32), lo=(0.3, 0.1, 0.3), hi=(0.65, 0.35, 0.65), substeps=20, dt=2e-4)}
+"""``--materials``: one block per run (2D ~3.8k, 3D ~7.8k particles, ppc 2), thrown sideways and down onto the
+floor with a random shear so the plastic materials yield; E = 5 kPa, ν = 0.3, ρ = 1000 for every material."""
+
+
+def material_rollouts(dim, name):
+    """(model, {mode: Rollout}, v0) for ``name``'s block (``MATERIAL_SCENES``) under both stress adjoints."""
+    import torch
+
+    from engine.physics import Boundary, ModelBuilder, Solver
+    from engine.physics.checkpoint import Rollout
+
+    c = MATERIAL_SCENES[dim]
+    b = ModelBuilder(res=c["res"], dx=1 / c["res"][0], ppc=2)
+    b.add_box(c["lo"], c["hi"], material=name, E=5e3, nu=0.3, rho=1e3, velocity=(1.0, -1.5) + (0.3,) * (dim - 2),
+              group=0 if name == "muscle" else None, fibre=(1.0,) + (0.0,) * (dim - 1))
+    m = b.finalize(boundary=Boundary(floor="sticky"))
+    g = torch.Generator().manual_seed(0)
+    v0 = m.v0 + 0.5 * torch.randn(m.n, dim, generator=g, dtype=m.v0.dtype)
+    ros = {mode: Rollout(Solver(m, stress_adjoint=mode), c["substeps"], c["dt"]) for mode in ("generated", "hand")}
+    return m, ros, v0
+
+
+def bench_materials(dims, rounds):
+    """ms per substep of each material's forward and forward + backward, generated vs hand-written stress adjoints,
+    timed in alternation (best of ``rounds``)."""
+    import torch
+
+    from engine.physics import materials
+
+    rows = []
+    for dim in dims:
+        c = MATERIAL_SCENES[dim]
+        for name in materials.NAMES:
+            m, ros, v0 = material_rollouts(dim, name)
+            acts = torch.zeros(c["substeps"], m.n_groups, dtype=m.v0.dtype)
+            if name == "muscle":
+                acts[:, 0] = 0.5
+
+            def fwd(ro):
+                return ro.run(m.x0, v0, actions=acts)
+
+            def both(ro):
+                x, v, _ = ro.run(m.x0, v0, actions=acts)
+                ro.grad(torch.ones_like(x), torch.zeros_like(v))
+            for ro in ros.values():  # compile (or load) every kernel first
+                both(ro)
+            best = {}
+            for _ in range(rounds):
+                for mode, ro in ros.items():
+                    for kind, job in (("fwd", fwd), ("both", both)):
+                        t, t_cpu = time.perf_counter(), time.process_time()
+                        job(ro)
+                        for clock, dt in (("wall", time.perf_counter() - t), ("cpu", time.process_time() - t_cpu)):
+                            key = mode, kind, clock
+                            best[key] = min(best.get(key, float("inf")), dt)
+            ms = {k: v / c["substeps"] * 1e3 for k, v in best.items()}
+            rows.append((dim, name, m.n, ms))
+            cpu = {(mode, kind): ms[mode, kind, "cpu"] for mode in ros for kind in ("fwd", "both")}
+            print(f"{dim}D {name:<10}{m.n:>7} {cpu['generated', 'fwd']:>8.2f} {cpu['generated', 'both']:>9.2f} "
+                  f"{cpu['hand', 'fwd']:>8.2f} {cpu['hand', 'both']:>9.2f} "
+                  f"{cpu['hand', 'both'] / cpu['hand', 'fwd']:>7.2f}x "
+                  f"{cpu['generated', 'both'] / cpu['hand', 'both']:>7.2f}x   {ms['generated', 'both', 'wall']:>9.2f} "
+                  f"{ms['hand', 'both', 'wall']:>9.2f}", flush=True)
+    return rows
+
+
+COLD = """
+import os, sys, time, torch
+sys.path.insert(0, {root!r})
+from engine import backend
+backend.init(arch="cpu", precision={precision!r})
+from engine.physics import Boundary, ModelBuilder, Solver
+from engine.physics.checkpoint import Rollout
+b = ModelBuilder(res=(16, 16, 16), dx=1 / 16, ppc=2)
+b.add_box((0.3, 0.2, 0.3), (0.6, 0.45, 0.6), material="sand", E=5e3, nu=0.3, rho=1e3, velocity=(1.0, -1.5, 0.3))
+m = b.finalize(boundary=Boundary(floor="sticky"))
+ro = Rollout(Solver(m, stress_adjoint={mode!r}), 4, 2e-4, segment=2)
+t = time.perf_counter()
+ro.run(m.x0, m.v0)
+t1 = time.perf_counter()
+ro.grad(torch.ones_like(m.x0))
+t2 = time.perf_counter()
+ro.run(m.x0, m.v0)
+ro.grad(torch.ones_like(m.x0))
+t3 = time.perf_counter()
+print(f"{{t1 - t:.2f}} {{t2 - t1:.2f}} {{t3 - t2:.2f}}")
+"""
+
+
+def bench_cold_compile(precision):
+    """Seconds of the first forward and backward of a small 3D sand rollout on an empty kernel cache, per mode,
+    each in a fresh process: (forward, backward, a second forward + backward once compiled)."""
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = {}
+    for mode in ("hand", "generated"):
+        with tempfile.TemporaryDirectory(prefix="tide-cold-") as cache:
+            env = dict(os.environ, TIDE_CACHE_DIR=cache)
+            r = subprocess.run([sys.executable, "-c", COLD.format(root=root, precision=precision, mode=mode)],
+                               env=env, capture_output=True, text=True, check=True)
+            out[mode] = tuple(float(v) for v in r.stdout.split()[-3:])
+    return out
+
+
 def bench_scaling(ti, real, args):
     """Time per substep against particle count: the grid doubles per side (particles = cells / 2^(dim-1), as the
     mpm3d example), tide and the reference timed in alternation at each size."""
@@ -293,7 +407,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="substeps timed per configuration and round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (best of each is kept)")
-    ap.add_argument("--precision", default="f32", choices=["f32", "f64"])
+    ap.add_argument("--precision", default=None, choices=["f32", "f64"],
+                    help="default f32; f64 for --memory and --materials (3D gradient kernels compile in f64 only in "
+                         "reasonable time, as 3D co-design runs)")
     ap.add_argument("--skip-grad", action="store_true")
     ap.add_argument("--profile", action="store_true", help="per-kernel µs/substep of the 2D full-tape fwd+bwd")
     ap.add_argument("--memory", action="store_true", help="measure a real 3D f64 checkpointed rollout's memory")
@@ -301,12 +417,17 @@ def main():
     ap.add_argument("--scaling", action="store_true",
                     help="time per substep against particle count (2D 64^2..256^2, 3D 32^3..128^3 grids), both solvers")
     ap.add_argument("--plot", action="store_true", help="with --scaling: write docs/bench_mpm_scaling.png")
+    ap.add_argument("--materials", action="store_true",
+                    help="each material's forward and forward+backward per substep, hand vs generated stress adjoints")
+    ap.add_argument("--dims", default="2,3", help="with --materials: the dimensions to run")
+    ap.add_argument("--no-cold", action="store_true", help="with --materials: skip the cold-compile subprocesses")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     from engine import backend
     from engine.physics.checkpoint import memory_estimate
 
-    s = backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision="f64" if args.memory else args.precision)
+    precision = args.precision or ("f64" if args.memory or args.materials else "f32")
+    s = backend.init(arch=os.environ.get("TIDE_ARCH", "auto"), precision=precision)
     import taichi as ti
 
     real = backend.real()
@@ -334,6 +455,24 @@ def main():
         return
     if args.scaling:
         bench_scaling(ti, real, args)
+        return
+    if args.materials:
+        print(f"load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
+        print("ms per substep, best of {} alternating rounds: CPU time (process_time: robust to the box's load, "
+              "which makes each kernel launch wait for a core) and wall time; forward = checkpointed run, both = run +"
+              " backward; 2D {} grid, {} substeps; 3D {} grid, {} substeps".format(
+                  args.rounds, MATERIAL_SCENES[2]["res"], MATERIAL_SCENES[2]["substeps"], MATERIAL_SCENES[3]["res"],
+                  MATERIAL_SCENES[3]["substeps"]))
+        print(f"{'':<20}{'-- CPU: generated --':>18} {'-- CPU: hand --':>18} {'both/':>8} {'gen/':>8}   "
+              f"{'-- wall: both --':>19}")
+        print(f"{'material':<13}{'N':>7} {'fwd':>8} {'both':>9} {'fwd':>8} {'both':>9} {'fwd':>8} {'hand':>8}   "
+              f"{'generated':>9} {'hand':>9}")
+        bench_materials([int(d) for d in args.dims.split(",")], args.rounds)
+        if not args.no_cold:
+            for mode, (f, b, warm) in bench_cold_compile(s.precision).items():
+                print(f"cold compile, 3D sand rollout ({mode} stress adjoint), empty kernel cache: first forward "
+                      f"{f:.1f} s, first backward {b:.1f} s (then {warm:.2f} s for both)", flush=True)
+            print(f"load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
         return
     print(f"{'config':<28}{'reference p·steps/s':>22}{'tide p·steps/s':>18}{'ratio':>8}")
     for dim, n_grid, dt, steps in ((3, 64, 2e-4, args.steps), (2, 256, 1e-4, args.steps * 5)):

@@ -23,13 +23,14 @@ It computes the same numbers as the staged kernels (tests/physics/test_fast_path
 
 Reverse mode (``Solver.backward``) runs hand-written adjoints of G2P (``g2p_adjoint``, a scatter into the grid
 velocity's grad), the grid update with its colliders (``grid_adjoint``, per node, no atomics) and P2G
-(``p2g_adjoint``, a gather over each particle's 3^d stencil, no atomics). Scenes whose materials all have
-hand-written stress adjoints (neo-Hookean, muscle, water: ``materials.HAND_ADJOINT``) also run deform + stress (with
-the muscle activation) + P2G forward in the fused kernel and reverse them in one pass (``p2g_stress_adjoint``, then
-``muscle_adjoint`` for the activations and muscle weights); the others keep Taichi's generated
-adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's. Taichi's generated reverse kernels
-carry every material's branch and cost 1.5-2x these (tests/physics/test_gradients.py checks all against central
-differences).
+(``p2g_adjoint``, a gather over each particle's 3^d stencil, no atomics). The stress has hand-written adjoints for
+every material (``materials.build_stress_adjoint``), so the differentiable forward runs deform, SVD, stress (with the
+muscle activation) and P2G in the fused kernel (``p2g_fused_svd`` also stores the SVD that the SVD materials' adjoint
+reads) and the backward reverses them in one pass (``p2g_stress_adjoint[_svd]``, then ``muscle_adjoint`` for the
+activations and muscle weights). ``Solver(stress_adjoint="generated")`` keeps the staged kernels for the SVD-based
+materials, with Taichi's generated adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's:
+they carry every material's branch, cost more and compile several times longer, and are kept for comparison
+(tests/physics/test_gradients.py checks both against central differences and against each other).
 
 On CPUs the scatter loops (P2G, and G2P's gradient) run serialised: Taichi then turns their float atomics into
 plain adds, which is about 5x faster on this box than two threads contending through compare-and-swap loops.
@@ -403,6 +404,29 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
 
     @ti.kernel
+    def p2g_fused_svd(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
+                      vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
+                      Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s, U: P_mat, sig: P_vec, V: P_mat):
+        # ``p2g_fused`` (the same loop body: keep them in step) that also stores the SVD materials' trial-F SVD,
+        # which their stress adjoint reads (the differentiable path). A shared ti.func returning the SVD changed
+        # the forward's round-off in 2D, so ``p2g_fused`` keeps its own body.
+        ti.loop_config(serialize=serial)
+        for p in range(x.shape[0]):
+            F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+            m = material[p]
+            u, s, vv = decompose(F_tr, m)
+            a = ti.cast(0.0, real)
+            if m == materials.MUSCLE:
+                for g in range(muscle.shape[1]):
+                    a += muscle[p, g] * act[g]
+            update(p, F_tr, u, s, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
+            if m != materials.ELASTIC and m != materials.MUSCLE and m != materials.WATER:
+                U[p] = u
+                sig[p] = s
+                V[p] = vv
+
+    @ti.kernel
     def grid_fast(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
                   normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
                   clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
@@ -488,19 +512,23 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             g_C[p] += gc
             g_tau[p] = gt
 
-    @ti.kernel
-    def p2g_stress_adjoint(x: P_vec, v: P_vec, C: P_mat, F: P_mat, tau: P_mat, material: A_i, E: P_s, nu: P_s,
-                           vol: P_s, rho: P_s, muscle: W_s, act: P_s, fibre: P_vec, dx: real, dt: real, g_mv: G_vec,
-                           g_m: G_s, g_Fn: P_mat, g_Jpn: P_s, g_x: P_vec, g_v: P_vec, g_C: P_mat, g_F: P_mat,
-                           g_Jp: P_s, g_E: P_s, g_nu: P_s, g_vol: P_s, g_rho: P_s, g_fibre: P_vec, g_actp: P_s):
-        # Reverse of deform, stress (muscle activation included) and P2G in one pass per particle, for scenes whose
-        # materials all have hand-written stress adjoints (``materials.build_stress_adjoint``): τ's grad stays in
-        # registers; each particle's activation grad lands in g_actp for ``muscle_adjoint``
-        ti.loop_config(serialize=ser_all)
-        for p in range(x.shape[0]):
-            gc, gt = p2g_grad(p, x, v, C, tau, vol, rho, dx, dt, g_mv, g_m, g_x, g_v, g_vol, g_rho)
-            g_C[p] += gc + stress_grad(p, C, F, dt, material, E, nu, muscle, act, fibre, g_Fn, g_Jpn, gt, g_F, g_Jp,
-                                       g_E, g_nu, g_fibre, g_actp)
+    def make_p2g_stress_adjoint(stress_grad):
+        @ti.kernel
+        def p2g_stress_adjoint(x: P_vec, v: P_vec, C: P_mat, F: P_mat, tau: P_mat, material: A_i, E: P_s, nu: P_s,
+                               vol: P_s, rho: P_s, muscle: W_s, act: P_s, fibre: P_vec, U: P_mat, sig: P_vec,
+                               V: P_mat, Jp: P_s, table: W_s, dx: real, dt: real, g_mv: G_vec, g_m: G_s,
+                               g_Fn: P_mat, g_Jpn: P_s, g_x: P_vec, g_v: P_vec, g_C: P_mat, g_F: P_mat, g_Jp: P_s,
+                               g_E: P_s, g_nu: P_s, g_vol: P_s, g_rho: P_s, g_fibre: P_vec, g_actp: P_s):
+            # Reverse of deform, stress (muscle activation included) and P2G in one pass per particle, with the
+            # hand-written stress adjoints (``materials.build_stress_adjoint``; SVD materials read the SVD the
+            # forward stored): τ's grad stays in registers; each particle's activation grad lands in g_actp for
+            # ``muscle_adjoint``
+            ti.loop_config(serialize=ser_all)
+            for p in range(x.shape[0]):
+                gc, gt = p2g_grad(p, x, v, C, tau, vol, rho, dx, dt, g_mv, g_m, g_x, g_v, g_vol, g_rho)
+                g_C[p] += gc + stress_grad(p, C, F, dt, material, E, nu, muscle, act, fibre, U, sig, V, Jp, table,
+                                           g_Fn, g_Jpn, gt, g_F, g_Jp, g_E, g_nu, g_fibre, g_actp)
+        return p2g_stress_adjoint
 
     @ti.kernel
     def g2p_adjoint(x: P_vec, grid_v: G_vec, dx: real, dt: real, g_xo: P_vec, g_vo: P_vec, g_Co: P_mat,
@@ -661,6 +689,10 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             a[i] = 0.0
 
     stress_adjoint, stress_grad, muscle_adjoint = materials.build_stress_adjoint(dim, real, ser_all)
+    # without SVD materials the adjoint leaves their branch out (less to compile for elastic/muscle/water scenes)
+    stress_grad_no_svd = materials.build_stress_adjoint(dim, real, ser_all, with_svd=False)[1]
+    p2g_stress_adjoint = make_p2g_stress_adjoint(stress_grad_no_svd)
+    p2g_stress_adjoint_svd = make_p2g_stress_adjoint(stress_grad)
 
     svd_forward, svd_backward = svd.kernels(dim, real)
     # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
@@ -672,8 +704,10 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel)
     return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
                                       stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
-                                      p2g_fused=p2g_fused, grid_fast=grid_fast, g2p_check=g2p_check, ad=ad,
+                                      p2g_fused=p2g_fused, p2g_fused_svd=p2g_fused_svd, grid_fast=grid_fast,
+                                      g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
                                       clear_flat=clear_flat, p2g_stress_adjoint=p2g_stress_adjoint,
+                                      p2g_stress_adjoint_svd=p2g_stress_adjoint_svd,
                                       stress_adjoint=stress_adjoint, muscle_adjoint=muscle_adjoint), serial)
 

@@ -10,6 +10,7 @@ compute the same substep (``kernels.py``):
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from .. import backend
 from . import guards, kernels, materials
 from .model import Control, Model, State, TensorBundle
 
-__all__ = ["Solver", "Scratch"]
+__all__ = ["Solver", "Scratch", "STRESS_ADJOINTS"]
 
 _NO_ERROR = 2**31 - 1
 
@@ -29,9 +30,10 @@ class Scratch(TensorBundle):
     """Intermediates of one substep. Particle: F_tr, U, V, tau (N, d, d); sig (N, d); act (N,).
     Grid: grid_mv, grid_v (*res, d); grid_m (*res).
 
-    Only what the backward pass reads is written: U, sig, V only with SVD materials, act only with muscles, and
-    F_tr only when some material lacks a hand-written stress adjoint (``materials.HAND_ADJOINT``; that adjoint
-    recomputes it). ``Solver.backward`` leaves grid_v's grad zeroed (see ``Solver.zero_scratch_grad``)."""
+    Only what the backward pass reads is written: U, sig, V only with SVD materials (and there only for those
+    materials' particles), act only with muscles on the generated-adjoint path, and F_tr only there
+    (``Solver(stress_adjoint="generated")``; the hand-written adjoints recompute it). ``Solver.backward`` leaves
+    grid_v's grad zeroed (see ``Solver.zero_scratch_grad``)."""
 
     F_tr: torch.Tensor
     U: torch.Tensor
@@ -45,16 +47,29 @@ class Scratch(TensorBundle):
 
 
 
+STRESS_ADJOINTS = ("hand", "generated")
+
+
 class Solver:
     """MLS-MPM/APIC solver for one ``Model`` (2D or 3D).
 
     Args:
         model: the static scene description.
         check_every: read the blow-up flag every this many substeps (each read synchronises with the device).
+        stress_adjoint: "hand" (default; the ``TIDE_STRESS_ADJOINT`` environment variable when None): every
+            material's stress gradient is hand-written and fused into the P2G adjoint. "generated": the SVD-based
+            materials (corotated, sand, snow, clay, mud, ice) use Taichi's generated adjoint of the staged stress
+            kernel instead, as before those adjoints were written; kept for benchmarks (``bench_mpm.py
+            --materials``) and as a cross-check. Gradients agree to round-off.
     """
 
-    def __init__(self, model: Model, check_every: int = 10):
+    def __init__(self, model: Model, check_every: int = 10, stress_adjoint: str | None = None):
         backend.ensure()
+        mode = stress_adjoint or os.environ.get("TIDE_STRESS_ADJOINT", "hand")
+        if mode not in STRESS_ADJOINTS:
+            raise ValueError(f"stress_adjoint (or TIDE_STRESS_ADJOINT) must be one of {', '.join(STRESS_ADJOINTS)}, "
+                             f"got {mode!r}")
+        self.stress_adjoint = mode
         self.model = model
         cells = 1
         for r in model.res:
@@ -64,8 +79,10 @@ class Solver:
         mats = model.material.cpu().numpy()
         self.use_svd = materials.needs_svd(mats)
         self.use_muscle = bool((mats == materials.MUSCLE).any())
-        # every particle's stress has a hand-written adjoint (materials.build_stress_adjoint)
-        self.hand_stress = bool(set(mats.tolist()) <= set(materials.HAND_ADJOINT))
+        # every particle's stress has a hand-written adjoint (materials.build_stress_adjoint); "generated" keeps
+        # Taichi's generated one for the SVD materials (the state before theirs were written, for comparison)
+        hand = set(materials.HAND_ADJOINT) - (set(materials.GENERATED_ADJOINT) if mode == "generated" else set())
+        self.hand_stress = bool(set(mats.tolist()) <= hand)
         self._sinks: dict = {}
         self.check_every = max(1, int(check_every))
         self.substep = 0
@@ -161,11 +178,16 @@ class Solver:
         k.clear_flat(sc.grid_mv.detach().view(-1))
         k.clear_flat(sc.grid_m.detach().view(-1))
         if self._hand(m):
-            # no SVD: deform, muscle activation, stress and P2G in one pass (the forward-only kernel, keeping τ); the
-            # backward recomputes the trial F, so sc.F_tr is not written
+            # deform, SVD, muscle activation, stress and P2G in one pass (the forward-only kernel, keeping τ and,
+            # with SVD materials, the SVD); the backward recomputes the trial F, so sc.F_tr is not written
             act = self._no_act if control is None else control.act
-            k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
-                        act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m)
+            if self.use_svd:
+                k.p2g_fused_svd(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol,
+                                m.muscle, act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv,
+                                sc.grid_m, sc.U, sc.sig, sc.V)
+            else:
+                k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
+                            act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m)
         else:
             k.deform(s_in.C, s_in.F, dt, sc.F_tr)
             if self.use_svd:
@@ -201,10 +223,11 @@ class Solver:
         sc._grid_v_grad_clean = sc.grid_v.grad is not None
         if self._hand(m):  # P2G, stress (with the muscle's active term) and deform reversed in one pass
             act = self._no_act if control is None else control.act
-            k.p2g_stress_adjoint(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho,
-                                 m.muscle, act, m.fibre, m.dx, dt, g(sc.grid_mv), g(sc.grid_m), g(s_out.F),
-                                 g(s_out.Jp), g(s_in.x), g(s_in.v), g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E),
-                                 g(m.nu), g(m.vol), g(m.rho), g(m.fibre), g(sc.act))
+            adjoint = k.p2g_stress_adjoint_svd if self.use_svd else k.p2g_stress_adjoint
+            adjoint(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho, m.muscle, act,
+                    m.fibre, sc.U, sc.sig, sc.V, s_in.Jp, m.table, m.dx, dt, g(sc.grid_mv), g(sc.grid_m), g(s_out.F),
+                    g(s_out.Jp), g(s_in.x), g(s_in.v), g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E), g(m.nu), g(m.vol),
+                    g(m.rho), g(m.fibre), g(sc.act))
             if self.use_muscle and control is not None:
                 k.muscle_adjoint(m.muscle, act, g(sc.act), g(m.muscle), g(act))
             return
@@ -228,7 +251,7 @@ class Solver:
         return sc.zero_grad_()
 
     def _hand(self, m: Model) -> bool:
-        """Whether every particle of ``m`` has a hand-written stress adjoint (``materials.HAND_ADJOINT``)."""
+        """Whether ``m`` runs the hand-written stress adjoints (``materials.HAND_ADJOINT``; see ``stress_adjoint``)."""
         return self.hand_stress and m.material is self.model.material
 
     def _grad(self, t: torch.Tensor) -> torch.Tensor:

@@ -29,17 +29,23 @@ def _zoo(dim):
 def test_fused_forward_equals_staged_kernels(dim):
     m = _zoo(dim)
     s = Solver(m)
+    # "generated": the differentiable substep on the staged kernels (deform, SVD, stress, P2G as separate launches);
+    # the default solver's differentiable forward is p2g_fused's twin, checked too
+    ref = Solver(m, stress_adjoint="generated")
     g = torch.Generator().manual_seed(0)
     a_fast, a_ref = m.state(), m.state()
     a_fast.v += 0.8 * torch.randn(m.n, dim, generator=g, dtype=a_fast.v.dtype)  # shear so plasticity acts
     a_ref.copy_(a_fast)
     b_fast, b_ref = a_fast.empty_like(), a_ref.empty_like()
-    sc = s.new_scratch()
+    a_twin, b_twin = a_fast.clone(), a_fast.empty_like()
+    sc, sc_twin = ref.new_scratch(), s.new_scratch()
     for t in range(30):
         ctrl = Control(torch.full((m.n_groups,), 0.3 * np.sin(t / 5), dtype=a_fast.x.dtype))
         s.step(a_fast, b_fast, ctrl, 5e-4)
-        s.step(a_ref, b_ref, ctrl, 5e-4, scratch=sc)
-        a_fast, b_fast, a_ref, b_ref = b_fast, a_fast, b_ref, a_ref
-    for name, x, y in zip(a_fast.NAMES, a_fast.tensors(), a_ref.tensors()):
+        ref.step(a_ref, b_ref, ctrl, 5e-4, scratch=sc)
+        s.step(a_twin, b_twin, ctrl, 5e-4, scratch=sc_twin)
+        a_fast, b_fast, a_ref, b_ref, a_twin, b_twin = b_fast, a_fast, b_ref, a_ref, b_twin, a_twin
+    for name, x, y, z in zip(a_fast.NAMES, a_fast.tensors(), a_ref.tensors(), a_twin.tensors()):
         assert torch.allclose(x, y, rtol=1e-10, atol=1e-12), (name, float((x - y).abs().max()))
+        assert torch.allclose(x, z, rtol=1e-10, atol=1e-12), (name, float((x - z).abs().max()))
     assert float((a_fast.x - m.x0).abs().max()) > 0.01  # it moved
