@@ -9,6 +9,16 @@ keeping each one's best, because the box is shared. Prints particle·steps/s for
 forward+backward cost against its forward cost (2D, segmented checkpoints), and the memory formula's figures for a
 4000-substep, 20k-particle 3D checkpointed backward pass.
 
+Then, when Genesis (``genesis-world`` 1.4.5, the ``bench`` extra) is importable by ``--genesis-python`` (default:
+$TIDE_GENESIS_PYTHON, else this interpreter), the same 3D scene in both engines (``genesis_peer.SCENE``: a
+neo-Hookean jelly block and a water block, 32,768 particles each, 64³ grid, dt 2e-4, f32, 4-node separating walls):
+first a check that both simulate the same thing (block centroids and every particle after ``--genesis-check``
+substeps, loss and dL/dv0 of the gradient run), then forward particle·steps/s and forward + backward time over
+``--genesis-substeps`` substeps (checkpoint window ``--genesis-window`` in both). Genesis runs in its own process
+(its Taichi fork and tide's cannot be assumed to share one), driven over a pipe: the parent times tide, then asks
+Genesis to run and time the same work, alternating, and keeps each one's best. Genesis is timed at
+``--genesis-threads`` worker threads (QD_NUM_THREADS; Genesis' CPU default is one). ``--genesis-only`` runs only this.
+
 ``--profile`` instead times every kernel launch (forward and adjoint) of the 2D fluid's full-tape forward + backward
 pass and prints µs per substep for each, largest first.
 
@@ -24,10 +34,15 @@ cache, ``TIDE_CACHE_DIR``). ``--dims 2`` or ``--no-cold`` shorten it.
 
 Usage: python scripts/bench_mpm.py [--steps 20] [--rounds 3] [--precision f32] [--skip-grad] [--profile]
        [--memory [--substeps 240]] [--scaling [--plot]] [--materials [--dims 2,3] [--no-cold]]
+       [--genesis-only] [--genesis-python PY] [--genesis-threads 2,1] [--genesis-substeps 200] [--genesis-window 20]
+       [--genesis-check 500] [--genesis-grad-rounds 2] [--no-genesis]
 """
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -403,6 +418,218 @@ def bench_scaling(ti, real, args):
                     panels, ylabel="ms per substep (best of rounds)")
 
 
+# ------------------------------------------------------------------------------------------------- Genesis peer
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+
+
+class GenesisPeer:
+    """A Genesis process running ``genesis_peer.py`` (the scene, in Genesis' own venv), driven over a pipe."""
+
+    def __init__(self, python, threads, grad_substeps, window):
+        env = dict(os.environ, QD_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        self.threads = threads
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="genesis_peer_", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([python, os.path.join(SCRIPTS, "genesis_peer.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=SCRIPTS)
+        self.info = self.ask(cmd="init", grad_substeps=grad_substeps, grad_window=window)
+
+    def ask(self, **msg):
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:  # Genesis' own output passes through; the answer starts with "@@ "
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        self.log.seek(0)
+        tail = "".join(self.log.readlines()[-15:])
+        raise RuntimeError(f"the Genesis process (QD_NUM_THREADS={self.threads}) died on {msg}; its log "
+                           f"{self.log.name} ends:\n{tail}")
+
+    def close(self):
+        try:
+            self.ask(cmd="quit")
+        except (RuntimeError, BrokenPipeError, ValueError):
+            pass
+        self.proc.wait(timeout=60)
+
+
+def genesis_python(args):
+    """The interpreter that runs Genesis, or None (with the reason printed on one line) when it cannot."""
+    python = args.genesis_python or os.environ.get("TIDE_GENESIS_PYTHON") or sys.executable
+    probe = subprocess.run([python, "-c", "import genesis, quadrants; print(genesis.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        print(f"Genesis: skipped (genesis-world is not importable by {python}; install the bench extra in a "
+              f"separate venv and pass --genesis-python or set TIDE_GENESIS_PYTHON)")
+        return None
+    return python
+
+
+def tide_genesis_scene():
+    """``genesis_peer.SCENE`` as a tide model and solver (y up)."""
+    sys.path.insert(0, SCRIPTS)
+    import genesis_peer
+
+    from engine.physics import Boundary, ModelBuilder, Solver
+
+    s = genesis_peer.SCENE
+    dx = 1.0 / s["grid"]
+    jelly, water = genesis_peer.blocks()
+    b = ModelBuilder(res=(s["grid"],) * 3, dx=dx, ppc=s["ppc"], bound=s["bound"])
+    vol = (dx / s["ppc"]) ** 3
+    b.add_points(jelly, material="elastic", E=s["E"], nu=s["nu"], rho=s["rho"], vol=vol)
+    b.add_points(water, material="water", E=s["lam"], rho=s["rho"], vol=vol)  # tide's water: τ = E·J(J−1)·I
+    # Genesis' CubeBoundary zeroes the velocity component into a wall (restitution 0), no friction: "separate"
+    m = b.finalize(gravity=(0.0, -s["gravity"], 0.0),
+                   boundary=Boundary(floor="separate", floor_friction=0.0, walls="separate", wall_friction=0.0))
+    return genesis_peer, m, Solver(m, check_every=25), len(jelly)
+
+
+def bench_genesis(args):
+    """tide against Genesis on ``genesis_peer.SCENE``: agreement first, then forward and forward + backward."""
+    python = genesis_python(args)
+    if python is None:
+        return
+    gp, m, solver, n_jelly = tide_genesis_scene()
+    s = gp.SCENE
+    dt, n = s["dt"], m.n
+    T, K = args.genesis_substeps, args.genesis_window
+    if T % K:
+        raise SystemExit(f"--genesis-substeps ({T}) must be a multiple of --genesis-window ({K})")
+    per_call = s["steps_per_call"]
+    steps = max(per_call, -(-args.steps // per_call) * per_call)  # Genesis runs whole calls of steps_per_call
+    threads = [int(t) for t in args.genesis_threads.split(",")]
+    print(f"\nGenesis peer: {python}; scene: jelly (neo-Hookean E={s['E']:g}, nu={s['nu']}) + water (lambda="
+          f"{s['lam']:g}) blocks, {n} particles ({n_jelly} + {n - n_jelly}), grid {s['grid']}^3, dt {dt:g}, f32, "
+          f"gravity {s['gravity']} m/s^2, walls {s['bound']} node layers per side, separating, frictionless")
+    print(f"  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the start")
+    t0 = time.perf_counter()
+    peers = [GenesisPeer(python, th, T if i == 0 else 0, K) for i, th in enumerate(threads)]
+    info = peers[0].info
+    print(f"  genesis-world {info['genesis']}, quadrants {info['quadrants']}; Genesis processes started and built "
+          f"in {time.perf_counter() - t0:.0f} s")
+    try:
+        ok = genesis_agreement(args, gp, m, solver, peers[0], n_jelly, T, K)
+        if not ok:
+            print("  the engines disagree: no timings (a timing of two different simulations means nothing)")
+            return
+        genesis_forward(args, m, solver, peers, steps, n, dt)
+        if not args.skip_grad:
+            genesis_grad(args, gp, m, solver, peers[0], T, K)
+    finally:
+        for p in peers:
+            p.close()
+        print(f"  load average {os.getloadavg()[0]:.1f} at the end ({time.strftime('%H:%M UTC', time.gmtime())})")
+
+
+def genesis_agreement(args, gp, m, solver, peer, n_jelly, T, K):
+    """Both engines run ``--genesis-check`` substeps from the same particles: block centroids and particles must
+    agree (f32 round-off only); then the loss and dL/dv0 of one window."""
+    import torch
+
+    from engine.physics.checkpoint import Rollout
+
+    N = args.genesis_check
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "x.npy")
+        peer.ask(cmd="rollout", substeps=N, out=path)
+        xg = np.load(path).astype(np.float64)
+        st = m.state()
+        solver.advance(st, N, gp.SCENE["dt"])
+        xt = st.x.detach().cpu().numpy().astype(np.float64)
+        ok = True
+        for name, sl in (("jelly", slice(0, n_jelly)), ("water", slice(n_jelly, None))):
+            ct, cg = xt[sl].mean(0), xg[sl].mean(0)
+            c0 = m.x0.detach().cpu().numpy()[sl].astype(np.float64).mean(0)
+            dc = np.abs(ct - cg).max()
+            dmax = np.abs(xt[sl] - xg[sl]).max()
+            moved = np.abs(ct - c0).max()
+            # tolerance: the centroids agree to 1e-3 of the distance the block moved, every particle to dx/100
+            good = dc <= 1e-3 * moved and dmax <= 0.01 / gp.SCENE["grid"]
+            ok &= bool(good)
+            print(f"  check, {N} substeps, {name}: centroid tide ({ct[0]:.6f}, {ct[1]:.6f}, {ct[2]:.6f}) m, Genesis "
+                  f"({cg[0]:.6f}, {cg[1]:.6f}, {cg[2]:.6f}) m, |difference| {dc:.2e} m ({dc / moved:.1e} of the "
+                  f"{moved:.4f} m it moved); max particle |difference| {dmax:.2e} m: {'ok' if good else 'MISMATCH'}")
+        path = os.path.join(tmp, "g.npy")
+        ans = peer.ask(cmd="grad", substeps=K, out=path)  # also compiles Genesis' gradient kernels
+        gg = np.load(path).astype(np.float64)
+        v0 = torch.as_tensor(gp.initial_velocity(m.n), dtype=m.x0.dtype)
+        w = torch.as_tensor(gp.loss_weights(m.n), dtype=m.x0.dtype)
+        ro = Rollout(solver, K, gp.SCENE["dt"], segment=K)
+        x, v, _ = ro.run(m.x0, v0)
+        gt = ro.grad(w, torch.zeros_like(v))["v0"].detach().cpu().numpy().astype(np.float64)
+        loss = float((w.double() * x.double()).sum())
+        rel = np.linalg.norm(gt - gg) / np.linalg.norm(gg)
+        good = abs(loss - ans["loss"]) <= 1e-4 * abs(loss) and rel <= 1e-3
+        ok &= bool(good)
+        print(f"  check, {K} substeps, L = sum(w*x_T): tide {loss:.6f}, Genesis {ans['loss']:.6f}; dL/dv0 |g| tide "
+              f"{np.linalg.norm(gt):.6f}, Genesis {np.linalg.norm(gg):.6f}, relative difference {rel:.1e}: "
+              f"{'ok' if good else 'MISMATCH'}")
+    return ok
+
+
+def genesis_forward(args, m, solver, peers, steps, n, dt):
+    """Forward particle·steps/s: tide and each Genesis thread count in turn, best of ``--rounds``."""
+    st = m.state()
+    solver.advance(st, 1, dt)
+    for p in peers:
+        p.ask(cmd="forward", substeps=steps)  # warm
+    best_t, best_g = float("inf"), [float("inf")] * len(peers)
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        solver.advance(st, steps, dt)
+        best_t = min(best_t, time.perf_counter() - t)
+        for i, p in enumerate(peers):
+            best_g[i] = min(best_g[i], p.ask(cmd="forward", substeps=steps)["seconds"])
+    print(f"  forward, {steps} substeps per round, best of {args.rounds} alternating rounds:")
+    print(f"    tide ({solver_threads()} threads)        {n * steps / best_t / 1e6:6.2f} M particle·steps/s "
+          f"({best_t / steps * 1e3:.1f} ms per substep)")
+    for p, b in zip(peers, best_g):
+        print(f"    Genesis ({p.threads} thread{'s' if p.threads > 1 else ''})      {n * steps / b / 1e6:6.2f} M "
+              f"particle·steps/s ({b / steps * 1e3:.1f} ms per substep): tide/Genesis {b / best_t:.2f}x")
+
+
+def solver_threads():
+    import taichi as ti
+
+    return ti.lang.impl.current_cfg().cpu_max_num_threads
+
+
+def genesis_grad(args, gp, m, solver, peer, T, K):
+    """Forward + backward over T substeps with a checkpoint every K in both, alternating, best of rounds."""
+    import torch
+
+    from engine.physics.checkpoint import Rollout
+
+    dt = gp.SCENE["dt"]
+    v0 = torch.as_tensor(gp.initial_velocity(m.n), dtype=m.x0.dtype)
+    w = torch.as_tensor(gp.loss_weights(m.n), dtype=m.x0.dtype)
+    ro = Rollout(solver, T, dt, segment=K)
+    best = {"tide": [float("inf")] * 2, "genesis": [float("inf")] * 2}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "g.npy")
+        for r in range(args.genesis_grad_rounds):
+            t = time.perf_counter()
+            x, v, _ = ro.run(m.x0, v0)
+            t_fwd = time.perf_counter() - t
+            g = ro.grad(w, torch.zeros_like(v))["v0"]
+            t_bwd = time.perf_counter() - t - t_fwd
+            ans = peer.ask(cmd="grad", substeps=T, out=path)
+            for key, (f, b) in (("tide", (t_fwd, t_bwd)), ("genesis", (ans["forward"], ans["backward"]))):
+                if f + b < sum(best[key]):
+                    best[key] = [f, b]
+            if r == 0:
+                gg = np.load(path).astype(np.float64)
+                gt = g.detach().cpu().numpy().astype(np.float64)
+                loss = float((w.double() * x.double()).sum())
+                print(f"  forward + backward, {T} substeps, checkpoint every {K}: L tide {loss:.6f}, Genesis "
+                      f"{ans['loss']:.6f}; dL/dv0 relative difference {np.linalg.norm(gt - gg) / np.linalg.norm(gg):.1e}")
+    (tf, tb), (gf, gb) = best["tide"], best["genesis"]
+    print(f"    tide ({solver_threads()} threads)        forward {tf:7.2f} s + backward {tb:7.2f} s = {tf + tb:7.2f} s")
+    print(f"    Genesis ({peer.threads} threads)     forward {gf:7.2f} s + backward {gb:7.2f} s = {gf + gb:7.2f} s: "
+          f"tide/Genesis {(gf + gb) / (tf + tb):.2f}x (best of {args.genesis_grad_rounds} alternating rounds)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="substeps timed per configuration and round")
@@ -421,6 +648,16 @@ def main():
                     help="each material's forward and forward+backward per substep, hand vs generated stress adjoints")
     ap.add_argument("--dims", default="2,3", help="with --materials: the dimensions to run")
     ap.add_argument("--no-cold", action="store_true", help="with --materials: skip the cold-compile subprocesses")
+    ap.add_argument("--genesis-only", action="store_true", help="run only the comparison with Genesis")
+    ap.add_argument("--no-genesis", action="store_true", help="skip the comparison with Genesis")
+    ap.add_argument("--genesis-python", default=None,
+                    help="interpreter with genesis-world installed (default: $TIDE_GENESIS_PYTHON, else this one)")
+    ap.add_argument("--genesis-threads", default="2,1",
+                    help="Genesis worker threads (QD_NUM_THREADS), comma-separated; fwd+bwd uses the first")
+    ap.add_argument("--genesis-substeps", type=int, default=200, help="substeps of the forward + backward run")
+    ap.add_argument("--genesis-window", type=int, default=20, help="substeps per checkpoint (both engines)")
+    ap.add_argument("--genesis-check", type=int, default=500, help="substeps of the agreement check")
+    ap.add_argument("--genesis-grad-rounds", type=int, default=2, help="alternating forward + backward rounds")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     from engine import backend
@@ -474,6 +711,11 @@ def main():
                       f"{f:.1f} s, first backward {b:.1f} s (then {warm:.2f} s for both)", flush=True)
             print(f"load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
         return
+    if args.genesis_only:
+        if precision != "f32":
+            raise SystemExit("the Genesis comparison runs in f32")
+        bench_genesis(args)
+        return
     print(f"{'config':<28}{'reference p·steps/s':>22}{'tide p·steps/s':>18}{'ratio':>8}")
     for dim, n_grid, dt, steps in ((3, 64, 2e-4, args.steps), (2, 256, 1e-4, args.steps * 5)):
         n, r_ref, r_tide = bench_forward(dim, n_grid, dt, steps, ti, real, args.rounds)
@@ -491,6 +733,8 @@ def main():
         est = memory_estimate(20000, 3, res, 4000, K, bytes_per_float=8)
         parts = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in est.items())
         print(f"memory (formula), 4000 substeps x 20k particles 3D f64, grid {res[0]}^3, K={K}: {parts}")
+    if not args.no_genesis and precision == "f32":
+        bench_genesis(args)
 
 
 if __name__ == "__main__":

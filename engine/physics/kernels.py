@@ -334,30 +334,41 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights, normals,
                                   floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
 
+    @ti.func
+    def n_rows(shape):
+        n = 1
+        for d in ti.static(range(D - 1)):
+            n *= shape[d]
+        return n
+
+    @ti.func
+    def row_start(r, shape):
+        """Grid index of the first node of row r (a row: the nodes along the last axis), its last coordinate 0."""
+        I = ti.Vector([0] * D)
+        for d in ti.static(range(D - 2, -1, -1)):
+            I[d] = r % shape[d]
+            r //= shape[d]
+        return I
+
     @ti.kernel
     def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
              normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
              clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
-        # on small serial scenes nested loops (no per-node divide and modulo, ~5 ns each here); otherwise a flat
-        # range loop, which keeps a GPU's parallelism (a struct-for over an ndarray cannot be serialised)
-        if ti.static(ser_all and D == 2):
-            ti.loop_config(serialize=True)
-            for i in range(grid_m.shape[0]):
-                for j in range(grid_m.shape[1]):
-                    grid_node(ti.Vector([i, j]), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
-                              floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
-        elif ti.static(ser_all):
-            ti.loop_config(serialize=True)
-            for i in range(grid_m.shape[0]):
-                for j in range(grid_m.shape[1]):
-                    for k in range(grid_m.shape[2]):
-                        grid_node(ti.Vector([i, j, k]), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
-                                  floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
+        # Node loops on CPUs run in parallel over rows, serially along each row: one divide and modulo per row
+        # instead of per node (the grid shape is a runtime value, so each is a real division; a flat loop spent 3x
+        # as long on a 64^3 grid). GPUs keep a flat loop over nodes for its parallelism.
+        if ti.static(serial):
+            ti.loop_config(serialize=ser_all)
+            for r in range(n_rows(grid_m.shape)):
+                I = row_start(r, grid_m.shape)
+                for k in range(grid_m.shape[D - 1]):
+                    I[D - 1] = k
+                    grid_node(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
+                              wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
         else:
             for q in range(n_nodes(grid_m.shape)):
                 grid_node(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
                           floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
-
 
     @ti.kernel
     def clear(grid_mv: G_vec, grid_m: G_s):
@@ -403,6 +414,14 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             update(p, F_tr, u, sig, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
             scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
 
+    @ti.func
+    def grid_node_clear(I, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
+                        floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v: T_):
+        grid_node(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu, wall_kind,
+                  wall_mu, clamp_lo, clamp_hi, grid_v)
+        grid_mv[I] = vec(0.0)
+        grid_m[I] = 0.0
+
     @ti.kernel
     def p2g_fused_svd(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
                       vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
@@ -430,13 +449,18 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     def grid_fast(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
                   normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
                   clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
-        ti.loop_config(serialize=ser_all)
-        for q in range(n_nodes(grid_m.shape)):
-            I = node(q, grid_m.shape)
-            grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights,
-                                      normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
-            grid_mv[I] = vec(0.0)
-            grid_m[I] = 0.0
+        if ti.static(serial):  # rows, as in ``grid``
+            ti.loop_config(serialize=ser_all)
+            for r in range(n_rows(grid_m.shape)):
+                I = row_start(r, grid_m.shape)
+                for k in range(grid_m.shape[D - 1]):
+                    I[D - 1] = k
+                    grid_node_clear(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind,
+                                    floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
+        else:
+            for q in range(n_nodes(grid_m.shape)):
+                grid_node_clear(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+                                floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
 
     @ti.kernel
     def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
@@ -622,20 +646,14 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                      clamp_lo: vec, clamp_hi: vec, g_v: G_vec, g_mv: G_vec, g_m: G_s):
         # Reverse of ``grid`` (node_velocity): every node writes only its own grads, so no atomics. Each collider
         # stage that applies is reversed at its input velocity, recomputed from v0 (stages rarely apply).
-        if ti.static(ser_all and D == 2):  # loops as in ``grid``
-            ti.loop_config(serialize=True)
-            for i in range(grid_m.shape[0]):
-                for j in range(grid_m.shape[1]):
-                    node_adjoint(ti.Vector([i, j]), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
-                                 floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v, g_mv, g_m)
-        elif ti.static(ser_all):
-            ti.loop_config(serialize=True)
-            for i in range(grid_m.shape[0]):
-                for j in range(grid_m.shape[1]):
-                    for k in range(grid_m.shape[2]):
-                        node_adjoint(ti.Vector([i, j, k]), grid_mv, grid_m, gravity, dt, dx, bound, heights,
-                                     normals, floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v,
-                                     g_mv, g_m)
+        if ti.static(serial):  # rows, as in ``grid``
+            ti.loop_config(serialize=ser_all)
+            for r in range(n_rows(grid_m.shape)):
+                I = row_start(r, grid_m.shape)
+                for k in range(grid_m.shape[D - 1]):
+                    I[D - 1] = k
+                    node_adjoint(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
+                                 wall_kind, wall_mu, clamp_lo, clamp_hi, g_v, g_mv, g_m)
         else:
             for q in range(n_nodes(grid_m.shape)):
                 node_adjoint(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
