@@ -102,7 +102,11 @@ def train(args) -> None:
         a = ac[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         v = a.sqrt() * eps - (1 - a).sqrt() * x0
-        loss = (model(xt, t, cams, lab) - v).square().mean()
+        per = (model(xt, t, cams, lab) - v).square().mean((1, 2, 3, 4))              # (B,) v-prediction MSE
+        # min-SNR-gamma weighting (Hang et al. 2023) in v form: min(SNR, gamma) / (SNR + 1); 1 when gamma = 0
+        snr = ac[t] / (1 - ac[t])
+        w = snr.clamp(max=args.snr_gamma) / (snr + 1) if args.snr_gamma > 0 else torch.ones_like(snr)
+        loss = (w * per).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,8 +115,10 @@ def train(args) -> None:
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
-        hist.append(loss.item())
+        hist.append(per.mean().item())                      # the unweighted v-MSE (comparable across weightings)
         step += 1
+        if args.snapshots and step % args.snapshot_every == 0:
+            save(Path(args.snapshots) / f"step{step}.pt", ema, hist, time.time() - t0, step, args, half=False)
         if step % 100 == 0:
             print(f"step {step} {time.time() - t0:.0f} s lr {lr:.2e} loss(100) {np.mean(hist[-100:]):.4f}",
                   flush=True)
@@ -122,14 +128,15 @@ def train(args) -> None:
     print(f"done: {step} steps in {time.time() - t0:.0f} s, final loss(200) {np.mean(hist[-200:]):.4f}")
 
 
-def save(path, model, hist, secs, steps, args) -> None:
+def save(path, model, hist, secs, steps, args, half: bool = True) -> None:
     import os
 
     from engine.io import atomic_path
 
-    state = {k: v.half() for k, v in model.state_dict().items()}
+    state = {k: v.half() if half else v.clone() for k, v in model.state_dict().items()}
     blob = {"config": model.config, "state": state, "loss": [round(x, 5) for x in hist], "train_seconds": secs,
-            "steps": steps, "batch": args.batch, "objects": args.objects, "sets": args.sets,
+            "steps": steps, "batch": args.batch, "objects": args.objects, "sets": args.sets, "lr": args.lr,
+            "snr_gamma": args.snr_gamma, "ema": args.ema,
             "load_average": os.getloadavg()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(path)) as tmp:
@@ -164,6 +171,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
+    p.add_argument("--snr-gamma", type=float, default=5.0,
+                   help="min-SNR-gamma loss weighting (0: plain v-prediction MSE, as the first shipped weights)")
+    p.add_argument("--snapshots", default="", help="folder for float32 EMA snapshots during training (diagnosis)")
+    p.add_argument("--snapshot-every", type=int, default=500)
     p.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="", help="render cache file (default: ~/.cache/tide-refine/mv_<hash>_...)")
