@@ -52,6 +52,10 @@ class Config:
     and left the chair further from the ground truth than the SDF initialisation (Chamfer 0.030 -> 0.034)."""
     cfg: Annotated[float, Range(ge=0)] = 5.0
     """Classifier-free guidance scale."""
+    t_max: Annotated[float, Range(gt=0, le=1)] = 0.98
+    """Largest SDS timestep at the start (fraction of the schedule); it moves linearly to t_max_end."""
+    t_max_end: Annotated[float, Range(gt=0, le=1)] = 0.5
+    """Largest SDS timestep at the end of the refinement (fraction of the schedule)."""
     sds_samples: Annotated[int, Range(ge=1, le=64)] = 4
     """Noise draws (each with its own timestep) averaged into one SDS gradient per step: the denoiser is cheap next
     to the render, and the average has less variance."""
@@ -97,7 +101,8 @@ class Scene:
         backend.ensure()
         self._t0 = time.perf_counter()
         c = self.cfg
-        self.guide = load_guidance(c.guidance, GuidanceSettings(cfg=c.cfg))
+        self.guide = load_guidance(c.guidance, GuidanceSettings(cfg=c.cfg, t_max=c.t_max,
+                                                                     t_max_end=c.t_max_end))
         self.fine = None
         if c.asset:
             self.coarse = distill.load_asset(c.asset)
