@@ -39,8 +39,10 @@ class Config:
     (mesh: the asset's signed distance sampled on the grid, gaussians: surface samples, nerf: a ball). -1: auto,
     0 for the mesh (the L1 fit reproduces the coarse asset's jitter: Chamfer to the ground truth 0.030 -> 0.032
     in 10 steps on a held-out chair) and 20 for gaussians and nerf."""
-    steps: Annotated[int, Range(ge=0)] = 30
-    """SDS refinement steps (4 orthogonal views per step, random elevation and distance)."""
+    steps: Annotated[int, Range(ge=0)] = 60
+    """SDS refinement steps (4 orthogonal views per step, random elevation and distance). 60 instead of 30 with
+    the retrained denoiser: on held-out shapes 10-11 of chair, table, mug, Chamfer to the ground truth fell below
+    the distilled asset's on 6 of 6 with either, by more with 60 (mean 0.00036 against 0.00025)."""
     size: Annotated[int, Range(ge=16, le=512)] = 32
     """View size in pixels (the denoiser's resolution)."""
     lr: Annotated[float, Range(gt=0)] = 0.0007

@@ -1,16 +1,18 @@
 """Train tide's multi-view denoiser on renders of the procedural shape classes (training split only).
 
     python scripts/train_mv_denoiser.py --render-only                  # render the training set once (cached)
-    nice -n 5 python scripts/train_mv_denoiser.py --minutes 45         # train on the cached renders
+    nice -n 5 python scripts/train_mv_denoiser.py --minutes 58         # train (the shipped weights: 58 min)
     python scripts/train_mv_denoiser.py --sample                       # sample grids from the shipped weights
+    python scripts/train_mv_denoiser.py --diagnose                     # can SDS with these weights help? (text)
 
 The training views are rendered once with tide's rasterizer and cached on disk (``--cache``, default
 ``~/.cache/tide-refine/``; the file name carries a hash of ``shapes.py`` and ``views.py``, so changing a class
 re-renders; the coarse-asset maker is not hashed): uint8, (N, V, 6, S, S). Training reads only the cache: AdamW with a linear warm-up and a cosine decay
 over the wall-clock budget, an exponential moving average (EMA) of the weights (the shipped weights are the EMA),
-v-prediction on diffusers' DDPM cosine schedule, the label dropped 15 % of the time (classifier-free guidance).
+v-prediction on diffusers' DDPM cosine schedule with min-SNR-gamma loss weighting, the label dropped 15 % of the
+time (classifier-free guidance).
 The weights (float16 EMA), the loss history and the training time go to ``--out``, written atomically.
-Sampling uses diffusers' DDIM scheduler with classifier-free guidance and writes one PNG per class (rows: samples;
+Sampling uses diffusers' DDIM scheduler (eta 1 by default) with classifier-free guidance and writes one PNG per class (rows: samples;
 columns: 4 RGB views then 4 normal views) next to the weights.
 """
 from __future__ import annotations
@@ -235,7 +237,7 @@ def main() -> None:
                    help="min-SNR-gamma loss weighting (0: plain v-prediction MSE, as the first shipped weights)")
     p.add_argument("--snapshots", default="", help="folder for float32 EMA snapshots during training (diagnosis)")
     p.add_argument("--snapshot-every", type=int, default=500)
-    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
+    p.add_argument("--minutes", type=float, default=58.0, help="wall-clock training budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="", help="render cache file (default: ~/.cache/tide-refine/mv_<hash>_...)")
     p.add_argument("--render-only", action="store_true", help="render the cache and stop")
