@@ -39,8 +39,10 @@ class Config:
     (mesh: the asset's signed distance sampled on the grid, gaussians: surface samples, nerf: a ball). -1: auto,
     0 for the mesh (the L1 fit reproduces the coarse asset's jitter: Chamfer to the ground truth 0.030 -> 0.032
     in 10 steps on a held-out chair) and 20 for gaussians and nerf."""
-    steps: Annotated[int, Range(ge=0)] = 30
-    """SDS refinement steps (4 orthogonal views per step, random elevation and distance)."""
+    steps: Annotated[int, Range(ge=0)] = 60
+    """SDS refinement steps (4 orthogonal views per step, random elevation and distance). 60 instead of 30 with
+    the retrained denoiser: on held-out shapes 10-11 of chair, table, mug, Chamfer to the ground truth fell below
+    the distilled asset's on 6 of 6 with either, by more with 60 (mean 0.00036 against 0.00025)."""
     size: Annotated[int, Range(ge=16, le=512)] = 32
     """View size in pixels (the denoiser's resolution)."""
     lr: Annotated[float, Range(gt=0)] = 0.0007
@@ -52,6 +54,10 @@ class Config:
     and left the chair further from the ground truth than the SDF initialisation (Chamfer 0.030 -> 0.034)."""
     cfg: Annotated[float, Range(ge=0)] = 5.0
     """Classifier-free guidance scale."""
+    t_max: Annotated[float, Range(gt=0, le=1)] = 0.98
+    """Largest SDS timestep at the start (fraction of the schedule); it moves linearly to t_max_end."""
+    t_max_end: Annotated[float, Range(gt=0, le=1)] = 0.5
+    """Largest SDS timestep at the end of the refinement (fraction of the schedule)."""
     sds_samples: Annotated[int, Range(ge=1, le=64)] = 4
     """Noise draws (each with its own timestep) averaged into one SDS gradient per step: the denoiser is cheap next
     to the render, and the average has less variance."""
@@ -97,7 +103,8 @@ class Scene:
         backend.ensure()
         self._t0 = time.perf_counter()
         c = self.cfg
-        self.guide = load_guidance(c.guidance, GuidanceSettings(cfg=c.cfg))
+        self.guide = load_guidance(c.guidance, GuidanceSettings(cfg=c.cfg, t_max=c.t_max,
+                                                                     t_max_end=c.t_max_end))
         self.fine = None
         if c.asset:
             self.coarse = distill.load_asset(c.asset)

@@ -212,10 +212,13 @@ def load_guidance(spec: str, settings: GuidanceSettings | None = None) -> Guidan
 
 
 @torch.no_grad()
-def sample_views(model, cams, labels, steps: int = 30, cfg: float = 3.0, generator=None) -> torch.Tensor:
+def sample_views(model, cams, labels, steps: int = 30, cfg: float = 3.0, generator=None,
+                 eta: float = 0.0) -> torch.Tensor:
     """Sample view sets from an ``MVDenoiser`` with diffusers' DDIM scheduler and classifier-free guidance.
 
-    cams: (B, V, 3); labels: (B,) class indices. Returns (B, V, C, S, S) in [0, 1]."""
+    cams: (B, V, 3); labels: (B,) class indices; ``eta``: DDIM's noise (0 deterministic, 1 DDPM-like ancestral
+    sampling, whose fresh noise at every step washes out part of the small model's per-step errors).
+    Returns (B, V, C, S, S) in [0, 1]."""
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
@@ -229,5 +232,5 @@ def sample_views(model, cams, labels, steps: int = 30, cfg: float = 3.0, generat
         ec, eu = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cams, cams]),
                        torch.cat([labels, null])).chunk(2)
         e = eu + cfg * (ec - eu)
-        x = sched.step(e.flatten(0, 1), t, x.flatten(0, 1)).prev_sample.reshape(x.shape)
+        x = sched.step(e.flatten(0, 1), t, x.flatten(0, 1), eta=eta, generator=generator).prev_sample.reshape(x.shape)
     return ((x + 1) / 2).clamp(0, 1)
