@@ -397,18 +397,17 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
                 if inside or (soft and not far and (lc[K - 1] == 2 or (lc[K - 1] == 1
                                                                        and fd[b, f, _ZMIN] <= lz[K - 1]))):
                     cc = 1 - ti.cast(inside, ti.i32)
-                    # inside, the nearest boundary point is the foot on the nearest edge line; outside, it lies on
-                    # an edge whose line the pixel is outside of. The distance test comes before the depth (a
-                    # division and a clamp): most blur-only candidates that pass the box and line tests fail it
-                    d2 = -ti.min(w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2) * ndc2
-                    if not inside:
-                        e2 = ti.min(ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30),
-                                    ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30),
-                                    ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30))
-                        d2 = e2 * ndc2
-                    if inside or d2 < max_d2:
-                        z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
-                        if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
+                    z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
+                    if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
+                        # inside, the nearest boundary point is the foot on the nearest edge line; outside, it
+                        # lies on an edge whose line the pixel is outside of
+                        d2 = -ti.min(w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2) * ndc2
+                        if not inside:
+                            e2 = ti.min(ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30),
+                                        ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30),
+                                        ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30))
+                            d2 = e2 * ndc2
+                        if inside or d2 < max_d2:
                             # insertion into the sorted register list: the candidate swaps into every slot it
                             # beats and the displaced entries ripple back; the last one falls off
                             cf, cz, cd = f, z, d2
