@@ -88,9 +88,7 @@ class Segment(bridge.Op):
             dst.data.copy_(src)
         for i in range(K):  # recompute the segment, keeping every state and intermediate
             solver.forward(states[i], states[i + 1], ctrl, self.dt, scratch[i], model)
-        for s in states[:K + 1]:
-            s.zero_grad_()
-        for t, g in zip(states[K].tensors(), grad_outputs):
+        for t, g in zip(states[K].tensors(), grad_outputs):  # every grad of states[K]; earlier ones zeroed below
             t.grad.copy_(g)
         for i in reversed(range(K)):
             scratch[i].zero_grad_()
