@@ -16,7 +16,7 @@ from .raster import (Fragments, _acc, _edge_grad, _ndc2, _project, _project_bwd,
                      differentiable_fragments, expand_background, project, rasterize, rasterize_screen,
                      soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
-from .zbuffer import _zb_backward, _zb_bg_grad, project_min_z, zbuffer
+from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
 
@@ -480,24 +480,6 @@ class SoftMesh(bridge.Op):
 # fused hard path: barycentrics, interpolation, per-face shading and the background in one kernel, with the
 # barycentrics' hand-written gradients to the projected vertices (interior gradients, as nvdiffrast)
 # ---------------------------------------------------------------------------------------------------------------
-@ti.func
-def _hard_bary(scr: ti.template(), b, i0, i1, i2, x, y):
-    # differentiable_fragments' steps: screen-space barycentrics at (x, y), clamped to the triangle, then
-    # perspective-corrected by 1/z. Returns the raw (w0, w1), the clamped sum, q = w / z, the depth and area.
-    ax, ay, az = scr[b, i0, 0], scr[b, i0, 1], scr[b, i0, 2]
-    bx, by, bz = scr[b, i1, 0], scr[b, i1, 1], scr[b, i1, 2]
-    cx, cy, cz = scr[b, i2, 0], scr[b, i2, 1], scr[b, i2, 2]
-    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-    w0 = ((cx - bx) * (y - by) - (cy - by) * (x - bx)) / area
-    w1 = ((ax - cx) * (y - cy) - (ay - cy) * (x - cx)) / area
-    w2 = 1.0 - w0 - w1
-    c0, c1, c2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
-    s = ti.max(c0 + c1 + c2, 1e-30)
-    q0, q1, q2 = c0 / s / az, c1 / s / bz, c2 / s / cz
-    Z = 1.0 / ti.max(q0 + q1 + q2, 1e-30)
-    return w0, w1, w2, s, q0, q1, q2, Z, area
-
-
 @lean
 @ti.kernel
 def _hard_fwd(scr: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), attr: ti.types.ndarray(),
@@ -1195,6 +1177,20 @@ def _camera_needs_grad(camera: Camera) -> bool:
     return any(x.requires_grad for x in (camera.R, camera.t, camera.fx, camera.fy, camera.cx, camera.cy))
 
 
+def _background_rows(bg: torch.Tensor, C: int, H: int, W: int) -> torch.Tensor:
+    """A background as the kernels read it: a colour (C,) -> (1, 1, C); per-batch colours (B, C) -> (B, 1, C);
+    images (B, H, W, C) -> (B, H*W, C). Raises ValueError when its channels are not C."""
+    if bg.dim() <= 1:
+        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
+    elif bg.dim() == 2:
+        bg = bg.reshape(bg.shape[0], 1, -1)
+    else:
+        bg = bg.reshape(-1, H * W, bg.shape[-1])
+    if bg.shape[-1] != C:
+        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    return bg
+
+
 def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma, faces_per_pixel,
                        opacity, background, screen=None):
     """Soft ``render_mesh`` as Taichi projection + K-nearest lists + one ``SoftMesh`` op (no per-pixel torch glue).
@@ -1235,15 +1231,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     fn, shade = _face_shade(verts, faces, lights, dt, dev)                                   # (Bv, F, 3)
     opac = torch.as_tensor(opacity, dtype=dt, device=dev)
     opac = opac.reshape(1, -1).expand(B, F) if opac.dim() <= 1 else opac.expand(B, F)  # the kernels read row b
-    bg = torch.as_tensor(background, dtype=dt, device=dev)
-    if bg.dim() <= 1:
-        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
-    elif bg.dim() == 2:
-        bg = bg.reshape(bg.shape[0], 1, -1)
-    else:
-        bg = bg.reshape(-1, H * W, bg.shape[-1])
-    if bg.shape[-1] != C:
-        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
     # camera gradients: the op takes torch's differentiable projection as its geometry input
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, screen_input=geo is not verts)
@@ -1276,15 +1264,7 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         return None
     frags = rasterize(verts, faces, camera, faces_per_pixel=1, clip=False, sigma=0.0)
     B = frags.pix_to_face.shape[0]
-    bg = torch.as_tensor(background, dtype=dt, device=dev)
-    if bg.dim() <= 1:
-        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
-    elif bg.dim() == 2:
-        bg = bg.reshape(bg.shape[0], 1, -1)
-    else:
-        bg = bg.reshape(-1, H * W, bg.shape[-1])
-    if bg.shape[-1] != C:
-        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
     if not _camera_needs_grad(camera) and not (lights is not None and any(
             x.requires_grad for x in (lights.direction, lights.color, lights.ambient))):
         # fixed camera and lights: projection, normals and shading in Taichi too (no per-face torch ops)
@@ -1401,15 +1381,7 @@ def _render_hard_z(verts, faces, camera, colors, face_colors, lights, background
     if zmin < CLIP_Z + 1e-5 * (1.0 + CLIP_Z):
         return None                                   # a vertex near or behind the plane: maybe a face to clip
     bg_t = torch.as_tensor(background, dtype=dt, device=dev)
-    bg = bg_t
-    if bg.dim() <= 1:
-        bg = bg.reshape(1, 1, -1).expand(1, 1, C)
-    elif bg.dim() == 2:
-        bg = bg.reshape(bg.shape[0], 1, -1)
-    else:
-        bg = bg.reshape(-1, H * W, bg.shape[-1])
-    if bg.shape[-1] != C:
-        raise ValueError(f"background has {bg.shape[-1]} channels but the colours have {C}")
+    bg = _background_rows(bg_t, C, H, W)
     B = screen.shape[0]
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1).contiguous() if cam.shape[0] != B else cam

@@ -26,6 +26,7 @@ import torch
 from .. import backend
 from ..launch import lean
 from .camera import Camera
+from .raster import _pix_range
 
 __all__ = ["zbuffer", "ZBuffer", "project_min_z"]
 
@@ -56,24 +57,6 @@ def _span(scr: ti.template(), b, i0, i1, i2, W, H):
     y0, y1 = _pix_range(ti.min(scr[b, i0, 1], scr[b, i1, 1], scr[b, i2, 1]),
                         ti.max(scr[b, i0, 1], scr[b, i1, 1], scr[b, i2, 1]), H)
     return x0, x1, y0, y1
-
-
-@ti.func
-def _pix_range(lo, hi, n):
-    # inclusive range [p0, p1] of the pixels p in [0, n) whose centre p + 0.5 lies in [lo, hi] (empty: p0 > p1),
-    # decided by the same float comparisons as a direct test of each centre (as raster._pix_range)
-    lo, hi = ti.min(ti.max(lo, -2.0), n + 2.0), ti.min(ti.max(hi, -2.0), n + 2.0)
-    p0 = ti.cast(ti.ceil(lo - 0.5), ti.i32)
-    if p0 + 0.5 < lo:
-        p0 += 1
-    if p0 - 0.5 >= lo:
-        p0 -= 1
-    p1 = ti.cast(ti.floor(hi - 0.5), ti.i32)
-    if p1 + 0.5 > hi:
-        p1 -= 1
-    if p1 + 1.5 <= hi:
-        p1 += 1
-    return ti.max(p0, 0), ti.min(p1, n - 1)
 
 
 @ti.func
