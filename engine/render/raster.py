@@ -32,8 +32,8 @@ from .. import backend, bridge
 from ..launch import lean
 from .camera import Camera
 
-__all__ = ["Fragments", "rasterize", "rasterize_screen", "differentiable_fragments", "face_corners", "project", "camera_table",
-           "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
+__all__ = ["Fragments", "LazyFragments", "Bins", "bin_faces", "rasterize", "rasterize_screen", "differentiable_fragments",
+           "face_corners", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
 TILE = 4
 """Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it; TILE^2 <= 31,
@@ -341,11 +341,35 @@ def _persp_z(fd: ti.template(), b, f, w0, w1, w2):
     return 1.0 / (w0 * fd[b, f, _IZ] + w1 * fd[b, f, _IZ + 1] + w2 * fd[b, f, _IZ + 2])
 
 
-@lean
-@ti.kernel
-def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
-         counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
-         zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float, K: ti.template()):
+@ti.func
+def _signed_d2(fd: ti.template(), b, f, w0, w1, w2, x, y, ndc2):
+    # signed squared NDC distance from the pixel to the face from its unclamped barycentrics: inside (< 0), minus
+    # the squared distance to the nearest edge line (the foot on it); outside, the squared distance to the
+    # nearest edge among those whose line the pixel is outside of (the nearest boundary point lies on one)
+    d2 = -ti.min(w0 * w0 * fd[b, f, _H2], w1 * w1 * fd[b, f, _H2 + 1], w2 * w2 * fd[b, f, _H2 + 2]) * ndc2
+    if not (w0 >= 0 and w1 >= 0 and w2 >= 0):
+        e2 = ti.min(ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30),
+                    ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30),
+                    ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30))
+        d2 = e2 * ndc2
+    return d2
+
+
+@ti.func
+def _persp_bary(fd: ti.template(), b, f, x, y):
+    # a kept face's perspective-correct barycentrics at (x, y) (clamped to the triangle) and its depth there, by
+    # the same steps as the depth the K-nearest pass orders by
+    w0, w1, w2 = _clamp_bary(*_bary(fd, b, f, x, y))
+    q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
+    z = 1.0 / (q0 + q1 + q2)
+    return q0 * z, q1 * z, q2 * z, z
+
+
+@ti.func
+def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, py, px,
+            max_d2, ndc2, K: ti.template()):
+    # One pixel's K-nearest list from its tile's list: (face ids, depths, signed squared distances), sorted by
+    # (z, id) with empty slots (id -1, depth -1) last.
     # Keep-list policy: faces containing the pixel (full coverage) outrank blur-only candidates, and within each
     # class the nearest by (z, face id) win. On dense meshes dozens of sub-pixel faces lie within the blur radius;
     # plain K-nearest-by-depth then fills all K slots with up-slope neighbours of coverage ~1e-3 and drops the face
@@ -358,72 +382,74 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
     # only then the distance to the edges the pixel is outside of.
     r2 = max_d2 / ndc2
     soft = max_d2 >= 0
+    lc = ti.Vector([2 for _ in ti.static(range(K))], dt=ti.i32)
+    lf = ti.Vector([-1 for _ in ti.static(range(K))], dt=ti.i32)
+    lz = ti.Vector([-1.0 for _ in ti.static(range(K))])
+    ld = ti.Vector([0.0 for _ in ti.static(range(K))])
+    buf = ti.Vector([0 for _ in ti.static(range(_CHUNK))], dt=ti.i32)
+    ty, tx = py // TILE, px // TILE
+    bit = (py % TILE) * TILE + px % TILE
+    x, y = px + 0.5, py + 0.5
+    s0 = offsets[b, ty, tx]
+    end = s0 + counts[b, ty, tx]
+    while s0 < end:
+        # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
+        # pixel (the entry's mask bit; a data-dependent branch per entry costs more: ~1 in 3 entries pass)
+        n = 0
+        for j in range(ti.min(_CHUNK, end - s0)):
+            buf[n] = bins[s0 + j, 0]
+            n += (bins[s0 + j, 1] >> bit) & 1
+        s0 += _CHUNK
+        for j in range(n):
+            f = buf[j]
+            if lc[K - 1] == 0 and fd[b, f, _ZMIN] > lz[K - 1]:
+                # the list is full of faces containing the pixel and the tile list is sorted by nearest
+                # vertex: this face and every later one lie behind the K-th kept face (hard mode: behind the
+                # visible face), none can enter
+                s0 = end
+                break
+            w0, w1, w2 = _bary(fd, b, f, x, y)
+            h0, h1, h2 = fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2]
+            inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+            # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
+            far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
+                   | ((w2 < 0) & (w2 * w2 * h2 > r2)))
+            # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
+            # nor a full list of blur-only faces all nearer than this face's nearest vertex
+            if inside or (soft and not far and (lc[K - 1] == 2 or (lc[K - 1] == 1
+                                                                   and fd[b, f, _ZMIN] <= lz[K - 1]))):
+                cc = 1 - ti.cast(inside, ti.i32)
+                z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
+                if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
+                    d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
+                    if inside or d2 < max_d2:
+                        # insertion into the sorted register list: the candidate swaps into every slot it
+                        # beats and the displaced entries ripple back; the last one falls off
+                        cf, cz, cd = f, z, d2
+                        for k in ti.static(range(K)):
+                            if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
+                                tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
+                                lc[k], lf[k], lz[k], ld[k] = cc, cf, cz, cd
+                                cc, cf, cz, cd = tc, tf, tz, td
+    # compositing order: by (z, id), empty slots last (odd-even transposition sort, unrolled)
+    for it in ti.static(range(K)):
+        for k in ti.static(range(it % 2, K - 1, 2)):
+            if (lc[k] == 2 and lc[k + 1] != 2) or (lc[k] != 2 and lc[k + 1] != 2
+                                                     and _before(lz[k + 1], lf[k + 1], lz[k], lf[k])):
+                tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
+                lc[k], lf[k], lz[k], ld[k] = lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1]
+                lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1] = tc, tf, tz, td
+    return lf, lz, ld
+
+
+@lean
+@ti.kernel
+def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
+         counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
+         zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float, K: ti.template()):
+    # every pixel's list (_select) with the kept faces' barycentrics, recomputed for the K kept faces only
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        # the list holds (class, z, face, d2) only: barycentrics are recomputed for the K kept faces at the end
-        lc = ti.Vector([2 for _ in ti.static(range(K))], dt=ti.i32)
-        lf = ti.Vector([-1 for _ in ti.static(range(K))], dt=ti.i32)
-        lz = ti.Vector([-1.0 for _ in ti.static(range(K))])
-        ld = ti.Vector([0.0 for _ in ti.static(range(K))])
-        buf = ti.Vector([0 for _ in ti.static(range(_CHUNK))], dt=ti.i32)
-        ty, tx = py // TILE, px // TILE
-        bit = (py % TILE) * TILE + px % TILE
-        x, y = px + 0.5, py + 0.5
-        s0 = offsets[b, ty, tx]
-        end = s0 + counts[b, ty, tx]
-        while s0 < end:
-            # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
-            # pixel (the entry's mask bit; a data-dependent branch per entry costs more: ~1 in 3 entries pass)
-            n = 0
-            for j in range(ti.min(_CHUNK, end - s0)):
-                buf[n] = bins[s0 + j, 0]
-                n += (bins[s0 + j, 1] >> bit) & 1
-            s0 += _CHUNK
-            for j in range(n):
-                f = buf[j]
-                if lc[K - 1] == 0 and fd[b, f, _ZMIN] > lz[K - 1]:
-                    # the list is full of faces containing the pixel and the tile list is sorted by nearest
-                    # vertex: this face and every later one lie behind the K-th kept face (hard mode: behind the
-                    # visible face), none can enter
-                    s0 = end
-                    break
-                w0, w1, w2 = _bary(fd, b, f, x, y)
-                h0, h1, h2 = fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2]
-                inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-                # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
-                far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
-                       | ((w2 < 0) & (w2 * w2 * h2 > r2)))
-                # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
-                # nor a full list of blur-only faces all nearer than this face's nearest vertex
-                if inside or (soft and not far and (lc[K - 1] == 2 or (lc[K - 1] == 1
-                                                                       and fd[b, f, _ZMIN] <= lz[K - 1]))):
-                    cc = 1 - ti.cast(inside, ti.i32)
-                    z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
-                    if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
-                        # inside, the nearest boundary point is the foot on the nearest edge line; outside, it
-                        # lies on an edge whose line the pixel is outside of
-                        d2 = -ti.min(w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2) * ndc2
-                        if not inside:
-                            e2 = ti.min(ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30),
-                                        ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30),
-                                        ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30))
-                            d2 = e2 * ndc2
-                        if inside or d2 < max_d2:
-                            # insertion into the sorted register list: the candidate swaps into every slot it
-                            # beats and the displaced entries ripple back; the last one falls off
-                            cf, cz, cd = f, z, d2
-                            for k in ti.static(range(K)):
-                                if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
-                                    tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
-                                    lc[k], lf[k], lz[k], ld[k] = cc, cf, cz, cd
-                                    cc, cf, cz, cd = tc, tf, tz, td
-        # compositing order: by (z, id), empty slots last (odd-even transposition sort, unrolled)
-        for it in ti.static(range(K)):
-            for k in ti.static(range(it % 2, K - 1, 2)):
-                if (lc[k] == 2 and lc[k + 1] != 2) or (lc[k] != 2 and lc[k + 1] != 2
-                                                         and _before(lz[k + 1], lf[k + 1], lz[k], lf[k])):
-                    tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
-                    lc[k], lf[k], lz[k], ld[k] = lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1]
-                    lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1] = tc, tf, tz, td
+        lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K)
         for k in ti.static(range(K)):
             f = lf[k]
             p2f[b, py, px, k] = f
@@ -431,14 +457,30 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
             dist[b, py, px, k] = ld[k]
             q0, q1, q2 = 0.0, 0.0, 0.0
             if f >= 0:
-                # the kept face's perspective-correct barycentrics, by the same steps as its depth above
-                w0, w1, w2 = _clamp_bary(*_bary(fd, b, f, x, y))
-                q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
-                z = 1.0 / (q0 + q1 + q2)
-                q0, q1, q2 = q0 * z, q1 * z, q2 * z
+                q0, q1, q2, _z = _persp_bary(fd, b, f, px + 0.5, py + 0.5)
             bary[b, py, px, k, 0] = q0
             bary[b, py, px, k, 1] = q1
             bary[b, py, px, k, 2] = q2
+
+
+@lean
+@ti.kernel
+def _fragments_of(fd: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
+                  zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), ndc2: float):
+    # _knn's barycentrics, depths and distances of given face lists, by the same steps (``LazyFragments``)
+    for b, py, px, k in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2], p2f.shape[3]):
+        f = p2f[b, py, px, k]
+        q0, q1, q2, z, d2 = 0.0, 0.0, 0.0, -1.0, 0.0
+        if f >= 0:
+            x, y = px + 0.5, py + 0.5
+            w0, w1, w2 = _bary(fd, b, f, x, y)
+            q0, q1, q2, z = _persp_bary(fd, b, f, x, y)
+            d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
+        bary[b, py, px, k, 0] = q0
+        bary[b, py, px, k, 1] = q1
+        bary[b, py, px, k, 2] = q2
+        zbuf[b, py, px, k] = z
+        dist[b, py, px, k] = d2
 
 
 def blur_radius_px(sigma: float, width: int, height: int) -> float:
@@ -496,6 +538,36 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
         # hard z-buffer: faces scatter into a key buffer, no tile lists (``zbuffer``)
         from .zbuffer import zbuffer
         return Fragments(*zbuffer(screen, faces, W, H, near))
+    bins = bin_faces(screen, faces, W, H, sigma, near)
+    p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
+    bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
+    zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
+    dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
+    _knn(bins.fd, bins.offsets, bins.counts, bins.bins, p2f, bary, zbuf, dist, bins.max_d2, bins.ndc2, K)
+    return Fragments(p2f, bary, zbuf, dist)
+
+
+@dataclass
+class Bins:
+    """Faces set up and binned into tiles for the K-nearest selection (``bin_faces``).
+
+    fd: (B, F, _NREC) per-face records; offsets, counts: (B, tiles_y, tiles_x) where each tile's list starts in
+    ``bins`` and its length; bins: (N, 2) entries (face id, pixel mask), each tile's front to back; max_d2: the
+    squared NDC reach of the blur (-1 for sigma = 0); ndc2: squared NDC units per squared pixel.
+    """
+
+    fd: torch.Tensor
+    offsets: torch.Tensor
+    counts: torch.Tensor
+    bins: torch.Tensor
+    max_d2: float
+    ndc2: float
+
+
+@torch.no_grad()
+def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: float, near: float = 1e-3) -> Bins:
+    """Per-face set-up and tile binning of ``rasterize_screen`` (screen (B, V, 3) contiguous, faces (F, 3) int32)."""
+    B, dt, dev = screen.shape[0], screen.dtype, screen.device
     ty_n, tx_n = (H + TILE - 1) // TILE, (W + TILE - 1) // TILE
     # the blur reach in pixels gets a rounding margin so the box test never rejects a face the distance keeps
     margin = blur_radius_px(sigma, W, H) + (1e-3 if sigma > 0 else 0.0)
@@ -518,12 +590,30 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
         order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
         spans = torch.gather(spans, 1, order.long()[..., None].expand(-1, -1, 4)).contiguous()
         _bin_sorted(spans, order, bins, ty_n, tx_n)
-    p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=dev)
-    bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
-    zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
-    dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
-    _knn(fd, offsets, counts, bins, p2f, bary, zbuf, dist, max_d2, _ndc2(W, H), K)
-    return Fragments(p2f, bary, zbuf, dist)
+    return Bins(fd, offsets, counts, bins, max_d2, _ndc2(W, H))
+
+
+class LazyFragments(Fragments):
+    """``Fragments`` of given K-nearest lists whose barycentrics, depths and distances are computed on first
+    access (``_knn``'s values, from the binned faces' records): a renderer that composites while it selects keeps
+    only the face ids."""
+
+    def __init__(self, pix_to_face: torch.Tensor, bins: Bins):
+        self.pix_to_face = pix_to_face
+        self._bins, self._rest = bins, None
+
+    def _filled(self):
+        if self._rest is None:
+            p2f, fd = self.pix_to_face, self._bins.fd
+            kw = dict(dtype=fd.dtype, device=fd.device)
+            bary, zbuf, dist = torch.empty(*p2f.shape, 3, **kw), torch.empty(p2f.shape, **kw), torch.empty(p2f.shape, **kw)
+            _fragments_of(fd, p2f, bary, zbuf, dist, self._bins.ndc2)
+            self._rest = (bary, zbuf, dist)
+        return self._rest
+
+    bary = property(lambda self: self._filled()[0])
+    zbuf = property(lambda self: self._filled()[1])
+    dist = property(lambda self: self._filled()[2])
 
 
 def face_corners(screen: torch.Tensor, faces: torch.Tensor, B: int) -> torch.Tensor:
