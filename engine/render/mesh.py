@@ -341,7 +341,7 @@ def _soft_fwd_sel(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: t
         x, y = px + 0.5, py + 0.5
         acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
         T = 1.0
-        for k in range(K):
+        for k in ti.static(range(K)):
             f = lf[k]
             p2f[b, py, px, k] = f
             # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped

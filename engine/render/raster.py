@@ -36,8 +36,8 @@ __all__ = ["Fragments", "LazyFragments", "Bins", "bin_faces", "rasterize", "rast
            "face_corners", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
 
 TILE = 4
-"""Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it; TILE^2 <= 31,
-the pixel mask of a tile-list entry is an int32)."""
+"""Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it; TILE^2 <= 16:
+the two pixel masks of a tile-list entry share an int32)."""
 
 _CUTOFF = math.log(1e4)
 """Soft coverage below exp(-_CUTOFF) = 1e-4 of a face's opacity is dropped (the face is not kept)."""
@@ -155,6 +155,8 @@ _IL = 20      # 3: 1 / |edge|^2 of the edges (a, b), (b, c), (c, a)
 _ZMIN = 23    # 1: nearest vertex depth (a lower bound on the face's depth anywhere)
 _NREC = 24
 _CHUNK = 32   # tile-list entries mask-tested per compaction step in _knn
+_IN_SHIFT = 16  # a tile-list entry's mask: bits 0..15 the tile pixels in the face's grown box, 16..31 those it may hold
+_IN_EPS = 1e-4  # _bin_inside marks a pixel when every barycentric is >= -_IN_EPS (a superset of _select's test)
 
 
 @lean
@@ -296,6 +298,35 @@ def _bin_sorted(spans: torch.Tensor, order: torch.Tensor, bins: torch.Tensor, ty
     bins[:total] = ents.index_select(0, torch.sort(keys)[1])
 
 
+@lean
+@ti.kernel
+def _bin_inside(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
+                bins: ti.types.ndarray(), W: int, H: int):
+    # bits _IN_SHIFT.. of each entry's mask: the tile pixels whose centre may lie inside the face (every
+    # barycentric >= -_IN_EPS, tested only within the face's own box grown by 0.01 px: rounding cannot move a
+    # centre that _select finds inside out of either), one work item per tile
+    for b, ty, tx in ti.ndrange(counts.shape[0], counts.shape[1], counts.shape[2]):
+        s0 = offsets[b, ty, tx]
+        for s in range(s0, s0 + counts[b, ty, tx]):
+            f = bins[s, 0]
+            ax, ay, bx, by = fd[b, f, _VXY], fd[b, f, _VXY + 1], fd[b, f, _VXY + 2], fd[b, f, _VXY + 3]
+            cx, cy = fd[b, f, _VXY + 4], fd[b, f, _VXY + 5]
+            lox, hix = ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01
+            loy, hiy = ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01
+            # most entries are faces whose own box misses the tile's pixel centres (the blur margin binned them)
+            if hix >= tx * TILE + 0.5 and lox <= tx * TILE + TILE - 0.5 and hiy >= ty * TILE + 0.5 \
+                    and loy <= ty * TILE + TILE - 0.5:
+                x0, x1 = _pix_range(lox, hix, W)
+                y0, y1 = _pix_range(loy, hiy, H)
+                m = 0
+                for py in range(ti.max(y0, ty * TILE), ti.min(y1, ty * TILE + TILE - 1) + 1):
+                    for px in range(ti.max(x0, tx * TILE), ti.min(x1, tx * TILE + TILE - 1) + 1):
+                        w0, w1, w2 = _bary(fd, b, f, px + 0.5, py + 0.5)
+                        if w0 >= -_IN_EPS and w1 >= -_IN_EPS and w2 >= -_IN_EPS:
+                            m |= 1 << ((py % TILE) * TILE + px % TILE + _IN_SHIFT)
+                bins[s, 1] = bins[s, 1] | m
+
+
 @ti.func
 def _before(z, f, z2, f2):
     # strict order of fragments by depth, ties broken by face id (deterministic lists)
@@ -390,47 +421,57 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     ty, tx = py // TILE, px // TILE
     bit = (py % TILE) * TILE + px % TILE
     x, y = px + 0.5, py + 0.5
-    s0 = offsets[b, ty, tx]
-    end = s0 + counts[b, ty, tx]
-    while s0 < end:
-        # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
-        # pixel (the entry's mask bit; a data-dependent branch per entry costs more: ~1 in 3 entries pass)
-        n = 0
-        for j in range(ti.min(_CHUNK, end - s0)):
-            buf[n] = bins[s0 + j, 0]
-            n += (bins[s0 + j, 1] >> bit) & 1
-        s0 += _CHUNK
-        for j in range(n):
-            f = buf[j]
-            if lc[K - 1] == 0 and fd[b, f, _ZMIN] > lz[K - 1]:
-                # the list is full of faces containing the pixel and the tile list is sorted by nearest
-                # vertex: this face and every later one lie behind the K-th kept face (hard mode: behind the
-                # visible face), none can enter
-                s0 = end
-                break
-            w0, w1, w2 = _bary(fd, b, f, x, y)
-            h0, h1, h2 = fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2]
-            inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-            # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
-            far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
-                   | ((w2 < 0) & (w2 * w2 * h2 > r2)))
-            # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
-            # nor a full list of blur-only faces all nearer than this face's nearest vertex
-            if inside or (soft and not far and (lc[K - 1] == 2 or (lc[K - 1] == 1
-                                                                   and fd[b, f, _ZMIN] <= lz[K - 1]))):
-                cc = 1 - ti.cast(inside, ti.i32)
-                z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
-                if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
-                    d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
-                    if inside or d2 < max_d2:
-                        # insertion into the sorted register list: the candidate swaps into every slot it
-                        # beats and the displaced entries ripple back; the last one falls off
-                        cf, cz, cd = f, z, d2
-                        for k in ti.static(range(K)):
-                            if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
-                                tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
-                                lc[k], lf[k], lz[k], ld[k] = cc, cf, cz, cd
-                                cc, cf, cz, cd = tc, tf, tz, td
+    # two walks of the tile's list: first the faces whose centre test may pass (the entry's high mask bits:
+    # every face that can hold the pixel), then the others within the grown box, which can only be blur-only.
+    # The final list is the K best of all candidates whatever the order (each test below only drops a candidate
+    # that cannot enter), but in this order the second walk can stop at the first face whose nearest vertex lies
+    # behind a full list: every later one does too, and none of them can outrank a kept face.
+    for walk in range(2 if soft else 1):
+        s0 = offsets[b, ty, tx]
+        end = s0 + counts[b, ty, tx]
+        if walk == 1 and lc[K - 1] == 0:
+            s0 = end
+        while s0 < end:
+            # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
+            # pixel (the entry's mask bit; a data-dependent branch per entry costs more: ~1 in 3 entries pass),
+            # in the first walk those that may hold it, in the second the others
+            n = 0
+            for j in range(ti.min(_CHUNK, end - s0)):
+                buf[n] = bins[s0 + j, 0]
+                m = bins[s0 + j, 1]
+                n += ((m >> (bit + _IN_SHIFT)) if walk == 0 else ((m >> bit) & ~(m >> (bit + _IN_SHIFT)))) & 1
+            s0 += _CHUNK
+            for j in range(n):
+                f = buf[j]
+                if (lc[K - 1] == 0 or (walk == 1 and lc[K - 1] == 1)) and fd[b, f, _ZMIN] > lz[K - 1]:
+                    # the list is full of faces containing the pixel (or, in the second walk, full), and the tile
+                    # list is sorted by nearest vertex: this face and every later one of this walk lie behind the
+                    # K-th kept face (hard mode: behind the visible face), none can enter
+                    s0 = end
+                    break
+                w0, w1, w2 = _bary(fd, b, f, x, y)
+                h0, h1, h2 = fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2]
+                inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+                # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
+                far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
+                       | ((w2 < 0) & (w2 * w2 * h2 > r2)))
+                # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
+                # nor a full list of blur-only faces all nearer than this face's nearest vertex
+                if inside or (soft and not far and (lc[K - 1] == 2 or (lc[K - 1] == 1
+                                                                       and fd[b, f, _ZMIN] <= lz[K - 1]))):
+                    cc = 1 - ti.cast(inside, ti.i32)
+                    z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
+                    if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
+                        d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
+                        if inside or d2 < max_d2:
+                            # insertion into the sorted register list: the candidate swaps into every slot it
+                            # beats and the displaced entries ripple back; the last one falls off
+                            cf, cz, cd = f, z, d2
+                            for k in ti.static(range(K)):
+                                if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
+                                    tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
+                                    lc[k], lf[k], lz[k], ld[k] = cc, cf, cz, cd
+                                    cc, cf, cz, cd = tc, tf, tz, td
     # compositing order: by (z, id), empty slots last (odd-even transposition sort, unrolled)
     for it in ti.static(range(K)):
         for k in ti.static(range(it % 2, K - 1, 2)):
@@ -590,6 +631,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
         spans = torch.gather(spans, 1, order.long()[..., None].expand(-1, -1, 4)).contiguous()
         _bin_sorted(spans, order, bins, ty_n, tx_n)
+    _bin_inside(fd, offsets, counts, bins, W, H)
     return Bins(fd, offsets, counts, bins, max_d2, _ndc2(W, H))
 
 
