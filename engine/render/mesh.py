@@ -14,7 +14,7 @@ from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
 from .raster import (Fragments, LazyFragments, _acc, _bary, _edge_grad, _ndc2, _persp_bary, _project, _project_bwd,
-                     _seg_dist2, _select, _signed_d2, bin_faces, camera_table, differentiable_fragments,
+                     _dist_grad, _seg_dist2, _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments,
                      expand_background, project, rasterize, rasterize_screen, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
@@ -419,6 +419,7 @@ def _soft_bwd_sel(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.type
                     x, y = px + 0.5, py + 0.5
                     la = ti.Vector([0.0 for _ in ti.static(range(K))])
                     lt, lcv, ld = la, la, la
+                    le = ti.Vector([0 for _ in ti.static(range(K))], dt=ti.i32)
                     n = 0
                     Tn = 1.0
                     while n < K:
@@ -426,7 +427,8 @@ def _soft_bwd_sel(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.type
                         if f < 0 or Tn == 0.0:
                             break
                         w0, w1, w2 = _bary(fd, b, f, x, y)
-                        d = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
+                        d, e = _signed_d2e(fd, b, f, w0, w1, w2, x, y, ndc2)
+                        le[n] = e
                         cov = 1.0
                         if d > 0:
                             cov = ti.exp(-d / sigma)
@@ -528,7 +530,7 @@ def _soft_bwd_sel(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.type
                         _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
                         if d > 0:
                             # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q on the nearest edge
-                            _dist_grad_tri(xy, g_xy, b, cb * Bx + b, i0, i1, i2, x, y, -ga * a / sigma * ndc2, private)
+                            _dist_grad(xy, faces, g_xy, b, cb * Bx + b, f, le[k], x, y, -ga * a / sigma * ndc2, private)
                         R = a * v + (1.0 - a) * R
 
 

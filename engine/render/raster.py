@@ -373,16 +373,29 @@ def _persp_z(fd: ti.template(), b, f, w0, w1, w2):
 
 
 @ti.func
-def _signed_d2(fd: ti.template(), b, f, w0, w1, w2, x, y, ndc2):
+def _signed_d2e(fd: ti.template(), b, f, w0, w1, w2, x, y, ndc2):
     # signed squared NDC distance from the pixel to the face from its unclamped barycentrics: inside (< 0), minus
     # the squared distance to the nearest edge line (the foot on it); outside, the squared distance to the
-    # nearest edge among those whose line the pixel is outside of (the nearest boundary point lies on one)
+    # nearest edge among those whose line the pixel is outside of (the nearest boundary point lies on one), and
+    # that edge e (from vertex e to vertex e + 1 mod 3, the first on ties; -1 inside)
     d2 = -ti.min(w0 * w0 * fd[b, f, _H2], w1 * w1 * fd[b, f, _H2 + 1], w2 * w2 * fd[b, f, _H2 + 2]) * ndc2
+    e = -1
     if not (w0 >= 0 and w1 >= 0 and w2 >= 0):
-        e2 = ti.min(ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30),
-                    ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30),
-                    ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30))
+        e2 = ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30)
+        e = 0
+        e1 = ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30)
+        if e1 < e2:
+            e2, e = e1, 1
+        e1 = ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30)
+        if e1 < e2:
+            e2, e = e1, 2
         d2 = e2 * ndc2
+    return d2, e
+
+
+@ti.func
+def _signed_d2(fd: ti.template(), b, f, w0, w1, w2, x, y, ndc2):
+    d2, _e = _signed_d2e(fd, b, f, w0, w1, w2, x, y, ndc2)
     return d2
 
 
