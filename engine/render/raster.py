@@ -156,7 +156,7 @@ _ZMIN = 23    # 1: nearest vertex depth (a lower bound on the face's depth anywh
 _NREC = 24
 _CHUNK = 32   # tile-list entries mask-tested per compaction step in _knn
 _IN_SHIFT = 16  # a tile-list entry's mask: bits 0..15 the tile pixels in the face's grown box, 16..31 those it may hold
-_IN_EPS = 1e-4  # _bin_inside marks a pixel when every barycentric is >= -_IN_EPS (a superset of _select's test)
+_IN_EPS = 1e-4  # _inside_bits marks a pixel when every barycentric is >= -_IN_EPS (a superset of _select's test)
 
 
 @lean
@@ -216,11 +216,16 @@ def _pix_range(lo, hi, n):
 @ti.kernel
 def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), spans: ti.types.ndarray(), W: int, H: int):
     # spans: the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box; every tile holding one of them
-    # gets the face
+    # gets the face. Then the pixels in its own box grown by 0.01 px (_inside_bits tests those)
     for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
         x0, x1 = _pix_range(fd[b, f, _BOX], fd[b, f, _BOX + 1], W)
         y0, y1 = _pix_range(fd[b, f, _BOX + 2], fd[b, f, _BOX + 3], H)
         spans[b, f, 0], spans[b, f, 1], spans[b, f, 2], spans[b, f, 3] = x0, x1, y0, y1
+        ax, ay, bx, by = fd[b, f, _VXY], fd[b, f, _VXY + 1], fd[b, f, _VXY + 2], fd[b, f, _VXY + 3]
+        cx, cy = fd[b, f, _VXY + 4], fd[b, f, _VXY + 5]
+        u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
+        v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
+        spans[b, f, 4], spans[b, f, 5], spans[b, f, 6], spans[b, f, 7] = u0, u1, v0, v1
         if x0 <= x1 and y0 <= y1:
             for ty, tx in ti.ndrange((y0 // TILE, y1 // TILE + 1), (x0 // TILE, x1 // TILE + 1)):
                 ti.atomic_add(counts[b, ty, tx], 1)
@@ -238,15 +243,29 @@ def _tile_mask(x0, x1, y0, y1, ty, tx):
     return mask
 
 
+@ti.func
+def _inside_bits(fd: ti.template(), spans: ti.template(), b, f, s, ty, tx):
+    # bits _IN_SHIFT.. of an entry's mask: the pixels of tile (ty, tx) whose centre may lie inside face f (every
+    # barycentric >= -_IN_EPS, a superset of _select's test), among those in the face's own box grown by 0.01 px
+    # (spans row s, columns 4..7: rounding cannot move a centre that _select finds inside out of either)
+    m = 0
+    for py in range(ti.max(spans[b, s, 6], ty * TILE), ti.min(spans[b, s, 7], ty * TILE + TILE - 1) + 1):
+        for px in range(ti.max(spans[b, s, 4], tx * TILE), ti.min(spans[b, s, 5], tx * TILE + TILE - 1) + 1):
+            w0, w1, w2 = _bary(fd, b, f, px + 0.5, py + 0.5)
+            if w0 >= -_IN_EPS and w1 >= -_IN_EPS and w2 >= -_IN_EPS:
+                m |= 1 << ((py % TILE) * TILE + px % TILE + _IN_SHIFT)
+    return m
+
+
 @lean
 @ti.kernel
-def _bin_fill(spans: ti.types.ndarray(), order: ti.types.ndarray(), offsets: ti.types.ndarray(),
-              cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
+def _bin_fill(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
+              offsets: ti.types.ndarray(), cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
     # CPU: faces in ``order`` (nearest vertex first; spans indexed by face id), appended to their tiles' lists by
     # one task (deterministic lists, no atomics), so every tile list comes out sorted front to back: a pixel's
     # K-nearest list fills with near faces early and most far blur-only candidates are rejected on their nearest
-    # vertex's depth alone. Each entry is (face, pixel mask) (``_tile_mask``): _knn tests one bit per entry instead
-    # of the box.
+    # vertex's depth alone. Each entry is (face, pixel masks) (``_tile_mask``, ``_inside_bits``): _knn tests one
+    # bit per entry instead of the box.
     ti.loop_config(serialize=True)
     for b in range(spans.shape[0]):
         for i in range(spans.shape[1]):
@@ -257,13 +276,13 @@ def _bin_fill(spans: ti.types.ndarray(), order: ti.types.ndarray(), offsets: ti.
                     for tx in range(x0 // TILE, x1 // TILE + 1):
                         slot = offsets[b, ty, tx] + cursor[b, ty, tx]
                         bins[slot, 0] = f
-                        bins[slot, 1] = _tile_mask(x0, x1, y0, y1, ty, tx)
+                        bins[slot, 1] = _tile_mask(x0, x1, y0, y1, ty, tx) | _inside_bits(fd, spans, b, f, f, ty, tx)
                         cursor[b, ty, tx] += 1
 
 
 @lean
 @ti.kernel
-def _bin_entries(spans: ti.types.ndarray(), order: ti.types.ndarray(), start: ti.types.ndarray(),
+def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(), start: ti.types.ndarray(),
                  keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int):
     # GPU: one work item per face writes its (face, mask) entries at its own offset ``start`` with the sort key
     # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_fill's lists
@@ -276,14 +295,15 @@ def _bin_entries(spans: ti.types.ndarray(), order: ti.types.ndarray(), start: ti
                 for tx in range(x0 // TILE, x1 // TILE + 1):
                     keys[j] = ((ti.cast(b, ti.i64) * ty_n + ty) * tx_n + tx) * F + i
                     ents[j, 0] = order[b, i]
-                    ents[j, 1] = _tile_mask(x0, x1, y0, y1, ty, tx)
+                    ents[j, 1] = _tile_mask(x0, x1, y0, y1, ty, tx) | _inside_bits(fd, spans, b, order[b, i], i, ty, tx)
                     j += 1
 
 
-def _bin_sorted(spans: torch.Tensor, order: torch.Tensor, bins: torch.Tensor, ty_n: int, tx_n: int):
+def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, bins: torch.Tensor, ty_n: int,
+                tx_n: int):
     """The tile lists of ``_bin_fill`` built in parallel (GPU): entries per face, then one sort by (batch, tile,
-    depth rank). ``spans`` (B, F, 4) and ``order`` (B, F) in depth order; fills ``bins`` (N, 2)."""
-    x0, x1, y0, y1 = spans.long().unbind(-1)
+    depth rank). ``spans`` (B, F, 8) and ``order`` (B, F) in depth order; fills ``bins`` (N, 2)."""
+    x0, x1, y0, y1 = spans[..., :4].long().unbind(-1)
     ok = (x0 <= x1) & (y0 <= y1)
     n = torch.where(ok, (y1.div(TILE, rounding_mode="floor") - y0.div(TILE, rounding_mode="floor") + 1)
                     * (x1.div(TILE, rounding_mode="floor") - x0.div(TILE, rounding_mode="floor") + 1), 0)
@@ -294,37 +314,8 @@ def _bin_sorted(spans: torch.Tensor, order: torch.Tensor, bins: torch.Tensor, ty
         return
     keys = torch.empty(total, dtype=torch.int64, device=spans.device)
     ents = torch.empty(total, 2, dtype=torch.int32, device=spans.device)
-    _bin_entries(spans, order, start, keys, ents, ty_n, tx_n)
+    _bin_entries(fd, spans, order, start, keys, ents, ty_n, tx_n)
     bins[:total] = ents.index_select(0, torch.sort(keys)[1])
-
-
-@lean
-@ti.kernel
-def _bin_inside(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
-                bins: ti.types.ndarray(), W: int, H: int):
-    # bits _IN_SHIFT.. of each entry's mask: the tile pixels whose centre may lie inside the face (every
-    # barycentric >= -_IN_EPS, tested only within the face's own box grown by 0.01 px: rounding cannot move a
-    # centre that _select finds inside out of either), one work item per tile
-    for b, ty, tx in ti.ndrange(counts.shape[0], counts.shape[1], counts.shape[2]):
-        s0 = offsets[b, ty, tx]
-        for s in range(s0, s0 + counts[b, ty, tx]):
-            f = bins[s, 0]
-            ax, ay, bx, by = fd[b, f, _VXY], fd[b, f, _VXY + 1], fd[b, f, _VXY + 2], fd[b, f, _VXY + 3]
-            cx, cy = fd[b, f, _VXY + 4], fd[b, f, _VXY + 5]
-            lox, hix = ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01
-            loy, hiy = ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01
-            # most entries are faces whose own box misses the tile's pixel centres (the blur margin binned them)
-            if hix >= tx * TILE + 0.5 and lox <= tx * TILE + TILE - 0.5 and hiy >= ty * TILE + 0.5 \
-                    and loy <= ty * TILE + TILE - 0.5:
-                x0, x1 = _pix_range(lox, hix, W)
-                y0, y1 = _pix_range(loy, hiy, H)
-                m = 0
-                for py in range(ti.max(y0, ty * TILE), ti.min(y1, ty * TILE + TILE - 1) + 1):
-                    for px in range(ti.max(x0, tx * TILE), ti.min(x1, tx * TILE + TILE - 1) + 1):
-                        w0, w1, w2 = _bary(fd, b, f, px + 0.5, py + 0.5)
-                        if w0 >= -_IN_EPS and w1 >= -_IN_EPS and w2 >= -_IN_EPS:
-                            m |= 1 << ((py % TILE) * TILE + px % TILE + _IN_SHIFT)
-                bins[s, 1] = bins[s, 1] | m
 
 
 @ti.func
@@ -629,7 +620,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     fd = torch.empty(B, faces.shape[0], _NREC, dtype=dt, device=dev)
     _face_setup(screen, faces, fd, margin, near)
     counts = torch.zeros(B, ty_n, tx_n, dtype=torch.int32, device=dev)
-    spans = torch.empty(B, faces.shape[0], 4, dtype=torch.int32, device=dev)
+    spans = torch.empty(B, faces.shape[0], 8, dtype=torch.int32, device=dev)
     _bin_count(fd, counts, spans, W, H)
     flat = counts.reshape(-1)
     offsets = (torch.cumsum(flat, 0, dtype=torch.int32) - flat).reshape(counts.shape)
@@ -639,12 +630,11 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         # faces at load 12 against ~3 ms); _bin_fill reads each face's span through the order
         zmin = fd[..., _ZMIN].numpy()
         order = torch.from_numpy(np.argsort(zmin, axis=1, kind="stable").astype(np.int32))
-        _bin_fill(spans, order, offsets, torch.zeros_like(counts), bins)
+        _bin_fill(fd, spans, order, offsets, torch.zeros_like(counts), bins)
     else:
         order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
-        spans = torch.gather(spans, 1, order.long()[..., None].expand(-1, -1, 4)).contiguous()
-        _bin_sorted(spans, order, bins, ty_n, tx_n)
-    _bin_inside(fd, offsets, counts, bins, W, H)
+        spans = torch.gather(spans, 1, order.long()[..., None].expand(-1, -1, 8)).contiguous()
+        _bin_sorted(fd, spans, order, bins, ty_n, tx_n)
     return Bins(fd, offsets, counts, bins, max_d2, _ndc2(W, H))
 
 
