@@ -409,8 +409,8 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     # class the nearest by (z, face id) win. On dense meshes dozens of sub-pixel faces lie within the blur radius;
     # plain K-nearest-by-depth then fills all K slots with up-slope neighbours of coverage ~1e-3 and drops the face
     # the pixel is actually inside (alpha -> 0 inside the silhouette).
-    # The K best by (class, z, id) live in registers (K is compile-time, the insertion is unrolled); they are
-    # re-sorted by (z, id) for compositing once, when the pixel is done.
+    # The K best by (class, z, id) live in a local list (K is compile-time); they are re-sorted by (z, id) for
+    # compositing once, when the pixel is done.
     # Per candidate, cheapest test first: grown box (the entry's mask bit), barycentrics (2 FMAs each from
     # _face_setup's gradients), then for a pixel outside the face: a full list of covering faces, the edge lines'
     # distance (a lower bound), the nearest vertex's depth and then the depth against the list's last entry, and
@@ -468,22 +468,23 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
                     if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
                         d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
                         if inside or d2 < max_d2:
-                            # insertion into the sorted register list: the candidate swaps into every slot it
-                            # beats and the displaced entries ripple back; the last one falls off
-                            cf, cz, cd = f, z, d2
-                            for k in ti.static(range(K)):
-                                if _kbefore(cc, cz, cf, lc[k], lz[k], lf[k]):
-                                    tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
-                                    lc[k], lf[k], lz[k], ld[k] = cc, cf, cz, cd
-                                    cc, cf, cz, cd = tc, tf, tz, td
-    # compositing order: by (z, id), empty slots last (odd-even transposition sort, unrolled)
-    for it in ti.static(range(K)):
-        for k in ti.static(range(it % 2, K - 1, 2)):
-            if (lc[k] == 2 and lc[k + 1] != 2) or (lc[k] != 2 and lc[k + 1] != 2
-                                                     and _before(lz[k + 1], lf[k + 1], lz[k], lf[k])):
-                tc, tf, tz, td = lc[k], lf[k], lz[k], ld[k]
-                lc[k], lf[k], lz[k], ld[k] = lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1]
-                lc[k + 1], lf[k + 1], lz[k + 1], ld[k + 1] = tc, tf, tz, td
+                            # insertion into the sorted list from its end: the last entry falls off and the
+                            # ones the candidate beats move back one slot (candidates come roughly in depth
+                            # order, so they seldom travel far: cheaper than a full unrolled pass)
+                            k = K - 1
+                            while k > 0 and _kbefore(cc, z, f, lc[k - 1], lz[k - 1], lf[k - 1]):
+                                lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
+                                k -= 1
+                            lc[k], lf[k], lz[k], ld[k] = cc, f, z, d2
+    # compositing order: by (z, id), empty slots last (insertion sort: the list is two sorted runs, the faces
+    # holding the pixel and the blur-only ones)
+    for i in range(1, K):
+        c0, f0, z0, d0 = lc[i], lf[i], lz[i], ld[i]
+        k = i
+        while k > 0 and c0 != 2 and (lc[k - 1] == 2 or _before(z0, f0, lz[k - 1], lf[k - 1])):
+            lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
+            k -= 1
+        lc[k], lf[k], lz[k], ld[k] = c0, f0, z0, d0
     return lf, lz, ld
 
 
