@@ -145,7 +145,7 @@ def project(verts: torch.Tensor, camera: Camera) -> torch.Tensor:
     return screen
 
 
-# per-face record written once by _face_setup, read by binning and the K-nearest pass (one row per face):
+# per-face record written once by _face_setup (in _bin_count), read by binning and the K-nearest pass (one row per face):
 _BOX = 0      # 4: bbox grown by the blur margin (xmin, xmax, ymin, ymax); empty (1, -1, 1, -1) if the face is skipped
 _VXY = 4      # 6: screen vertices a, b, c (x, y)
 _WGR = 10     # 4: barycentric gradients d w0 / d(x, y), d w1 / d(x, y) (w0 = 1, w1 = 0 at vertex a)
@@ -159,39 +159,36 @@ _IN_SHIFT = 16  # a tile-list entry's mask: bits 0..15 the tile pixels in the fa
 _IN_EPS = 1e-4  # _inside_bits marks a pixel when every barycentric is >= -_IN_EPS (a superset of _select's test)
 
 
-@lean
-@ti.kernel
-def _face_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(), margin: float,
-                near: float):
-    # a face is skipped (empty box, never binned) if a vertex is at depth <= near or it has no area
-    for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
-        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-        ax, ay, az = screen[b, i0, 0], screen[b, i0, 1], screen[b, i0, 2]
-        bx, by, bz = screen[b, i1, 0], screen[b, i1, 1], screen[b, i1, 2]
-        cx, cy, cz = screen[b, i2, 0], screen[b, i2, 1], screen[b, i2, 2]
-        area = _edge(ax, ay, bx, by, cx, cy)
-        for j in ti.static(range(_NREC)):
-            fd[b, f, j] = 0.0
-        fd[b, f, _BOX], fd[b, f, _BOX + 1], fd[b, f, _BOX + 2], fd[b, f, _BOX + 3] = 1.0, -1.0, 1.0, -1.0
-        if az > near and bz > near and cz > near and ti.abs(area) >= 1e-12:
-            fd[b, f, _BOX] = ti.min(ax, bx, cx) - margin
-            fd[b, f, _BOX + 1] = ti.max(ax, bx, cx) + margin
-            fd[b, f, _BOX + 2] = ti.min(ay, by, cy) - margin
-            fd[b, f, _BOX + 3] = ti.max(ay, by, cy) + margin
-            fd[b, f, _VXY], fd[b, f, _VXY + 1] = ax, ay
-            fd[b, f, _VXY + 2], fd[b, f, _VXY + 3] = bx, by
-            fd[b, f, _VXY + 4], fd[b, f, _VXY + 5] = cx, cy
-            ia = 1.0 / area
-            fd[b, f, _WGR], fd[b, f, _WGR + 1] = (by - cy) * ia, (cx - bx) * ia
-            fd[b, f, _WGR + 2], fd[b, f, _WGR + 3] = (cy - ay) * ia, (ax - cx) * ia
-            fd[b, f, _IZ], fd[b, f, _IZ + 1], fd[b, f, _IZ + 2] = 1.0 / az, 1.0 / bz, 1.0 / cz
-            lab = (bx - ax) ** 2 + (by - ay) ** 2
-            lbc = (cx - bx) ** 2 + (cy - by) ** 2
-            lca = (ax - cx) ** 2 + (ay - cy) ** 2
-            a2 = area * area
-            fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2] = a2 / lbc, a2 / lca, a2 / lab
-            fd[b, f, _IL], fd[b, f, _IL + 1], fd[b, f, _IL + 2] = 1.0 / lab, 1.0 / lbc, 1.0 / lca
-            fd[b, f, _ZMIN] = ti.min(az, bz, cz)
+@ti.func
+def _face_setup(screen: ti.template(), faces: ti.template(), fd: ti.template(), b, f, margin, near):
+    # face f's record; a face is skipped (empty box, never binned) if a vertex is at depth <= near or it has no area
+    i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+    ax, ay, az = screen[b, i0, 0], screen[b, i0, 1], screen[b, i0, 2]
+    bx, by, bz = screen[b, i1, 0], screen[b, i1, 1], screen[b, i1, 2]
+    cx, cy, cz = screen[b, i2, 0], screen[b, i2, 1], screen[b, i2, 2]
+    area = _edge(ax, ay, bx, by, cx, cy)
+    for j in ti.static(range(_NREC)):
+        fd[b, f, j] = 0.0
+    fd[b, f, _BOX], fd[b, f, _BOX + 1], fd[b, f, _BOX + 2], fd[b, f, _BOX + 3] = 1.0, -1.0, 1.0, -1.0
+    if az > near and bz > near and cz > near and ti.abs(area) >= 1e-12:
+        fd[b, f, _BOX] = ti.min(ax, bx, cx) - margin
+        fd[b, f, _BOX + 1] = ti.max(ax, bx, cx) + margin
+        fd[b, f, _BOX + 2] = ti.min(ay, by, cy) - margin
+        fd[b, f, _BOX + 3] = ti.max(ay, by, cy) + margin
+        fd[b, f, _VXY], fd[b, f, _VXY + 1] = ax, ay
+        fd[b, f, _VXY + 2], fd[b, f, _VXY + 3] = bx, by
+        fd[b, f, _VXY + 4], fd[b, f, _VXY + 5] = cx, cy
+        ia = 1.0 / area
+        fd[b, f, _WGR], fd[b, f, _WGR + 1] = (by - cy) * ia, (cx - bx) * ia
+        fd[b, f, _WGR + 2], fd[b, f, _WGR + 3] = (cy - ay) * ia, (ax - cx) * ia
+        fd[b, f, _IZ], fd[b, f, _IZ + 1], fd[b, f, _IZ + 2] = 1.0 / az, 1.0 / bz, 1.0 / cz
+        lab = (bx - ax) ** 2 + (by - ay) ** 2
+        lbc = (cx - bx) ** 2 + (cy - by) ** 2
+        lca = (ax - cx) ** 2 + (ay - cy) ** 2
+        a2 = area * area
+        fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2] = a2 / lbc, a2 / lca, a2 / lab
+        fd[b, f, _IL], fd[b, f, _IL + 1], fd[b, f, _IL + 2] = 1.0 / lab, 1.0 / lbc, 1.0 / lca
+        fd[b, f, _ZMIN] = ti.min(az, bz, cz)
 
 
 @ti.func
@@ -214,10 +211,13 @@ def _pix_range(lo, hi, n):
 
 @lean
 @ti.kernel
-def _bin_count(fd: ti.types.ndarray(), counts: ti.types.ndarray(), spans: ti.types.ndarray(), W: int, H: int):
-    # spans: the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box; every tile holding one of them
-    # gets the face. Then the pixels in its own box grown by 0.01 px (_inside_bits tests those)
+def _bin_count(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
+               counts: ti.types.ndarray(), spans: ti.types.ndarray(), margin: float, near: float, W: int, H: int):
+    # each face's record (_face_setup), then its spans: the pixels (x0, x1, y0, y1) whose centres lie in the face's
+    # grown box (every tile holding one of them gets the face), then the pixels in its own box grown by 0.01 px
+    # (_inside_bits tests those); one launch
     for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
+        _face_setup(screen, faces, fd, b, f, margin, near)
         x0, x1 = _pix_range(fd[b, f, _BOX], fd[b, f, _BOX + 1], W)
         y0, y1 = _pix_range(fd[b, f, _BOX + 2], fd[b, f, _BOX + 3], H)
         spans[b, f, 0], spans[b, f, 1], spans[b, f, 2], spans[b, f, 3] = x0, x1, y0, y1
@@ -260,8 +260,9 @@ def _inside_bits(fd: ti.template(), spans: ti.template(), b, f, s, ty, tx):
 @lean
 @ti.kernel
 def _bin_fill(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
-              offsets: ti.types.ndarray(), cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
-    # CPU: faces in ``order`` (nearest vertex first; spans indexed by face id), appended to their tiles' lists by
+              cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
+    # CPU: faces in ``order`` (nearest vertex first; spans in that order too, read in sequence; cursor: each tile's
+    # next free slot, starting at its offset), appended to their tiles' lists by
     # one task (deterministic lists, no atomics), so every tile list comes out sorted front to back: a pixel's
     # K-nearest list fills with near faces early and most far blur-only candidates are rejected on their nearest
     # vertex's depth alone. Each entry is (face, pixel masks) (``_tile_mask``, ``_inside_bits``): _knn tests one
@@ -269,15 +270,34 @@ def _bin_fill(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types
     ti.loop_config(serialize=True)
     for b in range(spans.shape[0]):
         for i in range(spans.shape[1]):
-            f = order[b, i]
-            x0, x1, y0, y1 = spans[b, f, 0], spans[b, f, 1], spans[b, f, 2], spans[b, f, 3]
+            x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
             if x0 <= x1 and y0 <= y1:
+                f = order[b, i]
                 for ty in range(y0 // TILE, y1 // TILE + 1):
                     for tx in range(x0 // TILE, x1 // TILE + 1):
-                        slot = offsets[b, ty, tx] + cursor[b, ty, tx]
+                        slot = cursor[b, ty, tx]
                         bins[slot, 0] = f
-                        bins[slot, 1] = _tile_mask(x0, x1, y0, y1, ty, tx) | _inside_bits(fd, spans, b, f, f, ty, tx)
-                        cursor[b, ty, tx] += 1
+                        bins[slot, 1] = _tile_mask(x0, x1, y0, y1, ty, tx) | _inside_bits(fd, spans, b, f, i, ty, tx)
+                        cursor[b, ty, tx] = slot + 1
+
+
+@lean
+@ti.kernel
+def _take_rows(src: ti.types.ndarray(), order: ti.types.ndarray(), dst: ti.types.ndarray(), serial: ti.template()):
+    # dst[b, i] = src[b, order[b, i]] (rows of ints); one task on CPU: a copy this small costs less than waking the
+    # worker threads on a busy machine
+    ti.loop_config(serialize=serial)
+    for b, i in ti.ndrange(src.shape[0], src.shape[1]):
+        f = order[b, i]
+        for j in range(src.shape[2]):
+            dst[b, i, j] = src[b, f, j]
+
+
+def _in_order(spans: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(B, F, n) face rows -> the same rows in ``order`` (B, F)."""
+    out = torch.empty_like(spans)
+    _take_rows(spans, order, out, backend.settings().resolved_arch in ("x64", "arm64"))
+    return out
 
 
 @lean
@@ -619,23 +639,21 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     margin = blur_radius_px(sigma, W, H) + (1e-3 if sigma > 0 else 0.0)
     max_d2 = sigma * _CUTOFF if sigma > 0 else -1.0
     fd = torch.empty(B, faces.shape[0], _NREC, dtype=dt, device=dev)
-    _face_setup(screen, faces, fd, margin, near)
     counts = torch.zeros(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     spans = torch.empty(B, faces.shape[0], 8, dtype=torch.int32, device=dev)
-    _bin_count(fd, counts, spans, W, H)
+    _bin_count(screen, faces, fd, counts, spans, margin, near, W, H)
     flat = counts.reshape(-1)
     offsets = (torch.cumsum(flat, 0, dtype=torch.int32) - flat).reshape(counts.shape)
     bins = torch.empty(max(int(flat.sum()), 1), 2, dtype=torch.int32, device=dev)
     if backend.settings().resolved_arch in ("x64", "arm64"):
         # CPU: numpy's single-threaded sort (torch's parallel argsort stalls on a busy machine: ~50 ms for 51k
-        # faces at load 12 against ~3 ms); _bin_fill reads each face's span through the order
-        zmin = fd[..., _ZMIN].numpy()
-        order = torch.from_numpy(np.argsort(zmin, axis=1, kind="stable").astype(np.int32))
-        _bin_fill(fd, spans, order, offsets, torch.zeros_like(counts), bins)
+        # faces at load 12 against ~3 ms); the spans in that order too, so _bin_fill reads them in sequence
+        order = torch.from_numpy(np.argsort(fd[..., _ZMIN].numpy(), axis=1, kind="stable").astype(np.int32))
+        spans = _in_order(spans, order)
+        _bin_fill(fd, spans, order, offsets.clone(), bins)
     else:
         order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
-        spans = torch.gather(spans, 1, order.long()[..., None].expand(-1, -1, 8)).contiguous()
-        _bin_sorted(fd, spans, order, bins, ty_n, tx_n)
+        _bin_sorted(fd, _in_order(spans, order), order, bins, ty_n, tx_n)
     return Bins(fd, offsets, counts, bins, max_d2, _ndc2(W, H))
 
 
