@@ -129,3 +129,23 @@ def test_batched_meshes_match_one_by_one():
     for b in range(2):
         one = render_mesh(Vb[b], F, cam[b], colors=Vb[b] * 0.5 + 0.5, mode="soft", sigma=1e-4)
         assert torch.allclose(one.rgb[0], both.rgb[b]) and torch.allclose(one.alpha[0], both.alpha[b])
+
+
+def test_soft_render_fragments_equal_rasterize():
+    # the soft render composites each pixel's K faces as it selects them and keeps only their ids; the fragments it
+    # returns (barycentrics, depths and distances recomputed on access) equal rasterize's K-nearest pass, up to the
+    # order of faces whose depths tie to rounding
+    mesh = _meshes()["scene"]
+    V, F = torch.tensor(mesh.vertices), torch.tensor(mesh.faces)
+    cam = orbit_cameras(2, radius=3.0, elevation=25, width=64, height=48, start=10)
+    fr = render_mesh(V, F, cam, mode="soft", sigma=3e-4, faces_per_pixel=6).fragments
+    ref = rasterize(V, F, cam, faces_per_pixel=6, sigma=3e-4)
+    same = (fr.pix_to_face == ref.pix_to_face).all(-1)
+    assert (ref.pix_to_face >= 0).sum() > 5000
+    assert same.float().mean() > 0.999, same.float().mean()
+    for a, b in ((fr.bary, ref.bary), (fr.zbuf, ref.zbuf), (fr.dist, ref.dist)):
+        assert torch.allclose(a[same], b[same], atol=1e-12, rtol=0)
+    # the pixels that differ hold the same faces, with depths equal to rounding
+    diff = ~same
+    assert torch.equal(fr.pix_to_face[diff].sort(-1)[0], ref.pix_to_face[diff].sort(-1)[0])
+    assert torch.allclose(fr.zbuf[diff], ref.zbuf[diff], atol=1e-9, rtol=0)
