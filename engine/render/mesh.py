@@ -1,6 +1,5 @@
 """``render_mesh``: rasterize + attributes + shading + compositing, hard or soft, in one call."""
 import math
-import os
 from dataclasses import dataclass
 
 import taichi as ti
@@ -13,15 +12,13 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (Fragments, LazyFragments, _acc, _bary, _edge_grad, _ndc2, _persp_bary, _project, _project_bwd,
-                     _dist_grad, _seg_dist2, _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments,
-                     expand_background, project, rasterize, rasterize_screen, soft_composite)
+from .raster import (Fragments, LazyFragments, _acc, _bary, _dist_grad, _ndc2, _persp_bary, _project, _project_bwd,
+                     _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments, expand_background, project,
+                     rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
-
-_SELECT_FUSED = os.environ.get("TIDE_SOFT_OLD") != "1"
 
 _SPAN = 512
 """Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations (see _soft_bwd)."""
@@ -31,17 +28,10 @@ _SPAN = 512
 # fused soft path: coverage + attribute interpolation + per-face shading + compositing in one kernel
 # ---------------------------------------------------------------------------------------------------------------
 @ti.func
-def _layer_vec(attr: ti.template(), faces: ti.template(), bary: ti.template(), zbuf: ti.template(), b, py, px, k,
-               f, per_face, C: ti.template()):
-    # the C + 2 channels of layer k before shading: colour/feature (C), depth, and the constant 1 whose composite
-    # is alpha (so colour, depth and alpha share one compositing recurrence)
-    return _layer_q(attr, faces, b, f, bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2],
-                    zbuf[b, py, px, k], per_face, C)
-
-
-@ti.func
 def _layer_q(attr: ti.template(), faces: ti.template(), b, f, w0, w1, w2, z, per_face, C: ti.template()):
-    # _layer_vec from the layer's perspective-correct barycentrics and depth
+    # the C + 2 channels of a layer (face f, perspective-correct barycentrics w, depth z) before shading:
+    # colour/feature (C), depth, and the constant 1 whose composite is alpha (so colour, depth and alpha share one
+    # compositing recurrence)
     ba = b if attr.shape[0] > 1 else 0
     v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
     if per_face:
@@ -78,16 +68,9 @@ def _bg_vec(bg: ti.template(), b, py, px, W, C: ti.template()):
 
 
 @ti.func
-def _tex_vec(tex: ti.template(), uvc: ti.template(), bary: ti.template(), b, py, px, k, f, use_tex: ti.template(),
-             C: ti.template()):
-    # per-layer multiplier of the colour channels: the bilinear texture colour at the fragment's uv (the corners'
-    # uvs interpolated with the perspective-correct barycentrics, _texel_coords' conventions); 1 for depth, alpha
-    return _tex_q(tex, uvc, b, f, bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2], use_tex, C)
-
-
-@ti.func
 def _tex_q(tex: ti.template(), uvc: ti.template(), b, f, w0, w1, w2, use_tex: ti.template(), C: ti.template()):
-    # _tex_vec from the layer's perspective-correct barycentrics
+    # per-layer multiplier of the colour channels: the bilinear texture colour at the fragment's uv (the corners'
+    # uvs interpolated with the perspective-correct barycentrics w, _texel_coords' conventions); 1 for depth, alpha
     v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
     if ti.static(use_tex):
         bt = b if tex.shape[0] > 1 else 0
@@ -103,245 +86,24 @@ def _tex_q(tex: ti.template(), uvc: ti.template(), b, f, w0, w1, w2, use_tex: ti
     return v
 
 
-@ti.func
-def _cov(dist: ti.template(), b, py, px, k, sigma):
-    # DBW soft coverage from the K-nearest pass's signed squared NDC distance (< 0 inside: full coverage)
-    d = dist[b, py, px, k]
-    c = 1.0
-    if d > 0:
-        c = ti.exp(-d / sigma)
-    return c
-
-
-@ti.func
-def _dist_grad_tri(xy: ti.template(), g_xy: ti.template(), b, gb, i0, i1, i2, x, y, gd, private: ti.template()):
-    # gd = dL/d(d2 / ndc2) for a pixel outside triangle (i0, i1, i2): d2 / ndc2 = |p - q|^2 with q the closest point
-    # of the nearest edge (u, v) (the first on ties), q = u + t (v - u); xy is read at batch row b, the gradient
-    # lands in row gb of g_xy (a private copy's row on CPU)
-    ax, ay, bx, by, cx, cy = xy[b, i0, 0], xy[b, i0, 1], xy[b, i1, 0], xy[b, i1, 1], xy[b, i2, 0], xy[b, i2, 1]
-    e0 = _seg_dist2(x, y, ax, ay, bx, by)
-    e1 = _seg_dist2(x, y, bx, by, cx, cy)
-    e2 = _seg_dist2(x, y, cx, cy, ax, ay)
-    iu, iv, ux, uy, vx, vy = i0, i1, ax, ay, bx, by
-    if e1 < e0:
-        iu, iv, ux, uy, vx, vy, e0 = i1, i2, bx, by, cx, cy, e1
-    if e2 < e0:
-        iu, iv, ux, uy, vx, vy = i2, i0, cx, cy, ax, ay
-    _edge_grad(g_xy, gb, iu, iv, ux, uy, vx, vy, x, y, gd, private)
-
-
 @lean
 @ti.kernel
-def _soft_fwd(dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
-              zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
-              opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
-              rgb: ti.types.ndarray(), dep: ti.types.ndarray(), alp: ti.types.ndarray(), la: ti.types.ndarray(),
-              lt: ti.types.ndarray(), per_face: int, use_shade: int, use_tex: ti.template(), sigma: float,
-              C: ti.template()):
-    # C (colour/feature width) is compile-time: a pixel's C + 2 composite channels live in registers
-    W = p2f.shape[2]
-    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
-        T = 1.0
-        for k in range(p2f.shape[3]):
-            la[b, py, px, k] = 0.0
-            lt[b, py, px, k] = T
-            f = p2f[b, py, px, k]
-            # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, with a = 0 recorded
-            if f >= 0 and T != 0.0:
-                a = opac[b, f] * _cov(dist, b, py, px, k, sigma)
-                la[b, py, px, k] = a
-                acc += (T * a) * _layer_vec(attr, faces, bary, zbuf, b, py, px, k, f, per_face, C) \
-                    * _shade_vec(shade, b, f, use_shade, C) * _tex_vec(tex, uvc, bary, b, py, px, k, f, use_tex, C)
-                T *= 1.0 - a
-        acc += T * _bg_vec(bg, b, py, px, W, C)
-        for c in ti.static(range(C)):
-            rgb[b, py, px, c] = acc[c]
-        dep[b, py, px] = acc[C]
-        alp[b, py, px] = acc[C + 1]
-
-
-@lean
-@ti.kernel
-def _soft_bwd(xy: ti.types.ndarray(), dist: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
-              bary: ti.types.ndarray(), zbuf: ti.types.ndarray(), attr: ti.types.ndarray(), shade: ti.types.ndarray(),
-              opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
-              la: ti.types.ndarray(), lt: ti.types.ndarray(),
-              g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
-              g_xy: ti.types.ndarray(),
-              g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
-              g_bg: ti.types.ndarray(), g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray(), per_face: int,
-              use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
-              tex_private: ti.template(), has_gdep: int, has_galp: int, C: ti.template()):
-    # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
-    # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
-    # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
-    # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
-    # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
-    # scattered gradients (g_xy, g_attr, g_shade, g_opac, g_uv carry n_chunks copies stacked on dim 0) with plain
-    # adds; otherwise (GPU) every pixel is its own work item and atomics add into one copy. g_bg is per pixel
-    # (B, H*W, C), written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the
-    # others.
-    # Texture (``use_tex``, compile-time): g_tex ((copies * Bt * Ht * Wt, C), flat) has n_chunks copies when
-    # ``tex_private``, else one copy and atomics (CPU too for a large texture: see _texture_copies_pay); g_uv is
-    # (copies * Bu * F, 6), per face corner.
-    K = p2f.shape[3]
-    H, W = p2f.shape[1], p2f.shape[2]
-    Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
-    Bt, Bu, Ht, Wt, Fu = tex.shape[0], uvc.shape[0], tex.shape[1], tex.shape[2], uvc.shape[1]
-    bg_image = g_bg.shape[1] > 1
-    # Taichi's CPU range-for gives each thread a contiguous block of at least _SPAN iterations: a plain loop over
-    # the few chunks would run them all on one thread, so on CPU the loop has _SPAN iterations per chunk and only
-    # every _SPAN-th one works (each chunk has its own gradient copy: any schedule gives the same result)
-    # Without private copies (GPU) every pixel is its own work item: chunk ch is row ch, split into W items.
-    span = ti.static(_SPAN if private else 1)
-    npx = 1 if ti.static(private) else W
-    for it in range(n_chunks * span * npx):
-        if it % span == 0:
-            ch = it // span // npx
-            px0, px1 = 0, W
-            if ti.static(not private):
-                px0 = it % npx
-                px1 = px0 + 1
-            cb = ch if ti.static(private) else 0
-            row = ch
-            while row < p2f.shape[0] * H:
-                b, py = row // H, row % H
-                row += n_chunks
-                ba = b if Ba > 1 else 0
-                bs = b if Bs > 1 else 0
-                bo = b if Bo > 1 else 0
-                bb = b if Bg > 1 else 0
-                bt = b if Bt > 1 else 0
-                bu = b if Bu > 1 else 0
-                for px in range(px0, px1):
-                    # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
-                    # anything they add to R (cut by that layer's a = 1) reach the outputs
-                    n = 0
-                    while n < K and p2f[b, py, px, n] >= 0 and lt[b, py, px, n] != 0.0:
-                        n += 1
-                    Tn = 1.0
-                    if n > 0:
-                        Tn = lt[b, py, px, n - 1] * (1.0 - la[b, py, px, n - 1])
-                    go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
-                    for c in ti.static(range(C)):
-                        go[c] = g_rgb[b, py, px, c]
-                        if bg_image:
-                            g_bg[b, py * W + px, c] = go[c] * Tn
-                        else:
-                            _acc(g_bg, (cb * Bg + bb, 0, c), go[c] * Tn, private)
-                    if has_gdep:
-                        go[C] = g_dep[b, py, px]
-                    if has_galp:
-                        go[C + 1] = g_alp[b, py, px]
-                    R = _bg_vec(bg, b, py, px, W, C)
-                    x, y = px + 0.5, py + 0.5
-                    for kk in range(n):
-                        k = n - 1 - kk
-                        f = p2f[b, py, px, k]
-                        a, T = la[b, py, px, k], lt[b, py, px, k]
-                        # face indices and barycentrics in locals, read once (the scatter's stores would otherwise
-                        # make the compiler read them again)
-                        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                        w0, w1, w2 = bary[b, py, px, k, 0], bary[b, py, px, k, 1], bary[b, py, px, k, 2]
-                        u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
-                        if per_face:
-                            for c in ti.static(range(C)):
-                                u[c] = attr[ba, f, c]
-                        else:
-                            for c in ti.static(range(C)):
-                                u[c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
-                        u[C] = zbuf[b, py, px, k]
-                        # texture: the colour channels times the bilinear texel colour tc at the fragment's uv
-                        col = u
-                        tc = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
-                        # the four texels in locals, read once (the scatter's stores would make them be re-read)
-                        t00 = ti.Vector([0.0 for _ in ti.static(range(C))])
-                        t01, t10, t11 = t00, t00, t00
-                        uu, vv, tx, ty = 0.0, 0.0, 0.0, 0.0
-                        x0, y0, x1, y1 = 0, 0, 0, 0
-                        if ti.static(use_tex):
-                            uu = w0 * uvc[bu, f, 0, 0] + w1 * uvc[bu, f, 1, 0] + w2 * uvc[bu, f, 2, 0]
-                            vv = w0 * uvc[bu, f, 0, 1] + w1 * uvc[bu, f, 1, 1] + w2 * uvc[bu, f, 2, 1]
-                            x0, y0, tx, ty = _texel_coords(uu, vv, Ht, Wt)
-                            x1, y1 = ti.min(x0 + 1, Wt - 1), ti.min(y0 + 1, Ht - 1)
-                            for c in ti.static(range(C)):
-                                t00[c], t01[c] = tex[bt, y0, x0, c], tex[bt, y0, x1, c]
-                                t10[c], t11[c] = tex[bt, y1, x0, c], tex[bt, y1, x1, c]
-                                tc[c] = ((1 - ty) * ((1 - tx) * t00[c] + tx * t01[c])
-                                         + ty * ((1 - tx) * t10[c] + tx * t11[c]))
-                            u = col * tc
-                        sh = _shade_vec(shade, b, f, use_shade, C)
-                        v = u * sh
-                        ga = T * go.dot(v - R)                  # dL / d alpha_k
-                        ta = T * a
-                        if ta != 0.0:
-                            g_u, g_v = 0.0, 0.0                 # dL / d(tx, ty) of the bilinear lookup
-                            for c in ti.static(range(C)):
-                                gv = go[c] * ta
-                                if use_shade:
-                                    _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
-                                gs = gv * sh[c]                 # dL / d(colour x texture)
-                                if ti.static(use_tex):
-                                    gt = gs * col[c]            # dL / d(texture colour)
-                                    gs = gs * tc[c]
-                                    tb = bt
-                                    if ti.static(tex_private):
-                                        tb = cb * Bt + bt
-                                    r0, r1 = (tb * Ht + y0) * Wt, (tb * Ht + y1) * Wt
-                                    _acc(g_tex, (r0 + x0, c), (1 - ty) * (1 - tx) * gt, tex_private)
-                                    _acc(g_tex, (r0 + x1, c), (1 - ty) * tx * gt, tex_private)
-                                    _acc(g_tex, (r1 + x0, c), ty * (1 - tx) * gt, tex_private)
-                                    _acc(g_tex, (r1 + x1, c), ty * tx * gt, tex_private)
-                                    g_u += gt * ((1 - ty) * (t01[c] - t00[c]) + ty * (t11[c] - t10[c]))
-                                    g_v += gt * ((1 - tx) * (t10[c] - t00[c]) + tx * (t11[c] - t01[c]))
-                                if per_face:
-                                    _acc(g_attr, (cb * Ba + ba, f, c), gs, private)
-                                else:
-                                    _acc(g_attr, (cb * Ba + ba, i0, c), gs * w0, private)
-                                    _acc(g_attr, (cb * Ba + ba, i1, c), gs * w1, private)
-                                    _acc(g_attr, (cb * Ba + ba, i2, c), gs * w2, private)
-                            if ti.static(use_tex):
-                                # d(tx, ty) / d(u, v) = (Wt, -Ht), 0 where the lookup is clamped; then the corners'
-                                # uvs through the barycentrics
-                                fx, fy = uu * Wt - 0.5, (1.0 - vv) * Ht - 0.5
-                                g_u = g_u * Wt if 0.0 < fx < Wt - 1.0 else 0.0
-                                g_v = -g_v * Ht if 0.0 < fy < Ht - 1.0 else 0.0
-                                ub = (cb * Bu + bu) * Fu + f
-                                _acc(g_uv, (ub, 0), g_u * w0, private)
-                                _acc(g_uv, (ub, 1), g_v * w0, private)
-                                _acc(g_uv, (ub, 2), g_u * w1, private)
-                                _acc(g_uv, (ub, 3), g_v * w1, private)
-                                _acc(g_uv, (ub, 4), g_u * w2, private)
-                                _acc(g_uv, (ub, 5), g_v * w2, private)
-                        d = dist[b, py, px, k]
-                        cov = 1.0
-                        if d > 0:
-                            cov = ti.exp(-d / sigma)
-                        _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
-                        if d > 0:
-                            # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q on the nearest edge
-                            _dist_grad_tri(xy, g_xy, b, cb * Bx + b, i0, i1, i2, x, y, -ga * a / sigma * ndc2, private)
-                        R = a * v + (1.0 - a) * R
-
-
-@lean
-@ti.kernel
-def _soft_fwd_sel(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
+def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
                   bins: ti.types.ndarray(), faces: ti.types.ndarray(), attr: ti.types.ndarray(),
                   shade: ti.types.ndarray(), opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(),
                   uvc: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(), dep: ti.types.ndarray(),
                   alp: ti.types.ndarray(), max_d2: float, ndc2: float, per_face: int, use_shade: int,
                   use_tex: ti.template(), sigma: float, K: ti.template(), C: ti.template()):
-    # selection and compositing in one pass per pixel: the K-nearest list (raster._select) stays in registers and
-    # is composited at once (_soft_fwd's steps); only the face ids are written, for the backward
+    # selection and compositing in one pass per pixel: the K-nearest list (raster._select) stays local and is
+    # composited at once; only the face ids are written, for the backward (no per-slot barycentrics, depths,
+    # distances or layer alphas in memory)
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
         lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K)
         x, y = px + 0.5, py + 0.5
         acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
         T = 1.0
-        for k in ti.static(range(K)):
+        for k in range(K):
             f = lf[k]
             p2f[b, py, px, k] = f
             # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped
@@ -364,7 +126,7 @@ def _soft_fwd_sel(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: t
 
 @lean
 @ti.kernel
-def _soft_bwd_sel(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
+def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
               attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
@@ -588,20 +350,22 @@ def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy:
 
 
 class SoftMesh(bridge.Op):
-    """Fused soft mesh rendering: coverage, interpolation, shading and compositing of precomputed K-nearest lists.
-
-    Coverage comes from the fragments' signed squared distance (computed once, in the K-nearest pass); the backward
-    finds the nearest edge again only for slots outside their face, where the distance has a gradient.
+    """Fused soft mesh rendering: each pixel's K-nearest selection, coverage, interpolation, shading and
+    compositing in one pass (``_soft_fwd``: the list stays in registers, only its face ids are written); the
+    backward (``_soft_bwd``) recomputes each kept face's barycentrics, depth and signed distance (with its nearest
+    edge, where the distance has a gradient) from the binned faces' records.
 
     Inputs: verts (Bv, V, 3) world; attr (Ba, V or F, C) per-vertex or per-face colours/features; shade
     (Bs, F, C) per-face multiplier (Lambert irradiance) or a (1, 1, 1) dummy; opacity (Bo, F); background
     (Bg, 1 or H*W, C); texture (Bt, Ht, Wt, C) and per-corner uvs (Bu, F, 3, 2), multiplying the colours (bilinear,
     ``attributes._texel_coords``' conventions), or dummies when ``use_tex`` is off; then the non-differentiable
-    camera table (B, 16), faces, screen (B, V, 3) = project(verts) and fragments (p2f, bary, zbuf, dist). With
+    camera table (B, 16), faces, screen (B, V, 3) = project(verts) and the binned faces (``raster.bin_faces``:
+    records, tile offsets, counts and entries). With
     ``screen_input`` the first input is instead the projected vertices (B, V, 3) from the differentiable
     ``Camera.project`` (camera gradients: torch carries them from the screen positions). Outputs:
     colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and alpha (B, H, W), as separate tensors so that
-    autograd never slices one (a slice's backward zero-fills and copies a whole image). Gradients: verts (through
+    autograd never slices one (a slice's backward zero-fills and copies a whole image), and the face ids
+    (B, H, W, K) int32 (``LazyFragments`` fills in the rest on demand). Gradients: verts (through
     coverage and the projection), attr, shade, opacity, background, texels, uvs. Barycentrics and depths stay
     detached, as in DBW.
     """
@@ -610,32 +374,29 @@ class SoftMesh(bridge.Op):
     fresh_grads = True              # backward allocates every gradient it returns, per call
     none_grads = True               # unused depth / alpha gradients arrive as None (no image-sized zeros)
 
-    def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool = False,
-                 screen_input: bool = False):
+    def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool,
+                 screen_input: bool, K: int, max_d2: float):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
         self.per_face, self.use_shade, self.use_tex = int(per_face), int(use_shade), int(use_tex)
         self.screen_input = bool(screen_input)
+        self.K, self.max_d2 = int(K), float(max_d2)
 
-    def forward(self, verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, bary, zbuf, dist):
-        B, H, W, K = p2f.shape
-        C = attr.shape[2]
+    def forward(self, verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, fd, offsets, counts,
+                bins):
+        B, K = screen.shape[0], self.K
+        H, W, C = self.H, self.W, attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
-        la, lt = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
-        _soft_fwd(dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, rgb, dep, alp, la, lt,
-                  self.per_face, self.use_shade, self.use_tex, self.sigma, C)
-        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f,
-                 (bary, zbuf, dist, la, lt))
-        return (rgb, dep, alp), saved
-
-    def _bwd_kernel(self, screen, faces, p2f, layers, attr, shade, opacity, background, tex, uvc, *rest):
-        bary, zbuf, dist, la, lt = layers
-        _soft_bwd(screen, dist, faces, p2f, bary, zbuf, attr, shade, opacity, background, tex, uvc, la, lt, *rest)
+        p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
+        _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, p2f, rgb, dep, alp,
+                      self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C)
+        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd)
+        return (rgb, dep, alp, p2f), saved
 
     def backward(self, saved, grads):
-        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, layers = saved
+        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd = saved
         B, H, W, K = p2f.shape
         # private copies while zeroing and summing them costs less than the pixels' K layers, else atomics
         n_chunks, private = _hard_copies(B, H, W * K, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
@@ -664,15 +425,15 @@ class SoftMesh(bridge.Op):
         g_xy, g_attr, g_shade, g_opac, g_uv = views[:5]
         g_tex = views[-1]
         g_bg = views[5] if not bg_image else torch.empty(B, H * W, background.shape[2], **kw)
-        g_rgb, g_dep, g_alp = grads
+        g_rgb, g_dep, g_alp = grads[:3]                 # the face ids have no gradient
         if g_rgb is None:
             g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw)
         dummy = torch.zeros(1, 1, 1, **kw)
-        self._bwd_kernel(screen, faces, p2f, layers, attr, shade, opacity, background, tex, uvc, g_rgb,
+        _soft_bwd(screen, fd, faces, p2f, attr, shade, opacity, background, tex, uvc, g_rgb,
                   dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp,
                   g_xy, g_attr, g_shade, g_opac, g_bg, g_tex.view(-1, tex.shape[3]), g_uv.view(-1, 6), self.per_face,
                   self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
-                  int(g_dep is not None), int(g_alp is not None), attr.shape[2])
+                  int(g_dep is not None), int(g_alp is not None), self.K, attr.shape[2])
         if nc > 1:
             # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
             parts = [(v, n, c) for v, n, c in zip(views[1:], sizes[1:], copies[1:])
@@ -701,35 +462,6 @@ class SoftMesh(bridge.Op):
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
         return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + tex_grads + (None,) * 7
-
-
-class SoftMeshSel(SoftMesh):
-    """``SoftMesh`` that selects each pixel's K faces as it composites them (``_soft_fwd_sel``) from binned faces
-    (``raster.bin_faces``): the non-differentiable inputs after the screen positions are the bins' face records,
-    offsets, counts and entries instead of fragments, and a fourth output is the face ids (B, H, W, K) int32. The
-    backward recomputes each kept face's barycentrics, depth and distance from its record."""
-
-    def __init__(self, sigma, width, height, per_face, use_shade, use_tex, screen_input, K: int, max_d2: float):
-        super().__init__(sigma, width, height, per_face, use_shade, use_tex, screen_input)
-        self.K, self.max_d2 = int(K), float(max_d2)
-
-    def forward(self, verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, fd, offsets, counts,
-                bins):
-        B, K = screen.shape[0], self.K
-        H, W, C = self.H, self.W, attr.shape[2]
-        kw = dict(dtype=attr.dtype, device=attr.device)
-        rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
-        p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
-        _soft_fwd_sel(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, p2f, rgb, dep, alp,
-                      self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C)
-        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd)
-        return (rgb, dep, alp, p2f), saved
-
-    def _bwd_kernel(self, screen, faces, p2f, fd, attr, shade, opacity, background, tex, uvc, *rest):
-        _soft_bwd_sel(screen, fd, faces, p2f, attr, shade, opacity, background, tex, uvc, *rest[:-1], self.K, rest[-1])
-
-    def backward(self, saved, grads):
-        return super().backward(saved, grads[:3])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1449,7 +1181,7 @@ def _background_rows(bg: torch.Tensor, C: int, H: int, W: int) -> torch.Tensor:
 
 def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, lights, sigma, faces_per_pixel,
                        opacity, background, screen=None):
-    """Soft ``render_mesh`` as Taichi projection + K-nearest lists + one ``SoftMesh`` op (no per-pixel torch glue).
+    """Soft ``render_mesh`` as Taichi projection + binning + one ``SoftMesh`` op (no per-pixel torch glue).
     Returns None for inputs it does not cover (lights on features that are not 3 wide; colours and a texture of
     different widths, or a texture batch other than 1 or B)."""
     dt, dev = verts.dtype, verts.device
@@ -1481,11 +1213,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
         tex, uvc = torch.zeros(1, 2, 2, C, dtype=dt, device=dev), torch.zeros(1, 1, 3, 2, dtype=dt, device=dev)
     elif tex.shape[0] not in (1, B):
         return None
-    fused = _SELECT_FUSED
-    if fused:
-        bins = bin_faces(screen.contiguous(), faces.contiguous(), W, H, sigma)
-    else:
-        frags = rasterize_screen(screen, faces, W, H, faces_per_pixel, sigma)
+    bins = bin_faces(screen.contiguous(), faces.contiguous(), W, H, sigma)
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1) if cam.shape[0] != B else cam
     fn, shade = _face_shade(verts, faces, lights, dt, dev)                                   # (Bv, F, 3)
@@ -1494,16 +1222,11 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
     # camera gradients: the op takes torch's differentiable projection as its geometry input
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
-    if fused:
-        op = SoftMeshSel(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts,
-                         faces_per_pixel, bins.max_d2)
-        rgb, depth, alpha, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, cam, faces, screen, bins.fd,
-                                              bins.offsets, bins.counts, bins.bins)
-        frags = LazyFragments(p2f, bins)
-    else:
-        op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, screen_input=geo is not verts)
-        rgb, depth, alpha = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, cam, faces, screen,
-                                         frags.pix_to_face, frags.bary, frags.zbuf, frags.dist)
+    op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts, faces_per_pixel,
+                  bins.max_d2)
+    rgb, depth, alpha, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, cam, faces, screen, bins.fd,
+                                          bins.offsets, bins.counts, bins.bins)
+    frags = LazyFragments(p2f, bins)          # barycentrics, depths and distances computed if anyone reads them
     # nearest face's normal, 0 where empty (one kernel each way: no image-sized torch ops)
     normals = bridge.apply(NearestNormals(), fn, frags.pix_to_face)
     return MeshRender(rgb, alpha, depth, normals, frags)
