@@ -664,15 +664,15 @@ class LazyFragments(Fragments):
 
     def __init__(self, pix_to_face: torch.Tensor, bins: Bins):
         self.pix_to_face = pix_to_face
-        self._bins, self._rest = bins, None
+        self._fd, self._ndc2, self._rest = bins.fd, bins.ndc2, None         # the face records only, not the lists
 
     def _filled(self):
         if self._rest is None:
-            p2f, fd = self.pix_to_face, self._bins.fd
+            p2f, fd = self.pix_to_face, self._fd
             kw = dict(dtype=fd.dtype, device=fd.device)
             bary, zbuf, dist = torch.empty(*p2f.shape, 3, **kw), torch.empty(p2f.shape, **kw), torch.empty(p2f.shape, **kw)
-            _fragments_of(fd, p2f, bary, zbuf, dist, self._bins.ndc2)
-            self._rest = (bary, zbuf, dist)
+            _fragments_of(fd, p2f, bary, zbuf, dist, self._ndc2)
+            self._rest, self._fd = (bary, zbuf, dist), None
         return self._rest
 
     bary = property(lambda self: self._filled()[0])
