@@ -13,8 +13,8 @@ from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
 from .raster import (Fragments, LazyFragments, _acc, _bary, _dist_grad, _ndc2, _persp_bary, _project, _project_bwd,
-                     _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments, expand_background, project,
-                     rasterize, soft_composite)
+                     _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments, expand_background,
+                     project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 

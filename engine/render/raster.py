@@ -32,8 +32,9 @@ from .. import backend, bridge
 from ..launch import lean
 from .camera import Camera
 
-__all__ = ["Fragments", "LazyFragments", "Bins", "bin_faces", "rasterize", "rasterize_screen", "differentiable_fragments",
-           "face_corners", "project", "camera_table", "soft_composite", "expand_background", "SoftComposite", "blur_radius_px", "TILE"]
+__all__ = ["Fragments", "LazyFragments", "Bins", "bin_faces", "rasterize", "rasterize_screen",
+           "differentiable_fragments", "face_corners", "project", "camera_table", "soft_composite", "expand_background",
+           "SoftComposite", "blur_radius_px", "TILE"]
 
 TILE = 4
 """Tile edge in pixels for face binning (small tiles: each pixel scans fewer faces that miss it; TILE^2 <= 16:
@@ -145,7 +146,8 @@ def project(verts: torch.Tensor, camera: Camera) -> torch.Tensor:
     return screen
 
 
-# per-face record written once by _face_setup (in _bin_count), read by binning and the K-nearest pass (one row per face):
+# per-face record written once by _face_setup (in _bin_count), read by binning and the K-nearest pass (one row per
+# face):
 _BOX = 0      # 4: bbox grown by the blur margin (xmin, xmax, ymin, ymax); empty (1, -1, 1, -1) if the face is skipped
 _VXY = 4      # 6: screen vertices a, b, c (x, y)
 _WGR = 10     # 4: barycentric gradients d w0 / d(x, y), d w1 / d(x, y) (w0 = 1, w1 = 0 at vertex a)
@@ -155,7 +157,7 @@ _IL = 20      # 3: 1 / |edge|^2 of the edges (a, b), (b, c), (c, a)
 _ZMIN = 23    # 1: nearest vertex depth (a lower bound on the face's depth anywhere)
 _NREC = 24
 _CHUNK = 32   # tile-list entries mask-tested per compaction step in _knn
-_IN_SHIFT = 16  # a tile-list entry's mask: bits 0..15 the tile pixels in the face's grown box, 16..31 those it may hold
+_IN_SHIFT = 16  # a tile-list entry's mask: bits 0..15 the tile pixels in the face's grown box, 16.. those it may hold
 _IN_EPS = 1e-4  # _inside_bits marks a pixel when every barycentric is >= -_IN_EPS (a superset of _select's test)
 
 
@@ -302,7 +304,8 @@ def _in_order(spans: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 @lean
 @ti.kernel
-def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(), start: ti.types.ndarray(),
+def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
+                 start: ti.types.ndarray(),
                  keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int):
     # GPU: one work item per face writes its (face, mask) entries at its own offset ``start`` with the sort key
     # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_fill's lists
@@ -670,7 +673,8 @@ class LazyFragments(Fragments):
         if self._rest is None:
             p2f, fd = self.pix_to_face, self._fd
             kw = dict(dtype=fd.dtype, device=fd.device)
-            bary, zbuf, dist = torch.empty(*p2f.shape, 3, **kw), torch.empty(p2f.shape, **kw), torch.empty(p2f.shape, **kw)
+            bary = torch.empty(*p2f.shape, 3, **kw)
+            zbuf, dist = torch.empty(p2f.shape, **kw), torch.empty(p2f.shape, **kw)
             _fragments_of(fd, p2f, bary, zbuf, dist, self._ndc2)
             self._rest, self._fd = (bary, zbuf, dist), None
         return self._rest
