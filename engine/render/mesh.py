@@ -91,16 +91,23 @@ def _tex_q(tex: ti.template(), uvc: ti.template(), b, f, w0, w1, w2, use_tex: ti
 def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
                   bins: ti.types.ndarray(), faces: ti.types.ndarray(), attr: ti.types.ndarray(),
                   shade: ti.types.ndarray(), opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(),
-                  uvc: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(), dep: ti.types.ndarray(),
-                  alp: ti.types.ndarray(), max_d2: float, ndc2: float, per_face: int, use_shade: int,
-                  use_tex: ti.template(), sigma: float, K: ti.template(), C: ti.template()):
+                  uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(),
+                  dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), max_d2: float, ndc2: float,
+                  per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, K: ti.template(),
+                  C: ti.template()):
     # selection and compositing in one pass per pixel: the K-nearest list (raster._select) stays local and is
     # composited at once; only the face ids are written, for the backward (no per-slot barycentrics, depths,
-    # distances or layer alphas in memory)
+    # distances or layer alphas in memory). nrm: the nearest face's normal fn (Bn, F, 3), 0 where empty
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
         lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K)
         x, y = px + 0.5, py + 0.5
+        bn = b if fn.shape[0] > 1 else 0
+        for c in ti.static(range(3)):
+            nrm[b, py, px, c] = 0.0
+        if lf[0] >= 0:
+            for c in ti.static(range(3)):
+                nrm[b, py, px, c] = fn[bn, lf[0], c]
         acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
         T = 1.0
         for k in range(K):
@@ -364,9 +371,10 @@ class SoftMesh(bridge.Op):
     ``screen_input`` the first input is instead the projected vertices (B, V, 3) from the differentiable
     ``Camera.project`` (camera gradients: torch carries them from the screen positions). Outputs:
     colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and alpha (B, H, W), as separate tensors so that
-    autograd never slices one (a slice's backward zero-fills and copies a whole image), and the face ids
-    (B, H, W, K) int32 (``LazyFragments`` fills in the rest on demand). Gradients: verts (through
-    coverage and the projection), attr, shade, opacity, background, texels, uvs. Barycentrics and depths stay
+    autograd never slices one (a slice's backward zero-fills and copies a whole image), the nearest face's normal
+    (B, H, W, 3) from the face normals input fn (Bn, F, 3) (after uvc), and the face ids (B, H, W, K) int32
+    (``LazyFragments`` fills in the rest on demand). Gradients: verts (through coverage and the projection), attr,
+    shade, opacity, background, texels, uvs, face normals. Barycentrics and depths stay
     detached, as in DBW.
     """
 
@@ -383,20 +391,21 @@ class SoftMesh(bridge.Op):
         self.screen_input = bool(screen_input)
         self.K, self.max_d2 = int(K), float(max_d2)
 
-    def forward(self, verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, fd, offsets, counts,
+    def forward(self, verts, attr, shade, opacity, background, tex, uvc, fn, cam, faces, screen, fd, offsets, counts,
                 bins):
         B, K = screen.shape[0], self.K
         H, W, C = self.H, self.W, attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
-        _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, p2f, rgb, dep, alp,
-                      self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C)
-        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd)
-        return (rgb, dep, alp, p2f), saved
+        nrm = torch.empty(B, H, W, 3, **kw)
+        _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, rgb, dep, alp,
+                  nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C)
+        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn.shape)
+        return (rgb, dep, alp, nrm, p2f), saved
 
     def backward(self, saved, grads):
-        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd = saved
+        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn_shape = saved
         B, H, W, K = p2f.shape
         # private copies while zeroing and summing them costs less than the pixels' K layers, else atomics
         n_chunks, private = _hard_copies(B, H, W * K, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
@@ -425,7 +434,12 @@ class SoftMesh(bridge.Op):
         g_xy, g_attr, g_shade, g_opac, g_uv = views[:5]
         g_tex = views[-1]
         g_bg = views[5] if not bg_image else torch.empty(B, H * W, background.shape[2], **kw)
-        g_rgb, g_dep, g_alp = grads[:3]                 # the face ids have no gradient
+        g_rgb, g_dep, g_alp, g_nrm = grads[:4]          # the face ids have no gradient
+        g_fn = None
+        if g_nrm is not None:
+            # the nearest face's normal: each pixel's gradient back to its face
+            g_fn = torch.zeros(fn_shape, dtype=g_nrm.dtype, device=g_nrm.device)
+            _gather_normals_bwd(p2f, g_nrm, g_fn)
         if g_rgb is None:
             g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw)
         dummy = torch.zeros(1, 1, 1, **kw)
@@ -461,7 +475,7 @@ class SoftMesh(bridge.Op):
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
-        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + tex_grads + (None,) * 7
+        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + tex_grads + (g_fn,) + (None,) * 7
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1224,11 +1238,9 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts, faces_per_pixel,
                   bins.max_d2)
-    rgb, depth, alpha, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, cam, faces, screen, bins.fd,
-                                          bins.offsets, bins.counts, bins.bins)
+    rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
+                                                   bins.fd, bins.offsets, bins.counts, bins.bins)
     frags = LazyFragments(p2f, bins)          # barycentrics, depths and distances computed if anyone reads them
-    # nearest face's normal, 0 where empty (one kernel each way: no image-sized torch ops)
-    normals = bridge.apply(NearestNormals(), fn, frags.pix_to_face)
     return MeshRender(rgb, alpha, depth, normals, frags)
 
 
