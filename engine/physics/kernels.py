@@ -188,11 +188,16 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         return base, fx, w
 
     @ti.func
-    def scatter(p, xp, vp, Cp, taup, mass, volp, dx, dt, grid_mv: T_, grid_m: T_):
-        """APIC/MLS-MPM P2G of one particle into grid momentum and mass (grids must start zeroed)."""
+    def scatter(p, xp, vp, Cp, taup, mass, volp, dx, dt, grid_mv: T_, grid_m: T_, box: T_):
+        """APIC/MLS-MPM P2G of one particle into grid momentum and mass (grids must start zeroed). With serialised
+        scatters (CPUs) it also grows ``box`` to cover the particle's stencil (see ``begin_p2g``)."""
         inv_dx = 1.0 / dx  # inside the loop: Taichi's autodiff wants kernels made of loops only
         res = grid_m.shape
         base, fx, w = bspline(xp, inv_dx, res)
+        if ti.static(serial):  # a serial loop: plain loads and stores, no atomics
+            for d in ti.static(range(D)):
+                box[d] = ti.min(box[d], base[d])
+                box[D + d] = ti.max(box[D + d], base[d] + 3)
         # MLS-MPM momentum: stress enters as −dt·V·M⁻¹·τ with M⁻¹ = 4/dx² for the quadratic kernel
         affine = -dt * volp * 4.0 * inv_dx * inv_dx * taup + mass * Cp
         for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
@@ -261,10 +266,11 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
 
     @ti.kernel
     def p2g(x: P_vec, v: P_vec, C: P_mat, tau: P_mat, vol: P_s, rho: P_s, dx: real, dt: real,
-            grid_mv: G_vec, grid_m: G_s):
+            grid_mv: G_vec, grid_m: G_s, box: A_i):
+        begin_p2g(grid_mv, grid_m, box)
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
-            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m, box)
 
     @ti.func
     def collide(v, n, kind, mu):
@@ -312,20 +318,42 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                 v = vec(0.0)
         return v
 
+    # Grid-node loops run over ``box``, an int32 array (lo_0..lo_{d-1}, hi_0..hi_{d-1}): the nodes lo <= I < hi.
+    # With serialised scatters (CPUs) P2G sets it to the bounding box of its particles' stencils, the only nodes
+    # it writes (a 2D co-design robot covers ~1/10 of its 128^2 grid, a fluid block ~1/16 of a 3D one); nodes
+    # outside keep zero momentum and mass, and nothing reads their velocity (G2P and its adjoint gather the same
+    # stencils). GPUs run P2G in parallel, with no cheap way to grow a shared box: theirs stays the whole grid.
     @ti.func
-    def n_nodes(shape):
+    def box_rows(box: T_):
+        """Number of rows (runs of nodes along the last axis) in ``box``."""
         n = 1
-        for d in ti.static(range(D)):
-            n *= shape[d]
+        for d in ti.static(range(D - 1)):
+            n *= ti.max(0, box[D + d] - box[d])
         return n
 
     @ti.func
-    def node(q, shape):
-        """Grid index of flat node number q (a flat range loop can be serialised, a struct-for cannot)."""
+    def box_row_start(r, box: T_):
+        """Grid index of the first node of row r of ``box``."""
+        I = ti.Vector([0] * D)
+        for d in ti.static(range(D - 2, -1, -1)):
+            n = ti.max(1, box[D + d] - box[d])
+            I[d] = box[d] + r % n
+            r //= n
+        I[D - 1] = box[D - 1]
+        return I
+
+    @ti.func
+    def box_nodes(box: T_):
+        return box_rows(box) * ti.max(0, box[2 * D - 1] - box[D - 1])
+
+    @ti.func
+    def box_node(q, box: T_):
+        """Grid index of flat node number q of ``box`` (a flat range loop can be serialised, a struct-for cannot)."""
         I = ti.Vector([0] * D)
         for d in ti.static(range(D - 1, -1, -1)):
-            I[d] = q % shape[d]
-            q //= shape[d]
+            n = ti.max(1, box[D + d] - box[d])
+            I[d] = box[d] + q % n
+            q //= n
         return I
 
     @ti.func
@@ -335,48 +363,47 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                                   floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
 
     @ti.func
-    def n_rows(shape):
-        n = 1
-        for d in ti.static(range(D - 1)):
-            n *= shape[d]
-        return n
+    def clear_node(I, grid_mv: T_, grid_m: T_):
+        grid_mv[I] = vec(0.0)
+        grid_m[I] = 0.0
 
     @ti.func
-    def row_start(r, shape):
-        """Grid index of the first node of row r (a row: the nodes along the last axis), its last coordinate 0."""
-        I = ti.Vector([0] * D)
-        for d in ti.static(range(D - 2, -1, -1)):
-            I[d] = r % shape[d]
-            r //= shape[d]
-        return I
+    def begin_p2g(grid_mv: T_, grid_m: T_, box: T_):
+        """Start of every P2G kernel: zero the nodes the previous P2G into these grids wrote (``box``; everything
+        else is zero already), then, with serialised scatters, empty the box for the scatter to grow."""
+        if ti.static(serial):
+            ti.loop_config(serialize=ser_all)
+            for r in range(box_rows(box)):
+                I = box_row_start(r, box)
+                for k in range(box[D - 1], box[2 * D - 1]):
+                    I[D - 1] = k
+                    clear_node(I, grid_mv, grid_m)
+            for d in ti.static(range(D)):
+                box[d] = 1 << 30
+                box[D + d] = 0
+        else:
+            for q in range(box_nodes(box)):
+                clear_node(box_node(q, box), grid_mv, grid_m)
 
     @ti.kernel
-    def grid(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
+    def grid(box: A_i, grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
              normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
              clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
         # Node loops on CPUs run in parallel over rows, serially along each row: one divide and modulo per row
-        # instead of per node (the grid shape is a runtime value, so each is a real division; a flat loop spent 3x
+        # instead of per node (the box shape is a runtime value, so each is a real division; a flat loop spent 3x
         # as long on a 64^3 grid). GPUs keep a flat loop over nodes for its parallelism.
         if ti.static(serial):
             ti.loop_config(serialize=ser_all)
-            for r in range(n_rows(grid_m.shape)):
-                I = row_start(r, grid_m.shape)
-                for k in range(grid_m.shape[D - 1]):
+            for r in range(box_rows(box)):
+                I = box_row_start(r, box)
+                for k in range(box[D - 1], box[2 * D - 1]):
                     I[D - 1] = k
                     grid_node(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
                               wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
         else:
-            for q in range(n_nodes(grid_m.shape)):
-                grid_node(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+            for q in range(box_nodes(box)):
+                grid_node(box_node(q, box), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
                           floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
-
-    @ti.kernel
-    def clear(grid_mv: G_vec, grid_m: G_s):
-        ti.loop_config(serialize=ser_all)
-        for q in range(n_nodes(grid_m.shape)):
-            I = node(q, grid_m.shape)
-            grid_mv[I] = vec(0.0)
-            grid_m[I] = 0.0
 
     def make_g2p(ser):
         @ti.kernel
@@ -401,7 +428,8 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     @ti.kernel
     def p2g_fused(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
                   vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
-                  Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s):
+                  Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s, box: A_i):
+        begin_p2g(grid_mv, grid_m, box)
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
             F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
@@ -412,23 +440,17 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                 for g in range(muscle.shape[1]):
                     a += muscle[p, g] * act[g]
             update(p, F_tr, u, sig, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
-            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
-
-    @ti.func
-    def grid_node_clear(I, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
-                        floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v: T_):
-        grid_node(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu, wall_kind,
-                  wall_mu, clamp_lo, clamp_hi, grid_v)
-        grid_mv[I] = vec(0.0)
-        grid_m[I] = 0.0
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m, box)
 
     @ti.kernel
     def p2g_fused_svd(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
                       vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
-                      Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s, U: P_mat, sig: P_vec, V: P_mat):
+                      Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s, box: A_i, U: P_mat, sig: P_vec,
+                      V: P_mat):
         # ``p2g_fused`` (the same loop body: keep them in step) that also stores the SVD materials' trial-F SVD,
         # which their stress adjoint reads (the differentiable path). A shared ti.func returning the SVD changed
         # the forward's round-off in 2D, so ``p2g_fused`` keeps its own body.
+        begin_p2g(grid_mv, grid_m, box)
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
             F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
@@ -439,28 +461,11 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                 for g in range(muscle.shape[1]):
                     a += muscle[p, g] * act[g]
             update(p, F_tr, u, s, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
-            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m)
+            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m, box)
             if m != materials.ELASTIC and m != materials.MUSCLE and m != materials.WATER:
                 U[p] = u
                 sig[p] = s
                 V[p] = vv
-
-    @ti.kernel
-    def grid_fast(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
-                  normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
-                  clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
-        if ti.static(serial):  # rows, as in ``grid``
-            ti.loop_config(serialize=ser_all)
-            for r in range(n_rows(grid_m.shape)):
-                I = row_start(r, grid_m.shape)
-                for k in range(grid_m.shape[D - 1]):
-                    I[D - 1] = k
-                    grid_node_clear(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind,
-                                    floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
-        else:
-            for q in range(n_nodes(grid_m.shape)):
-                grid_node_clear(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
-                                floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
 
     @ti.kernel
     def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
@@ -641,22 +646,23 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         return g
 
     @ti.kernel
-    def grid_adjoint(grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
-                     normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
-                     clamp_lo: vec, clamp_hi: vec, g_v: G_vec, g_mv: G_vec, g_m: G_s):
-        # Reverse of ``grid`` (node_velocity): every node writes only its own grads, so no atomics. Each collider
-        # stage that applies is reversed at its input velocity, recomputed from v0 (stages rarely apply).
+    def grid_adjoint(box: A_i, grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32,
+                     heights: H_s, normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32,
+                     wall_mu: real, clamp_lo: vec, clamp_hi: vec, g_v: G_vec, g_mv: G_vec, g_m: G_s):
+        # Reverse of ``grid`` (node_velocity) over the same box: every node writes only its own grads, so no
+        # atomics. Each collider stage that applies is reversed at its input velocity, recomputed from v0 (stages
+        # rarely apply).
         if ti.static(serial):  # rows, as in ``grid``
             ti.loop_config(serialize=ser_all)
-            for r in range(n_rows(grid_m.shape)):
-                I = row_start(r, grid_m.shape)
-                for k in range(grid_m.shape[D - 1]):
+            for r in range(box_rows(box)):
+                I = box_row_start(r, box)
+                for k in range(box[D - 1], box[2 * D - 1]):
                     I[D - 1] = k
                     node_adjoint(I, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
                                  wall_kind, wall_mu, clamp_lo, clamp_hi, g_v, g_mv, g_m)
         else:
-            for q in range(n_nodes(grid_m.shape)):
-                node_adjoint(node(q, grid_m.shape), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
+            for q in range(box_nodes(box)):
+                node_adjoint(box_node(q, box), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
                              floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v, g_mv, g_m)
 
     @ti.func
@@ -699,13 +705,6 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         g_m[I] = g_mI
         g_v[I] = vec(0.0)  # consumed: the scratch's grid-velocity grad is left zeroed for its next use
 
-    @ti.kernel
-    def clear_flat(a: P_s):
-        # zeroes a flat view of a grid: no per-node divide and modulo (the serial ``clear`` spent ~100 µs on them)
-        ti.loop_config(serialize=ser_all)
-        for i in range(a.shape[0]):
-            a[i] = 0.0
-
     stress_adjoint, stress_grad, muscle_adjoint = materials.build_stress_adjoint(dim, real, ser_all)
     # without SVD materials the adjoint leaves their branch out (less to compile for elastic/muscle/water scenes)
     stress_grad_no_svd = materials.build_stress_adjoint(dim, real, ser_all, with_svd=False)[1]
@@ -721,11 +720,11 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     ad = SimpleNamespace(deform=make_deform(True), stress=stress_serial) \
         if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel)
     return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
-                                      stress=stress_kernel, p2g=p2g, grid=grid, clear=clear, g2p=g2p, check=check,
-                                      p2g_fused=p2g_fused, p2g_fused_svd=p2g_fused_svd, grid_fast=grid_fast,
+                                      stress=stress_kernel, p2g=p2g, grid=grid, g2p=g2p, check=check,
+                                      p2g_fused=p2g_fused, p2g_fused_svd=p2g_fused_svd,
                                       g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
-                                      clear_flat=clear_flat, p2g_stress_adjoint=p2g_stress_adjoint,
+                                      p2g_stress_adjoint=p2g_stress_adjoint,
                                       p2g_stress_adjoint_svd=p2g_stress_adjoint_svd,
                                       stress_adjoint=stress_adjoint, muscle_adjoint=muscle_adjoint), serial)
 

@@ -89,11 +89,12 @@ class Solver:
         self._checked_dt: set[float] = set()
         self._flag = torch.tensor([_NO_ERROR, 0, 0], dtype=torch.int32, device=backend.torch_device())
         opts = dict(dtype=backend.torch_dtype(), device=backend.torch_device())
-        # forward-only buffers: grid_fast leaves the momentum/mass grid zeroed for the next substep
+        self._serial = kernels.serial_scatter()
+        # forward-only buffers; each P2G zeroes the nodes the previous one wrote (its ``box``, kernels.py)
         self._fast = SimpleNamespace(tau=torch.zeros(model.n, model.dim, model.dim, **opts),
                                      grid_mv=torch.zeros(*model.res, model.dim, **opts),
                                      grid_m=torch.zeros(*model.res, **opts),
-                                     grid_v=torch.zeros(*model.res, model.dim, **opts))
+                                     grid_v=torch.zeros(*model.res, model.dim, **opts), box=self._new_box())
         self._no_act = torch.zeros(model.n_groups, **opts)
         self._floor_kind, self._wall_kind = model.boundary.kinds()
         self._clamp = model.boundary.clamp_box(model.dim)
@@ -102,6 +103,13 @@ class Solver:
         self._hi = tuple(float(r * model.dx - lo) for r in model.res)
 
     # ----------------------------------------------------------------------------------------------- buffers
+    def _new_box(self) -> torch.Tensor:
+        """The grid-node box of a fresh (zeroed) grid: empty where P2G grows it (serialised scatters), else the whole
+        grid (kernels.py)."""
+        d = self.model.dim
+        hi = [0] * d if self._serial else [int(r) for r in self.model.res]
+        return torch.tensor([0] * d + hi, dtype=torch.int32, device=backend.torch_device())
+
     def new_scratch(self, grad: bool = False) -> Scratch:
         m = self.model
         n, d = m.n, m.dim
@@ -111,6 +119,7 @@ class Solver:
                      act=torch.zeros(n, **opts), tau=torch.zeros(n, d, d, **opts),
                      grid_mv=torch.zeros(*m.res, d, **opts), grid_m=torch.zeros(*m.res, **opts),
                      grid_v=torch.zeros(*m.res, d, **opts))
+        sc.box = self._new_box()  # the nodes its P2G wrote (kernels.py); not a differentiable tensor
         return sc.requires_grad_() if grad else sc
 
     def zero_control(self) -> Control:
@@ -156,9 +165,9 @@ class Solver:
         k, f = self.k, self._fast
         act = self._no_act if control is None else control.act
         k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle, act,
-                    m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, f.tau, f.grid_mv, f.grid_m)
-        k.grid_fast(f.grid_mv, f.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
-                    m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, f.grid_v)
+                    m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, f.tau, f.grid_mv, f.grid_m, f.box)
+        k.grid(f.box, f.grid_mv, f.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+               m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, f.grid_v)
         k.g2p_check(s_in.x, f.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C, s_out.F, self._lo, self._hi,
                     self.substep, self._flag)
 
@@ -173,10 +182,7 @@ class Solver:
         """``forward``; with ``check`` the G2P launch also writes the blow-up flag (as substep ``self.substep``)."""
         m = model or self.model
         k = self.k
-        # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's. On flat views: no per-node
-        # index arithmetic
-        k.clear_flat(sc.grid_mv.detach().view(-1))
-        k.clear_flat(sc.grid_m.detach().view(-1))
+        # every P2G kernel first zeroes the grid nodes its previous launch on this scratch wrote (sc.box)
         if self._hand(m):
             # deform, SVD, muscle activation, stress and P2G in one pass (the forward-only kernel, keeping τ and,
             # with SVD materials, the SVD); the backward recomputes the trial F, so sc.F_tr is not written
@@ -184,10 +190,11 @@ class Solver:
             if self.use_svd:
                 k.p2g_fused_svd(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol,
                                 m.muscle, act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv,
-                                sc.grid_m, sc.U, sc.sig, sc.V)
+                                sc.grid_m, sc.box, sc.U, sc.sig, sc.V)
             else:
                 k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
-                            act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m)
+                            act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m,
+                            sc.box)
         else:
             k.deform(s_in.C, s_in.F, dt, sc.F_tr)
             if self.use_svd:
@@ -197,8 +204,8 @@ class Solver:
                 k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
             k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
                      s_out.F, s_out.Jp, sc.tau)
-            k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
-        k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+            k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m, sc.box)
+        k.grid(sc.box, sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
         if check:
             k.g2p_check(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C, s_out.F, self._lo, self._hi,
@@ -217,7 +224,7 @@ class Solver:
         sc._grid_v_grad_clean = False  # until grid_adjoint has consumed (and zeroed) it
         # hand-written adjoints of G2P, the grid update and P2G (kernels.py), and of the stress where it has one
         k.g2p_adjoint(s_in.x, sc.grid_v, m.dx, dt, g(s_out.x), g(s_out.v), g(s_out.C), g(s_in.x), g(sc.grid_v))
-        k.grid_adjoint(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+        k.grid_adjoint(sc.box, sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                        m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp,
                        g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
         sc._grid_v_grad_clean = sc.grid_v.grad is not None
