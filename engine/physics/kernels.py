@@ -385,10 +385,9 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             for q in range(box_nodes(box)):
                 clear_node(box_node(q, box), grid_mv, grid_m)
 
-    @ti.kernel
-    def grid(box: A_i, grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
-             normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
-             clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
+    @ti.func
+    def grid_loop(box: T_, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
+                  floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v: T_):
         # Node loops on CPUs run in parallel over rows, serially along each row: one divide and modulo per row
         # instead of per node (the box shape is a runtime value, so each is a real division; a flat loop spent 3x
         # as long on a 64^3 grid). GPUs keep a flat loop over nodes for its parallelism.
@@ -404,6 +403,13 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             for q in range(box_nodes(box)):
                 grid_node(box_node(q, box), grid_mv, grid_m, gravity, dt, dx, bound, heights, normals,
                           floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
+
+    @ti.kernel
+    def grid(box: A_i, grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32, heights: H_s,
+             normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
+             clamp_lo: vec, clamp_hi: vec, grid_v: G_vec):
+        grid_loop(box, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu, wall_kind,
+                  wall_mu, clamp_lo, clamp_hi, grid_v)
 
     def make_g2p(ser):
         @ti.kernel
@@ -425,31 +431,12 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     stress_kernel, update, stress_serial = materials.build_stress(dim, real)
     decompose = svd.decompose_func(dim, real)
 
-    @ti.kernel
-    def p2g_fused(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
-                  vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
-                  Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s, box: A_i):
-        begin_p2g(grid_mv, grid_m, box)
-        ti.loop_config(serialize=serial)
-        for p in range(x.shape[0]):
-            F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
-            m = material[p]
-            u, sig, vv = decompose(F_tr, m)
-            a = ti.cast(0.0, real)
-            if m == materials.MUSCLE:
-                for g in range(muscle.shape[1]):
-                    a += muscle[p, g] * act[g]
-            update(p, F_tr, u, sig, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
-            scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m, box)
-
-    @ti.kernel
-    def p2g_fused_svd(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
-                      vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, F_out: P_mat,
-                      Jp_out: P_s, tau: P_mat, grid_mv: G_vec, grid_m: G_s, box: A_i, U: P_mat, sig: P_vec,
-                      V: P_mat):
-        # ``p2g_fused`` (the same loop body: keep them in step) that also stores the SVD materials' trial-F SVD,
-        # which their stress adjoint reads (the differentiable path). A shared ti.func returning the SVD changed
-        # the forward's round-off in 2D, so ``p2g_fused`` keeps its own body.
+    @ti.func
+    def p2g_fused_loop(x: T_, v: T_, C: T_, F: T_, Jp: T_, material: T_, E: T_, nu: T_, rho: T_, vol: T_, muscle: T_,
+                       act: T_, fibre: T_, table: T_, dx, dt, F_out: T_, Jp_out: T_, tau: T_, grid_mv: T_,
+                       grid_m: T_, box: T_, U: T_, sig: T_, V: T_, store_svd: ti.template()):
+        """Deform, SVD, muscle activation, plasticity and stress inline, then the scatter (after ``begin_p2g``).
+        With ``store_svd`` it also stores the SVD materials' trial-F SVD, which their stress adjoint reads."""
         begin_p2g(grid_mv, grid_m, box)
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
@@ -462,18 +449,45 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                     a += muscle[p, g] * act[g]
             update(p, F_tr, u, s, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
             scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m, box)
-            if m != materials.ELASTIC and m != materials.MUSCLE and m != materials.WATER:
-                U[p] = u
-                sig[p] = s
-                V[p] = vv
+            if ti.static(store_svd):
+                if m != materials.ELASTIC and m != materials.MUSCLE and m != materials.WATER:
+                    U[p] = u
+                    sig[p] = s
+                    V[p] = vv
 
-    @ti.kernel
-    def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
-                  F_out: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    @ti.func
+    def g2p_check_loop(x: T_, grid_v: T_, dx, dt, x_out: T_, v_out: T_, C_out: T_, F_out: T_, lo, hi, step,
+                       flag: T_):
         ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
             gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
             check_particle(p, x_out, v_out, F_out, lo, hi, step, flag)
+
+    def make_substep(store_svd):
+        @ti.kernel
+        def substep(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
+                    vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, tau: P_mat,
+                    grid_mv: G_vec, grid_m: G_s, box: A_i, U: P_mat, sig: P_vec, V: P_mat, gravity: vec,
+                    bound: ti.i32, heights: H_s, normals: H_vec, floor_kind: ti.i32, floor_mu: real,
+                    wall_kind: ti.i32, wall_mu: real, clamp_lo: vec, clamp_hi: vec, grid_v: G_vec, x_out: P_vec,
+                    v_out: P_vec, C_out: P_mat, F_out: P_mat, Jp_out: P_s, lo: real, hi: vec, step: ti.i32,
+                    flag: A_i):
+            # a whole substep in one launch (three loops, run in order): P2G with the stress inline, the grid
+            # update over P2G's box, G2P with the blow-up check. Without ``store_svd`` U, sig, V are not touched
+            p2g_fused_loop(x, v, C, F, Jp, material, E, nu, rho, vol, muscle, act, fibre, table, dx, dt, F_out,
+                           Jp_out, tau, grid_mv, grid_m, box, U, sig, V, store_svd)
+            grid_loop(box, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
+                      wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
+            g2p_check_loop(x, grid_v, dx, dt, x_out, v_out, C_out, F_out, lo, hi, step, flag)
+        return substep
+
+    substep = make_substep(False)
+    substep_svd = make_substep(True)
+
+    @ti.kernel
+    def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
+                  F_out: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+        g2p_check_loop(x, grid_v, dx, dt, x_out, v_out, C_out, F_out, lo, hi, step, flag)
 
     # ---------------------------------------------------------------------------- hand-written adjoints
     @ti.func
@@ -541,27 +555,51 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             g_C[p] += gc
             g_tau[p] = gt
 
-    def make_p2g_stress_adjoint(stress_grad):
-        @ti.kernel
-        def p2g_stress_adjoint(x: P_vec, v: P_vec, C: P_mat, F: P_mat, tau: P_mat, material: A_i, E: P_s, nu: P_s,
-                               vol: P_s, rho: P_s, muscle: W_s, act: P_s, fibre: P_vec, U: P_mat, sig: P_vec,
-                               V: P_mat, Jp: P_s, table: W_s, dx: real, dt: real, g_mv: G_vec, g_m: G_s,
-                               g_Fn: P_mat, g_Jpn: P_s, g_x: P_vec, g_v: P_vec, g_C: P_mat, g_F: P_mat, g_Jp: P_s,
-                               g_E: P_s, g_nu: P_s, g_vol: P_s, g_rho: P_s, g_fibre: P_vec, g_actp: P_s):
+    def make_backward(stress_grad):
+        @ti.func
+        def p2g_stress_adjoint_loop(x: T_, v: T_, C: T_, F: T_, tau: T_, material: T_, E: T_, nu: T_, vol: T_,
+                                    rho: T_, muscle: T_, act: T_, fibre: T_, U: T_, sig: T_, V: T_, Jp: T_, table: T_,
+                                    dx, dt, g_mv: T_, g_m: T_, g_Fn: T_, g_Jpn: T_, g_x: T_, g_v: T_, g_C: T_,
+                                    g_F: T_, g_Jp: T_, g_E: T_, g_nu: T_, g_vol: T_, g_rho: T_, g_fibre: T_,
+                                    g_actp: T_):
             # Reverse of deform, stress (muscle activation included) and P2G in one pass per particle, with the
             # hand-written stress adjoints (``materials.build_stress_adjoint``; SVD materials read the SVD the
             # forward stored): τ's grad stays in registers; each particle's activation grad lands in g_actp for
-            # ``muscle_adjoint``
+            # the muscle adjoint
             ti.loop_config(serialize=ser_all)
             for p in range(x.shape[0]):
                 gc, gt = p2g_grad(p, x, v, C, tau, vol, rho, dx, dt, g_mv, g_m, g_x, g_v, g_vol, g_rho)
                 g_C[p] += gc + stress_grad(p, C, F, dt, material, E, nu, muscle, act, fibre, U, sig, V, Jp, table,
                                            g_Fn, g_Jpn, gt, g_F, g_Jp, g_E, g_nu, g_fibre, g_actp)
-        return p2g_stress_adjoint
+
+        @ti.kernel
+        def backward(x: P_vec, v: P_vec, C: P_mat, F: P_mat, tau: P_mat, material: A_i, E: P_s, nu: P_s,
+                     vol: P_s, rho: P_s, muscle: W_s, act: P_s, fibre: P_vec, U: P_mat, sig: P_vec, V: P_mat,
+                     Jp: P_s, table: W_s, dx: real, dt: real, box: A_i, grid_mv: G_vec, grid_m: G_s, grid_v: G_vec,
+                     gravity: vec, bound: ti.i32, heights: H_s, normals: H_vec, floor_kind: ti.i32, floor_mu: real,
+                     wall_kind: ti.i32, wall_mu: real, clamp_lo: vec, clamp_hi: vec, g_xo: P_vec, g_vo: P_vec,
+                     g_Co: P_mat, g_Fn: P_mat, g_Jpn: P_s, g_gv: G_vec, g_mv: G_vec, g_m: G_s, g_x: P_vec,
+                     g_v: P_vec, g_C: P_mat, g_F: P_mat, g_Jp: P_s, g_E: P_s, g_nu: P_s, g_vol: P_s, g_rho: P_s,
+                     g_fibre: P_vec, g_actp: P_s, n_muscle: ti.i32, g_muscle: W_s, g_act: P_s):
+            # A whole substep reversed in one launch (loops run in order): G2P, the grid update over the forward's
+            # box, then P2G with the stress and deform; last the muscle activations' sum over n_muscle particles
+            # (0: none)
+            g2p_adjoint_loop(x, grid_v, dx, dt, g_xo, g_vo, g_Co, g_x, g_gv)
+            grid_adjoint_loop(box, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
+                              wall_kind, wall_mu, clamp_lo, clamp_hi, g_gv, g_mv, g_m)
+            p2g_stress_adjoint_loop(x, v, C, F, tau, material, E, nu, vol, rho, muscle, act, fibre, U, sig, V, Jp,
+                                    table, dx, dt, g_mv, g_m, g_Fn, g_Jpn, g_x, g_v, g_C, g_F, g_Jp, g_E, g_nu,
+                                    g_vol, g_rho, g_fibre, g_actp)
+            muscle_adjoint_loop(n_muscle, muscle, act, g_actp, g_muscle, g_act)
+        return backward
 
     @ti.kernel
     def g2p_adjoint(x: P_vec, grid_v: G_vec, dx: real, dt: real, g_xo: P_vec, g_vo: P_vec, g_Co: P_mat,
                     g_x: P_vec, g_gv: G_vec):
+        g2p_adjoint_loop(x, grid_v, dx, dt, g_xo, g_vo, g_Co, g_x, g_gv)
+
+    @ti.func
+    def g2p_adjoint_loop(x: T_, grid_v: T_, dx, dt, g_xo: T_, g_vo: T_, g_Co: T_, g_x: T_, g_gv: T_):
         # Reverse of G2P: scatters into g_gv (serialised on CPUs like P2G), accumulates into g_x.
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
@@ -649,6 +687,12 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     def grid_adjoint(box: A_i, grid_mv: G_vec, grid_m: G_s, gravity: vec, dt: real, dx: real, bound: ti.i32,
                      heights: H_s, normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32,
                      wall_mu: real, clamp_lo: vec, clamp_hi: vec, g_v: G_vec, g_mv: G_vec, g_m: G_s):
+        grid_adjoint_loop(box, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
+                          wall_kind, wall_mu, clamp_lo, clamp_hi, g_v, g_mv, g_m)
+
+    @ti.func
+    def grid_adjoint_loop(box: T_, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_,
+                          floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi, g_v: T_, g_mv: T_, g_m: T_):
         # Reverse of ``grid`` (node_velocity) over the same box: every node writes only its own grads, so no
         # atomics. Each collider stage that applies is reversed at its input velocity, recomputed from v0 (stages
         # rarely apply).
@@ -705,11 +749,12 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         g_m[I] = g_mI
         g_v[I] = vec(0.0)  # consumed: the scratch's grid-velocity grad is left zeroed for its next use
 
-    stress_adjoint, stress_grad, muscle_adjoint = materials.build_stress_adjoint(dim, real, ser_all)
+    stress_adjoint, stress_grad, muscle_adjoint, muscle_adjoint_loop = materials.build_stress_adjoint(dim, real,
+                                                                                                     ser_all)
     # without SVD materials the adjoint leaves their branch out (less to compile for elastic/muscle/water scenes)
     stress_grad_no_svd = materials.build_stress_adjoint(dim, real, ser_all, with_svd=False)[1]
-    p2g_stress_adjoint = make_p2g_stress_adjoint(stress_grad_no_svd)
-    p2g_stress_adjoint_svd = make_p2g_stress_adjoint(stress_grad)
+    backward = make_backward(stress_grad_no_svd)
+    backward_svd = make_backward(stress_grad)
 
     svd_forward, svd_backward = svd.kernels(dim, real)
     # Reverse mode runs these twins' .grad: on CPUs their loops are serialised (the adjoint atomics become plain
@@ -721,10 +766,9 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel)
     return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
                                       stress=stress_kernel, p2g=p2g, grid=grid, g2p=g2p, check=check,
-                                      p2g_fused=p2g_fused, p2g_fused_svd=p2g_fused_svd,
+                                      substep=substep, substep_svd=substep_svd, backward=backward,
+                                      backward_svd=backward_svd,
                                       g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
-                                      p2g_stress_adjoint=p2g_stress_adjoint,
-                                      p2g_stress_adjoint_svd=p2g_stress_adjoint_svd,
                                       stress_adjoint=stress_adjoint, muscle_adjoint=muscle_adjoint), serial)
 
