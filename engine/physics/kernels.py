@@ -44,6 +44,7 @@ same (Python-side argument set-up was ~40% of a small scene's substep).
 
 import functools
 import itertools
+import weakref
 from types import SimpleNamespace
 
 import taichi as ti
@@ -69,17 +70,26 @@ except ImportError:  # pragma: no cover - torch is a dependency of the bridge
     _Tensor = ()
 
 
+def _no_grad():
+    return None
+
+
 class _Launch:
     """Calls a Taichi kernel whose arguments are torch tensors (``ti.types.ndarray``) and scalars, re-using the
     launch context Taichi builds while the tensors passed stay the same.
 
     Taichi's per-call set-up of a tensor argument (template look-up, type and contiguity checks, shape stripping)
-    costs ~10 µs in Python, more than most of these kernels run on ~3k particles, and a substep launches ~15 of
-    them with up to 21 tensors each. A launch context holds only each tensor's data and grad pointers and shape,
-    so it stays valid for any later call whose tensors have the same pointers, shapes, dtypes and grad state:
-    that tuple is the cache key, and only the scalar arguments are set again. Anything else (a first call, a tensor
-    whose .grad Taichi would allocate, a non-contiguous one) takes Taichi's ordinary path, which also compiles.
-    ``.grad`` is the adjoint kernel, wrapped the same way.
+    costs ~10 µs in Python, more than most of these kernels run on ~3k particles, and a substep's kernels take
+    ~60 tensors. A launch context holds only each tensor's data and grad pointers and shape, so it stays valid for
+    any later call with the same tensor objects holding the same ``.grad`` objects: contexts are cached under the
+    tensors' ids, and a hit checks, through weak references, that each id still names the tensor it was made for
+    and that its ``.grad`` is the same object (a re-allocated grad buffer, ``requires_grad_`` again, misses); only
+    the scalar arguments are set again. Reading shapes, pointers and flags of every tensor on every launch cost
+    ~1 µs per tensor (~100 µs per 2D co-design substep). A tensor whose storage is swapped in place (``.data =``,
+    ``set_``, ``resize_``) between launches is not noticed; tide does neither. A miss takes Taichi's ordinary path
+    (which compiles on first use and checks the arguments), and caches a context when every tensor is a
+    contiguous CPU tensor whose grad, if Taichi would want one, exists. ``.grad`` is the adjoint kernel, wrapped
+    the same way.
     """
 
     MAX_CONTEXTS = 512  # per kernel; the checkpointed backward cycles through K (states, scratch) sets
@@ -89,52 +99,67 @@ class _Launch:
         self.fast = fast
         self._kernel = getattr(kernel, "_primal", kernel)  # the Kernel object behind @ti.kernel's wrapper
         self._ctx = {}
+        self._tpos = None  # positions of the tensor (ndarray) arguments, from the first plan
         adjoint = getattr(kernel, "grad", None)
         if adjoint is not None:
             self.grad = _Launch(adjoint, fast)
 
-    def _key(self, args):
-        # called on every launch (~25 tensors for the biggest kernels): a flat tuple, and the cheap attributes
-        # (``is_cpu``, not ``device.type``, which builds a device object)
-        key = []
-        add = key.extend
+    @staticmethod
+    def _cacheable(args) -> bool:
+        """Whether a context can serve these arguments (the conditions of the class docstring)."""
         for a in args:
             if isinstance(a, _Tensor):
+                if not a.is_cpu or not a.is_contiguous():
+                    return False
                 g = a.grad
                 if g is None:
-                    if a.requires_grad or not a.is_cpu or not a.is_contiguous():
-                        return None
-                    add((a.data_ptr(), 0, a.shape, a.dtype))
-                else:
-                    if not a.is_cpu or not a.is_contiguous() or not g.is_contiguous():
-                        return None
-                    add((a.data_ptr(), g.data_ptr(), a.shape, a.dtype))
-            else:
-                key.append(type(a))
-        return tuple(key)
+                    if a.requires_grad:
+                        return False
+                elif not g.is_contiguous():
+                    return False
+        return True
 
     def __call__(self, *args):
         if not self.fast:
             return self.kernel(*args)
-        key = self._key(args)
-        hit = self._ctx.get(key) if key is not None else None
-        if hit is None:
-            self.kernel(*args)  # Taichi's path: compiles on first use and checks the arguments
-            if key is not None:
-                if len(self._ctx) >= self.MAX_CONTEXTS:
-                    self._ctx.pop(next(iter(self._ctx)))
-                self._ctx[key] = self._context(args)
-            return None
-        ctx, compiled, scalars = hit
-        launch.set_args(ctx, scalars, args)
-        impl.get_runtime().prog.launch_kernel(compiled, ctx)
+        tpos = self._tpos
+        ident = None
+        if tpos is not None:
+            ident = tuple([id(args[i]) for i in tpos])
+            hit = self._ctx.get(ident)
+            if hit is not None:
+                ctx, compiled, scalars, refs = hit
+                for i, ref, gref in refs:
+                    a = args[i]
+                    if ref() is not a or a.grad is not gref():
+                        break
+                else:
+                    launch.set_args(ctx, scalars, args)
+                    impl.get_runtime().prog.launch_kernel(compiled, ctx)
+                    return None
+        self.kernel(*args)  # Taichi's path: compiles on first use and checks the arguments
+        entry = self._context(args) if self._cacheable(args) else None
+        if entry is not None:
+            if ident is None:
+                ident = tuple([id(args[i]) for i in self._tpos])
+            if len(self._ctx) >= self.MAX_CONTEXTS:
+                self._ctx.pop(next(iter(self._ctx)))
+            self._ctx[ident] = entry
         return None
 
     def _context(self, args):
         tk, compiled, slots = launch.plan(self._kernel, args)
         ctx = tk.make_launch_context()
         launch.set_args(ctx, slots, args)
-        return ctx, compiled, [s for s in slots if s[1] != launch.NDARRAY]
+        if self._tpos is None:
+            self._tpos = tuple(s[0] for s in slots if s[1] == launch.NDARRAY)
+        refs = []
+        for i in self._tpos:
+            if not isinstance(args[i], _Tensor):  # e.g. a numpy array: Taichi's path every time
+                return None
+            g = args[i].grad
+            refs.append((i, weakref.ref(args[i]), _no_grad if g is None else weakref.ref(g)))
+        return ctx, compiled, [s for s in slots if s[1] != launch.NDARRAY], tuple(refs)
 
 
 def _launchers(ns: SimpleNamespace, fast: bool) -> SimpleNamespace:
