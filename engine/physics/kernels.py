@@ -254,22 +254,34 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         x_out[p] = x[p] + dt * new_v
 
     @ti.func
-    def check_particle(p, x: T_, v: T_, F: T_, lo, hi, step, flag: T_):
+    def flag_bad(bad_val, out, step, flag: T_):
         # flag[0]: first bad substep; flag[1]: a non-finite value; flag[2]: a particle outside the domain
-        bad_val = 0
-        for d in ti.static(range(D)):
-            if not (ti.abs(x[p][d]) < 1e30 and ti.abs(v[p][d]) < 1e30):  # false for NaN too
-                bad_val = 1
-        if not (ti.abs(F[p].determinant()) < 1e30):
-            bad_val = 1
-        out = 0
-        for d in ti.static(range(D)):
-            if x[p][d] < lo or x[p][d] >= hi[d]:
-                out = 1
         if bad_val or out:
             ti.atomic_min(flag[0], step)
             flag[1] = ti.max(flag[1], bad_val)
             flag[2] = ti.max(flag[2], out)
+
+    @ti.func
+    def check_xv(xp, vp, lo, hi, step, flag: T_):
+        bad_val = 0
+        for d in ti.static(range(D)):
+            if not (ti.abs(xp[d]) < 1e30 and ti.abs(vp[d]) < 1e30):  # false for NaN too
+                bad_val = 1
+        out = 0
+        for d in ti.static(range(D)):
+            if xp[d] < lo or xp[d] >= hi[d]:
+                out = 1
+        flag_bad(bad_val, out, step, flag)
+
+    @ti.func
+    def check_F(Fp, step, flag: T_):
+        if not (ti.abs(Fp.determinant()) < 1e30):
+            flag_bad(1, 0, step, flag)
+
+    @ti.func
+    def check_particle(p, x: T_, v: T_, F: T_, lo, hi, step, flag: T_):
+        check_xv(x[p], v[p], lo, hi, step, flag)
+        check_F(F[p], step, flag)
 
     def make_deform(ser):
         @ti.kernel
@@ -459,9 +471,10 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     @ti.func
     def p2g_fused_loop(x: T_, v: T_, C: T_, F: T_, Jp: T_, material: T_, E: T_, nu: T_, rho: T_, vol: T_, muscle: T_,
                        act: T_, fibre: T_, table: T_, dx, dt, F_out: T_, Jp_out: T_, tau: T_, grid_mv: T_,
-                       grid_m: T_, box: T_, U: T_, sig: T_, V: T_, store_svd: ti.template()):
+                       grid_m: T_, box: T_, U: T_, sig: T_, V: T_, store_svd: ti.template(), step, flag: T_):
         """Deform, SVD, muscle activation, plasticity and stress inline, then the scatter (after ``begin_p2g``).
-        With ``store_svd`` it also stores the SVD materials' trial-F SVD, which their stress adjoint reads."""
+        With ``store_svd`` it also stores the SVD materials' trial-F SVD, which their stress adjoint reads. The
+        new F's blow-up check is made here, where F is at hand (G2P checks x and v)."""
         begin_p2g(grid_mv, grid_m, box)
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
@@ -473,6 +486,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
                 for g in range(muscle.shape[1]):
                     a += muscle[p, g] * act[g]
             update(p, F_tr, u, s, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
+            check_F(F_out[p], step, flag)
             scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m, box)
             if ti.static(store_svd):
                 if m != materials.ELASTIC and m != materials.MUSCLE and m != materials.WATER:
@@ -482,11 +496,13 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
 
     @ti.func
     def g2p_check_loop(x: T_, grid_v: T_, dx, dt, x_out: T_, v_out: T_, C_out: T_, F_out: T_, lo, hi, step,
-                       flag: T_):
+                       flag: T_, with_F: ti.template()):
         ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
             gather(p, x, grid_v, dx, dt, x_out, v_out, C_out)
-            check_particle(p, x_out, v_out, F_out, lo, hi, step, flag)
+            check_xv(x_out[p], v_out[p], lo, hi, step, flag)
+            if ti.static(with_F):
+                check_F(F_out[p], step, flag)
 
     def make_substep(store_svd):
         @ti.kernel
@@ -500,10 +516,10 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             # a whole substep in one launch (three loops, run in order): P2G with the stress inline, the grid
             # update over P2G's box, G2P with the blow-up check. Without ``store_svd`` U, sig, V are not touched
             p2g_fused_loop(x, v, C, F, Jp, material, E, nu, rho, vol, muscle, act, fibre, table, dx, dt, F_out,
-                           Jp_out, tau, grid_mv, grid_m, box, U, sig, V, store_svd)
+                           Jp_out, tau, grid_mv, grid_m, box, U, sig, V, store_svd, step, flag)
             grid_loop(box, grid_mv, grid_m, gravity, dt, dx, bound, heights, normals, floor_kind, floor_mu,
                       wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v)
-            g2p_check_loop(x, grid_v, dx, dt, x_out, v_out, C_out, F_out, lo, hi, step, flag)
+            g2p_check_loop(x, grid_v, dx, dt, x_out, v_out, C_out, F_out, lo, hi, step, flag, False)
         return substep
 
     substep = make_substep(False)
@@ -512,7 +528,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     @ti.kernel
     def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
                   F_out: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
-        g2p_check_loop(x, grid_v, dx, dt, x_out, v_out, C_out, F_out, lo, hi, step, flag)
+        g2p_check_loop(x, grid_v, dx, dt, x_out, v_out, C_out, F_out, lo, hi, step, flag, True)
 
     # ---------------------------------------------------------------------------- hand-written adjoints
     @ti.func
