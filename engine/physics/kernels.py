@@ -325,13 +325,13 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         return out
 
     @ti.func
-    def node_velocity(I, grid_mv: T_, m, res, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
+    def node_velocity(I, mv, m, res, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind,
                       floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi):
-        """Grid node I: velocity from momentum and mass, gravity, then the terrain, wall and clamp colliders.
-        Momentum is read only at nodes with mass, so the gradient kernel skips empty nodes' adjoints too."""
+        """Grid node I: velocity from momentum mv and mass m, gravity, then the terrain, wall and clamp
+        colliders."""
         v = ti.Vector.zero(real, D)
         if m > 0:
-            v = grid_mv[I] / m + dt * gravity
+            v = mv / m + dt * gravity
             h = 0.0
             n = vec(0.0)
             if ti.static(D == 2):
@@ -361,22 +361,22 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     # outside keep zero momentum and mass, and nothing reads their velocity (G2P and its adjoint gather the same
     # stencils). GPUs run P2G in parallel, with no cheap way to grow a shared box: theirs stays the whole grid.
     @ti.func
-    def box_rows(box: T_):
-        """Number of rows (runs of nodes along the last axis) in ``box``."""
+    def box_rows(box: T_, o=0):
+        """Number of rows (runs of nodes along the last axis) in ``box`` (the one starting at entry o)."""
         n = 1
         for d in ti.static(range(D - 1)):
-            n *= ti.max(0, box[D + d] - box[d])
+            n *= ti.max(0, box[o + D + d] - box[o + d])
         return n
 
     @ti.func
-    def box_row_start(r, box: T_):
-        """Grid index of the first node of row r of ``box``."""
+    def box_row_start(r, box: T_, o=0):
+        """Grid index of the first node of row r of ``box`` (the one starting at entry o)."""
         I = ti.Vector([0] * D)
         for d in ti.static(range(D - 2, -1, -1)):
-            n = ti.max(1, box[D + d] - box[d])
-            I[d] = box[d] + r % n
+            n = ti.max(1, box[o + D + d] - box[o + d])
+            I[d] = box[o + d] + r % n
             r //= n
-        I[D - 1] = box[D - 1]
+        I[D - 1] = box[o + D - 1]
         return I
 
     @ti.func
@@ -396,7 +396,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     @ti.func
     def grid_node(I, grid_mv: T_, grid_m: T_, gravity, dt, dx, bound, heights: T_, normals: T_, floor_kind, floor_mu,
                   wall_kind, wall_mu, clamp_lo, clamp_hi, grid_v: T_):
-        grid_v[I] = node_velocity(I, grid_mv, grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights, normals,
+        grid_v[I] = node_velocity(I, grid_mv[I], grid_m[I], grid_m.shape, gravity, dt, dx, bound, heights, normals,
                                   floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
 
     @ti.func
@@ -524,6 +524,104 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
 
     substep = make_substep(False)
     substep_svd = make_substep(True)
+
+    # Forward-only substep for larger scenes on CPUs (serialised scatters, not ``small``): P2G in NC chunks of
+    # particles, one per worker thread, each scattering with plain adds into its own copy of the momentum/mass
+    # grid (NC, *res[, d]) and growing its own box (entries 2dc..2dc+2d−1 of ``box``; entry 2d·NC on: their
+    # union); the grid update sums the copies. One thread's serialised P2G was most of a 3D substep at 128^3.
+    # Only the forward-only path: its sums differ from the serial P2G's in the order of the adds (round-off).
+    NC = max(1, min(4, int(impl.current_cfg().cpu_max_num_threads)))
+    chunked = serial and not ser_all and NC > 1
+    GC_vec = ti.types.ndarray(dtype=vec, ndim=D + 1)
+    GC_s = ti.types.ndarray(dtype=real, ndim=D + 1)
+
+    @ti.func
+    def cidx(c, I):
+        J = ti.Vector([0] * (D + 1))
+        J[0] = c
+        for d in ti.static(range(D)):
+            J[d + 1] = I[d]
+        return J
+
+    @ti.kernel
+    def substep_chunked(x: P_vec, v: P_vec, C: P_mat, F: P_mat, Jp: P_s, material: A_i, E: P_s, nu: P_s, rho: P_s,
+                        vol: P_s, muscle: W_s, act: P_s, fibre: P_vec, table: W_s, dx: real, dt: real, tau: P_mat,
+                        grid_mv: GC_vec, grid_m: GC_s, box: A_i, gravity: vec, bound: ti.i32, heights: H_s,
+                        normals: H_vec, floor_kind: ti.i32, floor_mu: real, wall_kind: ti.i32, wall_mu: real,
+                        clamp_lo: vec, clamp_hi: vec, grid_v: G_vec, x_out: P_vec, v_out: P_vec, C_out: P_mat,
+                        F_out: P_mat, Jp_out: P_s, lo: real, hi: vec, step: ti.i32, flag: A_i):
+        # zero each copy where its previous P2G wrote (rows of all NC boxes, in parallel), empty the boxes
+        nr = 0
+        for c in ti.static(range(NC)):
+            nr = ti.max(nr, box_rows(box, 2 * D * c))
+        for cr in range(NC * nr):
+            c = cr // nr
+            r = cr % nr
+            o = 2 * D * c
+            if r < box_rows(box, o):
+                I = box_row_start(r, box, o)
+                for k in range(box[o + D - 1], box[o + 2 * D - 1]):
+                    I[D - 1] = k
+                    grid_mv[cidx(c, I)] = vec(0.0)
+                    grid_m[cidx(c, I)] = 0.0
+        for c in ti.static(range(NC)):
+            for d in ti.static(range(D)):
+                box[2 * D * c + d] = 1 << 30
+                box[2 * D * c + D + d] = 0
+        # P2G: chunk c of the particles into copy c (one thread each; plain loads and stores, no atomics)
+        ti.loop_config(block_dim=1)
+        for c in range(NC):
+            n = x.shape[0]
+            o = 2 * D * c
+            for p in range(c * n // NC, (c + 1) * n // NC):
+                F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+                m = material[p]
+                u, sv, vv = decompose(F_tr, m)
+                a = ti.cast(0.0, real)
+                if m == materials.MUSCLE:
+                    for g in range(muscle.shape[1]):
+                        a += muscle[p, g] * act[g]
+                update(p, F_tr, u, sv, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
+                check_F(F_out[p], step, flag)
+                # the scatter (``scatter``'s arithmetic) into copy c
+                inv_dx = 1.0 / dx
+                base, fx, w = bspline(x[p], inv_dx, grid_v.shape)
+                for d in ti.static(range(D)):
+                    box[o + d] = ti.min(box[o + d], base[d])
+                    box[o + D + d] = ti.max(box[o + D + d], base[d] + 3)
+                mass = vol[p] * rho[p]
+                affine = -dt * vol[p] * 4.0 * inv_dx * inv_dx * tau[p] + mass * C[p]
+                vp = v[p]
+                for offs in ti.static(ti.grouped(ti.ndrange(*STENCIL))):
+                    dpos = (ti.cast(offs, real) - fx) * dx
+                    weight = ti.cast(1.0, real)
+                    for d in ti.static(range(D)):
+                        weight *= w[offs[d]][d]
+                    J = cidx(c, base + offs)
+                    grid_mv[J] = grid_mv[J] + weight * (mass * vp + affine @ dpos)
+                    grid_m[J] = grid_m[J] + weight * mass
+        # the union of the boxes, then the grid update over it, summing the copies
+        u0 = 2 * D * NC
+        for d in ti.static(range(D)):
+            b_lo = 1 << 30
+            b_hi = 0
+            for c in ti.static(range(NC)):
+                b_lo = ti.min(b_lo, box[2 * D * c + d])
+                b_hi = ti.max(b_hi, box[2 * D * c + D + d])
+            box[u0 + d] = b_lo
+            box[u0 + D + d] = b_hi
+        for r in range(box_rows(box, u0)):
+            I = box_row_start(r, box, u0)
+            for k in range(box[u0 + D - 1], box[u0 + 2 * D - 1]):
+                I[D - 1] = k
+                mv = vec(0.0)
+                mm = ti.cast(0.0, real)
+                for c in ti.static(range(NC)):
+                    mv += grid_mv[cidx(c, I)]
+                    mm += grid_m[cidx(c, I)]
+                grid_v[I] = node_velocity(I, mv, mm, grid_v.shape, gravity, dt, dx, bound, heights, normals,
+                                          floor_kind, floor_mu, wall_kind, wall_mu, clamp_lo, clamp_hi)
+        g2p_check_loop(x, grid_v, dx, dt, x_out, v_out, C_out, F_out, lo, hi, step, flag, False)
 
     @ti.kernel
     def g2p_check(x: P_vec, grid_v: G_vec, dx: real, dt: real, x_out: P_vec, v_out: P_vec, C_out: P_mat,
@@ -805,11 +903,14 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         stress_kernel = stress_serial
     ad = SimpleNamespace(deform=make_deform(True), stress=stress_serial) \
         if serial and not ser_all else SimpleNamespace(deform=deform, stress=stress_kernel)
-    return _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
+    ns = _launchers(SimpleNamespace(deform=deform, svd=svd_forward, svd_backward=svd_backward, muscle=muscle,
                                       stress=stress_kernel, p2g=p2g, grid=grid, g2p=g2p, check=check,
-                                      substep=substep, substep_svd=substep_svd, backward=backward,
+                                      substep=substep, substep_svd=substep_svd, substep_chunked=substep_chunked,
+                                      backward=backward,
                                       backward_svd=backward_svd,
                                       g2p_check=g2p_check, ad=ad,
                                       p2g_adjoint=p2g_adjoint, g2p_adjoint=g2p_adjoint, grid_adjoint=grid_adjoint,
                                       stress_adjoint=stress_adjoint, muscle_adjoint=muscle_adjoint), serial)
+    ns.chunks = NC if chunked else 0  # substep_chunked's copies of the grid (0: the forward-only path uses substep)
+    return ns
 

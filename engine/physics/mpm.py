@@ -92,10 +92,14 @@ class Solver:
         opts = dict(dtype=backend.torch_dtype(), device=backend.torch_device())
         self._serial = kernels.serial_scatter()
         # forward-only buffers; each P2G zeroes the nodes the previous one wrote (its ``box``, kernels.py)
+        nc = self.k.chunks  # >0: substep_chunked, with that many grid copies (kernels.py)
+        copies = (nc,) if nc else ()
+        box = torch.zeros(2 * model.dim * (nc + 1), dtype=torch.int32, device=backend.torch_device()) if nc \
+            else self._new_box()
         self._fast = SimpleNamespace(tau=torch.zeros(model.n, model.dim, model.dim, **opts),
-                                     grid_mv=torch.zeros(*model.res, model.dim, **opts),
-                                     grid_m=torch.zeros(*model.res, **opts),
-                                     grid_v=torch.zeros(*model.res, model.dim, **opts), box=self._new_box(),
+                                     grid_mv=torch.zeros(*copies, *model.res, model.dim, **opts),
+                                     grid_m=torch.zeros(*copies, *model.res, **opts),
+                                     grid_v=torch.zeros(*model.res, model.dim, **opts), box=box,
                                      sig=torch.zeros(model.n, model.dim, **opts))  # (and tau) stand-ins for the SVD
         self._no_act = torch.zeros(model.n_groups, **opts)
         self._floor_kind, self._wall_kind = model.boundary.kinds()
@@ -166,6 +170,13 @@ class Solver:
         m = model or self.model
         k, f = self.k, self._fast
         act = self._no_act if control is None else control.act
+        if k.chunks:
+            k.substep_chunked(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
+                              act, m.fibre, m.table, m.dx, dt, f.tau, f.grid_mv, f.grid_m, f.box, m.gravity, m.bound,
+                              m.heights, m.normals, self._floor_kind, m.boundary.floor_friction, self._wall_kind,
+                              m.boundary.wall_friction, *self._clamp, f.grid_v, s_out.x, s_out.v, s_out.C, s_out.F,
+                              s_out.Jp, self._lo, self._hi, self.substep, self._flag)
+            return
         k.substep(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle, act,
                   m.fibre, m.table, m.dx, dt, f.tau, f.grid_mv, f.grid_m, f.box, f.tau, f.sig, f.tau, m.gravity,
                   m.bound, m.heights, m.normals, self._floor_kind, m.boundary.floor_friction, self._wall_kind,
