@@ -14,23 +14,25 @@ Substep order (DiffTaichi/PlasticineLab style, every stage a separate kernel so 
     grid     v_i = (m·v)_i / m_i + dt·g, then colliders
     g2p      v_p, C_p, x_p ← grid
 
-The forward-only path (no gradient tape: ``Solver.step`` without a scratch, ``Rollout.run``) fuses these into
-three launches, with no torch calls in between:
-    p2g_fused    deform, SVD, muscle, plasticity and stress inline, then the scatter
-    grid_fast    grid update, and zeroes the momentum/mass grid it read (so the next P2G needs no clear)
-    g2p_check    the gather, with the blow-up check folded in (a flag the solver reads every few substeps)
+With the hand-written stress adjoints (every material's, ``materials.build_stress_adjoint``) a substep is one
+launch each way, its stages running as loops of one kernel, with no torch calls in between:
+    substep[_svd]  P2G with deform, SVD, muscle, plasticity and stress inline (the new F's blow-up check too),
+                   the grid update over the nodes P2G wrote (its ``box``), G2P with the x/v blow-up check (a flag
+                   the solver reads every few substeps); ``_svd`` also stores the SVD the SVD materials' adjoint
+                   reads. The forward-only path (``Solver.step`` without a scratch, ``Rollout.run``) and the
+                   differentiable forward (into a ``Scratch``, keeping τ) run the same kernel
+    backward[_svd] hand-written adjoints of G2P (a scatter into the grid velocity's grad), the grid update with
+                   its colliders (per node, no atomics), P2G with the stress and deform (a gather over each
+                   particle's 3^d stencil, no atomics; τ's grad stays in registers), then the muscle activations'
+                   sum (weights and activations)
+    substep_chunked  forward-only, larger scenes on multi-core CPUs: P2G in per-thread chunks into per-thread grid
+                   copies, summed by the grid update (see its comment)
 It computes the same numbers as the staged kernels (tests/physics/test_fast_path.py).
-
-Reverse mode (``Solver.backward``) runs hand-written adjoints of G2P (``g2p_adjoint``, a scatter into the grid
-velocity's grad), the grid update with its colliders (``grid_adjoint``, per node, no atomics) and P2G
-(``p2g_adjoint``, a gather over each particle's 3^d stencil, no atomics). The stress has hand-written adjoints for
-every material (``materials.build_stress_adjoint``), so the differentiable forward runs deform, SVD, stress (with the
-muscle activation) and P2G in the fused kernel (``p2g_fused_svd`` also stores the SVD that the SVD materials' adjoint
-reads) and the backward reverses them in one pass (``p2g_stress_adjoint[_svd]``, then ``muscle_adjoint`` for the
-activations and muscle weights). ``Solver(stress_adjoint="generated")`` keeps the staged kernels for the SVD-based
-materials, with Taichi's generated adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's:
-they carry every material's branch, cost more and compile several times longer, and are kept for comparison
-(tests/physics/test_gradients.py checks both against central differences and against each other).
+``Solver(stress_adjoint="generated")`` keeps the staged kernels for the SVD-based materials, with hand-written
+adjoints of G2P (``g2p_adjoint``), the grid (``grid_adjoint``) and P2G (``p2g_adjoint``), and Taichi's generated
+adjoints of stress and deform (``ad``), the SVD's hand-written one and muscle's: they carry every material's
+branch, cost more and compile several times longer, and are kept for comparison (tests/physics/test_gradients.py
+checks both against central differences and against each other).
 
 On CPUs the scatter loops (P2G, and G2P's gradient) run serialised: Taichi then turns their float atomics into
 plain adds, which is about 5x faster on this box than two threads contending through compare-and-swap loops.
@@ -39,7 +41,8 @@ otherwise accumulate through atomics. GPUs keep the parallel atomic versions. Sm
 run every loop serialised, so the forward kernels are their own reverse-mode twins.
 
 Every kernel is called through ``_Launch``, which re-uses Taichi's launch context while the tensors passed stay the
-same (Python-side argument set-up was ~40% of a small scene's substep).
+same (Python-side argument set-up was ~40% of a small scene's substep), and the grid loops run only over the box
+of nodes P2G wrote (see ``box_rows``).
 """
 
 import functools
@@ -459,7 +462,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     g2p = make_g2p(ser_all)
 
     @ti.kernel
-    def check(x: P_vec, v: P_vec, F: P_mat, lo: real, hi: vec, step: ti.i32, flag: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    def check(x: P_vec, v: P_vec, F: P_mat, lo: real, hi: vec, step: ti.i32, flag: A_i):
         ti.loop_config(serialize=ser_all)
         for p in range(x.shape[0]):
             check_particle(p, x, v, F, lo, hi, step, flag)

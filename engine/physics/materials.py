@@ -247,11 +247,13 @@ def build_stress(dim: int, real):
 def build_stress_adjoint(dim: int, real, serial: bool = False, with_svd: bool = True):
     """Hand-written reverse of the deformation update F = (I + dt·C)·F_in and ``stress`` for every material (with
     ``with_svd=False``, for scenes without SVD materials, the SVD-based ids are skipped and their code is not
-    compiled). Returns ``(stress_adjoint, stress_grad, muscle_adjoint)``: the kernel accumulates into g_C, g_Fin
+    compiled). Returns ``(stress_adjoint, stress_grad, muscle_adjoint, muscle_adjoint_loop)``: the kernel
+    accumulates into g_C, g_Fin
     (N, d, d), g_Jp, g_E, g_nu (N,), g_fibre (N, d) from the output grads g_Fn (N, d, d), g_Jpn (N,), g_tau (N, d, d),
     and writes g_actp (N,), the grad of each particle's activation a_p = Σ_g w_pg·act_g; ``muscle_adjoint`` maps
-    g_actp to the muscle weights' and the activations' grads. ``stress_grad`` is its per-particle ``ti.func`` (the
-    P2G adjoint inlines it). The SVD (U, σ, V) of the trial F is read, not recomputed.
+    g_actp to the muscle weights' and the activations' grads (``muscle_adjoint_loop(n, ...)`` is its loop over the
+    first n particles, for fused kernels). ``stress_grad`` is its per-particle ``ti.func`` (the P2G adjoint inlines
+    it). The SVD (U, σ, V) of the trial F is read, not recomputed.
 
     With J = det F and ∂J/∂F = cof F = J·F⁻ᵀ:
         water    τ = E·J(J−1)·I, F_new = J^(1/d)·I:  ∂L/∂J = tr(ḡ_Fn)·J^(1/d−1)/d + tr(ḡ_τ)·E(2J−1)

@@ -3,10 +3,11 @@
 ``Solver(model).step(state_in, state_out, control, dt)`` advances one substep and checks for blow-ups. Two paths
 compute the same substep (``kernels.py``):
 
-* forward-only (``step`` without a scratch; ``Rollout.run``): three fused launches, no intermediates kept;
-* differentiable (``forward(..., scratch)``, ``step(..., scratch=...)``): the staged kernels, whose
-  intermediates land in a ``Scratch`` so ``backward(...)`` can replay their gradients in reverse order
-  (``checkpoint.py`` drives it over long horizons).
+* forward-only (``step`` without a scratch; ``Rollout.run``): one fused launch, no intermediates kept;
+* differentiable (``forward(..., scratch)``, ``step(..., scratch=...)``): the same launch keeping its
+  intermediates in a ``Scratch`` (the staged kernels with ``stress_adjoint="generated"``), so ``backward(...)``
+  can replay their gradients in reverse order, also in one launch (``checkpoint.py`` drives it over long
+  horizons).
 """
 from __future__ import annotations
 
