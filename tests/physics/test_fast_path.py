@@ -32,7 +32,7 @@ def test_fused_forward_equals_staged_kernels(dim, n):
     m = _zoo(dim, n)
     s = Solver(m)
     # "generated": the differentiable substep on the staged kernels (deform, SVD, stress, P2G as separate launches);
-    # the default solver's differentiable forward is p2g_fused's twin, checked too
+    # the default solver's differentiable forward is the fused substep kernel too, checked as well
     ref = Solver(m, stress_adjoint="generated")
     g = torch.Generator().manual_seed(0)
     a_fast, a_ref = m.state(), m.state()
