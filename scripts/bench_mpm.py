@@ -3,7 +3,7 @@
 The reference is a re-implementation of ``taichi/examples/simulation/mpm3d.py``'s kernel setup (one fused
 substep kernel on fields, a J-only fluid with E = 400, ρ = 1): 3D 64³ grid with 65,536 particles, 2D 256² grid with
 32,768 particles. tide runs the same fluid through its general solver (``water`` material: full F, colliders,
-guards; its forward-only path is three fused kernels). Both run in one process under tide's backend settings
+guards; its forward-only path is one fused kernel per substep). Both run in one process under tide's backend settings
 (advanced_optimization off by default), and the timings alternate between reference and tide over several rounds,
 keeping each one's best, because the box is shared. Prints particle·steps/s for both and the ratio; then tide's
 forward+backward cost against its forward cost (2D, segmented checkpoints), and the memory formula's figures for a

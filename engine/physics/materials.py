@@ -247,11 +247,13 @@ def build_stress(dim: int, real):
 def build_stress_adjoint(dim: int, real, serial: bool = False, with_svd: bool = True):
     """Hand-written reverse of the deformation update F = (I + dt·C)·F_in and ``stress`` for every material (with
     ``with_svd=False``, for scenes without SVD materials, the SVD-based ids are skipped and their code is not
-    compiled). Returns ``(stress_adjoint, stress_grad, muscle_adjoint)``: the kernel accumulates into g_C, g_Fin
+    compiled). Returns ``(stress_adjoint, stress_grad, muscle_adjoint, muscle_adjoint_loop)``: the kernel
+    accumulates into g_C, g_Fin
     (N, d, d), g_Jp, g_E, g_nu (N,), g_fibre (N, d) from the output grads g_Fn (N, d, d), g_Jpn (N,), g_tau (N, d, d),
     and writes g_actp (N,), the grad of each particle's activation a_p = Σ_g w_pg·act_g; ``muscle_adjoint`` maps
-    g_actp to the muscle weights' and the activations' grads. ``stress_grad`` is its per-particle ``ti.func`` (the
-    P2G adjoint inlines it). The SVD (U, σ, V) of the trial F is read, not recomputed.
+    g_actp to the muscle weights' and the activations' grads (``muscle_adjoint_loop(n, ...)`` is its loop over the
+    first n particles, for fused kernels). ``stress_grad`` is its per-particle ``ti.func`` (the P2G adjoint inlines
+    it). The SVD (U, σ, V) of the trial F is read, not recomputed.
 
     With J = det F and ∂J/∂F = cof F = J·F⁻ᵀ:
         water    τ = E·J(J−1)·I, F_new = J^(1/d)·I:  ∂L/∂J = tr(ḡ_Fn)·J^(1/d−1)/d + tr(ḡ_τ)·E(2J−1)
@@ -549,16 +551,20 @@ def build_stress_adjoint(dim: int, real, serial: bool = False, with_svd: bool = 
             g_C[p] += stress_grad(p, C, F_in, dt, material, E, nu, w, act, fibre, U, sig, V, Jp, table, g_Fn, g_Jpn,
                                   g_tau[p], g_Fin, g_Jp, g_E, g_nu, g_fibre, g_actp)
 
-    @ti.kernel
-    def muscle_adjoint(w: A_w, act: A_s, g_actp: A_s, g_w: A_w, g_act: A_s):
-        # a_p = Σ_g w_pg·act_g reversed: g_w += g_a·act, g_act += Σ_p g_a·w. Serialised: every particle adds into
-        # the few act[g] (plain adds, no contended atomics; ~N·G flops)
+    @ti.func
+    def muscle_adjoint_loop(n, w: T_, act: T_, g_actp: T_, g_w: T_, g_act: T_):
+        # a_p = Σ_g w_pg·act_g reversed over particles p < n: g_w += g_a·act, g_act += Σ_p g_a·w. Serialised: every
+        # particle adds into the few act[g] (plain adds, no contended atomics; ~N·G flops)
         ti.loop_config(serialize=True)
-        for p in range(w.shape[0]):
+        for p in range(n):
             ga = g_actp[p]
             if ga != 0:
                 for g in range(w.shape[1]):
                     g_w[p, g] += ga * act[g]
                     g_act[g] += ga * w[p, g]
 
-    return stress_adjoint, stress_grad, muscle_adjoint
+    @ti.kernel
+    def muscle_adjoint(w: A_w, act: A_s, g_actp: A_s, g_w: A_w, g_act: A_s):
+        muscle_adjoint_loop(w.shape[0], w, act, g_actp, g_w, g_act)
+
+    return stress_adjoint, stress_grad, muscle_adjoint, muscle_adjoint_loop

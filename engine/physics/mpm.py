@@ -3,10 +3,11 @@
 ``Solver(model).step(state_in, state_out, control, dt)`` advances one substep and checks for blow-ups. Two paths
 compute the same substep (``kernels.py``):
 
-* forward-only (``step`` without a scratch; ``Rollout.run``): three fused launches, no intermediates kept;
-* differentiable (``forward(..., scratch)``, ``step(..., scratch=...)``): the staged kernels, whose
-  intermediates land in a ``Scratch`` so ``backward(...)`` can replay their gradients in reverse order
-  (``checkpoint.py`` drives it over long horizons).
+* forward-only (``step`` without a scratch; ``Rollout.run``): one fused launch, no intermediates kept;
+* differentiable (``forward(..., scratch)``, ``step(..., scratch=...)``): the same launch keeping its
+  intermediates in a ``Scratch`` (the staged kernels with ``stress_adjoint="generated"``), so ``backward(...)``
+  can replay their gradients in reverse order, also in one launch (``checkpoint.py`` drives it over long
+  horizons).
 """
 from __future__ import annotations
 
@@ -88,12 +89,19 @@ class Solver:
         self.substep = 0
         self._checked_dt: set[float] = set()
         self._flag = torch.tensor([_NO_ERROR, 0, 0], dtype=torch.int32, device=backend.torch_device())
+        self._no_flag = self._flag.clone()  # where unchecked substeps write theirs
         opts = dict(dtype=backend.torch_dtype(), device=backend.torch_device())
-        # forward-only buffers: grid_fast leaves the momentum/mass grid zeroed for the next substep
+        self._serial = kernels.serial_scatter()
+        # forward-only buffers; each P2G zeroes the nodes the previous one wrote (its ``box``, kernels.py)
+        nc = self.k.chunks  # >0: substep_chunked, with that many grid copies (kernels.py)
+        copies = (nc,) if nc else ()
+        box = torch.zeros(2 * model.dim * (nc + 1), dtype=torch.int32, device=backend.torch_device()) if nc \
+            else self._new_box()
         self._fast = SimpleNamespace(tau=torch.zeros(model.n, model.dim, model.dim, **opts),
-                                     grid_mv=torch.zeros(*model.res, model.dim, **opts),
-                                     grid_m=torch.zeros(*model.res, **opts),
-                                     grid_v=torch.zeros(*model.res, model.dim, **opts))
+                                     grid_mv=torch.zeros(*copies, *model.res, model.dim, **opts),
+                                     grid_m=torch.zeros(*copies, *model.res, **opts),
+                                     grid_v=torch.zeros(*model.res, model.dim, **opts), box=box,
+                                     sig=torch.zeros(model.n, model.dim, **opts))  # (and tau) stand-ins for the SVD
         self._no_act = torch.zeros(model.n_groups, **opts)
         self._floor_kind, self._wall_kind = model.boundary.kinds()
         self._clamp = model.boundary.clamp_box(model.dim)
@@ -102,6 +110,13 @@ class Solver:
         self._hi = tuple(float(r * model.dx - lo) for r in model.res)
 
     # ----------------------------------------------------------------------------------------------- buffers
+    def _new_box(self) -> torch.Tensor:
+        """The grid-node box of a fresh (zeroed) grid: empty where P2G grows it (serialised scatters), else the whole
+        grid (kernels.py)."""
+        d = self.model.dim
+        hi = [0] * d if self._serial else [int(r) for r in self.model.res]
+        return torch.tensor([0] * d + hi, dtype=torch.int32, device=backend.torch_device())
+
     def new_scratch(self, grad: bool = False) -> Scratch:
         m = self.model
         n, d = m.n, m.dim
@@ -111,6 +126,7 @@ class Solver:
                      act=torch.zeros(n, **opts), tau=torch.zeros(n, d, d, **opts),
                      grid_mv=torch.zeros(*m.res, d, **opts), grid_m=torch.zeros(*m.res, **opts),
                      grid_v=torch.zeros(*m.res, d, **opts))
+        sc.box = self._new_box()  # the nodes its P2G wrote (kernels.py); not a differentiable tensor
         return sc.requires_grad_() if grad else sc
 
     def zero_control(self) -> Control:
@@ -150,17 +166,23 @@ class Solver:
 
     def forward_fast(self, s_in: State, s_out: State, control: Control | None, dt: float,
                      model: Model | None = None) -> None:
-        """One substep on the fused forward-only path: three kernel launches, nothing kept for a backward pass.
+        """One substep on the fused forward-only path: one kernel launch, nothing kept for a backward pass.
         Writes the blow-up flag that ``check`` reads (as substep ``self.substep``)."""
         m = model or self.model
         k, f = self.k, self._fast
         act = self._no_act if control is None else control.act
-        k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle, act,
-                    m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, f.tau, f.grid_mv, f.grid_m)
-        k.grid_fast(f.grid_mv, f.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
-                    m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, f.grid_v)
-        k.g2p_check(s_in.x, f.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C, s_out.F, self._lo, self._hi,
-                    self.substep, self._flag)
+        if k.chunks:
+            k.substep_chunked(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
+                              act, m.fibre, m.table, m.dx, dt, f.tau, f.grid_mv, f.grid_m, f.box, m.gravity, m.bound,
+                              m.heights, m.normals, self._floor_kind, m.boundary.floor_friction, self._wall_kind,
+                              m.boundary.wall_friction, *self._clamp, f.grid_v, s_out.x, s_out.v, s_out.C, s_out.F,
+                              s_out.Jp, self._lo, self._hi, self.substep, self._flag)
+            return
+        k.substep(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle, act,
+                  m.fibre, m.table, m.dx, dt, f.tau, f.grid_mv, f.grid_m, f.box, f.tau, f.sig, f.tau, m.gravity,
+                  m.bound, m.heights, m.normals, self._floor_kind, m.boundary.floor_friction, self._wall_kind,
+                  m.boundary.wall_friction, *self._clamp, f.grid_v, s_out.x, s_out.v, s_out.C, s_out.F, s_out.Jp,
+                  self._lo, self._hi, self.substep, self._flag)
 
     def forward(self, s_in: State, s_out: State, control: Control | None, dt: float, sc: Scratch,
                 model: Model | None = None) -> None:
@@ -173,32 +195,29 @@ class Solver:
         """``forward``; with ``check`` the G2P launch also writes the blow-up flag (as substep ``self.substep``)."""
         m = model or self.model
         k = self.k
-        # a kernel, not torch: torch's idle OpenMP threads would spin against Taichi's. On flat views: no per-node
-        # index arithmetic
-        k.clear_flat(sc.grid_mv.detach().view(-1))
-        k.clear_flat(sc.grid_m.detach().view(-1))
+        # every P2G first zeroes the grid nodes its previous launch on this scratch wrote (sc.box)
         if self._hand(m):
-            # deform, SVD, muscle activation, stress and P2G in one pass (the forward-only kernel, keeping τ and,
-            # with SVD materials, the SVD); the backward recomputes the trial F, so sc.F_tr is not written
+            # the whole substep in one launch: deform, SVD, muscle activation, stress and P2G in one pass (keeping
+            # τ and, with SVD materials, the SVD; the backward recomputes the trial F, so sc.F_tr is not written),
+            # the grid update, G2P. Without ``check`` the blow-up flag goes to a buffer nobody reads
             act = self._no_act if control is None else control.act
-            if self.use_svd:
-                k.p2g_fused_svd(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol,
-                                m.muscle, act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv,
-                                sc.grid_m, sc.U, sc.sig, sc.V)
-            else:
-                k.p2g_fused(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle,
-                            act, m.fibre, m.table, m.dx, dt, s_out.F, s_out.Jp, sc.tau, sc.grid_mv, sc.grid_m)
-        else:
-            k.deform(s_in.C, s_in.F, dt, sc.F_tr)
-            if self.use_svd:
-                k.svd(sc.F_tr, m.material, sc.U, sc.sig, sc.V)
-            if self.use_muscle:
-                sc.act.data.zero_()
-                k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
-            k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
-                     s_out.F, s_out.Jp, sc.tau)
-            k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m)
-        k.grid(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
+            substep = k.substep_svd if self.use_svd else k.substep
+            substep(s_in.x, s_in.v, s_in.C, s_in.F, s_in.Jp, m.material, m.E, m.nu, m.rho, m.vol, m.muscle, act,
+                    m.fibre, m.table, m.dx, dt, sc.tau, sc.grid_mv, sc.grid_m, sc.box, sc.U, sc.sig, sc.V, m.gravity,
+                    m.bound, m.heights, m.normals, self._floor_kind, m.boundary.floor_friction, self._wall_kind,
+                    m.boundary.wall_friction, *self._clamp, sc.grid_v, s_out.x, s_out.v, s_out.C, s_out.F,
+                    s_out.Jp, self._lo, self._hi, self.substep, self._flag if check else self._no_flag)
+            return
+        k.deform(s_in.C, s_in.F, dt, sc.F_tr)
+        if self.use_svd:
+            k.svd(sc.F_tr, m.material, sc.U, sc.sig, sc.V)
+        if self.use_muscle:
+            sc.act.data.zero_()
+            k.muscle(m.muscle, (control or self.zero_control()).act, sc.act)
+        k.stress(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table, dt,
+                 s_out.F, s_out.Jp, sc.tau)
+        k.p2g(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, sc.grid_mv, sc.grid_m, sc.box)
+        k.grid(sc.box, sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
                m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, sc.grid_v)
         if check:
             k.g2p_check(s_in.x, sc.grid_v, m.dx, dt, s_out.x, s_out.v, s_out.C, s_out.F, self._lo, self._hi,
@@ -214,23 +233,28 @@ class Solver:
         intermediates, with zeroed grads. Every float tensor involved must have ``.grad`` allocated."""
         m = model or self.model
         k, g = self.k, self._grad
-        sc._grid_v_grad_clean = False  # until grid_adjoint has consumed (and zeroed) it
-        # hand-written adjoints of G2P, the grid update and P2G (kernels.py), and of the stress where it has one
-        k.g2p_adjoint(s_in.x, sc.grid_v, m.dx, dt, g(s_out.x), g(s_out.v), g(s_out.C), g(s_in.x), g(sc.grid_v))
-        k.grid_adjoint(sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals, self._floor_kind,
-                       m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp,
-                       g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
-        sc._grid_v_grad_clean = sc.grid_v.grad is not None
-        if self._hand(m):  # P2G, stress (with the muscle's active term) and deform reversed in one pass
+        sc._grid_v_grad_clean = False  # until the grid adjoint has consumed (and zeroed) it
+        if self._hand(m):
+            # hand-written adjoints of G2P, the grid update, P2G, the stress (with the muscle's active term) and
+            # deform, then the muscle activations' sum, in one launch (kernels.py)
             act = self._no_act if control is None else control.act
-            adjoint = k.p2g_stress_adjoint_svd if self.use_svd else k.p2g_stress_adjoint
-            adjoint(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho, m.muscle, act,
-                    m.fibre, sc.U, sc.sig, sc.V, s_in.Jp, m.table, m.dx, dt, g(sc.grid_mv), g(sc.grid_m), g(s_out.F),
-                    g(s_out.Jp), g(s_in.x), g(s_in.v), g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E), g(m.nu), g(m.vol),
-                    g(m.rho), g(m.fibre), g(sc.act))
-            if self.use_muscle and control is not None:
-                k.muscle_adjoint(m.muscle, act, g(sc.act), g(m.muscle), g(act))
+            backward = k.backward_svd if self.use_svd else k.backward
+            backward(s_in.x, s_in.v, s_in.C, s_in.F, sc.tau, m.material, m.E, m.nu, m.vol, m.rho, m.muscle, act,
+                     m.fibre, sc.U, sc.sig, sc.V, s_in.Jp, m.table, m.dx, dt, sc.box, sc.grid_mv, sc.grid_m,
+                     sc.grid_v, m.gravity, m.bound, m.heights, m.normals, self._floor_kind,
+                     m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction, *self._clamp, g(s_out.x),
+                     g(s_out.v), g(s_out.C), g(s_out.F), g(s_out.Jp), g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m),
+                     g(s_in.x), g(s_in.v), g(s_in.C), g(s_in.F), g(s_in.Jp), g(m.E), g(m.nu), g(m.vol), g(m.rho),
+                     g(m.fibre), g(sc.act), m.n if self.use_muscle and control is not None else 0, g(m.muscle),
+                     g(act))
+            sc._grid_v_grad_clean = sc.grid_v.grad is not None
             return
+        # the generated stress adjoints: hand-written adjoints of G2P, the grid update and P2G, then Taichi's
+        k.g2p_adjoint(s_in.x, sc.grid_v, m.dx, dt, g(s_out.x), g(s_out.v), g(s_out.C), g(s_in.x), g(sc.grid_v))
+        k.grid_adjoint(sc.box, sc.grid_mv, sc.grid_m, m.gravity, dt, m.dx, m.bound, m.heights, m.normals,
+                       self._floor_kind, m.boundary.floor_friction, self._wall_kind, m.boundary.wall_friction,
+                       *self._clamp, g(sc.grid_v), g(sc.grid_mv), g(sc.grid_m))
+        sc._grid_v_grad_clean = sc.grid_v.grad is not None
         k.p2g_adjoint(s_in.x, s_in.v, s_in.C, sc.tau, m.vol, m.rho, m.dx, dt, g(sc.grid_mv), g(sc.grid_m),
                       g(s_in.x), g(s_in.v), g(s_in.C), g(sc.tau), g(m.vol), g(m.rho))
         k.ad.stress.grad(sc.F_tr, sc.U, sc.sig, sc.V, s_in.Jp, m.material, m.E, m.nu, sc.act, m.fibre, m.table,

@@ -91,7 +91,7 @@ class Segment(bridge.Op):
         for t, g in zip(states[K].tensors(), grad_outputs):  # every grad of states[K]; earlier ones zeroed below
             t.grad.copy_(g)
         for i in reversed(range(K)):
-            scratch[i].zero_grad_()
+            solver.zero_scratch_grad(scratch[i], model)  # only the grads backward accumulates into
             states[i].zero_grad_()
             solver.backward(states[i], states[i + 1], ctrl, self.dt, scratch[i], model)
         s0 = states[0]

@@ -1,5 +1,5 @@
-"""The grid-node loops (``grid``, ``grid_fast``, ``grid_adjoint``) visit every node once with the right (i, j[, k]),
-in both CPU variants (small scenes: serialised; larger ones: parallel over rows). Checked against torch's own
+"""The grid-node loops (``grid``, ``grid_adjoint``) visit every node of their box once with the right (i, j[, k]), and
+no other, in both CPU variants (small scenes: serialised; larger ones: parallel over rows). Checked against torch's own
 indexing on anisotropic grids, where a swapped axis or a wrong row split would show (an error of a whole node index;
 the 1e-9 tolerance only absorbs Taichi's fast-math arithmetic, ~1e-10 here)."""
 import pytest
@@ -20,15 +20,17 @@ def _grid(res, dtype):
     return idx, mv, m
 
 
-def _call(k, name, mv, m, res, bound, kind, *extra):
+def _call(k, name, mv, m, res, bound, kind, *extra, box=None):
     dim = len(res)
+    if box is None:  # the whole grid
+        box = torch.tensor([0] * dim + list(res), dtype=torch.int32)
     dtype = mv.dtype
     g = (0.0, -9.8) + (0.0,) * (dim - 2)
     cols = (res[0],) if dim == 2 else (res[0], res[2])
     heights = torch.full(cols, bound / 10.0, dtype=dtype)  # dx = 0.1: the floor stops the bottom `bound` rows
     normals = torch.zeros(*cols, dim, dtype=dtype)
     normals[..., 1] = 1.0
-    getattr(k, name)(mv, m, g, 1e-3, 0.1, bound, heights, normals, kind, 0.0, kind, 0.0, (1e30,) * dim,
+    getattr(k, name)(box, mv, m, g, 1e-3, 0.1, bound, heights, normals, kind, 0.0, kind, 0.0, (1e30,) * dim,
                      (-1e30,) * dim, *extra)
 
 
@@ -55,12 +57,15 @@ def test_grid_loops_visit_every_node_with_its_index(res, small):
     assert torch.equal(gv[outer], torch.zeros_like(gv[outer]))
     assert torch.allclose(gv[~outer], gv_expect[~outer], rtol=1e-9, atol=1e-9)
 
-    # the fused forward variant: the same velocities, and it leaves its momentum and mass grids zeroed
-    mv2, m2 = mv.clone(), m.clone()
+    # a box inside the grid (as P2G leaves it): exactly its nodes are visited
+    lo, hi = [1, 2, 3][:len(res)], [4, 5, 7][:len(res)]
     gv = torch.full_like(mv, float("nan"))
-    _call(k, "grid_fast", mv2, m2, res, 0, SEPARATE, gv)
-    assert torch.allclose(gv, gv_expect, rtol=1e-9, atol=1e-9)
-    assert not mv2.any() and not m2.any()
+    _call(k, "grid", mv, m, res, 0, SEPARATE, gv, box=torch.tensor(lo + hi, dtype=torch.int32))
+    inside = torch.ones(res, dtype=torch.bool)
+    for d in range(len(res)):
+        inside &= (idx[..., d] >= lo[d]) & (idx[..., d] < hi[d])
+    assert torch.allclose(gv[inside], gv_expect[inside], rtol=1e-9, atol=1e-9)
+    assert gv[~inside].isnan().all()
 
     # the adjoint: g_mv = g_v/m, g_m = −g_v·mv/m² at nodes with mass (0 elsewhere), and g_v consumed (zeroed)
     g_v = torch.randn(mv.shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
