@@ -294,7 +294,8 @@ def main() -> None:
     p.add_argument("--sample", action="store_true", help="write sample grids instead of training")
     p.add_argument("--n-samples", type=int, default=4)
     p.add_argument("--steps", type=int, default=50, help="DDIM steps when sampling")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale when sampling")
+    p.add_argument("--cfg", type=float, default=2.0,
+                   help="classifier-free guidance scale when sampling (3 breaks the retrained lamps into blobs)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta when sampling (0: deterministic)")
     p.add_argument("--x0-error", action="store_true",
                    help="print the x0 error (L1) at fixed timesteps on renders of held-out shapes 20-21 per class")
