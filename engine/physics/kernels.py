@@ -472,6 +472,22 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     decompose = svd.decompose_func(dim, real)
 
     @ti.func
+    def deform_stress(p, C: T_, F: T_, Jp: T_, material: T_, E: T_, nu: T_, muscle: T_, act: T_, fibre: T_,
+                      table: T_, dt, F_out: T_, Jp_out: T_, tau: T_, step, flag: T_):
+        """One particle's trial F = (I + dt C) F, its SVD, the muscle activation, plasticity and stress (``update``
+        writes F_out, Jp_out, tau) and the new F's blow-up check. Returns (material, U, sigma, V) of the trial F."""
+        F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
+        m = material[p]
+        u, s, vv = decompose(F_tr, m)
+        a = ti.cast(0.0, real)
+        if m == materials.MUSCLE:
+            for g in range(muscle.shape[1]):
+                a += muscle[p, g] * act[g]
+        update(p, F_tr, u, s, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
+        check_F(F_out[p], step, flag)
+        return m, u, s, vv
+
+    @ti.func
     def p2g_fused_loop(x: T_, v: T_, C: T_, F: T_, Jp: T_, material: T_, E: T_, nu: T_, rho: T_, vol: T_, muscle: T_,
                        act: T_, fibre: T_, table: T_, dx, dt, F_out: T_, Jp_out: T_, tau: T_, grid_mv: T_,
                        grid_m: T_, box: T_, U: T_, sig: T_, V: T_, store_svd: ti.template(), step, flag: T_):
@@ -481,15 +497,8 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
         begin_p2g(grid_mv, grid_m, box)
         ti.loop_config(serialize=serial)
         for p in range(x.shape[0]):
-            F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
-            m = material[p]
-            u, s, vv = decompose(F_tr, m)
-            a = ti.cast(0.0, real)
-            if m == materials.MUSCLE:
-                for g in range(muscle.shape[1]):
-                    a += muscle[p, g] * act[g]
-            update(p, F_tr, u, s, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
-            check_F(F_out[p], step, flag)
+            m, u, s, vv = deform_stress(p, C, F, Jp, material, E, nu, muscle, act, fibre, table, dt, F_out, Jp_out,
+                                        tau, step, flag)
             scatter(p, x[p], v[p], C[p], tau[p], vol[p] * rho[p], vol[p], dx, dt, grid_mv, grid_m, box)
             if ti.static(store_svd):
                 if m != materials.ELASTIC and m != materials.MUSCLE and m != materials.WATER:
@@ -577,15 +586,8 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             n = x.shape[0]
             o = 2 * D * c
             for p in range(c * n // NC, (c + 1) * n // NC):
-                F_tr = (ti.Matrix.identity(real, D) + dt * C[p]) @ F[p]
-                m = material[p]
-                u, sv, vv = decompose(F_tr, m)
-                a = ti.cast(0.0, real)
-                if m == materials.MUSCLE:
-                    for g in range(muscle.shape[1]):
-                        a += muscle[p, g] * act[g]
-                update(p, F_tr, u, sv, vv, Jp, material, E, nu, a, fibre, table, dt, F_out, Jp_out, tau)
-                check_F(F_out[p], step, flag)
+                deform_stress(p, C, F, Jp, material, E, nu, muscle, act, fibre, table, dt, F_out, Jp_out, tau, step,
+                              flag)
                 # the scatter (``scatter``'s arithmetic) into copy c
                 inv_dx = 1.0 / dx
                 base, fx, w = bspline(x[p], inv_dx, grid_v.shape)

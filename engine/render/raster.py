@@ -89,21 +89,27 @@ def _seg_dist2(px, py, ax, ay, bx, by):
 
 
 @lean
+@ti.func
+def _project_vertex(verts: ti.template(), cam: ti.template(), screen: ti.template(), b, i):
+    """Pinhole projection (Camera.project) of vertex i for camera b into ``screen[b, i]`` (pixel x, y and camera
+    depth); cam rows are R (9), t (3), fx, fy, cx, cy."""
+    bv = b if verts.shape[0] > 1 else 0
+    X = ti.Vector([verts[bv, i, 0], verts[bv, i, 1], verts[bv, i, 2]])
+    pc = ti.Vector([0.0, 0.0, 0.0])
+    for r in ti.static(range(3)):
+        pc[r] = cam[b, 3 * r] * X[0] + cam[b, 3 * r + 1] * X[1] + cam[b, 3 * r + 2] * X[2] + cam[b, 9 + r]
+    z = pc[2]
+    if ti.abs(z) < 1e-12:
+        z = 1e-12
+    screen[b, i, 0] = cam[b, 12] * pc[0] / z + cam[b, 14]
+    screen[b, i, 1] = cam[b, 13] * pc[1] / z + cam[b, 15]
+    screen[b, i, 2] = pc[2]
+
+
 @ti.kernel
 def _project(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: ti.types.ndarray()):
-    # pinhole projection (Camera.project): cam rows are R (9), t (3), fx, fy, cx, cy
     for b, i in ti.ndrange(screen.shape[0], screen.shape[1]):
-        bv = b if verts.shape[0] > 1 else 0
-        X = ti.Vector([verts[bv, i, 0], verts[bv, i, 1], verts[bv, i, 2]])
-        pc = ti.Vector([0.0, 0.0, 0.0])
-        for r in ti.static(range(3)):
-            pc[r] = cam[b, 3 * r] * X[0] + cam[b, 3 * r + 1] * X[1] + cam[b, 3 * r + 2] * X[2] + cam[b, 9 + r]
-        z = pc[2]
-        if ti.abs(z) < 1e-12:
-            z = 1e-12
-        screen[b, i, 0] = cam[b, 12] * pc[0] / z + cam[b, 14]
-        screen[b, i, 1] = cam[b, 13] * pc[1] / z + cam[b, 15]
-        screen[b, i, 2] = pc[2]
+        _project_vertex(verts, cam, screen, b, i)
 
 
 @lean

@@ -26,7 +26,7 @@ import torch
 from .. import backend
 from ..launch import lean
 from .camera import Camera
-from .raster import _pix_range
+from .raster import _pix_range, _project_vertex
 
 __all__ = ["zbuffer", "ZBuffer", "project_min_z"]
 
@@ -80,18 +80,8 @@ def _project_min_z(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: t
     # raster._project, plus the smallest camera depth (for the near-plane test) and, with ``clear``, zeroing of
     # ``zero`` (Bz, V, 3) (the vertex-gradient buffer the backward adds into: no separate fill)
     for b, i in ti.ndrange(screen.shape[0], screen.shape[1]):
-        bv = b if verts.shape[0] > 1 else 0
-        X = ti.Vector([verts[bv, i, 0], verts[bv, i, 1], verts[bv, i, 2]])
-        pc = ti.Vector([0.0, 0.0, 0.0])
-        for r in ti.static(range(3)):
-            pc[r] = cam[b, 3 * r] * X[0] + cam[b, 3 * r + 1] * X[1] + cam[b, 3 * r + 2] * X[2] + cam[b, 9 + r]
-        z = pc[2]
-        ti.atomic_min(zmin[0], z)
-        if ti.abs(z) < 1e-12:
-            z = 1e-12
-        screen[b, i, 0] = cam[b, 12] * pc[0] / z + cam[b, 14]
-        screen[b, i, 1] = cam[b, 13] * pc[1] / z + cam[b, 15]
-        screen[b, i, 2] = pc[2]
+        _project_vertex(verts, cam, screen, b, i)
+        ti.atomic_min(zmin[0], screen[b, i, 2])
         if ti.static(clear):
             if b < zero.shape[0]:
                 for j in ti.static(range(3)):
