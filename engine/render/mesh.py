@@ -12,8 +12,8 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (Fragments, LazyFragments, _acc, _bary, _dist_grad, _ndc2, _persp_bary, _project, _project_bwd,
-                     _select, _signed_d2e, _IZ, _VXY, bin_faces, camera_table, differentiable_fragments, expand_background,
+from .raster import (_IZ, _VXY, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project, _project_bwd,
+                     _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments, expand_background,
                      project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
@@ -161,8 +161,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
     # 0 (screen xy, (copies * Bx, V, 2)), o_attr ((copies * Ba, V or F, C)), o_shade ((copies * Bs, F, C)), o_opac
     # ((copies * Bo, F)), o_uv ((copies * Bu, F, 6), per face corner), o_bg ((copies * Bg, C), unless the
     # background is an image: then g_bg (B, H*W, C) is written whole) and o_tex ((tex copies * Bt, Ht, Wt, C)).
-    # Flat indices computed from sizes read once: Taichi's CPU code reloads an ndarray's pointer and every shape
-    # it indexes with after each store, which made the ~17 scattered adds per layer cost more than the maths.
+    # Flat indices from sizes read once per row: Taichi's CPU code reloads an ndarray's pointer and every shape it
+    # indexes with after each store (~17 scattered adds per layer); a flat index reloads the pointer alone.
     # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy with plain
     # adds; otherwise (GPU) every pixel is its own work item and atomics add into one copy.
     # Texture (``use_tex``, compile-time): the texel gradient has n_chunks copies when ``tex_private``, else one
