@@ -12,7 +12,7 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (Fragments, LazyFragments, _acc, _bary, _dist_grad, _ndc2, _persp_bary, _project, _project_bwd,
+from .raster import (_IZ, _VXY, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project, _project_bwd,
                      _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments, expand_background,
                      project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
@@ -131,33 +131,48 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
         alp[b, py, px] = acc[C + 1]
 
 
+@ti.func
+def _persp_bary_fast(fd: ti.template(), b, f, x, y):
+    # raster._persp_bary with one division instead of four (equal up to rounding): the clamped barycentrics'
+    # normalisation by their sum cancels in the perspective weights q_i / sum q, and the depth is 1 / sum q times
+    # that sum
+    w0, w1, w2 = _bary(fd, b, f, x, y)
+    w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
+    q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
+    iq = 1.0 / (q0 + q1 + q2)
+    return q0 * iq, q1 * iq, q2 * iq, (w0 + w1 + w2) * iq
+
+
 @lean
 @ti.kernel
 def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
               attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
-              g_xy: ti.types.ndarray(),
-              g_attr: ti.types.ndarray(), g_shade: ti.types.ndarray(), g_opac: ti.types.ndarray(),
-              g_bg: ti.types.ndarray(), g_tex: ti.types.ndarray(), g_uv: ti.types.ndarray(), per_face: int,
-              use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float, n_chunks: int, private: ti.template(),
-              tex_private: ti.template(), has_gdep: int, has_galp: int, K: ti.template(), C: ti.template()):
+              gbuf: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int, o_opac: int, o_uv: int,
+              o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float,
+              n_chunks: int, private: ti.template(), tex_private: ti.template(), has_gdep: int, has_galp: int,
+              K: ti.template(), C: ti.template()):
     # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
-    # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy of the
-    # scattered gradients (g_xy, g_attr, g_shade, g_opac, g_uv carry n_chunks copies stacked on dim 0) with plain
-    # adds; otherwise (GPU) every pixel is its own work item and atomics add into one copy. g_bg is per pixel
-    # (B, H*W, C), written whole, when the background is an image, else (copies * Bg, 1, C) accumulated like the
-    # others.
-    # Texture (``use_tex``, compile-time): g_tex ((copies * Bt * Ht * Wt, C), flat) has n_chunks copies when
-    # ``tex_private``, else one copy and atomics (CPU too for a large texture: see _texture_copies_pay); g_uv is
-    # (copies * Bu * F, 6), per face corner.
+    # The scattered gradients are regions of one flat buffer gbuf, each with its copies stacked, at offsets
+    # 0 (screen xy, (copies * Bx, V, 2)), o_attr ((copies * Ba, V or F, C)), o_shade ((copies * Bs, F, C)), o_opac
+    # ((copies * Bo, F)), o_uv ((copies * Bu, F, 6), per face corner), o_bg ((copies * Bg, C), unless the
+    # background is an image: then g_bg (B, H*W, C) is written whole) and o_tex ((tex copies * Bt, Ht, Wt, C)).
+    # Flat indices from sizes read once per row: Taichi's CPU code reloads an ndarray's pointer and every shape it
+    # indexes with after each store (~17 scattered adds per layer); a flat index reloads the pointer alone.
+    # ``private`` (CPU): chunk ch takes image rows ch, ch + n_chunks, ... and adds into its own copy with plain
+    # adds; otherwise (GPU) every pixel is its own work item and atomics add into one copy.
+    # Texture (``use_tex``, compile-time): the texel gradient has n_chunks copies when ``tex_private``, else one
+    # copy and atomics (CPU too for a large texture: see _texture_copies_pay).
     H, W = p2f.shape[1], p2f.shape[2]
     Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
     Bt, Bu, Ht, Wt, Fu = tex.shape[0], uvc.shape[0], tex.shape[1], tex.shape[2], uvc.shape[1]
+    Vx, Na, Fs, Fo = xy.shape[1], attr.shape[1], shade.shape[1], opac.shape[1]
     bg_image = g_bg.shape[1] > 1
+    inv_sigma = 1.0 / sigma         # a division per layer less (divisions dominated the per-layer maths)
     # Taichi's CPU range-for gives each thread a contiguous block of at least _SPAN iterations: a plain loop over
     # the few chunks would run them all on one thread, so on CPU the loop has _SPAN iterations per chunk and only
     # every _SPAN-th one works (each chunk has its own gradient copy: any schedule gives the same result)
@@ -182,6 +197,16 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                 bb = b if Bg > 1 else 0
                 bt = b if Bt > 1 else 0
                 bu = b if Bu > 1 else 0
+                # the pixel's rows of each gradient region in this chunk's copy
+                r_attr = o_attr + (cb * Ba + ba) * Na * C
+                r_shade = o_shade + (cb * Bs + bs) * Fs * C
+                r_opac = o_opac + (cb * Bo + bo) * Fo
+                r_xy = (cb * Bx + b) * Vx * 2
+                r_uv = o_uv + (cb * Bu + bu) * Fu * 6
+                tb = bt
+                if ti.static(tex_private):
+                    tb = cb * Bt + bt
+                r_tex = o_tex + tb * Ht * Wt * C
                 for px in range(px0, px1):
                     # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
                     # anything they add to R (cut by that layer's a = 1) reach the outputs
@@ -200,7 +225,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         le[n] = e
                         cov = 1.0
                         if d > 0:
-                            cov = ti.exp(-d / sigma)
+                            cov = ti.exp(-d * inv_sigma)
                         a = opac[b, f] * cov
                         la[n], lt[n], lcv[n], ld[n] = a, Tn, cov, d
                         Tn *= 1.0 - a
@@ -211,7 +236,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         if bg_image:
                             g_bg[b, py * W + px, c] = go[c] * Tn
                         else:
-                            _acc(g_bg, (cb * Bg + bb, 0, c), go[c] * Tn, private)
+                            _acc(gbuf, o_bg + (cb * Bg + bb) * C + c, go[c] * Tn, private)
                     if has_gdep:
                         go[C] = g_dep[b, py, px]
                     if has_galp:
@@ -221,10 +246,9 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         k = n - 1 - kk
                         f = p2f[b, py, px, k]
                         a, T = la[k], lt[k]
-                        # face indices and barycentrics in locals, read once (the scatter's stores would otherwise
-                        # make the compiler read them again)
+                        # every read of the layer before its first store (see above)
                         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                        w0, w1, w2, zk = _persp_bary(fd, b, f, x, y)
+                        w0, w1, w2, zk = _persp_bary_fast(fd, b, f, x, y)
                         u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
                         if per_face:
                             for c in ti.static(range(C)):
@@ -236,7 +260,6 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         # texture: the colour channels times the bilinear texel colour tc at the fragment's uv
                         col = u
                         tc = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
-                        # the four texels in locals, read once (the scatter's stores would make them be re-read)
                         t00 = ti.Vector([0.0 for _ in ti.static(range(C))])
                         t01, t10, t11 = t00, t00, t00
                         uu, vv, tx, ty = 0.0, 0.0, 0.0, 0.0
@@ -253,6 +276,13 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                          + ty * ((1 - tx) * t10[c] + tx * t11[c]))
                             u = col * tc
                         sh = _shade_vec(shade, b, f, use_shade, C)
+                        d, cov, e = ld[k], lcv[k], le[k]
+                        # the nearest edge (e, e + 1)'s ends, from the face record (the screen positions xy)
+                        e1 = (e + 1) % 3
+                        ux, uy, ex, ey = 0.0, 0.0, 0.0, 0.0
+                        if d > 0:
+                            ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
+                            ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
                         v = u * sh
                         ga = T * go.dot(v - R)                  # dL / d alpha_k
                         ta = T * a
@@ -261,45 +291,54 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                             for c in ti.static(range(C)):
                                 gv = go[c] * ta
                                 if use_shade:
-                                    _acc(g_shade, (cb * Bs + bs, f, c), gv * u[c], private)
+                                    _acc(gbuf, r_shade + f * C + c, gv * u[c], private)
                                 gs = gv * sh[c]                 # dL / d(colour x texture)
                                 if ti.static(use_tex):
                                     gt = gs * col[c]            # dL / d(texture colour)
                                     gs = gs * tc[c]
-                                    tb = bt
-                                    if ti.static(tex_private):
-                                        tb = cb * Bt + bt
-                                    r0, r1 = (tb * Ht + y0) * Wt, (tb * Ht + y1) * Wt
-                                    _acc(g_tex, (r0 + x0, c), (1 - ty) * (1 - tx) * gt, tex_private)
-                                    _acc(g_tex, (r0 + x1, c), (1 - ty) * tx * gt, tex_private)
-                                    _acc(g_tex, (r1 + x0, c), ty * (1 - tx) * gt, tex_private)
-                                    _acc(g_tex, (r1 + x1, c), ty * tx * gt, tex_private)
+                                    q0, q1 = r_tex + (y0 * Wt) * C + c, r_tex + (y1 * Wt) * C + c
+                                    _acc(gbuf, q0 + x0 * C, (1 - ty) * (1 - tx) * gt, tex_private)
+                                    _acc(gbuf, q0 + x1 * C, (1 - ty) * tx * gt, tex_private)
+                                    _acc(gbuf, q1 + x0 * C, ty * (1 - tx) * gt, tex_private)
+                                    _acc(gbuf, q1 + x1 * C, ty * tx * gt, tex_private)
                                     g_u += gt * ((1 - ty) * (t01[c] - t00[c]) + ty * (t11[c] - t10[c]))
                                     g_v += gt * ((1 - tx) * (t10[c] - t00[c]) + tx * (t11[c] - t01[c]))
                                 if per_face:
-                                    _acc(g_attr, (cb * Ba + ba, f, c), gs, private)
+                                    _acc(gbuf, r_attr + f * C + c, gs, private)
                                 else:
-                                    _acc(g_attr, (cb * Ba + ba, i0, c), gs * w0, private)
-                                    _acc(g_attr, (cb * Ba + ba, i1, c), gs * w1, private)
-                                    _acc(g_attr, (cb * Ba + ba, i2, c), gs * w2, private)
+                                    _acc(gbuf, r_attr + i0 * C + c, gs * w0, private)
+                                    _acc(gbuf, r_attr + i1 * C + c, gs * w1, private)
+                                    _acc(gbuf, r_attr + i2 * C + c, gs * w2, private)
                             if ti.static(use_tex):
                                 # d(tx, ty) / d(u, v) = (Wt, -Ht), 0 where the lookup is clamped; then the corners'
                                 # uvs through the barycentrics
                                 fx, fy = uu * Wt - 0.5, (1.0 - vv) * Ht - 0.5
                                 g_u = g_u * Wt if 0.0 < fx < Wt - 1.0 else 0.0
                                 g_v = -g_v * Ht if 0.0 < fy < Ht - 1.0 else 0.0
-                                ub = (cb * Bu + bu) * Fu + f
-                                _acc(g_uv, (ub, 0), g_u * w0, private)
-                                _acc(g_uv, (ub, 1), g_v * w0, private)
-                                _acc(g_uv, (ub, 2), g_u * w1, private)
-                                _acc(g_uv, (ub, 3), g_v * w1, private)
-                                _acc(g_uv, (ub, 4), g_u * w2, private)
-                                _acc(g_uv, (ub, 5), g_v * w2, private)
-                        d, cov = ld[k], lcv[k]
-                        _acc(g_opac, (cb * Bo + bo, f), ga * cov, private)
+                                q = r_uv + f * 6
+                                _acc(gbuf, q, g_u * w0, private)
+                                _acc(gbuf, q + 1, g_v * w0, private)
+                                _acc(gbuf, q + 2, g_u * w1, private)
+                                _acc(gbuf, q + 3, g_v * w1, private)
+                                _acc(gbuf, q + 4, g_u * w2, private)
+                                _acc(gbuf, q + 5, g_v * w2, private)
+                        _acc(gbuf, r_opac + f, ga * cov, private)
                         if d > 0:
-                            # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q on the nearest edge
-                            _dist_grad(xy, faces, g_xy, b, cb * Bx + b, f, le[k], x, y, -ga * a / sigma * ndc2, private)
+                            # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q the closest point of the
+                            # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
+                            # d|p - q|^2/dq . dq/dt = 0 inside it): raster._edge_grad's steps
+                            gd = -ga * a * inv_sigma * ndc2
+                            L = ex * ex + ey * ey
+                            t = 0.0
+                            if L > 0:
+                                t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
+                            rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
+                            qu = r_xy + (i0 if e == 0 else (i1 if e == 1 else i2)) * 2
+                            qv = r_xy + (i1 if e == 0 else (i2 if e == 1 else i0)) * 2
+                            _acc(gbuf, qu, gd * 2.0 * rx * (1.0 - t), private)
+                            _acc(gbuf, qu + 1, gd * 2.0 * ry * (1.0 - t), private)
+                            _acc(gbuf, qv, gd * 2.0 * rx * t, private)
+                            _acc(gbuf, qv + 1, gd * 2.0 * ry * t, private)
                         R = a * v + (1.0 - a) * R
 
 
@@ -407,9 +446,13 @@ class SoftMesh(bridge.Op):
     def backward(self, saved, grads):
         vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn_shape = saved
         B, H, W, K = p2f.shape
-        # private copies while zeroing and summing them costs less than the pixels' K layers, else atomics
-        n_chunks, private = _hard_copies(B, H, W * K, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
-                                         + opacity.numel() + uvc.numel())
+        # private copies while zeroing and summing them costs less than the pixels' K layers (fewer copies, down
+        # to 2, where that fits: at 51k faces and 256^2, 4 copies beat 8 by ~20 % and atomics too), else atomics
+        n_chunks, private = _scatter_copies(B * H)
+        if private:
+            fit = 4 * B * H * W * K // max(1, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
+                                            + opacity.numel() + uvc.numel())
+            n_chunks, private = (min(n_chunks, fit), True) if fit >= 2 else (max(B * H, 1), False)
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
         # scattered gradients: nc copies stacked on dim 0 of each, all views of one zeroed buffer (one fill, not
@@ -443,10 +486,11 @@ class SoftMesh(bridge.Op):
         if g_rgb is None:
             g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw)
         dummy = torch.zeros(1, 1, 1, **kw)
+        o = [(v.data_ptr() - buf.data_ptr()) // buf.element_size() for v in views]
         _soft_bwd(screen, fd, faces, p2f, attr, shade, opacity, background, tex, uvc, g_rgb,
-                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp,
-                  g_xy, g_attr, g_shade, g_opac, g_bg, g_tex.view(-1, tex.shape[3]), g_uv.view(-1, 6), self.per_face,
-                  self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
+                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf,
+                  g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
+                  self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
                   int(g_dep is not None), int(g_alp is not None), self.K, attr.shape[2])
         if nc > 1:
             # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
