@@ -219,18 +219,36 @@ def _pix_range(lo, hi, n):
     return ti.max(p0, 0), ti.min(p1, n - 1)
 
 
+@ti.func
+def _bary_at(ax, ay, g0, g1, g2, g3, x, y):
+    # screen-space barycentrics of (x, y) from corner a and the gradients of w0, w1 (_WGR)
+    dx, dy = x - ax, y - ay
+    w0 = 1.0 + g0 * dx + g1 * dy
+    w1 = g2 * dx + g3 * dy
+    return w0, w1, 1.0 - w0 - w1
+
+
 _NSPAN = 10
 """Columns of a face's spans row (_bin_setup): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles, tile rows."""
+_NPK = 8
+"""Words of a face's packed binning record (_bin_setup's pk)."""
+_BM = 8
+"""Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
+_NCO = 6
+"""Words of a coarse (tile-row) entry in _bin_lists."""
 
 
 @lean
 @ti.kernel
 def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-               spans: ti.types.ndarray(), F: int, margin: float, near: float, W: int, H: int):
+               spans: ti.types.ndarray(), pk: ti.types.ndarray(), F: int, margin: float, near: float, W: int, H: int):
     # each face's record (_face_setup; fd flat (B * F * _NREC)), then its spans row (spans flat (B * F * _NSPAN)):
     # the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box (every tile holding one of them gets the
     # face), the pixels in its own box grown by 0.01 px (u0, u1, v0, v1: the inside test covers those), and its
-    # number of tiles and of tile rows (0 if not binned)
+    # number of tiles and of tile rows (0 if not binned). pk (B * F * _NPK, for _bin_lists): x0 | x1 << 16,
+    # y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel centre), then, for an own box of
+    # at most _BM x _BM pixels, the pixels it may hold (every barycentric >= -_IN_EPS: _inside_bits' test) as a
+    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1 (_bin_lists tests those itself)
     for b, f in ti.ndrange(screen.shape[0], F):
         r = (b * F + f) * _NREC
         _face_setup(screen, faces, fd, b, f, r, margin, near)
@@ -248,6 +266,27 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
         spans[s], spans[s + 1], spans[s + 2], spans[s + 3] = x0, x1, y0, y1
         spans[s + 4], spans[s + 5], spans[s + 6], spans[s + 7] = u0, u1, v0, v1
         spans[s + 8], spans[s + 9] = nt, nr
+        uu, vv, lo, hi, big = 0, 1, 0, 0, 0
+        if u0 <= u1 and v0 <= v1:
+            uu, vv = u0 | (u1 << 16), v0 | (v1 << 16)
+            if u1 - u0 < _BM and v1 - v0 < _BM:
+                g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+                for py in range(v0, v1 + 1):
+                    bits = 0
+                    for c in ti.static(range(_BM)):
+                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                    bits &= (1 << (u1 - u0 + 1)) - 1
+                    k = py - v0
+                    if k < 32 // _BM:
+                        lo |= bits << (_BM * k)
+                    else:
+                        hi |= bits << (_BM * (k - 32 // _BM))
+            else:
+                big = 1
+        q = (b * F + f) * _NPK
+        pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
+        pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
 
 
 @ti.func
@@ -308,20 +347,12 @@ def _depth_key(z, wide: ti.template()):
     return k
 
 
-@ti.func
-def _bary_at(ax, ay, g0, g1, g2, g3, x, y):
-    # screen-space barycentrics of (x, y) from corner a and the gradients of w0, w1 (_WGR)
-    dx, dy = x - ax, y - ay
-    w0 = 1.0 + g0 * dx + g1 * dy
-    w1 = g2 * dx + g3 * dy
-    return w0, w1, 1.0 - w0 - w1
-
-
 @lean
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               rows: ti.types.ndarray(), coarse: ti.types.ndarray(), cursor: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), coarse: ti.types.ndarray(),
+               cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, wide: ti.template()):
     # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
@@ -403,20 +434,26 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
         fin = kb + (npass % 2) * F
         for i in range(n):
             f = ids[fin + i]
-            sf = (b * F + f) * _NSPAN
-            x0, x1, y0, y1 = spans[sf], spans[sf + 1], spans[sf + 2], spans[sf + 3]
-            u0, u1, v0, v1 = spans[sf + 4], spans[sf + 5], spans[sf + 6], spans[sf + 7]
-            xx, uu = x0 | (x1 << 16), u0 | (u1 << 16)
+            q = (b * F + f) * _NPK
+            xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
+            lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
+            y0, y1, v0, v1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF, vv & 0xFFFF, (vv >> 16) & 0xFFFF
             for ty in range(y0 // TILE, y1 // TILE + 1):
                 p0, p1 = ty * TILE, ty * TILE + TILE - 1
                 rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
                 w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
-                if u0 <= u1 and ti.max(v0, p0) <= ti.min(v1, p1):
-                    w |= (1 << 16) | ((ti.max(v0, p0) - p0) << 17) | ((ti.min(v1, p1) - p0) << 19)
+                o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
+                b0, b1 = 0, 0
+                if o0 <= o1:
+                    # own-box pixel rows o0..o1 in this tile row: their bitmap rows (o0 - v0 ..) at bits 22..
+                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | (big << 21) | ((o0 - v0) << 22)
+                    b0, b1 = lo, hi
                 rc = rb + 3 * ty + 2
                 j = rows[rc]
                 rows[rc] = j + 1
-                coarse[4 * j], coarse[4 * j + 1], coarse[4 * j + 2], coarse[4 * j + 3] = f, xx, w, uu
+                c = _NCO * j
+                coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3] = f, xx, w, uu
+                coarse[c + 4], coarse[c + 5] = b0, b1
     ti.loop_config(block_dim=1)
     for row in range(B * ty_n):
         b, ty = row // ty_n, row % ty_n
@@ -426,7 +463,7 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
         for tx in range(tx_n):
             cursor[cb + tx] = 0
         for j in range(c0, c1):
-            x = coarse[4 * j + 1]
+            x = coarse[_NCO * j + 1]
             t0, t1 = cb + (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
             cursor[t0] = cursor[t0] + 1
             if t1 < tx_n:
@@ -437,27 +474,39 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
             counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
             e += run
         for j in range(c0, c1):
-            f, x, w, u = coarse[4 * j], coarse[4 * j + 1], coarse[4 * j + 2], coarse[4 * j + 3]
+            c = _NCO * j
+            f, x, w, u, lo, hi = coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3], coarse[c + 4], coarse[c + 5]
             x0, x1, u0, u1 = x & 0xFFFF, (x >> 16) & 0xFFFF, u & 0xFFFF, (u >> 16) & 0xFFFF
+            r0, r1, big, k0 = (w >> 17) & 3, (w >> 19) & 3, (w >> 21) & 1, (w >> 22) & 7
+            own = (w >> 16) & 1
             ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-            own = 0
-            if w & (1 << 16):
+            if own == 1 and big == 1:
                 r = (b * F + f) * _NREC
                 ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
                 g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-                vlo, vhi = (w >> 17) & 3, (w >> 19) & 3
-                own = ((1 << (TILE * (vhi + 1))) - 1) ^ ((1 << (TILE * vlo)) - 1)
             for tx in range(x0 // TILE, x1 // TILE + 1):
                 clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
                 m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
-                if own != 0 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
-                    clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
-                    inside = 0
-                    for q in ti.static(range(TILE * TILE)):
-                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + q % TILE + 0.5,
-                                              ty * TILE + q // TILE + 0.5)
-                        inside |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << q, 0)
-                    m |= (inside & own & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)) << _IN_SHIFT
+                if own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
+                    if big == 1:
+                        # the tile's 16 pixel centres tested at once, kept within the own box
+                        clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
+                        own_m = ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP) & (
+                            ((1 << (TILE * (r1 + 1))) - 1) ^ ((1 << (TILE * r0)) - 1))
+                        inside = 0
+                        for q in ti.static(range(TILE * TILE)):
+                            w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + q % TILE + 0.5,
+                                                  ty * TILE + q // TILE + 0.5)
+                            inside |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << q, 0)
+                        m |= (inside & own_m) << _IN_SHIFT
+                    else:
+                        # from the set-up bitmap: row k of it holds own-box row v0 + k, bit c column u0 + c
+                        sh = tx * TILE - u0
+                        for pr in range(r0, r1 + 1):
+                            k = k0 + pr - r0
+                            bits = ((lo if k < 32 // _BM else hi) >> (_BM * (k % (32 // _BM)))) & ((1 << _BM) - 1)
+                            bits = (bits >> ti.max(sh, 0)) << ti.max(-sh, 0)
+                            m |= (bits & ((1 << TILE) - 1)) << (pr * TILE + _IN_SHIFT)
                 t = cb + tx
                 slot = cursor[t]
                 cursor[t] = slot + 1
@@ -814,7 +863,8 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     assert W < 1 << 16 and H < 1 << 16, "tile lists pack pixel columns in 16 bits"
     fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
     spans = torch.empty(B, F, _NSPAN, dtype=torch.int32, device=dev)
-    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), F, margin, near, W, H)
+    pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
+    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
     tot = spans[..., 8:].sum(1)                        # (B, 2): tile entries, tile rows spanned
     n, n_rows = (int(v) for v in tot.sum(0).tolist())
     counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
@@ -826,7 +876,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         i32 = dict(dtype=torch.int32, device=dev)
         _bin_lists(fd.view(-1), spans.view(-1), start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
                    torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
-                   torch.empty(B * (ty_n + 1) * 3, **i32), torch.empty(max(n_rows, 1) * 4, **i32),
+                   pk, torch.empty(B * (ty_n + 1) * 3, **i32), torch.empty(max(n_rows, 1) * _NCO, **i32),
                    torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
                    tx_n, dt == torch.float64)
     else:
