@@ -489,16 +489,15 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
                 if own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
                     if big == 1:
-                        # the tile's 16 pixel centres tested at once, kept within the own box
+                        # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel centres at once
                         clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
-                        own_m = ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP) & (
-                            ((1 << (TILE * (r1 + 1))) - 1) ^ ((1 << (TILE * r0)) - 1))
-                        inside = 0
-                        for q in ti.static(range(TILE * TILE)):
-                            w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + q % TILE + 0.5,
-                                                  ty * TILE + q // TILE + 0.5)
-                            inside |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << q, 0)
-                        m |= (inside & own_m) << _IN_SHIFT
+                        cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
+                        for pr in range(r0, r1 + 1):
+                            bits = 0
+                            for c in ti.static(range(TILE)):
+                                w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5, ty * TILE + pr + 0.5)
+                                bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                            m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
                     else:
                         # from the set-up bitmap: row k of it holds own-box row v0 + k, bit c column u0 + c
                         sh = tx * TILE - u0
