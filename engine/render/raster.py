@@ -356,21 +356,22 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, wide: ti.template()):
     # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
-    # and no array element is updated in place with +=, which Taichi makes atomic): fd, spans as _bin_setup wrote
-    # them; start (B, 2): where batch b's entries and coarse entries begin; scratch keys, ids (B, 2, F), hist
-    # (B, _NPASS, 2^_RADIX), rows (B, tiles_y + 1, 3), coarse (rows spanned, 4), cursor (B, tiles_y, tiles_x);
-    # out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
-    # 1. One task per batch: its binned faces sorted by (nearest vertex depth, face id) by a stable LSD radix sort
-    #    of their depth keys (only the bits in which the keys differ), then appended in that order to the lists of
-    #    the tile rows they span, as coarse entries (face, pixel columns x0 | x1 << 16, the row's pixel rows as a
-    #    tile mask | bit 16 if the face's own box meets the row | its first and last own-box pixel row in the tile
-    #    at bits 17 and 19, own-box columns u0 | u1 << 16). rows: each tile row's coarse start, entries start,
-    #    coarse cursor.
+    # and no array element is updated in place with +=, which Taichi makes atomic): fd, spans, pk as _bin_setup
+    # wrote them; start (B, 2): where batch b's entries and coarse entries begin; scratch keys, ids (B, 2, F), hist
+    # (B, _NPASS, 2^_RADIX), rows (B, tiles_y + 1, 3), coarse (tile rows spanned, _NCO), cursor (B, tiles_y,
+    # tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
+    # 1. One task per batch: its binned faces sorted by (nearest vertex depth, face id) with a stable LSD radix
+    #    sort of their depth keys (only the bits in which the keys differ), then appended in that order to the lists
+    #    of the tile rows they span, as coarse entries: face, pixel columns x0 | x1 << 16, a word w (the row's pixel
+    #    rows as a tile mask; if the face's own box meets the row: bit 16, its first and last own-box pixel row in
+    #    the tile at bits 17 and 19, bit 21 if the box has no bitmap, the bitmap row of that first pixel row at
+    #    bits 22..), own-box columns u0 | u1 << 16, the two bitmap words. Each face's packed record (pk) is read
+    #    once, in depth order. rows: each tile row's coarse start, entries start, coarse cursor.
     # 2. One task per tile row: its tiles' counts and offsets, then its coarse list walked in order, each face
-    #    appended to its tiles with its pixel masks (bits 0..15 the grown box, 16.. the pixels it may hold: every
-    #    barycentric >= -_IN_EPS, tested at the tile's 16 pixel centres, kept within the own box). Each tile list
-    #    comes out sorted front to back and each row's lists are written by one task in a region of their own
-    #    (deterministic, no atomics, a working set in cache).
+    #    appended to its tiles with its pixel masks (bits 0..15 the grown box, 16.. the pixels it may hold: from
+    #    the set-up bitmap, or for a large own box tested here as _inside_bits does). Each tile list comes out
+    #    sorted front to back and each row's lists are written by one task in a region of their own
+    #    (deterministic, no atomics, a small working set).
     # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few
     # batches and rows over the threads.
     M = (1 << _RADIX) - 1
