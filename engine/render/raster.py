@@ -375,7 +375,7 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
     # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few
     # batches and rows over the threads.
     M = (1 << _RADIX) - 1
-    ti.loop_config(block_dim=1)
+    ti.loop_config(serialize=True)
     for b in range(B):
         rb, kb, hb = b * (ty_n + 1) * 3, b * 2 * F, b * (_NPASS << _RADIX)
         for r in range(ty_n + 1):
