@@ -865,12 +865,15 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     spans = torch.empty(B, F, _NSPAN, dtype=torch.int32, device=dev)
     pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
     _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
-    tot = spans[..., 8:].sum(1)                        # (B, 2): tile entries, tile rows spanned
+    cpu = backend.settings().resolved_arch in ("x64", "arm64")
+    # (B, 2): tile entries, tile rows spanned; on CPU summed by numpy (single-threaded: a torch reduction over the
+    # faces is an OpenMP region that waits ms for a descheduled thread on a busy machine)
+    tot = torch.from_numpy(spans.numpy()[..., 8:].sum(1, dtype=np.int64)) if cpu else spans[..., 8:].sum(1)
     n, n_rows = (int(v) for v in tot.sum(0).tolist())
     counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
     bins = torch.empty(max(n, 1), 2, dtype=torch.int32, device=dev)
-    if backend.settings().resolved_arch in ("x64", "arm64"):
+    if cpu:
         # CPU: one kernel sorts the faces by depth and fills the lists (``_bin_lists``)
         start = (torch.cumsum(tot, 0) - tot).to(torch.int32)
         i32 = dict(dtype=torch.int32, device=dev)
