@@ -529,7 +529,7 @@ def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.ty
                  start: ti.types.ndarray(),
                  keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int):
     # GPU: one work item per face writes its (face, mask) entries at its own offset ``start`` with the sort key
-    # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_fill's lists
+    # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_lists' lists
     F = spans.shape[1]
     for b, i in ti.ndrange(spans.shape[0], F):
         x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
