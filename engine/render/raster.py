@@ -868,7 +868,11 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     cpu = backend.settings().resolved_arch in ("x64", "arm64")
     # (B, 2): tile entries, tile rows spanned; on CPU summed by numpy (single-threaded: a torch reduction over the
     # faces is an OpenMP region that waits ms for a descheduled thread on a busy machine)
-    tot = torch.from_numpy(spans.numpy()[..., 8:].sum(1, dtype=np.int64)) if cpu else spans[..., 8:].sum(1)
+    if cpu:
+        sp = spans.numpy()
+        tot = torch.from_numpy(np.stack([sp[..., 8].sum(1), sp[..., 9].sum(1)], 1).astype(np.int64))
+    else:
+        tot = spans[..., 8:].sum(1)
     n, n_rows = (int(v) for v in tot.sum(0).tolist())
     counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
