@@ -152,7 +152,7 @@ def project(verts: torch.Tensor, camera: Camera) -> torch.Tensor:
     return screen
 
 
-# per-face record written once by _face_setup (in _bin_count), read by binning and the K-nearest pass (one row per
+# per-face record written once by _face_setup (in _bin_setup), read by binning and the K-nearest pass (one row per
 # face):
 _BOX = 0      # 4: bbox grown by the blur margin (xmin, xmax, ymin, ymax); empty (1, -1, 1, -1) if the face is skipped
 _VXY = 4      # 6: screen vertices a, b, c (x, y)
@@ -168,35 +168,37 @@ _IN_EPS = 1e-4  # _inside_bits marks a pixel when every barycentric is >= -_IN_E
 
 
 @ti.func
-def _face_setup(screen: ti.template(), faces: ti.template(), fd: ti.template(), b, f, margin, near):
-    # face f's record; a face is skipped (empty box, never binned) if a vertex is at depth <= near or it has no area
+def _face_setup(screen: ti.template(), faces: ti.template(), fd: ti.template(), b, f, r, margin, near):
+    # face f's record at fd[r:r + _NREC] (fd flat); a face is skipped (empty box, never binned) if a vertex is at
+    # depth <= near or it has no area. Each value is stored once (a flat index needs no shape reloads per store).
     i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
     ax, ay, az = screen[b, i0, 0], screen[b, i0, 1], screen[b, i0, 2]
     bx, by, bz = screen[b, i1, 0], screen[b, i1, 1], screen[b, i1, 2]
     cx, cy, cz = screen[b, i2, 0], screen[b, i2, 1], screen[b, i2, 2]
     area = _edge(ax, ay, bx, by, cx, cy)
-    for j in ti.static(range(_NREC)):
-        fd[b, f, j] = 0.0
-    fd[b, f, _BOX], fd[b, f, _BOX + 1], fd[b, f, _BOX + 2], fd[b, f, _BOX + 3] = 1.0, -1.0, 1.0, -1.0
     if az > near and bz > near and cz > near and ti.abs(area) >= 1e-12:
-        fd[b, f, _BOX] = ti.min(ax, bx, cx) - margin
-        fd[b, f, _BOX + 1] = ti.max(ax, bx, cx) + margin
-        fd[b, f, _BOX + 2] = ti.min(ay, by, cy) - margin
-        fd[b, f, _BOX + 3] = ti.max(ay, by, cy) + margin
-        fd[b, f, _VXY], fd[b, f, _VXY + 1] = ax, ay
-        fd[b, f, _VXY + 2], fd[b, f, _VXY + 3] = bx, by
-        fd[b, f, _VXY + 4], fd[b, f, _VXY + 5] = cx, cy
+        fd[r + _BOX] = ti.min(ax, bx, cx) - margin
+        fd[r + _BOX + 1] = ti.max(ax, bx, cx) + margin
+        fd[r + _BOX + 2] = ti.min(ay, by, cy) - margin
+        fd[r + _BOX + 3] = ti.max(ay, by, cy) + margin
+        fd[r + _VXY], fd[r + _VXY + 1] = ax, ay
+        fd[r + _VXY + 2], fd[r + _VXY + 3] = bx, by
+        fd[r + _VXY + 4], fd[r + _VXY + 5] = cx, cy
         ia = 1.0 / area
-        fd[b, f, _WGR], fd[b, f, _WGR + 1] = (by - cy) * ia, (cx - bx) * ia
-        fd[b, f, _WGR + 2], fd[b, f, _WGR + 3] = (cy - ay) * ia, (ax - cx) * ia
-        fd[b, f, _IZ], fd[b, f, _IZ + 1], fd[b, f, _IZ + 2] = 1.0 / az, 1.0 / bz, 1.0 / cz
+        fd[r + _WGR], fd[r + _WGR + 1] = (by - cy) * ia, (cx - bx) * ia
+        fd[r + _WGR + 2], fd[r + _WGR + 3] = (cy - ay) * ia, (ax - cx) * ia
+        fd[r + _IZ], fd[r + _IZ + 1], fd[r + _IZ + 2] = 1.0 / az, 1.0 / bz, 1.0 / cz
         lab = (bx - ax) ** 2 + (by - ay) ** 2
         lbc = (cx - bx) ** 2 + (cy - by) ** 2
         lca = (ax - cx) ** 2 + (ay - cy) ** 2
         a2 = area * area
-        fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2] = a2 / lbc, a2 / lca, a2 / lab
-        fd[b, f, _IL], fd[b, f, _IL + 1], fd[b, f, _IL + 2] = 1.0 / lab, 1.0 / lbc, 1.0 / lca
-        fd[b, f, _ZMIN] = ti.min(az, bz, cz)
+        fd[r + _H2], fd[r + _H2 + 1], fd[r + _H2 + 2] = a2 / lbc, a2 / lca, a2 / lab
+        fd[r + _IL], fd[r + _IL + 1], fd[r + _IL + 2] = 1.0 / lab, 1.0 / lbc, 1.0 / lca
+        fd[r + _ZMIN] = ti.min(az, bz, cz)
+    else:
+        for j in ti.static(range(_NREC)):
+            fd[r + j] = 0.0
+        fd[r + _BOX], fd[r + _BOX + 1], fd[r + _BOX + 2], fd[r + _BOX + 3] = 1.0, -1.0, 1.0, -1.0
 
 
 @ti.func
@@ -217,26 +219,74 @@ def _pix_range(lo, hi, n):
     return ti.max(p0, 0), ti.min(p1, n - 1)
 
 
+@ti.func
+def _bary_at(ax, ay, g0, g1, g2, g3, x, y):
+    # screen-space barycentrics of (x, y) from corner a and the gradients of w0, w1 (_WGR)
+    dx, dy = x - ax, y - ay
+    w0 = 1.0 + g0 * dx + g1 * dy
+    w1 = g2 * dx + g3 * dy
+    return w0, w1, 1.0 - w0 - w1
+
+
+_NSPAN = 10
+"""Columns of a face's spans row (_bin_setup): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles, tile rows."""
+_NPK = 8
+"""Words of a face's packed binning record (_bin_setup's pk)."""
+_BM = 8
+"""Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
+_NCO = 6
+"""Words of a coarse (tile-row) entry in _bin_lists."""
+
+
 @lean
 @ti.kernel
-def _bin_count(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-               counts: ti.types.ndarray(), spans: ti.types.ndarray(), margin: float, near: float, W: int, H: int):
-    # each face's record (_face_setup), then its spans: the pixels (x0, x1, y0, y1) whose centres lie in the face's
-    # grown box (every tile holding one of them gets the face), then the pixels in its own box grown by 0.01 px
-    # (_inside_bits tests those); one launch
-    for b, f in ti.ndrange(fd.shape[0], fd.shape[1]):
-        _face_setup(screen, faces, fd, b, f, margin, near)
-        x0, x1 = _pix_range(fd[b, f, _BOX], fd[b, f, _BOX + 1], W)
-        y0, y1 = _pix_range(fd[b, f, _BOX + 2], fd[b, f, _BOX + 3], H)
-        spans[b, f, 0], spans[b, f, 1], spans[b, f, 2], spans[b, f, 3] = x0, x1, y0, y1
-        ax, ay, bx, by = fd[b, f, _VXY], fd[b, f, _VXY + 1], fd[b, f, _VXY + 2], fd[b, f, _VXY + 3]
-        cx, cy = fd[b, f, _VXY + 4], fd[b, f, _VXY + 5]
+def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
+               spans: ti.types.ndarray(), pk: ti.types.ndarray(), F: int, margin: float, near: float, W: int, H: int):
+    # each face's record (_face_setup; fd flat (B * F * _NREC)), then its spans row (spans flat (B * F * _NSPAN)):
+    # the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box (every tile holding one of them gets the
+    # face), the pixels in its own box grown by 0.01 px (u0, u1, v0, v1: the inside test covers those), and its
+    # number of tiles and of tile rows (0 if not binned). pk (B * F * _NPK, for _bin_lists): x0 | x1 << 16,
+    # y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel centre), then, for an own box of
+    # at most _BM x _BM pixels, the pixels it may hold (every barycentric >= -_IN_EPS: _inside_bits' test) as a
+    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1 (_bin_lists tests those itself)
+    for b, f in ti.ndrange(screen.shape[0], F):
+        r = (b * F + f) * _NREC
+        _face_setup(screen, faces, fd, b, f, r, margin, near)
+        x0, x1 = _pix_range(fd[r + _BOX], fd[r + _BOX + 1], W)
+        y0, y1 = _pix_range(fd[r + _BOX + 2], fd[r + _BOX + 3], H)
+        ax, ay, bx, by = fd[r + _VXY], fd[r + _VXY + 1], fd[r + _VXY + 2], fd[r + _VXY + 3]
+        cx, cy = fd[r + _VXY + 4], fd[r + _VXY + 5]
         u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
         v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
-        spans[b, f, 4], spans[b, f, 5], spans[b, f, 6], spans[b, f, 7] = u0, u1, v0, v1
+        nt, nr = 0, 0
         if x0 <= x1 and y0 <= y1:
-            for ty, tx in ti.ndrange((y0 // TILE, y1 // TILE + 1), (x0 // TILE, x1 // TILE + 1)):
-                ti.atomic_add(counts[b, ty, tx], 1)
+            nr = y1 // TILE - y0 // TILE + 1
+            nt = nr * (x1 // TILE - x0 // TILE + 1)
+        s = (b * F + f) * _NSPAN
+        spans[s], spans[s + 1], spans[s + 2], spans[s + 3] = x0, x1, y0, y1
+        spans[s + 4], spans[s + 5], spans[s + 6], spans[s + 7] = u0, u1, v0, v1
+        spans[s + 8], spans[s + 9] = nt, nr
+        uu, vv, lo, hi, big = 0, 1, 0, 0, 0
+        if u0 <= u1 and v0 <= v1:
+            uu, vv = u0 | (u1 << 16), v0 | (v1 << 16)
+            if u1 - u0 < _BM and v1 - v0 < _BM:
+                g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+                for py in range(v0, v1 + 1):
+                    bits = 0
+                    for c in ti.static(range(_BM)):
+                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                    bits &= (1 << (u1 - u0 + 1)) - 1
+                    k = py - v0
+                    if k < 32 // _BM:
+                        lo |= bits << (_BM * k)
+                    else:
+                        hi |= bits << (_BM * (k - 32 // _BM))
+            else:
+                big = 1
+        q = (b * F + f) * _NPK
+        pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
+        pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
 
 
 @ti.func
@@ -265,47 +315,212 @@ def _inside_bits(fd: ti.template(), spans: ti.template(), b, f, s, ty, tx):
     return m
 
 
+_RADIX = 11
+"""Bits per pass of _bin_lists' radix sort of the faces' depth keys."""
+_NPASS = 6
+"""Most radix passes (64-bit keys)."""
+_REP = ((1 << TILE * TILE) - 1) // ((1 << TILE) - 1)
+"""Bit 0 of every pixel row of a tile's mask: (columns) * _REP repeats a column mask in each row."""
+
+
+@ti.func
+def _depth_key(z, wide: ti.template()):
+    # an unsigned 64-bit key with the order of the depth z (f32, or f64 if wide): the float's bits with negative
+    # values' magnitude bits flipped, the sign bit flipped (so signed order becomes unsigned), -0 as +0
+    k = ti.cast(0, ti.u64)
+    if ti.static(wide):
+        i = ti.bit_cast(z, ti.i64)
+        top = ti.cast(1, ti.i64) << 63
+        if i == top:
+            i = 0
+        if i < 0:
+            i ^= ~top
+        k = ti.cast(i ^ top, ti.u64)
+    else:
+        i = ti.bit_cast(z, ti.i32)
+        top = ti.cast(1, ti.i32) << 31
+        if i == top:
+            i = 0
+        if i < 0:
+            i ^= ~top
+        k = ti.cast(ti.cast(i ^ top, ti.u32), ti.u64)
+    return k
+
+
 @lean
 @ti.kernel
-def _bin_fill(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
-              cursor: ti.types.ndarray(), bins: ti.types.ndarray()):
-    # CPU: faces in ``order`` (nearest vertex first; spans in that order too, read in sequence; cursor: each tile's
-    # next free slot, starting at its offset), appended to their tiles' lists by
-    # one task (deterministic lists, no atomics), so every tile list comes out sorted front to back: a pixel's
-    # K-nearest list fills with near faces early and most far blur-only candidates are rejected on their nearest
-    # vertex's depth alone. Each entry is (face, pixel masks) (``_tile_mask``, ``_inside_bits``): _knn tests one
-    # bit per entry instead of the box.
+def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
+               keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), coarse: ti.types.ndarray(),
+               cursor: ti.types.ndarray(),
+               offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
+               ty_n: int, tx_n: int, wide: ti.template()):
+    # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
+    # and no array element is updated in place with +=, which Taichi makes atomic): fd, spans, pk as _bin_setup
+    # wrote them; start (B, 2): where batch b's entries and coarse entries begin; scratch keys, ids (B, 2, F), hist
+    # (B, _NPASS, 2^_RADIX), rows (B, tiles_y + 1, 3), coarse (tile rows spanned, _NCO), cursor (B, tiles_y,
+    # tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
+    # 1. One task per batch: its binned faces sorted by (nearest vertex depth, face id) with a stable LSD radix
+    #    sort of their depth keys (only the bits in which the keys differ), then appended in that order to the lists
+    #    of the tile rows they span, as coarse entries: face, pixel columns x0 | x1 << 16, a word w (the row's pixel
+    #    rows as a tile mask; if the face's own box meets the row: bit 16, its first and last own-box pixel row in
+    #    the tile at bits 17 and 19, bit 21 if the box has no bitmap, the bitmap row of that first pixel row at
+    #    bits 22..), own-box columns u0 | u1 << 16, the two bitmap words. Each face's packed record (pk) is read
+    #    once, in depth order. rows: each tile row's coarse start, entries start, coarse cursor.
+    # 2. One task per tile row: its tiles' counts and offsets, then its coarse list walked in order, each face
+    #    appended to its tiles with its pixel masks (bits 0..15 the grown box, 16.. the pixels it may hold: from
+    #    the set-up bitmap, or for a large own box tested here as _inside_bits does). Each tile list comes out
+    #    sorted front to back and each row's lists are written by one task in a region of their own
+    #    (deterministic, no atomics, a small working set).
+    # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few
+    # batches and rows over the threads.
+    M = (1 << _RADIX) - 1
     ti.loop_config(serialize=True)
-    for b in range(spans.shape[0]):
-        for i in range(spans.shape[1]):
-            x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
-            if x0 <= x1 and y0 <= y1:
-                f = order[b, i]
-                for ty in range(y0 // TILE, y1 // TILE + 1):
-                    for tx in range(x0 // TILE, x1 // TILE + 1):
-                        slot = cursor[b, ty, tx]
-                        bins[slot, 0] = f
-                        bins[slot, 1] = _tile_mask(x0, x1, y0, y1, ty, tx) | _inside_bits(fd, spans, b, f, i, ty, tx)
-                        cursor[b, ty, tx] = slot + 1
+    for b in range(B):
+        rb, kb, hb = b * (ty_n + 1) * 3, b * 2 * F, b * (_NPASS << _RADIX)
+        for r in range(ty_n + 1):
+            rows[rb + 3 * r], rows[rb + 3 * r + 1] = 0, 0
+        kmin, kmax = ~ti.cast(0, ti.u64), ti.cast(0, ti.u64)
+        n = 0
+        for f in range(F):
+            sf = (b * F + f) * _NSPAN
+            if spans[sf + 8] > 0:
+                k = _depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide)
+                keys[kb + n], ids[kb + n] = ti.cast(k, ti.i64), f
+                n += 1
+                kmin, kmax = ti.min(kmin, k), ti.max(kmax, k)
+                r0, r1 = rb + 3 * (spans[sf + 2] // TILE), rb + 3 * (spans[sf + 3] // TILE + 1)
+                nc = spans[sf + 1] // TILE - spans[sf] // TILE + 1
+                rows[r0] = rows[r0] + 1
+                rows[r1] = rows[r1] - 1
+                rows[r0 + 1] = rows[r0 + 1] + nc
+                rows[r1 + 1] = rows[r1 + 1] - nc
+        # radix sort: as many digits of (key - kmin) as its largest value needs
+        npass = 0
+        sp = kmax - kmin if n > 0 else ti.cast(0, ti.u64)
+        while sp != 0:
+            npass += 1
+            sp = sp >> _RADIX
+        for d in range(npass << _RADIX):
+            hist[hb + d] = 0
+        for i in range(n):
+            k = ti.cast(keys[kb + i], ti.u64) - kmin
+            for p in range(npass):
+                h = hb + (p << _RADIX) + ti.cast((k >> (p * _RADIX)) & M, ti.i32)
+                hist[h] = hist[h] + 1
+        for p in range(npass):
+            run = 0
+            for d in range(1 << _RADIX):
+                c = hist[hb + (p << _RADIX) + d]
+                hist[hb + (p << _RADIX) + d] = run
+                run += c
+        for p in range(npass):
+            src, dst = kb + (p % 2) * F, kb + (1 - p % 2) * F
+            for i in range(n):
+                k = keys[src + i]
+                h = hb + (p << _RADIX) + ti.cast(((ti.cast(k, ti.u64) - kmin) >> (p * _RADIX)) & M, ti.i32)
+                j = hist[h]
+                hist[h] = j + 1
+                keys[dst + j], ids[dst + j] = k, ids[src + i]
+        # each tile row's coarse list and entries start (prefix sums of the per-row differences above)
+        c, e = start[2 * b + 1], start[2 * b]
+        nf, ne = 0, 0
+        for r in range(ty_n):
+            nf += rows[rb + 3 * r]
+            ne += rows[rb + 3 * r + 1]
+            rows[rb + 3 * r], rows[rb + 3 * r + 1], rows[rb + 3 * r + 2] = c, e, c
+            c += nf
+            e += ne
+        rows[rb + 3 * ty_n], rows[rb + 3 * ty_n + 1] = c, e
+        fin = kb + (npass % 2) * F
+        for i in range(n):
+            f = ids[fin + i]
+            q = (b * F + f) * _NPK
+            xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
+            lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
+            y0, y1, v0, v1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF, vv & 0xFFFF, (vv >> 16) & 0xFFFF
+            for ty in range(y0 // TILE, y1 // TILE + 1):
+                p0, p1 = ty * TILE, ty * TILE + TILE - 1
+                rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
+                w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
+                o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
+                b0, b1 = 0, 0
+                if o0 <= o1:
+                    # own-box pixel rows o0..o1 in this tile row: their bitmap rows (o0 - v0 ..) at bits 22..
+                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | (big << 21) | ((o0 - v0) << 22)
+                    b0, b1 = lo, hi
+                rc = rb + 3 * ty + 2
+                j = rows[rc]
+                rows[rc] = j + 1
+                c = _NCO * j
+                coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3] = f, xx, w, uu
+                coarse[c + 4], coarse[c + 5] = b0, b1
+    ti.loop_config(block_dim=1)
+    for row in range(B * ty_n):
+        b, ty = row // ty_n, row % ty_n
+        rr, cb = (b * (ty_n + 1) + ty) * 3, row * tx_n
+        c0, c1, e = rows[rr], rows[rr + 3], rows[rr + 1]
+        # the tiles' counts from differences over the columns, then their offsets
+        for tx in range(tx_n):
+            cursor[cb + tx] = 0
+        for j in range(c0, c1):
+            x = coarse[_NCO * j + 1]
+            t0, t1 = cb + (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
+            cursor[t0] = cursor[t0] + 1
+            if t1 < tx_n:
+                cursor[cb + t1] = cursor[cb + t1] - 1
+        run = 0
+        for tx in range(tx_n):
+            run += cursor[cb + tx]
+            counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
+            e += run
+        for j in range(c0, c1):
+            c = _NCO * j
+            f, x, w, u, lo, hi = coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3], coarse[c + 4], coarse[c + 5]
+            x0, x1, u0, u1 = x & 0xFFFF, (x >> 16) & 0xFFFF, u & 0xFFFF, (u >> 16) & 0xFFFF
+            r0, r1, big, k0 = (w >> 17) & 3, (w >> 19) & 3, (w >> 21) & 1, (w >> 22) & 7
+            own = (w >> 16) & 1
+            ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+            if own == 1 and big == 1:
+                r = (b * F + f) * _NREC
+                ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
+                g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+            for tx in range(x0 // TILE, x1 // TILE + 1):
+                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                if own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
+                    if big == 1:
+                        # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel centres at once
+                        clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
+                        cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
+                        for pr in range(r0, r1 + 1):
+                            bits = 0
+                            for c in ti.static(range(TILE)):
+                                w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5, ty * TILE + pr + 0.5)
+                                bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                            m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
+                    else:
+                        # from the set-up bitmap: row k of it holds own-box row v0 + k, bit c column u0 + c
+                        sh = tx * TILE - u0
+                        for pr in range(r0, r1 + 1):
+                            k = k0 + pr - r0
+                            bits = ((lo if k < 32 // _BM else hi) >> (_BM * (k % (32 // _BM)))) & ((1 << _BM) - 1)
+                            bits = (bits >> ti.max(sh, 0)) << ti.max(-sh, 0)
+                            m |= (bits & ((1 << TILE) - 1)) << (pr * TILE + _IN_SHIFT)
+                t = cb + tx
+                slot = cursor[t]
+                cursor[t] = slot + 1
+                bins[2 * slot], bins[2 * slot + 1] = f, m
 
 
 @lean
 @ti.kernel
-def _take_rows(src: ti.types.ndarray(), order: ti.types.ndarray(), dst: ti.types.ndarray(), serial: ti.template()):
-    # dst[b, i] = src[b, order[b, i]] (rows of ints); one task on CPU: a copy this small costs less than waking the
-    # worker threads on a busy machine
-    ti.loop_config(serialize=serial)
+def _take_rows(src: ti.types.ndarray(), order: ti.types.ndarray(), dst: ti.types.ndarray()):
+    # dst[b, i] = src[b, order[b, i]] (rows of ints)
     for b, i in ti.ndrange(src.shape[0], src.shape[1]):
         f = order[b, i]
         for j in range(src.shape[2]):
             dst[b, i, j] = src[b, f, j]
-
-
-def _in_order(spans: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """(B, F, n) face rows -> the same rows in ``order`` (B, F)."""
-    out = torch.empty_like(spans)
-    _take_rows(spans, order, out, backend.settings().resolved_arch in ("x64", "arm64"))
-    return out
 
 
 @lean
@@ -314,7 +529,7 @@ def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.ty
                  start: ti.types.ndarray(),
                  keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int):
     # GPU: one work item per face writes its (face, mask) entries at its own offset ``start`` with the sort key
-    # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_fill's lists
+    # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_lists' lists
     F = spans.shape[1]
     for b, i in ti.ndrange(spans.shape[0], F):
         x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
@@ -328,23 +543,22 @@ def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.ty
                     j += 1
 
 
-def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, bins: torch.Tensor, ty_n: int,
-                tx_n: int):
-    """The tile lists of ``_bin_fill`` built in parallel (GPU): entries per face, then one sort by (batch, tile,
-    depth rank). ``spans`` (B, F, 8) and ``order`` (B, F) in depth order; fills ``bins`` (N, 2)."""
-    x0, x1, y0, y1 = spans[..., :4].long().unbind(-1)
-    ok = (x0 <= x1) & (y0 <= y1)
-    n = torch.where(ok, (y1.div(TILE, rounding_mode="floor") - y0.div(TILE, rounding_mode="floor") + 1)
-                    * (x1.div(TILE, rounding_mode="floor") - x0.div(TILE, rounding_mode="floor") + 1), 0)
-    flat = n.reshape(-1)
-    start = (torch.cumsum(flat, 0) - flat).reshape(n.shape).to(torch.int32).contiguous()
-    total = int(flat.sum())
-    if total == 0:
-        return
+def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
+                counts: torch.Tensor, bins: torch.Tensor, total: int):
+    """The tile lists of ``_bin_lists`` built in parallel (GPU): entries per face, then one sort by (batch, tile,
+    depth rank). ``spans`` (B, F, 10) and ``order`` (B, F) in depth order; fills ``offsets``, ``counts`` (B, tiles_y,
+    tiles_x) and ``bins`` (N, 2) (``total`` entries)."""
+    flat = spans[..., 8].reshape(-1).long()
+    start = (torch.cumsum(flat, 0) - flat).reshape(spans.shape[:2]).to(torch.int32).contiguous()
     keys = torch.empty(total, dtype=torch.int64, device=spans.device)
     ents = torch.empty(total, 2, dtype=torch.int32, device=spans.device)
-    _bin_entries(fd, spans, order, start, keys, ents, ty_n, tx_n)
-    bins[:total] = ents.index_select(0, torch.sort(keys)[1])
+    if total:
+        _bin_entries(fd, spans, order, start, keys, ents, counts.shape[1], counts.shape[2])
+    keys, perm = torch.sort(keys)
+    n = torch.bincount(keys // spans.shape[1], minlength=counts.numel())
+    counts.copy_(n.reshape(counts.shape))
+    offsets.copy_((torch.cumsum(n, 0) - n).reshape(counts.shape))
+    bins[:total] = ents.index_select(0, perm)
 
 
 @ti.func
@@ -372,10 +586,8 @@ def _seg_d2(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), il: ti.
 @ti.func
 def _bary(fd: ti.template(), b, f, x, y):
     # screen-space barycentrics of (x, y) from the face's precomputed gradients (relative to vertex a)
-    dx, dy = x - fd[b, f, _VXY], y - fd[b, f, _VXY + 1]
-    w0 = 1.0 + fd[b, f, _WGR] * dx + fd[b, f, _WGR + 1] * dy
-    w1 = fd[b, f, _WGR + 2] * dx + fd[b, f, _WGR + 3] * dy
-    return w0, w1, 1.0 - w0 - w1
+    return _bary_at(fd[b, f, _VXY], fd[b, f, _VXY + 1], fd[b, f, _WGR], fd[b, f, _WGR + 1], fd[b, f, _WGR + 2],
+                    fd[b, f, _WGR + 3], x, y)
 
 
 @ti.func
@@ -647,22 +859,38 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     # the blur reach in pixels gets a rounding margin so the box test never rejects a face the distance keeps
     margin = blur_radius_px(sigma, W, H) + (1e-3 if sigma > 0 else 0.0)
     max_d2 = sigma * _CUTOFF if sigma > 0 else -1.0
-    fd = torch.empty(B, faces.shape[0], _NREC, dtype=dt, device=dev)
-    counts = torch.zeros(B, ty_n, tx_n, dtype=torch.int32, device=dev)
-    spans = torch.empty(B, faces.shape[0], 8, dtype=torch.int32, device=dev)
-    _bin_count(screen, faces, fd, counts, spans, margin, near, W, H)
-    flat = counts.reshape(-1)
-    offsets = (torch.cumsum(flat, 0, dtype=torch.int32) - flat).reshape(counts.shape)
-    bins = torch.empty(max(int(flat.sum()), 1), 2, dtype=torch.int32, device=dev)
-    if backend.settings().resolved_arch in ("x64", "arm64"):
-        # CPU: numpy's single-threaded sort (torch's parallel argsort stalls on a busy machine: ~50 ms for 51k
-        # faces at load 12 against ~3 ms); the spans in that order too, so _bin_fill reads them in sequence
-        order = torch.from_numpy(np.argsort(fd[..., _ZMIN].numpy(), axis=1, kind="stable").astype(np.int32))
-        spans = _in_order(spans, order)
-        _bin_fill(fd, spans, order, offsets.clone(), bins)
+    F = faces.shape[0]
+    assert W < 1 << 16 and H < 1 << 16, "tile lists pack pixel columns in 16 bits"
+    fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
+    spans = torch.empty(B, F, _NSPAN, dtype=torch.int32, device=dev)
+    pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
+    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
+    cpu = backend.settings().resolved_arch in ("x64", "arm64")
+    # (B, 2): tile entries, tile rows spanned; on CPU summed by numpy (single-threaded: a torch reduction over the
+    # faces is an OpenMP region that waits ms for a descheduled thread on a busy machine)
+    if cpu:
+        sp = spans.numpy()
+        tot = torch.from_numpy(np.stack([sp[..., 8].sum(1), sp[..., 9].sum(1)], 1).astype(np.int64))
     else:
-        order = torch.argsort(fd[..., _ZMIN], dim=1).to(torch.int32)
-        _bin_sorted(fd, _in_order(spans, order), order, bins, ty_n, tx_n)
+        tot = spans[..., 8:].sum(1)
+    n, n_rows = (int(v) for v in tot.sum(0).tolist())
+    counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
+    offsets = torch.empty_like(counts)
+    bins = torch.empty(max(n, 1), 2, dtype=torch.int32, device=dev)
+    if cpu:
+        # CPU: one kernel sorts the faces by depth and fills the lists (``_bin_lists``)
+        start = (torch.cumsum(tot, 0) - tot).to(torch.int32)
+        i32 = dict(dtype=torch.int32, device=dev)
+        _bin_lists(fd.view(-1), spans.view(-1), start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
+                   torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
+                   pk, torch.empty(B * (ty_n + 1) * 3, **i32), torch.empty(max(n_rows, 1) * _NCO, **i32),
+                   torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
+                   tx_n, dt == torch.float64)
+    else:
+        order = torch.argsort(fd[..., _ZMIN], dim=1, stable=True).to(torch.int32)
+        s = torch.empty_like(spans)
+        _take_rows(spans, order, s)
+        _bin_sorted(fd, s, order, offsets, counts, bins, n)
     return Bins(fd, offsets, counts, bins, max_d2, _ndc2(W, H))
 
 

@@ -62,8 +62,8 @@ def test_factories_name_a_device():
 
 
 def test_gpu_binning_branch_matches_cpu(monkeypatch):
-    # rasterize_screen fills the tile lists with one serial task on CPU and by a parallel entry pass plus a sort
-    # elsewhere (_bin_sorted): the same lists, so the same fragments
+    # rasterize_screen fills the tile lists by a radix sort and tile-row passes on CPU (_bin_lists) and by a parallel
+    # entry pass plus a sort elsewhere (_bin_sorted): the same lists, so the same fragments
     g = torch.Generator().manual_seed(3)
     centres = torch.rand(30, 1, 3, generator=g, dtype=torch.float64) * 1.6 - 0.8
     verts = (centres + torch.randn(30, 3, 3, generator=g, dtype=torch.float64) * 0.3).reshape(-1, 3)
