@@ -100,7 +100,7 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
     # distances or layer alphas in memory). nrm: the nearest face's normal fn (Bn, F, 3), 0 where empty
     W = p2f.shape[2]
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K)
+        lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, True)
         x, y = px + 0.5, py + 0.5
         bn = b if fn.shape[0] > 1 else 0
         for c in ti.static(range(3)):
@@ -112,8 +112,8 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
         T = 1.0
         for k in range(K):
             f = lf[k]
-            p2f[b, py, px, k] = f
-            # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped
+            # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, and not reported (-1)
+            p2f[b, py, px, k] = f if T != 0.0 else -1
             if f >= 0 and T != 0.0:
                 d = ld[k]
                 cov = 1.0
@@ -1240,7 +1240,9 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
                   bins.max_d2)
     rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
                                                    bins.fd, bins.offsets, bins.counts, bins.bins)
-    frags = LazyFragments(p2f, bins)          # barycentrics, depths and distances computed if anyone reads them
+    # the op's p2f holds only the composited layers (its selection stops behind an opaque one): the fragments are
+    # the full K-nearest lists, selected again if anyone reads them
+    frags = LazyFragments(bins, faces_per_pixel, p2f.shape[:3])
     return MeshRender(rgb, alpha, depth, normals, frags)
 
 

@@ -431,7 +431,7 @@ def _persp_bary(fd: ti.template(), b, f, x, y):
 
 @ti.func
 def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, py, px,
-            max_d2, ndc2, K: ti.template()):
+            max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
     # One pixel's K-nearest list from its tile's list: (face ids, depths, signed squared distances), sorted by
     # (z, id) with empty slots (id -1, depth -1) last.
     # Keep-list policy: faces containing the pixel (full coverage) outrank blur-only candidates, and within each
@@ -459,11 +459,26 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     # The final list is the K best of all candidates whatever the order (each test below only drops a candidate
     # that cannot enter), but in this order the second walk can stop at the first face whose nearest vertex lies
     # behind a full list: every later one does too, and none of them can outrank a kept face.
+    # ``cut`` (compositing, opacities ``opac`` (B, F)): after the first walk every face holding the pixel is known;
+    # the nearest kept one with opacity 1, (zc, fc), ends the compositing (its alpha is 1: T = 0 behind it). The
+    # blur-only faces the full list composites are its nearest K - c0 blur-only faces, and those composited are
+    # the ones before (zc, fc): exactly the nearest (up to K - c0) blur-only faces before (zc, fc). So the second
+    # walk keeps only faces before the cut and stops at the first nearest vertex behind it. The list then differs
+    # from the full one only behind the cut (layers that reach neither the outputs nor the gradients).
+    zc, fc = 1e30, 1 << 30
     for walk in range(2 if soft else 1):
         s0 = offsets[b, ty, tx]
         end = s0 + counts[b, ty, tx]
         if walk == 1 and lc[K - 1] == 0:
             s0 = end
+        if ti.static(cut):
+            if walk == 1:
+                k = 0
+                while k < K and lc[k] == 0:
+                    if opac[b, lf[k]] == 1.0:
+                        zc, fc = lz[k], lf[k]
+                        break
+                    k += 1
         while s0 < end:
             # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
             # pixel (the entry's mask bit; a data-dependent branch per entry costs more: ~1 in 3 entries pass),
@@ -476,7 +491,8 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
             s0 += _CHUNK
             for j in range(n):
                 f = buf[j]
-                if (lc[K - 1] == 0 or (walk == 1 and lc[K - 1] == 1)) and fd[b, f, _ZMIN] > lz[K - 1]:
+                if ((lc[K - 1] == 0 or (walk == 1 and lc[K - 1] == 1)) and fd[b, f, _ZMIN] > lz[K - 1]) \
+                        or fd[b, f, _ZMIN] > zc:
                     # the list is full of faces containing the pixel (or, in the second walk, full), and the tile
                     # list is sorted by nearest vertex: this face and every later one of this walk lie behind the
                     # K-th kept face (hard mode: behind the visible face), none can enter
@@ -494,7 +510,7 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
                                                                        and fd[b, f, _ZMIN] <= lz[K - 1]))):
                     cc = 1 - ti.cast(inside, ti.i32)
                     z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
-                    if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
+                    if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]) and (inside or _before(z, f, zc, fc)):
                         d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
                         if inside or d2 < max_d2:
                             # insertion into the sorted list from its end: the last entry falls off and the
@@ -524,7 +540,7 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
          zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float, K: ti.template()):
     # every pixel's list (_select) with the kept faces' barycentrics, recomputed for the K kept faces only
     for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K)
+        lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, fd, False)
         for k in ti.static(range(K)):
             f = lf[k]
             p2f[b, py, px, k] = f
@@ -536,26 +552,6 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
             bary[b, py, px, k, 0] = q0
             bary[b, py, px, k, 1] = q1
             bary[b, py, px, k, 2] = q2
-
-
-@lean
-@ti.kernel
-def _fragments_of(fd: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
-                  zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), ndc2: float):
-    # _knn's barycentrics, depths and distances of given face lists, by the same steps (``LazyFragments``)
-    for b, py, px, k in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2], p2f.shape[3]):
-        f = p2f[b, py, px, k]
-        q0, q1, q2, z, d2 = 0.0, 0.0, 0.0, -1.0, 0.0
-        if f >= 0:
-            x, y = px + 0.5, py + 0.5
-            w0, w1, w2 = _bary(fd, b, f, x, y)
-            q0, q1, q2, z = _persp_bary(fd, b, f, x, y)
-            d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
-        bary[b, py, px, k, 0] = q0
-        bary[b, py, px, k, 1] = q1
-        bary[b, py, px, k, 2] = q2
-        zbuf[b, py, px, k] = z
-        dist[b, py, px, k] = d2
 
 
 def blur_radius_px(sigma: float, width: int, height: int) -> float:
@@ -667,27 +663,29 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
 
 
 class LazyFragments(Fragments):
-    """``Fragments`` of given K-nearest lists whose barycentrics, depths and distances are computed on first
-    access (``_knn``'s values, from the binned faces' records): a renderer that composites while it selects keeps
-    only the face ids."""
+    """``rasterize``'s ``Fragments`` (the full K-nearest lists, ``_knn``) of binned faces, computed on first access
+    of any field: a renderer that composites while it selects (and may stop selecting behind an opaque layer)
+    keeps only the bins until someone reads the fragments."""
 
-    def __init__(self, pix_to_face: torch.Tensor, bins: Bins):
-        self.pix_to_face = pix_to_face
-        self._fd, self._ndc2, self._rest = bins.fd, bins.ndc2, None         # the face records only, not the lists
+    def __init__(self, bins: Bins, K: int, shape: tuple):
+        self._bins, self._K, self._shape, self._all = bins, int(K), tuple(shape), None
 
     def _filled(self):
-        if self._rest is None:
-            p2f, fd = self.pix_to_face, self._fd
-            kw = dict(dtype=fd.dtype, device=fd.device)
-            bary = torch.empty(*p2f.shape, 3, **kw)
-            zbuf, dist = torch.empty(p2f.shape, **kw), torch.empty(p2f.shape, **kw)
-            _fragments_of(fd, p2f, bary, zbuf, dist, self._ndc2)
-            self._rest, self._fd = (bary, zbuf, dist), None
-        return self._rest
+        if self._all is None:
+            bn, K = self._bins, self._K
+            B, H, W = self._shape
+            kw = dict(dtype=bn.fd.dtype, device=bn.fd.device)
+            p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=bn.fd.device)
+            bary = torch.empty(B, H, W, K, 3, **kw)
+            zbuf, dist = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
+            _knn(bn.fd, bn.offsets, bn.counts, bn.bins, p2f, bary, zbuf, dist, bn.max_d2, bn.ndc2, K)
+            self._all, self._bins = (p2f, bary, zbuf, dist), None
+        return self._all
 
-    bary = property(lambda self: self._filled()[0])
-    zbuf = property(lambda self: self._filled()[1])
-    dist = property(lambda self: self._filled()[2])
+    pix_to_face = property(lambda self: self._filled()[0])
+    bary = property(lambda self: self._filled()[1])
+    zbuf = property(lambda self: self._filled()[2])
+    dist = property(lambda self: self._filled()[3])
 
 
 def face_corners(screen: torch.Tensor, faces: torch.Tensor, B: int) -> torch.Tensor:
