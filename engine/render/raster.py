@@ -430,24 +430,44 @@ def _persp_bary(fd: ti.template(), b, f, x, y):
 
 
 @ti.func
-def _consider(fd: ti.template(), b, f, x, y, walk, r2, max_d2, ndc2, K: ti.template(), lc: ti.template(),
+def _rec(fd: ti.template(), b, f):
+    # the part of face f's record the candidate test reads (fields _VXY.. _ZMIN, indexed from _VXY), in locals: the
+    # per-tile walk loads it once per entry for all the pixels of its mask
+    return ti.Vector([fd[b, f, j] for j in ti.static(range(_VXY, _NREC))])
+
+
+@ti.func
+def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # _seg_d2 from a record in locals (_rec)
+    ux, uy = r[2 * u], r[2 * u + 1]
+    ex, ey = r[2 * v] - ux, r[2 * v + 1] - uy
+    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * r[_IL - _VXY + il], 0.0), 1.0)
+    qx, qy = ux + t * ex - x, uy + t * ey - y
+    return qx * qx + qy * qy
+
+
+@ti.func
+def _consider(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, K: ti.template(), lc: ti.template(),
               lf: ti.template(), lz: ti.template(), ld: ti.template(), o, zc, fc):
-    # candidate face f for the pixel at (x, y) whose keep-list is lc, lf, lz, ld[o:o + K] (class, face, depth,
-    # signed squared distance; sorted by (class, z, id)), met in walk ``walk`` (_select); returns 1 when the walk
-    # ends here for this pixel (the tile list is sorted by nearest vertex: this face and every later one of the
-    # walk lie behind the list's last entry or the opaque cut (zc, fc), none can enter)
+    # candidate face f (record r, _rec) for the pixel at (x, y) whose keep-list is lc, lf, lz, ld[o:o + K] (class,
+    # face, depth, signed squared distance; sorted by (class, z, id)), met in walk ``walk`` (_select); returns 1
+    # when the walk ends here for this pixel (the tile list is sorted by nearest vertex: this face and every later
+    # one of the walk lie behind the list's last entry or the opaque cut (zc, fc), none can enter)
     # Cheapest test first: barycentrics (2 FMAs each from _face_setup's gradients), then for a pixel outside the
     # face: a full list of covering faces, the edge lines' distance (a lower bound), the nearest vertex's depth and
     # then the depth against the list's last entry and the cut, and only then the distance to the edges the pixel
-    # is outside of.
+    # is outside of. The arithmetic is _bary's, _persp_z's and _signed_d2's, step for step.
     stop = 0
     last = o + K - 1
-    zmin = fd[b, f, _ZMIN]
+    zmin = r[_ZMIN - _VXY]
     if ((lc[last] == 0 or (walk == 1 and lc[last] == 1)) and zmin > lz[last]) or zmin > zc:
         stop = 1
     else:
-        w0, w1, w2 = _bary(fd, b, f, x, y)
-        h0, h1, h2 = fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2]
+        dx, dy = x - r[0], y - r[1]
+        w0 = 1.0 + r[_WGR - _VXY] * dx + r[_WGR - _VXY + 1] * dy
+        w1 = r[_WGR - _VXY + 2] * dx + r[_WGR - _VXY + 3] * dy
+        w2 = 1.0 - w0 - w1
+        h0, h1, h2 = r[_H2 - _VXY], r[_H2 - _VXY + 1], r[_H2 - _VXY + 2]
         inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
         # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
         far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
@@ -456,9 +476,22 @@ def _consider(fd: ti.template(), b, f, x, y, walk, r2, max_d2, ndc2, K: ti.templ
         # nor a full list of blur-only faces all nearer than this face's nearest vertex
         if inside or (max_d2 >= 0 and not far and (lc[last] == 2 or (lc[last] == 1 and zmin <= lz[last]))):
             cc = 1 - ti.cast(inside, ti.i32)
-            z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
+            q0, q1, q2 = _clamp_bary(w0, w1, w2)
+            z = 1.0 / (q0 * r[_IZ - _VXY] + q1 * r[_IZ - _VXY + 1] + q2 * r[_IZ - _VXY + 2])
             if _kbefore(cc, z, f, lc[last], lz[last], lf[last]) and (inside or _before(z, f, zc, fc)):
-                d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
+                d2 = 0.0
+                if inside:
+                    d2 = -ti.min(w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2) * ndc2
+                else:
+                    # the nearest edge among those whose line the pixel is outside of (only those evaluated)
+                    e2 = 1e30
+                    if w2 <= 0:
+                        e2 = _seg_d2r(r, 0, 1, 0, x, y)
+                    if w0 <= 0:
+                        e2 = ti.min(e2, _seg_d2r(r, 1, 2, 1, x, y))
+                    if w1 <= 0:
+                        e2 = ti.min(e2, _seg_d2r(r, 2, 0, 2, x, y))
+                    d2 = e2 * ndc2
                 if inside or d2 < max_d2:
                     # insertion into the sorted list from its end: the last entry falls off and the ones the
                     # candidate beats move back one slot (candidates come roughly in depth order, so they seldom
@@ -550,7 +583,8 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
                 n += ((m >> (bit + _IN_SHIFT)) if walk == 0 else ((m >> bit) & ~(m >> (bit + _IN_SHIFT)))) & 1
             s0 += _CHUNK
             for j in range(n):
-                if _consider(fd, b, buf[j], x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, 0, zc, fc):
+                rec = _rec(fd, b, buf[j])
+                if _consider(rec, buf[j], x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, 0, zc, fc):
                     s0 = end
                     break
     _sort_list(K, lc, lf, lz, ld, 0)
@@ -586,12 +620,13 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
             mm = ((m >> _IN_SHIFT) if walk == 0 else (m & ~(m >> _IN_SHIFT))) & act
             if mm != 0:
                 f = bins[j, 0]
+                rec = _rec(fd, b, f)
                 while mm != 0:
                     low = mm & -mm
                     mm ^= low
                     p = 31 - ti.math.clz(low)
                     x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
-                    if _consider(fd, b, f, x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, p * K, zc[p], fc[p]):
+                    if _consider(rec, f, x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, p * K, zc[p], fc[p]):
                         act ^= low
             j += 1
     for p in range(TILE * TILE):
