@@ -13,12 +13,16 @@ from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
 from .raster import (TILE, Fragments, LazyFragments, _acc, _bary, _dist_grad, _ndc2, _persp_bary, _project, _project_bwd,
-                     _select, _select_tile, _signed_d2e, _tiled, bin_faces, camera_table, differentiable_fragments, expand_background,
+                     _select, _select_tile, _signed_d2e, _spread, _tiled, bin_faces, camera_table, differentiable_fragments, expand_background,
                      project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
+
+_OPAQUE_CUT = True
+"""SoftMesh's selection stops behind each pixel's nearest opaque face holding it (raster._select: exact; tests turn
+it off to compare)."""
 
 _SPAN = 512
 """Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations (see _soft_bwd)."""
@@ -132,7 +136,7 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
               uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(),
               dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), max_d2: float, ndc2: float,
               per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, K: ti.template(),
-              C: ti.template(), tiled: ti.template()):
+              C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template()):
     # selection and compositing in one pass per pixel (``tiled``, CPU: per tile of pixels, raster._select_tile):
     # the K-nearest list (raster._select, cut behind the first opaque face holding the pixel) stays local and is
     # composited at once; only the composited layers' face ids are written, for the backward (no per-slot
@@ -140,20 +144,26 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
     # where empty
     H, W = p2f.shape[1], p2f.shape[2]
     if ti.static(tiled):
-        for b, ty, tx in ti.ndrange(p2f.shape[0], offsets.shape[1], offsets.shape[2]):
-            lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-            lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-            lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
-            ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-            _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, opac, True, lc, lf, lz, ld)
-            for p in range(TILE * TILE):
-                py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
-                if py < H and px < W:
-                    _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
-                               lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C)
+        # Taichi's CPU range-for hands each thread blocks of >= 512 iterations: ``spread`` iterations per tile
+        # (only the first works) keep a few hundred tiles balanced over the threads
+        ty_n, tx_n = offsets.shape[1], offsets.shape[2]
+        for it in range(p2f.shape[0] * ty_n * tx_n * spread):
+            if it % spread == 0:
+                t = it // spread
+                b, ty, tx = t // (ty_n * tx_n), t // tx_n % ty_n, t % tx_n
+                lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+                ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
+                _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, opac, cut, lc, lf, lz, ld)
+                for p in range(TILE * TILE):
+                    py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
+                    if py < H and px < W:
+                        _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
+                                   lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
-            lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, True)
+            lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
             _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
                        lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C)
 
@@ -428,7 +438,7 @@ class SoftMesh(bridge.Op):
         nrm = torch.empty(B, H, W, 3, **kw)
         _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, rgb, dep, alp,
                   nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
-                  _tiled())
+                  _tiled(), _spread(offsets.numel()), _OPAQUE_CUT)
         saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn.shape)
         return (rgb, dep, alp, nrm, p2f), saved
 

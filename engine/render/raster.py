@@ -633,6 +633,12 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
         _sort_list(K, lc, lf, lz, ld, p * K)
 
 
+def _spread(n_tiles: int) -> int:
+    """Loop iterations per tile of the tiled kernels: at least ~16k iterations in all (32 of Taichi's >= 512-long CPU
+    blocks), so that a small image's tiles spread over the threads."""
+    return max(1, 16384 // max(n_tiles, 1))
+
+
 def _tiled() -> bool:
     """Whether the per-pixel kernels run one work item per tile (_select_tile: CPU) or per pixel (GPU)."""
     return backend.settings().resolved_arch in ("x64", "arm64")
@@ -659,21 +665,27 @@ def _knn_out(fd: ti.template(), p2f: ti.template(), bary: ti.template(), zbuf: t
 def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
          zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float, K: ti.template(),
-         tiled: ti.template()):
+         tiled: ti.template(), spread: int):
     # every pixel's list (_select, or _select_tile per tile) with the kept faces' barycentrics, recomputed for the
     # K kept faces only
     H, W = p2f.shape[1], p2f.shape[2]
     if ti.static(tiled):
-        for b, ty, tx in ti.ndrange(p2f.shape[0], offsets.shape[1], offsets.shape[2]):
-            lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-            lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-            lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
-            ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-            _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, fd, False, lc, lf, lz, ld)
-            for p in range(TILE * TILE):
-                py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
-                if py < H and px < W:
-                    _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, p * K, K)
+        # Taichi's CPU range-for hands each thread blocks of >= 512 iterations: ``spread`` iterations per tile
+        # (only the first works) keep a few hundred tiles balanced over the threads
+        ty_n, tx_n = offsets.shape[1], offsets.shape[2]
+        for it in range(p2f.shape[0] * ty_n * tx_n * spread):
+            if it % spread == 0:
+                t = it // spread
+                b, ty, tx = t // (ty_n * tx_n), t // tx_n % ty_n, t % tx_n
+                lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+                ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
+                _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, fd, False, lc, lf, lz, ld)
+                for p in range(TILE * TILE):
+                    py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
+                    if py < H and px < W:
+                        _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, p * K, K)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, fd, False)
@@ -740,7 +752,8 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
     dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
-    _knn(bins.fd, bins.offsets, bins.counts, bins.bins, p2f, bary, zbuf, dist, bins.max_d2, bins.ndc2, K, _tiled())
+    _knn(bins.fd, bins.offsets, bins.counts, bins.bins, p2f, bary, zbuf, dist, bins.max_d2, bins.ndc2, K, _tiled(),
+         _spread(bins.offsets.numel()))
     return Fragments(p2f, bary, zbuf, dist)
 
 
@@ -804,7 +817,8 @@ class LazyFragments(Fragments):
             p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=bn.fd.device)
             bary = torch.empty(B, H, W, K, 3, **kw)
             zbuf, dist = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
-            _knn(bn.fd, bn.offsets, bn.counts, bn.bins, p2f, bary, zbuf, dist, bn.max_d2, bn.ndc2, K, _tiled())
+            _knn(bn.fd, bn.offsets, bn.counts, bn.bins, p2f, bary, zbuf, dist, bn.max_d2, bn.ndc2, K, _tiled(),
+                 _spread(bn.offsets.numel()))
             self._all, self._bins = (p2f, bary, zbuf, dist), None
         return self._all
 
