@@ -12,9 +12,9 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (TILE, Fragments, LazyFragments, _acc, _bary, _dist_grad, _ndc2, _persp_bary, _project, _project_bwd,
-                     _select, _select_tile, _signed_d2e, _spread, _tiled, bin_faces, camera_table, differentiable_fragments, expand_background,
-                     project, rasterize, soft_composite)
+from .raster import (TILE, Fragments, LazyFragments, _acc, _bary, _dist_grad, _ndc2, _persp_bary, _project,
+                     _project_bwd, _select, _select_tile, _signed_d2e, _spread, _tiled, bin_faces, camera_table,
+                     differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
@@ -409,10 +409,11 @@ class SoftMesh(bridge.Op):
     ``Camera.project`` (camera gradients: torch carries them from the screen positions). Outputs:
     colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and alpha (B, H, W), as separate tensors so that
     autograd never slices one (a slice's backward zero-fills and copies a whole image), the nearest face's normal
-    (B, H, W, 3) from the face normals input fn (Bn, F, 3) (after uvc), and the face ids (B, H, W, K) int32
-    (``LazyFragments`` fills in the rest on demand). Gradients: verts (through coverage and the projection), attr,
-    shade, opacity, background, texels, uvs, face normals. Barycentrics and depths stay
-    detached, as in DBW.
+    (B, H, W, 3) from the face normals input fn (Bn, F, 3) (after uvc), and the face ids (B, H, W, K) int32 of
+    the composited layers, front to back (-1 behind an opaque layer, where the selection stopped: the returned
+    ``LazyFragments`` select the full K-nearest lists again if read). Gradients: verts (through coverage and the
+    projection), attr, shade, opacity, background, texels, uvs, face normals. Barycentrics and depths stay detached,
+    as in DBW.
     """
 
     name = "soft_mesh"
