@@ -145,7 +145,7 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
     H, W = p2f.shape[1], p2f.shape[2]
     if ti.static(tiled):
         # Taichi's CPU range-for hands each thread blocks of >= 512 iterations: ``spread`` iterations per tile
-        # (only the first works) keep a few hundred tiles balanced over the threads
+        # (only the first works) keep the tiles balanced over the threads (raster._spread)
         ty_n, tx_n = offsets.shape[1], offsets.shape[2]
         for it in range(p2f.shape[0] * ty_n * tx_n * spread):
             if it % spread == 0:
