@@ -12,13 +12,17 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (_IZ, _VXY, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project, _project_bwd,
-                     _select, _signed_d2e, bin_faces, camera_table, differentiable_fragments, expand_background,
-                     project, rasterize, soft_composite)
+from .raster import (_IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project,
+                     _project_bwd, _select, _select_tile, _signed_d2e, _spread, _tiled, bin_faces, camera_table,
+                     differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
+
+_OPAQUE_CUT = True
+"""SoftMesh's selection stops behind each pixel's nearest opaque face holding it (raster._select: exact; tests turn
+it off to compare)."""
 
 _SPAN = 512
 """Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations (see _soft_bwd)."""
@@ -86,49 +90,82 @@ def _tex_q(tex: ti.template(), uvc: ti.template(), b, f, w0, w1, w2, use_tex: ti
     return v
 
 
+@ti.func
+def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), shade: ti.template(),
+               opac: ti.template(), bg: ti.template(), tex: ti.template(), uvc: ti.template(), fn: ti.template(),
+               p2f: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(), nrm: ti.template(),
+               b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face, use_shade,
+               use_tex: ti.template(), sigma, K: ti.template(), C: ti.template()):
+    # one pixel's list lf, lz, ld[o:o + K] (by (z, id)) composited front to back over the background
+    W = p2f.shape[2]
+    x, y = px + 0.5, py + 0.5
+    bn = b if fn.shape[0] > 1 else 0
+    for c in ti.static(range(3)):
+        nrm[b, py, px, c] = 0.0
+    if lf[o] >= 0:
+        for c in ti.static(range(3)):
+            nrm[b, py, px, c] = fn[bn, lf[o], c]
+    acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
+    T = 1.0
+    for k in range(K):
+        f = lf[o + k]
+        # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, and not reported (-1)
+        p2f[b, py, px, k] = f if T != 0.0 else -1
+        if f >= 0 and T != 0.0:
+            d = ld[o + k]
+            cov = 1.0
+            if d > 0:
+                cov = ti.exp(-d / sigma)
+            a = opac[b, f] * cov
+            w0, w1, w2, z = _persp_bary(fd, b, f, x, y)
+            acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, lz[o + k], per_face, C) \
+                * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
+            T *= 1.0 - a
+    acc += T * _bg_vec(bg, b, py, px, W, C)
+    for c in ti.static(range(C)):
+        rgb[b, py, px, c] = acc[c]
+    dep[b, py, px] = acc[C]
+    alp[b, py, px] = acc[C + 1]
+
+
 @lean
 @ti.kernel
 def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
-                  bins: ti.types.ndarray(), faces: ti.types.ndarray(), attr: ti.types.ndarray(),
-                  shade: ti.types.ndarray(), opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(),
-                  uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(),
-                  dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), max_d2: float, ndc2: float,
-                  per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, K: ti.template(),
-                  C: ti.template()):
-    # selection and compositing in one pass per pixel: the K-nearest list (raster._select) stays local and is
-    # composited at once; only the face ids are written, for the backward (no per-slot barycentrics, depths,
-    # distances or layer alphas in memory). nrm: the nearest face's normal fn (Bn, F, 3), 0 where empty
-    W = p2f.shape[2]
-    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K)
-        x, y = px + 0.5, py + 0.5
-        bn = b if fn.shape[0] > 1 else 0
-        for c in ti.static(range(3)):
-            nrm[b, py, px, c] = 0.0
-        if lf[0] >= 0:
-            for c in ti.static(range(3)):
-                nrm[b, py, px, c] = fn[bn, lf[0], c]
-        acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
-        T = 1.0
-        for k in range(K):
-            f = lf[k]
-            p2f[b, py, px, k] = f
-            # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped
-            if f >= 0 and T != 0.0:
-                d = ld[k]
-                cov = 1.0
-                if d > 0:
-                    cov = ti.exp(-d / sigma)
-                a = opac[b, f] * cov
-                w0, w1, w2, z = _persp_bary(fd, b, f, x, y)
-                acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, lz[k], per_face, C) \
-                    * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
-                T *= 1.0 - a
-        acc += T * _bg_vec(bg, b, py, px, W, C)
-        for c in ti.static(range(C)):
-            rgb[b, py, px, c] = acc[c]
-        dep[b, py, px] = acc[C]
-        alp[b, py, px] = acc[C + 1]
+              bins: ti.types.ndarray(), faces: ti.types.ndarray(), attr: ti.types.ndarray(),
+              shade: ti.types.ndarray(), opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(),
+              uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(),
+              dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), max_d2: float, ndc2: float,
+              per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, K: ti.template(),
+              C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template()):
+    # selection and compositing in one pass per pixel (``tiled``, CPU: per tile of pixels, raster._select_tile):
+    # the K-nearest list (raster._select, cut behind the first opaque face holding the pixel) stays local and is
+    # composited at once; only the composited layers' face ids are written, for the backward (no per-slot
+    # barycentrics, depths, distances or layer alphas in memory). nrm: the nearest face's normal fn (Bn, F, 3), 0
+    # where empty
+    H, W = p2f.shape[1], p2f.shape[2]
+    if ti.static(tiled):
+        # Taichi's CPU range-for hands each thread blocks of >= 512 iterations: ``spread`` iterations per tile
+        # (only the first works) keep the tiles balanced over the threads (raster._spread)
+        ty_n, tx_n = offsets.shape[1], offsets.shape[2]
+        for it in range(p2f.shape[0] * ty_n * tx_n * spread):
+            if it % spread == 0:
+                t = it // spread
+                b, ty, tx = t // (ty_n * tx_n), t // tx_n % ty_n, t % tx_n
+                lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+                ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
+                _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, opac, cut, lc, lf, lz, ld)
+                for p in range(TILE * TILE):
+                    py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
+                    if py < H and px < W:
+                        _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
+                                   lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C)
+    else:
+        for b, py, px in ti.ndrange(p2f.shape[0], H, W):
+            lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
+            _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
+                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C)
 
 
 @ti.func
@@ -411,10 +448,11 @@ class SoftMesh(bridge.Op):
     ``Camera.project`` (camera gradients: torch carries them from the screen positions). Outputs:
     colour (B, H, W, C), depth (B, H, W) (alpha-weighted, over 0) and alpha (B, H, W), as separate tensors so that
     autograd never slices one (a slice's backward zero-fills and copies a whole image), the nearest face's normal
-    (B, H, W, 3) from the face normals input fn (Bn, F, 3) (after uvc), and the face ids (B, H, W, K) int32
-    (``LazyFragments`` fills in the rest on demand). Gradients: verts (through coverage and the projection), attr,
-    shade, opacity, background, texels, uvs, face normals. Barycentrics and depths stay
-    detached, as in DBW.
+    (B, H, W, 3) from the face normals input fn (Bn, F, 3) (after uvc), and the face ids (B, H, W, K) int32 of
+    the composited layers, front to back (-1 behind an opaque layer, where the selection stopped: the returned
+    ``LazyFragments`` select the full K-nearest lists again if read). Gradients: verts (through coverage and the
+    projection), attr, shade, opacity, background, texels, uvs, face normals. Barycentrics and depths stay detached,
+    as in DBW.
     """
 
     name = "soft_mesh"
@@ -439,7 +477,8 @@ class SoftMesh(bridge.Op):
         p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
         nrm = torch.empty(B, H, W, 3, **kw)
         _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, rgb, dep, alp,
-                  nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C)
+                  nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
+                  _tiled(), _spread(offsets.numel()), _OPAQUE_CUT)
         saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn.shape)
         return (rgb, dep, alp, nrm, p2f), saved
 
@@ -1284,7 +1323,9 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
                   bins.max_d2)
     rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
                                                    bins.fd, bins.offsets, bins.counts, bins.bins)
-    frags = LazyFragments(p2f, bins)          # barycentrics, depths and distances computed if anyone reads them
+    # the op's p2f holds only the composited layers (its selection stops behind an opaque one): the fragments are
+    # the full K-nearest lists, selected again if anyone reads them
+    frags = LazyFragments(bins, faces_per_pixel, p2f.shape[:3])
     return MeshRender(rgb, alpha, depth, normals, frags)
 
 

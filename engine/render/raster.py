@@ -642,22 +642,120 @@ def _persp_bary(fd: ti.template(), b, f, x, y):
 
 
 @ti.func
+def _rec(fd: ti.template(), b, f):
+    # the part of face f's record the candidate test reads (fields _VXY.. _ZMIN, indexed from _VXY), in locals: the
+    # per-tile walk loads it once per entry for all the pixels of its mask
+    return ti.Vector([fd[b, f, j] for j in ti.static(range(_VXY, _NREC))])
+
+
+@ti.func
+def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # _seg_d2 from a record in locals (_rec)
+    ux, uy = r[2 * u], r[2 * u + 1]
+    ex, ey = r[2 * v] - ux, r[2 * v + 1] - uy
+    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * r[_IL - _VXY + il], 0.0), 1.0)
+    qx, qy = ux + t * ex - x, uy + t * ey - y
+    return qx * qx + qy * qy
+
+
+@ti.func
+def _consider(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, K: ti.template(), lc: ti.template(),
+              lf: ti.template(), lz: ti.template(), ld: ti.template(), o, zc, fc):
+    # candidate face f (record r, _rec) for the pixel at (x, y) whose keep-list is lc, lf, lz, ld[o:o + K] (class,
+    # face, depth, signed squared distance; sorted by (class, z, id)), met in walk ``walk`` (_select); returns 1
+    # when the walk ends here for this pixel (the tile list is sorted by nearest vertex: this face and every later
+    # one of the walk lie behind the list's last entry or the opaque cut (zc, fc), none can enter)
+    # Cheapest test first: barycentrics (2 FMAs each from _face_setup's gradients), then for a pixel outside the
+    # face: a full list of covering faces, the edge lines' distance (a lower bound), the nearest vertex's depth and
+    # then the depth against the list's last entry and the cut, and only then the distance to the edges the pixel
+    # is outside of. The arithmetic is _bary's, _persp_z's and _signed_d2's, step for step.
+    stop = 0
+    last = o + K - 1
+    zmin = r[_ZMIN - _VXY]
+    if ((lc[last] == 0 or (walk == 1 and lc[last] == 1)) and zmin > lz[last]) or zmin > zc:
+        stop = 1
+    else:
+        dx, dy = x - r[0], y - r[1]
+        w0 = 1.0 + r[_WGR - _VXY] * dx + r[_WGR - _VXY + 1] * dy
+        w1 = r[_WGR - _VXY + 2] * dx + r[_WGR - _VXY + 3] * dy
+        w2 = 1.0 - w0 - w1
+        h0, h1, h2 = r[_H2 - _VXY], r[_H2 - _VXY + 1], r[_H2 - _VXY + 2]
+        inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+        # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
+        far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
+               | ((w2 < 0) & (w2 * w2 * h2 > r2)))
+        # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
+        # nor a full list of blur-only faces all nearer than this face's nearest vertex
+        if inside or (max_d2 >= 0 and not far and (lc[last] == 2 or (lc[last] == 1 and zmin <= lz[last]))):
+            cc = 1 - ti.cast(inside, ti.i32)
+            q0, q1, q2 = _clamp_bary(w0, w1, w2)
+            z = 1.0 / (q0 * r[_IZ - _VXY] + q1 * r[_IZ - _VXY + 1] + q2 * r[_IZ - _VXY + 2])
+            if _kbefore(cc, z, f, lc[last], lz[last], lf[last]) and (inside or _before(z, f, zc, fc)):
+                d2 = 0.0
+                if inside:
+                    d2 = -ti.min(w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2) * ndc2
+                else:
+                    # the nearest edge among those whose line the pixel is outside of (only those evaluated)
+                    e2 = 1e30
+                    if w2 <= 0:
+                        e2 = _seg_d2r(r, 0, 1, 0, x, y)
+                    if w0 <= 0:
+                        e2 = ti.min(e2, _seg_d2r(r, 1, 2, 1, x, y))
+                    if w1 <= 0:
+                        e2 = ti.min(e2, _seg_d2r(r, 2, 0, 2, x, y))
+                    d2 = e2 * ndc2
+                if inside or d2 < max_d2:
+                    # insertion into the sorted list from its end: the last entry falls off and the ones the
+                    # candidate beats move back one slot (candidates come roughly in depth order, so they seldom
+                    # travel far: cheaper than a full unrolled pass)
+                    k = last
+                    while k > o and _kbefore(cc, z, f, lc[k - 1], lz[k - 1], lf[k - 1]):
+                        lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
+                        k -= 1
+                    lc[k], lf[k], lz[k], ld[k] = cc, f, z, d2
+    return stop
+
+
+@ti.func
+def _cut(opac: ti.template(), b, K: ti.template(), lc: ti.template(), lf: ti.template(), lz: ti.template(), o):
+    # the opaque cut of a list after the first walk: its nearest face holding the pixel with opacity 1 (the
+    # class-0 entries come first, by (z, id)), or (1e30, 2^30) when there is none
+    zc, fc = 1e30, 1 << 30
+    k = o
+    while k < o + K and lc[k] == 0:
+        if opac[b, lf[k]] == 1.0:
+            zc, fc = lz[k], lf[k]
+            break
+        k += 1
+    return zc, fc
+
+
+@ti.func
+def _sort_list(K: ti.template(), lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o):
+    # compositing order: by (z, id), empty slots last (insertion sort: the list is two sorted runs, the faces
+    # holding the pixel and the blur-only ones)
+    for i in range(o + 1, o + K):
+        c0, f0, z0, d0 = lc[i], lf[i], lz[i], ld[i]
+        k = i
+        while k > o and c0 != 2 and (lc[k - 1] == 2 or _before(z0, f0, lz[k - 1], lf[k - 1])):
+            lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
+            k -= 1
+        lc[k], lf[k], lz[k], ld[k] = c0, f0, z0, d0
+
+
+@ti.func
 def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, py, px,
-            max_d2, ndc2, K: ti.template()):
-    # One pixel's K-nearest list from its tile's list: (face ids, depths, signed squared distances), sorted by
-    # (z, id) with empty slots (id -1, depth -1) last.
+            max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
+    # One pixel's K-nearest list from its tile's list (the per-pixel form, GPU; _select_tile is the same
+    # selection for a whole tile): (face ids, depths, signed squared distances), sorted by (z, id) with empty slots
+    # (id -1, depth -1) last.
     # Keep-list policy: faces containing the pixel (full coverage) outrank blur-only candidates, and within each
     # class the nearest by (z, face id) win. On dense meshes dozens of sub-pixel faces lie within the blur radius;
     # plain K-nearest-by-depth then fills all K slots with up-slope neighbours of coverage ~1e-3 and drops the face
     # the pixel is actually inside (alpha -> 0 inside the silhouette).
     # The K best by (class, z, id) live in a local list (K is compile-time); they are re-sorted by (z, id) for
-    # compositing once, when the pixel is done.
-    # Per candidate, cheapest test first: grown box (the entry's mask bit), barycentrics (2 FMAs each from
-    # _face_setup's gradients), then for a pixel outside the face: a full list of covering faces, the edge lines'
-    # distance (a lower bound), the nearest vertex's depth and then the depth against the list's last entry, and
-    # only then the distance to the edges the pixel is outside of.
+    # compositing once, when the pixel is done. Per candidate: the entry's mask bit (grown box), then _consider.
     r2 = max_d2 / ndc2
-    soft = max_d2 >= 0
     lc = ti.Vector([2 for _ in ti.static(range(K))], dt=ti.i32)
     lf = ti.Vector([-1 for _ in ti.static(range(K))], dt=ti.i32)
     lz = ti.Vector([-1.0 for _ in ti.static(range(K))])
@@ -668,14 +766,24 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     x, y = px + 0.5, py + 0.5
     # two walks of the tile's list: first the faces whose centre test may pass (the entry's high mask bits:
     # every face that can hold the pixel), then the others within the grown box, which can only be blur-only.
-    # The final list is the K best of all candidates whatever the order (each test below only drops a candidate
-    # that cannot enter), but in this order the second walk can stop at the first face whose nearest vertex lies
+    # The final list is the K best of all candidates whatever the order (each test only drops a candidate that
+    # cannot enter), but in this order the second walk can stop at the first face whose nearest vertex lies
     # behind a full list: every later one does too, and none of them can outrank a kept face.
-    for walk in range(2 if soft else 1):
+    # ``cut`` (compositing, opacities ``opac`` (B, F)): after the first walk every face holding the pixel is known;
+    # the nearest kept one with opacity 1, (zc, fc), ends the compositing (its alpha is 1: T = 0 behind it). The
+    # blur-only faces the full list composites are its nearest K - c0 blur-only faces, and those composited are
+    # the ones before (zc, fc): exactly the nearest (up to K - c0) blur-only faces before (zc, fc). So the second
+    # walk keeps only faces before the cut and stops at the first nearest vertex behind it. The list then differs
+    # from the full one only behind the cut (layers that reach neither the outputs nor the gradients).
+    zc, fc = 1e30, 1 << 30
+    for walk in range(2 if max_d2 >= 0 else 1):
         s0 = offsets[b, ty, tx]
         end = s0 + counts[b, ty, tx]
         if walk == 1 and lc[K - 1] == 0:
             s0 = end
+        if ti.static(cut):
+            if walk == 1:
+                zc, fc = _cut(opac, b, K, lc, lf, lz, 0)
         while s0 < end:
             # branch-free compaction of the next chunk of the tile's list to the faces whose grown box holds the
             # pixel (the entry's mask bit; a data-dependent branch per entry costs more: ~1 in 3 entries pass),
@@ -687,87 +795,114 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
                 n += ((m >> (bit + _IN_SHIFT)) if walk == 0 else ((m >> bit) & ~(m >> (bit + _IN_SHIFT)))) & 1
             s0 += _CHUNK
             for j in range(n):
-                f = buf[j]
-                if (lc[K - 1] == 0 or (walk == 1 and lc[K - 1] == 1)) and fd[b, f, _ZMIN] > lz[K - 1]:
-                    # the list is full of faces containing the pixel (or, in the second walk, full), and the tile
-                    # list is sorted by nearest vertex: this face and every later one of this walk lie behind the
-                    # K-th kept face (hard mode: behind the visible face), none can enter
+                rec = _rec(fd, b, buf[j])
+                if _consider(rec, buf[j], x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, 0, zc, fc):
                     s0 = end
                     break
-                w0, w1, w2 = _bary(fd, b, f, x, y)
-                h0, h1, h2 = fd[b, f, _H2], fd[b, f, _H2 + 1], fd[b, f, _H2 + 2]
-                inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-                # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
-                far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
-                       | ((w2 < 0) & (w2 * w2 * h2 > r2)))
-                # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
-                # nor a full list of blur-only faces all nearer than this face's nearest vertex
-                if inside or (soft and not far and (lc[K - 1] == 2 or (lc[K - 1] == 1
-                                                                       and fd[b, f, _ZMIN] <= lz[K - 1]))):
-                    cc = 1 - ti.cast(inside, ti.i32)
-                    z = _persp_z(fd, b, f, *_clamp_bary(w0, w1, w2))
-                    if _kbefore(cc, z, f, lc[K - 1], lz[K - 1], lf[K - 1]):
-                        d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
-                        if inside or d2 < max_d2:
-                            # insertion into the sorted list from its end: the last entry falls off and the
-                            # ones the candidate beats move back one slot (candidates come roughly in depth
-                            # order, so they seldom travel far: cheaper than a full unrolled pass)
-                            k = K - 1
-                            while k > 0 and _kbefore(cc, z, f, lc[k - 1], lz[k - 1], lf[k - 1]):
-                                lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
-                                k -= 1
-                            lc[k], lf[k], lz[k], ld[k] = cc, f, z, d2
-    # compositing order: by (z, id), empty slots last (insertion sort: the list is two sorted runs, the faces
-    # holding the pixel and the blur-only ones)
-    for i in range(1, K):
-        c0, f0, z0, d0 = lc[i], lf[i], lz[i], ld[i]
-        k = i
-        while k > 0 and c0 != 2 and (lc[k - 1] == 2 or _before(z0, f0, lz[k - 1], lf[k - 1])):
-            lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
-            k -= 1
-        lc[k], lf[k], lz[k], ld[k] = c0, f0, z0, d0
+    _sort_list(K, lc, lf, lz, ld, 0)
     return lf, lz, ld
+
+
+@ti.func
+def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, ty, tx,
+                 max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template(), lc: ti.template(),
+                 lf: ti.template(), lz: ti.template(), ld: ti.template()):
+    # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
+    # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; pixel
+    # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K] (initialised empty by the caller).
+    # Each pixel meets the same candidates in the same order and passes them through the same tests as in
+    # _select, so the lists are the same.
+    r2 = max_d2 / ndc2
+    zc = ti.Vector([1e30 for _ in ti.static(range(TILE * TILE))])
+    fc = ti.Vector([1 << 30 for _ in ti.static(range(TILE * TILE))], dt=ti.i32)
+    s0 = offsets[b, ty, tx]
+    end = s0 + counts[b, ty, tx]
+    for walk in range(2 if max_d2 >= 0 else 1):
+        act = (1 << (TILE * TILE)) - 1             # the pixels still walking
+        if walk == 1:
+            act = 0
+            for p in range(TILE * TILE):
+                if lc[p * K + K - 1] != 0:
+                    act |= 1 << p
+                if ti.static(cut):
+                    zc[p], fc[p] = _cut(opac, b, K, lc, lf, lz, p * K)
+        j = s0
+        while j < end and act != 0:
+            m = bins[j, 1]
+            mm = ((m >> _IN_SHIFT) if walk == 0 else (m & ~(m >> _IN_SHIFT))) & act
+            if mm != 0:
+                f = bins[j, 0]
+                rec = _rec(fd, b, f)
+                while mm != 0:
+                    low = mm & -mm
+                    mm ^= low
+                    p = 31 - ti.math.clz(low)
+                    x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
+                    if _consider(rec, f, x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, p * K, zc[p], fc[p]):
+                        act ^= low
+            j += 1
+    for p in range(TILE * TILE):
+        _sort_list(K, lc, lf, lz, ld, p * K)
+
+
+def _spread(n_tiles: int) -> int:
+    """Loop iterations per tile of the tiled kernels: at least 4096 in all, 8 of Taichi's >= 512-long CPU blocks, so
+    that a small image's tiles (1024 at 128^2) are shared by the threads. Not more: an idle iteration of those
+    kernels costs ~80 ns (at 512^2, 16 iterations per tile made the forward ~1.4x slower)."""
+    return max(1, 4096 // max(n_tiles, 1))
+
+
+def _tiled() -> bool:
+    """Whether the per-pixel kernels run one work item per tile (_select_tile: CPU) or per pixel (GPU)."""
+    return backend.settings().resolved_arch in ("x64", "arm64")
+
+
+@ti.func
+def _knn_out(fd: ti.template(), p2f: ti.template(), bary: ti.template(), zbuf: ti.template(), dist: ti.template(),
+             b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, K: ti.template()):
+    for k in range(K):
+        f = lf[o + k]
+        p2f[b, py, px, k] = f
+        zbuf[b, py, px, k] = lz[o + k]
+        dist[b, py, px, k] = ld[o + k]
+        q0, q1, q2 = 0.0, 0.0, 0.0
+        if f >= 0:
+            q0, q1, q2, _z = _persp_bary(fd, b, f, px + 0.5, py + 0.5)
+        bary[b, py, px, k, 0] = q0
+        bary[b, py, px, k, 1] = q1
+        bary[b, py, px, k, 2] = q2
 
 
 @lean
 @ti.kernel
 def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
          counts: ti.types.ndarray(), bins: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
-         zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float, K: ti.template()):
-    # every pixel's list (_select) with the kept faces' barycentrics, recomputed for the K kept faces only
-    for b, py, px in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2]):
-        lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K)
-        for k in ti.static(range(K)):
-            f = lf[k]
-            p2f[b, py, px, k] = f
-            zbuf[b, py, px, k] = lz[k]
-            dist[b, py, px, k] = ld[k]
-            q0, q1, q2 = 0.0, 0.0, 0.0
-            if f >= 0:
-                q0, q1, q2, _z = _persp_bary(fd, b, f, px + 0.5, py + 0.5)
-            bary[b, py, px, k, 0] = q0
-            bary[b, py, px, k, 1] = q1
-            bary[b, py, px, k, 2] = q2
-
-
-@lean
-@ti.kernel
-def _fragments_of(fd: ti.types.ndarray(), p2f: ti.types.ndarray(), bary: ti.types.ndarray(),
-                  zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), ndc2: float):
-    # _knn's barycentrics, depths and distances of given face lists, by the same steps (``LazyFragments``)
-    for b, py, px, k in ti.ndrange(p2f.shape[0], p2f.shape[1], p2f.shape[2], p2f.shape[3]):
-        f = p2f[b, py, px, k]
-        q0, q1, q2, z, d2 = 0.0, 0.0, 0.0, -1.0, 0.0
-        if f >= 0:
-            x, y = px + 0.5, py + 0.5
-            w0, w1, w2 = _bary(fd, b, f, x, y)
-            q0, q1, q2, z = _persp_bary(fd, b, f, x, y)
-            d2 = _signed_d2(fd, b, f, w0, w1, w2, x, y, ndc2)
-        bary[b, py, px, k, 0] = q0
-        bary[b, py, px, k, 1] = q1
-        bary[b, py, px, k, 2] = q2
-        zbuf[b, py, px, k] = z
-        dist[b, py, px, k] = d2
+         zbuf: ti.types.ndarray(), dist: ti.types.ndarray(), max_d2: float, ndc2: float, K: ti.template(),
+         tiled: ti.template(), spread: int):
+    # every pixel's list (_select, or _select_tile per tile) with the kept faces' barycentrics, recomputed for the
+    # K kept faces only
+    H, W = p2f.shape[1], p2f.shape[2]
+    if ti.static(tiled):
+        # Taichi's CPU range-for hands each thread blocks of >= 512 iterations: ``spread`` iterations per tile
+        # (only the first works) keep the tiles balanced over the threads (_spread)
+        ty_n, tx_n = offsets.shape[1], offsets.shape[2]
+        for it in range(p2f.shape[0] * ty_n * tx_n * spread):
+            if it % spread == 0:
+                t = it // spread
+                b, ty, tx = t // (ty_n * tx_n), t // tx_n % ty_n, t % tx_n
+                lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+                lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+                ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
+                _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, fd, False, lc, lf, lz, ld)
+                for p in range(TILE * TILE):
+                    py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
+                    if py < H and px < W:
+                        _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, p * K, K)
+    else:
+        for b, py, px in ti.ndrange(p2f.shape[0], H, W):
+            lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, fd, False)
+            _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, 0, K)
 
 
 def blur_radius_px(sigma: float, width: int, height: int) -> float:
@@ -830,7 +965,8 @@ def rasterize_screen(screen: torch.Tensor, faces: torch.Tensor, width: int, heig
     bary = torch.empty(B, H, W, K, 3, dtype=dt, device=dev)           # every slot is written by _knn
     zbuf = torch.empty(B, H, W, K, dtype=dt, device=dev)
     dist = torch.empty(B, H, W, K, dtype=dt, device=dev)
-    _knn(bins.fd, bins.offsets, bins.counts, bins.bins, p2f, bary, zbuf, dist, bins.max_d2, bins.ndc2, K)
+    _knn(bins.fd, bins.offsets, bins.counts, bins.bins, p2f, bary, zbuf, dist, bins.max_d2, bins.ndc2, K, _tiled(),
+         _spread(bins.offsets.numel()))
     return Fragments(p2f, bary, zbuf, dist)
 
 
@@ -895,27 +1031,30 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
 
 
 class LazyFragments(Fragments):
-    """``Fragments`` of given K-nearest lists whose barycentrics, depths and distances are computed on first
-    access (``_knn``'s values, from the binned faces' records): a renderer that composites while it selects keeps
-    only the face ids."""
+    """``rasterize``'s ``Fragments`` (the full K-nearest lists, ``_knn``) of binned faces, computed on first access
+    of any field: a renderer that composites while it selects (and may stop selecting behind an opaque layer)
+    keeps only the bins until someone reads the fragments."""
 
-    def __init__(self, pix_to_face: torch.Tensor, bins: Bins):
-        self.pix_to_face = pix_to_face
-        self._fd, self._ndc2, self._rest = bins.fd, bins.ndc2, None         # the face records only, not the lists
+    def __init__(self, bins: Bins, K: int, shape: tuple):
+        self._bins, self._K, self._shape, self._all = bins, int(K), tuple(shape), None
 
     def _filled(self):
-        if self._rest is None:
-            p2f, fd = self.pix_to_face, self._fd
-            kw = dict(dtype=fd.dtype, device=fd.device)
-            bary = torch.empty(*p2f.shape, 3, **kw)
-            zbuf, dist = torch.empty(p2f.shape, **kw), torch.empty(p2f.shape, **kw)
-            _fragments_of(fd, p2f, bary, zbuf, dist, self._ndc2)
-            self._rest, self._fd = (bary, zbuf, dist), None
-        return self._rest
+        if self._all is None:
+            bn, K = self._bins, self._K
+            B, H, W = self._shape
+            kw = dict(dtype=bn.fd.dtype, device=bn.fd.device)
+            p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=bn.fd.device)
+            bary = torch.empty(B, H, W, K, 3, **kw)
+            zbuf, dist = torch.empty(B, H, W, K, **kw), torch.empty(B, H, W, K, **kw)
+            _knn(bn.fd, bn.offsets, bn.counts, bn.bins, p2f, bary, zbuf, dist, bn.max_d2, bn.ndc2, K, _tiled(),
+                 _spread(bn.offsets.numel()))
+            self._all, self._bins = (p2f, bary, zbuf, dist), None
+        return self._all
 
-    bary = property(lambda self: self._filled()[0])
-    zbuf = property(lambda self: self._filled()[1])
-    dist = property(lambda self: self._filled()[2])
+    pix_to_face = property(lambda self: self._filled()[0])
+    bary = property(lambda self: self._filled()[1])
+    zbuf = property(lambda self: self._filled()[2])
+    dist = property(lambda self: self._filled()[3])
 
 
 def face_corners(screen: torch.Tensor, faces: torch.Tensor, B: int) -> torch.Tensor:

@@ -149,3 +149,85 @@ def test_soft_render_fragments_equal_rasterize():
     diff = ~same
     assert torch.equal(fr.pix_to_face[diff].sort(-1)[0], ref.pix_to_face[diff].sort(-1)[0])
     assert torch.allclose(fr.zbuf[diff], ref.zbuf[diff], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("K", [6, 2])
+def test_soft_render_opaque_cut_is_exact(monkeypatch, K):
+    # the fused soft pass stops selecting behind each pixel's nearest opaque face holding it (nothing behind it is
+    # composited): values and gradients equal those of the same pass on the full K-nearest lists, and, except the
+    # opacity gradient of opaque faces, those of the rasterize -> soft_composite chain (the fused backward, with or
+    # without the cut, takes nothing behind an opaque layer into that gradient; the chain does). Opacities mix 1 and
+    # < 1 (pixels with and without a cut, cuts behind translucent faces), with silhouettes, pixels only blur-only
+    # faces reach and an image background.
+    from engine.render import mesh as M
+
+    m = _meshes()["scene"]
+    V0, F = torch.tensor(m.vertices), torch.tensor(m.faces)
+    cam = orbit_cameras(2, radius=3.0, elevation=25, width=40, height=32, start=10)
+    gen = torch.Generator().manual_seed(3)
+    op0 = torch.where(torch.rand(F.shape[0], generator=gen) < 0.6, 1.0, 0.7).double()
+    col0 = torch.rand(V0.shape[0], 3, generator=gen, dtype=torch.float64)
+    bg0 = torch.rand(2, 32, 40, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(2, 32, 40, 3, generator=gen, dtype=torch.float64)
+    ops = []
+    real = M.SoftMesh.forward
+
+    def spy(self, *a):
+        out, saved = real(self, *a)
+        ops.append(out[4])
+        return out, saved
+
+    def run(mode):
+        if mode == "chain":
+            monkeypatch.setattr(M, "_render_soft_fused", lambda *a, **k: None)
+        else:
+            monkeypatch.setattr(M.SoftMesh, "forward", spy)
+            monkeypatch.setattr(M, "_OPAQUE_CUT", mode == "cut")
+        x = [t.clone().requires_grad_() for t in (V0, col0, op0, bg0)]
+        r = render_mesh(x[0], F, cam, colors=x[1], opacity=x[2], background=x[3], mode="soft", sigma=3e-4,
+                        faces_per_pixel=K)
+        ((r.rgb * w).sum() + (r.alpha * w[..., 0]).sum() + (r.depth * w[..., 1]).sum()).backward()
+        monkeypatch.undo()
+        return [r.rgb, r.alpha, r.depth], [t.grad for t in x]
+
+    v1, g1 = run("cut")
+    v0, g0 = run("full")
+    v2, g2 = run("chain")
+    names = ["verts", "colours", "opacity", "background"]
+    for a, b, c in zip(v1, v0, v2):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, c, atol=1e-12, rtol=0)
+    for name, a, b, c in zip(names, g1, g0, g2):
+        assert c.abs().max() > 1e-3, name
+        assert torch.allclose(a, b, atol=1e-12, rtol=0), (name, (a - b).abs().max().item())
+        if name == "opacity":
+            a, c = a[op0 < 1], c[op0 < 1]
+        assert torch.allclose(a, c, atol=1e-11, rtol=0), (name, (a - c).abs().max().item())
+    # the op reports only the composited layers (-1 behind an opaque one), the same nearest face
+    full = rasterize(V0, F, cam, faces_per_pixel=K, sigma=3e-4).pix_to_face
+    assert len(ops) == 2 and (ops[0] >= 0).sum() < (full >= 0).sum()
+    assert torch.equal(ops[0][..., 0], full[..., 0])
+
+
+def test_tile_and_pixel_selection_agree(monkeypatch):
+    # the per-tile selection (CPU) and the per-pixel one (the GPU form, run here on the CPU) give the same lists,
+    # soft and hard, and the same fused soft render
+    from engine.render import mesh as M
+    from engine.render import raster as R
+
+    m = _meshes()["scene"]
+    V, F = torch.tensor(m.vertices), torch.tensor(m.faces)
+    cam = orbit_cameras(2, radius=3.0, elevation=25, width=37, height=30, start=10)
+    op = torch.where(torch.rand(F.shape[0], generator=torch.Generator().manual_seed(4)) < 0.5, 1.0, 0.8).double()
+    out = {}
+    for tiled in (True, False):
+        monkeypatch.setattr(R, "_tiled", lambda t=tiled: t)
+        monkeypatch.setattr(M, "_tiled", lambda t=tiled: t)
+        soft = rasterize(V, F, cam, faces_per_pixel=5, sigma=3e-4)
+        hard = rasterize(V, F, cam, faces_per_pixel=3)
+        r = render_mesh(V, F, cam, mode="soft", sigma=3e-4, faces_per_pixel=5, opacity=op)
+        out[tiled] = (soft.pix_to_face, soft.zbuf, soft.dist, hard.pix_to_face, hard.zbuf, r.rgb, r.alpha, r.depth)
+        monkeypatch.undo()
+    assert (out[True][0] >= 0).sum() > 1500 and (out[True][0] == -1).any()
+    for a, b in zip(out[True], out[False]):
+        assert torch.equal(a, b)
