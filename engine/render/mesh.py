@@ -95,8 +95,9 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
                opac: ti.template(), bg: ti.template(), tex: ti.template(), uvc: ti.template(), fn: ti.template(),
                p2f: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(), nrm: ti.template(),
                b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face, use_shade,
-               use_tex: ti.template(), sigma, K: ti.template(), C: ti.template()):
-    # one pixel's list lf, lz, ld[o:o + K] (by (z, id)) composited front to back over the background
+               use_tex: ti.template(), sigma, K: ti.template(), C: ti.template(), cut: ti.template()):
+    # one pixel's list lf, lz, ld[o:o + K] (by (z, id)) composited front to back over the background; p2f gets
+    # the composited layers (``cut``: -1 behind an opaque one) or the whole list
     W = p2f.shape[2]
     x, y = px + 0.5, py + 0.5
     bn = b if fn.shape[0] > 1 else 0
@@ -109,8 +110,9 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
     T = 1.0
     for k in range(K):
         f = lf[o + k]
-        # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, and not reported (-1)
-        p2f[b, py, px, k] = f if T != 0.0 else -1
+        # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, and with ``cut`` not reported
+        # (-1); without it the backward needs them for that opaque layer's opacity gradient
+        p2f[b, py, px, k] = f if (T != 0.0 or not ti.static(cut)) else -1
         if f >= 0 and T != 0.0:
             d = ld[o + k]
             cov = 1.0
@@ -160,12 +162,12 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
                         _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
-                                   lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C)
+                                   lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
             _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
-                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C)
+                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut)
 
 
 @ti.func
@@ -189,8 +191,10 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
               gbuf: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int, o_opac: int, o_uv: int,
               o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float,
               n_chunks: int, private: ti.template(), tex_private: ti.template(), has_gdep: int, has_galp: int,
-              K: ti.template(), C: ti.template()):
+              full: int, K: ti.template(), C: ti.template()):
     # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
+    # full: p2f holds whole lists and the layers behind T = 0 go into R (an opaque layer's opacity gradient is
+    # T (v - R) with R the layers behind it; they add nothing else); otherwise p2f stops where T = 0
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
     # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
@@ -255,7 +259,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                     Tn = 1.0
                     while n < K:
                         f = p2f[b, py, px, n]
-                        if f < 0 or Tn == 0.0:
+                        if f < 0 or (Tn == 0.0 and not full):
                             break
                         w0, w1, w2 = _bary(fd, b, f, x, y)
                         d, e = _signed_d2e(fd, b, f, w0, w1, w2, x, y, ndc2)
@@ -450,7 +454,9 @@ class SoftMesh(bridge.Op):
     autograd never slices one (a slice's backward zero-fills and copies a whole image), the nearest face's normal
     (B, H, W, 3) from the face normals input fn (Bn, F, 3) (after uvc), and the face ids (B, H, W, K) int32 of
     the composited layers, front to back (-1 behind an opaque layer, where the selection stopped: the returned
-    ``LazyFragments`` select the full K-nearest lists again if read). Gradients: verts (through coverage and the
+    ``LazyFragments`` select the full K-nearest lists again if read), or with ``full_lists`` (set when the opacity
+    needs a gradient) the whole K-nearest lists: the gradient of a face with opacity exactly 1 depends on the
+    layers behind it. Gradients: verts (through coverage and the
     projection), attr, shade, opacity, background, texels, uvs, face normals. Barycentrics and depths stay detached,
     as in DBW.
     """
@@ -460,13 +466,16 @@ class SoftMesh(bridge.Op):
     none_grads = True               # unused depth / alpha gradients arrive as None (no image-sized zeros)
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool,
-                 screen_input: bool, K: int, max_d2: float):
+                 screen_input: bool, K: int, max_d2: float, full_lists: bool = False):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
         self.per_face, self.use_shade, self.use_tex = int(per_face), int(use_shade), int(use_tex)
         self.screen_input = bool(screen_input)
         self.K, self.max_d2 = int(K), float(max_d2)
+        # full_lists (opacity needs a gradient): no opaque cut, whole lists to the backward, where the opacity
+        # gradient of a face with opacity exactly 1 needs the layers behind it
+        self.cut = bool(_OPAQUE_CUT and not full_lists)
 
     def forward(self, verts, attr, shade, opacity, background, tex, uvc, fn, cam, faces, screen, fd, offsets, counts,
                 bins):
@@ -478,7 +487,7 @@ class SoftMesh(bridge.Op):
         nrm = torch.empty(B, H, W, 3, **kw)
         _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, rgb, dep, alp,
                   nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
-                  _tiled(), _spread(offsets.numel()), _OPAQUE_CUT)
+                  _tiled(), _spread(offsets.numel()), self.cut)
         saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn.shape)
         return (rgb, dep, alp, nrm, p2f), saved
 
@@ -530,7 +539,7 @@ class SoftMesh(bridge.Op):
                   dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf,
                   g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
                   self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
-                  int(g_dep is not None), int(g_alp is not None), self.K, attr.shape[2])
+                  int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.K, attr.shape[2])
         if nc > 1:
             # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
             parts = [(v, n, c) for v, n, c in zip(views[1:], sizes[1:], copies[1:])
@@ -1320,7 +1329,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     # camera gradients: the op takes torch's differentiable projection as its geometry input
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts, faces_per_pixel,
-                  bins.max_d2)
+                  bins.max_d2, full_lists=opac.requires_grad)
     rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
                                                    bins.fd, bins.offsets, bins.counts, bins.bins)
     # the op's p2f holds only the composited layers (its selection stops behind an opaque one): the fragments are

@@ -154,11 +154,11 @@ def test_soft_render_fragments_equal_rasterize():
 @pytest.mark.parametrize("K", [6, 2])
 def test_soft_render_opaque_cut_is_exact(monkeypatch, K):
     # the fused soft pass stops selecting behind each pixel's nearest opaque face holding it (nothing behind it is
-    # composited): values and gradients equal those of the same pass on the full K-nearest lists, and, except the
-    # opacity gradient of opaque faces, those of the rasterize -> soft_composite chain (the fused backward, with or
-    # without the cut, takes nothing behind an opaque layer into that gradient; the chain does). Opacities mix 1 and
-    # < 1 (pixels with and without a cut, cuts behind translucent faces), with silhouettes, pixels only blur-only
-    # faces reach and an image background.
+    # composited): values and gradients equal those of the same pass on the full K-nearest lists and of the
+    # rasterize -> soft_composite chain. When the opacity itself needs a gradient the pass keeps the whole lists:
+    # a face with opacity exactly 1 has d out / d opacity = T (v - R) with R the layers behind it, which the
+    # chain computes too. Opacities mix 1 and < 1 (pixels with and without a cut, cuts behind translucent faces),
+    # with silhouettes, pixels only blur-only faces reach and an image background.
     from engine.render import mesh as M
 
     m = _meshes()["scene"]
@@ -177,36 +177,43 @@ def test_soft_render_opaque_cut_is_exact(monkeypatch, K):
         ops.append(out[4])
         return out, saved
 
-    def run(mode):
+    def run(mode, opacity_grad):
         if mode == "chain":
             monkeypatch.setattr(M, "_render_soft_fused", lambda *a, **k: None)
         else:
             monkeypatch.setattr(M.SoftMesh, "forward", spy)
             monkeypatch.setattr(M, "_OPAQUE_CUT", mode == "cut")
-        x = [t.clone().requires_grad_() for t in (V0, col0, op0, bg0)]
+        x = [t.clone().requires_grad_(i != 2 or opacity_grad) for i, t in enumerate((V0, col0, op0, bg0))]
         r = render_mesh(x[0], F, cam, colors=x[1], opacity=x[2], background=x[3], mode="soft", sigma=3e-4,
                         faces_per_pixel=K)
         ((r.rgb * w).sum() + (r.alpha * w[..., 0]).sum() + (r.depth * w[..., 1]).sum()).backward()
         monkeypatch.undo()
         return [r.rgb, r.alpha, r.depth], [t.grad for t in x]
 
-    v1, g1 = run("cut")
-    v0, g0 = run("full")
-    v2, g2 = run("chain")
-    names = ["verts", "colours", "opacity", "background"]
-    for a, b, c in zip(v1, v0, v2):
-        assert torch.equal(a, b)
-        assert torch.allclose(a, c, atol=1e-12, rtol=0)
-    for name, a, b, c in zip(names, g1, g0, g2):
-        assert c.abs().max() > 1e-3, name
-        assert torch.allclose(a, b, atol=1e-12, rtol=0), (name, (a - b).abs().max().item())
-        if name == "opacity":
-            a, c = a[op0 < 1], c[op0 < 1]
-        assert torch.allclose(a, c, atol=1e-11, rtol=0), (name, (a - c).abs().max().item())
-    # the op reports only the composited layers (-1 behind an opaque one), the same nearest face
     full = rasterize(V0, F, cam, faces_per_pixel=K, sigma=3e-4).pix_to_face
-    assert len(ops) == 2 and (ops[0] >= 0).sum() < (full >= 0).sum()
-    assert torch.equal(ops[0][..., 0], full[..., 0])
+    for opacity_grad in (False, True):
+        ops.clear()
+        v1, g1 = run("cut", opacity_grad)
+        v0, g0 = run("full", opacity_grad)
+        v2, g2 = run("chain", opacity_grad)
+        names = ["verts", "colours", "opacity", "background"]
+        for a, b, c in zip(v1, v0, v2):
+            assert torch.equal(a, b)
+            assert torch.allclose(a, c, atol=1e-12, rtol=0)
+        for name, a, b, c in zip(names, g1, g0, g2):
+            if name == "opacity" and not opacity_grad:
+                assert a is None and b is None
+                continue
+            assert c.abs().max() > 1e-3, name
+            assert torch.allclose(a, b, atol=1e-12, rtol=0), (name, (a - b).abs().max().item())
+            assert torch.allclose(a, c, atol=1e-11, rtol=0), (name, (a - c).abs().max().item())
+        assert len(ops) == 2 and torch.equal(ops[0][..., 0], full[..., 0])
+        if opacity_grad:
+            # whole lists for the backward
+            assert torch.equal(ops[0], full) and torch.equal(ops[1], full)
+        else:
+            # the op reports only the composited layers (-1 behind an opaque one), the same nearest face
+            assert (ops[0] >= 0).sum() < (full >= 0).sum()
 
 
 def test_tile_and_pixel_selection_agree(monkeypatch):
