@@ -393,6 +393,23 @@ def _fill0(buf: ti.types.ndarray()):
 
 @lean
 @ti.kernel
+def _copy_flat(src: ti.types.ndarray(), dst: ti.types.ndarray()):
+    # dst = src (1-D), without torch's OpenMP copy
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@lean
+@ti.kernel
+def _fill_rows(src: ti.types.ndarray(), buf: ti.types.ndarray()):
+    # buf (B, F) = src (1 or B, 1 or F) broadcast: torch's copy of an expanded tensor is an OpenMP region (51k
+    # faces: 3-11 ms waiting on a descheduled thread where the copy itself takes microseconds)
+    for b, f in ti.ndrange(buf.shape[0], buf.shape[1]):
+        buf[b, f] = src[b if src.shape[0] > 1 else 0, f if src.shape[1] > 1 else 0]
+
+
+@lean
+@ti.kernel
 def _sum_copies(buf: ti.types.ndarray(), segs: ti.types.ndarray(), out: ti.types.ndarray(), nc: int):
     # out = each segment's nc stacked copies summed, segments back to back: segs rows (offset in buf, length)
     for j in range(out.shape[0]):
@@ -915,49 +932,62 @@ class FaceShade(bridge.Op):
     """Unit face normals and two-sided Lambert shade per face (``face_normals`` + ``lambert``) as Taichi kernels
     with a hand-written backward to the vertices (``_face_frame``): no face-sized torch ops. For fixed lights.
     Inputs verts (Bv, V, 3), light directions (L, 3), colours (L, 3), ambient (3,), faces; outputs fn, shade
-    (Bv, F, 3) (shade all ones when ``use_shade`` is off)."""
+    (Bv, F, 3) (shade all ones when ``use_shade`` is off) and, with ``passthrough``, the vertices again: an op that
+    takes them from here instead of from the caller's tensor hands its vertex gradient to this backward, which
+    adds its own to it in a Taichi launch (torch would otherwise sum the two: a vertex-sized OpenMP region, which
+    waited 2-6 ms for 26k vertices on this 2-core box)."""
 
     name = "face_shade"
     fresh_grads = True
     none_grads = True
 
-    def __init__(self, use_shade: bool):
+    def __init__(self, use_shade: bool, passthrough: bool = False):
         self.use_shade = int(use_shade)
+        self.passthrough = bool(passthrough)
 
     def forward(self, verts, ldir, lcol, amb, faces):
         kw = dict(dtype=verts.dtype, device=verts.device)
         fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
         shade = torch.empty_like(fn) if self.use_shade else torch.ones_like(fn)
         _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
-        return (fn, shade), (verts, ldir, lcol, faces)
+        return (fn, shade) + ((verts,) if self.passthrough else ()), (verts, ldir, lcol, faces)
 
     def backward(self, saved, grads):
         verts, ldir, lcol, faces = saved
-        g_fn, g_shade = grads
-        if g_fn is None and (g_shade is None or not self.use_shade):
-            return None, None, None, None, None
-        shape = (verts.shape[0], faces.shape[0], 3)
-        has_gfn = g_fn is not None
-        g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        g_fn, g_shade = grads[:2]
+        g_pass = grads[2] if self.passthrough else None
         use = self.use_shade and g_shade is not None
-        g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
+        if g_fn is None and not use and g_pass is None:
+            return None, None, None, None, None
         g_verts = torch.empty_like(verts)
-        _fill0(g_verts.view(-1))                                   # a Taichi fill: no OpenMP region
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn))
+        if g_pass is None:
+            _fill0(g_verts.view(-1))                               # a Taichi fill: no OpenMP region
+        else:
+            _copy_flat(g_pass.view(-1), g_verts.view(-1))
+        if g_fn is not None or use:
+            has_gfn = g_fn is not None
+            g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+            g_shade = g_fn if not use else g_shade                 # not read when ``use`` is off
+            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn))
         return g_verts, None, None, None, None
 
 
-def _face_shade(verts, faces, lights, dt, dev):
-    """(fn, shade or a (1, 1, 1) ones dummy): Taichi ``FaceShade`` for fixed lights, else torch (light gradients)."""
+def _face_shade(verts, faces, lights, dt, dev, passthrough: bool = False):
+    """(fn, shade or a (1, 1, 1) ones dummy): Taichi ``FaceShade`` for fixed lights, else torch (light gradients).
+    With ``passthrough`` also the vertices to use downstream (``FaceShade``'s passthrough output, or ``verts``)."""
     if lights is not None and any(x.requires_grad for x in (lights.direction, lights.color, lights.ambient)):
         fn = face_normals(verts, faces)
-        return fn, lambert(fn, lights)
+        return (fn, lambert(fn, lights)) + ((verts,) if passthrough else ())
     if lights is not None:
         ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
     else:
         ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
-    fn, shade = bridge.apply(FaceShade(lights is not None), verts, ldir, lcol, amb, faces)
-    return fn, shade if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+    through = passthrough and verts.requires_grad
+    out = bridge.apply(FaceShade(lights is not None, through), verts, ldir, lcol, amb, faces)
+    fn, shade = out[0], out[1] if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
+    if not passthrough:
+        return fn, shade
+    return fn, shade, out[2] if through else verts
 
 
 @lean
@@ -1322,9 +1352,17 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     bins = bin_faces(screen.contiguous(), faces.contiguous(), W, H, sigma)
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1) if cam.shape[0] != B else cam
-    fn, shade = _face_shade(verts, faces, lights, dt, dev)                                   # (Bv, F, 3)
+    # the vertices through FaceShade: its backward adds the shading's vertex gradient to the op's (no torch sum)
+    fn, shade, verts = _face_shade(verts, faces, lights, dt, dev, passthrough=True)           # (Bv, F, 3)
     opac = torch.as_tensor(opacity, dtype=dt, device=dev)
-    opac = opac.reshape(1, -1).expand(B, F) if opac.dim() <= 1 else opac.expand(B, F)  # the kernels read row b
+    opac = opac.reshape(1, -1) if opac.dim() <= 1 else opac
+    if opac.shape != (B, F):                                                          # the kernels read row b
+        if opac.requires_grad:
+            opac = opac.expand(B, F)
+        else:
+            full = torch.empty(B, F, dtype=dt, device=dev)
+            _fill_rows(opac.contiguous(), full)
+            opac = full
     bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
     # camera gradients: the op takes torch's differentiable projection as its geometry input
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
