@@ -323,28 +323,22 @@ _REP = ((1 << TILE * TILE) - 1) // ((1 << TILE) - 1)
 """Bit 0 of every pixel row of a tile's mask: (columns) * _REP repeats a column mask in each row."""
 
 
+_KEY_INT = {False: (ti.i32, ti.u32), True: (ti.i64, ti.u64)}
+"""_depth_key's signed and unsigned integer types of the float's width (f32, f64)."""
+
+
 @ti.func
 def _depth_key(z, wide: ti.template()):
     # an unsigned 64-bit key with the order of the depth z (f32, or f64 if wide): the float's bits with negative
     # values' magnitude bits flipped, the sign bit flipped (so signed order becomes unsigned), -0 as +0
-    k = ti.cast(0, ti.u64)
-    if ti.static(wide):
-        i = ti.bit_cast(z, ti.i64)
-        top = ti.cast(1, ti.i64) << 63
-        if i == top:
-            i = 0
-        if i < 0:
-            i ^= ~top
-        k = ti.cast(i ^ top, ti.u64)
-    else:
-        i = ti.bit_cast(z, ti.i32)
-        top = ti.cast(1, ti.i32) << 31
-        if i == top:
-            i = 0
-        if i < 0:
-            i ^= ~top
-        k = ti.cast(ti.cast(i ^ top, ti.u32), ti.u64)
-    return k
+    it, ut = _KEY_INT[wide]
+    i = ti.bit_cast(z, it)
+    top = ti.cast(1, it) << ti.static(63 if wide else 31)
+    if i == top:
+        i = 0
+    if i < 0:
+        i ^= ~top
+    return ti.cast(ti.cast(i ^ top, ut), ti.u64)
 
 
 @lean
@@ -574,13 +568,19 @@ def _kbefore(c, z, f, c2, z2, f2):
 
 
 @ti.func
-def _seg_d2(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), il: ti.template(), x, y):
-    # squared distance from (x, y) to the face's edge from vertex u to vertex v (1 / |edge|^2 at il)
-    ux, uy = fd[b, f, _VXY + 2 * u], fd[b, f, _VXY + 2 * u + 1]
-    ex, ey = fd[b, f, _VXY + 2 * v] - ux, fd[b, f, _VXY + 2 * v + 1] - uy
-    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * fd[b, f, _IL + il], 0.0), 1.0)
+def _seg_at(ux, uy, vx, vy, il, x, y):
+    # squared distance from (x, y) to the segment from (ux, uy) to (vx, vy) (il = 1 / its squared length)
+    ex, ey = vx - ux, vy - uy
+    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * il, 0.0), 1.0)
     qx, qy = ux + t * ex - x, uy + t * ey - y
     return qx * qx + qy * qy
+
+
+@ti.func
+def _seg_d2(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # squared distance from (x, y) to the face's edge from vertex u to vertex v (1 / |edge|^2 at il)
+    return _seg_at(fd[b, f, _VXY + 2 * u], fd[b, f, _VXY + 2 * u + 1], fd[b, f, _VXY + 2 * v],
+                   fd[b, f, _VXY + 2 * v + 1], fd[b, f, _IL + il], x, y)
 
 
 @ti.func
@@ -626,12 +626,6 @@ def _signed_d2e(fd: ti.template(), b, f, w0, w1, w2, x, y, ndc2):
 
 
 @ti.func
-def _signed_d2(fd: ti.template(), b, f, w0, w1, w2, x, y, ndc2):
-    d2, _e = _signed_d2e(fd, b, f, w0, w1, w2, x, y, ndc2)
-    return d2
-
-
-@ti.func
 def _persp_bary(fd: ti.template(), b, f, x, y):
     # a kept face's perspective-correct barycentrics at (x, y) (clamped to the triangle) and its depth there, by
     # the same steps as the depth the K-nearest pass orders by
@@ -651,11 +645,7 @@ def _rec(fd: ti.template(), b, f):
 @ti.func
 def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
     # _seg_d2 from a record in locals (_rec)
-    ux, uy = r[2 * u], r[2 * u + 1]
-    ex, ey = r[2 * v] - ux, r[2 * v + 1] - uy
-    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * r[_IL - _VXY + il], 0.0), 1.0)
-    qx, qy = ux + t * ex - x, uy + t * ey - y
-    return qx * qx + qy * qy
+    return _seg_at(r[2 * u], r[2 * u + 1], r[2 * v], r[2 * v + 1], r[_IL - _VXY + il], x, y)
 
 
 @ti.func
@@ -668,7 +658,7 @@ def _consider(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, K: ti.template(
     # Cheapest test first: barycentrics (2 FMAs each from _face_setup's gradients), then for a pixel outside the
     # face: a full list of covering faces, the edge lines' distance (a lower bound), the nearest vertex's depth and
     # then the depth against the list's last entry and the cut, and only then the distance to the edges the pixel
-    # is outside of. The arithmetic is _bary's, _persp_z's and _signed_d2's, step for step.
+    # is outside of. The arithmetic is _bary_at's, _persp_z's, _signed_d2e's and _seg_at's, step for step.
     stop = 0
     last = o + K - 1
     zmin = r[_ZMIN - _VXY]
