@@ -139,5 +139,12 @@ class Lean:
 
 
 def lean(kernel) -> Lean:
-    """Wrap a ``@ti.kernel`` whose array arguments are torch tensors (``ti.types.ndarray``) for lean launches."""
+    """Wrap a ``@ti.kernel`` whose array arguments are torch tensors (``ti.types.ndarray``) for lean launches.
+
+    Raises:
+        TypeError: for anything but a kernel (a ``@ti.func`` wrapped by mistake still runs, inlined, but Taichi
+            warns on every compile that it calls a non-Taichi function).
+    """
+    if not hasattr(getattr(kernel, "_primal", None), "compiled_kernels"):
+        raise TypeError(f"lean() wraps a @ti.kernel, got {getattr(kernel, '__name__', kernel)!r}")
     return Lean(kernel)

@@ -88,7 +88,6 @@ def _seg_dist2(px, py, ax, ay, bx, by):
     return qx * qx + qy * qy
 
 
-@lean
 @ti.func
 def _project_vertex(verts: ti.template(), cam: ti.template(), screen: ti.template(), b, i):
     """Pinhole projection (Camera.project) of vertex i for camera b into ``screen[b, i]`` (pixel x, y and camera
@@ -106,6 +105,7 @@ def _project_vertex(verts: ti.template(), cam: ti.template(), screen: ti.templat
     screen[b, i, 2] = pc[2]
 
 
+@lean
 @ti.kernel
 def _project(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: ti.types.ndarray()):
     for b, i in ti.ndrange(screen.shape[0], screen.shape[1]):

@@ -1,4 +1,5 @@
 """Lean kernel launches (``engine.launch``) give what Taichi's own launch path gives."""
+import pytest
 import taichi as ti
 import torch
 
@@ -63,3 +64,13 @@ def test_lean_strips_vector_element_dims():
         fn(m, out)
         assert torch.allclose(out, m.sum(1))
     assert isinstance(fn, Lean) and len(fn._plans) == 1
+
+
+def test_lean_refuses_a_func():
+    # a @ti.func under @lean ran inlined, with Taichi warning on every compile of its callers
+    @ti.func
+    def f(x):
+        return x + 1
+
+    with pytest.raises(TypeError, match="wraps a @ti.kernel"):
+        lean(f)
