@@ -649,6 +649,29 @@ def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.templa
 
 
 @ti.func
+def _lo(a, b):
+    # min(a, b) for numbers (no NaN rule: one compare and select, x86's minps)
+    return ti.select(a < b, a, b)
+
+
+@ti.func
+def _pos(a):
+    # max(a, 0) for numbers (no NaN rule; -0 stays -0, which no sum or product below tells from 0)
+    return ti.select(a < 0, 0.0, a)
+
+
+@ti.func
+def _seg_r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # _seg_d2r with _seg_at's clamp of t to [0, 1] written as selects (same value)
+    ux, uy, vx, vy = r[2 * u], r[2 * u + 1], r[2 * v], r[2 * v + 1]
+    ex, ey = vx - ux, vy - uy
+    t = ((x - ux) * ex + (y - uy) * ey) * r[_IL - _VXY + il]
+    t = ti.select(t > 1.0, 1.0, _pos(t))
+    qx, qy = ux + t * ex - x, uy + t * ey - y
+    return qx * qx + qy * qy
+
+
+@ti.func
 def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc):
     # the candidate test of face f (record r, _rec) for the pixel at (x, y) whose keep-list ends with the entry
     # (class c9, depth z9, face f9) (sorted by (class, z, id)), met in walk ``walk`` (_select), with the opaque cut
@@ -676,16 +699,18 @@ def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc)
     # nor a full list of blur-only faces all nearer than this face's nearest vertex
     cand = inside | ((max_d2 >= 0) & (far == 0) & ((c9 == 2) | ((c9 == 1) & (zmin <= z9))))
     cc = 1 - ti.cast(inside, ti.i32)
-    q0, q1, q2 = _clamp_bary(w0, w1, w2)
+    c0, c1, c2 = _pos(w0), _pos(w1), _pos(w2)
+    ws = c0 + c1 + c2
+    q0, q1, q2 = c0 / ws, c1 / ws, c2 / ws
     z = 1.0 / (q0 * r[_IZ - _VXY] + q1 * r[_IZ - _VXY + 1] + q2 * r[_IZ - _VXY + 2])
     zb = (z < z9) | ((z == z9) & (f < f9))
     ok = (cc < c9) | ((cc == c9) & zb)
     ok &= inside | (z < zc) | ((z == zc) & (f < fc))
     # the nearest edge among those whose line the pixel is outside of
-    e2 = ti.min(ti.select(w2 <= 0, _seg_d2r(r, 0, 1, 0, x, y), 1e30),
-                ti.select(w0 <= 0, _seg_d2r(r, 1, 2, 1, x, y), 1e30),
-                ti.select(w1 <= 0, _seg_d2r(r, 2, 0, 2, x, y), 1e30))
-    d2 = ti.select(inside, -ti.min(a0, a1, a2) * ndc2, e2 * ndc2)
+    e2 = _lo(_lo(ti.select(w2 <= 0, _seg_r(r, 0, 1, 0, x, y), 1e30),
+                 ti.select(w0 <= 0, _seg_r(r, 1, 2, 1, x, y), 1e30)),
+             ti.select(w1 <= 0, _seg_r(r, 2, 0, 2, x, y), 1e30))
+    d2 = ti.select(inside, -_lo(_lo(a0, a1), a2) * ndc2, e2 * ndc2)
     enter = (stop == 0) & cand & ok & (inside | (d2 < max_d2))
     return stop, enter, cc, z, d2
 
