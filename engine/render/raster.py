@@ -817,60 +817,95 @@ def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.templa
 
 
 @ti.func
+def _lo(a, b):
+    # min(a, b) for numbers (no NaN rule: one compare and select, x86's minps)
+    return ti.select(a < b, a, b)
+
+
+@ti.func
+def _pos(a):
+    # max(a, 0) for numbers (no NaN rule; -0 stays -0, which no sum or product below tells from 0)
+    return ti.select(a < 0, 0.0, a)
+
+
+@ti.func
+def _seg_r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # _seg_d2r with _seg_at's clamp of t to [0, 1] written as selects (same value)
+    ux, uy, vx, vy = r[2 * u], r[2 * u + 1], r[2 * v], r[2 * v + 1]
+    ex, ey = vx - ux, vy - uy
+    t = ((x - ux) * ex + (y - uy) * ey) * r[_IL - _VXY + il]
+    t = ti.select(t > 1.0, 1.0, _pos(t))
+    qx, qy = ux + t * ex - x, uy + t * ey - y
+    return qx * qx + qy * qy
+
+
+@ti.func
+def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc):
+    # the candidate test of face f (record r, _rec) for the pixel at (x, y) whose keep-list ends with the entry
+    # (class c9, depth z9, face f9) (sorted by (class, z, id)), met in walk ``walk`` (_select), with the opaque cut
+    # (zc, fc). Branch-free (every value is computed, the decisions are selects) so that _select_tile runs it for
+    # the 16 pixels of a tile at once, in vector registers. Returns (stop, enter, class, depth, signed squared
+    # distance): stop = 1 when the walk ends here for this pixel (the tile list is sorted by nearest vertex: this
+    # face and every later one of the walk lie behind the list's last entry or the opaque cut, none can enter);
+    # otherwise enter = 1 when the face enters the list (_insert).
+    # The decisions: for a pixel outside the face, a full list of covering faces, the edge lines' distance (a
+    # lower bound: beyond the blur reach), a full list of blur-only faces all nearer than the nearest vertex; then
+    # the (class, depth, id) order against the list's last entry and the cut, then the distance to the edges the
+    # pixel is outside of. The arithmetic is _bary_at's, _persp_z's, _signed_d2e's and _seg_at's, step for step.
+    zmin = r[_ZMIN - _VXY]
+    stop = (((c9 == 0) | ((walk == 1) & (c9 == 1))) & (zmin > z9)) | (zmin > zc)
+    dx, dy = x - r[0], y - r[1]
+    w0 = 1.0 + r[_WGR - _VXY] * dx + r[_WGR - _VXY + 1] * dy
+    w1 = r[_WGR - _VXY + 2] * dx + r[_WGR - _VXY + 3] * dy
+    w2 = 1.0 - w0 - w1
+    h0, h1, h2 = r[_H2 - _VXY], r[_H2 - _VXY + 1], r[_H2 - _VXY + 2]
+    inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+    a0, a1, a2 = w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2
+    # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
+    far = ((w0 < 0) & (a0 > r2)) | ((w1 < 0) & (a1 > r2)) | ((w2 < 0) & (a2 > r2))
+    # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
+    # nor a full list of blur-only faces all nearer than this face's nearest vertex
+    cand = inside | ((max_d2 >= 0) & (far == 0) & ((c9 == 2) | ((c9 == 1) & (zmin <= z9))))
+    cc = 1 - ti.cast(inside, ti.i32)
+    c0, c1, c2 = _pos(w0), _pos(w1), _pos(w2)
+    ws = c0 + c1 + c2
+    q0, q1, q2 = c0 / ws, c1 / ws, c2 / ws
+    z = 1.0 / (q0 * r[_IZ - _VXY] + q1 * r[_IZ - _VXY + 1] + q2 * r[_IZ - _VXY + 2])
+    zb = (z < z9) | ((z == z9) & (f < f9))
+    ok = (cc < c9) | ((cc == c9) & zb)
+    ok &= inside | (z < zc) | ((z == zc) & (f < fc))
+    # the nearest edge among those whose line the pixel is outside of
+    e2 = _lo(_lo(ti.select(w2 <= 0, _seg_r(r, 0, 1, 0, x, y), 1e30),
+                 ti.select(w0 <= 0, _seg_r(r, 1, 2, 1, x, y), 1e30)),
+             ti.select(w1 <= 0, _seg_r(r, 2, 0, 2, x, y), 1e30))
+    d2 = ti.select(inside, -_lo(_lo(a0, a1), a2) * ndc2, e2 * ndc2)
+    enter = (stop == 0) & cand & ok & (inside | (d2 < max_d2))
+    return stop, enter, cc, z, d2
+
+
+@ti.func
+def _insert(K: ti.template(), lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, cc, f, z,
+            d2):
+    # insertion into the sorted list lc, lf, lz, ld[o:o + K] from its end: the last entry falls off and the ones
+    # the candidate beats move back one slot (candidates come roughly in depth order, so they seldom travel far:
+    # cheaper than a full unrolled pass)
+    k = o + K - 1
+    while k > o and _kbefore(cc, z, f, lc[k - 1], lz[k - 1], lf[k - 1]):
+        lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
+        k -= 1
+    lc[k], lf[k], lz[k], ld[k] = cc, f, z, d2
+
+
+@ti.func
 def _consider(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, K: ti.template(), lc: ti.template(),
               lf: ti.template(), lz: ti.template(), ld: ti.template(), o, zc, fc):
-    # candidate face f (record r, _rec) for the pixel at (x, y) whose keep-list is lc, lf, lz, ld[o:o + K] (class,
-    # face, depth, signed squared distance; sorted by (class, z, id)), met in walk ``walk`` (_select); returns 1
-    # when the walk ends here for this pixel (the tile list is sorted by nearest vertex: this face and every later
-    # one of the walk lie behind the list's last entry or the opaque cut (zc, fc), none can enter)
-    # Cheapest test first: barycentrics (2 FMAs each from _face_setup's gradients), then for a pixel outside the
-    # face: a full list of covering faces, the edge lines' distance (a lower bound), the nearest vertex's depth and
-    # then the depth against the list's last entry and the cut, and only then the distance to the edges the pixel
-    # is outside of. The arithmetic is _bary_at's, _persp_z's, _signed_d2e's and _seg_at's, step for step.
-    stop = 0
+    # candidate face f for the pixel at (x, y) whose keep-list is lc, lf, lz, ld[o:o + K] (class, face, depth,
+    # signed squared distance; sorted by (class, z, id)): _test, then _insert; returns 1 when the walk ends here
+    # for this pixel
     last = o + K - 1
-    zmin = r[_ZMIN - _VXY]
-    if ((lc[last] == 0 or (walk == 1 and lc[last] == 1)) and zmin > lz[last]) or zmin > zc:
-        stop = 1
-    else:
-        dx, dy = x - r[0], y - r[1]
-        w0 = 1.0 + r[_WGR - _VXY] * dx + r[_WGR - _VXY + 1] * dy
-        w1 = r[_WGR - _VXY + 2] * dx + r[_WGR - _VXY + 3] * dy
-        w2 = 1.0 - w0 - w1
-        h0, h1, h2 = r[_H2 - _VXY], r[_H2 - _VXY + 1], r[_H2 - _VXY + 2]
-        inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-        # beyond the blur reach of an edge's line (a lower bound on the distance to the triangle)
-        far = (((w0 < 0) & (w0 * w0 * h0 > r2)) | ((w1 < 0) & (w1 * w1 * h1 > r2))
-               | ((w2 < 0) & (w2 * w2 * h2 > r2)))
-        # hard mode keeps no blur-only face, nor does a list already full of faces containing the pixel,
-        # nor a full list of blur-only faces all nearer than this face's nearest vertex
-        if inside or (max_d2 >= 0 and not far and (lc[last] == 2 or (lc[last] == 1 and zmin <= lz[last]))):
-            cc = 1 - ti.cast(inside, ti.i32)
-            q0, q1, q2 = _clamp_bary(w0, w1, w2)
-            z = 1.0 / (q0 * r[_IZ - _VXY] + q1 * r[_IZ - _VXY + 1] + q2 * r[_IZ - _VXY + 2])
-            if _kbefore(cc, z, f, lc[last], lz[last], lf[last]) and (inside or _before(z, f, zc, fc)):
-                d2 = 0.0
-                if inside:
-                    d2 = -ti.min(w0 * w0 * h0, w1 * w1 * h1, w2 * w2 * h2) * ndc2
-                else:
-                    # the nearest edge among those whose line the pixel is outside of (only those evaluated)
-                    e2 = 1e30
-                    if w2 <= 0:
-                        e2 = _seg_d2r(r, 0, 1, 0, x, y)
-                    if w0 <= 0:
-                        e2 = ti.min(e2, _seg_d2r(r, 1, 2, 1, x, y))
-                    if w1 <= 0:
-                        e2 = ti.min(e2, _seg_d2r(r, 2, 0, 2, x, y))
-                    d2 = e2 * ndc2
-                if inside or d2 < max_d2:
-                    # insertion into the sorted list from its end: the last entry falls off and the ones the
-                    # candidate beats move back one slot (candidates come roughly in depth order, so they seldom
-                    # travel far: cheaper than a full unrolled pass)
-                    k = last
-                    while k > o and _kbefore(cc, z, f, lc[k - 1], lz[k - 1], lf[k - 1]):
-                        lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
-                        k -= 1
-                    lc[k], lf[k], lz[k], ld[k] = cc, f, z, d2
+    stop, enter, cc, z, d2 = _test(r, f, x, y, walk, r2, max_d2, ndc2, lc[last], lz[last], lf[last], zc, fc)
+    if enter:
+        _insert(K, lc, lf, lz, ld, o, cc, f, z, d2)
     return stop
 
 
@@ -968,18 +1003,27 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
     # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; pixel
     # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K] (initialised empty by the caller).
-    # Each pixel meets the same candidates in the same order and passes them through the same tests as in
-    # _select, so the lists are the same.
+    # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
+    # _select, so the lists are the same. The test runs for all 16 pixels of the tile in one branch-free loop
+    # (LLVM vectorises it), against each pixel's list end (c9, z9, f9: kept here, updated on insertion) and cut;
+    # only the pixels of the entry's mask that are still walking then stop or take the face (_insert).
     r2 = max_d2 / ndc2
-    zc = ti.Vector([1e30 for _ in ti.static(range(TILE * TILE))])
-    fc = ti.Vector([1 << 30 for _ in ti.static(range(TILE * TILE))], dt=ti.i32)
+    n = ti.static(TILE * TILE)
+    zc = ti.Vector([1e30 for _ in ti.static(range(n))])
+    fc = ti.Vector([1 << 30 for _ in ti.static(range(n))], dt=ti.i32)
+    c9 = ti.Vector([2 for _ in ti.static(range(n))], dt=ti.i32)
+    f9 = ti.Vector([-1 for _ in ti.static(range(n))], dt=ti.i32)
+    z9 = ti.Vector([-1.0 for _ in ti.static(range(n))])
+    sc = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)
+    sz = ti.Vector([0.0 for _ in ti.static(range(n))])
+    sd = ti.Vector([0.0 for _ in ti.static(range(n))])
     s0 = offsets[b, ty, tx]
     end = s0 + counts[b, ty, tx]
     for walk in range(2 if max_d2 >= 0 else 1):
-        act = (1 << (TILE * TILE)) - 1             # the pixels still walking
+        act = (1 << n) - 1             # the pixels still walking
         if walk == 1:
             act = 0
-            for p in range(TILE * TILE):
+            for p in range(n):
                 if lc[p * K + K - 1] != 0:
                     act |= 1 << p
                 if ti.static(cut):
@@ -991,15 +1035,25 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
             if mm != 0:
                 f = bins[j, 0]
                 rec = _rec(fd, b, f)
+                stops, enters = 0, 0
+                for p in range(n):
+                    x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
+                    stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p], zc[p],
+                                                   fc[p])
+                    sc[p], sz[p], sd[p] = cc, z, d2
+                    stops |= ti.select(stop, 1 << p, 0)
+                    enters |= ti.select(enter, 1 << p, 0)
+                act ^= stops & mm
+                mm &= enters
                 while mm != 0:
                     low = mm & -mm
                     mm ^= low
                     p = 31 - ti.math.clz(low)
-                    x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
-                    if _consider(rec, f, x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, p * K, zc[p], fc[p]):
-                        act ^= low
+                    o = p * K
+                    _insert(K, lc, lf, lz, ld, o, sc[p], f, sz[p], sd[p])
+                    c9[p], z9[p], f9[p] = lc[o + K - 1], lz[o + K - 1], lf[o + K - 1]
             j += 1
-    for p in range(TILE * TILE):
+    for p in range(n):
         _sort_list(K, lc, lf, lz, ld, p * K)
 
 
