@@ -13,7 +13,7 @@ from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
 from .raster import (_IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project,
-                     _project_bwd, _select, _select_tile, _signed_d2e, _spread, _tiled, bin_faces, camera_table,
+                     _project_bwd, _select, _select_tile, _seg_d2, _spread, _tiled, bin_faces, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
@@ -93,11 +93,14 @@ def _tex_q(tex: ti.template(), uvc: ti.template(), b, f, w0, w1, w2, use_tex: ti
 @ti.func
 def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), shade: ti.template(),
                opac: ti.template(), bg: ti.template(), tex: ti.template(), uvc: ti.template(), fn: ti.template(),
-               p2f: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(), nrm: ti.template(),
-               b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face, use_shade,
-               use_tex: ti.template(), sigma, K: ti.template(), C: ti.template(), cut: ti.template()):
+               p2f: ti.template(), cv: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(),
+               nrm: ti.template(), b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face,
+               use_shade, use_tex: ti.template(), sigma, K: ti.template(), C: ti.template(), cut: ti.template(),
+               store):
     # one pixel's list lf, lz, ld[o:o + K] (by (z, id)) composited front to back over the background; p2f gets
-    # the composited layers (``cut``: -1 behind an opaque one) or the whole list
+    # the composited layers (``cut``: -1 behind an opaque one) or the whole list; with ``store`` cv gets each
+    # layer's coverage for the backward, negated where the pixel lies outside the face (d > 0: the distance has a
+    # gradient there), for every layer p2f names
     W = p2f.shape[2]
     x, y = px + 0.5, py + 0.5
     bn = b if fn.shape[0] > 1 else 0
@@ -113,16 +116,19 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
         # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, and with ``cut`` not reported
         # (-1); without it the backward needs them for that opaque layer's opacity gradient
         p2f[b, py, px, k] = f if (T != 0.0 or not ti.static(cut)) else -1
-        if f >= 0 and T != 0.0:
+        if f >= 0 and (T != 0.0 or (store and not ti.static(cut))):
             d = ld[o + k]
             cov = 1.0
             if d > 0:
                 cov = ti.exp(-d / sigma)
-            a = opac[b, f] * cov
-            w0, w1, w2, z = _persp_bary(fd, b, f, x, y)
-            acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, lz[o + k], per_face, C) \
-                * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
-            T *= 1.0 - a
+            if store:
+                cv[b, py, px, k] = -cov if d > 0 else cov
+            if T != 0.0:
+                a = opac[b, f] * cov
+                w0, w1, w2, z = _persp_bary(fd, b, f, x, y)
+                acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, lz[o + k], per_face, C) \
+                    * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
+                T *= 1.0 - a
     acc += T * _bg_vec(bg, b, py, px, W, C)
     for c in ti.static(range(C)):
         rgb[b, py, px, c] = acc[c]
@@ -135,10 +141,10 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
 def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
               bins: ti.types.ndarray(), faces: ti.types.ndarray(), attr: ti.types.ndarray(),
               shade: ti.types.ndarray(), opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(),
-              uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(),
-              dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), max_d2: float, ndc2: float,
-              per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, K: ti.template(),
-              C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template()):
+              uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), cv: ti.types.ndarray(),
+              rgb: ti.types.ndarray(), dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(),
+              max_d2: float, ndc2: float, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float,
+              K: ti.template(), C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template(), store: int):
     # selection and compositing in one pass per pixel (``tiled``, CPU: per tile of pixels, raster._select_tile):
     # the K-nearest list (raster._select, cut behind the first opaque face holding the pixel) stays local and is
     # composited at once; only the composited layers' face ids are written, for the backward (no per-slot
@@ -161,30 +167,45 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
                 for p in range(TILE * TILE):
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
-                        _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
-                                   lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut)
+                        _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b,
+                                   py, px, lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut, store)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
-            _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
-                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut)
+            _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b, py, px,
+                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut, store)
 
 
 @ti.func
-def _persp_bary_fast(fd: ti.template(), b, f, x, y):
-    # raster._persp_bary with one division instead of four (equal up to rounding): the clamped barycentrics'
-    # normalisation by their sum cancels in the perspective weights q_i / sum q, and the depth is 1 / sum q times
-    # that sum
-    w0, w1, w2 = _bary(fd, b, f, x, y)
+def _persp_bary_fast(fd: ti.template(), b, f, w0, w1, w2):
+    # raster._persp_bary from the screen barycentrics w (_bary) with one division instead of four (equal up to
+    # rounding): the clamped barycentrics' normalisation by their sum cancels in the perspective weights
+    # q_i / sum q, and the depth is 1 / sum q times that sum
     w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
     q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
     iq = 1.0 / (q0 + q1 + q2)
     return q0 * iq, q1 * iq, q2 * iq, (w0 + w1 + w2) * iq
 
 
+@ti.func
+def _near_edge(fd: ti.template(), b, f, w0, w1, w2, x, y):
+    # the nearest edge e (from vertex e to e + 1 mod 3) of a face the pixel lies outside of, among those whose line
+    # it is outside of (raster._signed_d2e's steps; 0 if none, where the distance is ~0 and so is its gradient)
+    e2 = ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30)
+    e = 0
+    e1 = ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30)
+    if e1 < e2:
+        e2, e = e1, 1
+    e1 = ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30)
+    if e1 < e2:
+        e = 2
+    return e
+
+
 @lean
 @ti.kernel
 def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
+              cv: ti.types.ndarray(),
               attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
@@ -252,23 +273,18 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                     # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
                     # anything they add to R (cut by that layer's a = 1) reach the outputs
                     x, y = px + 0.5, py + 0.5
+                    # each layer's coverage (signed: negative outside the face) as the forward computed it (cv)
                     la = ti.Vector([0.0 for _ in ti.static(range(K))])
-                    lt, lcv, ld = la, la, la
-                    le = ti.Vector([0 for _ in ti.static(range(K))], dt=ti.i32)
+                    lt, lcv = la, la
                     n = 0
                     Tn = 1.0
                     while n < K:
                         f = p2f[b, py, px, n]
                         if f < 0 or (Tn == 0.0 and not full):
                             break
-                        w0, w1, w2 = _bary(fd, b, f, x, y)
-                        d, e = _signed_d2e(fd, b, f, w0, w1, w2, x, y, ndc2)
-                        le[n] = e
-                        cov = 1.0
-                        if d > 0:
-                            cov = ti.exp(-d * inv_sigma)
-                        a = opac[b, f] * cov
-                        la[n], lt[n], lcv[n], ld[n] = a, Tn, cov, d
+                        s = cv[b, py, px, n]
+                        a = opac[b, f] * ti.abs(s)
+                        la[n], lt[n], lcv[n] = a, Tn, s
                         Tn *= 1.0 - a
                         n += 1
                     go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
@@ -289,7 +305,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         a, T = la[k], lt[k]
                         # every read of the layer before its first store (see above)
                         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                        w0, w1, w2, zk = _persp_bary_fast(fd, b, f, x, y)
+                        s0, s1, s2 = _bary(fd, b, f, x, y)
+                        w0, w1, w2, zk = _persp_bary_fast(fd, b, f, s0, s1, s2)
                         u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
                         if per_face:
                             for c in ti.static(range(C)):
@@ -317,11 +334,14 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                          + ty * ((1 - tx) * t10[c] + tx * t11[c]))
                             u = col * tc
                         sh = _shade_vec(shade, b, f, use_shade, C)
-                        d, cov, e = ld[k], lcv[k], le[k]
+                        out = lcv[k] < 0                        # outside the face: d > 0
+                        cov = ti.abs(lcv[k])
                         # the nearest edge (e, e + 1)'s ends, from the face record (the screen positions xy)
-                        e1 = (e + 1) % 3
+                        e = 0
                         ux, uy, ex, ey = 0.0, 0.0, 0.0, 0.0
-                        if d > 0:
+                        if out:
+                            e = _near_edge(fd, b, f, s0, s1, s2, x, y)
+                            e1 = (e + 1) % 3
                             ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
                             ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
                         v = u * sh
@@ -364,7 +384,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                 _acc(gbuf, q + 4, g_u * w2, private)
                                 _acc(gbuf, q + 5, g_v * w2, private)
                         _acc(gbuf, r_opac + f, ga * cov, private)
-                        if d > 0:
+                        if out:
                             # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q the closest point of the
                             # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
                             # d|p - q|^2/dq . dq/dt = 0 inside it): raster._edge_grad's steps
@@ -483,7 +503,7 @@ class SoftMesh(bridge.Op):
     none_grads = True               # unused depth / alpha gradients arrive as None (no image-sized zeros)
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool,
-                 screen_input: bool, K: int, max_d2: float, full_lists: bool = False):
+                 screen_input: bool, K: int, max_d2: float, full_lists: bool = False, store: bool = True):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
@@ -493,6 +513,8 @@ class SoftMesh(bridge.Op):
         # full_lists (opacity needs a gradient): no opaque cut, whole lists to the backward, where the opacity
         # gradient of a face with opacity exactly 1 needs the layers behind it
         self.cut = bool(_OPAQUE_CUT and not full_lists)
+        # store (a gradient may be asked for): the forward keeps each composited layer's coverage for the backward
+        self.store = bool(store)
 
     def forward(self, verts, attr, shade, opacity, background, tex, uvc, fn, cam, faces, screen, fd, offsets, counts,
                 bins):
@@ -502,14 +524,18 @@ class SoftMesh(bridge.Op):
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
         nrm = torch.empty(B, H, W, 3, **kw)
-        _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, rgb, dep, alp,
-                  nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
-                  _tiled(), _spread(offsets.numel()), self.cut)
-        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn.shape)
+        # the layers' signed coverage (written where p2f names a face): the backward needs no distances or exp
+        cv = torch.empty(B, H, W, K, **kw) if self.store else torch.empty(1, 1, 1, 1, **kw)
+        _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, cv, rgb, dep,
+                  alp, nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
+                  _tiled(), _spread(offsets.numel()), self.cut, int(self.store))
+        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn.shape)
         return (rgb, dep, alp, nrm, p2f), saved
 
     def backward(self, saved, grads):
-        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn_shape = saved
+        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn_shape = saved
+        if not self.store:
+            raise RuntimeError("SoftMesh was built with store=False (no gradient expected) but backward ran")
         B, H, W, K = p2f.shape
         # private copies while zeroing and summing them costs less than the pixels' K layers (fewer copies, down
         # to 2, where that fits: at 51k faces and 256^2, 4 copies beat 8 by ~20 % and atomics too), else atomics
@@ -552,7 +578,7 @@ class SoftMesh(bridge.Op):
             g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw)
         dummy = torch.zeros(1, 1, 1, **kw)
         o = [(v.data_ptr() - buf.data_ptr()) // buf.element_size() for v in views]
-        _soft_bwd(screen, fd, faces, p2f, attr, shade, opacity, background, tex, uvc, g_rgb,
+        _soft_bwd(screen, fd, faces, p2f, cv, attr, shade, opacity, background, tex, uvc, g_rgb,
                   dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf,
                   g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
                   self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
@@ -1366,8 +1392,9 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
     # camera gradients: the op takes torch's differentiable projection as its geometry input
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
+    store = torch.is_grad_enabled() and any(x.requires_grad for x in (geo, attr, shade, opac, bg, tex, uvc, fn))
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts, faces_per_pixel,
-                  bins.max_d2, full_lists=opac.requires_grad)
+                  bins.max_d2, full_lists=opac.requires_grad, store=store)
     rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
                                                    bins.fd, bins.offsets, bins.counts, bins.bins)
     # the op's p2f holds only the composited layers (its selection stops behind an opaque one): the fragments are
