@@ -212,8 +212,9 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
               gbuf: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int, o_opac: int, o_uv: int,
               o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float,
               n_chunks: int, private: ti.template(), tex_private: ti.template(), has_gdep: int, has_galp: int,
-              full: int, K: ti.template(), C: ti.template()):
+              full: int, need: int, K: ti.template(), C: ti.template()):
     # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
+    # need: bit 0 the attributes', bit 1 the opacity's gradient is wanted (else their regions are dummies)
     # full: p2f holds whole lists and the layers behind T = 0 go into R (an opaque layer's opacity gradient is
     # T (v - R) with R the layers behind it; they add nothing else); otherwise p2f stops where T = 0
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
@@ -364,12 +365,13 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                     _acc(gbuf, q1 + x1 * C, ty * tx * gt, tex_private)
                                     g_u += gt * ((1 - ty) * (t01[c] - t00[c]) + ty * (t11[c] - t10[c]))
                                     g_v += gt * ((1 - tx) * (t10[c] - t00[c]) + tx * (t11[c] - t01[c]))
-                                if per_face:
-                                    _acc(gbuf, r_attr + f * C + c, gs, private)
-                                else:
-                                    _acc(gbuf, r_attr + i0 * C + c, gs * w0, private)
-                                    _acc(gbuf, r_attr + i1 * C + c, gs * w1, private)
-                                    _acc(gbuf, r_attr + i2 * C + c, gs * w2, private)
+                                if need & 1:
+                                    if per_face:
+                                        _acc(gbuf, r_attr + f * C + c, gs, private)
+                                    else:
+                                        _acc(gbuf, r_attr + i0 * C + c, gs * w0, private)
+                                        _acc(gbuf, r_attr + i1 * C + c, gs * w1, private)
+                                        _acc(gbuf, r_attr + i2 * C + c, gs * w2, private)
                             if ti.static(use_tex):
                                 # d(tx, ty) / d(u, v) = (Wt, -Ht), 0 where the lookup is clamped; then the corners'
                                 # uvs through the barycentrics
@@ -383,7 +385,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                 _acc(gbuf, q + 3, g_v * w1, private)
                                 _acc(gbuf, q + 4, g_u * w2, private)
                                 _acc(gbuf, q + 5, g_v * w2, private)
-                        _acc(gbuf, r_opac + f, ga * cov, private)
+                        if need & 2:
+                            _acc(gbuf, r_opac + f, ga * cov, private)
                         if out:
                             # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q the closest point of the
                             # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
@@ -503,7 +506,8 @@ class SoftMesh(bridge.Op):
     none_grads = True               # unused depth / alpha gradients arrive as None (no image-sized zeros)
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool,
-                 screen_input: bool, K: int, max_d2: float, full_lists: bool = False, store: bool = True):
+                 screen_input: bool, K: int, max_d2: float, full_lists: bool = False, store: bool = True,
+                 attr_grad: bool = True, opac_grad: bool = True):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
@@ -515,6 +519,8 @@ class SoftMesh(bridge.Op):
         self.cut = bool(_OPAQUE_CUT and not full_lists)
         # store (a gradient may be asked for): the forward keeps each composited layer's coverage for the backward
         self.store = bool(store)
+        # gradients nobody asks for are neither scattered nor zeroed and summed (constant colours: 3-9 adds a layer)
+        self.need = int(bool(attr_grad)) | 2 * int(bool(opac_grad))
 
     def forward(self, verts, attr, shade, opacity, background, tex, uvc, fn, cam, faces, screen, fd, offsets, counts,
                 bins):
@@ -541,8 +547,8 @@ class SoftMesh(bridge.Op):
         # to 2, where that fits: at 51k faces and 256^2, 4 copies beat 8 by ~20 % and atomics too), else atomics
         n_chunks, private = _scatter_copies(B * H)
         if private:
-            fit = 4 * B * H * W * K // max(1, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
-                                            + opacity.numel() + uvc.numel())
+            fit = 4 * B * H * W * K // max(1, 2 * B * screen.shape[1] + attr.numel() * (self.need & 1)
+                                            + shade.numel() + opacity.numel() * (self.need >> 1) + uvc.numel())
             n_chunks, private = (min(n_chunks, fit), True) if fit >= 2 else (max(B * H, 1), False)
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
@@ -551,8 +557,8 @@ class SoftMesh(bridge.Op):
         # OpenMP thread), summed over the copies by one launch (_sum_copies)
         tex_private = private and (not self.use_tex or _texture_copies_pay(nc, tex.numel(), B * H * W * attr.shape[2]))
         bg_image = background.shape[1] > 1
-        shapes = [(B, screen.shape[1], 2), tuple(attr.shape), tuple(shade.shape), tuple(opacity.shape),
-                  tuple(uvc.shape)]
+        shapes = [(B, screen.shape[1], 2), tuple(attr.shape) if self.need & 1 else (1, 1, 1), tuple(shade.shape),
+                  tuple(opacity.shape) if self.need & 2 else (1, 1), tuple(uvc.shape)]
         if not bg_image:
             shapes.append(tuple(background.shape))
         copies = [nc] * len(shapes)
@@ -582,11 +588,12 @@ class SoftMesh(bridge.Op):
                   dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf,
                   g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
                   self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
-                  int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.K, attr.shape[2])
+                  int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.need, self.K, attr.shape[2])
         if nc > 1:
             # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
+            skip = [g_tex] * (not self.use_tex) + [g_attr] * (not self.need & 1) + [g_opac] * (not self.need & 2)
             parts = [(v, n, c) for v, n, c in zip(views[1:], sizes[1:], copies[1:])
-                     if c > 1 and (v is not g_tex or self.use_tex)]
+                     if c > 1 and all(v is not x for x in skip)]
             segs = torch.tensor([[(v.data_ptr() - buf.data_ptr()) // buf.element_size(), n] for v, n, _c in parts],
                                 dtype=torch.int64, device=buf.device)
             out = torch.empty(sum(n for _v, n, _c in parts), **kw)
@@ -610,7 +617,8 @@ class SoftMesh(bridge.Op):
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
-        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + tex_grads + (g_fn,) + (None,) * 7
+        return ((g_verts, g_attr if self.need & 1 else None, g_shade if self.use_shade else None,
+                 g_opac if self.need & 2 else None, g_bg) + tex_grads + (g_fn,) + (None,) * 7)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1394,7 +1402,8 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
     store = torch.is_grad_enabled() and any(x.requires_grad for x in (geo, attr, shade, opac, bg, tex, uvc, fn))
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts, faces_per_pixel,
-                  bins.max_d2, full_lists=opac.requires_grad, store=store)
+                  bins.max_d2, full_lists=opac.requires_grad, store=store, attr_grad=attr.requires_grad,
+                  opac_grad=opac.requires_grad)
     rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
                                                    bins.fd, bins.offsets, bins.counts, bins.bins)
     # the op's p2f holds only the composited layers (its selection stops behind an opaque one): the fragments are
