@@ -12,8 +12,8 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (_IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project,
-                     _project_bwd, _select, _select_tile, _seg_d2, _spread, _tiled, bin_faces, camera_table,
+from .raster import (_IL, _IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project,
+                     _project_bwd, _select, _select_tile, _spread, _tiled, bin_faces, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
@@ -188,18 +188,36 @@ def _persp_bary_fast(fd: ti.template(), b, f, w0, w1, w2):
 
 
 @ti.func
-def _near_edge(fd: ti.template(), b, f, w0, w1, w2, x, y):
-    # the nearest edge e (from vertex e to e + 1 mod 3) of a face the pixel lies outside of, among those whose line
-    # it is outside of (raster._signed_d2e's steps; 0 if none, where the distance is ~0 and so is its gradient)
-    e2 = ti.select(w2 <= 0, _seg_d2(fd, b, f, 0, 1, 0, x, y), 1e30)
-    e = 0
-    e1 = ti.select(w0 <= 0, _seg_d2(fd, b, f, 1, 2, 1, x, y), 1e30)
-    if e1 < e2:
-        e2, e = e1, 1
-    e1 = ti.select(w1 <= 0, _seg_d2(fd, b, f, 2, 0, 2, x, y), 1e30)
-    if e1 < e2:
-        e = 2
-    return e
+def _seg_foot(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), x, y):
+    # raster._seg_at's steps for the face's edge from vertex u to v: the clamped parameter t of the point q nearest
+    # to the pixel p = (x, y) and q - p
+    ux, uy = fd[b, f, _VXY + 2 * u], fd[b, f, _VXY + 2 * u + 1]
+    ex, ey = fd[b, f, _VXY + 2 * v] - ux, fd[b, f, _VXY + 2 * v + 1] - uy
+    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * fd[b, f, _IL + u], 0.0), 1.0)
+    return t, ux + t * ex - x, uy + t * ey - y
+
+
+@ti.func
+def _near_seg(fd: ti.template(), b, f, w0, w1, w2, x, y):
+    # for a pixel outside the face: its nearest edge e (from vertex e to e + 1 mod 3) among those whose line it is
+    # outside of (raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p there; only those
+    # edges are evaluated (mostly one). None qualifies only where the forward's distance was ~0: e = 0, t = 0 and
+    # q = p (no gradient)
+    e, t, rx, ry = 0, 0.0, 0.0, 0.0
+    best = 1e30
+    if w2 <= 0:
+        t, rx, ry = _seg_foot(fd, b, f, 0, 1, x, y)
+        best = rx * rx + ry * ry
+    if w0 <= 0:
+        t1, qx, qy = _seg_foot(fd, b, f, 1, 2, x, y)
+        d1 = qx * qx + qy * qy
+        if d1 < best:
+            e, t, rx, ry, best = 1, t1, qx, qy, d1
+    if w1 <= 0:
+        t1, qx, qy = _seg_foot(fd, b, f, 2, 0, x, y)
+        if qx * qx + qy * qy < best:
+            e, t, rx, ry = 2, t1, qx, qy
+    return e, t, rx, ry
 
 
 @lean
@@ -337,14 +355,10 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         sh = _shade_vec(shade, b, f, use_shade, C)
                         out = lcv[k] < 0                        # outside the face: d > 0
                         cov = ti.abs(lcv[k])
-                        # the nearest edge (e, e + 1)'s ends, from the face record (the screen positions xy)
-                        e = 0
-                        ux, uy, ex, ey = 0.0, 0.0, 0.0, 0.0
+                        # the nearest edge (e, e + 1), its foot's parameter t and q - p, from the face record
+                        e, t, rx, ry = 0, 0.0, 0.0, 0.0
                         if out:
-                            e = _near_edge(fd, b, f, s0, s1, s2, x, y)
-                            e1 = (e + 1) % 3
-                            ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
-                            ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
+                            e, t, rx, ry = _near_seg(fd, b, f, s0, s1, s2, x, y)
                         v = u * sh
                         ga = T * go.dot(v - R)                  # dL / d alpha_k
                         ta = T * a
@@ -392,11 +406,6 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                             # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
                             # d|p - q|^2/dq . dq/dt = 0 inside it): raster._edge_grad's steps
                             gd = -ga * a * inv_sigma * ndc2
-                            L = ex * ex + ey * ey
-                            t = 0.0
-                            if L > 0:
-                                t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
-                            rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
                             qu = r_xy + (i0 if e == 0 else (i1 if e == 1 else i2)) * 2
                             qv = r_xy + (i1 if e == 0 else (i2 if e == 1 else i0)) * 2
                             _acc(gbuf, qu, gd * 2.0 * rx * (1.0 - t), private)
