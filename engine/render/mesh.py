@@ -91,6 +91,17 @@ def _tex_q(tex: ti.template(), uvc: ti.template(), b, f, w0, w1, w2, use_tex: ti
 
 
 @ti.func
+def _persp_bary_fast(fd: ti.template(), b, f, w0, w1, w2):
+    # raster._persp_bary from the screen barycentrics w (_bary) with one division instead of four (equal up to
+    # rounding): the clamped barycentrics' normalisation by their sum cancels in the perspective weights
+    # q_i / sum q, and the depth is 1 / sum q times that sum
+    w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
+    q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
+    iq = 1.0 / (q0 + q1 + q2)
+    return q0 * iq, q1 * iq, q2 * iq, (w0 + w1 + w2) * iq
+
+
+@ti.func
 def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), shade: ti.template(),
                opac: ti.template(), bg: ti.template(), tex: ti.template(), uvc: ti.template(), fn: ti.template(),
                p2f: ti.template(), cv: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(),
@@ -125,7 +136,8 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
                 cv[b, py, px, k] = -cov if d > 0 else cov
             if T != 0.0:
                 a = opac[b, f] * cov
-                w0, w1, w2, z = _persp_bary(fd, b, f, x, y)
+                # the attributes' weights by one division (_persp_bary_fast); the depth is the list's
+                w0, w1, w2, _z = _persp_bary_fast(fd, b, f, *_bary(fd, b, f, x, y))
                 acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, lz[o + k], per_face, C) \
                     * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
                 T *= 1.0 - a
@@ -174,17 +186,6 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
             _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b, py, px,
                        lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut, store)
-
-
-@ti.func
-def _persp_bary_fast(fd: ti.template(), b, f, w0, w1, w2):
-    # raster._persp_bary from the screen barycentrics w (_bary) with one division instead of four (equal up to
-    # rounding): the clamped barycentrics' normalisation by their sum cancels in the perspective weights
-    # q_i / sum q, and the depth is 1 / sum q times that sum
-    w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
-    q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
-    iq = 1.0 / (q0 + q1 + q2)
-    return q0 * iq, q1 * iq, q2 * iq, (w0 + w1 + w2) * iq
 
 
 @ti.func
