@@ -136,9 +136,9 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
                 cv[b, py, px, k] = -cov if d > 0 else cov
             if T != 0.0:
                 a = opac[b, f] * cov
-                # the attributes' weights by one division (_persp_bary_fast); the depth is the list's
-                w0, w1, w2, _z = _persp_bary_fast(fd, b, f, *_bary(fd, b, f, x, y))
-                acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, lz[o + k], per_face, C) \
+                # the weights and depth by one division (_persp_bary_fast)
+                w0, w1, w2, z = _persp_bary_fast(fd, b, f, *_bary(fd, b, f, x, y))
+                acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, z, per_face, C) \
                     * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
                 T *= 1.0 - a
     acc += T * _bg_vec(bg, b, py, px, W, C)
