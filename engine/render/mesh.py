@@ -12,8 +12,8 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (_IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project,
-                     _project_bwd, _select, _select_tile, _signed_d2e, _spread, _tiled, bin_faces, camera_table,
+from .raster import (_IL, _IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project,
+                     _project_bwd, _select, _select_tile, _spread, _tiled, bin_faces, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
@@ -91,13 +91,27 @@ def _tex_q(tex: ti.template(), uvc: ti.template(), b, f, w0, w1, w2, use_tex: ti
 
 
 @ti.func
+def _persp_bary_fast(fd: ti.template(), b, f, w0, w1, w2):
+    # raster._persp_bary from the screen barycentrics w (_bary) with one division instead of four (equal up to
+    # rounding): the clamped barycentrics' normalisation by their sum cancels in the perspective weights
+    # q_i / sum q, and the depth is 1 / sum q times that sum
+    w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
+    q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
+    iq = 1.0 / (q0 + q1 + q2)
+    return q0 * iq, q1 * iq, q2 * iq, (w0 + w1 + w2) * iq
+
+
+@ti.func
 def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), shade: ti.template(),
                opac: ti.template(), bg: ti.template(), tex: ti.template(), uvc: ti.template(), fn: ti.template(),
-               p2f: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(), nrm: ti.template(),
-               b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face, use_shade,
-               use_tex: ti.template(), sigma, K: ti.template(), C: ti.template(), cut: ti.template()):
+               p2f: ti.template(), cv: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(),
+               nrm: ti.template(), b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face,
+               use_shade, use_tex: ti.template(), sigma, K: ti.template(), C: ti.template(), cut: ti.template(),
+               store):
     # one pixel's list lf, lz, ld[o:o + K] (by (z, id)) composited front to back over the background; p2f gets
-    # the composited layers (``cut``: -1 behind an opaque one) or the whole list
+    # the composited layers (``cut``: -1 behind an opaque one) or the whole list; with ``store`` cv gets each
+    # layer's coverage for the backward, negated where the pixel lies outside the face (d > 0: the distance has a
+    # gradient there), for every layer p2f names
     W = p2f.shape[2]
     x, y = px + 0.5, py + 0.5
     bn = b if fn.shape[0] > 1 else 0
@@ -113,16 +127,20 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
         # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, and with ``cut`` not reported
         # (-1); without it the backward needs them for that opaque layer's opacity gradient
         p2f[b, py, px, k] = f if (T != 0.0 or not ti.static(cut)) else -1
-        if f >= 0 and T != 0.0:
+        if f >= 0 and (T != 0.0 or (store and not ti.static(cut))):
             d = ld[o + k]
             cov = 1.0
             if d > 0:
                 cov = ti.exp(-d / sigma)
-            a = opac[b, f] * cov
-            w0, w1, w2, z = _persp_bary(fd, b, f, x, y)
-            acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, lz[o + k], per_face, C) \
-                * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
-            T *= 1.0 - a
+            if store:
+                cv[b, py, px, k] = -cov if d > 0 else cov
+            if T != 0.0:
+                a = opac[b, f] * cov
+                # the weights and depth by one division (_persp_bary_fast)
+                w0, w1, w2, z = _persp_bary_fast(fd, b, f, *_bary(fd, b, f, x, y))
+                acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, z, per_face, C) \
+                    * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
+                T *= 1.0 - a
     acc += T * _bg_vec(bg, b, py, px, W, C)
     for c in ti.static(range(C)):
         rgb[b, py, px, c] = acc[c]
@@ -135,10 +153,10 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
 def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.types.ndarray(),
               bins: ti.types.ndarray(), faces: ti.types.ndarray(), attr: ti.types.ndarray(),
               shade: ti.types.ndarray(), opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(),
-              uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), rgb: ti.types.ndarray(),
-              dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(), max_d2: float, ndc2: float,
-              per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, K: ti.template(),
-              C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template()):
+              uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), cv: ti.types.ndarray(),
+              rgb: ti.types.ndarray(), dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(),
+              max_d2: float, ndc2: float, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float,
+              K: ti.template(), C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template(), store: int):
     # selection and compositing in one pass per pixel (``tiled``, CPU: per tile of pixels, raster._select_tile):
     # the K-nearest list (raster._select, cut behind the first opaque face holding the pixel) stays local and is
     # composited at once; only the composited layers' face ids are written, for the backward (no per-slot
@@ -161,38 +179,61 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
                 for p in range(TILE * TILE):
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
-                        _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
-                                   lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut)
+                        _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b,
+                                   py, px, lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut, store)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
-            _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, rgb, dep, alp, nrm, b, py, px,
-                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut)
+            _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b, py, px,
+                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut, store)
 
 
 @ti.func
-def _persp_bary_fast(fd: ti.template(), b, f, x, y):
-    # raster._persp_bary with one division instead of four (equal up to rounding): the clamped barycentrics'
-    # normalisation by their sum cancels in the perspective weights q_i / sum q, and the depth is 1 / sum q times
-    # that sum
-    w0, w1, w2 = _bary(fd, b, f, x, y)
-    w0, w1, w2 = ti.max(w0, 0.0), ti.max(w1, 0.0), ti.max(w2, 0.0)
-    q0, q1, q2 = w0 * fd[b, f, _IZ], w1 * fd[b, f, _IZ + 1], w2 * fd[b, f, _IZ + 2]
-    iq = 1.0 / (q0 + q1 + q2)
-    return q0 * iq, q1 * iq, q2 * iq, (w0 + w1 + w2) * iq
+def _seg_foot(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), x, y):
+    # raster._seg_at's steps for the face's edge from vertex u to v: the clamped parameter t of the point q nearest
+    # to the pixel p = (x, y) and q - p
+    ux, uy = fd[b, f, _VXY + 2 * u], fd[b, f, _VXY + 2 * u + 1]
+    ex, ey = fd[b, f, _VXY + 2 * v] - ux, fd[b, f, _VXY + 2 * v + 1] - uy
+    t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * fd[b, f, _IL + u], 0.0), 1.0)
+    return t, ux + t * ex - x, uy + t * ey - y
+
+
+@ti.func
+def _near_seg(fd: ti.template(), b, f, w0, w1, w2, x, y):
+    # for a pixel outside the face: its nearest edge e (from vertex e to e + 1 mod 3) among those whose line it is
+    # outside of (raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p there; only those
+    # edges are evaluated (mostly one). None qualifies only where the forward's distance was ~0: e = 0, t = 0 and
+    # q = p (no gradient)
+    e, t, rx, ry = 0, 0.0, 0.0, 0.0
+    best = 1e30
+    if w2 <= 0:
+        t, rx, ry = _seg_foot(fd, b, f, 0, 1, x, y)
+        best = rx * rx + ry * ry
+    if w0 <= 0:
+        t1, qx, qy = _seg_foot(fd, b, f, 1, 2, x, y)
+        d1 = qx * qx + qy * qy
+        if d1 < best:
+            e, t, rx, ry, best = 1, t1, qx, qy, d1
+    if w1 <= 0:
+        t1, qx, qy = _seg_foot(fd, b, f, 2, 0, x, y)
+        if qx * qx + qy * qy < best:
+            e, t, rx, ry = 2, t1, qx, qy
+    return e, t, rx, ry
 
 
 @lean
 @ti.kernel
 def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.ndarray(), p2f: ti.types.ndarray(),
+              cv: ti.types.ndarray(),
               attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
               gbuf: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int, o_opac: int, o_uv: int,
               o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float,
               n_chunks: int, private: ti.template(), tex_private: ti.template(), has_gdep: int, has_galp: int,
-              full: int, K: ti.template(), C: ti.template()):
+              full: int, need: int, K: ti.template(), C: ti.template()):
     # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
+    # need: bit 0 the attributes', bit 1 the opacity's gradient is wanted (else their regions are dummies)
     # full: p2f holds whole lists and the layers behind T = 0 go into R (an opaque layer's opacity gradient is
     # T (v - R) with R the layers behind it; they add nothing else); otherwise p2f stops where T = 0
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
@@ -252,23 +293,18 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                     # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
                     # anything they add to R (cut by that layer's a = 1) reach the outputs
                     x, y = px + 0.5, py + 0.5
+                    # each layer's coverage (signed: negative outside the face) as the forward computed it (cv)
                     la = ti.Vector([0.0 for _ in ti.static(range(K))])
-                    lt, lcv, ld = la, la, la
-                    le = ti.Vector([0 for _ in ti.static(range(K))], dt=ti.i32)
+                    lt, lcv = la, la
                     n = 0
                     Tn = 1.0
                     while n < K:
                         f = p2f[b, py, px, n]
                         if f < 0 or (Tn == 0.0 and not full):
                             break
-                        w0, w1, w2 = _bary(fd, b, f, x, y)
-                        d, e = _signed_d2e(fd, b, f, w0, w1, w2, x, y, ndc2)
-                        le[n] = e
-                        cov = 1.0
-                        if d > 0:
-                            cov = ti.exp(-d * inv_sigma)
-                        a = opac[b, f] * cov
-                        la[n], lt[n], lcv[n], ld[n] = a, Tn, cov, d
+                        s = cv[b, py, px, n]
+                        a = opac[b, f] * ti.abs(s)
+                        la[n], lt[n], lcv[n] = a, Tn, s
                         Tn *= 1.0 - a
                         n += 1
                     go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
@@ -289,7 +325,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         a, T = la[k], lt[k]
                         # every read of the layer before its first store (see above)
                         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                        w0, w1, w2, zk = _persp_bary_fast(fd, b, f, x, y)
+                        s0, s1, s2 = _bary(fd, b, f, x, y)
+                        w0, w1, w2, zk = _persp_bary_fast(fd, b, f, s0, s1, s2)
                         u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
                         if per_face:
                             for c in ti.static(range(C)):
@@ -317,13 +354,12 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                          + ty * ((1 - tx) * t10[c] + tx * t11[c]))
                             u = col * tc
                         sh = _shade_vec(shade, b, f, use_shade, C)
-                        d, cov, e = ld[k], lcv[k], le[k]
-                        # the nearest edge (e, e + 1)'s ends, from the face record (the screen positions xy)
-                        e1 = (e + 1) % 3
-                        ux, uy, ex, ey = 0.0, 0.0, 0.0, 0.0
-                        if d > 0:
-                            ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
-                            ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
+                        out = lcv[k] < 0                        # outside the face: d > 0
+                        cov = ti.abs(lcv[k])
+                        # the nearest edge (e, e + 1), its foot's parameter t and q - p, from the face record
+                        e, t, rx, ry = 0, 0.0, 0.0, 0.0
+                        if out:
+                            e, t, rx, ry = _near_seg(fd, b, f, s0, s1, s2, x, y)
                         v = u * sh
                         ga = T * go.dot(v - R)                  # dL / d alpha_k
                         ta = T * a
@@ -344,12 +380,13 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                     _acc(gbuf, q1 + x1 * C, ty * tx * gt, tex_private)
                                     g_u += gt * ((1 - ty) * (t01[c] - t00[c]) + ty * (t11[c] - t10[c]))
                                     g_v += gt * ((1 - tx) * (t10[c] - t00[c]) + tx * (t11[c] - t01[c]))
-                                if per_face:
-                                    _acc(gbuf, r_attr + f * C + c, gs, private)
-                                else:
-                                    _acc(gbuf, r_attr + i0 * C + c, gs * w0, private)
-                                    _acc(gbuf, r_attr + i1 * C + c, gs * w1, private)
-                                    _acc(gbuf, r_attr + i2 * C + c, gs * w2, private)
+                                if need & 1:
+                                    if per_face:
+                                        _acc(gbuf, r_attr + f * C + c, gs, private)
+                                    else:
+                                        _acc(gbuf, r_attr + i0 * C + c, gs * w0, private)
+                                        _acc(gbuf, r_attr + i1 * C + c, gs * w1, private)
+                                        _acc(gbuf, r_attr + i2 * C + c, gs * w2, private)
                             if ti.static(use_tex):
                                 # d(tx, ty) / d(u, v) = (Wt, -Ht), 0 where the lookup is clamped; then the corners'
                                 # uvs through the barycentrics
@@ -363,17 +400,13 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                 _acc(gbuf, q + 3, g_v * w1, private)
                                 _acc(gbuf, q + 4, g_u * w2, private)
                                 _acc(gbuf, q + 5, g_v * w2, private)
-                        _acc(gbuf, r_opac + f, ga * cov, private)
-                        if d > 0:
+                        if need & 2:
+                            _acc(gbuf, r_opac + f, ga * cov, private)
+                        if out:
                             # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q the closest point of the
                             # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
                             # d|p - q|^2/dq . dq/dt = 0 inside it): raster._edge_grad's steps
                             gd = -ga * a * inv_sigma * ndc2
-                            L = ex * ex + ey * ey
-                            t = 0.0
-                            if L > 0:
-                                t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) / L, 0.0), 1.0)
-                            rx, ry = ux + t * ex - x, uy + t * ey - y      # q - p
                             qu = r_xy + (i0 if e == 0 else (i1 if e == 1 else i2)) * 2
                             qv = r_xy + (i1 if e == 0 else (i2 if e == 1 else i0)) * 2
                             _acc(gbuf, qu, gd * 2.0 * rx * (1.0 - t), private)
@@ -483,7 +516,8 @@ class SoftMesh(bridge.Op):
     none_grads = True               # unused depth / alpha gradients arrive as None (no image-sized zeros)
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool,
-                 screen_input: bool, K: int, max_d2: float, full_lists: bool = False):
+                 screen_input: bool, K: int, max_d2: float, full_lists: bool = False, store: bool = True,
+                 attr_grad: bool = True, opac_grad: bool = True):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
@@ -493,6 +527,10 @@ class SoftMesh(bridge.Op):
         # full_lists (opacity needs a gradient): no opaque cut, whole lists to the backward, where the opacity
         # gradient of a face with opacity exactly 1 needs the layers behind it
         self.cut = bool(_OPAQUE_CUT and not full_lists)
+        # store (a gradient may be asked for): the forward keeps each composited layer's coverage for the backward
+        self.store = bool(store)
+        # gradients nobody asks for are neither scattered nor zeroed and summed (constant colours: 3-9 adds a layer)
+        self.need = int(bool(attr_grad)) | 2 * int(bool(opac_grad))
 
     def forward(self, verts, attr, shade, opacity, background, tex, uvc, fn, cam, faces, screen, fd, offsets, counts,
                 bins):
@@ -502,21 +540,25 @@ class SoftMesh(bridge.Op):
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
         nrm = torch.empty(B, H, W, 3, **kw)
-        _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, rgb, dep, alp,
-                  nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
-                  _tiled(), _spread(offsets.numel()), self.cut)
-        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn.shape)
+        # the layers' signed coverage (written where p2f names a face): the backward needs no distances or exp
+        cv = torch.empty(B, H, W, K, **kw) if self.store else torch.empty(1, 1, 1, 1, **kw)
+        _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, cv, rgb, dep,
+                  alp, nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
+                  _tiled(), _spread(offsets.numel()), self.cut, int(self.store))
+        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn.shape)
         return (rgb, dep, alp, nrm, p2f), saved
 
     def backward(self, saved, grads):
-        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, fd, fn_shape = saved
+        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn_shape = saved
+        if not self.store:
+            raise RuntimeError("SoftMesh was built with store=False (no gradient expected) but backward ran")
         B, H, W, K = p2f.shape
         # private copies while zeroing and summing them costs less than the pixels' K layers (fewer copies, down
         # to 2, where that fits: at 51k faces and 256^2, 4 copies beat 8 by ~20 % and atomics too), else atomics
         n_chunks, private = _scatter_copies(B * H)
         if private:
-            fit = 4 * B * H * W * K // max(1, 2 * B * screen.shape[1] + attr.numel() + shade.numel()
-                                            + opacity.numel() + uvc.numel())
+            fit = 4 * B * H * W * K // max(1, 2 * B * screen.shape[1] + attr.numel() * (self.need & 1)
+                                            + shade.numel() + opacity.numel() * (self.need >> 1) + uvc.numel())
             n_chunks, private = (min(n_chunks, fit), True) if fit >= 2 else (max(B * H, 1), False)
         nc = n_chunks if private else 1
         kw = dict(dtype=attr.dtype, device=attr.device)
@@ -525,8 +567,8 @@ class SoftMesh(bridge.Op):
         # OpenMP thread), summed over the copies by one launch (_sum_copies)
         tex_private = private and (not self.use_tex or _texture_copies_pay(nc, tex.numel(), B * H * W * attr.shape[2]))
         bg_image = background.shape[1] > 1
-        shapes = [(B, screen.shape[1], 2), tuple(attr.shape), tuple(shade.shape), tuple(opacity.shape),
-                  tuple(uvc.shape)]
+        shapes = [(B, screen.shape[1], 2), tuple(attr.shape) if self.need & 1 else (1, 1, 1), tuple(shade.shape),
+                  tuple(opacity.shape) if self.need & 2 else (1, 1), tuple(uvc.shape)]
         if not bg_image:
             shapes.append(tuple(background.shape))
         copies = [nc] * len(shapes)
@@ -552,15 +594,16 @@ class SoftMesh(bridge.Op):
             g_rgb = torch.zeros(B, H, W, attr.shape[2], **kw)
         dummy = torch.zeros(1, 1, 1, **kw)
         o = [(v.data_ptr() - buf.data_ptr()) // buf.element_size() for v in views]
-        _soft_bwd(screen, fd, faces, p2f, attr, shade, opacity, background, tex, uvc, g_rgb,
+        _soft_bwd(screen, fd, faces, p2f, cv, attr, shade, opacity, background, tex, uvc, g_rgb,
                   dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf,
                   g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
                   self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
-                  int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.K, attr.shape[2])
+                  int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.need, self.K, attr.shape[2])
         if nc > 1:
             # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
+            skip = [g_tex] * (not self.use_tex) + [g_attr] * (not self.need & 1) + [g_opac] * (not self.need & 2)
             parts = [(v, n, c) for v, n, c in zip(views[1:], sizes[1:], copies[1:])
-                     if c > 1 and (v is not g_tex or self.use_tex)]
+                     if c > 1 and all(v is not x for x in skip)]
             segs = torch.tensor([[(v.data_ptr() - buf.data_ptr()) // buf.element_size(), n] for v, n, _c in parts],
                                 dtype=torch.int64, device=buf.device)
             out = torch.empty(sum(n for _v, n, _c in parts), **kw)
@@ -584,7 +627,8 @@ class SoftMesh(bridge.Op):
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
-        return (g_verts, g_attr, g_shade if self.use_shade else None, g_opac, g_bg) + tex_grads + (g_fn,) + (None,) * 7
+        return ((g_verts, g_attr if self.need & 1 else None, g_shade if self.use_shade else None,
+                 g_opac if self.need & 2 else None, g_bg) + tex_grads + (g_fn,) + (None,) * 7)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -795,57 +839,100 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
                 use_shade: int):
     # face_normals + lambert (two-sided) per face: fn = normalize(cross(v1 - v0, v2 - v0)) (eps 1e-12),
     # shade_c = ambient_c + sum_l color_lc |fn . d_l|
-    for b, f in ti.ndrange(fn.shape[0], fn.shape[1]):
+    # One flat loop over (b, f), the shade summed in registers and every store last (Taichi's CPU code reloads an
+    # ndarray's pointer and shapes after each store): ~20 % less than a 2-D loop storing as it goes
+    F = faces.shape[0]
+    for j in range(fn.shape[0] * F):
+        b, f = j // F, j % F
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
         v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
         e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
         e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
         n = e1.cross(e2)
         n = n / ti.max(n.norm(), 1e-12)
+        sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
+        if use_shade:
+            for l in range(ldir.shape[0]):
+                dl = ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
+                for c in ti.static(range(3)):
+                    sh[c] += lcol[l, c] * dl
         for c in ti.static(range(3)):
             fn[b, f, c] = n[c]
         if use_shade:
             for c in ti.static(range(3)):
-                sc = amb[c]
-                for l in range(ldir.shape[0]):
-                    sc += lcol[l, c] * ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
-                shade[b, f, c] = sc
+                shade[b, f, c] = sh[c]
 
 
 @lean
 @ti.kernel
 def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                     lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
-                    g_verts: ti.types.ndarray(), use_shade: int, has_gfn: int):
+                    g_verts: ti.types.ndarray(), use_shade: int, has_gfn: int, n_chunks: int, private: ti.template()):
     # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners
-    for b, f in ti.ndrange(verts.shape[0], faces.shape[0]):
-        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-        v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
-        e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
-        e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
-        m = e1.cross(e2)
-        ln = m.norm()
-        n = m / ti.max(ln, 1e-12)
-        g = ti.Vector([0.0, 0.0, 0.0])
-        if has_gfn:
-            g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
-        if use_shade:
-            for l in range(ldir.shape[0]):
-                d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
-                dot = n.dot(d)
-                sg = ti.select(dot > 0, 1.0, ti.select(dot < 0, -1.0, 0.0))
-                gs = 0.0
+    # ``private`` (CPU): chunk ch takes the ch-th of n_chunks contiguous runs of the (b, f) pairs and adds with plain
+    # adds into its own copy, rows ch * Bv.. of g_verts (n_chunks * Bv, V, 3); otherwise every face is its own work
+    # item and atomics add into g_verts (Bv, V, 3) (the float atomics were ~25 % of this kernel on CPU)
+    Bv, F = verts.shape[0], faces.shape[0]
+    N = Bv * F
+    span = ti.static(_SPAN if private else 1)
+    for it in range(n_chunks * span):
+        if it % span == 0:
+            ch = it // span
+            j0, j1 = ch, ch + 1
+            if ti.static(private):
+                j0, j1 = ti.cast(ti.cast(ch, ti.i64) * N // n_chunks, ti.i32), \
+                    ti.cast(ti.cast(ch + 1, ti.i64) * N // n_chunks, ti.i32)
+            cb = ch if ti.static(private) else 0
+            for j in range(j0, j1):
+                b, f = j // F, j % F
+                i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+                v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
+                e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
+                e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
+                m = e1.cross(e2)
+                ln = m.norm()
+                il = 1.0 / ti.max(ln, 1e-12)        # one division (the normal's three and the projection's)
+                n = m * il
+                g = ti.Vector([0.0, 0.0, 0.0])
+                if has_gfn:
+                    g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
+                if use_shade:
+                    gsh = ti.Vector([g_shade[b, f, 0], g_shade[b, f, 1], g_shade[b, f, 2]])
+                    for l in range(ldir.shape[0]):
+                        d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
+                        dot = n.dot(d)
+                        sg = ti.select(dot > 0, 1.0, ti.select(dot < 0, -1.0, 0.0))
+                        g += (gsh[0] * lcol[l, 0] + gsh[1] * lcol[l, 1] + gsh[2] * lcol[l, 2]) * sg * d
+                gm = g * il
+                if ln > 1e-12:
+                    gm = (g - n * n.dot(g)) * il
+                g1, g2 = e2.cross(gm), gm.cross(e1)
+                r = cb * Bv + b
                 for c in ti.static(range(3)):
-                    gs += g_shade[b, f, c] * lcol[l, c]
-                g += gs * sg * d
-        gm = g / 1e-12
-        if ln > 1e-12:
-            gm = (g - n * n.dot(g)) / ln
-        g1, g2 = e2.cross(gm), gm.cross(e1)
-        for c in ti.static(range(3)):
-            g_verts[b, i1, c] += g1[c]
-            g_verts[b, i2, c] += g2[c]
-            g_verts[b, i0, c] -= g1[c] + g2[c]
+                    _acc(g_verts, (r, i1, c), g1[c], private)
+                    _acc(g_verts, (r, i2, c), g2[c], private)
+                    _acc(g_verts, (r, i0, c), -(g1[c] + g2[c]), private)
+
+
+@lean
+@ti.kernel
+def _init_copies(src: ti.types.ndarray(), buf: ti.types.ndarray(), has_src: int):
+    # buf (flat, copies of src's size stacked) = src then zeros (has_src 0: zeros throughout)
+    n = src.shape[0]
+    for i in range(buf.shape[0]):
+        buf[i] = src[i] if (has_src and i < n) else 0.0
+
+
+@lean
+@ti.kernel
+def _sum_stacked(buf: ti.types.ndarray(), out: ti.types.ndarray(), nc: int):
+    # out = the sum of buf's nc stacked copies of out's size (flat)
+    n = out.shape[0]
+    for i in range(n):
+        acc = buf[i]
+        for c in range(1, nc):
+            acc += buf[c * n + i]
+        out[i] = acc
 
 
 @lean
@@ -924,7 +1011,8 @@ class HardMeshWorld(bridge.Op):
         _project_z_bwd(cam, g_scr, g_verts)
         if not self.use_shade:
             g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade, 1)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade, 1,
+                        max(1, verts.shape[0] * faces.shape[0]), False)
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
@@ -960,15 +1048,29 @@ class FaceShade(bridge.Op):
         if g_fn is None and not use and g_pass is None:
             return None, None, None, None, None
         g_verts = torch.empty_like(verts)
-        if g_pass is None:
-            _fill0(g_verts.view(-1))                               # a Taichi fill: no OpenMP region
-        else:
+        if g_fn is None and not use:
             _copy_flat(g_pass.view(-1), g_verts.view(-1))
-        if g_fn is not None or use:
-            has_gfn = g_fn is not None
-            g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
-            g_shade = g_fn if not use else g_shade                 # not read when ``use`` is off
-            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn))
+            return g_verts, None, None, None, None
+        has_gfn = g_fn is not None
+        g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
+        n_chunks, private = _scatter_copies(verts.shape[0] * faces.shape[0])
+        if private:
+            # one copy per CPU thread (each is a vertex array: zeroing and summing them costs less than atomics)
+            n_chunks = max(1, min(n_chunks // 4, faces.shape[0]))
+            buf = torch.empty(n_chunks * verts.numel(), dtype=verts.dtype, device=verts.device)
+            _init_copies(g_verts.view(-1) if g_pass is None else g_pass.view(-1), buf, int(g_pass is not None))
+            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, buf.view(-1, *verts.shape[1:]), int(use),
+                            int(has_gfn), n_chunks, True)
+            _sum_stacked(buf, g_verts.view(-1), n_chunks)
+        else:
+            # one work item per face, atomics (GPU)
+            if g_pass is None:
+                _fill0(g_verts.view(-1))                           # a Taichi fill: no OpenMP region
+            else:
+                _copy_flat(g_pass.view(-1), g_verts.view(-1))
+            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn),
+                            max(1, verts.shape[0] * faces.shape[0]), False)
         return g_verts, None, None, None, None
 
 
@@ -1366,8 +1468,10 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
     # camera gradients: the op takes torch's differentiable projection as its geometry input
     geo = camera.project(verts) if _camera_needs_grad(camera) else verts
+    store = torch.is_grad_enabled() and any(x.requires_grad for x in (geo, attr, shade, opac, bg, tex, uvc, fn))
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts, faces_per_pixel,
-                  bins.max_d2, full_lists=opac.requires_grad)
+                  bins.max_d2, full_lists=opac.requires_grad, store=store, attr_grad=attr.requires_grad,
+                  opac_grad=opac.requires_grad)
     rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
                                                    bins.fd, bins.offsets, bins.counts, bins.bins)
     # the op's p2f holds only the composited layers (its selection stops behind an opaque one): the fragments are
