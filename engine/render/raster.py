@@ -716,12 +716,11 @@ def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc)
 
 
 @ti.func
-def _insert(K: ti.template(), lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, cc, f, z,
-            d2):
-    # insertion into the sorted list lc, lf, lz, ld[o:o + K] from its end: the last entry falls off and the ones
-    # the candidate beats move back one slot (candidates come roughly in depth order, so they seldom travel far:
-    # cheaper than a full unrolled pass)
-    k = o + K - 1
+def _insert(lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, k, cc, f, z, d2):
+    # insertion into the sorted list lc, lf, lz, ld[o:o + K] from slot k (its last slot, or its first empty one:
+    # the empty slots behind it are all alike): the entry there falls off and the ones the candidate beats move
+    # back one slot (candidates come roughly in depth order, so they seldom travel far: cheaper than a full
+    # unrolled pass)
     while k > o and _kbefore(cc, z, f, lc[k - 1], lz[k - 1], lf[k - 1]):
         lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
         k -= 1
@@ -737,7 +736,7 @@ def _consider(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, K: ti.template(
     last = o + K - 1
     stop, enter, cc, z, d2 = _test(r, f, x, y, walk, r2, max_d2, ndc2, lc[last], lz[last], lf[last], zc, fc)
     if enter:
-        _insert(K, lc, lf, lz, ld, o, cc, f, z, d2)
+        _insert(lc, lf, lz, ld, o, last, cc, f, z, d2)
     return stop
 
 
@@ -846,6 +845,7 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     c9 = ti.Vector([2 for _ in ti.static(range(n))], dt=ti.i32)
     f9 = ti.Vector([-1 for _ in ti.static(range(n))], dt=ti.i32)
     z9 = ti.Vector([-1.0 for _ in ti.static(range(n))])
+    n9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # entries in each list (empty slots follow)
     sc = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)
     sz = ti.Vector([0.0 for _ in ti.static(range(n))])
     sd = ti.Vector([0.0 for _ in ti.static(range(n))])
@@ -882,7 +882,8 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                     mm ^= low
                     p = 31 - ti.math.clz(low)
                     o = p * K
-                    _insert(K, lc, lf, lz, ld, o, sc[p], f, sz[p], sd[p])
+                    _insert(lc, lf, lz, ld, o, o + ti.min(n9[p], K - 1), sc[p], f, sz[p], sd[p])
+                    n9[p] += 1
                     c9[p], z9[p], f9[p] = lc[o + K - 1], lz[o + K - 1], lf[o + K - 1]
             j += 1
     for p in range(n):
