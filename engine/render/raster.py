@@ -755,13 +755,14 @@ def _cut(opac: ti.template(), b, K: ti.template(), lc: ti.template(), lf: ti.tem
 
 
 @ti.func
-def _sort_list(K: ti.template(), lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o):
-    # compositing order: by (z, id), empty slots last (insertion sort: the list is two sorted runs, the faces
-    # holding the pixel and the blur-only ones)
-    for i in range(o + 1, o + K):
+def _sort_list(lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, n):
+    # compositing order: by (z, id), empty slots last. The n entries of the list come first (the empty slots are
+    # its tail), so this sorts those (insertion sort: they are two sorted runs, the faces holding the pixel and the
+    # blur-only ones)
+    for i in range(o + 1, o + n):
         c0, f0, z0, d0 = lc[i], lf[i], lz[i], ld[i]
         k = i
-        while k > o and c0 != 2 and (lc[k - 1] == 2 or _before(z0, f0, lz[k - 1], lf[k - 1])):
+        while k > o and _before(z0, f0, lz[k - 1], lf[k - 1]):
             lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
             k -= 1
         lc[k], lf[k], lz[k], ld[k] = c0, f0, z0, d0
@@ -823,7 +824,10 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
                 if _consider(rec, buf[j], x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, 0, zc, fc):
                     s0 = end
                     break
-    _sort_list(K, lc, lf, lz, ld, 0)
+    n = 0
+    for k in range(K):
+        n += ti.cast(lc[k] != 2, ti.i32)
+    _sort_list(lc, lf, lz, ld, 0, n)
     return lf, lz, ld
 
 
@@ -887,7 +891,7 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                     c9[p], z9[p], f9[p] = lc[o + K - 1], lz[o + K - 1], lf[o + K - 1]
             j += 1
     for p in range(n):
-        _sort_list(K, lc, lf, lz, ld, p * K)
+        _sort_list(lc, lf, lz, ld, p * K, ti.min(n9[p], K))
 
 
 def _spread(n_tiles: int) -> int:
