@@ -872,13 +872,16 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                 f = bins[j, 0]
                 rec = _rec(fd, b, f)
                 stops, enters = 0, 0
-                for p in range(n):
-                    x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
-                    stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p], zc[p],
-                                                   fc[p])
-                    sc[p], sz[p], sd[p] = cc, z, d2
-                    stops |= ti.select(stop, 1 << p, 0)
-                    enters |= ti.select(enter, 1 << p, 0)
+                for h in range(2):
+                    # by half tiles (8 pixels, one vector): a half without a pixel to test is skipped
+                    if (mm >> (h * 8)) & 255 != 0:
+                        for p in range(h * 8, h * 8 + 8):
+                            x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
+                            stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p],
+                                                           zc[p], fc[p])
+                            sc[p], sz[p], sd[p] = cc, z, d2
+                            stops |= ti.select(stop, 1 << p, 0)
+                            enters |= ti.select(enter, 1 << p, 0)
                 act ^= stops & mm
                 mm &= enters
                 while mm != 0:
