@@ -643,12 +643,6 @@ def _rec(fd: ti.template(), b, f):
 
 
 @ti.func
-def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
-    # _seg_d2 from a record in locals (_rec)
-    return _seg_at(r[2 * u], r[2 * u + 1], r[2 * v], r[2 * v + 1], r[_IL - _VXY + il], x, y)
-
-
-@ti.func
 def _lo(a, b):
     # min(a, b) for numbers (no NaN rule: one compare and select, x86's minps)
     return ti.select(a < b, a, b)
@@ -661,8 +655,8 @@ def _pos(a):
 
 
 @ti.func
-def _seg_r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
-    # _seg_d2r with _seg_at's clamp of t to [0, 1] written as selects (same value)
+def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # _seg_d2 from a record in locals (_rec), with _seg_at's clamp of t to [0, 1] as selects (the same value)
     ux, uy, vx, vy = r[2 * u], r[2 * u + 1], r[2 * v], r[2 * v + 1]
     ex, ey = vx - ux, vy - uy
     t = ((x - ux) * ex + (y - uy) * ey) * r[_IL - _VXY + il]
@@ -683,7 +677,8 @@ def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc)
     # The decisions: for a pixel outside the face, a full list of covering faces, the edge lines' distance (a
     # lower bound: beyond the blur reach), a full list of blur-only faces all nearer than the nearest vertex; then
     # the (class, depth, id) order against the list's last entry and the cut, then the distance to the edges the
-    # pixel is outside of. The arithmetic is _bary_at's, _persp_z's, _signed_d2e's and _seg_at's, step for step.
+    # pixel is outside of. The arithmetic is _bary_at's, _clamp_bary's, _persp_z's, _signed_d2e's and _seg_at's,
+    # step for step (clamps and minima as compare-and-select: _lo, _pos; the same values).
     zmin = r[_ZMIN - _VXY]
     stop = (((c9 == 0) | ((walk == 1) & (c9 == 1))) & (zmin > z9)) | (zmin > zc)
     dx, dy = x - r[0], y - r[1]
@@ -707,9 +702,9 @@ def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc)
     ok = (cc < c9) | ((cc == c9) & zb)
     ok &= inside | (z < zc) | ((z == zc) & (f < fc))
     # the nearest edge among those whose line the pixel is outside of
-    e2 = _lo(_lo(ti.select(w2 <= 0, _seg_r(r, 0, 1, 0, x, y), 1e30),
-                 ti.select(w0 <= 0, _seg_r(r, 1, 2, 1, x, y), 1e30)),
-             ti.select(w1 <= 0, _seg_r(r, 2, 0, 2, x, y), 1e30))
+    e2 = _lo(_lo(ti.select(w2 <= 0, _seg_d2r(r, 0, 1, 0, x, y), 1e30),
+                 ti.select(w0 <= 0, _seg_d2r(r, 1, 2, 1, x, y), 1e30)),
+             ti.select(w1 <= 0, _seg_d2r(r, 2, 0, 2, x, y), 1e30))
     d2 = ti.select(inside, -_lo(_lo(a0, a1), a2) * ndc2, e2 * ndc2)
     enter = (stop == 0) & cand & ok & (inside | (d2 < max_d2))
     return stop, enter, cc, z, d2
@@ -839,11 +834,13 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; pixel
     # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K] (initialised empty by the caller).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
-    # _select, so the lists are the same. The test runs for all 16 pixels of the tile in one branch-free loop
-    # (LLVM vectorises it), against each pixel's list end (c9, z9, f9: kept here, updated on insertion) and cut;
-    # only the pixels of the entry's mask that are still walking then stop or take the face (_insert).
+    # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
+    # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
+    # pixel's list end (c9, z9, f9: kept here, updated on insertion) and cut; only the pixels of the entry's mask
+    # that are still walking then stop or take the face (_insert, from the list's first empty slot: n9).
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
+    half = ti.static(TILE * TILE // 2)
     zc = ti.Vector([1e30 for _ in ti.static(range(n))])
     fc = ti.Vector([1 << 30 for _ in ti.static(range(n))], dt=ti.i32)
     c9 = ti.Vector([2 for _ in ti.static(range(n))], dt=ti.i32)
@@ -873,9 +870,8 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                 rec = _rec(fd, b, f)
                 stops, enters = 0, 0
                 for h in range(2):
-                    # by half tiles (8 pixels, one vector): a half without a pixel to test is skipped
-                    if (mm >> (h * 8)) & 255 != 0:
-                        for p in range(h * 8, h * 8 + 8):
+                    if (mm >> (h * half)) & ((1 << half) - 1) != 0:
+                        for p in range(h * half, h * half + half):
                             x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
                             stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p],
                                                            zc[p], fc[p])
