@@ -811,12 +811,6 @@ def _rec(fd: ti.template(), b, f):
 
 
 @ti.func
-def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
-    # _seg_d2 from a record in locals (_rec)
-    return _seg_at(r[2 * u], r[2 * u + 1], r[2 * v], r[2 * v + 1], r[_IL - _VXY + il], x, y)
-
-
-@ti.func
 def _lo(a, b):
     # min(a, b) for numbers (no NaN rule: one compare and select, x86's minps)
     return ti.select(a < b, a, b)
@@ -829,8 +823,8 @@ def _pos(a):
 
 
 @ti.func
-def _seg_r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
-    # _seg_d2r with _seg_at's clamp of t to [0, 1] written as selects (same value)
+def _seg_d2r(r: ti.template(), u: ti.template(), v: ti.template(), il: ti.template(), x, y):
+    # _seg_d2 from a record in locals (_rec), with _seg_at's clamp of t to [0, 1] as selects (the same value)
     ux, uy, vx, vy = r[2 * u], r[2 * u + 1], r[2 * v], r[2 * v + 1]
     ex, ey = vx - ux, vy - uy
     t = ((x - ux) * ex + (y - uy) * ey) * r[_IL - _VXY + il]
@@ -851,7 +845,8 @@ def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc)
     # The decisions: for a pixel outside the face, a full list of covering faces, the edge lines' distance (a
     # lower bound: beyond the blur reach), a full list of blur-only faces all nearer than the nearest vertex; then
     # the (class, depth, id) order against the list's last entry and the cut, then the distance to the edges the
-    # pixel is outside of. The arithmetic is _bary_at's, _persp_z's, _signed_d2e's and _seg_at's, step for step.
+    # pixel is outside of. The arithmetic is _bary_at's, _clamp_bary's, _persp_z's, _signed_d2e's and _seg_at's,
+    # step for step (clamps and minima as compare-and-select: _lo, _pos; the same values).
     zmin = r[_ZMIN - _VXY]
     stop = (((c9 == 0) | ((walk == 1) & (c9 == 1))) & (zmin > z9)) | (zmin > zc)
     dx, dy = x - r[0], y - r[1]
@@ -875,21 +870,20 @@ def _test(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc)
     ok = (cc < c9) | ((cc == c9) & zb)
     ok &= inside | (z < zc) | ((z == zc) & (f < fc))
     # the nearest edge among those whose line the pixel is outside of
-    e2 = _lo(_lo(ti.select(w2 <= 0, _seg_r(r, 0, 1, 0, x, y), 1e30),
-                 ti.select(w0 <= 0, _seg_r(r, 1, 2, 1, x, y), 1e30)),
-             ti.select(w1 <= 0, _seg_r(r, 2, 0, 2, x, y), 1e30))
+    e2 = _lo(_lo(ti.select(w2 <= 0, _seg_d2r(r, 0, 1, 0, x, y), 1e30),
+                 ti.select(w0 <= 0, _seg_d2r(r, 1, 2, 1, x, y), 1e30)),
+             ti.select(w1 <= 0, _seg_d2r(r, 2, 0, 2, x, y), 1e30))
     d2 = ti.select(inside, -_lo(_lo(a0, a1), a2) * ndc2, e2 * ndc2)
     enter = (stop == 0) & cand & ok & (inside | (d2 < max_d2))
     return stop, enter, cc, z, d2
 
 
 @ti.func
-def _insert(K: ti.template(), lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, cc, f, z,
-            d2):
-    # insertion into the sorted list lc, lf, lz, ld[o:o + K] from its end: the last entry falls off and the ones
-    # the candidate beats move back one slot (candidates come roughly in depth order, so they seldom travel far:
-    # cheaper than a full unrolled pass)
-    k = o + K - 1
+def _insert(lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, k, cc, f, z, d2):
+    # insertion into the sorted list lc, lf, lz, ld[o:o + K] from slot k (its last slot, or its first empty one:
+    # the empty slots behind it are all alike): the entry there falls off and the ones the candidate beats move
+    # back one slot (candidates come roughly in depth order, so they seldom travel far: cheaper than a full
+    # unrolled pass)
     while k > o and _kbefore(cc, z, f, lc[k - 1], lz[k - 1], lf[k - 1]):
         lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
         k -= 1
@@ -905,7 +899,7 @@ def _consider(r: ti.template(), f, x, y, walk, r2, max_d2, ndc2, K: ti.template(
     last = o + K - 1
     stop, enter, cc, z, d2 = _test(r, f, x, y, walk, r2, max_d2, ndc2, lc[last], lz[last], lf[last], zc, fc)
     if enter:
-        _insert(K, lc, lf, lz, ld, o, cc, f, z, d2)
+        _insert(lc, lf, lz, ld, o, last, cc, f, z, d2)
     return stop
 
 
@@ -924,13 +918,14 @@ def _cut(opac: ti.template(), b, K: ti.template(), lc: ti.template(), lf: ti.tem
 
 
 @ti.func
-def _sort_list(K: ti.template(), lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o):
-    # compositing order: by (z, id), empty slots last (insertion sort: the list is two sorted runs, the faces
-    # holding the pixel and the blur-only ones)
-    for i in range(o + 1, o + K):
+def _sort_list(lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, n):
+    # compositing order: by (z, id), empty slots last. The n entries of the list come first (the empty slots are
+    # its tail), so this sorts those (insertion sort: they are two sorted runs, the faces holding the pixel and the
+    # blur-only ones)
+    for i in range(o + 1, o + n):
         c0, f0, z0, d0 = lc[i], lf[i], lz[i], ld[i]
         k = i
-        while k > o and c0 != 2 and (lc[k - 1] == 2 or _before(z0, f0, lz[k - 1], lf[k - 1])):
+        while k > o and _before(z0, f0, lz[k - 1], lf[k - 1]):
             lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
             k -= 1
         lc[k], lf[k], lz[k], ld[k] = c0, f0, z0, d0
@@ -992,7 +987,10 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
                 if _consider(rec, buf[j], x, y, walk, r2, max_d2, ndc2, K, lc, lf, lz, ld, 0, zc, fc):
                     s0 = end
                     break
-    _sort_list(K, lc, lf, lz, ld, 0)
+    n = 0
+    for k in range(K):
+        n += ti.cast(lc[k] != 2, ti.i32)
+    _sort_list(lc, lf, lz, ld, 0, n)
     return lf, lz, ld
 
 
@@ -1004,16 +1002,19 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; pixel
     # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K] (initialised empty by the caller).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
-    # _select, so the lists are the same. The test runs for all 16 pixels of the tile in one branch-free loop
-    # (LLVM vectorises it), against each pixel's list end (c9, z9, f9: kept here, updated on insertion) and cut;
-    # only the pixels of the entry's mask that are still walking then stop or take the face (_insert).
+    # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
+    # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
+    # pixel's list end (c9, z9, f9: kept here, updated on insertion) and cut; only the pixels of the entry's mask
+    # that are still walking then stop or take the face (_insert, from the list's first empty slot: n9).
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
+    half = ti.static(TILE * TILE // 2)
     zc = ti.Vector([1e30 for _ in ti.static(range(n))])
     fc = ti.Vector([1 << 30 for _ in ti.static(range(n))], dt=ti.i32)
     c9 = ti.Vector([2 for _ in ti.static(range(n))], dt=ti.i32)
     f9 = ti.Vector([-1 for _ in ti.static(range(n))], dt=ti.i32)
     z9 = ti.Vector([-1.0 for _ in ti.static(range(n))])
+    n9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # entries in each list (empty slots follow)
     sc = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)
     sz = ti.Vector([0.0 for _ in ti.static(range(n))])
     sd = ti.Vector([0.0 for _ in ti.static(range(n))])
@@ -1036,13 +1037,15 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                 f = bins[j, 0]
                 rec = _rec(fd, b, f)
                 stops, enters = 0, 0
-                for p in range(n):
-                    x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
-                    stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p], zc[p],
-                                                   fc[p])
-                    sc[p], sz[p], sd[p] = cc, z, d2
-                    stops |= ti.select(stop, 1 << p, 0)
-                    enters |= ti.select(enter, 1 << p, 0)
+                for h in range(2):
+                    if (mm >> (h * half)) & ((1 << half) - 1) != 0:
+                        for p in range(h * half, h * half + half):
+                            x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
+                            stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p],
+                                                           zc[p], fc[p])
+                            sc[p], sz[p], sd[p] = cc, z, d2
+                            stops |= ti.select(stop, 1 << p, 0)
+                            enters |= ti.select(enter, 1 << p, 0)
                 act ^= stops & mm
                 mm &= enters
                 while mm != 0:
@@ -1050,11 +1053,12 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                     mm ^= low
                     p = 31 - ti.math.clz(low)
                     o = p * K
-                    _insert(K, lc, lf, lz, ld, o, sc[p], f, sz[p], sd[p])
+                    _insert(lc, lf, lz, ld, o, o + ti.min(n9[p], K - 1), sc[p], f, sz[p], sd[p])
+                    n9[p] += 1
                     c9[p], z9[p], f9[p] = lc[o + K - 1], lz[o + K - 1], lf[o + K - 1]
             j += 1
     for p in range(n):
-        _sort_list(K, lc, lf, lz, ld, p * K)
+        _sort_list(lc, lf, lz, ld, p * K, ti.min(n9[p], K))
 
 
 def _spread(n_tiles: int) -> int:
