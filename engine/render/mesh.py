@@ -867,14 +867,28 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
 @ti.kernel
 def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                     lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
-                    g_verts: ti.types.ndarray(), use_shade: int, has_gfn: int, n_chunks: int, private: ti.template()):
-    # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners
+                    g_pass: ti.types.ndarray(), buf: ti.types.ndarray(), g_verts: ti.types.ndarray(), use_shade: int,
+                    has_gfn: int, init: int, has_pass: int, n_chunks: int, private: ti.template()):
+    # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners, added
+    # to g_verts (Bv, V, 3) (g_pass, buf, g_verts flat); with ``init`` g_verts starts as g_pass (has_pass) or 0,
+    # else as it is
     # ``private`` (CPU): chunk ch takes the ch-th of n_chunks contiguous runs of the (b, f) pairs and adds with plain
-    # adds into its own copy, rows ch * Bv.. of g_verts (n_chunks * Bv, V, 3); otherwise every face is its own work
-    # item and atomics add into g_verts (Bv, V, 3) (the float atomics were ~25 % of this kernel on CPU)
-    Bv, F = verts.shape[0], faces.shape[0]
-    N = Bv * F
+    # adds into its own copy, rows ch * Bv.. of buf (n_chunks * Bv, V, 3), summed into g_verts at the end (copy 0
+    # starts as g_verts' start); otherwise every face is its own work item and atomics add into g_verts (the float
+    # atomics were ~25 % of this kernel on CPU). One launch: the three loops run one after the other.
+    Bv, F, V = verts.shape[0], faces.shape[0], verts.shape[1]
+    N, M = Bv * F, Bv * V * 3
     span = ti.static(_SPAN if private else 1)
+    for i in range(M):
+        v0 = g_pass[i] if has_pass else 0.0
+        if not init:
+            v0 = g_verts[i]
+        if ti.static(private):
+            buf[i] = v0
+            for ch in range(1, n_chunks):
+                buf[ch * M + i] = 0.0
+        elif init:
+            g_verts[i] = v0
     for it in range(n_chunks * span):
         if it % span == 0:
             ch = it // span
@@ -907,32 +921,23 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
                 if ln > 1e-12:
                     gm = (g - n * n.dot(g)) * il
                 g1, g2 = e2.cross(gm), gm.cross(e1)
-                r = cb * Bv + b
+                r = (cb * Bv + b) * V
+                q0, q1, q2 = (r + i0) * 3, (r + i1) * 3, (r + i2) * 3
                 for c in ti.static(range(3)):
-                    _acc(g_verts, (r, i1, c), g1[c], private)
-                    _acc(g_verts, (r, i2, c), g2[c], private)
-                    _acc(g_verts, (r, i0, c), -(g1[c] + g2[c]), private)
-
-
-@lean
-@ti.kernel
-def _init_copies(src: ti.types.ndarray(), buf: ti.types.ndarray(), has_src: int):
-    # buf (flat, copies of src's size stacked) = src then zeros (has_src 0: zeros throughout)
-    n = src.shape[0]
-    for i in range(buf.shape[0]):
-        buf[i] = src[i] if (has_src and i < n) else 0.0
-
-
-@lean
-@ti.kernel
-def _sum_stacked(buf: ti.types.ndarray(), out: ti.types.ndarray(), nc: int):
-    # out = the sum of buf's nc stacked copies of out's size (flat)
-    n = out.shape[0]
-    for i in range(n):
-        acc = buf[i]
-        for c in range(1, nc):
-            acc += buf[c * n + i]
-        out[i] = acc
+                    if ti.static(private):
+                        buf[q1 + c] = buf[q1 + c] + g1[c]
+                        buf[q2 + c] = buf[q2 + c] + g2[c]
+                        buf[q0 + c] = buf[q0 + c] - (g1[c] + g2[c])
+                    else:
+                        ti.atomic_add(g_verts[q1 + c], g1[c])
+                        ti.atomic_add(g_verts[q2 + c], g2[c])
+                        ti.atomic_sub(g_verts[q0 + c], g1[c] + g2[c])
+    if ti.static(private):
+        for i in range(M):
+            acc = buf[i]
+            for ch in range(1, n_chunks):
+                acc += buf[ch * M + i]
+            g_verts[i] = acc
 
 
 @lean
@@ -1011,7 +1016,8 @@ class HardMeshWorld(bridge.Op):
         _project_z_bwd(cam, g_scr, g_verts)
         if not self.use_shade:
             g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade, 1,
+        gv = g_verts.view(-1)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, gv, gv, gv, self.use_shade, 1, 0, 0,
                         max(1, verts.shape[0] * faces.shape[0]), False)
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
@@ -1052,25 +1058,18 @@ class FaceShade(bridge.Op):
             _copy_flat(g_pass.view(-1), g_verts.view(-1))
             return g_verts, None, None, None, None
         has_gfn = g_fn is not None
-        g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        kw = dict(dtype=verts.dtype, device=verts.device)
+        g_fn = torch.empty(1, 1, 3, **kw) if g_fn is None else g_fn
         g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
         n_chunks, private = _scatter_copies(verts.shape[0] * faces.shape[0])
-        if private:
-            # one copy per CPU thread (each is a vertex array: zeroing and summing them costs less than atomics)
-            n_chunks = max(1, min(n_chunks // 4, faces.shape[0]))
-            buf = torch.empty(n_chunks * verts.numel(), dtype=verts.dtype, device=verts.device)
-            _init_copies(g_verts.view(-1) if g_pass is None else g_pass.view(-1), buf, int(g_pass is not None))
-            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, buf.view(-1, *verts.shape[1:]), int(use),
-                            int(has_gfn), n_chunks, True)
-            _sum_stacked(buf, g_verts.view(-1), n_chunks)
-        else:
-            # one work item per face, atomics (GPU)
-            if g_pass is None:
-                _fill0(g_verts.view(-1))                           # a Taichi fill: no OpenMP region
-            else:
-                _copy_flat(g_pass.view(-1), g_verts.view(-1))
-            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn),
-                            max(1, verts.shape[0] * faces.shape[0]), False)
+        # CPU: one private vertex copy per thread (zeroing and summing them costs less than atomics); GPU: one
+        # work item per face, atomics
+        n_chunks = max(1, min(n_chunks // 4, faces.shape[0])) if private else max(1, verts.shape[0] * faces.shape[0])
+        buf = torch.empty(n_chunks * verts.numel(), **kw) if private else g_verts.view(-1)
+        g_pass = g_verts if g_pass is None else g_pass                 # not read without a passed gradient
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_pass.view(-1), buf, g_verts.view(-1), int(use),
+                        int(has_gfn), 1,
+                        int(self.passthrough and grads[2] is not None), n_chunks, private)
         return g_verts, None, None, None, None
 
 
