@@ -836,13 +836,13 @@ class HardMesh(bridge.Op):
 @ti.kernel
 def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                 lcol: ti.types.ndarray(), amb: ti.types.ndarray(), fn: ti.types.ndarray(), shade: ti.types.ndarray(),
-                use_shade: int):
+                use_shade: int, Bn: int):
     # face_normals + lambert (two-sided) per face: fn = normalize(cross(v1 - v0, v2 - v0)) (eps 1e-12),
-    # shade_c = ambient_c + sum_l color_lc |fn . d_l|
-    # One flat loop over (b, f), the shade summed in registers and every store last (Taichi's CPU code reloads an
-    # ndarray's pointer and shapes after each store): ~20 % less than a 2-D loop storing as it goes
+    # shade_c = ambient_c + sum_l color_lc |fn . d_l|; fn and shade (Bn, F, 3) flat
+    # One flat loop over (b, f), the shade summed in registers, every store last and flat (Taichi's CPU code reloads
+    # an ndarray's pointer and shapes after each store): ~1/3 less than a 2-D loop storing as it goes
     F = faces.shape[0]
-    for j in range(fn.shape[0] * F):
+    for j in range(Bn * F):
         b, f = j // F, j % F
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
         v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
@@ -857,10 +857,10 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
                 for c in ti.static(range(3)):
                     sh[c] += lcol[l, c] * dl
         for c in ti.static(range(3)):
-            fn[b, f, c] = n[c]
+            fn[j * 3 + c] = n[c]
         if use_shade:
             for c in ti.static(range(3)):
-                shade[b, f, c] = sh[c]
+                shade[j * 3 + c] = sh[c]
 
 
 @lean
@@ -870,8 +870,8 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
                     g_pass: ti.types.ndarray(), buf: ti.types.ndarray(), g_verts: ti.types.ndarray(), use_shade: int,
                     has_gfn: int, init: int, has_pass: int, n_chunks: int, private: ti.template()):
     # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners, added
-    # to g_verts (Bv, V, 3) (g_pass, buf, g_verts flat); with ``init`` g_verts starts as g_pass (has_pass) or 0,
-    # else as it is
+    # to g_verts (Bv, V, 3) (g_fn, g_shade (Bv, F, 3), g_pass, buf and g_verts flat: 3-D indexing cost more here);
+    # with ``init`` g_verts starts as g_pass (has_pass) or 0, else as it is
     # ``private`` (CPU): chunk ch takes the ch-th of n_chunks contiguous runs of the (b, f) pairs and adds with plain
     # adds into its own copy, rows ch * Bv.. of buf (n_chunks * Bv, V, 3), summed into g_verts at the end (copy 0
     # starts as g_verts' start); otherwise every face is its own work item and atomics add into g_verts (the float
@@ -909,9 +909,9 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
                 n = m * il
                 g = ti.Vector([0.0, 0.0, 0.0])
                 if has_gfn:
-                    g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
+                    g = ti.Vector([g_fn[j * 3], g_fn[j * 3 + 1], g_fn[j * 3 + 2]])
                 if use_shade:
-                    gsh = ti.Vector([g_shade[b, f, 0], g_shade[b, f, 1], g_shade[b, f, 2]])
+                    gsh = ti.Vector([g_shade[j * 3], g_shade[j * 3 + 1], g_shade[j * 3 + 2]])
                     for l in range(ldir.shape[0]):
                         d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
                         dot = n.dot(d)
@@ -975,7 +975,7 @@ class HardMeshWorld(bridge.Op):
         _project(verts, cam, screen)
         fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
         shade = torch.empty(verts.shape[0], faces.shape[0], 3, **kw) if self.use_shade else torch.ones(1, 1, 1, **kw)
-        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        _face_frame(verts, faces, ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade, fn.shape[0])
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         nrm = torch.empty(B, H, W, 3, **kw)
         _hard_fwd(screen, faces, p2f, attr, shade, background, fn, rgb, dep, alp, nrm, self.per_face, self.use_shade,
@@ -1017,8 +1017,8 @@ class HardMeshWorld(bridge.Op):
         if not self.use_shade:
             g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
         gv = g_verts.view(-1)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, gv, gv, gv, self.use_shade, 1, 0, 0,
-                        max(1, verts.shape[0] * faces.shape[0]), False)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1), gv, gv, gv, self.use_shade,
+                        1, 0, 0, max(1, verts.shape[0] * faces.shape[0]), False)
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
@@ -1043,7 +1043,7 @@ class FaceShade(bridge.Op):
         kw = dict(dtype=verts.dtype, device=verts.device)
         fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
         shade = torch.empty_like(fn) if self.use_shade else torch.ones_like(fn)
-        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        _face_frame(verts, faces, ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade, fn.shape[0])
         return (fn, shade) + ((verts,) if self.passthrough else ()), (verts, ldir, lcol, faces)
 
     def backward(self, saved, grads):
@@ -1067,7 +1067,8 @@ class FaceShade(bridge.Op):
         n_chunks = max(1, min(n_chunks // 4, faces.shape[0])) if private else max(1, verts.shape[0] * faces.shape[0])
         buf = torch.empty(n_chunks * verts.numel(), **kw) if private else g_verts.view(-1)
         g_pass = g_verts if g_pass is None else g_pass                 # not read without a passed gradient
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_pass.view(-1), buf, g_verts.view(-1), int(use),
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1), g_pass.view(-1), buf,
+                        g_verts.view(-1), int(use),
                         int(has_gfn), 1,
                         int(self.passthrough and grads[2] is not None), n_chunks, private)
         return g_verts, None, None, None, None
