@@ -463,8 +463,8 @@ def _sum_copies(buf: ti.types.ndarray(), segs: ti.types.ndarray(), out: ti.types
 @ti.kernel
 def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy: ti.types.ndarray(),
                       g_verts: ti.types.ndarray(), nc: int):
-    # raster._project_bwd from nc stacked copies of the (B, V, 2) screen gradient, written whole (no zeroed
-    # buffer): each vertex sums its copies and, for one mesh seen by B cameras, its B views
+    # raster._project_bwd from nc stacked copies of the (B, V, 2) screen gradient (g_xy flat), written whole (no
+    # zeroed buffer): each vertex sums its copies and, for one mesh seen by B cameras, its B views
     B, V = screen.shape[0], screen.shape[1]
     Bv = g_verts.shape[0]
     for bv, i in ti.ndrange(Bv, V):
@@ -476,8 +476,9 @@ def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy:
                     z = 1e-12
                 gu, gv = 0.0, 0.0
                 for c in range(nc):
-                    gu += g_xy[c * B + b, i, 0]
-                    gv += g_xy[c * B + b, i, 1]
+                    q = ((c * B + b) * V + i) * 2
+                    gu += g_xy[q]
+                    gv += g_xy[q + 1]
                 gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
                                 -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
                 for j in ti.static(range(3)):
@@ -626,7 +627,7 @@ class SoftMesh(bridge.Op):
             g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
         else:
             g_verts = torch.empty(vshape, **kw)
-            _soft_project_bwd(screen, cam, g_xy, g_verts, nc)
+            _soft_project_bwd(screen, cam, g_xy.reshape(-1), g_verts, nc)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
