@@ -201,23 +201,33 @@ def _seg_foot(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), x, y)
 @ti.func
 def _near_seg(fd: ti.template(), b, f, w0, w1, w2, x, y):
     # for a pixel outside the face: its nearest edge e (from vertex e to e + 1 mod 3) among those whose line it is
-    # outside of (raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p there; only those
-    # edges are evaluated (mostly one). None qualifies only where the forward's distance was ~0: e = 0, t = 0 and
-    # q = p (no gradient)
+    # outside of (raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p there. Most layers
+    # are outside one edge line only: that edge, no comparison (~3 % of the backward); else only the qualifying
+    # edges are evaluated. None qualifies only where the forward's distance was ~0: e = 0, t = 0 and q = p (no
+    # gradient)
     e, t, rx, ry = 0, 0.0, 0.0, 0.0
-    best = 1e30
-    if w2 <= 0:
-        t, rx, ry = _seg_foot(fd, b, f, 0, 1, x, y)
-        best = rx * rx + ry * ry
-    if w0 <= 0:
-        t1, qx, qy = _seg_foot(fd, b, f, 1, 2, x, y)
-        d1 = qx * qx + qy * qy
-        if d1 < best:
-            e, t, rx, ry, best = 1, t1, qx, qy, d1
-    if w1 <= 0:
-        t1, qx, qy = _seg_foot(fd, b, f, 2, 0, x, y)
-        if qx * qx + qy * qy < best:
-            e, t, rx, ry = 2, t1, qx, qy
+    n0, n1, n2 = w0 <= 0, w1 <= 0, w2 <= 0
+    if ti.cast(n0, ti.i32) + ti.cast(n1, ti.i32) + ti.cast(n2, ti.i32) == 1:
+        e = ti.select(n2, 0, ti.select(n0, 1, 2))
+        e1 = (e + 1) % 3
+        ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
+        ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
+        t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * fd[b, f, _IL + e], 0.0), 1.0)
+        rx, ry = ux + t * ex - x, uy + t * ey - y
+    else:
+        best = 1e30
+        if n2:
+            t, rx, ry = _seg_foot(fd, b, f, 0, 1, x, y)
+            best = rx * rx + ry * ry
+        if n0:
+            t1, qx, qy = _seg_foot(fd, b, f, 1, 2, x, y)
+            d1 = qx * qx + qy * qy
+            if d1 < best:
+                e, t, rx, ry, best = 1, t1, qx, qy, d1
+        if n1:
+            t1, qx, qy = _seg_foot(fd, b, f, 2, 0, x, y)
+            if qx * qx + qy * qy < best:
+                e, t, rx, ry = 2, t1, qx, qy
     return e, t, rx, ry
 
 
