@@ -201,23 +201,33 @@ def _seg_foot(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), x, y)
 @ti.func
 def _near_seg(fd: ti.template(), b, f, w0, w1, w2, x, y):
     # for a pixel outside the face: its nearest edge e (from vertex e to e + 1 mod 3) among those whose line it is
-    # outside of (raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p there; only those
-    # edges are evaluated (mostly one). None qualifies only where the forward's distance was ~0: e = 0, t = 0 and
-    # q = p (no gradient)
+    # outside of (raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p there. Most layers
+    # are outside one edge line only: that edge, no comparison (~3 % of the backward); else only the qualifying
+    # edges are evaluated. None qualifies only where the forward's distance was ~0: e = 0, t = 0 and q = p (no
+    # gradient)
     e, t, rx, ry = 0, 0.0, 0.0, 0.0
-    best = 1e30
-    if w2 <= 0:
-        t, rx, ry = _seg_foot(fd, b, f, 0, 1, x, y)
-        best = rx * rx + ry * ry
-    if w0 <= 0:
-        t1, qx, qy = _seg_foot(fd, b, f, 1, 2, x, y)
-        d1 = qx * qx + qy * qy
-        if d1 < best:
-            e, t, rx, ry, best = 1, t1, qx, qy, d1
-    if w1 <= 0:
-        t1, qx, qy = _seg_foot(fd, b, f, 2, 0, x, y)
-        if qx * qx + qy * qy < best:
-            e, t, rx, ry = 2, t1, qx, qy
+    n0, n1, n2 = w0 <= 0, w1 <= 0, w2 <= 0
+    if ti.cast(n0, ti.i32) + ti.cast(n1, ti.i32) + ti.cast(n2, ti.i32) == 1:
+        e = ti.select(n2, 0, ti.select(n0, 1, 2))
+        e1 = (e + 1) % 3
+        ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
+        ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
+        t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * fd[b, f, _IL + e], 0.0), 1.0)
+        rx, ry = ux + t * ex - x, uy + t * ey - y
+    else:
+        best = 1e30
+        if n2:
+            t, rx, ry = _seg_foot(fd, b, f, 0, 1, x, y)
+            best = rx * rx + ry * ry
+        if n0:
+            t1, qx, qy = _seg_foot(fd, b, f, 1, 2, x, y)
+            d1 = qx * qx + qy * qy
+            if d1 < best:
+                e, t, rx, ry, best = 1, t1, qx, qy, d1
+        if n1:
+            t1, qx, qy = _seg_foot(fd, b, f, 2, 0, x, y)
+            if qx * qx + qy * qy < best:
+                e, t, rx, ry = 2, t1, qx, qy
     return e, t, rx, ry
 
 
@@ -463,8 +473,8 @@ def _sum_copies(buf: ti.types.ndarray(), segs: ti.types.ndarray(), out: ti.types
 @ti.kernel
 def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy: ti.types.ndarray(),
                       g_verts: ti.types.ndarray(), nc: int):
-    # raster._project_bwd from nc stacked copies of the (B, V, 2) screen gradient, written whole (no zeroed
-    # buffer): each vertex sums its copies and, for one mesh seen by B cameras, its B views
+    # raster._project_bwd from nc stacked copies of the (B, V, 2) screen gradient (g_xy flat), written whole (no
+    # zeroed buffer): each vertex sums its copies and, for one mesh seen by B cameras, its B views
     B, V = screen.shape[0], screen.shape[1]
     Bv = g_verts.shape[0]
     for bv, i in ti.ndrange(Bv, V):
@@ -476,8 +486,9 @@ def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy:
                     z = 1e-12
                 gu, gv = 0.0, 0.0
                 for c in range(nc):
-                    gu += g_xy[c * B + b, i, 0]
-                    gv += g_xy[c * B + b, i, 1]
+                    q = ((c * B + b) * V + i) * 2
+                    gu += g_xy[q]
+                    gv += g_xy[q + 1]
                 gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
                                 -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
                 for j in ti.static(range(3)):
@@ -554,9 +565,12 @@ class SoftMesh(bridge.Op):
             raise RuntimeError("SoftMesh was built with store=False (no gradient expected) but backward ran")
         B, H, W, K = p2f.shape
         # private copies while zeroing and summing them costs less than the pixels' K layers (fewer copies, down
-        # to 2, where that fits: at 51k faces and 256^2, 4 copies beat 8 by ~20 % and atomics too), else atomics
+        # to 2, where that fits: at 51k faces and 256^2, 4 copies beat 8 by ~20 % and atomics too), else atomics;
+        # at most two per CPU thread (the chunks take interleaved rows, so two even them out: at 51k faces 4
+        # copies instead of 8 cut the backward's kernels by ~10-14 % at 256^2 and 512^2, same at 5k)
         n_chunks, private = _scatter_copies(B * H)
         if private:
+            n_chunks = min(n_chunks, 2 * max(1, int(ti.lang.impl.current_cfg().cpu_max_num_threads)))
             fit = 4 * B * H * W * K // max(1, 2 * B * screen.shape[1] + attr.numel() * (self.need & 1)
                                             + shade.numel() + opacity.numel() * (self.need >> 1) + uvc.numel())
             n_chunks, private = (min(n_chunks, fit), True) if fit >= 2 else (max(B * H, 1), False)
@@ -623,7 +637,7 @@ class SoftMesh(bridge.Op):
             g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
         else:
             g_verts = torch.empty(vshape, **kw)
-            _soft_project_bwd(screen, cam, g_xy, g_verts, nc)
+            _soft_project_bwd(screen, cam, g_xy.reshape(-1), g_verts, nc)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)
@@ -836,13 +850,13 @@ class HardMesh(bridge.Op):
 @ti.kernel
 def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                 lcol: ti.types.ndarray(), amb: ti.types.ndarray(), fn: ti.types.ndarray(), shade: ti.types.ndarray(),
-                use_shade: int):
+                use_shade: int, Bn: int):
     # face_normals + lambert (two-sided) per face: fn = normalize(cross(v1 - v0, v2 - v0)) (eps 1e-12),
-    # shade_c = ambient_c + sum_l color_lc |fn . d_l|
-    # One flat loop over (b, f), the shade summed in registers and every store last (Taichi's CPU code reloads an
-    # ndarray's pointer and shapes after each store): ~20 % less than a 2-D loop storing as it goes
+    # shade_c = ambient_c + sum_l color_lc |fn . d_l|; fn and shade (Bn, F, 3) flat
+    # One flat loop over (b, f), the shade summed in registers, every store last and flat (Taichi's CPU code reloads
+    # an ndarray's pointer and shapes after each store): ~1/3 less than a 2-D loop storing as it goes
     F = faces.shape[0]
-    for j in range(fn.shape[0] * F):
+    for j in range(Bn * F):
         b, f = j // F, j % F
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
         v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
@@ -857,24 +871,38 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
                 for c in ti.static(range(3)):
                     sh[c] += lcol[l, c] * dl
         for c in ti.static(range(3)):
-            fn[b, f, c] = n[c]
+            fn[j * 3 + c] = n[c]
         if use_shade:
             for c in ti.static(range(3)):
-                shade[b, f, c] = sh[c]
+                shade[j * 3 + c] = sh[c]
 
 
 @lean
 @ti.kernel
 def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                     lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
-                    g_verts: ti.types.ndarray(), use_shade: int, has_gfn: int, n_chunks: int, private: ti.template()):
-    # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners
+                    g_pass: ti.types.ndarray(), buf: ti.types.ndarray(), g_verts: ti.types.ndarray(), use_shade: int,
+                    has_gfn: int, init: int, has_pass: int, n_chunks: int, private: ti.template()):
+    # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners, added
+    # to g_verts (Bv, V, 3) (g_fn, g_shade (Bv, F, 3), g_pass, buf and g_verts flat: 3-D indexing cost more here);
+    # with ``init`` g_verts starts as g_pass (has_pass) or 0, else as it is
     # ``private`` (CPU): chunk ch takes the ch-th of n_chunks contiguous runs of the (b, f) pairs and adds with plain
-    # adds into its own copy, rows ch * Bv.. of g_verts (n_chunks * Bv, V, 3); otherwise every face is its own work
-    # item and atomics add into g_verts (Bv, V, 3) (the float atomics were ~25 % of this kernel on CPU)
-    Bv, F = verts.shape[0], faces.shape[0]
-    N = Bv * F
+    # adds into its own copy, rows ch * Bv.. of buf (n_chunks * Bv, V, 3), summed into g_verts at the end (copy 0
+    # starts as g_verts' start); otherwise every face is its own work item and atomics add into g_verts (the float
+    # atomics were ~25 % of this kernel on CPU). One launch: the three loops run one after the other.
+    Bv, F, V = verts.shape[0], faces.shape[0], verts.shape[1]
+    N, M = Bv * F, Bv * V * 3
     span = ti.static(_SPAN if private else 1)
+    for i in range(M):
+        v0 = g_pass[i] if has_pass else 0.0
+        if not init:
+            v0 = g_verts[i]
+        if ti.static(private):
+            buf[i] = v0
+            for ch in range(1, n_chunks):
+                buf[ch * M + i] = 0.0
+        elif init:
+            g_verts[i] = v0
     for it in range(n_chunks * span):
         if it % span == 0:
             ch = it // span
@@ -895,9 +923,9 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
                 n = m * il
                 g = ti.Vector([0.0, 0.0, 0.0])
                 if has_gfn:
-                    g = ti.Vector([g_fn[b, f, 0], g_fn[b, f, 1], g_fn[b, f, 2]])
+                    g = ti.Vector([g_fn[j * 3], g_fn[j * 3 + 1], g_fn[j * 3 + 2]])
                 if use_shade:
-                    gsh = ti.Vector([g_shade[b, f, 0], g_shade[b, f, 1], g_shade[b, f, 2]])
+                    gsh = ti.Vector([g_shade[j * 3], g_shade[j * 3 + 1], g_shade[j * 3 + 2]])
                     for l in range(ldir.shape[0]):
                         d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
                         dot = n.dot(d)
@@ -907,32 +935,23 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
                 if ln > 1e-12:
                     gm = (g - n * n.dot(g)) * il
                 g1, g2 = e2.cross(gm), gm.cross(e1)
-                r = cb * Bv + b
+                r = (cb * Bv + b) * V
+                q0, q1, q2 = (r + i0) * 3, (r + i1) * 3, (r + i2) * 3
                 for c in ti.static(range(3)):
-                    _acc(g_verts, (r, i1, c), g1[c], private)
-                    _acc(g_verts, (r, i2, c), g2[c], private)
-                    _acc(g_verts, (r, i0, c), -(g1[c] + g2[c]), private)
-
-
-@lean
-@ti.kernel
-def _init_copies(src: ti.types.ndarray(), buf: ti.types.ndarray(), has_src: int):
-    # buf (flat, copies of src's size stacked) = src then zeros (has_src 0: zeros throughout)
-    n = src.shape[0]
-    for i in range(buf.shape[0]):
-        buf[i] = src[i] if (has_src and i < n) else 0.0
-
-
-@lean
-@ti.kernel
-def _sum_stacked(buf: ti.types.ndarray(), out: ti.types.ndarray(), nc: int):
-    # out = the sum of buf's nc stacked copies of out's size (flat)
-    n = out.shape[0]
-    for i in range(n):
-        acc = buf[i]
-        for c in range(1, nc):
-            acc += buf[c * n + i]
-        out[i] = acc
+                    if ti.static(private):
+                        buf[q1 + c] = buf[q1 + c] + g1[c]
+                        buf[q2 + c] = buf[q2 + c] + g2[c]
+                        buf[q0 + c] = buf[q0 + c] - (g1[c] + g2[c])
+                    else:
+                        ti.atomic_add(g_verts[q1 + c], g1[c])
+                        ti.atomic_add(g_verts[q2 + c], g2[c])
+                        ti.atomic_sub(g_verts[q0 + c], g1[c] + g2[c])
+    if ti.static(private):
+        for i in range(M):
+            acc = buf[i]
+            for ch in range(1, n_chunks):
+                acc += buf[ch * M + i]
+            g_verts[i] = acc
 
 
 @lean
@@ -970,7 +989,7 @@ class HardMeshWorld(bridge.Op):
         _project(verts, cam, screen)
         fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
         shade = torch.empty(verts.shape[0], faces.shape[0], 3, **kw) if self.use_shade else torch.ones(1, 1, 1, **kw)
-        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        _face_frame(verts, faces, ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade, fn.shape[0])
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         nrm = torch.empty(B, H, W, 3, **kw)
         _hard_fwd(screen, faces, p2f, attr, shade, background, fn, rgb, dep, alp, nrm, self.per_face, self.use_shade,
@@ -1011,8 +1030,9 @@ class HardMeshWorld(bridge.Op):
         _project_z_bwd(cam, g_scr, g_verts)
         if not self.use_shade:
             g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, self.use_shade, 1,
-                        max(1, verts.shape[0] * faces.shape[0]), False)
+        gv = g_verts.view(-1)
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1), gv, gv, gv, self.use_shade,
+                        1, 0, 0, max(1, verts.shape[0] * faces.shape[0]), False)
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
@@ -1037,7 +1057,7 @@ class FaceShade(bridge.Op):
         kw = dict(dtype=verts.dtype, device=verts.device)
         fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
         shade = torch.empty_like(fn) if self.use_shade else torch.ones_like(fn)
-        _face_frame(verts, faces, ldir, lcol, amb, fn, shade, self.use_shade)
+        _face_frame(verts, faces, ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade, fn.shape[0])
         return (fn, shade) + ((verts,) if self.passthrough else ()), (verts, ldir, lcol, faces)
 
     def backward(self, saved, grads):
@@ -1052,25 +1072,19 @@ class FaceShade(bridge.Op):
             _copy_flat(g_pass.view(-1), g_verts.view(-1))
             return g_verts, None, None, None, None
         has_gfn = g_fn is not None
-        g_fn = torch.empty(1, 1, 3, dtype=verts.dtype, device=verts.device) if g_fn is None else g_fn
+        kw = dict(dtype=verts.dtype, device=verts.device)
+        g_fn = torch.empty(1, 1, 3, **kw) if g_fn is None else g_fn
         g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
         n_chunks, private = _scatter_copies(verts.shape[0] * faces.shape[0])
-        if private:
-            # one copy per CPU thread (each is a vertex array: zeroing and summing them costs less than atomics)
-            n_chunks = max(1, min(n_chunks // 4, faces.shape[0]))
-            buf = torch.empty(n_chunks * verts.numel(), dtype=verts.dtype, device=verts.device)
-            _init_copies(g_verts.view(-1) if g_pass is None else g_pass.view(-1), buf, int(g_pass is not None))
-            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, buf.view(-1, *verts.shape[1:]), int(use),
-                            int(has_gfn), n_chunks, True)
-            _sum_stacked(buf, g_verts.view(-1), n_chunks)
-        else:
-            # one work item per face, atomics (GPU)
-            if g_pass is None:
-                _fill0(g_verts.view(-1))                           # a Taichi fill: no OpenMP region
-            else:
-                _copy_flat(g_pass.view(-1), g_verts.view(-1))
-            _face_frame_bwd(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, int(use), int(has_gfn),
-                            max(1, verts.shape[0] * faces.shape[0]), False)
+        # CPU: one private vertex copy per thread (zeroing and summing them costs less than atomics); GPU: one
+        # work item per face, atomics
+        n_chunks = max(1, min(n_chunks // 4, faces.shape[0])) if private else max(1, verts.shape[0] * faces.shape[0])
+        buf = torch.empty(n_chunks * verts.numel(), **kw) if private else g_verts.view(-1)
+        g_pass = g_verts if g_pass is None else g_pass                 # not read without a passed gradient
+        _face_frame_bwd(verts, faces, ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1), g_pass.view(-1), buf,
+                        g_verts.view(-1), int(use),
+                        int(has_gfn), 1,
+                        int(self.passthrough and grads[2] is not None), n_chunks, private)
         return g_verts, None, None, None, None
 
 

@@ -114,10 +114,37 @@ def test_fused_soft_backward_scatter_paths_agree(monkeypatch):
     monkeypatch.setattr(mesh, "_scatter_copies", lambda n: (max(n, 1), False))
     ref = grads()
     assert all(g.abs().max() > 1e-3 for g in ref)
-    for chunks in (1, 3, 5):
+    for chunks in (1, 3, 5, 12):        # 12: the face frame's backward splits its faces over 3 copies
         monkeypatch.setattr(mesh, "_scatter_copies", lambda n, c=chunks: (min(c, n), True))
         for g, r in zip(grads(), ref):
             assert torch.allclose(g, r, atol=1e-12)
+
+
+def test_fused_soft_skips_unrequested_grads():
+    # colours and opacity without requires_grad are neither scattered nor summed: the vertex gradient is the one
+    # computed alongside theirs; a forward without autograd (no coverage kept for the backward) renders the same
+    gen = torch.Generator().manual_seed(7)
+    cams = Camera.from_look_at([[0.2, 0.1, 3.0], [-0.4, 0.3, 2.8]], fov_y=35, width=14, height=12)
+    vcol = torch.rand(9, 3, generator=gen, dtype=torch.float64)
+    op = torch.tensor([0.9, 0.6, 1.0], dtype=torch.float64)
+    w = torch.rand(2, 12, 14, 3, generator=gen, dtype=torch.float64)
+
+    def run(req):
+        x = [V0.clone().requires_grad_()] + [t.clone().requires_grad_(req) for t in (vcol, op)]
+        out = render_mesh(x[0], F, cams, colors=x[1], opacity=x[2], lights=LIGHTS, mode="soft", sigma=SIGMA,
+                          faces_per_pixel=3, background=0.3)
+        ((out.rgb * w).sum() + out.alpha.sum()).backward()
+        return out, [t.grad for t in x]
+    full, g_full = run(True)
+    part, g_part = run(False)
+    assert g_full[1].abs().max() > 1e-3 and g_full[2].abs().max() > 1e-3
+    assert g_part[1] is None and g_part[2] is None
+    assert torch.allclose(g_part[0], g_full[0], rtol=1e-12, atol=1e-14)
+    with torch.no_grad():
+        plain = render_mesh(V0, F, cams, colors=vcol, opacity=op, lights=LIGHTS, mode="soft", sigma=SIGMA,
+                            faces_per_pixel=3, background=0.3)
+    for a, b in ((plain.rgb, part.rgb), (plain.alpha, part.alpha), (plain.depth, part.depth)):
+        assert torch.equal(a, b.detach())
 
 
 def test_fused_soft_grads_batched_meshes_private_chunks(monkeypatch):
