@@ -236,6 +236,8 @@ _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
 _NCO = 8
 """Words of a coarse (tile-row) entry in _bin_lists."""
+_NLN = 8
+"""Words of a face's reach-line record (_bin_setup's ln, read by _row_spans)."""
 _WIDE = 56
 """Faces whose grown box spans at least this many pixel columns keep the whole box (no per-row spans)."""
 _NSR = 6
@@ -245,7 +247,7 @@ _NSR = 6
 @lean
 @ti.kernel
 def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-               spans: ti.types.ndarray(), pk: ti.types.ndarray(), F: int, margin: float,
+               spans: ti.types.ndarray(), pk: ti.types.ndarray(), ln: ti.types.ndarray(), F: int, margin: float,
                near: float, W: int, H: int, r2: float):
     # each face's record (_face_setup; fd flat (B * F * _NREC)), then its spans row (spans flat (B * F * _NSPAN)):
     # the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box (every tile holding one of them gets the
@@ -264,6 +266,8 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
         y0, y1 = _pix_range(fd[r + _BOX + 2], fd[r + _BOX + 3], H)
         ax, ay, bx, by = fd[r + _VXY], fd[r + _VXY + 1], fd[r + _VXY + 2], fd[r + _VXY + 3]
         cx, cy = fd[r + _VXY + 4], fd[r + _VXY + 5]
+        if x0 <= x1 and y0 <= y1:
+            _reach_lines(fd, r, ln, (b * F + f) * _NLN, r2, x1 - x0 >= _WIDE, W + H)
         u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
         v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
         nt, nr = 0, 0
@@ -296,16 +300,17 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
         if x0 <= x1 and y0 <= y1 and x1 - x0 < _WIDE:
             # the spans of the pixel rows of the first _NSR tile rows (_row_span): 12 bits a row, lo - x0 | hi - x0
             # << 6 (1: empty), 48 bits a tile row; a pair of tile rows in 3 words
-            ty0 = y0 // TILE
-            lv = _reach_lines(ax, ay, fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3], fd[r + _H2],
-                              fd[r + _H2 + 1], fd[r + _H2 + 2], r2, W + H)
+            lv, ty0 = _lines(ln, (b * F + f) * _NLN), y0 // TILE
             for pr in range(ti.min(_NSR // 2, (y1 // TILE - ty0) // 2 + 1)):
                 e = ti.Vector([ti.cast(0, ti.i64), ti.cast(0, ti.i64)])
                 for h in ti.static(range(2)):
                     for k in ti.static(range(TILE)):
                         py = (ty0 + 2 * pr + h) * TILE + k
-                        a, z = _row_span(lv, x0, x1, py)
-                        cd = ti.select((y0 <= py) & (py <= y1) & (a <= z), (a - x0) | ((z - x0) << 6), 1)
+                        cd = 1
+                        if y0 <= py and py <= y1:
+                            a, z = _row_span(lv, x0, x1, py)
+                            if a <= z:
+                                cd = (a - x0) | ((z - x0) << 6)
                         e[h] |= ti.cast(cd, ti.i64) << (12 * k)
                 w = q + 7 + 3 * pr
                 pk[w] = ti.cast(e[0], ti.i32)
@@ -318,47 +323,59 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
 
 
 @ti.func
-def _reach_lines(ax, ay, g0, g1, g2, g3, h0, h1, h2, r2, wh):
-    # a face's reach lines (from its record: vertex a, _WGR, _H2; r2 the squared blur reach in px, wh = W + H).
-    # _consider rejects a pixel as far when for some edge line it is outside of, w_i < 0 and w_i^2 h2_i > r2
-    # (beyond the blur reach of the line); a pixel it does not reject has w_i >= -T_i, T_i = sqrt(r2 / h2_i), for
-    # every edge (w0, w1, w2 = 1 - w0 - w1), on a pixel row a bound on x: x >= (or <=) P_i + Q_i (y - ay). The
-    # threshold is lowered by a margin (2e-5 of the terms' size, far beyond float rounding of w in _consider or
-    # here) and never above -_IN_EPS (so every pixel _inside_bits may mark stays in); a near-horizontal edge bounds
-    # nothing: the spans only ever grow. Returns ay, then per edge a lower and an upper bound (P, Q) each, the one
-    # that does not apply +-1e9 (so a row needs no branch: _row_span).
-    v = ti.Vector([ay] + [0.0 for _ in ti.static(range(12))])
+def _reach_lines(fd: ti.template(), r, ln: ti.template(), q, r2, wide, wh):
+    # ln[q:q + _NLN]: the face's reach lines. _consider rejects a pixel as far when for some edge line it is
+    # outside of, w_i < 0 and w_i^2 h2_i > r2 (beyond the blur reach of the line); a pixel it does not reject has
+    # w_i >= -T_i, T_i = sqrt(r2 / h2_i), for every i, linear in x on a pixel row: x >= (or <=) P_i + Q_i (y - ay).
+    # Words: ay, (P_i, Q_i) for the 3 edges (w0, w1, w2 = 1 - w0 - w1), then bit i set when edge i bounds x from
+    # above. The threshold is lowered by a margin (2e-5 of the terms' size, far beyond float rounding of w in
+    # _consider or here) and never above -_IN_EPS (so every pixel _inside_bits may mark stays in); a near-horizontal
+    # edge, or any edge of a wide face, bounds nothing (P = -1e9, Q = 0): the spans only ever grow.
+    ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
+    g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+    ln[q] = ay
+    fl = 0
     for i in ti.static(range(3)):
-        gx, gy, al, h = g0, g1, 1.0, h0
+        gx, gy, al = g0, g1, 1.0
         if ti.static(i == 1):
-            gx, gy, al, h = g2, g3, 0.0, h1
+            gx, gy, al = g2, g3, 0.0
         if ti.static(i == 2):
-            gx, gy, al, h = -g0 - g2, -g1 - g3, 0.0, h2
-        t = ti.sqrt(r2 / h)
+            gx, gy, al = -g0 - g2, -g1 - g3, 0.0
+        t = ti.sqrt(r2 / fd[r + _H2 + i])
         c = ti.max(t, _IN_EPS) + 2e-5 * (1.0 + t + (ti.abs(gx) + ti.abs(gy)) * wh) + al
-        pl, ql, pu, qu = -1e9, 0.0, 1e9, 0.0
-        if ti.abs(gx) > 1e-6 * ti.abs(gy):
-            ig = 1.0 / gx
-            if gx > 0:
-                pl, ql = ax - c * ig, -gy * ig
-            else:
-                pu, qu = ax - c * ig, -gy * ig
-        v[1 + 4 * i], v[2 + 4 * i], v[3 + 4 * i], v[4 + 4 * i] = pl, ql, pu, qu
-    return v
+        p, s = -1e9, 0.0
+        if not wide and ti.abs(gx) > 1e-6 * ti.abs(gy):
+            p, s = ax - c / gx, -gy / gx
+            if gx < 0:
+                fl |= 1 << i
+        ln[q + 1 + 2 * i], ln[q + 2 + 2 * i] = p, s
+    ln[q + 7] = fl
+
+
+@ti.func
+def _lines(ln: ti.template(), q):
+    # a face's reach lines (_reach_lines, ln[q:q + _NLN]) in locals
+    return ti.Vector([ln[q + i] for i in ti.static(range(_NLN))])
 
 
 @ti.func
 def _row_span(lv: ti.template(), x0, x1, py):
-    # the columns [lo, hi] of [x0, x1] (the grown box) on pixel row py that the reach lines (lv, _reach_lines) keep,
-    # with 0.01 px to spare (lo > hi: none): a superset of the row's pixels _consider does not reject as far. The
-    # bounds are clamped to [x0 - 2, x1 + 2] first, so integer truncation of bound + 8 is a floor.
+    # the columns [lo, hi] of [x0, x1] (the grown box) on pixel row py that the reach lines (lv, _lines) keep, with
+    # 0.01 px to spare (lo > hi: none): a superset of the row's pixels _consider does not reject as far. The bounds
+    # are clamped to [x0 - 2, x1 + 2] first, so integer truncation of bound + 8 is a floor.
+    fl = ti.cast(lv[7], ti.i32)
     dy = py + 0.5 - lv[0]
-    lx = ti.max(ti.max(lv[1] + lv[2] * dy, lv[5] + lv[6] * dy), ti.max(lv[9] + lv[10] * dy, x0 - 2.0))
-    ux = ti.min(ti.min(lv[3] + lv[4] * dy, lv[7] + lv[8] * dy), ti.min(lv[11] + lv[12] * dy, x1 + 2.0))
-    lx = ti.min(lx, x1 + 2.0) - 0.51
-    ux = ti.max(ux, x0 - 2.0) - 0.49
+    lx, ux = x0 - 2.0, x1 + 2.0
+    for i in ti.static(range(3)):
+        v = lv[1 + 2 * i] + lv[2 + 2 * i] * dy
+        if (fl >> i) & 1:
+            ux = ti.min(ux, v)
+        else:
+            lx = ti.max(lx, v)
+    lx, ux = ti.min(lx, x1 + 2.0) - 0.51, ti.max(ux, x0 - 2.0) - 0.49
     a, z = ti.cast(lx + 8.0, ti.i32) - 8, ti.cast(ux + 8.0, ti.i32) - 8
-    a += ti.cast(a < lx, ti.i32)
+    if a < lx:
+        a += 1
     return ti.max(a, x0), ti.min(z, x1)
 
 
@@ -644,8 +661,8 @@ def _take_rows(src: ti.types.ndarray(), order: ti.types.ndarray(), dst: ti.types
 @lean
 @ti.kernel
 def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
-                 start: ti.types.ndarray(),
-                 keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int, r2: float, wh: int):
+                 ln: ti.types.ndarray(), start: ti.types.ndarray(),
+                 keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int):
     # GPU: one work item per face writes its (face, mask) entries at its own offset ``start`` with the sort key
     # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_lists' lists. As there, a tile row's
     # pixel rows are narrowed by the reach lines (_row_spans; ln flat, by face id) and only the tiles their
@@ -663,9 +680,7 @@ def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.ty
                 hi = ti.Vector([x1 for _ in ti.static(range(TILE))], dt=ti.i32)
                 xl, xr = x0, x1
                 if narrow:
-                    lv = _reach_lines(fd[b, f, _VXY], fd[b, f, _VXY + 1], fd[b, f, _WGR], fd[b, f, _WGR + 1],
-                                      fd[b, f, _WGR + 2], fd[b, f, _WGR + 3], fd[b, f, _H2], fd[b, f, _H2 + 1],
-                                      fd[b, f, _H2 + 2], r2, wh)
+                    lv = _lines(ln, (b * F + f) * _NLN)
                     xl, xr = x1 + 1, x0 - 1
                     for k in ti.static(range(TILE)):
                         lo[k], hi[k] = 1, 0
@@ -689,8 +704,8 @@ def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.ty
                         j += 1
 
 
-def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
-                counts: torch.Tensor, bins: torch.Tensor, total: int, r2: float, wh: int):
+def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, ln: torch.Tensor, offsets: torch.Tensor,
+                counts: torch.Tensor, bins: torch.Tensor, total: int):
     """The tile lists of ``_bin_lists`` built in parallel (GPU): entries per face, then one sort by (batch, tile,
     depth rank). ``spans`` (B, F, 10) and ``order`` (B, F) in depth order, ``ln`` (B * F * _NLN, by face id); fills
     ``offsets``, ``counts`` (B, tiles_y, tiles_x) and ``bins`` (N, 2). ``total`` (the grown boxes' tiles) bounds
@@ -700,7 +715,7 @@ def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, offs
     keys = torch.full((total,), counts.numel() * spans.shape[1], dtype=torch.int64, device=spans.device)
     ents = torch.empty(total, 2, dtype=torch.int32, device=spans.device)
     if total:
-        _bin_entries(fd, spans, order, start, keys, ents, counts.shape[1], counts.shape[2], r2, wh)
+        _bin_entries(fd, spans, order, ln, start, keys, ents, counts.shape[1], counts.shape[2])
     keys, perm = torch.sort(keys)
     n = torch.bincount(keys // spans.shape[1], minlength=counts.numel() + 1)[:counts.numel()]
     counts.copy_(n.reshape(counts.shape))
@@ -1143,8 +1158,9 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
     spans = torch.empty(B, F, _NSPAN, dtype=torch.int32, device=dev)
     pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
-    r2 = max_d2 / _ndc2(W, H) if max_d2 > 0 else 0.0
-    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H, r2)
+    ln = torch.empty(B * F * _NLN, dtype=dt, device=dev)
+    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, ln, F, margin, near, W, H,
+               max_d2 / _ndc2(W, H) if max_d2 > 0 else 0.0)
     cpu = backend.settings().resolved_arch in ("x64", "arm64")
     # (B, 2): tile entries, tile rows spanned; on CPU summed by numpy (single-threaded: a torch reduction over the
     # faces is an OpenMP region that waits ms for a descheduled thread on a busy machine)
@@ -1170,7 +1186,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         order = torch.argsort(fd[..., _ZMIN], dim=1, stable=True).to(torch.int32)
         s = torch.empty_like(spans)
         _take_rows(spans, order, s)
-        _bin_sorted(fd, s, order, offsets, counts, bins, n, r2, W + H)
+        _bin_sorted(fd, s, order, ln, offsets, counts, bins, n)
     return Bins(fd, offsets, counts, bins, max_d2, _ndc2(W, H))
 
 
