@@ -230,7 +230,7 @@ def _bary_at(ax, ay, g0, g1, g2, g3, x, y):
 
 _NSPAN = 10
 """Columns of a face's spans row (_bin_setup): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles, tile rows."""
-_NPK = 16
+_NPK = 8
 """Words of a face's packed binning record (_bin_setup's pk)."""
 _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
@@ -240,8 +240,6 @@ _NLN = 8
 """Words of a face's reach-line record (_bin_setup's ln, read by _row_spans)."""
 _WIDE = 56
 """Faces whose grown box spans at least this many pixel columns keep the whole box (no per-row spans)."""
-_NSR = 6
-"""Tile rows of a face whose pixel rows' spans _bin_setup packs into pk (48 bits each, words 7..15)."""
 
 
 @lean
@@ -255,9 +253,7 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
     # number of tiles and of tile rows (0 if not binned). pk (B * F * _NPK, for _bin_lists): x0 | x1 << 16,
     # y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel centre), then, for an own box of
     # at most _BM x _BM pixels, the pixels it may hold (every barycentric >= -_IN_EPS: _inside_bits' test) as a
-    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 bit 0 (_bin_lists tests those itself);
-    # words 7..15: the narrowed pixel rows of the face's first _NSR tile rows, else (a face _WIDE or wider) word 6
-    # bit 1.
+    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1 (_bin_lists tests those itself).
     # ln (B * F * _NLN): the face's reach lines (_reach_lines) for _row_spans (r2: the squared blur reach in px).
     for b, f in ti.ndrange(screen.shape[0], F):
         r = (b * F + f) * _NREC
@@ -297,27 +293,6 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
             else:
                 big = 1
         q = (b * F + f) * _NPK
-        if x0 <= x1 and y0 <= y1 and x1 - x0 < _WIDE:
-            # the spans of the pixel rows of the first _NSR tile rows (_row_span): 12 bits a row, lo - x0 | hi - x0
-            # << 6 (1: empty), 48 bits a tile row; a pair of tile rows in 3 words
-            lv, ty0 = _lines(ln, (b * F + f) * _NLN), y0 // TILE
-            for pr in range(ti.min(_NSR // 2, (y1 // TILE - ty0) // 2 + 1)):
-                e = ti.Vector([ti.cast(0, ti.i64), ti.cast(0, ti.i64)])
-                for h in ti.static(range(2)):
-                    for k in ti.static(range(TILE)):
-                        py = (ty0 + 2 * pr + h) * TILE + k
-                        cd = 1
-                        if y0 <= py and py <= y1:
-                            a, z = _row_span(lv, x0, x1, py)
-                            if a <= z:
-                                cd = (a - x0) | ((z - x0) << 6)
-                        e[h] |= ti.cast(cd, ti.i64) << (12 * k)
-                w = q + 7 + 3 * pr
-                pk[w] = ti.cast(e[0], ti.i32)
-                pk[w + 1] = ti.cast((e[0] >> 32) | ((e[1] & 0xFFFF) << 16), ti.i32)
-                pk[w + 2] = ti.cast(e[1] >> 16, ti.i32)
-        else:
-            big |= 2
         pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
         pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
 
@@ -353,46 +328,27 @@ def _reach_lines(fd: ti.template(), r, ln: ti.template(), q, r2, wide, wh):
 
 
 @ti.func
-def _lines(ln: ti.template(), q):
-    # a face's reach lines (_reach_lines, ln[q:q + _NLN]) in locals
-    return ti.Vector([ln[q + i] for i in ti.static(range(_NLN))])
-
-
-@ti.func
-def _row_span(lv: ti.template(), x0, x1, py):
-    # the columns [lo, hi] of [x0, x1] (the grown box) on pixel row py that the reach lines (lv, _lines) keep, with
-    # 0.01 px to spare (lo > hi: none): a superset of the row's pixels _consider does not reject as far. The bounds
-    # are clamped to [x0 - 2, x1 + 2] first, so integer truncation of bound + 8 is a floor.
-    fl = ti.cast(lv[7], ti.i32)
-    dy = py + 0.5 - lv[0]
-    lx, ux = x0 - 2.0, x1 + 2.0
-    for i in ti.static(range(3)):
-        v = lv[1 + 2 * i] + lv[2 + 2 * i] * dy
-        if (fl >> i) & 1:
-            ux = ti.min(ux, v)
-        else:
-            lx = ti.max(lx, v)
-    lx, ux = ti.min(lx, x1 + 2.0) - 0.51, ti.max(ux, x0 - 2.0) - 0.49
-    a, z = ti.cast(lx + 8.0, ti.i32) - 8, ti.cast(ux + 8.0, ti.i32) - 8
-    if a < lx:
-        a += 1
-    return ti.max(a, x0), ti.min(z, x1)
-
-
-@ti.func
-def _coarse_rows(A, B, x0):
-    # the 4 pixel rows' spans [lo[k], hi[k]] packed in a coarse entry's words A, B (12 bits a row relative to x0,
-    # _bin_setup's pk words 7..), and their union [xl, xr] (xl > xr: empty)
-    v = (ti.cast(A, ti.i64) & ti.i64(0xFFFFFFFF)) | (ti.cast(B, ti.i64) << 32)
-    lo = ti.Vector([0 for _ in ti.static(range(TILE))], dt=ti.i32)
+def _row_spans(ln: ti.template(), q, x0, x1, rows, ty):
+    # for the pixel rows ty * TILE + k of tile row ty present in ``rows`` (bit k): the columns [lo[k], hi[k]] of
+    # [x0, x1] (the grown box) that the reach lines (_reach_lines, ln[q:]) keep, with 0.01 px to spare; empty rows
+    # (lo > hi) otherwise. A superset of the pixels of the row _consider does not reject as far.
+    ay, fl = ln[q], ti.cast(ln[q + 7], ti.i32)
+    lo = ti.Vector([1 for _ in ti.static(range(TILE))], dt=ti.i32)
     hi = ti.Vector([0 for _ in ti.static(range(TILE))], dt=ti.i32)
-    xl, xr = 1 << 16, -1
     for k in ti.static(range(TILE)):
-        cd = ti.cast((v >> (12 * k)) & 0xFFF, ti.i32)
-        lo[k], hi[k] = x0 + (cd & 63), x0 + (cd >> 6)
-        if lo[k] <= hi[k]:
-            xl, xr = ti.min(xl, lo[k]), ti.max(xr, hi[k])
-    return lo, hi, xl, xr
+        if (rows >> k) & 1:
+            dy = ty * TILE + k + 0.5 - ay
+            lx, ux = x0 - 2.0, x1 + 2.0
+            for i in ti.static(range(3)):
+                v = ln[q + 1 + 2 * i] + ln[q + 2 + 2 * i] * dy
+                if (fl >> i) & 1:
+                    ux = ti.min(ux, v)
+                else:
+                    lx = ti.max(lx, v)
+            lx, ux = ti.min(lx, x1 + 2.0), ti.max(ux, x0 - 2.0)
+            lo[k] = ti.max(ti.cast(ti.ceil(lx - 0.51), ti.i32), x0)
+            hi[k] = ti.min(ti.cast(ti.floor(ux - 0.49), ti.i32), x1)
+    return lo, hi
 
 
 @ti.func
@@ -449,7 +405,7 @@ def _depth_key(z, wide: ti.template()):
 
 @lean
 @ti.kernel
-def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
+def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), ln: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
                pk: ti.types.ndarray(), rows: ti.types.ndarray(), coarse: ti.types.ndarray(),
                cursor: ti.types.ndarray(),
@@ -547,25 +503,14 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 b0, b1 = 0, 0
                 if o0 <= o1:
                     # own-box pixel rows o0..o1 in this tile row: their bitmap rows (o0 - v0 ..) at bits 22..
-                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | ((big & 1) << 21) | ((o0 - v0) << 22)
+                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | (big << 21) | ((o0 - v0) << 22)
                     b0, b1 = lo, hi
-                # the row spans (pk words 7..; bit 25 of w: none, whole rows)
-                t = ty - y0 // TILE
-                sa, sb = 0, 0
-                if (big & 2) == 0 and t < _NSR:
-                    ws = q + 7 + 3 * (t // 2)
-                    if t % 2 == 0:
-                        sa, sb = pk[ws], pk[ws + 1] & 0xFFFF
-                    else:
-                        sa, sb = ((pk[ws + 1] >> 16) & 0xFFFF) | (pk[ws + 2] << 16), (pk[ws + 2] >> 16) & 0xFFFF
-                else:
-                    w |= 1 << 25
                 rc = rb + 3 * ty + 2
                 j = rows[rc]
                 rows[rc] = j + 1
                 c = _NCO * j
                 coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3] = f, xx, w, uu
-                coarse[c + 4], coarse[c + 5], coarse[c + 6], coarse[c + 7] = b0, b1, sa, sb
+                coarse[c + 4], coarse[c + 5] = b0, b1
     ti.loop_config(block_dim=1)
     for row in range(B * ty_n):
         b, ty = row // ty_n, row % ty_n
@@ -575,18 +520,35 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
         for tx in range(tx_n):
             cursor[cb + tx] = 0
         for j in range(c0, c1):
-            # the entry's tiles: those the union of its narrowed pixel rows meets (_coarse_rows; whole rows if w
-            # bit 25)
+            # the entry's pixel rows narrowed to the columns the reach lines keep (_row_spans): its tiles are
+            # those the union of the rows meets (word 1 becomes that union, 0xFFFF if empty), and words 6, 7 get
+            # each row's span relative to the first tile's first column X (62, 0 if empty; the union is narrower
+            # than _WIDE, so spans fit 6 bits; a wide face keeps whole rows and its masks come from word 2)
             c = _NCO * j
             x = coarse[c + 1]
-            xl, xr = x & 0xFFFF, (x >> 16) & 0xFFFF
-            if (coarse[c + 2] >> 25) & 1 == 0:
-                _lo, _hi, xl, xr = _coarse_rows(coarse[c + 6], coarse[c + 7], xl)
+            x0, x1 = x & 0xFFFF, (x >> 16) & 0xFFFF
+            lo, hi = _row_spans(ln, (b * F + coarse[c]) * _NLN, x0, x1, (coarse[c + 2] & _REP) * 0x249 >> 9 & 15,
+                                ty)
+            xl, xr = x1 + 1, x0 - 1
+            for k in ti.static(range(TILE)):
+                if lo[k] <= hi[k]:
+                    xl, xr = ti.min(xl, lo[k]), ti.max(xr, hi[k])
             if xl <= xr:
+                coarse[c + 1] = xl | (xr << 16)
+                X = xl // TILE * TILE
+                sp = ti.Vector([0, 0], dt=ti.i32)
+                for k in ti.static(range(TILE)):
+                    a, z = 62, 0
+                    if lo[k] <= hi[k]:
+                        a, z = lo[k] - X, hi[k] - X
+                    sp[k // 2] |= (a | (z << 8)) << (16 * (k % 2))
+                coarse[c + 6], coarse[c + 7] = sp[0], sp[1]
                 t0, t1 = cb + xl // TILE, xr // TILE + 1
                 cursor[t0] = cursor[t0] + 1
                 if t1 < tx_n:
                     cursor[cb + t1] = cursor[cb + t1] - 1
+            else:
+                coarse[c + 1] = 0xFFFF
         run = 0
         for tx in range(tx_n):
             run += cursor[cb + tx]
@@ -596,17 +558,15 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
             c = _NCO * j
             f, x, w, u, lo, hi = coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3], coarse[c + 4], coarse[c + 5]
             x0, x1, u0, u1 = x & 0xFFFF, (x >> 16) & 0xFFFF, u & 0xFFFF, (u >> 16) & 0xFFFF
-            # narrowed rows (w bit 25 clear): each pixel row's span as a bit mask over the columns from X (bit 0 =
-            # column X, the first of x0's tile; spans end before x0 + _WIDE), the tiles those of their union
+            # each pixel row's span as a bit mask over the columns from X (bit 0 = column X)
             X = x0 // TILE * TILE
             rb = ti.Vector([ti.cast(0, ti.i64) for _ in ti.static(range(TILE))])
-            narrow = (w >> 25) & 1 == 0
+            narrow = x0 <= x1 and x1 - x0 < _WIDE
             if narrow:
-                lo_, hi_, xl, xr = _coarse_rows(coarse[c + 6], coarse[c + 7], x0)
                 for k in ti.static(range(TILE)):
-                    if lo_[k] <= hi_[k]:
-                        rb[k] = ((ti.cast(1, ti.i64) << (hi_[k] - X + 1)) - 1) & ~((ti.cast(1, ti.i64) << (lo_[k] - X)) - 1)
-                x0, x1 = xl, xr
+                    v = (coarse[c + 6 + k // 2] >> (16 * (k % 2))) & 0xFFFF
+                    a, z = v & 0xFF, v >> 8
+                    rb[k] = ((ti.cast(1, ti.i64) << (z + 1)) - 1) & ~((ti.cast(1, ti.i64) << a) - 1)
             r0, r1, big, k0 = (w >> 17) & 3, (w >> 19) & 3, (w >> 21) & 1, (w >> 22) & 7
             own = (w >> 16) & 1
             ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -674,24 +634,19 @@ def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.ty
             j = start[b, i]
             f = order[b, i]
             for ty in range(y0 // TILE, y1 // TILE + 1):
-                # as _bin_lists: the first _NSR tile rows of a face narrower than _WIDE get narrowed rows
-                narrow = x1 - x0 < _WIDE and ty - y0 // TILE < _NSR
-                lo = ti.Vector([x0 for _ in ti.static(range(TILE))], dt=ti.i32)
-                hi = ti.Vector([x1 for _ in ti.static(range(TILE))], dt=ti.i32)
-                xl, xr = x0, x1
-                if narrow:
-                    lv = _lines(ln, (b * F + f) * _NLN)
-                    xl, xr = x1 + 1, x0 - 1
-                    for k in ti.static(range(TILE)):
-                        lo[k], hi[k] = 1, 0
-                        if y0 <= ty * TILE + k and ty * TILE + k <= y1:
-                            lo[k], hi[k] = _row_span(lv, x0, x1, ty * TILE + k)
-                        if lo[k] <= hi[k]:
-                            xl, xr = ti.min(xl, lo[k]), ti.max(xr, hi[k])
+                rows = 0
+                for k in ti.static(range(TILE)):
+                    if y0 <= ty * TILE + k and ty * TILE + k <= y1:
+                        rows |= 1 << k
+                lo, hi = _row_spans(ln, (b * F + f) * _NLN, x0, x1, rows, ty)
+                xl, xr = x1 + 1, x0 - 1
+                for k in ti.static(range(TILE)):
+                    if lo[k] <= hi[k]:
+                        xl, xr = ti.min(xl, lo[k]), ti.max(xr, hi[k])
                 if xl <= xr:
                     for tx in range(xl // TILE, xr // TILE + 1):
                         m = 0
-                        if narrow:
+                        if x1 - x0 < _WIDE:
                             for k in ti.static(range(TILE)):
                                 clo, chi = ti.max(lo[k] - tx * TILE, 0), ti.min(hi[k] - tx * TILE, TILE - 1)
                                 if clo <= chi:
@@ -1177,7 +1132,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         # CPU: one kernel sorts the faces by depth and fills the lists (``_bin_lists``)
         start = (torch.cumsum(tot, 0) - tot).to(torch.int32)
         i32 = dict(dtype=torch.int32, device=dev)
-        _bin_lists(fd.view(-1), spans.view(-1), start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
+        _bin_lists(fd.view(-1), spans.view(-1), ln, start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
                    torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
                    pk, torch.empty(B * (ty_n + 1) * 3, **i32), torch.empty(max(n_rows, 1) * _NCO, **i32),
                    torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
