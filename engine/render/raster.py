@@ -236,9 +236,6 @@ _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
 _NCO = 6
 """Words of a coarse (tile-row) entry in _bin_lists."""
-_WROW = 56
-"""_bin_lists fills an entry's tiles from 64-bit pixel-row masks when its columns span fewer than this from the
-first tile's first column."""
 
 
 @lean
@@ -482,36 +479,10 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 r = (b * F + f) * _NREC
                 ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
                 g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-            # common case (box narrower than _WROW columns from X, no large own box): the entry's columns (G) and
-            # each pixel row's own-box bitmap row (I) as 64-bit rows over the columns from X = the first tile's
-            # first column, so a tile's masks are 4-bit slices (no per-tile branches)
-            X = x0 // TILE * TILE
-            fast = x1 - X < _WROW and (own == 0 or big == 0)
-            G = ti.cast(0, ti.i64)
-            I = ti.Vector([ti.cast(0, ti.i64) for _ in ti.static(range(TILE))])
-            if fast:
-                G = ((ti.cast(1, ti.i64) << (x1 - X + 1)) - 1) ^ ((ti.cast(1, ti.i64) << (x0 - X)) - 1)
-                if own == 1:
-                    for pr in ti.static(range(TILE)):
-                        k = k0 + pr - r0
-                        bits = (ti.select(k < 32 // _BM, lo, hi) >> (_BM * (k % (32 // _BM)))) & ((1 << _BM) - 1)
-                        # (the own box is grown by 0.01 px, the grown box by the blur margin: with no blur u0
-                        # can be x0 - 1 < X, columns left of X lie in no tile of the entry)
-                        bb = ti.cast(bits, ti.i64)
-                        bb = ti.select(u0 >= X, bb << ti.max(u0 - X, 0), bb >> ti.max(X - u0, 0))
-                        I[pr] = ti.select((pr >= r0) & (pr <= r1), bb, 0)
-            wr = w & ((1 << _IN_SHIFT) - 1)
             for tx in range(x0 // TILE, x1 // TILE + 1):
-                m = 0
-                if fast:
-                    sh = tx * TILE - X
-                    m = ti.cast((G >> sh) & ((1 << TILE) - 1), ti.i32) * _REP & wr
-                    for pr in ti.static(range(TILE)):
-                        m |= ti.cast((I[pr] >> sh) & ((1 << TILE) - 1), ti.i32) << (pr * TILE + _IN_SHIFT)
-                else:
-                    clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                    m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
-                if not fast and own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
+                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                if own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
                     if big == 1:
                         # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel centres at once
                         clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
