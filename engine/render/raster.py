@@ -236,8 +236,6 @@ _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
 _NCO = 6
 """Words of a coarse (tile-row) entry in _bin_lists."""
-_NBAND = 4
-"""Tasks (bands of tile rows) a batch of _bin_lists' coarse pass."""
 
 
 @lean
@@ -346,7 +344,7 @@ def _depth_key(z, wide: ti.template()):
 @lean
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
-               keys: ti.types.ndarray(), ids: ti.types.ndarray(), yr: ti.types.ndarray(), hist: ti.types.ndarray(),
+               keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
                pk: ti.types.ndarray(), rows: ti.types.ndarray(), coarse: ti.types.ndarray(),
                cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
@@ -379,7 +377,7 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
     M = (1 << _RADIX) - 1
     ti.loop_config(serialize=True)
     for b in range(B):
-        rb, kb, hb = b * (ty_n + 2) * 3, b * 2 * F, b * (_NPASS << _RADIX)
+        rb, kb, hb = b * (ty_n + 1) * 3, b * 2 * F, b * (_NPASS << _RADIX)
         for r in range(ty_n + 1):
             rows[rb + 3 * r], rows[rb + 3 * r + 1] = 0, 0
         kmin, kmax = ~ti.cast(0, ti.u64), ti.cast(0, ti.u64)
@@ -389,7 +387,6 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
             if spans[sf + 8] > 0:
                 k = _depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide)
                 keys[kb + n], ids[kb + n] = ti.cast(k, ti.i64), f
-                yr[kb + n] = spans[sf + 2] // TILE | ((spans[sf + 3] // TILE) << 16)
                 n += 1
                 kmin, kmax = ti.min(kmin, k), ti.max(kmax, k)
                 r0, r1 = rb + 3 * (spans[sf + 2] // TILE), rb + 3 * (spans[sf + 3] // TILE + 1)
@@ -424,7 +421,7 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 h = hb + (p << _RADIX) + ti.cast(((ti.cast(k, ti.u64) - kmin) >> (p * _RADIX)) & M, ti.i32)
                 j = hist[h]
                 hist[h] = j + 1
-                keys[dst + j], ids[dst + j], yr[dst + j] = k, ids[src + i], yr[src + i]
+                keys[dst + j], ids[dst + j] = k, ids[src + i]
         # each tile row's coarse list and entries start (prefix sums of the per-row differences above)
         c, e = start[2 * b + 1], start[2 * b]
         nf, ne = 0, 0
@@ -435,27 +432,14 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
             c += nf
             e += ne
         rows[rb + 3 * ty_n], rows[rb + 3 * ty_n + 1] = c, e
-        rows[rb + 3 * ty_n + 3], rows[rb + 3 * ty_n + 4] = n, kb + (npass % 2) * F
-    # 1b. One task per band of tile rows (_NBAND bands a batch): the sorted faces (in order) that reach the band,
-    #     appended to the lists of its rows (each row's list is written by one task: the same lists as a serial
-    #     pass; the sort carried each face's tile-row range along, so a band reads only its faces' records)
-    ti.loop_config(block_dim=1)
-    for band in range(B * _NBAND):
-        bh = (ty_n + _NBAND - 1) // _NBAND
-        b = band // _NBAND
-        rb, t_lo = b * (ty_n + 2) * 3, (band % _NBAND) * bh
-        t_hi = ti.min(t_lo + bh, ty_n) - 1
-        n, fin = rows[rb + 3 * ty_n + 3], rows[rb + 3 * ty_n + 4]
+        fin = kb + (npass % 2) * F
         for i in range(n):
-            tr = yr[fin + i]
-            if (tr & 0xFFFF) > t_hi or (tr >> 16) < t_lo:
-                continue
             f = ids[fin + i]
             q = (b * F + f) * _NPK
             xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
             lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
             y0, y1, v0, v1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF, vv & 0xFFFF, (vv >> 16) & 0xFFFF
-            for ty in range(ti.max(y0 // TILE, t_lo), ti.min(y1 // TILE, t_hi) + 1):
+            for ty in range(y0 // TILE, y1 // TILE + 1):
                 p0, p1 = ty * TILE, ty * TILE + TILE - 1
                 rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
                 w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
@@ -474,7 +458,7 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
     ti.loop_config(block_dim=1)
     for row in range(B * ty_n):
         b, ty = row // ty_n, row % ty_n
-        rr, cb = (b * (ty_n + 2) + ty) * 3, row * tx_n
+        rr, cb = (b * (ty_n + 1) + ty) * 3, row * tx_n
         c0, c1, e = rows[rr], rows[rr + 3], rows[rr + 1]
         # the tiles' counts from differences over the columns, then their offsets
         for tx in range(tx_n):
@@ -1030,8 +1014,8 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         start = (torch.cumsum(tot, 0) - tot).to(torch.int32)
         i32 = dict(dtype=torch.int32, device=dev)
         _bin_lists(fd.view(-1), spans.view(-1), start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
-                   torch.empty(B * 2 * F, **i32), torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + 2) * 3, **i32), torch.empty(max(n_rows, 1) * _NCO, **i32),
+                   torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
+                   pk, torch.empty(B * (ty_n + 1) * 3, **i32), torch.empty(max(n_rows, 1) * _NCO, **i32),
                    torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
                    tx_n, dt == torch.float64)
     else:
