@@ -230,35 +230,25 @@ def _bary_at(ax, ay, g0, g1, g2, g3, x, y):
 
 _NSPAN = 10
 """Columns of a face's spans row (_bin_setup): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles, tile rows."""
-_NPK = 16
+_NPK = 8
 """Words of a face's packed binning record (_bin_setup's pk)."""
 _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
-_NCO = 8
+_NCO = 6
 """Words of a coarse (tile-row) entry in _bin_lists."""
-_NLN = 8
-"""Words of a face's reach-line record (_bin_setup's ln, read by _row_spans)."""
-_WIDE = 56
-"""Faces whose grown box spans at least this many pixel columns keep the whole box (no per-row spans)."""
-_NSR = 6
-"""Tile rows of a face whose pixel rows' spans _bin_setup packs into pk (48 bits each, words 7..15)."""
 
 
 @lean
 @ti.kernel
 def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-               spans: ti.types.ndarray(), pk: ti.types.ndarray(), ln: ti.types.ndarray(), F: int, margin: float,
-               near: float, W: int, H: int, r2: float):
+               spans: ti.types.ndarray(), pk: ti.types.ndarray(), F: int, margin: float, near: float, W: int, H: int):
     # each face's record (_face_setup; fd flat (B * F * _NREC)), then its spans row (spans flat (B * F * _NSPAN)):
     # the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box (every tile holding one of them gets the
     # face), the pixels in its own box grown by 0.01 px (u0, u1, v0, v1: the inside test covers those), and its
     # number of tiles and of tile rows (0 if not binned). pk (B * F * _NPK, for _bin_lists): x0 | x1 << 16,
     # y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel centre), then, for an own box of
     # at most _BM x _BM pixels, the pixels it may hold (every barycentric >= -_IN_EPS: _inside_bits' test) as a
-    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 bit 0 (_bin_lists tests those itself);
-    # words 7..15: the narrowed pixel rows of the face's first _NSR tile rows, else (a face _WIDE or wider) word 6
-    # bit 1.
-    # ln (B * F * _NLN): the face's reach lines (_reach_lines) for _row_spans (r2: the squared blur reach in px).
+    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1 (_bin_lists tests those itself)
     for b, f in ti.ndrange(screen.shape[0], F):
         r = (b * F + f) * _NREC
         _face_setup(screen, faces, fd, b, f, r, margin, near)
@@ -266,8 +256,6 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
         y0, y1 = _pix_range(fd[r + _BOX + 2], fd[r + _BOX + 3], H)
         ax, ay, bx, by = fd[r + _VXY], fd[r + _VXY + 1], fd[r + _VXY + 2], fd[r + _VXY + 3]
         cx, cy = fd[r + _VXY + 4], fd[r + _VXY + 5]
-        if x0 <= x1 and y0 <= y1:
-            _reach_lines(fd, r, ln, (b * F + f) * _NLN, r2, x1 - x0 >= _WIDE, W + H)
         u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
         v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
         nt, nr = 0, 0
@@ -297,102 +285,8 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
             else:
                 big = 1
         q = (b * F + f) * _NPK
-        if x0 <= x1 and y0 <= y1 and x1 - x0 < _WIDE:
-            # the spans of the pixel rows of the first _NSR tile rows (_row_span): 12 bits a row, lo - x0 | hi - x0
-            # << 6 (1: empty), 48 bits a tile row; a pair of tile rows in 3 words
-            lv, ty0 = _lines(ln, (b * F + f) * _NLN), y0 // TILE
-            for pr in range(ti.min(_NSR // 2, (y1 // TILE - ty0) // 2 + 1)):
-                e = ti.Vector([ti.cast(0, ti.i64), ti.cast(0, ti.i64)])
-                for h in ti.static(range(2)):
-                    for k in ti.static(range(TILE)):
-                        py = (ty0 + 2 * pr + h) * TILE + k
-                        cd = 1
-                        if y0 <= py and py <= y1:
-                            a, z = _row_span(lv, x0, x1, py)
-                            if a <= z:
-                                cd = (a - x0) | ((z - x0) << 6)
-                        e[h] |= ti.cast(cd, ti.i64) << (12 * k)
-                w = q + 7 + 3 * pr
-                pk[w] = ti.cast(e[0], ti.i32)
-                pk[w + 1] = ti.cast((e[0] >> 32) | ((e[1] & 0xFFFF) << 16), ti.i32)
-                pk[w + 2] = ti.cast(e[1] >> 16, ti.i32)
-        else:
-            big |= 2
         pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
         pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
-
-
-@ti.func
-def _reach_lines(fd: ti.template(), r, ln: ti.template(), q, r2, wide, wh):
-    # ln[q:q + _NLN]: the face's reach lines. _consider rejects a pixel as far when for some edge line it is
-    # outside of, w_i < 0 and w_i^2 h2_i > r2 (beyond the blur reach of the line); a pixel it does not reject has
-    # w_i >= -T_i, T_i = sqrt(r2 / h2_i), for every i, linear in x on a pixel row: x >= (or <=) P_i + Q_i (y - ay).
-    # Words: ay, (P_i, Q_i) for the 3 edges (w0, w1, w2 = 1 - w0 - w1), then bit i set when edge i bounds x from
-    # above. The threshold is lowered by a margin (2e-5 of the terms' size, far beyond float rounding of w in
-    # _consider or here) and never above -_IN_EPS (so every pixel _inside_bits may mark stays in); a near-horizontal
-    # edge, or any edge of a wide face, bounds nothing (P = -1e9, Q = 0): the spans only ever grow.
-    ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
-    g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-    ln[q] = ay
-    fl = 0
-    for i in ti.static(range(3)):
-        gx, gy, al = g0, g1, 1.0
-        if ti.static(i == 1):
-            gx, gy, al = g2, g3, 0.0
-        if ti.static(i == 2):
-            gx, gy, al = -g0 - g2, -g1 - g3, 0.0
-        t = ti.sqrt(r2 / fd[r + _H2 + i])
-        c = ti.max(t, _IN_EPS) + 2e-5 * (1.0 + t + (ti.abs(gx) + ti.abs(gy)) * wh) + al
-        p, s = -1e9, 0.0
-        if not wide and ti.abs(gx) > 1e-6 * ti.abs(gy):
-            p, s = ax - c / gx, -gy / gx
-            if gx < 0:
-                fl |= 1 << i
-        ln[q + 1 + 2 * i], ln[q + 2 + 2 * i] = p, s
-    ln[q + 7] = fl
-
-
-@ti.func
-def _lines(ln: ti.template(), q):
-    # a face's reach lines (_reach_lines, ln[q:q + _NLN]) in locals
-    return ti.Vector([ln[q + i] for i in ti.static(range(_NLN))])
-
-
-@ti.func
-def _row_span(lv: ti.template(), x0, x1, py):
-    # the columns [lo, hi] of [x0, x1] (the grown box) on pixel row py that the reach lines (lv, _lines) keep, with
-    # 0.01 px to spare (lo > hi: none): a superset of the row's pixels _consider does not reject as far. The bounds
-    # are clamped to [x0 - 2, x1 + 2] first, so integer truncation of bound + 8 is a floor.
-    fl = ti.cast(lv[7], ti.i32)
-    dy = py + 0.5 - lv[0]
-    lx, ux = x0 - 2.0, x1 + 2.0
-    for i in ti.static(range(3)):
-        v = lv[1 + 2 * i] + lv[2 + 2 * i] * dy
-        if (fl >> i) & 1:
-            ux = ti.min(ux, v)
-        else:
-            lx = ti.max(lx, v)
-    lx, ux = ti.min(lx, x1 + 2.0) - 0.51, ti.max(ux, x0 - 2.0) - 0.49
-    a, z = ti.cast(lx + 8.0, ti.i32) - 8, ti.cast(ux + 8.0, ti.i32) - 8
-    if a < lx:
-        a += 1
-    return ti.max(a, x0), ti.min(z, x1)
-
-
-@ti.func
-def _coarse_rows(A, B, x0):
-    # the 4 pixel rows' spans [lo[k], hi[k]] packed in a coarse entry's words A, B (12 bits a row relative to x0,
-    # _bin_setup's pk words 7..), and their union [xl, xr] (xl > xr: empty)
-    v = (ti.cast(A, ti.i64) & ti.i64(0xFFFFFFFF)) | (ti.cast(B, ti.i64) << 32)
-    lo = ti.Vector([0 for _ in ti.static(range(TILE))], dt=ti.i32)
-    hi = ti.Vector([0 for _ in ti.static(range(TILE))], dt=ti.i32)
-    xl, xr = 1 << 16, -1
-    for k in ti.static(range(TILE)):
-        cd = ti.cast((v >> (12 * k)) & 0xFFF, ti.i32)
-        lo[k], hi[k] = x0 + (cd & 63), x0 + (cd >> 6)
-        if lo[k] <= hi[k]:
-            xl, xr = ti.min(xl, lo[k]), ti.max(xr, hi[k])
-    return lo, hi, xl, xr
 
 
 @ti.func
@@ -474,6 +368,12 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
     #    (deterministic, no atomics, a small working set).
     # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few
     # batches and rows over the threads.
+    # Tried and dropped (measured, branch bin2 of 2026-12-06): grown-box bits narrowed per pixel row to the columns
+    # _consider's far test does not reject (each edge line gives a bound on x per row) and tiles with no such
+    # pixel dropped. Outputs stay exact; at 51k faces the lists lose 12% of their entries at 512^2 (16% of the
+    # grown-box bits; 6% of the entries at 128^2) and _soft_fwd gets ~10% cheaper at 256^2 and 512^2, but the row
+    # spans (~50 instructions a pixel row, ~20 rows a face at 512^2) and the wider records cost more in _bin_setup
+    # and here than the selection saves, at every bench size.
     M = (1 << _RADIX) - 1
     ti.loop_config(serialize=True)
     for b in range(B):
@@ -547,25 +447,14 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 b0, b1 = 0, 0
                 if o0 <= o1:
                     # own-box pixel rows o0..o1 in this tile row: their bitmap rows (o0 - v0 ..) at bits 22..
-                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | ((big & 1) << 21) | ((o0 - v0) << 22)
+                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | (big << 21) | ((o0 - v0) << 22)
                     b0, b1 = lo, hi
-                # the row spans (pk words 7..; bit 25 of w: none, whole rows)
-                t = ty - y0 // TILE
-                sa, sb = 0, 0
-                if (big & 2) == 0 and t < _NSR:
-                    ws = q + 7 + 3 * (t // 2)
-                    if t % 2 == 0:
-                        sa, sb = pk[ws], pk[ws + 1] & 0xFFFF
-                    else:
-                        sa, sb = ((pk[ws + 1] >> 16) & 0xFFFF) | (pk[ws + 2] << 16), (pk[ws + 2] >> 16) & 0xFFFF
-                else:
-                    w |= 1 << 25
                 rc = rb + 3 * ty + 2
                 j = rows[rc]
                 rows[rc] = j + 1
                 c = _NCO * j
                 coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3] = f, xx, w, uu
-                coarse[c + 4], coarse[c + 5], coarse[c + 6], coarse[c + 7] = b0, b1, sa, sb
+                coarse[c + 4], coarse[c + 5] = b0, b1
     ti.loop_config(block_dim=1)
     for row in range(B * ty_n):
         b, ty = row // ty_n, row % ty_n
@@ -575,18 +464,11 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
         for tx in range(tx_n):
             cursor[cb + tx] = 0
         for j in range(c0, c1):
-            # the entry's tiles: those the union of its narrowed pixel rows meets (_coarse_rows; whole rows if w
-            # bit 25)
-            c = _NCO * j
-            x = coarse[c + 1]
-            xl, xr = x & 0xFFFF, (x >> 16) & 0xFFFF
-            if (coarse[c + 2] >> 25) & 1 == 0:
-                _lo, _hi, xl, xr = _coarse_rows(coarse[c + 6], coarse[c + 7], xl)
-            if xl <= xr:
-                t0, t1 = cb + xl // TILE, xr // TILE + 1
-                cursor[t0] = cursor[t0] + 1
-                if t1 < tx_n:
-                    cursor[cb + t1] = cursor[cb + t1] - 1
+            x = coarse[_NCO * j + 1]
+            t0, t1 = cb + (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
+            cursor[t0] = cursor[t0] + 1
+            if t1 < tx_n:
+                cursor[cb + t1] = cursor[cb + t1] - 1
         run = 0
         for tx in range(tx_n):
             run += cursor[cb + tx]
@@ -596,17 +478,6 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
             c = _NCO * j
             f, x, w, u, lo, hi = coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3], coarse[c + 4], coarse[c + 5]
             x0, x1, u0, u1 = x & 0xFFFF, (x >> 16) & 0xFFFF, u & 0xFFFF, (u >> 16) & 0xFFFF
-            # narrowed rows (w bit 25 clear): each pixel row's span as a bit mask over the columns from X (bit 0 =
-            # column X, the first of x0's tile; spans end before x0 + _WIDE), the tiles those of their union
-            X = x0 // TILE * TILE
-            rb = ti.Vector([ti.cast(0, ti.i64) for _ in ti.static(range(TILE))])
-            narrow = (w >> 25) & 1 == 0
-            if narrow:
-                lo_, hi_, xl, xr = _coarse_rows(coarse[c + 6], coarse[c + 7], x0)
-                for k in ti.static(range(TILE)):
-                    if lo_[k] <= hi_[k]:
-                        rb[k] = ((ti.cast(1, ti.i64) << (hi_[k] - X + 1)) - 1) & ~((ti.cast(1, ti.i64) << (lo_[k] - X)) - 1)
-                x0, x1 = xl, xr
             r0, r1, big, k0 = (w >> 17) & 3, (w >> 19) & 3, (w >> 21) & 1, (w >> 22) & 7
             own = (w >> 16) & 1
             ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -615,14 +486,8 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
                 g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
             for tx in range(x0 // TILE, x1 // TILE + 1):
-                m = 0
-                if narrow:
-                    sh = tx * TILE - X
-                    for k in ti.static(range(TILE)):
-                        m |= ti.cast((rb[k] >> sh) & ((1 << TILE) - 1), ti.i32) << (k * TILE)
-                else:
-                    clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                    m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
                 if own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
                     if big == 1:
                         # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel centres at once
@@ -661,63 +526,36 @@ def _take_rows(src: ti.types.ndarray(), order: ti.types.ndarray(), dst: ti.types
 @lean
 @ti.kernel
 def _bin_entries(fd: ti.types.ndarray(), spans: ti.types.ndarray(), order: ti.types.ndarray(),
-                 ln: ti.types.ndarray(), start: ti.types.ndarray(),
+                 start: ti.types.ndarray(),
                  keys: ti.types.ndarray(), ents: ti.types.ndarray(), ty_n: int, tx_n: int):
     # GPU: one work item per face writes its (face, mask) entries at its own offset ``start`` with the sort key
-    # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_lists' lists. As there, a tile row's
-    # pixel rows are narrowed by the reach lines (_row_spans; ln flat, by face id) and only the tiles their
-    # union meets get an entry; the rest of the face's slots keep the caller's sentinel key.
+    # (batch, tile, depth rank); sorting the keys (``_bin_sorted``) gives _bin_lists' lists
     F = spans.shape[1]
     for b, i in ti.ndrange(spans.shape[0], F):
         x0, x1, y0, y1 = spans[b, i, 0], spans[b, i, 1], spans[b, i, 2], spans[b, i, 3]
         if x0 <= x1 and y0 <= y1:
             j = start[b, i]
-            f = order[b, i]
             for ty in range(y0 // TILE, y1 // TILE + 1):
-                # as _bin_lists: the first _NSR tile rows of a face narrower than _WIDE get narrowed rows
-                narrow = x1 - x0 < _WIDE and ty - y0 // TILE < _NSR
-                lo = ti.Vector([x0 for _ in ti.static(range(TILE))], dt=ti.i32)
-                hi = ti.Vector([x1 for _ in ti.static(range(TILE))], dt=ti.i32)
-                xl, xr = x0, x1
-                if narrow:
-                    lv = _lines(ln, (b * F + f) * _NLN)
-                    xl, xr = x1 + 1, x0 - 1
-                    for k in ti.static(range(TILE)):
-                        lo[k], hi[k] = 1, 0
-                        if y0 <= ty * TILE + k and ty * TILE + k <= y1:
-                            lo[k], hi[k] = _row_span(lv, x0, x1, ty * TILE + k)
-                        if lo[k] <= hi[k]:
-                            xl, xr = ti.min(xl, lo[k]), ti.max(xr, hi[k])
-                if xl <= xr:
-                    for tx in range(xl // TILE, xr // TILE + 1):
-                        m = 0
-                        if narrow:
-                            for k in ti.static(range(TILE)):
-                                clo, chi = ti.max(lo[k] - tx * TILE, 0), ti.min(hi[k] - tx * TILE, TILE - 1)
-                                if clo <= chi:
-                                    m |= (((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) << (k * TILE)
-                        else:
-                            m = _tile_mask(x0, x1, y0, y1, ty, tx)
-                        keys[j] = ((ti.cast(b, ti.i64) * ty_n + ty) * tx_n + tx) * F + i
-                        ents[j, 0] = f
-                        ents[j, 1] = m | _inside_bits(fd, spans, b, f, i, ty, tx)
-                        j += 1
+                for tx in range(x0 // TILE, x1 // TILE + 1):
+                    keys[j] = ((ti.cast(b, ti.i64) * ty_n + ty) * tx_n + tx) * F + i
+                    ents[j, 0] = order[b, i]
+                    ents[j, 1] = _tile_mask(x0, x1, y0, y1, ty, tx) | _inside_bits(fd, spans, b, order[b, i], i, ty, tx)
+                    j += 1
 
 
-def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, ln: torch.Tensor, offsets: torch.Tensor,
+def _bin_sorted(fd: torch.Tensor, spans: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor, bins: torch.Tensor, total: int):
     """The tile lists of ``_bin_lists`` built in parallel (GPU): entries per face, then one sort by (batch, tile,
-    depth rank). ``spans`` (B, F, 10) and ``order`` (B, F) in depth order, ``ln`` (B * F * _NLN, by face id); fills
-    ``offsets``, ``counts`` (B, tiles_y, tiles_x) and ``bins`` (N, 2). ``total`` (the grown boxes' tiles) bounds
-    the entries: the slots of tiles the reach lines drop keep a sentinel key that sorts last and is not counted."""
+    depth rank). ``spans`` (B, F, 10) and ``order`` (B, F) in depth order; fills ``offsets``, ``counts`` (B, tiles_y,
+    tiles_x) and ``bins`` (N, 2) (``total`` entries)."""
     flat = spans[..., 8].reshape(-1).long()
     start = (torch.cumsum(flat, 0) - flat).reshape(spans.shape[:2]).to(torch.int32).contiguous()
-    keys = torch.full((total,), counts.numel() * spans.shape[1], dtype=torch.int64, device=spans.device)
+    keys = torch.empty(total, dtype=torch.int64, device=spans.device)
     ents = torch.empty(total, 2, dtype=torch.int32, device=spans.device)
     if total:
-        _bin_entries(fd, spans, order, ln, start, keys, ents, counts.shape[1], counts.shape[2])
+        _bin_entries(fd, spans, order, start, keys, ents, counts.shape[1], counts.shape[2])
     keys, perm = torch.sort(keys)
-    n = torch.bincount(keys // spans.shape[1], minlength=counts.numel() + 1)[:counts.numel()]
+    n = torch.bincount(keys // spans.shape[1], minlength=counts.numel())
     counts.copy_(n.reshape(counts.shape))
     offsets.copy_((torch.cumsum(n, 0) - n).reshape(counts.shape))
     bins[:total] = ents.index_select(0, perm)
@@ -1216,9 +1054,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
     spans = torch.empty(B, F, _NSPAN, dtype=torch.int32, device=dev)
     pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
-    ln = torch.empty(B * F * _NLN, dtype=dt, device=dev)
-    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, ln, F, margin, near, W, H,
-               max_d2 / _ndc2(W, H) if max_d2 > 0 else 0.0)
+    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
     cpu = backend.settings().resolved_arch in ("x64", "arm64")
     # (B, 2): tile entries, tile rows spanned; on CPU summed by numpy (single-threaded: a torch reduction over the
     # faces is an OpenMP region that waits ms for a descheduled thread on a busy machine)
@@ -1244,7 +1080,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         order = torch.argsort(fd[..., _ZMIN], dim=1, stable=True).to(torch.int32)
         s = torch.empty_like(spans)
         _take_rows(spans, order, s)
-        _bin_sorted(fd, s, order, ln, offsets, counts, bins, n)
+        _bin_sorted(fd, s, order, offsets, counts, bins, n)
     return Bins(fd, offsets, counts, bins, max_d2, _ndc2(W, H))
 
 
