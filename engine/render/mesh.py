@@ -159,9 +159,9 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
               K: ti.template(), C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template(), store: int):
     # selection and compositing in one pass per pixel (``tiled``, CPU: per tile of pixels, raster._select_tile):
     # the K-nearest list (raster._select, cut behind the first opaque face holding the pixel) stays local and is
-    # composited at once; only the composited layers' face ids are written, for the backward (no per-slot
-    # barycentrics, depths, distances or layer alphas in memory). nrm: the nearest face's normal fn (Bn, F, 3), 0
-    # where empty
+    # composited at once; only the composited layers' face ids and, with ``store``, their signed coverages (cv,
+    # _composite) are written for the backward (no per-slot barycentrics or depths in memory). nrm: the nearest
+    # face's normal fn (Bn, F, 3), 0 where empty
     H, W = p2f.shape[1], p2f.shape[2]
     if ti.static(tiled):
         # Taichi's CPU range-for hands each thread blocks of >= 512 iterations: ``spread`` iterations per tile
@@ -499,9 +499,11 @@ def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy:
 
 class SoftMesh(bridge.Op):
     """Fused soft mesh rendering: each pixel's K-nearest selection, coverage, interpolation, shading and
-    compositing in one pass (``_soft_fwd``: the list stays in registers, only its face ids are written); the
-    backward (``_soft_bwd``) recomputes each kept face's barycentrics, depth and signed distance (with its nearest
-    edge, where the distance has a gradient) from the binned faces' records.
+    compositing in one pass (``_soft_fwd``: the list stays in registers, only its face ids and, when a gradient may
+    be asked for (``store``), each composited layer's coverage are written); the backward (``_soft_bwd``) takes the
+    coverages as stored and recomputes each kept face's barycentrics and depth (and its nearest edge, where the
+    pixel is outside the face and the distance has a gradient) from the binned faces' records. Gradients of
+    attributes and opacity are computed only when asked for (``attr_grad``, ``opac_grad``).
 
     Inputs: verts (Bv, V, 3) world; attr (Ba, V or F, C) per-vertex or per-face colours/features; shade
     (Bs, F, C) per-face multiplier (Lambert irradiance) or a (1, 1, 1) dummy; opacity (Bo, F); background
