@@ -756,17 +756,17 @@ def _cut(opac: ti.template(), b, K: ti.template(), lc: ti.template(), lf: ti.tem
 
 
 @ti.func
-def _sort_list(lc: ti.template(), lf: ti.template(), lz: ti.template(), ld: ti.template(), o, n):
+def _sort_list(lf: ti.template(), lz: ti.template(), ld: ti.template(), o, n):
     # compositing order: by (z, id), empty slots last. The n entries of the list come first (the empty slots are
     # its tail), so this sorts those (insertion sort: they are two sorted runs, the faces holding the pixel and the
-    # blur-only ones)
+    # blur-only ones). The classes (lc) stay where they were: nothing reads them after the selection
     for i in range(o + 1, o + n):
-        c0, f0, z0, d0 = lc[i], lf[i], lz[i], ld[i]
+        f0, z0, d0 = lf[i], lz[i], ld[i]
         k = i
         while k > o and _before(z0, f0, lz[k - 1], lf[k - 1]):
-            lc[k], lf[k], lz[k], ld[k] = lc[k - 1], lf[k - 1], lz[k - 1], ld[k - 1]
+            lf[k], lz[k], ld[k] = lf[k - 1], lz[k - 1], ld[k - 1]
             k -= 1
-        lc[k], lf[k], lz[k], ld[k] = c0, f0, z0, d0
+        lf[k], lz[k], ld[k] = f0, z0, d0
 
 
 @ti.func
@@ -828,7 +828,7 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     n = 0
     for k in range(K):
         n += ti.cast(lc[k] != 2, ti.i32)
-    _sort_list(lc, lf, lz, ld, 0, n)
+    _sort_list(lf, lz, ld, 0, n)
     return lf, lz, ld
 
 
@@ -896,7 +896,7 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                     c9[p], z9[p], f9[p] = lc[o + K - 1], lz[o + K - 1], lf[o + K - 1]
             j += 1
     for p in range(n):
-        _sort_list(lc, lf, lz, ld, p * K, ti.min(n9[p], K))
+        _sort_list(lf, lz, ld, p * K, ti.min(n9[p], K))
 
 
 def _spread(n_tiles: int) -> int:
