@@ -49,7 +49,7 @@ def test_3d_same_seed_same_metrics():
         loss, traj = p.loss()
         loss.backward()
         g = torch.cat([q.grad.flatten() for q in p.trainable()])
-        out.append((float(loss), p.summary(traj)["distance"], g))
+        out.append((loss.item(), p.summary(traj)["distance"], g))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-9, abs=1e-12)
     assert out[0][1] == pytest.approx(out[1][1], rel=1e-9, abs=1e-12)
     assert torch.allclose(out[0][2], out[1][2], rtol=1e-9, atol=1e-15)
