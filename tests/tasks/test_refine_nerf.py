@@ -23,7 +23,7 @@ def test_field_shapes_and_prior():
                                                                            dtype=torch.float64)
     sigma, feat = rep.field(pts.reshape(1, 2, 3))
     assert sigma.shape == (1, 2) and feat.shape == (1, 2, 6)
-    assert float(sigma[0, 0]) > 100 * float(sigma[0, 1])          # dense inside the prior ball, empty far out
+    assert sigma[0, 0].item() > 100 * sigma[0, 1].item()          # dense inside the prior ball, empty far out
     assert torch.allclose(feat[..., 3:].norm(dim=-1), torch.ones(1, 2, dtype=feat.dtype))
 
 
