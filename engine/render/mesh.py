@@ -171,11 +171,7 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
             if it % spread == 0:
                 t = it // spread
                 b, ty, tx = t // (ty_n * tx_n), t // tx_n % ty_n, t % tx_n
-                lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-                lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-                lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
-                ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-                _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, opac, cut, lc, lf, lz, ld)
+                lf, lz, ld = _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, opac, cut)
                 for p in range(TILE * TILE):
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:

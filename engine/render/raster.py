@@ -834,11 +834,10 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
 
 @ti.func
 def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, ty, tx,
-                 max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template(), lc: ti.template(),
-                 lf: ti.template(), lz: ti.template(), ld: ti.template()):
+                 max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
     # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
     # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; pixel
-    # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K] (initialised empty by the caller).
+    # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K]; returns lf, lz, ld (as _select).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
     # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
     # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
@@ -846,6 +845,10 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # that are still walking then stop or take the face (_insert, from the list's first empty slot: n9).
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
+    lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+    lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+    lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+    ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
     half = ti.static(TILE * TILE // 2)
     zc = ti.Vector([1e30 for _ in ti.static(range(n))])
     fc = ti.Vector([1 << 30 for _ in ti.static(range(n))], dt=ti.i32)
@@ -897,6 +900,7 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
             j += 1
     for p in range(n):
         _sort_list(lf, lz, ld, p * K, ti.min(n9[p], K))
+    return lf, lz, ld
 
 
 def _spread(n_tiles: int) -> int:
@@ -944,11 +948,7 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
             if it % spread == 0:
                 t = it // spread
                 b, ty, tx = t // (ty_n * tx_n), t // tx_n % ty_n, t % tx_n
-                lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-                lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-                lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
-                ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-                _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, fd, False, lc, lf, lz, ld)
+                lf, lz, ld = _select_tile(fd, offsets, counts, bins, b, ty, tx, max_d2, ndc2, K, fd, False)
                 for p in range(TILE * TILE):
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
