@@ -12,8 +12,8 @@ from .attributes import _texel_coords, face_attributes, interpolate, sample_text
 from .camera import Camera
 from .checks import check_finite, check_mesh, check_per
 from .clip import CLIP_Z, clip_near
-from .raster import (_IL, _IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _project,
-                     _project_bwd, _select, _select_tile, _spread, _tiled, bin_faces, camera_table,
+from .raster import (_IL, _IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary, _ndc2, _persp_bary, _proj_vjp,
+                     _project, _project_bwd, _select, _select_tile, _spread, _tiled, bin_faces, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
 from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
@@ -474,24 +474,87 @@ def _soft_project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy:
     B, V = screen.shape[0], screen.shape[1]
     Bv = g_verts.shape[0]
     for bv, i in ti.ndrange(Bv, V):
-        acc = ti.Vector([0.0, 0.0, 0.0])
-        for b in range(B):
-            if Bv == 1 or b == bv:
-                z = screen[b, i, 2]
-                if ti.abs(z) < 1e-12:
-                    z = 1e-12
-                gu, gv = 0.0, 0.0
-                for c in range(nc):
-                    q = ((c * B + b) * V + i) * 2
-                    gu += g_xy[q]
-                    gv += g_xy[q + 1]
-                gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
-                                -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
-                for j in ti.static(range(3)):
-                    acc[j] += cam[b, j] * gc[0] + cam[b, 3 + j] * gc[1] + cam[b, 6 + j] * gc[2]
+        g = _views_vjp(screen, cam, g_xy, bv, i, B, V, Bv, nc)
         for j in ti.static(range(3)):
-            g_verts[bv, i, j] = acc[j]
+            g_verts[bv, i, j] = g[j]
 
+
+@ti.func
+def _views_vjp(screen: ti.template(), cam: ti.template(), g_xy: ti.template(), bv, i, B, V, Bv, nc):
+    # world gradient of vertex i of mesh bv from nc stacked copies of the (B, V, 2) screen gradient (g_xy flat, from
+    # its start): its copies summed per view, each view through raster._proj_vjp, and for one mesh seen by B
+    # cameras (Bv == 1) its B views summed
+    acc = ti.Vector([0.0, 0.0, 0.0])
+    for b in range(B):
+        if Bv == 1 or b == bv:
+            gu, gv = 0.0, 0.0
+            for c in range(nc):
+                q = ((c * B + b) * V + i) * 2
+                gu += g_xy[q]
+                gv += g_xy[q + 1]
+            acc += _proj_vjp(screen, cam, b, i, gu, gv)
+    return acc
+
+
+
+@lean
+@ti.kernel
+def _soft_tail_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), verts: ti.types.ndarray(),
+                   faces: ti.types.ndarray(), ldir: ti.types.ndarray(), lcol: ti.types.ndarray(),
+                   buf: ti.types.ndarray(), g_fn: ti.types.ndarray(), fbuf: ti.types.ndarray(),
+                   g_verts: ti.types.ndarray(), o_sh: int, nc: int, n_fc: int, use_shade: int, has_gfn: int,
+                   private: ti.template()):
+    # SoftMesh's vertex gradient when it shades itself (``frame``): g_verts ((Bv, V, 3) flat) = the projection's VJP of the
+    # screen gradient (nc stacked copies of (B, V, 2) at the start of buf) + _face_frame's VJP of the shade gradient
+    # (nc copies of (Bv, F, 3) at buf[o_sh:], summed here) and of the normals' gradient g_fn ((Bv, F, 3) flat, with
+    # has_gfn). ``private`` (CPU): chunk ch of n_fc contiguous runs of the faces adds into its own vertex copy,
+    # fbuf[ch * Bv * V * 3:], and the vertex loop sums the copies; else the vertex loop runs first and each face
+    # adds with atomics. One launch replaces _sum_copies (shade), _soft_project_bwd and FaceShade's backward.
+    B, V, F = screen.shape[0], screen.shape[1], faces.shape[0] // 3
+    Bv = verts.shape[0] // (3 * V)
+    N, M = Bv * F, Bv * V * 3
+    span = ti.static(_SPAN if private else 1)
+    if ti.static(private):
+        for i in range(n_fc * M):
+            fbuf[i] = 0.0
+    else:
+        for bv, i in ti.ndrange(Bv, V):
+            g = _views_vjp(screen, cam, buf, bv, i, B, V, Bv, nc)
+            for c in ti.static(range(3)):
+                g_verts[(bv * V + i) * 3 + c] = g[c]
+    for it in range(n_fc * span):
+        if it % span == 0:
+            ch = it // span
+            j0, j1 = ch, ch + 1
+            if ti.static(private):
+                j0, j1 = ti.cast(ti.cast(ch, ti.i64) * N // n_fc, ti.i32), \
+                    ti.cast(ti.cast(ch + 1, ti.i64) * N // n_fc, ti.i32)
+            cb = ch if ti.static(private) else 0
+            for j in range(j0, j1):
+                b, f = j // F, j % F
+                g = ti.Vector([0.0, 0.0, 0.0])
+                if has_gfn:
+                    g = ti.Vector([g_fn[j * 3], g_fn[j * 3 + 1], g_fn[j * 3 + 2]])
+                gsh = ti.Vector([0.0, 0.0, 0.0])
+                if use_shade:
+                    for c in range(nc):
+                        q = o_sh + (c * N + j) * 3
+                        gsh += ti.Vector([buf[q], buf[q + 1], buf[q + 2]])
+                i0, i1, i2, g1, g2 = _frame_vjp(verts, faces, ldir, lcol, b, f, V, g, gsh, use_shade)
+                r = (cb * Bv + b) * V
+                if ti.static(private):
+                    _corner_adds(fbuf, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, False)
+                else:
+                    _corner_adds(g_verts, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, True)
+    if ti.static(private):
+        for bv, i in ti.ndrange(Bv, V):
+            g = _views_vjp(screen, cam, buf, bv, i, B, V, Bv, nc)
+            for c in ti.static(range(3)):
+                q = (bv * V + i) * 3 + c
+                acc = g[c]
+                for ch in range(n_fc):
+                    acc += fbuf[ch * M + q]
+                g_verts[q] = acc
 
 class SoftMesh(bridge.Op):
     """Fused soft mesh rendering: each pixel's K-nearest selection, coverage, interpolation, shading and
@@ -526,7 +589,7 @@ class SoftMesh(bridge.Op):
 
     def __init__(self, sigma: float, width: int, height: int, per_face: bool, use_shade: bool, use_tex: bool,
                  screen_input: bool, K: int, max_d2: float, full_lists: bool = False, store: bool = True,
-                 attr_grad: bool = True, opac_grad: bool = True):
+                 attr_grad: bool = True, opac_grad: bool = True, frame=None):
         if sigma <= 0:
             raise ValueError(f"soft rendering needs sigma > 0, got {sigma}")
         self.sigma, self.ndc2, self.W, self.H = float(sigma), _ndc2(width, height), width, height
@@ -540,12 +603,24 @@ class SoftMesh(bridge.Op):
         self.store = bool(store)
         # gradients nobody asks for are neither scattered nor zeroed and summed (constant colours: 3-9 adds a layer)
         self.need = int(bool(attr_grad)) | 2 * int(bool(opac_grad))
+        # frame (fixed lights (L, 3) directions, (L, 3) colours, (3,) ambient; zero-size when unlit): the op makes
+        # the face normals and shade from the world vertices itself (the shade and fn inputs are ignored) and its
+        # backward adds their vertex gradient in the same launch as the projection's (_soft_tail_bwd)
+        if frame is not None and screen_input:
+            raise ValueError("SoftMesh: frame needs world vertices (screen_input off)")
+        self.frame = frame
 
     def forward(self, verts, attr, shade, opacity, background, tex, uvc, fn, cam, faces, screen, fd, offsets, counts,
                 bins):
         B, K = screen.shape[0], self.K
         H, W, C = self.H, self.W, attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
+        if self.frame is not None:
+            ldir, lcol, amb = self.frame
+            fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
+            shade = torch.empty_like(fn) if self.use_shade else torch.ones(1, 1, 1, **kw)
+            _face_frame(verts.view(-1), faces.view(-1), ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade,
+                        fn.shape[0], verts.shape[1])
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
         nrm = torch.empty(B, H, W, 3, **kw)
@@ -554,11 +629,13 @@ class SoftMesh(bridge.Op):
         _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, cv, rgb, dep,
                   alp, nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
                   _tiled(), _spread(offsets.numel()), self.cut, int(self.store))
-        saved = (verts.shape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn.shape)
+        saved = (verts if self.frame is not None else verts.shape, attr, shade, opacity, background, tex, uvc, cam,
+                 faces, screen, p2f, cv, fd, fn.shape)
         return (rgb, dep, alp, nrm, p2f), saved
 
     def backward(self, saved, grads):
-        vshape, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn_shape = saved
+        verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn_shape = saved
+        vshape = verts.shape if self.frame is not None else verts
         if not self.store:
             raise RuntimeError("SoftMesh was built with store=False (no gradient expected) but backward ran")
         B, H, W, K = p2f.shape
@@ -613,9 +690,12 @@ class SoftMesh(bridge.Op):
                   int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.need, self.K, attr.shape[2])
         if nc > 1:
             # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
+            # (with ``frame``, _soft_tail_bwd sums the shade's copies itself)
             skip = [g_tex] * (not self.use_tex) + [g_attr] * (not self.need & 1) + [g_opac] * (not self.need & 2)
+            skip += [g_shade] * (self.frame is not None)
             parts = [(v, n, c) for v, n, c in zip(views[1:], sizes[1:], copies[1:])
                      if c > 1 and all(v is not x for x in skip)]
+        if nc > 1 and parts:
             segs = torch.tensor([[(v.data_ptr() - buf.data_ptr()) // buf.element_size(), n] for v, n, _c in parts],
                                 dtype=torch.int64, device=buf.device)
             out = torch.empty(sum(n for _v, n, _c in parts), **kw)
@@ -633,6 +713,16 @@ class SoftMesh(bridge.Op):
             if nc > 1:
                 g_xy = g_xy.reshape(nc, -1, *g_xy.shape[1:]).sum(0)
             g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
+        elif self.frame is not None:
+            # the projection's and the face frame's vertex gradients in one launch (g_xy starts buf)
+            g_verts = torch.empty(vshape, **kw)
+            n_fc, f_private = _frame_copies(verts.shape[0] * faces.shape[0])
+            fbuf = torch.empty(n_fc * verts.numel(), **kw) if f_private else g_verts.view(-1)
+            ldir, lcol, _amb = self.frame
+            _soft_tail_bwd(screen, cam, verts.view(-1), faces.view(-1), ldir, lcol, buf,
+                           dummy.view(-1) if g_fn is None else g_fn.view(-1), fbuf, g_verts.view(-1), o[2], nc, n_fc,
+                           self.use_shade, int(g_fn is not None), f_private)
+            g_shade = g_fn = None
         else:
             g_verts = torch.empty(vshape, **kw)
             _soft_project_bwd(screen, cam, g_xy.reshape(-1), g_verts, nc)
@@ -848,18 +938,15 @@ class HardMesh(bridge.Op):
 @ti.kernel
 def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                 lcol: ti.types.ndarray(), amb: ti.types.ndarray(), fn: ti.types.ndarray(), shade: ti.types.ndarray(),
-                use_shade: int, Bn: int):
+                use_shade: int, Bn: int, V: int):
     # face_normals + lambert (two-sided) per face: fn = normalize(cross(v1 - v0, v2 - v0)) (eps 1e-12),
-    # shade_c = ambient_c + sum_l color_lc |fn . d_l|; fn and shade (Bn, F, 3) flat
-    # One flat loop over (b, f), the shade summed in registers, every store last and flat (Taichi's CPU code reloads
-    # an ndarray's pointer and shapes after each store): ~1/3 less than a 2-D loop storing as it goes
-    F = faces.shape[0]
+    # shade_c = ambient_c + sum_l color_lc |fn . d_l|; verts ((Bn, V, 3)), faces ((F, 3)), fn and shade (Bn, F, 3)
+    # flat. One flat loop over (b, f), the shade summed in registers, every store last and flat (Taichi's CPU code
+    # reloads an ndarray's pointer and shapes after each store): ~1/3 less than a 2-D loop storing as it goes
+    F = faces.shape[0] // 3
     for j in range(Bn * F):
         b, f = j // F, j % F
-        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-        v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
-        e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
-        e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
+        _i0, _i1, _i2, _v0, e1, e2 = _corners(verts, faces, b, f, V)
         n = e1.cross(e2)
         n = n / ti.max(n.norm(), 1e-12)
         sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
@@ -875,12 +962,63 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
                 shade[j * 3 + c] = sh[c]
 
 
+@ti.func
+def _corners(verts: ti.template(), faces: ti.template(), b, f, V):
+    # face f's corner ids, first corner and edges (v1 - v0, v2 - v0) in mesh b; verts ((Bv, V, 3)) and faces
+    # ((F, 3)) flat
+    i0, i1, i2 = faces[3 * f], faces[3 * f + 1], faces[3 * f + 2]
+    r0, r1, r2 = (b * V + i0) * 3, (b * V + i1) * 3, (b * V + i2) * 3
+    v0 = ti.Vector([verts[r0], verts[r0 + 1], verts[r0 + 2]])
+    e1 = ti.Vector([verts[r1], verts[r1 + 1], verts[r1 + 2]]) - v0
+    e2 = ti.Vector([verts[r2], verts[r2 + 1], verts[r2 + 2]]) - v0
+    return i0, i1, i2, v0, e1, e2
+
+
+@ti.func
+def _frame_vjp(verts: ti.template(), faces: ti.template(), ldir: ti.template(), lcol: ti.template(), b, f, V, g, gsh,
+               use_shade):
+    # _face_frame's vector-Jacobian product for face f of batch b: the gradient g (3-vector) of its unit normal
+    # plus, with use_shade, that of its shade gsh (3-vector) through |fn . d| (sign; 0 at 0 as torch's abs), the
+    # normalisation and the cross product. Returns the corners i0, i1, i2 and the gradients g1, g2 of corners 1
+    # and 2 (corner 0 gets -(g1 + g2)); verts and faces flat (_corners)
+    i0, i1, i2, _v0, e1, e2 = _corners(verts, faces, b, f, V)
+    m = e1.cross(e2)
+    ln = m.norm()
+    il = 1.0 / ti.max(ln, 1e-12)        # one division (the normal's three and the projection's)
+    n = m * il
+    if use_shade:
+        for l in range(ldir.shape[0]):
+            d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
+            dot = n.dot(d)
+            sg = ti.select(dot > 0, 1.0, ti.select(dot < 0, -1.0, 0.0))
+            g += (gsh[0] * lcol[l, 0] + gsh[1] * lcol[l, 1] + gsh[2] * lcol[l, 2]) * sg * d
+    gm = g * il
+    if ln > 1e-12:
+        gm = (g - n * n.dot(g)) * il
+    return i0, i1, i2, e2.cross(gm), gm.cross(e1)
+
+
+@ti.func
+def _corner_adds(out: ti.template(), q0, q1, q2, g1, g2, atomic: ti.template()):
+    # a face's corner gradients (_frame_vjp) added at flat offsets q0, q1, q2 of out: plain adds into a private
+    # copy, or atomics
+    for c in ti.static(range(3)):
+        if ti.static(atomic):
+            ti.atomic_add(out[q1 + c], g1[c])
+            ti.atomic_add(out[q2 + c], g2[c])
+            ti.atomic_sub(out[q0 + c], g1[c] + g2[c])
+        else:
+            out[q1 + c] = out[q1 + c] + g1[c]
+            out[q2 + c] = out[q2 + c] + g2[c]
+            out[q0 + c] = out[q0 + c] - (g1[c] + g2[c])
+
+
 @lean
 @ti.kernel
 def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                     lcol: ti.types.ndarray(), g_fn: ti.types.ndarray(), g_shade: ti.types.ndarray(),
                     g_pass: ti.types.ndarray(), buf: ti.types.ndarray(), g_verts: ti.types.ndarray(), use_shade: int,
-                    has_gfn: int, init: int, has_pass: int, n_chunks: int, private: ti.template()):
+                    has_gfn: int, init: int, has_pass: int, n_chunks: int, V: int, private: ti.template()):
     # through |fn . d| (sign; 0 at 0 as torch's abs), the normalisation and the cross product to the corners, added
     # to g_verts (Bv, V, 3) (g_fn, g_shade (Bv, F, 3), g_pass, buf and g_verts flat: 3-D indexing cost more here);
     # with ``init`` g_verts starts as g_pass (has_pass) or 0, else as it is
@@ -888,7 +1026,7 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
     # adds into its own copy, rows ch * Bv.. of buf (n_chunks * Bv, V, 3), summed into g_verts at the end (copy 0
     # starts as g_verts' start); otherwise every face is its own work item and atomics add into g_verts (the float
     # atomics were ~25 % of this kernel on CPU). One launch: the three loops run one after the other.
-    Bv, F, V = verts.shape[0], faces.shape[0], verts.shape[1]
+    F, Bv = faces.shape[0] // 3, verts.shape[0] // (3 * V)
     N, M = Bv * F, Bv * V * 3
     span = ti.static(_SPAN if private else 1)
     for i in range(M):
@@ -911,39 +1049,18 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
             cb = ch if ti.static(private) else 0
             for j in range(j0, j1):
                 b, f = j // F, j % F
-                i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                v0 = ti.Vector([verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]])
-                e1 = ti.Vector([verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]]) - v0
-                e2 = ti.Vector([verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]]) - v0
-                m = e1.cross(e2)
-                ln = m.norm()
-                il = 1.0 / ti.max(ln, 1e-12)        # one division (the normal's three and the projection's)
-                n = m * il
                 g = ti.Vector([0.0, 0.0, 0.0])
                 if has_gfn:
                     g = ti.Vector([g_fn[j * 3], g_fn[j * 3 + 1], g_fn[j * 3 + 2]])
+                gsh = ti.Vector([0.0, 0.0, 0.0])
                 if use_shade:
                     gsh = ti.Vector([g_shade[j * 3], g_shade[j * 3 + 1], g_shade[j * 3 + 2]])
-                    for l in range(ldir.shape[0]):
-                        d = ti.Vector([ldir[l, 0], ldir[l, 1], ldir[l, 2]])
-                        dot = n.dot(d)
-                        sg = ti.select(dot > 0, 1.0, ti.select(dot < 0, -1.0, 0.0))
-                        g += (gsh[0] * lcol[l, 0] + gsh[1] * lcol[l, 1] + gsh[2] * lcol[l, 2]) * sg * d
-                gm = g * il
-                if ln > 1e-12:
-                    gm = (g - n * n.dot(g)) * il
-                g1, g2 = e2.cross(gm), gm.cross(e1)
+                i0, i1, i2, g1, g2 = _frame_vjp(verts, faces, ldir, lcol, b, f, V, g, gsh, use_shade)
                 r = (cb * Bv + b) * V
-                q0, q1, q2 = (r + i0) * 3, (r + i1) * 3, (r + i2) * 3
-                for c in ti.static(range(3)):
-                    if ti.static(private):
-                        buf[q1 + c] = buf[q1 + c] + g1[c]
-                        buf[q2 + c] = buf[q2 + c] + g2[c]
-                        buf[q0 + c] = buf[q0 + c] - (g1[c] + g2[c])
-                    else:
-                        ti.atomic_add(g_verts[q1 + c], g1[c])
-                        ti.atomic_add(g_verts[q2 + c], g2[c])
-                        ti.atomic_sub(g_verts[q0 + c], g1[c] + g2[c])
+                if ti.static(private):
+                    _corner_adds(buf, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, False)
+                else:
+                    _corner_adds(g_verts, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, True)
     if ti.static(private):
         for i in range(M):
             acc = buf[i]
@@ -987,7 +1104,8 @@ class HardMeshWorld(bridge.Op):
         _project(verts, cam, screen)
         fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
         shade = torch.empty(verts.shape[0], faces.shape[0], 3, **kw) if self.use_shade else torch.ones(1, 1, 1, **kw)
-        _face_frame(verts, faces, ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade, fn.shape[0])
+        _face_frame(verts.view(-1), faces.view(-1), ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade,
+                        fn.shape[0], verts.shape[1])
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         nrm = torch.empty(B, H, W, 3, **kw)
         _hard_fwd(screen, faces, p2f, attr, shade, background, fn, rgb, dep, alp, nrm, self.per_face, self.use_shade,
@@ -1029,8 +1147,8 @@ class HardMeshWorld(bridge.Op):
         if not self.use_shade:
             g_shade = torch.zeros(Bv, faces.shape[0], 3, **kw)
         gv = g_verts.view(-1)
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1), gv, gv, gv, self.use_shade,
-                        1, 0, 0, max(1, verts.shape[0] * faces.shape[0]), False)
+        _face_frame_bwd(verts.view(-1), faces.view(-1), ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1), gv, gv, gv,
+                        self.use_shade, 1, 0, 0, max(1, verts.shape[0] * faces.shape[0]), verts.shape[1], False)
         return g_verts, g_attr, g_bg, None, None, None, None, None, None
 
 
@@ -1055,7 +1173,8 @@ class FaceShade(bridge.Op):
         kw = dict(dtype=verts.dtype, device=verts.device)
         fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
         shade = torch.empty_like(fn) if self.use_shade else torch.ones_like(fn)
-        _face_frame(verts, faces, ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade, fn.shape[0])
+        _face_frame(verts.view(-1), faces.view(-1), ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade,
+                        fn.shape[0], verts.shape[1])
         return (fn, shade) + ((verts,) if self.passthrough else ()), (verts, ldir, lcol, faces)
 
     def backward(self, saved, grads):
@@ -1073,29 +1192,33 @@ class FaceShade(bridge.Op):
         kw = dict(dtype=verts.dtype, device=verts.device)
         g_fn = torch.empty(1, 1, 3, **kw) if g_fn is None else g_fn
         g_shade = g_fn if not use else g_shade                     # not read when ``use`` is off
-        n_chunks, private = _scatter_copies(verts.shape[0] * faces.shape[0])
-        # CPU: one private vertex copy per thread (zeroing and summing them costs less than atomics); GPU: one
-        # work item per face, atomics
-        n_chunks = max(1, min(n_chunks // 4, faces.shape[0])) if private else max(1, verts.shape[0] * faces.shape[0])
+        n_chunks, private = _frame_copies(verts.shape[0] * faces.shape[0])
         buf = torch.empty(n_chunks * verts.numel(), **kw) if private else g_verts.view(-1)
         g_pass = g_verts if g_pass is None else g_pass                 # not read without a passed gradient
-        _face_frame_bwd(verts, faces, ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1), g_pass.view(-1), buf,
-                        g_verts.view(-1), int(use),
-                        int(has_gfn), 1,
-                        int(self.passthrough and grads[2] is not None), n_chunks, private)
+        _face_frame_bwd(verts.view(-1), faces.view(-1), ldir, lcol, g_fn.reshape(-1), g_shade.reshape(-1),
+                        g_pass.view(-1), buf, g_verts.view(-1), int(use), int(has_gfn), 1,
+                        int(self.passthrough and grads[2] is not None), n_chunks, verts.shape[1], private)
         return g_verts, None, None, None, None
+
+
+def _fixed_frame(lights, dt, dev):
+    """(directions (L, 3), colours (L, 3), ambient (3,)) of lights without gradients (zero-size tables when unlit),
+    or None if any light needs a gradient (torch shades then)."""
+    if lights is None:
+        return (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+    if any(x.requires_grad for x in (lights.direction, lights.color, lights.ambient)):
+        return None
+    return tuple(x.detach().to(dev, dt).contiguous() for x in (lights.direction, lights.color, lights.ambient))
 
 
 def _face_shade(verts, faces, lights, dt, dev, passthrough: bool = False):
     """(fn, shade or a (1, 1, 1) ones dummy): Taichi ``FaceShade`` for fixed lights, else torch (light gradients).
     With ``passthrough`` also the vertices to use downstream (``FaceShade``'s passthrough output, or ``verts``)."""
-    if lights is not None and any(x.requires_grad for x in (lights.direction, lights.color, lights.ambient)):
+    frame = _fixed_frame(lights, dt, dev)
+    if frame is None:
         fn = face_normals(verts, faces)
         return (fn, lambert(fn, lights)) + ((verts,) if passthrough else ())
-    if lights is not None:
-        ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
-    else:
-        ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+    ldir, lcol, amb = frame
     through = passthrough and verts.requires_grad
     out = bridge.apply(FaceShade(lights is not None, through), verts, ldir, lcol, amb, faces)
     fn, shade = out[0], out[1] if lights is not None else torch.ones(1, 1, 1, dtype=dt, device=dev)
@@ -1156,6 +1279,14 @@ def _scatter_copies(n_rows: int):
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
+
+
+def _frame_copies(n_faces: int):
+    """(n_chunks, private) for the face frame's backward scatter to the vertices (``n_faces`` = batch x faces): on
+    CPU one private vertex copy per thread (zeroing and summing them costs less than atomics); on the GPU one work
+    item per face, atomics."""
+    n_chunks, private = _scatter_copies(n_faces)
+    return (max(1, min(n_chunks // 4, n_faces)), True) if private else (max(1, n_faces), False)
 
 
 def _hard_copies(B: int, H: int, W: int, scattered: int):
@@ -1466,8 +1597,14 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     bins = bin_faces(screen.contiguous(), faces.contiguous(), W, H, sigma)
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1) if cam.shape[0] != B else cam
-    # the vertices through FaceShade: its backward adds the shading's vertex gradient to the op's (no torch sum)
-    fn, shade, verts = _face_shade(verts, faces, lights, dt, dev, passthrough=True)           # (Bv, F, 3)
+    # fixed lights and camera: the op shades the faces itself and adds the shading's vertex gradient to the
+    # projection's in one launch; else the vertices pass through FaceShade (or torch, for light gradients), whose
+    # backward adds the shading's vertex gradient to the op's (no torch sum)
+    frame = _fixed_frame(lights, dt, dev) if not _camera_needs_grad(camera) else None
+    if frame is None:
+        fn, shade, verts = _face_shade(verts, faces, lights, dt, dev, passthrough=True)       # (Bv, F, 3)
+    else:
+        fn = shade = torch.ones(1, 1, 1, dtype=dt, device=dev)                                 # made by the op
     opac = torch.as_tensor(opacity, dtype=dt, device=dev)
     opac = opac.reshape(1, -1) if opac.dim() <= 1 else opac
     if opac.shape != (B, F):                                                          # the kernels read row b
@@ -1483,7 +1620,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     store = torch.is_grad_enabled() and any(x.requires_grad for x in (geo, attr, shade, opac, bg, tex, uvc, fn))
     op = SoftMesh(sigma, W, H, per_face, lights is not None, texture is not None, geo is not verts, faces_per_pixel,
                   bins.max_d2, full_lists=opac.requires_grad, store=store, attr_grad=attr.requires_grad,
-                  opac_grad=opac.requires_grad)
+                  opac_grad=opac.requires_grad, frame=frame)
     rgb, depth, alpha, normals, p2f = bridge.apply(op, geo, attr, shade, opac, bg, tex, uvc, fn, cam, faces, screen,
                                                    bins.fd, bins.offsets, bins.counts, bins.bins)
     # the op's p2f holds only the composited layers (its selection stops behind an opaque one): the fragments are

@@ -116,17 +116,25 @@ def _project(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: ti.type
 @ti.kernel
 def _project_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), g_xy: ti.types.ndarray(),
                  g_verts: ti.types.ndarray()):
-    # u = fx x/z + cx: d u / d(x, y, z)_cam = (fx / z, 0, -(u - cx) / z); world gradient = R^T g_cam
     for b, i in ti.ndrange(screen.shape[0], screen.shape[1]):
         bv = b if g_verts.shape[0] > 1 else 0
-        z = screen[b, i, 2]
-        if ti.abs(z) < 1e-12:
-            z = 1e-12
-        gu, gv = g_xy[b, i, 0], g_xy[b, i, 1]
-        gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
-                        -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
+        g = _proj_vjp(screen, cam, b, i, g_xy[b, i, 0], g_xy[b, i, 1])
         for j in ti.static(range(3)):
-            g_verts[bv, i, j] += cam[b, j] * gc[0] + cam[b, 3 + j] * gc[1] + cam[b, 6 + j] * gc[2]
+            g_verts[bv, i, j] += g[j]
+
+
+@ti.func
+def _proj_vjp(screen: ti.template(), cam: ti.template(), b, i, gu, gv):
+    # world gradient (3-vector) of vertex i seen by camera b from its screen gradient (gu, gv): u = fx x/z + cx,
+    # so d u / d(x, y, z)_cam = (fx / z, 0, -(u - cx) / z), and the world gradient is R^T g_cam
+    z = screen[b, i, 2]
+    if ti.abs(z) < 1e-12:
+        z = 1e-12
+    gc = ti.Vector([gu * cam[b, 12] / z, gv * cam[b, 13] / z,
+                    -(gu * (screen[b, i, 0] - cam[b, 14]) + gv * (screen[b, i, 1] - cam[b, 15])) / z])
+    return ti.Vector([cam[b, 0] * gc[0] + cam[b, 3] * gc[1] + cam[b, 6] * gc[2],
+                      cam[b, 1] * gc[0] + cam[b, 4] * gc[1] + cam[b, 7] * gc[2],
+                      cam[b, 2] * gc[0] + cam[b, 5] * gc[1] + cam[b, 8] * gc[2]])
 
 
 def camera_table(camera: Camera) -> torch.Tensor:
