@@ -440,11 +440,18 @@ def _copy_flat(src: ti.types.ndarray(), dst: ti.types.ndarray()):
 
 @lean
 @ti.kernel
-def _fill_rows(src: ti.types.ndarray(), buf: ti.types.ndarray()):
-    # buf (B, F) = src (1 or B, 1 or F) broadcast: torch's copy of an expanded tensor is an OpenMP region (51k
-    # faces: 3-11 ms waiting on a descheduled thread where the copy itself takes microseconds)
-    for b, f in ti.ndrange(buf.shape[0], buf.shape[1]):
-        buf[b, f] = src[b if src.shape[0] > 1 else 0, f if src.shape[1] > 1 else 0]
+def _fill_rows(src: ti.types.ndarray(), buf: ti.types.ndarray(), F: int):
+    # buf ((B, F) flat) = src (1 or B, 1 or F) broadcast: torch's copy of an expanded tensor is an OpenMP region (51k
+    # faces: 3-11 ms waiting on a descheduled thread where the copy itself takes microseconds). A flat loop with
+    # the broadcast decided once: a 2-D loop reading src's shapes per element took ~4 ns an element
+    rb, rf = src.shape[0] > 1, src.shape[1] > 1
+    if not rb and not rf:
+        v = src[0, 0]
+        for j in range(buf.shape[0]):
+            buf[j] = v
+    else:
+        for j in range(buf.shape[0]):
+            buf[j] = src[j // F if rb else 0, j % F if rf else 0]
 
 
 @lean
@@ -1612,7 +1619,7 @@ def _render_soft_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
             opac = opac.expand(B, F)
         else:
             full = torch.empty(B, F, dtype=dt, device=dev)
-            _fill_rows(opac.contiguous(), full)
+            _fill_rows(opac.contiguous(), full.view(-1), F)
             opac = full
     bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
     # camera gradients: the op takes torch's differentiable projection as its geometry input
