@@ -234,8 +234,6 @@ _NPK = 8
 """Words of a face's packed binning record (_bin_setup's pk)."""
 _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
-_NCO = 6
-"""Words of a coarse (tile-row) entry in _bin_lists."""
 
 
 @lean
@@ -345,29 +343,29 @@ def _depth_key(z, wide: ti.template()):
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), rows: ti.types.ndarray(), coarse: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
                cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
-               ty_n: int, tx_n: int, wide: ti.template()):
+               ty_n: int, tx_n: int, nb: int, wide: ti.template()):
     # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
     # and no array element is updated in place with +=, which Taichi makes atomic): fd, spans, pk as _bin_setup
-    # wrote them; start (B, 2): where batch b's entries and coarse entries begin; scratch keys, ids (B, 2, F), hist
-    # (B, _NPASS, 2^_RADIX), rows (B, tiles_y + 1, 3), coarse (tile rows spanned, _NCO), cursor (B, tiles_y,
-    # tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
+    # wrote them; start (B, 2): where batch b's entries begin (column 0); scratch keys, ids (B, 2, F), hist
+    # (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, 2), cursor (B, tiles_y, tiles_x); out: offsets,
+    # counts (B, tiles_y, tiles_x), bins (N, 2).
     # 1. One task per batch: its binned faces sorted by (nearest vertex depth, face id) with a stable LSD radix
-    #    sort of their depth keys (only the bits in which the keys differ), then appended in that order to the lists
-    #    of the tile rows they span, as coarse entries: face, pixel columns x0 | x1 << 16, a word w (the row's pixel
-    #    rows as a tile mask; if the face's own box meets the row: bit 16, its first and last own-box pixel row in
-    #    the tile at bits 17 and 19, bit 21 if the box has no bitmap, the bitmap row of that first pixel row at
-    #    bits 22..), own-box columns u0 | u1 << 16, the two bitmap words. Each face's packed record (pk) is read
-    #    once, in depth order. rows: each tile row's coarse start, entries start, coarse cursor.
-    # 2. One task per tile row: its tiles' counts and offsets, then its coarse list walked in order, each face
-    #    appended to its tiles with its pixel masks (bits 0..15 the grown box, 16.. the pixels it may hold: from
-    #    the set-up bitmap, or for a large own box tested here as _inside_bits does). Each tile list comes out
-    #    sorted front to back and each row's lists are written by one task in a region of their own
-    #    (deterministic, no atomics, a small working set).
-    # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few
-    # batches and rows over the threads.
+    #    sort of their depth keys (only the bits in which the keys differ); each tile row's entries start (a prefix
+    #    sum of per-face differences, no atomics); the tile rows cut into nb bands of about equal entries. rows: the
+    #    tile rows' entries starts (tiles_y + 1), the bands' first rows (nb + 1), the number of sorted faces and
+    #    where their ids lie in ids.
+    # 2. One item per sorted face: its pixel rows and columns (pk words 0, 1) copied into srt in depth order.
+    # 3. One task per band: walks the sorted faces (srt, in order) twice: the band's tiles' counts from
+    #    differences over the columns, then their offsets; then each face that meets the band is appended to the
+    #    tiles of its tile rows in the band with its pixel masks (bits 0..15 the grown box, 16.. the pixels it may
+    #    hold: from the set-up bitmap, or for a large own box tested here as _inside_bits does). Each face's packed
+    #    record (pk) is read once per band it meets. Each tile list comes out sorted front to back and each band's
+    #    lists are written by one task in a region of their own (deterministic, no atomics).
+    # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few bands
+    # over the threads.
     # Tried and dropped (measured, branch bin2 of 2026-12-06): grown-box bits narrowed per pixel row to the columns
     # _consider's far test does not reject (each edge line gives a bound on x per row) and tiles with no such
     # pixel dropped. Outputs stay exact; at 51k faces the lists lose 12% of their entries at 512^2 (16% of the
@@ -377,9 +375,9 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
     M = (1 << _RADIX) - 1
     ti.loop_config(serialize=True)
     for b in range(B):
-        rb, kb, hb = b * (ty_n + 1) * 3, b * 2 * F, b * (_NPASS << _RADIX)
+        rb, kb, hb = b * (ty_n + nb + 4), b * 2 * F, b * (_NPASS << _RADIX)
         for r in range(ty_n + 1):
-            rows[rb + 3 * r], rows[rb + 3 * r + 1] = 0, 0
+            rows[rb + r] = 0
         kmin, kmax = ~ti.cast(0, ti.u64), ti.cast(0, ti.u64)
         n = 0
         for f in range(F):
@@ -389,12 +387,10 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 keys[kb + n], ids[kb + n] = ti.cast(k, ti.i64), f
                 n += 1
                 kmin, kmax = ti.min(kmin, k), ti.max(kmax, k)
-                r0, r1 = rb + 3 * (spans[sf + 2] // TILE), rb + 3 * (spans[sf + 3] // TILE + 1)
+                r0, r1 = rb + spans[sf + 2] // TILE, rb + spans[sf + 3] // TILE + 1
                 nc = spans[sf + 1] // TILE - spans[sf] // TILE + 1
-                rows[r0] = rows[r0] + 1
-                rows[r1] = rows[r1] - 1
-                rows[r0 + 1] = rows[r0 + 1] + nc
-                rows[r1 + 1] = rows[r1 + 1] - nc
+                rows[r0] = rows[r0] + nc
+                rows[r1] = rows[r1] - nc
         # radix sort: as many digits of (key - kmin) as its largest value needs
         npass = 0
         sp = kmax - kmin if n > 0 else ti.cast(0, ti.u64)
@@ -422,95 +418,119 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 j = hist[h]
                 hist[h] = j + 1
                 keys[dst + j], ids[dst + j] = k, ids[src + i]
-        # each tile row's coarse list and entries start (prefix sums of the per-row differences above)
-        c, e = start[2 * b + 1], start[2 * b]
-        nf, ne = 0, 0
+        # each tile row's entries start (prefix sums of the per-row differences above), then the bands: band k
+        # starts at the first row whose entries start is at least k / nb of the batch's entries
+        e0 = start[2 * b]
+        e, ne = e0, 0
         for r in range(ty_n):
-            nf += rows[rb + 3 * r]
-            ne += rows[rb + 3 * r + 1]
-            rows[rb + 3 * r], rows[rb + 3 * r + 1], rows[rb + 3 * r + 2] = c, e, c
-            c += nf
+            ne += rows[rb + r]
+            rows[rb + r] = e
             e += ne
-        rows[rb + 3 * ty_n], rows[rb + 3 * ty_n + 1] = c, e
-        fin = kb + (npass % 2) * F
-        for i in range(n):
-            f = ids[fin + i]
-            q = (b * F + f) * _NPK
-            xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
-            lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
-            y0, y1, v0, v1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF, vv & 0xFFFF, (vv >> 16) & 0xFFFF
-            for ty in range(y0 // TILE, y1 // TILE + 1):
-                p0, p1 = ty * TILE, ty * TILE + TILE - 1
-                rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
-                w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
-                o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
-                b0, b1 = 0, 0
-                if o0 <= o1:
-                    # own-box pixel rows o0..o1 in this tile row: their bitmap rows (o0 - v0 ..) at bits 22..
-                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | (big << 21) | ((o0 - v0) << 22)
-                    b0, b1 = lo, hi
-                rc = rb + 3 * ty + 2
-                j = rows[rc]
-                rows[rc] = j + 1
-                c = _NCO * j
-                coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3] = f, xx, w, uu
-                coarse[c + 4], coarse[c + 5] = b0, b1
+        rows[rb + ty_n] = e
+        tot = ti.cast(e - e0, ti.i64)
+        bb = rb + ty_n + 1
+        rows[bb] = 0
+        k = 1
+        for r in range(ty_n):
+            while k < nb and ti.cast(rows[rb + r] - e0, ti.i64) * nb >= k * tot:
+                rows[bb + k] = r
+                k += 1
+        while k <= nb:
+            rows[bb + k] = ty_n
+            k += 1
+        rows[bb + nb + 1], rows[bb + nb + 2] = n, kb + (npass % 2) * F
+    for b, i in ti.ndrange(B, F):
+        rb = b * (ty_n + nb + 4) + ty_n + nb + 2
+        if i < rows[rb]:
+            q = (b * F + ids[rows[rb + 1] + i]) * _NPK
+            s = (b * F + i) * 2
+            srt[s], srt[s + 1] = pk[q + 1], pk[q]
     ti.loop_config(block_dim=1)
-    for row in range(B * ty_n):
-        b, ty = row // ty_n, row % ty_n
-        rr, cb = (b * (ty_n + 1) + ty) * 3, row * tx_n
-        c0, c1, e = rows[rr], rows[rr + 3], rows[rr + 1]
-        # the tiles' counts from differences over the columns, then their offsets
-        for tx in range(tx_n):
-            cursor[cb + tx] = 0
-        for j in range(c0, c1):
-            x = coarse[_NCO * j + 1]
-            t0, t1 = cb + (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
-            cursor[t0] = cursor[t0] + 1
-            if t1 < tx_n:
-                cursor[cb + t1] = cursor[cb + t1] - 1
-        run = 0
-        for tx in range(tx_n):
-            run += cursor[cb + tx]
-            counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
-            e += run
-        for j in range(c0, c1):
-            c = _NCO * j
-            f, x, w, u, lo, hi = coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3], coarse[c + 4], coarse[c + 5]
-            x0, x1, u0, u1 = x & 0xFFFF, (x >> 16) & 0xFFFF, u & 0xFFFF, (u >> 16) & 0xFFFF
-            r0, r1, big, k0 = (w >> 17) & 3, (w >> 19) & 3, (w >> 21) & 1, (w >> 22) & 7
-            own = (w >> 16) & 1
-            ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-            if own == 1 and big == 1:
-                r = (b * F + f) * _NREC
-                ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
-                g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-            for tx in range(x0 // TILE, x1 // TILE + 1):
-                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
-                if own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
+    for task in range(B * nb):
+        b, band = task // nb, task % nb
+        rb = b * (ty_n + nb + 4)
+        bb = rb + ty_n + 1
+        ra, rz = rows[bb + band], rows[bb + band + 1]
+        n, fin = rows[bb + nb + 1], rows[bb + nb + 2]
+        if ra < rz:
+            # the band's tiles' counts from differences over the columns, then their offsets
+            for t in range((b * ty_n + ra) * tx_n, (b * ty_n + rz) * tx_n):
+                cursor[t] = 0
+            for i in range(n):
+                s = (b * F + i) * 2
+                yy = srt[s]
+                t0, t1 = ti.max((yy & 0xFFFF) // TILE, ra), ti.min(((yy >> 16) & 0xFFFF) // TILE, rz - 1)
+                if t0 <= t1:
+                    x = srt[s + 1]
+                    c0, c1 = (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
+                    for ty in range(t0, t1 + 1):
+                        cb = (b * ty_n + ty) * tx_n
+                        cursor[cb + c0] = cursor[cb + c0] + 1
+                        if c1 < tx_n:
+                            cursor[cb + c1] = cursor[cb + c1] - 1
+            for ty in range(ra, rz):
+                cb, e = (b * ty_n + ty) * tx_n, rows[rb + ty]
+                run = 0
+                for tx in range(tx_n):
+                    run += cursor[cb + tx]
+                    counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
+                    e += run
+            for i in range(n):
+                yy = srt[(b * F + i) * 2]
+                y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
+                t0, t1 = ti.max(y0 // TILE, ra), ti.min(y1 // TILE, rz - 1)
+                if t0 <= t1:
+                    f = ids[fin + i]
+                    q = (b * F + f) * _NPK
+                    xx, uu, vv = pk[q], pk[q + 2], pk[q + 3]
+                    lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
+                    v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
+                    x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
+                    ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
                     if big == 1:
-                        # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel centres at once
-                        clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
-                        cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
-                        for pr in range(r0, r1 + 1):
-                            bits = 0
-                            for c in ti.static(range(TILE)):
-                                w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5, ty * TILE + pr + 0.5)
-                                bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
-                            m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
-                    else:
-                        # from the set-up bitmap: row k of it holds own-box row v0 + k, bit c column u0 + c
-                        sh = tx * TILE - u0
-                        for pr in range(r0, r1 + 1):
-                            k = k0 + pr - r0
-                            bits = ((lo if k < 32 // _BM else hi) >> (_BM * (k % (32 // _BM)))) & ((1 << _BM) - 1)
-                            bits = (bits >> ti.max(sh, 0)) << ti.max(-sh, 0)
-                            m |= (bits & ((1 << TILE) - 1)) << (pr * TILE + _IN_SHIFT)
-                t = cb + tx
-                slot = cursor[t]
-                cursor[t] = slot + 1
-                bins[2 * slot], bins[2 * slot + 1] = f, m
+                        r = (b * F + f) * _NREC
+                        ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
+                        g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+                    for ty in range(t0, t1 + 1):
+                        p0, p1 = ty * TILE, ty * TILE + TILE - 1
+                        rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
+                        # the tile row's pixel rows of the grown box as a tile mask; own-box pixel rows r0..r1 in
+                        # it (if any): bitmap row k0 holds row r0
+                        w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
+                        o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
+                        r0, r1, k0 = o0 - p0, o1 - p0, o0 - v0
+                        own = o0 <= o1
+                        cb = (b * ty_n + ty) * tx_n
+                        for tx in range(x0 // TILE, x1 // TILE + 1):
+                            clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+                            m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                            if own and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
+                                if big == 1:
+                                    # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel
+                                    # centres at once
+                                    clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
+                                    cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
+                                    for pr in range(r0, r1 + 1):
+                                        bits = 0
+                                        for c in ti.static(range(TILE)):
+                                            w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5,
+                                                                  ty * TILE + pr + 0.5)
+                                            bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS),
+                                                              1 << c, 0)
+                                        m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
+                                else:
+                                    # from the set-up bitmap: row k of it holds own-box row v0 + k, bit c column
+                                    # u0 + c
+                                    sh = tx * TILE - u0
+                                    for pr in range(r0, r1 + 1):
+                                        k = k0 + pr - r0
+                                        bits = ((lo if k < 32 // _BM else hi) >> (_BM * (k % (32 // _BM)))) & ((1 << _BM) - 1)
+                                        bits = (bits >> ti.max(sh, 0)) << ti.max(-sh, 0)
+                                        m |= (bits & ((1 << TILE) - 1)) << (pr * TILE + _IN_SHIFT)
+                            t = cb + tx
+                            slot = cursor[t]
+                            cursor[t] = slot + 1
+                            bins[2 * slot], bins[2 * slot + 1] = f, m
 
 
 @lean
@@ -1071,11 +1091,14 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         # CPU: one kernel sorts the faces by depth and fills the lists (``_bin_lists``)
         start = (torch.cumsum(tot, 0) - tot).to(torch.int32)
         i32 = dict(dtype=torch.int32, device=dev)
+        # bands of tile rows per batch (pass 3 of _bin_lists): 2 per thread, 1 on a single thread
+        th = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
+        nb = max(1, min(ty_n, 2 * th if th > 1 else 1))
         _bin_lists(fd.view(-1), spans.view(-1), start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
                    torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + 1) * 3, **i32), torch.empty(max(n_rows, 1) * _NCO, **i32),
+                   pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * 2, **i32),
                    torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
-                   tx_n, dt == torch.float64)
+                   tx_n, nb, dt == torch.float64)
     else:
         order = torch.argsort(fd[..., _ZMIN], dim=1, stable=True).to(torch.int32)
         s = torch.empty_like(spans)
