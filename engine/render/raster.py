@@ -339,6 +339,28 @@ def _depth_key(z, wide: ti.template()):
     return ti.cast(ti.cast(i ^ top, ut), ti.u64)
 
 
+@ti.func
+def _bitmap_lanes(bm, k0):
+    # the set-up bitmap bm (u64, row k at bits 8k..8k+7, bit c: own-box column u0 + c) as 4 pixel rows of a tile row
+    # in 16-bit lanes: lane pr holds bitmap row k0 + pr (0 outside the bitmap's 8 rows)
+    rl = ti.cast(0, ti.u64)
+    for pr in ti.static(range(TILE)):
+        k = k0 + pr
+        byte = (bm >> ti.cast(_BM * ti.min(ti.max(k, 0), _BM - 1), ti.u64)) & 0xFF
+        rl |= ti.select((k >= 0) & (k < _BM), byte, ti.cast(0, ti.u64)) << (16 * pr)
+    return rl
+
+
+@ti.func
+def _lane_slice(rl, sh):
+    # a tile's own bits (mask bits _IN_SHIFT..) from _bitmap_lanes' rows: tile column c is own-box column c + sh
+    # (sh = the tile's first column - u0, >= -3): 4-bit slices of the lanes gathered into 16 bits
+    sl = ti.select(sh >= 0, rl >> ti.cast(ti.min(sh, _BM), ti.u64),
+                   rl << ti.cast(ti.min(-sh, TILE), ti.u64)) & ti.u64(0x000F000F000F000F)
+    sl = (sl | (sl >> 12)) & ti.u64(0x000000FF000000FF)
+    return ti.cast((sl | (sl >> 24)) & 0xFFFF, ti.i32) << _IN_SHIFT
+
+
 @lean
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
@@ -491,21 +513,38 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                         r = (b * F + f) * _NREC
                         ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
                         g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+                    bm = ti.cast(ti.cast(lo, ti.u32), ti.u64) | (ti.cast(ti.cast(hi, ti.u32), ti.u64) << 32)
+                    tu = u0 // TILE
                     for ty in range(t0, t1 + 1):
                         p0, p1 = ty * TILE, ty * TILE + TILE - 1
                         rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
                         # the tile row's pixel rows of the grown box as a tile mask; own-box pixel rows r0..r1 in
-                        # it (if any): bitmap row k0 holds row r0
+                        # it (if any)
                         w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
                         o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
-                        r0, r1, k0 = o0 - p0, o1 - p0, o0 - v0
+                        r0, r1 = o0 - p0, o1 - p0
                         own = o0 <= o1
                         cb = (b * ty_n + ty) * tx_n
                         for tx in range(x0 // TILE, x1 // TILE + 1):
                             clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
                             m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
-                            if own and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
-                                if big == 1:
+                            t = cb + tx
+                            slot = cursor[t]
+                            cursor[t] = slot + 1
+                            bins[2 * slot], bins[2 * slot + 1] = f, m
+                        # the pixels the face may hold (mask bits _IN_SHIFT..) added to the entries just written
+                        # for the tiles its own box meets (at most 3 with a set-up bitmap; the tile loop above
+                        # stays free of them: measured ~30% cheaper at 512^2): each such entry is its tile's last
+                        if own:
+                            ta, tz = ti.max(tu, x0 // TILE), ti.min(u1 // TILE, x1 // TILE)
+                            rl = ti.cast(0, ti.u64)
+                            if big == 0:
+                                rl = _bitmap_lanes(bm, p0 - v0)
+                            for tx in range(ta, tz + 1):
+                                m = 0
+                                if big == 0:
+                                    m = _lane_slice(rl, tx * TILE - u0)
+                                else:
                                     # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel
                                     # centres at once
                                     clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
@@ -518,19 +557,8 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                                             bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS),
                                                               1 << c, 0)
                                         m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
-                                else:
-                                    # from the set-up bitmap: row k of it holds own-box row v0 + k, bit c column
-                                    # u0 + c
-                                    sh = tx * TILE - u0
-                                    for pr in range(r0, r1 + 1):
-                                        k = k0 + pr - r0
-                                        bits = ((lo if k < 32 // _BM else hi) >> (_BM * (k % (32 // _BM)))) & ((1 << _BM) - 1)
-                                        bits = (bits >> ti.max(sh, 0)) << ti.max(-sh, 0)
-                                        m |= (bits & ((1 << TILE) - 1)) << (pr * TILE + _IN_SHIFT)
-                            t = cb + tx
-                            slot = cursor[t]
-                            cursor[t] = slot + 1
-                            bins[2 * slot], bins[2 * slot + 1] = f, m
+                                slot = cursor[cb + tx] - 1
+                                bins[2 * slot + 1] = bins[2 * slot + 1] | m
 
 
 @lean
