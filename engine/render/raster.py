@@ -236,26 +236,56 @@ _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
 
 
+@ti.func
+def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), pk: ti.template(), b, f, F, margin,
+                near, W, H):
+    # face f's record (_face_setup; fd flat (B * F * _NREC)) and packed binning record (pk, B * F * _NPK, for
+    # _bin_lists): x0 | x1 << 16, y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel
+    # centre), then, for an own box of at most _BM x _BM pixels, the pixels it may hold (every barycentric >=
+    # -_IN_EPS: _inside_bits' test) as a bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1
+    # (_bin_lists tests those itself). Returns the pixels (x0, x1, y0, y1) whose centres lie in the face's grown
+    # box (every tile holding one of them gets the face; empty if not binned) and those in its own box grown by
+    # 0.01 px (u0, u1, v0, v1: the inside test covers those).
+    r = (b * F + f) * _NREC
+    _face_setup(screen, faces, fd, b, f, r, margin, near)
+    x0, x1 = _pix_range(fd[r + _BOX], fd[r + _BOX + 1], W)
+    y0, y1 = _pix_range(fd[r + _BOX + 2], fd[r + _BOX + 3], H)
+    ax, ay, bx, by = fd[r + _VXY], fd[r + _VXY + 1], fd[r + _VXY + 2], fd[r + _VXY + 3]
+    cx, cy = fd[r + _VXY + 4], fd[r + _VXY + 5]
+    u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
+    v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
+    uu, vv, lo, hi, big = 0, 1, 0, 0, 0
+    if u0 <= u1 and v0 <= v1:
+        uu, vv = u0 | (u1 << 16), v0 | (v1 << 16)
+        if u1 - u0 < _BM and v1 - v0 < _BM:
+            g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+            for py in range(v0, v1 + 1):
+                bits = 0
+                for c in ti.static(range(_BM)):
+                    w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                    bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                bits &= (1 << (u1 - u0 + 1)) - 1
+                k = py - v0
+                if k < 32 // _BM:
+                    lo |= bits << (_BM * k)
+                else:
+                    hi |= bits << (_BM * (k - 32 // _BM))
+        else:
+            big = 1
+    q = (b * F + f) * _NPK
+    pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
+    pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
+    return x0, x1, y0, y1, u0, u1, v0, v1
+
+
 @lean
 @ti.kernel
 def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
                spans: ti.types.ndarray(), pk: ti.types.ndarray(), F: int, margin: float, near: float, W: int, H: int):
-    # each face's record (_face_setup; fd flat (B * F * _NREC)), then its spans row (spans flat (B * F * _NSPAN)):
-    # the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box (every tile holding one of them gets the
-    # face), the pixels in its own box grown by 0.01 px (u0, u1, v0, v1: the inside test covers those), and its
-    # number of tiles and of tile rows (0 if not binned). pk (B * F * _NPK, for _bin_lists): x0 | x1 << 16,
-    # y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel centre), then, for an own box of
-    # at most _BM x _BM pixels, the pixels it may hold (every barycentric >= -_IN_EPS: _inside_bits' test) as a
-    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1 (_bin_lists tests those itself)
+    # GPU: each face's records (_setup_face), then its spans row (spans flat (B * F * _NSPAN)): x0, x1, y0, y1,
+    # u0, u1, v0, v1 as _setup_face returns them, its number of tiles and of tile rows (0 if not binned)
     for b, f in ti.ndrange(screen.shape[0], F):
-        r = (b * F + f) * _NREC
-        _face_setup(screen, faces, fd, b, f, r, margin, near)
-        x0, x1 = _pix_range(fd[r + _BOX], fd[r + _BOX + 1], W)
-        y0, y1 = _pix_range(fd[r + _BOX + 2], fd[r + _BOX + 3], H)
-        ax, ay, bx, by = fd[r + _VXY], fd[r + _VXY + 1], fd[r + _VXY + 2], fd[r + _VXY + 3]
-        cx, cy = fd[r + _VXY + 4], fd[r + _VXY + 5]
-        u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
-        v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
+        x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
         nt, nr = 0, 0
         if x0 <= x1 and y0 <= y1:
             nr = y1 // TILE - y0 // TILE + 1
@@ -264,27 +294,39 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
         spans[s], spans[s + 1], spans[s + 2], spans[s + 3] = x0, x1, y0, y1
         spans[s + 4], spans[s + 5], spans[s + 6], spans[s + 7] = u0, u1, v0, v1
         spans[s + 8], spans[s + 9] = nt, nr
-        uu, vv, lo, hi, big = 0, 1, 0, 0, 0
-        if u0 <= u1 and v0 <= v1:
-            uu, vv = u0 | (u1 << 16), v0 | (v1 << 16)
-            if u1 - u0 < _BM and v1 - v0 < _BM:
-                g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-                for py in range(v0, v1 + 1):
-                    bits = 0
-                    for c in ti.static(range(_BM)):
-                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
-                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
-                    bits &= (1 << (u1 - u0 + 1)) - 1
-                    k = py - v0
-                    if k < 32 // _BM:
-                        lo |= bits << (_BM * k)
-                    else:
-                        hi |= bits << (_BM * (k - 32 // _BM))
-            else:
-                big = 1
-        q = (b * F + f) * _NPK
-        pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
-        pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
+
+
+@lean
+@ti.kernel
+def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
+                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), cs: ti.types.ndarray(),
+                   F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int, ty_n: int,
+                   wide: ti.template()):
+    # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
+    # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
+    # it is binned, else -1 (keys, ids (B, 2, F)); cs (B, nch, tiles_y + 2): per chunk, the differences over the
+    # tile rows of its faces' tile entries (a face adds its number of tile columns at its first tile row and takes
+    # it off after its last) and then its number of tile entries (a chunk's row is cw >= tiles_y + 2 words, whole
+    # cache lines: no false sharing between the chunks' tasks)
+    C = (F + nch - 1) // nch
+    ti.loop_config(block_dim=1)
+    for b, ch in ti.ndrange(screen.shape[0], nch):
+        c0 = (b * nch + ch) * cw
+        for r in range(ty_n + 2):
+            cs[c0 + r] = 0
+        tot = 0
+        for f in range(ch * C, ti.min(F, ch * C + C)):
+            x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
+            i = b * 2 * F + f
+            ids[i] = -1
+            if x0 <= x1 and y0 <= y1:
+                keys[i], ids[i] = ti.cast(_depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide), ti.i64), f
+                nc = x1 // TILE - x0 // TILE + 1
+                r0, r1 = c0 + y0 // TILE, c0 + y1 // TILE + 1
+                cs[r0] = cs[r0] + nc
+                cs[r1] = cs[r1] - nc
+                tot += nc * (r1 - r0)
+        cs[c0 + ty_n + 1] = tot
 
 
 @ti.func
@@ -363,12 +405,12 @@ def _lane_slice(rl, sh):
 
 @lean
 @ti.kernel
-def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
+def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
                pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
                cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
-               ty_n: int, tx_n: int, nb: int, wide: ti.template()):
+               ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
     # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
     # and no array element is updated in place with +=, which Taichi makes atomic): fd, spans, pk as _bin_setup
     # wrote them; start (B, 2): where batch b's entries begin (column 0); scratch keys, ids (B, 2, F), hist
@@ -398,21 +440,20 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
     ti.loop_config(serialize=True)
     for b in range(B):
         rb, kb, hb = b * (ty_n + nb + 4), b * 2 * F, b * (_NPASS << _RADIX)
+        # the tile rows' entry differences summed over the set-up chunks; the binned faces' keys and ids packed
         for r in range(ty_n + 1):
-            rows[rb + r] = 0
+            d = 0
+            for ch in range(nch):
+                d += cs[(b * nch + ch) * cw + r]
+            rows[rb + r] = d
         kmin, kmax = ~ti.cast(0, ti.u64), ti.cast(0, ti.u64)
         n = 0
         for f in range(F):
-            sf = (b * F + f) * _NSPAN
-            if spans[sf + 8] > 0:
-                k = _depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide)
-                keys[kb + n], ids[kb + n] = ti.cast(k, ti.i64), f
+            if ids[kb + f] >= 0:
+                k = keys[kb + f]
+                keys[kb + n], ids[kb + n] = k, f
                 n += 1
-                kmin, kmax = ti.min(kmin, k), ti.max(kmax, k)
-                r0, r1 = rb + spans[sf + 2] // TILE, rb + spans[sf + 3] // TILE + 1
-                nc = spans[sf + 1] // TILE - spans[sf] // TILE + 1
-                rows[r0] = rows[r0] + nc
-                rows[r1] = rows[r1] - nc
+                kmin, kmax = ti.min(kmin, ti.cast(k, ti.u64)), ti.max(kmax, ti.cast(k, ti.u64))
         # radix sort: as many digits of (key - kmin) as its largest value needs
         npass = 0
         sp = kmax - kmin if n > 0 else ti.cast(0, ti.u64)
@@ -1100,34 +1141,35 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     F = faces.shape[0]
     assert W < 1 << 16 and H < 1 << 16, "tile lists pack pixel columns in 16 bits"
     fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
-    spans = torch.empty(B, F, _NSPAN, dtype=torch.int32, device=dev)
     pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
-    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
-    cpu = backend.settings().resolved_arch in ("x64", "arm64")
-    # (B, 2): tile entries, tile rows spanned; on CPU summed by numpy (single-threaded: a torch reduction over the
-    # faces is an OpenMP region that waits ms for a descheduled thread on a busy machine)
-    if cpu:
-        sp = spans.numpy()
-        tot = torch.from_numpy(np.stack([sp[..., 8].sum(1), sp[..., 9].sum(1)], 1).astype(np.int64))
-    else:
-        tot = spans[..., 8:].sum(1)
-    n, n_rows = (int(v) for v in tot.sum(0).tolist())
     counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
-    bins = torch.empty(max(n, 1), 2, dtype=torch.int32, device=dev)
-    if cpu:
-        # CPU: one kernel sorts the faces by depth and fills the lists (``_bin_lists``)
-        start = (torch.cumsum(tot, 0) - tot).to(torch.int32)
-        i32 = dict(dtype=torch.int32, device=dev)
-        # bands of tile rows per batch (pass 3 of _bin_lists): 2 per thread, 1 on a single thread
+    i32 = dict(dtype=torch.int32, device=dev)
+    if backend.settings().resolved_arch in ("x64", "arm64"):
+        # CPU: the set-up in chunks of faces (_bin_setup_cpu: 4 per thread) gathers each chunk's tile entries, so
+        # only a (B, chunks) array is summed here (numpy, single-threaded: a torch reduction is an OpenMP region that
+        # can wait ms for a descheduled thread on a busy machine); then one kernel sorts the faces by depth and
+        # fills the lists in bands of tile rows (``_bin_lists``: 2 per thread, 1 on a single thread)
         th = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
-        nb = max(1, min(ty_n, 2 * th if th > 1 else 1))
-        _bin_lists(fd.view(-1), spans.view(-1), start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
-                   torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
+        nch, nb = max(1, min(F, 4 * th)), max(1, min(ty_n, 2 * th if th > 1 else 1))
+        keys, ids = torch.empty(B * 2 * F, dtype=torch.int64, device=dev), torch.empty(B * 2 * F, **i32)
+        cw = (ty_n + 2 + 15) // 16 * 16
+        cs = torch.empty(B * nch * cw, **i32)
+        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, cs, F, nch, cw, margin, near, W, H, ty_n,
+                       dt == torch.float64)
+        tot = cs.numpy().reshape(B, nch, -1)[:, :, ty_n + 1].sum(1)
+        n = int(tot.sum())
+        start = torch.from_numpy(np.stack([np.cumsum(tot) - tot, np.zeros_like(tot)], 1).astype(np.int32))
+        bins = torch.empty(max(n, 1), 2, **i32)
+        _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
                    pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * 2, **i32),
                    torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
-                   tx_n, nb, dt == torch.float64)
+                   tx_n, nb, nch, cw)
     else:
+        spans = torch.empty(B, F, _NSPAN, **i32)
+        _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
+        n = int(spans[..., 8].sum())
+        bins = torch.empty(max(n, 1), 2, **i32)
         order = torch.argsort(fd[..., _ZMIN], dim=1, stable=True).to(torch.int32)
         s = torch.empty_like(spans)
         _take_rows(spans, order, s)
