@@ -299,8 +299,8 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
 @lean
 @ti.kernel
 def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), cs: ti.types.ndarray(),
-                   F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int, ty_n: int,
+                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), tr: ti.types.ndarray(),
+                   cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int, ty_n: int,
                    wide: ti.template()):
     # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
     # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
@@ -322,6 +322,8 @@ def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti
             if x0 <= x1 and y0 <= y1:
                 keys[i], ids[i] = ti.cast(_depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide), ti.i64), f
                 nc = x1 // TILE - x0 // TILE + 1
+                tr[2 * (b * F + f)] = y0 // TILE | (y1 // TILE) << 16
+                tr[2 * (b * F + f) + 1] = x0 // TILE | (x1 // TILE + 1) << 16
                 r0, r1 = c0 + y0 // TILE, c0 + y1 // TILE + 1
                 cs[r0] = cs[r0] + nc
                 cs[r1] = cs[r1] - nc
@@ -407,8 +409,8 @@ def _lane_slice(rl, sh):
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
-               cursor: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), tr: ti.types.ndarray(), srt: ti.types.ndarray(),
+               hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
     # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
@@ -505,9 +507,9 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
     for b, i in ti.ndrange(B, F):
         rb = b * (ty_n + nb + 4) + ty_n + nb + 2
         if i < rows[rb]:
-            q = (b * F + ids[rows[rb + 1] + i]) * _NPK
+            q = (b * F + ids[rows[rb + 1] + i]) * 2
             s = (b * F + i) * 2
-            srt[s], srt[s + 1] = pk[q + 1], pk[q]
+            srt[s], srt[s + 1] = tr[q], tr[q + 1]
     ti.loop_config(block_dim=1)
     for task in range(B * nb):
         b, band = task // nb, task % nb
@@ -519,13 +521,16 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
             # the band's tiles' counts from differences over the columns, then their offsets
             for t in range((b * ty_n + ra) * tx_n, (b * ty_n + rz) * tx_n):
                 cursor[t] = 0
+            h0, nh = task * F, 0
             for i in range(n):
                 s = (b * F + i) * 2
                 yy = srt[s]
-                t0, t1 = ti.max((yy & 0xFFFF) // TILE, ra), ti.min(((yy >> 16) & 0xFFFF) // TILE, rz - 1)
+                t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
                 if t0 <= t1:
+                    hl[h0 + nh] = i
+                    nh += 1
                     x = srt[s + 1]
-                    c0, c1 = (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
+                    c0, c1 = x & 0xFFFF, x >> 16
                     for ty in range(t0, t1 + 1):
                         cb = (b * ty_n + ty) * tx_n
                         cursor[cb + c0] = cursor[cb + c0] + 1
@@ -538,14 +543,15 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                     run += cursor[cb + tx]
                     counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
                     e += run
-            for i in range(n):
+            for j in range(nh):
+                i = hl[h0 + j]
                 yy = srt[(b * F + i) * 2]
-                y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
-                t0, t1 = ti.max(y0 // TILE, ra), ti.min(y1 // TILE, rz - 1)
+                t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
                 if t0 <= t1:
                     f = ids[fin + i]
                     q = (b * F + f) * _NPK
-                    xx, uu, vv = pk[q], pk[q + 2], pk[q + 3]
+                    xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
+                    y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
                     lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
                     v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
                     x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
@@ -1153,17 +1159,18 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         th = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
         nch, nb = max(1, min(F, 4 * th)), max(1, min(ty_n, 2 * th if th > 1 else 1))
         keys, ids = torch.empty(B * 2 * F, dtype=torch.int64, device=dev), torch.empty(B * 2 * F, **i32)
+        tr = torch.empty(B * F * 2, **i32)
         cw = (ty_n + 2 + 15) // 16 * 16
         cs = torch.empty(B * nch * cw, **i32)
-        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, cs, F, nch, cw, margin, near, W, H, ty_n,
+        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, tr, cs, F, nch, cw, margin, near, W, H, ty_n,
                        dt == torch.float64)
         tot = cs.numpy().reshape(B, nch, -1)[:, :, ty_n + 1].sum(1)
         n = int(tot.sum())
         start = torch.from_numpy(np.stack([np.cumsum(tot) - tot, np.zeros_like(tot)], 1).astype(np.int32))
         bins = torch.empty(max(n, 1), 2, **i32)
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * 2, **i32),
-                   torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
+                   pk, torch.empty(B * (ty_n + nb + 4), **i32), tr, torch.empty(B * F * 2, **i32),
+                   torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
                    tx_n, nb, nch, cw)
     else:
         spans = torch.empty(B, F, _NSPAN, **i32)
