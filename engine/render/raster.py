@@ -413,25 +413,29 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
-    # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
-    # and no array element is updated in place with +=, which Taichi makes atomic): fd, spans, pk as _bin_setup
-    # wrote them; start (B, 2): where batch b's entries begin (column 0); scratch keys, ids (B, 2, F), hist
-    # (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, 2), cursor (B, tiles_y, tiles_x); out: offsets,
-    # counts (B, tiles_y, tiles_x), bins (N, 2).
-    # 1. One task per batch: its binned faces sorted by (nearest vertex depth, face id) with a stable LSD radix
-    #    sort of their depth keys (only the bits in which the keys differ); each tile row's entries start (a prefix
-    #    sum of per-face differences, no atomics); the tile rows cut into nb bands of about equal entries. rows: the
-    #    tile rows' entries starts (tiles_y + 1), the bands' first rows (nb + 1), the number of sorted faces and
-    #    where their ids lie in ids.
-    # 2. One item per sorted face: its pixel rows and columns (pk words 0, 1) copied into srt in depth order.
-    # 3. One task per band: walks the sorted faces (srt, in order) twice: the band's tiles' counts from
-    #    differences over the columns, then their offsets; then each face that meets the band is appended to the
-    #    tiles of its tile rows in the band with its pixel masks (bits 0..15 the grown box, 16.. the pixels it may
-    #    hold: from the set-up bitmap, or for a large own box tested here as _inside_bits does). Each face's packed
-    #    record (pk) is read once per band it meets. Each tile list comes out sorted front to back and each band's
-    #    lists are written by one task in a region of their own (deterministic, no atomics).
+    # CPU tile lists of _bin_setup_cpu's faces. Every array is flat (an index into a 1-D array costs no shape loads,
+    # and no array element is updated in place with +=, which Taichi makes atomic): fd, pk, keys, ids (B, 2, F;
+    # first half), tr (B, F, 2), cs (B, nch, cw) as _bin_setup_cpu wrote them; start (B, 2): where batch b's entries
+    # begin (column 0); scratch hist (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, 2), hl (B, nb,
+    # F), cursor (B, tiles_y, tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
+    # 1. One task per batch (the only serial part): each tile row's entries start (the chunks' per-row differences
+    #    summed, then a prefix sum), the binned faces' keys packed and sorted by (nearest vertex depth, face id) with
+    #    a stable LSD radix sort (only the bits in which the keys differ), the tile rows cut into nb bands of about
+    #    equal entries. rows: the tile rows' entries starts (tiles_y + 1), the bands' first rows (nb + 1), the
+    #    number of sorted faces and where their ids lie in ids.
+    # 2. One item per sorted face: its tile rows and columns (tr) copied into srt in depth order.
+    # 3. One task per band of tile rows: walks the sorted faces (srt, in order) once for the band's tiles' counts
+    #    (differences over the columns; the faces that meet the band go to its hit list hl), then their offsets;
+    #    then each hit face (its packed record pk read once) is appended to the tiles of its tile rows in the band
+    #    with its grown-box pixel mask (bits 0..15), and the pixels it may hold (bits 16..: from the set-up bitmap,
+    #    or for a large own box tested here as _inside_bits does) are ORed into its entries of the (few) tiles its
+    #    own box meets. Each tile list comes out sorted front to back and each band's lists are written by one task
+    #    in a region of their own (deterministic, no atomics).
     # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few bands
     # over the threads.
+    # Replaced (branch bin3 of 2026-12-06): a serial pass that appended the sorted faces to per-tile-row lists
+    # (24-byte coarse entries) read by one task per tile row; it cost 1.9 ms at 51k faces / 128^2 and 3.4 ms at
+    # 512^2 on one thread while the other waited.
     # Tried and dropped (measured, branch bin2 of 2026-12-06): grown-box bits narrowed per pixel row to the columns
     # _consider's far test does not reject (each edge line gives a bound on x per row) and tiles with no such
     # pixel dropped. Outputs stay exact; at 51k faces the lists lose 12% of their entries at 512^2 (16% of the
@@ -1152,12 +1156,12 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     offsets = torch.empty_like(counts)
     i32 = dict(dtype=torch.int32, device=dev)
     if backend.settings().resolved_arch in ("x64", "arm64"):
-        # CPU: the set-up in chunks of faces (_bin_setup_cpu: 4 per thread) gathers each chunk's tile entries, so
+        # CPU: the set-up in chunks of faces (_bin_setup_cpu: 16 per thread) gathers each chunk's tile entries, so
         # only a (B, chunks) array is summed here (numpy, single-threaded: a torch reduction is an OpenMP region that
         # can wait ms for a descheduled thread on a busy machine); then one kernel sorts the faces by depth and
         # fills the lists in bands of tile rows (``_bin_lists``: 2 per thread, 1 on a single thread)
         th = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
-        nch, nb = max(1, min(F, 4 * th)), max(1, min(ty_n, 2 * th if th > 1 else 1))
+        nch, nb = max(1, min(F, 16 * th)), max(1, min(ty_n, 2 * th if th > 1 else 1))
         keys, ids = torch.empty(B * 2 * F, dtype=torch.int64, device=dev), torch.empty(B * 2 * F, **i32)
         tr = torch.empty(B * F * 2, **i32)
         cw = (ty_n + 2 + 15) // 16 * 16
