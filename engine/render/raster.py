@@ -232,6 +232,11 @@ _NSPAN = 10
 """Columns of a face's spans row (_bin_setup): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles, tile rows."""
 _NPK = 8
 """Words of a face's packed binning record (_bin_setup's pk)."""
+_TASK = 512
+"""Loop iterations per task of the CPU binning's few-task loops (set-up chunks, bands of tile rows): Taichi's CPU
+range-for runs blocks of at least 512 consecutive iterations per thread whatever block_dim says (its adaptive
+block_dim), so a loop over 8 tasks runs on one thread; iteration i of such a loop does task i / _TASK if
+i % _TASK == 0 (an idle iteration costs ~1 ns)."""
 _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
 
@@ -300,8 +305,8 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
 @ti.kernel
 def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
                    pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), tr: ti.types.ndarray(),
-                   cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int, ty_n: int,
-                   wide: ti.template()):
+                   cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int,
+                   ty_n: int, wide: ti.template()):
     # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
     # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
     # it is binned, else -1 (keys, ids (B, 2, F)); cs (B, nch, tiles_y + 2): per chunk, the differences over the
@@ -309,26 +314,27 @@ def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti
     # it off after its last) and then its number of tile entries (a chunk's row is cw >= tiles_y + 2 words, whole
     # cache lines: no false sharing between the chunks' tasks)
     C = (F + nch - 1) // nch
-    ti.loop_config(block_dim=1)
-    for b, ch in ti.ndrange(screen.shape[0], nch):
-        c0 = (b * nch + ch) * cw
-        for r in range(ty_n + 2):
-            cs[c0 + r] = 0
-        tot = 0
-        for f in range(ch * C, ti.min(F, ch * C + C)):
-            x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
-            i = b * 2 * F + f
-            ids[i] = -1
-            if x0 <= x1 and y0 <= y1:
-                keys[i], ids[i] = ti.cast(_depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide), ti.i64), f
-                nc = x1 // TILE - x0 // TILE + 1
-                tr[2 * (b * F + f)] = y0 // TILE | (y1 // TILE) << 16
-                tr[2 * (b * F + f) + 1] = x0 // TILE | (x1 // TILE + 1) << 16
-                r0, r1 = c0 + y0 // TILE, c0 + y1 // TILE + 1
-                cs[r0] = cs[r0] + nc
-                cs[r1] = cs[r1] - nc
-                tot += nc * (r1 - r0)
-        cs[c0 + ty_n + 1] = tot
+    for it in range(screen.shape[0] * nch * _TASK):
+        if it % _TASK == 0:
+            b, ch = it // _TASK // nch, it // _TASK % nch
+            c0 = (b * nch + ch) * cw
+            for r in range(ty_n + 2):
+                cs[c0 + r] = 0
+            tot = 0
+            for f in range(ch * C, ti.min(F, ch * C + C)):
+                x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
+                i = b * 2 * F + f
+                ids[i] = -1
+                if x0 <= x1 and y0 <= y1:
+                    keys[i], ids[i] = ti.cast(_depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide), ti.i64), f
+                    nc = x1 // TILE - x0 // TILE + 1
+                    tr[2 * (b * F + f)] = y0 // TILE | (y1 // TILE) << 16
+                    tr[2 * (b * F + f) + 1] = x0 // TILE | (x1 // TILE + 1) << 16
+                    r0, r1 = c0 + y0 // TILE, c0 + y1 // TILE + 1
+                    cs[r0] = cs[r0] + nc
+                    cs[r1] = cs[r1] - nc
+                    tot += nc * (r1 - r0)
+            cs[c0 + ty_n + 1] = tot
 
 
 @ti.func
@@ -431,8 +437,8 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
     #    or for a large own box tested here as _inside_bits does) are ORed into its entries of the (few) tiles its
     #    own box meets. Each tile list comes out sorted front to back and each band's lists are written by one task
     #    in a region of their own (deterministic, no atomics).
-    # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few bands
-    # over the threads.
+    # Taichi's CPU range-for hands each thread blocks of >= 512 consecutive iterations (block_dim is overridden on
+    # CPU): the band loop runs _TASK iterations per band, one of them working, so the bands spread over the threads.
     # Replaced (branch bin3 of 2026-12-06): a serial pass that appended the sorted faces to per-tile-row lists
     # (24-byte coarse entries) read by one task per tile row; it cost 1.9 ms at 51k faces / 128^2 and 3.4 ms at
     # 512^2 on one thread while the other waited.
@@ -514,102 +520,103 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
             q = (b * F + ids[rows[rb + 1] + i]) * 2
             s = (b * F + i) * 2
             srt[s], srt[s + 1] = tr[q], tr[q + 1]
-    ti.loop_config(block_dim=1)
-    for task in range(B * nb):
-        b, band = task // nb, task % nb
-        rb = b * (ty_n + nb + 4)
-        bb = rb + ty_n + 1
-        ra, rz = rows[bb + band], rows[bb + band + 1]
-        n, fin = rows[bb + nb + 1], rows[bb + nb + 2]
-        if ra < rz:
-            # the band's tiles' counts from differences over the columns, then their offsets
-            for t in range((b * ty_n + ra) * tx_n, (b * ty_n + rz) * tx_n):
-                cursor[t] = 0
-            h0, nh = task * F, 0
-            for i in range(n):
-                s = (b * F + i) * 2
-                yy = srt[s]
-                t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
-                if t0 <= t1:
-                    hl[h0 + nh] = i
-                    nh += 1
-                    x = srt[s + 1]
-                    c0, c1 = x & 0xFFFF, x >> 16
-                    for ty in range(t0, t1 + 1):
-                        cb = (b * ty_n + ty) * tx_n
-                        cursor[cb + c0] = cursor[cb + c0] + 1
-                        if c1 < tx_n:
-                            cursor[cb + c1] = cursor[cb + c1] - 1
-            for ty in range(ra, rz):
-                cb, e = (b * ty_n + ty) * tx_n, rows[rb + ty]
-                run = 0
-                for tx in range(tx_n):
-                    run += cursor[cb + tx]
-                    counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
-                    e += run
-            for j in range(nh):
-                i = hl[h0 + j]
-                yy = srt[(b * F + i) * 2]
-                t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
-                if t0 <= t1:
-                    f = ids[fin + i]
-                    q = (b * F + f) * _NPK
-                    xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
-                    y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
-                    lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
-                    v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
-                    x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
-                    ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-                    if big == 1:
-                        r = (b * F + f) * _NREC
-                        ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
-                        g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-                    bm = ti.cast(ti.cast(lo, ti.u32), ti.u64) | (ti.cast(ti.cast(hi, ti.u32), ti.u64) << 32)
-                    tu = u0 // TILE
-                    for ty in range(t0, t1 + 1):
-                        p0, p1 = ty * TILE, ty * TILE + TILE - 1
-                        rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
-                        # the tile row's pixel rows of the grown box as a tile mask; own-box pixel rows r0..r1 in
-                        # it (if any)
-                        w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
-                        o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
-                        r0, r1 = o0 - p0, o1 - p0
-                        own = o0 <= o1
-                        cb = (b * ty_n + ty) * tx_n
-                        for tx in range(x0 // TILE, x1 // TILE + 1):
-                            clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                            m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
-                            t = cb + tx
-                            slot = cursor[t]
-                            cursor[t] = slot + 1
-                            bins[2 * slot], bins[2 * slot + 1] = f, m
-                        # the pixels the face may hold (mask bits _IN_SHIFT..) added to the entries just written
-                        # for the tiles its own box meets (at most 3 with a set-up bitmap; the tile loop above
-                        # stays free of them: measured ~30% cheaper at 512^2): each such entry is its tile's last
-                        if own:
-                            ta, tz = ti.max(tu, x0 // TILE), ti.min(u1 // TILE, x1 // TILE)
-                            rl = ti.cast(0, ti.u64)
-                            if big == 0:
-                                rl = _bitmap_lanes(bm, p0 - v0)
-                            for tx in range(ta, tz + 1):
-                                m = 0
+    for it in range(B * nb * _TASK):
+        if it % _TASK == 0:
+            task = it // _TASK
+            b, band = task // nb, task % nb
+            rb = b * (ty_n + nb + 4)
+            bb = rb + ty_n + 1
+            ra, rz = rows[bb + band], rows[bb + band + 1]
+            n, fin = rows[bb + nb + 1], rows[bb + nb + 2]
+            if ra < rz:
+                # the band's tiles' counts from differences over the columns, then their offsets
+                for t in range((b * ty_n + ra) * tx_n, (b * ty_n + rz) * tx_n):
+                    cursor[t] = 0
+                h0, nh = task * F, 0
+                for i in range(n):
+                    s = (b * F + i) * 2
+                    yy = srt[s]
+                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
+                    if t0 <= t1:
+                        hl[h0 + nh] = i
+                        nh += 1
+                        x = srt[s + 1]
+                        c0, c1 = x & 0xFFFF, x >> 16
+                        for ty in range(t0, t1 + 1):
+                            cb = (b * ty_n + ty) * tx_n
+                            cursor[cb + c0] = cursor[cb + c0] + 1
+                            if c1 < tx_n:
+                                cursor[cb + c1] = cursor[cb + c1] - 1
+                for ty in range(ra, rz):
+                    cb, e = (b * ty_n + ty) * tx_n, rows[rb + ty]
+                    run = 0
+                    for tx in range(tx_n):
+                        run += cursor[cb + tx]
+                        counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
+                        e += run
+                for j in range(nh):
+                    i = hl[h0 + j]
+                    yy = srt[(b * F + i) * 2]
+                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
+                    if t0 <= t1:
+                        f = ids[fin + i]
+                        q = (b * F + f) * _NPK
+                        xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
+                        y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
+                        lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
+                        v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
+                        x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
+                        ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+                        if big == 1:
+                            r = (b * F + f) * _NREC
+                            ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
+                            g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+                        bm = ti.cast(ti.cast(lo, ti.u32), ti.u64) | (ti.cast(ti.cast(hi, ti.u32), ti.u64) << 32)
+                        tu = u0 // TILE
+                        for ty in range(t0, t1 + 1):
+                            p0, p1 = ty * TILE, ty * TILE + TILE - 1
+                            rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
+                            # the tile row's pixel rows of the grown box as a tile mask; own-box pixel rows r0..r1 in
+                            # it (if any)
+                            w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
+                            o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
+                            r0, r1 = o0 - p0, o1 - p0
+                            own = o0 <= o1
+                            cb = (b * ty_n + ty) * tx_n
+                            for tx in range(x0 // TILE, x1 // TILE + 1):
+                                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+                                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                                t = cb + tx
+                                slot = cursor[t]
+                                cursor[t] = slot + 1
+                                bins[2 * slot], bins[2 * slot + 1] = f, m
+                            # the pixels the face may hold (mask bits _IN_SHIFT..) added to the entries just written
+                            # for the tiles its own box meets (at most 3 with a set-up bitmap; the tile loop above
+                            # stays free of them: measured ~30% cheaper at 512^2): each such entry is its tile's last
+                            if own:
+                                ta, tz = ti.max(tu, x0 // TILE), ti.min(u1 // TILE, x1 // TILE)
+                                rl = ti.cast(0, ti.u64)
                                 if big == 0:
-                                    m = _lane_slice(rl, tx * TILE - u0)
-                                else:
-                                    # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel
-                                    # centres at once
-                                    clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
-                                    cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
-                                    for pr in range(r0, r1 + 1):
-                                        bits = 0
-                                        for c in ti.static(range(TILE)):
-                                            w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5,
-                                                                  ty * TILE + pr + 0.5)
-                                            bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS),
-                                                              1 << c, 0)
-                                        m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
-                                slot = cursor[cb + tx] - 1
-                                bins[2 * slot + 1] = bins[2 * slot + 1] | m
+                                    rl = _bitmap_lanes(bm, p0 - v0)
+                                for tx in range(ta, tz + 1):
+                                    m = 0
+                                    if big == 0:
+                                        m = _lane_slice(rl, tx * TILE - u0)
+                                    else:
+                                        # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel
+                                        # centres at once
+                                        clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
+                                        cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
+                                        for pr in range(r0, r1 + 1):
+                                            bits = 0
+                                            for c in ti.static(range(TILE)):
+                                                w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5,
+                                                                      ty * TILE + pr + 0.5)
+                                                inside = (w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS)
+                                                bits |= ti.select(inside, 1 << c, 0)
+                                            m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
+                                    slot = cursor[cb + tx] - 1
+                                    bins[2 * slot + 1] = bins[2 * slot + 1] | m
 
 
 @lean
@@ -1174,8 +1181,8 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         bins = torch.empty(max(n, 1), 2, **i32)
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
                    pk, torch.empty(B * (ty_n + nb + 4), **i32), tr, torch.empty(B * F * 2, **i32),
-                   torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
-                   tx_n, nb, nch, cw)
+                   torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
+                   counts.view(-1), bins.view(-1), B, F, ty_n, tx_n, nb, nch, cw)
     else:
         spans = torch.empty(B, F, _NSPAN, **i32)
         _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
