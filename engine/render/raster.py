@@ -229,9 +229,10 @@ def _bary_at(ax, ay, g0, g1, g2, g3, x, y):
 
 
 _NSPAN = 10
-"""Columns of a face's spans row (_bin_setup): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles, tile rows."""
+"""Columns of a face's spans row (_bin_setup, GPU): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles,
+tile rows."""
 _NPK = 8
-"""Words of a face's packed binning record (_bin_setup's pk)."""
+"""Words of a face's packed binning record (_setup_face's pk)."""
 _TASK = 512
 """Loop iterations per task of the CPU binning's few-task loops (set-up chunks, bands of tile rows): Taichi's CPU
 range-for runs blocks of at least 512 consecutive iterations per thread whatever block_dim says (its adaptive
@@ -309,7 +310,8 @@ def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti
                    ty_n: int, wide: ti.template()):
     # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
     # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
-    # it is binned, else -1 (keys, ids (B, 2, F)); cs (B, nch, tiles_y + 2): per chunk, the differences over the
+    # it is binned, else -1 (keys, ids (B, 2, F)); tr (B, F, 2): its first | last tile row << 16 and first | (last
+    # + 1) tile column << 16 (if binned); cs (B, nch, tiles_y + 2): per chunk, the differences over the
     # tile rows of its faces' tile entries (a face adds its number of tile columns at its first tile row and takes
     # it off after its last) and then its number of tile entries (a chunk's row is cw >= tiles_y + 2 words, whole
     # cache lines: no false sharing between the chunks' tasks)
