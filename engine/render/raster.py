@@ -237,35 +237,69 @@ def _bary_at(ax, ay, g0, g1, g2, g3, x, y):
 
 
 _NSPAN = 10
-"""Columns of a face's spans row (_bin_setup): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles, tile rows."""
+"""Columns of a face's spans row (_bin_setup, GPU): x0, x1, y0, y1 (grown box), u0, u1, v0, v1 (own box), tiles,
+tile rows."""
 _NPK = 8
-"""Words of a face's packed binning record (_bin_setup's pk)."""
+"""Words of a face's packed binning record (_setup_face's pk)."""
+_TASK = 512
+"""Loop iterations per task of the CPU binning's few-task loops (set-up chunks, bands of tile rows): Taichi's CPU
+range-for runs blocks of at least 512 consecutive iterations per thread whatever block_dim says (its adaptive
+block_dim), so a loop over 8 tasks runs on one thread; iteration i of such a loop does task i / _TASK if
+i % _TASK == 0 (an idle iteration costs ~1 ns)."""
 _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
-_NCO = 6
-"""Words of a coarse (tile-row) entry in _bin_lists."""
+
+
+@ti.func
+def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), pk: ti.template(), b, f, F, margin,
+                near, W, H):
+    # face f's record (_face_setup; fd flat (B * F * _NREC)) and packed binning record (pk, B * F * _NPK, for
+    # _bin_lists): x0 | x1 << 16, y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel
+    # centre), then, for an own box of at most _BM x _BM pixels, the pixels it may hold (every barycentric >=
+    # -_IN_EPS: _inside_bits' test) as a bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1
+    # (_bin_lists tests those itself). Returns the pixels (x0, x1, y0, y1) whose centres lie in the face's grown
+    # box (every tile holding one of them gets the face; empty if not binned) and those in its own box grown by
+    # 0.01 px (u0, u1, v0, v1: the inside test covers those).
+    r = (b * F + f) * _NREC
+    _face_setup(screen, faces, fd, b, f, r, margin, near)
+    x0, x1 = _pix_range(fd[r + _BOX], fd[r + _BOX + 1], W)
+    y0, y1 = _pix_range(fd[r + _BOX + 2], fd[r + _BOX + 3], H)
+    ax, ay, bx, by = fd[r + _VXY], fd[r + _VXY + 1], fd[r + _VXY + 2], fd[r + _VXY + 3]
+    cx, cy = fd[r + _VXY + 4], fd[r + _VXY + 5]
+    u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
+    v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
+    uu, vv, lo, hi, big = 0, 1, 0, 0, 0
+    if u0 <= u1 and v0 <= v1:
+        uu, vv = u0 | (u1 << 16), v0 | (v1 << 16)
+        if u1 - u0 < _BM and v1 - v0 < _BM:
+            g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+            for py in range(v0, v1 + 1):
+                bits = 0
+                for c in ti.static(range(_BM)):
+                    w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                    bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                bits &= (1 << (u1 - u0 + 1)) - 1
+                k = py - v0
+                if k < 32 // _BM:
+                    lo |= bits << (_BM * k)
+                else:
+                    hi |= bits << (_BM * (k - 32 // _BM))
+        else:
+            big = 1
+    q = (b * F + f) * _NPK
+    pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
+    pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
+    return x0, x1, y0, y1, u0, u1, v0, v1
 
 
 @lean
 @ti.kernel
 def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
                spans: ti.types.ndarray(), pk: ti.types.ndarray(), F: int, margin: float, near: float, W: int, H: int):
-    # each face's record (_face_setup; fd flat (B * F * _NREC)), then its spans row (spans flat (B * F * _NSPAN)):
-    # the pixels (x0, x1, y0, y1) whose centres lie in the face's grown box (every tile holding one of them gets the
-    # face), the pixels in its own box grown by 0.01 px (u0, u1, v0, v1: the inside test covers those), and its
-    # number of tiles and of tile rows (0 if not binned). pk (B * F * _NPK, for _bin_lists): x0 | x1 << 16,
-    # y0 | y1 << 16, u0 | u1 << 16, v0 | v1 << 16 (1 if the own box holds no pixel centre), then, for an own box of
-    # at most _BM x _BM pixels, the pixels it may hold (every barycentric >= -_IN_EPS: _inside_bits' test) as a
-    # bitmap (bit (py - v0) * _BM + px - u0 of words 4, 5), else word 6 = 1 (_bin_lists tests those itself)
+    # GPU: each face's records (_setup_face), then its spans row (spans flat (B * F * _NSPAN)): x0, x1, y0, y1,
+    # u0, u1, v0, v1 as _setup_face returns them, its number of tiles and of tile rows (0 if not binned)
     for b, f in ti.ndrange(screen.shape[0], F):
-        r = (b * F + f) * _NREC
-        _face_setup(screen, faces, fd, b, f, r, margin, near)
-        x0, x1 = _pix_range(fd[r + _BOX], fd[r + _BOX + 1], W)
-        y0, y1 = _pix_range(fd[r + _BOX + 2], fd[r + _BOX + 3], H)
-        ax, ay, bx, by = fd[r + _VXY], fd[r + _VXY + 1], fd[r + _VXY + 2], fd[r + _VXY + 3]
-        cx, cy = fd[r + _VXY + 4], fd[r + _VXY + 5]
-        u0, u1 = _pix_range(ti.min(ax, bx, cx) - 0.01, ti.max(ax, bx, cx) + 0.01, W)
-        v0, v1 = _pix_range(ti.min(ay, by, cy) - 0.01, ti.max(ay, by, cy) + 0.01, H)
+        x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
         nt, nr = 0, 0
         if x0 <= x1 and y0 <= y1:
             nr = y1 // TILE - y0 // TILE + 1
@@ -274,27 +308,43 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
         spans[s], spans[s + 1], spans[s + 2], spans[s + 3] = x0, x1, y0, y1
         spans[s + 4], spans[s + 5], spans[s + 6], spans[s + 7] = u0, u1, v0, v1
         spans[s + 8], spans[s + 9] = nt, nr
-        uu, vv, lo, hi, big = 0, 1, 0, 0, 0
-        if u0 <= u1 and v0 <= v1:
-            uu, vv = u0 | (u1 << 16), v0 | (v1 << 16)
-            if u1 - u0 < _BM and v1 - v0 < _BM:
-                g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-                for py in range(v0, v1 + 1):
-                    bits = 0
-                    for c in ti.static(range(_BM)):
-                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
-                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
-                    bits &= (1 << (u1 - u0 + 1)) - 1
-                    k = py - v0
-                    if k < 32 // _BM:
-                        lo |= bits << (_BM * k)
-                    else:
-                        hi |= bits << (_BM * (k - 32 // _BM))
-            else:
-                big = 1
-        q = (b * F + f) * _NPK
-        pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
-        pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
+
+
+@lean
+@ti.kernel
+def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
+                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), tr: ti.types.ndarray(),
+                   cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int,
+                   ty_n: int, wide: ti.template()):
+    # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
+    # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
+    # it is binned, else -1 (keys, ids (B, 2, F)); tr (B, F, 2): its first | last tile row << 16 and first | (last
+    # + 1) tile column << 16 (if binned); cs (B, nch, tiles_y + 2): per chunk, the differences over the
+    # tile rows of its faces' tile entries (a face adds its number of tile columns at its first tile row and takes
+    # it off after its last) and then its number of tile entries (a chunk's row is cw >= tiles_y + 2 words, whole
+    # cache lines: no false sharing between the chunks' tasks)
+    C = (F + nch - 1) // nch
+    for it in range(screen.shape[0] * nch * _TASK):
+        if it % _TASK == 0:
+            b, ch = it // _TASK // nch, it // _TASK % nch
+            c0 = (b * nch + ch) * cw
+            for r in range(ty_n + 2):
+                cs[c0 + r] = 0
+            tot = 0
+            for f in range(ch * C, ti.min(F, ch * C + C)):
+                x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
+                i = b * 2 * F + f
+                ids[i] = -1
+                if x0 <= x1 and y0 <= y1:
+                    keys[i], ids[i] = ti.cast(_depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide), ti.i64), f
+                    nc = x1 // TILE - x0 // TILE + 1
+                    tr[2 * (b * F + f)] = y0 // TILE | (y1 // TILE) << 16
+                    tr[2 * (b * F + f) + 1] = x0 // TILE | (x1 // TILE + 1) << 16
+                    r0, r1 = c0 + y0 // TILE, c0 + y1 // TILE + 1
+                    cs[r0] = cs[r0] + nc
+                    cs[r1] = cs[r1] - nc
+                    tot += nc * (r1 - r0)
+            cs[c0 + ty_n + 1] = tot
 
 
 @ti.func
@@ -323,8 +373,9 @@ def _inside_bits(fd: ti.template(), spans: ti.template(), b, f, s, ty, tx):
     return m
 
 
-_RADIX = 11
-"""Bits per pass of _bin_lists' radix sort of the faces' depth keys."""
+_RADIX = 12
+"""Bits per pass of _bin_lists' radix sort of the faces' depth keys (12: the 51k-face bench torus's keys span
+23 bits, 2 passes instead of 3 with 11; the sort is the serial part of the binning)."""
 _NPASS = 6
 """Most radix passes (64-bit keys)."""
 _REP = ((1 << TILE * TILE) - 1) // ((1 << TILE) - 1)
@@ -349,33 +400,59 @@ def _depth_key(z, wide: ti.template()):
     return ti.cast(ti.cast(i ^ top, ut), ti.u64)
 
 
+@ti.func
+def _bitmap_lanes(bm, k0):
+    # the set-up bitmap bm (u64, row k at bits 8k..8k+7, bit c: own-box column u0 + c) as 4 pixel rows of a tile row
+    # in 16-bit lanes: lane pr holds bitmap row k0 + pr (0 outside the bitmap's 8 rows)
+    rl = ti.cast(0, ti.u64)
+    for pr in ti.static(range(TILE)):
+        k = k0 + pr
+        byte = (bm >> ti.cast(_BM * ti.min(ti.max(k, 0), _BM - 1), ti.u64)) & 0xFF
+        rl |= ti.select((k >= 0) & (k < _BM), byte, ti.cast(0, ti.u64)) << (16 * pr)
+    return rl
+
+
+@ti.func
+def _lane_slice(rl, sh):
+    # a tile's own bits (mask bits _IN_SHIFT..) from _bitmap_lanes' rows: tile column c is own-box column c + sh
+    # (sh = the tile's first column - u0, >= -3): 4-bit slices of the lanes gathered into 16 bits
+    sl = ti.select(sh >= 0, rl >> ti.cast(ti.min(sh, _BM), ti.u64),
+                   rl << ti.cast(ti.min(-sh, TILE), ti.u64)) & ti.u64(0x000F000F000F000F)
+    sl = (sl | (sl >> 12)) & ti.u64(0x000000FF000000FF)
+    return ti.cast((sl | (sl >> 24)) & 0xFFFF, ti.i32) << _IN_SHIFT
+
+
 @lean
 @ti.kernel
-def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.types.ndarray(),
+def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), rows: ti.types.ndarray(), coarse: ti.types.ndarray(),
-               cursor: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), tr: ti.types.ndarray(), srt: ti.types.ndarray(),
+               hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
-               ty_n: int, tx_n: int, wide: ti.template()):
-    # CPU tile lists of _bin_setup's faces. Every array is flat (an index into a 1-D array costs no shape loads,
-    # and no array element is updated in place with +=, which Taichi makes atomic): fd, spans, pk as _bin_setup
-    # wrote them; start (B, 2): where batch b's entries and coarse entries begin; scratch keys, ids (B, 2, F), hist
-    # (B, _NPASS, 2^_RADIX), rows (B, tiles_y + 1, 3), coarse (tile rows spanned, _NCO), cursor (B, tiles_y,
-    # tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
-    # 1. One task per batch: its binned faces sorted by (nearest vertex depth, face id) with a stable LSD radix
-    #    sort of their depth keys (only the bits in which the keys differ), then appended in that order to the lists
-    #    of the tile rows they span, as coarse entries: face, pixel columns x0 | x1 << 16, a word w (the row's pixel
-    #    rows as a tile mask; if the face's own box meets the row: bit 16, its first and last own-box pixel row in
-    #    the tile at bits 17 and 19, bit 21 if the box has no bitmap, the bitmap row of that first pixel row at
-    #    bits 22..), own-box columns u0 | u1 << 16, the two bitmap words. Each face's packed record (pk) is read
-    #    once, in depth order. rows: each tile row's coarse start, entries start, coarse cursor.
-    # 2. One task per tile row: its tiles' counts and offsets, then its coarse list walked in order, each face
-    #    appended to its tiles with its pixel masks (bits 0..15 the grown box, 16.. the pixels it may hold: from
-    #    the set-up bitmap, or for a large own box tested here as _inside_bits does). Each tile list comes out
-    #    sorted front to back and each row's lists are written by one task in a region of their own
-    #    (deterministic, no atomics, a small working set).
-    # Taichi's CPU range-for hands each thread blocks of consecutive iterations: block_dim 1 spreads the few
-    # batches and rows over the threads.
+               ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
+    # CPU tile lists of _bin_setup_cpu's faces. Every array is flat (an index into a 1-D array costs no shape loads,
+    # and no array element is updated in place with +=, which Taichi makes atomic): fd, pk, keys, ids (B, 2, F;
+    # first half), tr (B, F, 2), cs (B, nch, cw) as _bin_setup_cpu wrote them; start (B, 2): where batch b's entries
+    # begin (column 0); scratch hist (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, 2), hl (B, nb,
+    # F), cursor (B, tiles_y, tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
+    # 1. One task per batch (the only serial part): each tile row's entries start (the chunks' per-row differences
+    #    summed, then a prefix sum), the binned faces' keys packed and sorted by (nearest vertex depth, face id) with
+    #    a stable LSD radix sort (only the bits in which the keys differ), the tile rows cut into nb bands of about
+    #    equal entries. rows: the tile rows' entries starts (tiles_y + 1), the bands' first rows (nb + 1), the
+    #    number of sorted faces and where their ids lie in ids.
+    # 2. One item per sorted face: its tile rows and columns (tr) copied into srt in depth order.
+    # 3. One task per band of tile rows: walks the sorted faces (srt, in order) once for the band's tiles' counts
+    #    (differences over the columns; the faces that meet the band go to its hit list hl), then their offsets;
+    #    then each hit face (its packed record pk read once) is appended to the tiles of its tile rows in the band
+    #    with its grown-box pixel mask (bits 0..15), and the pixels it may hold (bits 16..: from the set-up bitmap,
+    #    or for a large own box tested here as _inside_bits does) are ORed into its entries of the (few) tiles its
+    #    own box meets. Each tile list comes out sorted front to back and each band's lists are written by one task
+    #    in a region of their own (deterministic, no atomics).
+    # Taichi's CPU range-for hands each thread blocks of >= 512 consecutive iterations (block_dim is overridden on
+    # CPU): the band loop runs _TASK iterations per band, one of them working, so the bands spread over the threads.
+    # Replaced (branch bin3 of 2026-12-06): a serial pass that appended the sorted faces to per-tile-row lists
+    # (24-byte coarse entries) read by one task per tile row; it cost 1.9 ms at 51k faces / 128^2 and 3.4 ms at
+    # 512^2 on one thread while the other waited.
     # Tried and dropped (measured, branch bin2 of 2026-12-06): grown-box bits narrowed per pixel row to the columns
     # _consider's far test does not reject (each edge line gives a bound on x per row) and tiles with no such
     # pixel dropped. Outputs stay exact; at 51k faces the lists lose 12% of their entries at 512^2 (16% of the
@@ -385,24 +462,21 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
     M = (1 << _RADIX) - 1
     ti.loop_config(serialize=True)
     for b in range(B):
-        rb, kb, hb = b * (ty_n + 1) * 3, b * 2 * F, b * (_NPASS << _RADIX)
+        rb, kb, hb = b * (ty_n + nb + 4), b * 2 * F, b * (_NPASS << _RADIX)
+        # the tile rows' entry differences summed over the set-up chunks; the binned faces' keys and ids packed
         for r in range(ty_n + 1):
-            rows[rb + 3 * r], rows[rb + 3 * r + 1] = 0, 0
+            d = 0
+            for ch in range(nch):
+                d += cs[(b * nch + ch) * cw + r]
+            rows[rb + r] = d
         kmin, kmax = ~ti.cast(0, ti.u64), ti.cast(0, ti.u64)
         n = 0
         for f in range(F):
-            sf = (b * F + f) * _NSPAN
-            if spans[sf + 8] > 0:
-                k = _depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide)
-                keys[kb + n], ids[kb + n] = ti.cast(k, ti.i64), f
+            if ids[kb + f] >= 0:
+                k = keys[kb + f]
+                keys[kb + n], ids[kb + n] = k, f
                 n += 1
-                kmin, kmax = ti.min(kmin, k), ti.max(kmax, k)
-                r0, r1 = rb + 3 * (spans[sf + 2] // TILE), rb + 3 * (spans[sf + 3] // TILE + 1)
-                nc = spans[sf + 1] // TILE - spans[sf] // TILE + 1
-                rows[r0] = rows[r0] + 1
-                rows[r1] = rows[r1] - 1
-                rows[r0 + 1] = rows[r0 + 1] + nc
-                rows[r1 + 1] = rows[r1 + 1] - nc
+                kmin, kmax = ti.min(kmin, ti.cast(k, ti.u64)), ti.max(kmax, ti.cast(k, ti.u64))
         # radix sort: as many digits of (key - kmin) as its largest value needs
         npass = 0
         sp = kmax - kmin if n > 0 else ti.cast(0, ti.u64)
@@ -430,95 +504,130 @@ def _bin_lists(fd: ti.types.ndarray(), spans: ti.types.ndarray(), start: ti.type
                 j = hist[h]
                 hist[h] = j + 1
                 keys[dst + j], ids[dst + j] = k, ids[src + i]
-        # each tile row's coarse list and entries start (prefix sums of the per-row differences above)
-        c, e = start[2 * b + 1], start[2 * b]
-        nf, ne = 0, 0
+        # each tile row's entries start (prefix sums of the per-row differences above), then the bands: band k
+        # starts at the first row whose entries start is at least k / nb of the batch's entries
+        e0 = start[2 * b]
+        e, ne = e0, 0
         for r in range(ty_n):
-            nf += rows[rb + 3 * r]
-            ne += rows[rb + 3 * r + 1]
-            rows[rb + 3 * r], rows[rb + 3 * r + 1], rows[rb + 3 * r + 2] = c, e, c
-            c += nf
+            ne += rows[rb + r]
+            rows[rb + r] = e
             e += ne
-        rows[rb + 3 * ty_n], rows[rb + 3 * ty_n + 1] = c, e
-        fin = kb + (npass % 2) * F
-        for i in range(n):
-            f = ids[fin + i]
-            q = (b * F + f) * _NPK
-            xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
-            lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
-            y0, y1, v0, v1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF, vv & 0xFFFF, (vv >> 16) & 0xFFFF
-            for ty in range(y0 // TILE, y1 // TILE + 1):
-                p0, p1 = ty * TILE, ty * TILE + TILE - 1
-                rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
-                w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
-                o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
-                b0, b1 = 0, 0
-                if o0 <= o1:
-                    # own-box pixel rows o0..o1 in this tile row: their bitmap rows (o0 - v0 ..) at bits 22..
-                    w |= (1 << 16) | ((o0 - p0) << 17) | ((o1 - p0) << 19) | (big << 21) | ((o0 - v0) << 22)
-                    b0, b1 = lo, hi
-                rc = rb + 3 * ty + 2
-                j = rows[rc]
-                rows[rc] = j + 1
-                c = _NCO * j
-                coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3] = f, xx, w, uu
-                coarse[c + 4], coarse[c + 5] = b0, b1
-    ti.loop_config(block_dim=1)
-    for row in range(B * ty_n):
-        b, ty = row // ty_n, row % ty_n
-        rr, cb = (b * (ty_n + 1) + ty) * 3, row * tx_n
-        c0, c1, e = rows[rr], rows[rr + 3], rows[rr + 1]
-        # the tiles' counts from differences over the columns, then their offsets
-        for tx in range(tx_n):
-            cursor[cb + tx] = 0
-        for j in range(c0, c1):
-            x = coarse[_NCO * j + 1]
-            t0, t1 = cb + (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
-            cursor[t0] = cursor[t0] + 1
-            if t1 < tx_n:
-                cursor[cb + t1] = cursor[cb + t1] - 1
-        run = 0
-        for tx in range(tx_n):
-            run += cursor[cb + tx]
-            counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
-            e += run
-        for j in range(c0, c1):
-            c = _NCO * j
-            f, x, w, u, lo, hi = coarse[c], coarse[c + 1], coarse[c + 2], coarse[c + 3], coarse[c + 4], coarse[c + 5]
-            x0, x1, u0, u1 = x & 0xFFFF, (x >> 16) & 0xFFFF, u & 0xFFFF, (u >> 16) & 0xFFFF
-            r0, r1, big, k0 = (w >> 17) & 3, (w >> 19) & 3, (w >> 21) & 1, (w >> 22) & 7
-            own = (w >> 16) & 1
-            ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-            if own == 1 and big == 1:
-                r = (b * F + f) * _NREC
-                ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
-                g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
-            for tx in range(x0 // TILE, x1 // TILE + 1):
-                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
-                if own == 1 and u0 <= tx * TILE + TILE - 1 and u1 >= tx * TILE:
-                    if big == 1:
-                        # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel centres at once
-                        clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
-                        cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
-                        for pr in range(r0, r1 + 1):
-                            bits = 0
-                            for c in ti.static(range(TILE)):
-                                w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5, ty * TILE + pr + 0.5)
-                                bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
-                            m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
-                    else:
-                        # from the set-up bitmap: row k of it holds own-box row v0 + k, bit c column u0 + c
-                        sh = tx * TILE - u0
-                        for pr in range(r0, r1 + 1):
-                            k = k0 + pr - r0
-                            bits = ((lo if k < 32 // _BM else hi) >> (_BM * (k % (32 // _BM)))) & ((1 << _BM) - 1)
-                            bits = (bits >> ti.max(sh, 0)) << ti.max(-sh, 0)
-                            m |= (bits & ((1 << TILE) - 1)) << (pr * TILE + _IN_SHIFT)
-                t = cb + tx
-                slot = cursor[t]
-                cursor[t] = slot + 1
-                bins[2 * slot], bins[2 * slot + 1] = f, m
+        rows[rb + ty_n] = e
+        tot = ti.cast(e - e0, ti.i64)
+        bb = rb + ty_n + 1
+        rows[bb] = 0
+        k = 1
+        for r in range(ty_n):
+            while k < nb and ti.cast(rows[rb + r] - e0, ti.i64) * nb >= k * tot:
+                rows[bb + k] = r
+                k += 1
+        while k <= nb:
+            rows[bb + k] = ty_n
+            k += 1
+        rows[bb + nb + 1], rows[bb + nb + 2] = n, kb + (npass % 2) * F
+    for b, i in ti.ndrange(B, F):
+        rb = b * (ty_n + nb + 4) + ty_n + nb + 2
+        if i < rows[rb]:
+            q = (b * F + ids[rows[rb + 1] + i]) * 2
+            s = (b * F + i) * 2
+            srt[s], srt[s + 1] = tr[q], tr[q + 1]
+    for it in range(B * nb * _TASK):
+        if it % _TASK == 0:
+            task = it // _TASK
+            b, band = task // nb, task % nb
+            rb = b * (ty_n + nb + 4)
+            bb = rb + ty_n + 1
+            ra, rz = rows[bb + band], rows[bb + band + 1]
+            n, fin = rows[bb + nb + 1], rows[bb + nb + 2]
+            if ra < rz:
+                # the band's tiles' counts from differences over the columns, then their offsets
+                for t in range((b * ty_n + ra) * tx_n, (b * ty_n + rz) * tx_n):
+                    cursor[t] = 0
+                h0, nh = task * F, 0
+                for i in range(n):
+                    s = (b * F + i) * 2
+                    yy = srt[s]
+                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
+                    if t0 <= t1:
+                        hl[h0 + nh] = i
+                        nh += 1
+                        x = srt[s + 1]
+                        c0, c1 = x & 0xFFFF, x >> 16
+                        for ty in range(t0, t1 + 1):
+                            cb = (b * ty_n + ty) * tx_n
+                            cursor[cb + c0] = cursor[cb + c0] + 1
+                            if c1 < tx_n:
+                                cursor[cb + c1] = cursor[cb + c1] - 1
+                for ty in range(ra, rz):
+                    cb, e = (b * ty_n + ty) * tx_n, rows[rb + ty]
+                    run = 0
+                    for tx in range(tx_n):
+                        run += cursor[cb + tx]
+                        counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
+                        e += run
+                for j in range(nh):
+                    i = hl[h0 + j]
+                    yy = srt[(b * F + i) * 2]
+                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
+                    if t0 <= t1:
+                        f = ids[fin + i]
+                        q = (b * F + f) * _NPK
+                        xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
+                        y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
+                        lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
+                        v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
+                        x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
+                        ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+                        if big == 1:
+                            r = (b * F + f) * _NREC
+                            ax, ay = fd[r + _VXY], fd[r + _VXY + 1]
+                            g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
+                        bm = ti.cast(ti.cast(lo, ti.u32), ti.u64) | (ti.cast(ti.cast(hi, ti.u32), ti.u64) << 32)
+                        tu = u0 // TILE
+                        for ty in range(t0, t1 + 1):
+                            p0, p1 = ty * TILE, ty * TILE + TILE - 1
+                            rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
+                            # the tile row's pixel rows of the grown box as a tile mask; own-box pixel rows r0..r1 in
+                            # it (if any)
+                            w = ((1 << (TILE * (rhi + 1))) - 1) ^ ((1 << (TILE * rlo)) - 1)
+                            o0, o1 = ti.max(v0, p0), ti.min(v1, p1)
+                            r0, r1 = o0 - p0, o1 - p0
+                            own = o0 <= o1
+                            cb = (b * ty_n + ty) * tx_n
+                            for tx in range(x0 // TILE, x1 // TILE + 1):
+                                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
+                                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                                t = cb + tx
+                                slot = cursor[t]
+                                cursor[t] = slot + 1
+                                bins[2 * slot], bins[2 * slot + 1] = f, m
+                            # the pixels the face may hold (mask bits _IN_SHIFT..) added to the entries just written
+                            # for the tiles its own box meets (at most 3 with a set-up bitmap; the tile loop above
+                            # stays free of them: measured ~30% cheaper at 512^2): each such entry is its tile's last
+                            if own:
+                                ta, tz = ti.max(tu, x0 // TILE), ti.min(u1 // TILE, x1 // TILE)
+                                rl = ti.cast(0, ti.u64)
+                                if big == 0:
+                                    rl = _bitmap_lanes(bm, p0 - v0)
+                                for tx in range(ta, tz + 1):
+                                    m = 0
+                                    if big == 0:
+                                        m = _lane_slice(rl, tx * TILE - u0)
+                                    else:
+                                        # a large own box (rare on fine meshes): the tile's own-box rows, 4 pixel
+                                        # centres at once
+                                        clo, chi = ti.max(u0 - tx * TILE, 0), ti.min(u1 - tx * TILE, TILE - 1)
+                                        cols = ((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)
+                                        for pr in range(r0, r1 + 1):
+                                            bits = 0
+                                            for c in ti.static(range(TILE)):
+                                                w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, tx * TILE + c + 0.5,
+                                                                      ty * TILE + pr + 0.5)
+                                                inside = (w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS)
+                                                bits |= ti.select(inside, 1 << c, 0)
+                                            m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
+                                    slot = cursor[cb + tx] - 1
+                                    bins[2 * slot + 1] = bins[2 * slot + 1] | m
 
 
 @lean
@@ -1060,31 +1169,36 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     F = faces.shape[0]
     assert W < 1 << 16 and H < 1 << 16, "tile lists pack pixel columns in 16 bits"
     fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
-    spans = torch.empty(B, F, _NSPAN, dtype=torch.int32, device=dev)
     pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
-    _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
-    cpu = backend.settings().resolved_arch in ("x64", "arm64")
-    # (B, 2): tile entries, tile rows spanned; on CPU summed by numpy (single-threaded: a torch reduction over the
-    # faces is an OpenMP region that waits ms for a descheduled thread on a busy machine)
-    if cpu:
-        sp = spans.numpy()
-        tot = torch.from_numpy(np.stack([sp[..., 8].sum(1), sp[..., 9].sum(1)], 1).astype(np.int64))
-    else:
-        tot = spans[..., 8:].sum(1)
-    n, n_rows = (int(v) for v in tot.sum(0).tolist())
     counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
-    bins = torch.empty(max(n, 1), 2, dtype=torch.int32, device=dev)
-    if cpu:
-        # CPU: one kernel sorts the faces by depth and fills the lists (``_bin_lists``)
-        start = (torch.cumsum(tot, 0) - tot).to(torch.int32)
-        i32 = dict(dtype=torch.int32, device=dev)
-        _bin_lists(fd.view(-1), spans.view(-1), start.view(-1), torch.empty(B * 2 * F, dtype=torch.int64, device=dev),
-                   torch.empty(B * 2 * F, **i32), torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + 1) * 3, **i32), torch.empty(max(n_rows, 1) * _NCO, **i32),
-                   torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1), counts.view(-1), bins.view(-1), B, F, ty_n,
-                   tx_n, dt == torch.float64)
+    i32 = dict(dtype=torch.int32, device=dev)
+    if backend.settings().resolved_arch in ("x64", "arm64"):
+        # CPU: the set-up in chunks of faces (_bin_setup_cpu: 16 per thread) gathers each chunk's tile entries, so
+        # only a (B, chunks) array is summed here (numpy, single-threaded: a torch reduction is an OpenMP region that
+        # can wait ms for a descheduled thread on a busy machine); then one kernel sorts the faces by depth and
+        # fills the lists in bands of tile rows (``_bin_lists``: 2 per thread, 1 on a single thread)
+        th = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
+        nch, nb = max(1, min(F, 16 * th)), max(1, min(ty_n, 2 * th if th > 1 else 1))
+        keys, ids = torch.empty(B * 2 * F, dtype=torch.int64, device=dev), torch.empty(B * 2 * F, **i32)
+        tr = torch.empty(B * F * 2, **i32)
+        cw = (ty_n + 2 + 15) // 16 * 16
+        cs = torch.empty(B * nch * cw, **i32)
+        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, tr, cs, F, nch, cw, margin, near, W, H, ty_n,
+                       dt == torch.float64)
+        tot = cs.numpy().reshape(B, nch, -1)[:, :, ty_n + 1].sum(1)
+        n = int(tot.sum())
+        start = torch.from_numpy(np.stack([np.cumsum(tot) - tot, np.zeros_like(tot)], 1).astype(np.int32))
+        bins = torch.empty(max(n, 1), 2, **i32)
+        _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
+                   pk, torch.empty(B * (ty_n + nb + 4), **i32), tr, torch.empty(B * F * 2, **i32),
+                   torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
+                   counts.view(-1), bins.view(-1), B, F, ty_n, tx_n, nb, nch, cw)
     else:
+        spans = torch.empty(B, F, _NSPAN, **i32)
+        _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
+        n = int(spans[..., 8].sum())
+        bins = torch.empty(max(n, 1), 2, **i32)
         order = torch.argsort(fd[..., _ZMIN], dim=1, stable=True).to(torch.int32)
         s = torch.empty_like(spans)
         _take_rows(spans, order, s)

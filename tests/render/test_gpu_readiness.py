@@ -62,7 +62,7 @@ def test_factories_name_a_device():
 
 
 def test_gpu_binning_branch_matches_cpu(monkeypatch):
-    # rasterize_screen fills the tile lists by a radix sort and tile-row passes on CPU (_bin_lists) and by a parallel
+    # rasterize_screen fills the tile lists by a radix sort and bands of tile rows on CPU (_bin_lists) and by a parallel
     # entry pass plus a sort elsewhere (_bin_sorted): the same lists, so the same fragments
     g = torch.Generator().manual_seed(3)
     centres = torch.rand(30, 1, 3, generator=g, dtype=torch.float64) * 1.6 - 0.8
