@@ -833,21 +833,39 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
 
 
 @ti.func
+def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.template(), K: ti.template()):
+    # the last entry by (class, z, id) of pixel p's full list (slots p, p + n, ...: _select_tile) and its slot
+    s = p
+    for k in range(1, K):
+        t = k * n + p
+        if _kbefore(lc[s], lz[s], lf[s], lc[t], lz[t], lf[t]):
+            s = t
+    return lc[s], lz[s], lf[s], s
+
+
+@ti.func
 def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, ty, tx,
                  max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
     # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
-    # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; pixel
-    # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K]; returns lf, lz, ld (as _select).
+    # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; returns
+    # lf, lz, ld with pixel p = row * TILE + column's list at [p K:(p + 1) K] (as _select).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
     # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
     # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
-    # pixel's list end (c9, z9, f9: kept here, updated on insertion) and cut; only the pixels of the entry's mask
-    # that are still walking then stop or take the face (_insert, from the list's first empty slot: n9).
+    # pixel's list end (c9, z9, f9: kept here) and cut; only the pixels of the entry's mask that are still walking
+    # then stop or take the face.
+    # The keep-lists are not kept sorted while they fill: slot k of pixel p is lc, lf, lz, ld[k n + p] (n pixels a
+    # tile), a face that enters takes the first empty slot (n9 entries so far) or, once the list is full, the slot
+    # of its last entry by (class, z, id) (w9), and only then is the list end looked up again (_worst): the list
+    # holds the same K best faces as a sorted insertion would, and its end (the test's input) is the same. The
+    # opaque cut is the minimum over the class-0 slots. At the end all lists are sorted by (z, id) at once, by an
+    # odd-even transposition network run for the n pixels together (vector code, no data-dependent branch; empty
+    # slots carry depth 1e30 so they stay last), and copied out pixel by pixel.
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
     lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
     lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-    lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+    lz = ti.Vector([1e30 for _ in ti.static(range(TILE * TILE * K))])
     ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
     half = ti.static(TILE * TILE // 2)
     zc = ti.Vector([1e30 for _ in ti.static(range(n))])
@@ -855,7 +873,8 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     c9 = ti.Vector([2 for _ in ti.static(range(n))], dt=ti.i32)
     f9 = ti.Vector([-1 for _ in ti.static(range(n))], dt=ti.i32)
     z9 = ti.Vector([-1.0 for _ in ti.static(range(n))])
-    n9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # entries in each list (empty slots follow)
+    n9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # entries in each list (slots 0 .. n9 - 1)
+    w9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # a full list's slot of its last entry
     sc = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)
     sz = ti.Vector([0.0 for _ in ti.static(range(n))])
     sd = ti.Vector([0.0 for _ in ti.static(range(n))])
@@ -866,10 +885,17 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
         if walk == 1:
             act = 0
             for p in range(n):
-                if lc[p * K + K - 1] != 0:
+                if c9[p] != 0:
                     act |= 1 << p
                 if ti.static(cut):
-                    zc[p], fc[p] = _cut(opac, b, K, lc, lf, lz, p * K)
+                    # the nearest (z, id) class-0 entry with opacity 1
+                    zq, fq = 1e30, 1 << 30
+                    for k in range(n9[p]):
+                        t = k * n + p
+                        if lc[t] == 0 and _before(lz[t], lf[t], zq, fq):
+                            if opac[b, lf[t]] == 1.0:
+                                zq, fq = lz[t], lf[t]
+                    zc[p], fc[p] = zq, fq
         j = s0
         while j < end and act != 0:
             m = bins[j, 1]
@@ -893,14 +919,32 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                     low = mm & -mm
                     mm ^= low
                     p = 31 - ti.math.clz(low)
-                    o = p * K
-                    _insert(lc, lf, lz, ld, o, o + ti.min(n9[p], K - 1), sc[p], f, sz[p], sd[p])
-                    n9[p] += 1
-                    c9[p], z9[p], f9[p] = lc[o + K - 1], lz[o + K - 1], lf[o + K - 1]
+                    k = n9[p]
+                    t = w9[p]
+                    if k < K:
+                        t = k * n + p
+                        n9[p] = k + 1
+                    lc[t], lf[t], lz[t], ld[t] = sc[p], f, sz[p], sd[p]
+                    if k >= K - 1:
+                        c9[p], z9[p], f9[p], w9[p] = _worst(lc, lf, lz, p, n, K)
             j += 1
+    # odd-even transposition sort of every list by (z, id), all pixels at once
+    for r in range(K):
+        for i in range((K - r % 2) // 2):
+            a = (2 * i + r % 2) * n
+            for p in range(n):
+                za, zb, fa, fb, da, db = lz[a + p], lz[a + n + p], lf[a + p], lf[a + n + p], ld[a + p], ld[a + n + p]
+                sw = _before(zb, fb, za, fa)
+                lz[a + p], lz[a + n + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
+                lf[a + p], lf[a + n + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
+                ld[a + p], ld[a + n + p] = ti.select(sw, db, da), ti.select(sw, da, db)
+    of = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+    oz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+    od = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
     for p in range(n):
-        _sort_list(lf, lz, ld, p * K, ti.min(n9[p], K))
-    return lf, lz, ld
+        for k in range(ti.min(n9[p], K)):
+            of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
+    return of, oz, od
 
 
 def _spread(n_tiles: int) -> int:
