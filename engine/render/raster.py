@@ -834,13 +834,15 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
 
 @ti.func
 def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.template(), K: ti.template()):
-    # the last entry by (class, z, id) of pixel p's full list (slots p, p + n, ...: _select_tile) and its slot
-    s = p
+    # the last entry by (class, z, id) of pixel p's full list (slots p, p + n, ...: _select_tile) and its slot, by
+    # selects (_select_tile runs it for 8 pixels at once)
+    cw, zw, fw, s = lc[p], lz[p], lf[p], p
     for k in range(1, K):
         t = k * n + p
-        if _kbefore(lc[s], lz[s], lf[s], lc[t], lz[t], lf[t]):
-            s = t
-    return lc[s], lz[s], lf[s], s
+        c, z, f = lc[t], lz[t], lf[t]
+        later = _kbefore(cw, zw, fw, c, z, f)
+        cw, zw, fw, s = ti.select(later, c, cw), ti.select(later, z, zw), ti.select(later, f, fw), ti.select(later, t, s)
+    return cw, zw, fw, s
 
 
 @ti.func
@@ -903,7 +905,7 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
             if mm != 0:
                 f = bins[j, 0]
                 rec = _rec(fd, b, f)
-                stops, enters = 0, 0
+                stops, enters, full = 0, 0, 0
                 for h in range(2):
                     if (mm >> (h * half)) & ((1 << half) - 1) != 0:
                         for p in range(h * half, h * half + half):
@@ -926,7 +928,15 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                         n9[p] = k + 1
                     lc[t], lf[t], lz[t], ld[t] = sc[p], f, sz[p], sd[p]
                     if k >= K - 1:
-                        c9[p], z9[p], f9[p], w9[p] = _worst(lc, lf, lz, p, n, K)
+                        full |= low
+                # the new list end of the lists that are full now
+                for h in range(2):
+                    if (full >> (h * half)) & ((1 << half) - 1) != 0:
+                        for p in range(h * half, h * half + half):
+                            cw, zw, fw, w = _worst(lc, lf, lz, p, n, K)
+                            u = (full >> p) & 1 != 0
+                            c9[p], z9[p], f9[p] = ti.select(u, cw, c9[p]), ti.select(u, zw, z9[p]), ti.select(u, fw, f9[p])
+                            w9[p] = ti.select(u, w, w9[p])
             j += 1
     # odd-even transposition sort of every list by (z, id), all pixels at once
     for r in range(K):
