@@ -832,6 +832,30 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     return lf, lz, ld
 
 
+_NET_K = 8
+"""Largest K whose lists _select_tile sorts with a sorting network (larger K: an odd-even transposition sort)."""
+
+
+def _sort_net(K: int) -> list:
+    """Comparators (a, b), a < b, of Batcher's odd-even merge sort of K items (the network for the next power of 2
+    with the comparators that touch an item >= K left out: those items act as +inf and never move)."""
+    m = 1
+    while m < K:
+        m *= 2
+    pairs = []
+    p = 1
+    while p < m:
+        k = p
+        while k >= 1:
+            for j in range(k % p, m - k, 2 * k):
+                for i in range(min(k, m - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return [(a, b) for a, b in pairs if b < K]
+
+
 @ti.func
 def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.template(), K: ti.template()):
     # the last entry by (class, z, id) of pixel p's full list (slots p, p + n, ...: _select_tile) and its slot, by
@@ -957,22 +981,41 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                             u = (full >> p) & 1 != 0
                             c9[p], z9[p], f9[p] = ti.select(u, cw, c9[p]), ti.select(u, zw, z9[p]), ti.select(u, fw, f9[p])
                             w9[p] = ti.select(u, w, w9[p])
-    # odd-even transposition sort of every list by (z, id), all pixels at once
-    for r in range(K):
-        for i in range((K - r % 2) // 2):
-            a = (2 * i + r % 2) * n
-            for p in range(n):
-                za, zb, fa, fb, da, db = lz[a + p], lz[a + n + p], lf[a + p], lf[a + n + p], ld[a + p], ld[a + n + p]
-                sw = _before(zb, fb, za, fa)
-                lz[a + p], lz[a + n + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
-                lf[a + p], lf[a + n + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
-                ld[a + p], ld[a + n + p] = ti.select(sw, db, da), ti.select(sw, da, db)
     of = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
     oz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
     od = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-    for p in range(n):
-        for k in range(ti.min(n9[p], K)):
-            of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
+    if ti.static(K <= _NET_K):
+        # every list sorted by (z, id) by a sorting network (_sort_net) in registers, pixels in vector lanes
+        for p in range(n):
+            zs = ti.Vector([lz[k * n + p] for k in ti.static(range(K))])
+            fs = ti.Vector([lf[k * n + p] for k in ti.static(range(K))], dt=ti.i32)
+            ds = ti.Vector([ld[k * n + p] for k in ti.static(range(K))])
+            for a, c in ti.static(_sort_net(K)):
+                za, zb, fa, fb, da, db = zs[a], zs[c], fs[a], fs[c], ds[a], ds[c]
+                sw = _before(zb, fb, za, fa)
+                zs[a] = ti.select(sw, zb, za)
+                zs[c] = ti.select(sw, za, zb)
+                fs[a] = ti.select(sw, fb, fa)
+                fs[c] = ti.select(sw, fa, fb)
+                ds[a] = ti.select(sw, db, da)
+                ds[c] = ti.select(sw, da, db)
+            for k in ti.static(range(K)):
+                of[p * K + k], oz[p * K + k], od[p * K + k] = fs[k], ti.select(fs[k] < 0, -1.0, zs[k]), ds[k]
+    else:
+        # odd-even transposition sort of every list by (z, id), all pixels at once
+        for r in range(K):
+            for i in range((K - r % 2) // 2):
+                a = (2 * i + r % 2) * n
+                for p in range(n):
+                    za, zb, fa, fb = lz[a + p], lz[a + n + p], lf[a + p], lf[a + n + p]
+                    da, db = ld[a + p], ld[a + n + p]
+                    sw = _before(zb, fb, za, fa)
+                    lz[a + p], lz[a + n + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
+                    lf[a + p], lf[a + n + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
+                    ld[a + p], ld[a + n + p] = ti.select(sw, db, da), ti.select(sw, da, db)
+        for p in range(n):
+            for k in range(ti.min(n9[p], K)):
+                of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
     return of, oz, od
 
 
