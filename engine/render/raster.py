@@ -865,7 +865,8 @@ def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.tem
         t = k * n + p
         c, z, f = lc[t], lz[t], lf[t]
         later = _kbefore(cw, zw, fw, c, z, f)
-        cw, zw, fw, s = ti.select(later, c, cw), ti.select(later, z, zw), ti.select(later, f, fw), ti.select(later, t, s)
+        cw, zw = ti.select(later, c, cw), ti.select(later, z, zw)
+        fw, s = ti.select(later, f, fw), ti.select(later, t, s)
     return cw, zw, fw, s
 
 
@@ -884,9 +885,12 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # tile), a face that enters takes the first empty slot (n9 entries so far) or, once the list is full, the slot
     # of its last entry by (class, z, id) (w9), and only then is the list end looked up again (_worst): the list
     # holds the same K best faces as a sorted insertion would, and its end (the test's input) is the same. The
-    # opaque cut is the minimum over the class-0 slots. At the end all lists are sorted by (z, id) at once, by an
-    # odd-even transposition network run for the n pixels together (vector code, no data-dependent branch; empty
-    # slots carry depth 1e30 so they stay last), and copied out pixel by pixel.
+    # opaque cut is the minimum over the class-0 slots. At the end every list is sorted by (z, id) by a sorting
+    # network, the n pixels in vector lanes (no data-dependent branch; empty slots carry depth 1e30 so they stay
+    # last): for K <= _NET_K Batcher's (_sort_net: 19 comparators for K = 8) on values held in registers, written
+    # straight to the per-pixel outputs, else an odd-even transposition sort in place, then copied out.
+    # Measured against the sorted insertion it replaces (one thread, 51k faces): _soft_fwd ~0.87x at 512^2, ~0.9x
+    # at 256^2 (the insertion's data-dependent shift loop and the final insertion sort were ~1/3 of the selection).
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
     lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
@@ -979,8 +983,8 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                         for p in range(h * half, h * half + half):
                             cw, zw, fw, w = _worst(lc, lf, lz, p, n, K)
                             u = (full >> p) & 1 != 0
-                            c9[p], z9[p], f9[p] = ti.select(u, cw, c9[p]), ti.select(u, zw, z9[p]), ti.select(u, fw, f9[p])
-                            w9[p] = ti.select(u, w, w9[p])
+                            c9[p], z9[p] = ti.select(u, cw, c9[p]), ti.select(u, zw, z9[p])
+                            f9[p], w9[p] = ti.select(u, fw, f9[p]), ti.select(u, w, w9[p])
     of = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
     oz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
     od = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
