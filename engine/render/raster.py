@@ -949,22 +949,70 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     return lf, lz, ld
 
 
+_NET_K = 8
+"""Largest K whose lists _select_tile sorts with a sorting network (larger K: an odd-even transposition sort)."""
+
+
+def _sort_net(K: int) -> list:
+    """Comparators (a, b), a < b, of Batcher's odd-even merge sort of K items (the network for the next power of 2
+    with the comparators that touch an item >= K left out: those items act as +inf and never move)."""
+    m = 1
+    while m < K:
+        m *= 2
+    pairs = []
+    p = 1
+    while p < m:
+        k = p
+        while k >= 1:
+            for j in range(k % p, m - k, 2 * k):
+                for i in range(min(k, m - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return [(a, b) for a, b in pairs if b < K]
+
+
+@ti.func
+def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.template(), K: ti.template()):
+    # the last entry by (class, z, id) of pixel p's full list (slots p, p + n, ...: _select_tile) and its slot, by
+    # selects (_select_tile runs it for 8 pixels at once)
+    cw, zw, fw, s = lc[p], lz[p], lf[p], p
+    for k in range(1, K):
+        t = k * n + p
+        c, z, f = lc[t], lz[t], lf[t]
+        later = _kbefore(cw, zw, fw, c, z, f)
+        cw, zw = ti.select(later, c, cw), ti.select(later, z, zw)
+        fw, s = ti.select(later, f, fw), ti.select(later, t, s)
+    return cw, zw, fw, s
+
+
 @ti.func
 def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, ty, tx,
                  max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
     # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
-    # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; pixel
-    # p = row * TILE + column keeps its list in lc, lf, lz, ld[p K:(p + 1) K]; returns lf, lz, ld (as _select).
+    # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; returns
+    # lf, lz, ld with pixel p = row * TILE + column's list at [p K:(p + 1) K] (as _select).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
     # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
     # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
-    # pixel's list end (c9, z9, f9: kept here, updated on insertion) and cut; only the pixels of the entry's mask
-    # that are still walking then stop or take the face (_insert, from the list's first empty slot: n9).
+    # pixel's list end (c9, z9, f9: kept here) and cut; only the pixels of the entry's mask that are still walking
+    # then stop or take the face.
+    # The keep-lists are not kept sorted while they fill: slot k of pixel p is lc, lf, lz, ld[k n + p] (n pixels a
+    # tile), a face that enters takes the first empty slot (n9 entries so far) or, once the list is full, the slot
+    # of its last entry by (class, z, id) (w9), and only then is the list end looked up again (_worst): the list
+    # holds the same K best faces as a sorted insertion would, and its end (the test's input) is the same. The
+    # opaque cut is the minimum over the class-0 slots. At the end every list is sorted by (z, id) by a sorting
+    # network, the n pixels in vector lanes (no data-dependent branch; empty slots carry depth 1e30 so they stay
+    # last): for K <= _NET_K Batcher's (_sort_net: 19 comparators for K = 8) on values held in registers, written
+    # straight to the per-pixel outputs, else an odd-even transposition sort in place, then copied out.
+    # Measured against the sorted insertion it replaces (one thread, 51k faces): _soft_fwd ~0.87x at 512^2, ~0.9x
+    # at 256^2 (the insertion's data-dependent shift loop and the final insertion sort were ~1/3 of the selection).
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
     lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
     lf = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-    lz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+    lz = ti.Vector([1e30 for _ in ti.static(range(TILE * TILE * K))])
     ld = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
     half = ti.static(TILE * TILE // 2)
     zc = ti.Vector([1e30 for _ in ti.static(range(n))])
@@ -972,10 +1020,12 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     c9 = ti.Vector([2 for _ in ti.static(range(n))], dt=ti.i32)
     f9 = ti.Vector([-1 for _ in ti.static(range(n))], dt=ti.i32)
     z9 = ti.Vector([-1.0 for _ in ti.static(range(n))])
-    n9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # entries in each list (empty slots follow)
+    n9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # entries in each list (slots 0 .. n9 - 1)
+    w9 = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)       # a full list's slot of its last entry
     sc = ti.Vector([0 for _ in ti.static(range(n))], dt=ti.i32)
     sz = ti.Vector([0.0 for _ in ti.static(range(n))])
     sd = ti.Vector([0.0 for _ in ti.static(range(n))])
+    buf = ti.Vector([0 for _ in ti.static(range(_CHUNK))], dt=ti.i32)
     s0 = offsets[b, ty, tx]
     end = s0 + counts[b, ty, tx]
     for walk in range(2 if max_d2 >= 0 else 1):
@@ -983,18 +1033,44 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
         if walk == 1:
             act = 0
             for p in range(n):
-                if lc[p * K + K - 1] != 0:
+                if c9[p] != 0:
                     act |= 1 << p
                 if ti.static(cut):
-                    zc[p], fc[p] = _cut(opac, b, K, lc, lf, lz, p * K)
-        j = s0
-        while j < end and act != 0:
-            m = bins[j, 1]
+                    # the nearest (z, id) class-0 entry with opacity 1
+                    zq, fq = 1e30, 1 << 30
+                    for k in range(n9[p]):
+                        t = k * n + p
+                        if lc[t] == 0 and _before(lz[t], lf[t], zq, fq):
+                            if opac[b, lf[t]] == 1.0:
+                                zq, fq = lz[t], lf[t]
+                    zc[p], fc[p] = zq, fq
+        # the first walk takes the entries with may-hold bits (~1 in 10) from a buffer, filled for _CHUNK entries
+        # at a time without a data-dependent branch; the second walks the list itself (it stops early)
+        j, q, nb = s0, 0, 0
+        while act != 0 and (j < end or q < nb):
+            e = j
+            if walk == 0:
+                if q == nb:
+                    q, nb = 0, 0
+                    for i in range(ti.min(_CHUNK, end - j)):
+                        buf[nb] = j + i
+                        nb += ti.cast((bins[j + i, 1] >> _IN_SHIFT) != 0, ti.i32)
+                    j += _CHUNK
+                e = buf[q]
+                if q < nb:
+                    q += 1
+                else:
+                    e = -1
+            else:
+                j += 1
+            m = 0
+            if e >= 0:
+                m = bins[e, 1]
             mm = ((m >> _IN_SHIFT) if walk == 0 else (m & ~(m >> _IN_SHIFT))) & act
             if mm != 0:
-                f = bins[j, 0]
+                f = bins[e, 0]
                 rec = _rec(fd, b, f)
-                stops, enters = 0, 0
+                stops, enters, full = 0, 0, 0
                 for h in range(2):
                     if (mm >> (h * half)) & ((1 << half) - 1) != 0:
                         for p in range(h * half, h * half + half):
@@ -1010,14 +1086,58 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                     low = mm & -mm
                     mm ^= low
                     p = 31 - ti.math.clz(low)
-                    o = p * K
-                    _insert(lc, lf, lz, ld, o, o + ti.min(n9[p], K - 1), sc[p], f, sz[p], sd[p])
-                    n9[p] += 1
-                    c9[p], z9[p], f9[p] = lc[o + K - 1], lz[o + K - 1], lf[o + K - 1]
-            j += 1
-    for p in range(n):
-        _sort_list(lf, lz, ld, p * K, ti.min(n9[p], K))
-    return lf, lz, ld
+                    k = n9[p]
+                    t = w9[p]
+                    if k < K:
+                        t = k * n + p
+                        n9[p] = k + 1
+                    lc[t], lf[t], lz[t], ld[t] = sc[p], f, sz[p], sd[p]
+                    if k >= K - 1:
+                        full |= low
+                # the new list end of the lists that are full now
+                for h in range(2):
+                    if (full >> (h * half)) & ((1 << half) - 1) != 0:
+                        for p in range(h * half, h * half + half):
+                            cw, zw, fw, w = _worst(lc, lf, lz, p, n, K)
+                            u = (full >> p) & 1 != 0
+                            c9[p], z9[p] = ti.select(u, cw, c9[p]), ti.select(u, zw, z9[p])
+                            f9[p], w9[p] = ti.select(u, fw, f9[p]), ti.select(u, w, w9[p])
+    of = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
+    oz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
+    od = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
+    if ti.static(K <= _NET_K):
+        # every list sorted by (z, id) by a sorting network (_sort_net) in registers, pixels in vector lanes
+        for p in range(n):
+            zs = ti.Vector([lz[k * n + p] for k in ti.static(range(K))])
+            fs = ti.Vector([lf[k * n + p] for k in ti.static(range(K))], dt=ti.i32)
+            ds = ti.Vector([ld[k * n + p] for k in ti.static(range(K))])
+            for a, c in ti.static(_sort_net(K)):
+                za, zb, fa, fb, da, db = zs[a], zs[c], fs[a], fs[c], ds[a], ds[c]
+                sw = _before(zb, fb, za, fa)
+                zs[a] = ti.select(sw, zb, za)
+                zs[c] = ti.select(sw, za, zb)
+                fs[a] = ti.select(sw, fb, fa)
+                fs[c] = ti.select(sw, fa, fb)
+                ds[a] = ti.select(sw, db, da)
+                ds[c] = ti.select(sw, da, db)
+            for k in ti.static(range(K)):
+                of[p * K + k], oz[p * K + k], od[p * K + k] = fs[k], ti.select(fs[k] < 0, -1.0, zs[k]), ds[k]
+    else:
+        # odd-even transposition sort of every list by (z, id), all pixels at once
+        for r in range(K):
+            for i in range((K - r % 2) // 2):
+                a = (2 * i + r % 2) * n
+                for p in range(n):
+                    za, zb, fa, fb = lz[a + p], lz[a + n + p], lf[a + p], lf[a + n + p]
+                    da, db = ld[a + p], ld[a + n + p]
+                    sw = _before(zb, fb, za, fa)
+                    lz[a + p], lz[a + n + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
+                    lf[a + p], lf[a + n + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
+                    ld[a + p], ld[a + n + p] = ti.select(sw, db, da), ti.select(sw, da, db)
+        for p in range(n):
+            for k in range(ti.min(n9[p], K)):
+                of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
+    return of, oz, od
 
 
 def _spread(n_tiles: int) -> int:
