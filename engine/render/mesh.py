@@ -240,10 +240,10 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
               attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
-              gbuf: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int, o_opac: int, o_uv: int,
-              o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float,
-              n_chunks: int, private: ti.template(), tex_private: ti.template(), has_gdep: int, has_galp: int,
-              full: int, need: int, K: ti.template(), C: ti.template()):
+              gbuf: ti.types.ndarray(), zs: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int,
+              o_opac: int, o_uv: int, o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(),
+              sigma: float, ndc2: float, n_chunks: int, private: ti.template(), tex_private: ti.template(),
+              has_gdep: int, has_galp: int, full: int, need: int, K: ti.template(), C: ti.template()):
     # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
     # need: bit 0 the attributes', bit 1 the opacity's gradient is wanted (else their regions are dummies)
     # full: p2f holds whole lists and the layers behind T = 0 go into R (an opaque layer's opacity gradient is
@@ -281,6 +281,12 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                 px0 = it % npx
                 px1 = px0 + 1
             cb = ch if ti.static(private) else 0
+            if ti.static(private):
+                # the chunk zeroes its own copy first (zs: SoftMesh.backward): no separate fill pass
+                for r in range(zs.shape[0]):
+                    z0 = zs[r, 0] + cb * zs[r, 1]
+                    for i in range(zs[r, 1]):
+                        gbuf[z0 + i] = 0.0
             row = ch
             while row < p2f.shape[0] * H:
                 b, py = row // H, row % H
@@ -607,11 +613,19 @@ class SoftMesh(bridge.Op):
         copies.append(nc if tex_private else 1)
         sizes = [math.prod(sh) for sh in shapes]
         buf = torch.empty(sum(n * c for n, c in zip(sizes, copies)), **kw)
-        _fill0(buf)
-        views, off = [], 0
+        if not private:
+            _fill0(buf)
+        # with private copies each chunk zeroes its own copy of each region in _soft_bwd (zs rows: the region's
+        # offset and its size per copy); a region with one shared copy (a texture too large for copies) here
+        views, off, zrows = [], 0, []
         for sh, n, c in zip(shapes, sizes, copies):
             views.append(buf[off:off + n * c].view(c * sh[0], *sh[1:]))
+            if private and c == nc:
+                zrows.append((off, n))
+            elif private and n * c > 0:
+                _fill0(buf[off:off + n * c])
             off += n * c
+        zs = torch.tensor(zrows if zrows else [(0, 0)], dtype=torch.int32, device=buf.device)
         g_xy, g_attr, g_shade, g_opac, g_uv = views[:5]
         g_tex = views[-1]
         g_bg = views[5] if not bg_image else torch.empty(B, H * W, background.shape[2], **kw)
@@ -626,7 +640,7 @@ class SoftMesh(bridge.Op):
         dummy = torch.zeros(1, 1, 1, **kw)
         o = [(v.data_ptr() - buf.data_ptr()) // buf.element_size() for v in views]
         _soft_bwd(screen, fd, faces, p2f, cv, attr, shade, opacity, background, tex, uvc, g_rgb,
-                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf,
+                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf, zs,
                   g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
                   self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
                   int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.need, self.K, attr.shape[2])
