@@ -195,16 +195,22 @@ def _seg_foot(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), x, y)
 
 
 @ti.func
-def _near_seg(fd: ti.template(), b, f, w0, w1, w2, x, y):
+def _edge_bits(s0, s1, s2):
+    # the edges whose line a pixel with screen barycentrics s is outside of, bit e for the edge from vertex e to
+    # e + 1 mod 3 (raster._signed_d2e's qualifying test: the opposite barycentric <= 0)
+    return ti.select(s2 <= 0, 1, 0) + ti.select(s0 <= 0, 2, 0) + ti.select(s1 <= 0, 4, 0)
+
+
+@ti.func
+def _near_seg(fd: ti.template(), b, f, m, x, y):
     # for a pixel outside the face: its nearest edge e (from vertex e to e + 1 mod 3) among those whose line it is
-    # outside of (raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p there. Most layers
-    # are outside one edge line only: that edge, no comparison (~3 % of the backward); else only the qualifying
-    # edges are evaluated. None qualifies only where the forward's distance was ~0: e = 0, t = 0 and q = p (no
-    # gradient)
+    # outside of (m: _edge_bits; raster._signed_d2e's choice, the first on ties), with _seg_foot's t and q - p
+    # there. Most layers are outside one edge line only: that edge, no comparison (~3 % of the backward); else
+    # only the qualifying edges are evaluated. None qualifies only where the forward's distance was ~0: e = 0,
+    # t = 0 and q = p (no gradient)
     e, t, rx, ry = 0, 0.0, 0.0, 0.0
-    n0, n1, n2 = w0 <= 0, w1 <= 0, w2 <= 0
-    if ti.cast(n0, ti.i32) + ti.cast(n1, ti.i32) + ti.cast(n2, ti.i32) == 1:
-        e = ti.select(n2, 0, ti.select(n0, 1, 2))
+    if m == 1 or m == 2 or m == 4:
+        e = m >> 1
         e1 = (e + 1) % 3
         ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
         ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
@@ -212,15 +218,15 @@ def _near_seg(fd: ti.template(), b, f, w0, w1, w2, x, y):
         rx, ry = ux + t * ex - x, uy + t * ey - y
     else:
         best = 1e30
-        if n2:
+        if m & 1:
             t, rx, ry = _seg_foot(fd, b, f, 0, 1, x, y)
             best = rx * rx + ry * ry
-        if n0:
+        if m & 2:
             t1, qx, qy = _seg_foot(fd, b, f, 1, 2, x, y)
             d1 = qx * qx + qy * qy
             if d1 < best:
                 e, t, rx, ry, best = 1, t1, qx, qy, d1
-        if n1:
+        if m & 4:
             t1, qx, qy = _seg_foot(fd, b, f, 2, 0, x, y)
             if qx * qx + qy * qy < best:
                 e, t, rx, ry = 2, t1, qx, qy
@@ -234,10 +240,10 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
               attr: ti.types.ndarray(), shade: ti.types.ndarray(),
               opac: ti.types.ndarray(), bg: ti.types.ndarray(), tex: ti.types.ndarray(), uvc: ti.types.ndarray(),
               g_rgb: ti.types.ndarray(), g_dep: ti.types.ndarray(), g_alp: ti.types.ndarray(),
-              gbuf: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int, o_opac: int, o_uv: int,
-              o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float, ndc2: float,
-              n_chunks: int, private: ti.template(), tex_private: ti.template(), has_gdep: int, has_galp: int,
-              full: int, need: int, K: ti.template(), C: ti.template()):
+              gbuf: ti.types.ndarray(), zs: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int,
+              o_opac: int, o_uv: int, o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(),
+              sigma: float, ndc2: float, n_chunks: int, private: ti.template(), tex_private: ti.template(),
+              has_gdep: int, has_galp: int, full: int, need: int, K: ti.template(), C: ti.template()):
     # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
     # need: bit 0 the attributes', bit 1 the opacity's gradient is wanted (else their regions are dummies)
     # full: p2f holds whole lists and the layers behind T = 0 go into R (an opaque layer's opacity gradient is
@@ -275,6 +281,12 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                 px0 = it % npx
                 px1 = px0 + 1
             cb = ch if ti.static(private) else 0
+            if ti.static(private):
+                # the chunk zeroes its own copy first (zs: SoftMesh.backward): no separate fill pass
+                for r in range(zs.shape[0]):
+                    z0 = zs[r, 0] + cb * zs[r, 1]
+                    for i in range(zs[r, 1]):
+                        gbuf[z0 + i] = 0.0
             row = ch
             while row < p2f.shape[0] * H:
                 b, py = row // H, row % H
@@ -295,13 +307,17 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                 if ti.static(tex_private):
                     tb = cb * Bt + bt
                 r_tex = o_tex + tb * Ht * Wt * C
+                # a constant background's gradient: the row's sum in registers, one add per row
+                gbg = ti.Vector([0.0 for _ in ti.static(range(C))])
                 for px in range(px0, px1):
                     # the layers up to the last one seen (T != 0 before it): behind it T = 0, so neither they nor
                     # anything they add to R (cut by that layer's a = 1) reach the outputs
                     x, y = px + 0.5, py + 0.5
                     # each layer's coverage (signed: negative outside the face) as the forward computed it (cv)
                     la = ti.Vector([0.0 for _ in ti.static(range(K))])
-                    lt, lcv = la, la
+                    lt, lcv, lw0, lw1, lw2 = la, la, la, la, la
+                    lm = ti.Vector([0 for _ in ti.static(range(K))])
+                    lu = ti.Matrix([[0.0 for _ in ti.static(range(C + 1))] for _ in ti.static(range(K))])
                     n = 0
                     Tn = 1.0
                     while n < K:
@@ -312,6 +328,18 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         a = opac[b, f] * ti.abs(s)
                         la[n], lt[n], lcv[n] = a, Tn, s
                         Tn *= 1.0 - a
+                        s0, s1, s2 = _bary(fd, b, f, x, y)
+                        lm[n] = _edge_bits(s0, s1, s2)
+                        w0, w1, w2, zk = _persp_bary_fast(fd, b, f, s0, s1, s2)
+                        lw0[n], lw1[n], lw2[n] = w0, w1, w2
+                        if per_face:
+                            for c in ti.static(range(C)):
+                                lu[n, c] = attr[ba, f, c]
+                        else:
+                            i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+                            for c in ti.static(range(C)):
+                                lu[n, c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
+                        lu[n, C] = zk
                         n += 1
                     go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
                     for c in ti.static(range(C)):
@@ -319,7 +347,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         if bg_image:
                             g_bg[b, py * W + px, c] = go[c] * Tn
                         else:
-                            _acc(gbuf, o_bg + (cb * Bg + bb) * C + c, go[c] * Tn, private)
+                            gbg[c] += go[c] * Tn
                     if has_gdep:
                         go[C] = g_dep[b, py, px]
                     if has_galp:
@@ -330,17 +358,10 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         f = p2f[b, py, px, k]
                         a, T = la[k], lt[k]
                         # every read of the layer before its first store (see above)
-                        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                        s0, s1, s2 = _bary(fd, b, f, x, y)
-                        w0, w1, w2, zk = _persp_bary_fast(fd, b, f, s0, s1, s2)
+                        w0, w1, w2, m = lw0[k], lw1[k], lw2[k], lm[k]
                         u = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
-                        if per_face:
-                            for c in ti.static(range(C)):
-                                u[c] = attr[ba, f, c]
-                        else:
-                            for c in ti.static(range(C)):
-                                u[c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
-                        u[C] = zk
+                        for c in ti.static(range(C + 1)):
+                            u[c] = lu[k, c]
                         # texture: the colour channels times the bilinear texel colour tc at the fragment's uv
                         col = u
                         tc = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
@@ -365,7 +386,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         # the nearest edge (e, e + 1), its foot's parameter t and q - p, from the face record
                         e, t, rx, ry = 0, 0.0, 0.0, 0.0
                         if out:
-                            e, t, rx, ry = _near_seg(fd, b, f, s0, s1, s2, x, y)
+                            e, t, rx, ry = _near_seg(fd, b, f, m, x, y)
                         v = u * sh
                         ga = T * go.dot(v - R)                  # dL / d alpha_k
                         ta = T * a
@@ -387,6 +408,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                     g_u += gt * ((1 - ty) * (t01[c] - t00[c]) + ty * (t11[c] - t10[c]))
                                     g_v += gt * ((1 - tx) * (t10[c] - t00[c]) + tx * (t11[c] - t01[c]))
                                 if need & 1:
+                                    i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
                                     if per_face:
                                         _acc(gbuf, r_attr + f * C + c, gs, private)
                                     else:
@@ -413,13 +435,16 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                             # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
                             # d|p - q|^2/dq . dq/dt = 0 inside it): raster._edge_grad's steps
                             gd = -ga * a * inv_sigma * ndc2
-                            qu = r_xy + (i0 if e == 0 else (i1 if e == 1 else i2)) * 2
-                            qv = r_xy + (i1 if e == 0 else (i2 if e == 1 else i0)) * 2
+                            qu = r_xy + faces[f, e] * 2
+                            qv = r_xy + faces[f, (e + 1) % 3] * 2
                             _acc(gbuf, qu, gd * 2.0 * rx * (1.0 - t), private)
                             _acc(gbuf, qu + 1, gd * 2.0 * ry * (1.0 - t), private)
                             _acc(gbuf, qv, gd * 2.0 * rx * t, private)
                             _acc(gbuf, qv + 1, gd * 2.0 * ry * t, private)
                         R = a * v + (1.0 - a) * R
+                if not bg_image:
+                    for c in ti.static(range(C)):
+                        _acc(gbuf, o_bg + (cb * Bg + bb) * C + c, gbg[c], private)
 
 
 @lean
@@ -672,11 +697,19 @@ class SoftMesh(bridge.Op):
         copies.append(nc if tex_private else 1)
         sizes = [math.prod(sh) for sh in shapes]
         buf = torch.empty(sum(n * c for n, c in zip(sizes, copies)), **kw)
-        _fill0(buf)
-        views, off = [], 0
+        if not private:
+            _fill0(buf)
+        # with private copies each chunk zeroes its own copy of each region in _soft_bwd (zs rows: the region's
+        # offset and its size per copy); a region with one shared copy (a texture too large for copies) here
+        views, off, zrows = [], 0, []
         for sh, n, c in zip(shapes, sizes, copies):
             views.append(buf[off:off + n * c].view(c * sh[0], *sh[1:]))
+            if private and c == nc:
+                zrows.append((off, n))
+            elif private and n * c > 0:
+                _fill0(buf[off:off + n * c])
             off += n * c
+        zs = torch.tensor(zrows if zrows else [(0, 0)], dtype=torch.int32, device=buf.device)
         g_xy, g_attr, g_shade, g_opac, g_uv = views[:5]
         g_tex = views[-1]
         g_bg = views[5] if not bg_image else torch.empty(B, H * W, background.shape[2], **kw)
@@ -691,7 +724,7 @@ class SoftMesh(bridge.Op):
         dummy = torch.zeros(1, 1, 1, **kw)
         o = [(v.data_ptr() - buf.data_ptr()) // buf.element_size() for v in views]
         _soft_bwd(screen, fd, faces, p2f, cv, attr, shade, opacity, background, tex, uvc, g_rgb,
-                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf,
+                  dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf, zs,
                   g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
                   self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
                   int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.need, self.K, attr.shape[2])
