@@ -250,7 +250,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
     # T (v - R) with R the layers behind it; they add nothing else); otherwise p2f stops where T = 0
     # Linear in K: out_c = sum_k T_k a_k v_kc + T_n bg_c, so d out_c / d a_k = T_k (v_kc - R_kc) with R_kc the
     # composite of the layers behind k over the background, built back to front (R_{k-1} = a_k v_k + (1-a_k) R_k).
-    # No division by 1 - a_k (0 inside an opaque face). All C + 2 channels go in one pass (registers).
+    # No division by 1 - a_k (0 inside an opaque face). Only go . R_k enters dL / d a_k = T_k go . (v_k - R_k), so
+    # the walk carries that one number (go . R_{k-1} = a_k go . v_k + (1 - a_k) go . R_k), not C + 2 channels.
     # The scattered gradients are regions of one flat buffer gbuf, each with its copies stacked, at offsets
     # 0 (screen xy, (copies * Bx, V, 2)), o_attr ((copies * Ba, V or F, C)), o_shade ((copies * Bs, F, C)), o_opac
     # ((copies * Bo, F)), o_uv ((copies * Bu, F, 6), per face corner), o_bg ((copies * Bg, C), unless the
@@ -352,7 +353,9 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         go[C] = g_dep[b, py, px]
                     if has_galp:
                         go[C + 1] = g_alp[b, py, px]
-                    R = _bg_vec(bg, b, py, px, W, C)
+                    # only go . R enters the gradients: the layers behind k composited over the background, projected
+                    # on the output gradient (one number instead of C + 2 per layer)
+                    R = go.dot(_bg_vec(bg, b, py, px, W, C))
                     for kk in range(n):
                         k = n - 1 - kk
                         f = p2f[b, py, px, k]
@@ -387,8 +390,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         e, t, rx, ry = 0, 0.0, 0.0, 0.0
                         if out:
                             e, t, rx, ry = _near_seg(fd, b, f, m, x, y)
-                        v = u * sh
-                        ga = T * go.dot(v - R)                  # dL / d alpha_k
+                        gv_ = go.dot(u * sh)
+                        ga = T * (gv_ - R)                      # dL / d alpha_k
                         ta = T * a
                         if ta != 0.0:
                             g_u, g_v = 0.0, 0.0                 # dL / d(tx, ty) of the bilinear lookup
@@ -441,7 +444,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                             _acc(gbuf, qu + 1, gd * 2.0 * ry * (1.0 - t), private)
                             _acc(gbuf, qv, gd * 2.0 * rx * t, private)
                             _acc(gbuf, qv + 1, gd * 2.0 * ry * t, private)
-                        R = a * v + (1.0 - a) * R
+                        R = a * gv_ + (1.0 - a) * R
                 if not bg_image:
                     for c in ti.static(range(C)):
                         _acc(gbuf, o_bg + (cb * Bg + bb) * C + c, gbg[c], private)
