@@ -949,10 +949,6 @@ def _select(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bi
     return lf, lz, ld
 
 
-_NET_K = 8
-"""Largest K whose lists _select_tile sorts with a sorting network (larger K: an odd-even transposition sort)."""
-
-
 def _sort_net(K: int) -> list:
     """Comparators (a, b), a < b, of Batcher's odd-even merge sort of K items (the network for the next power of 2
     with the comparators that touch an item >= K left out: those items act as +inf and never move)."""
@@ -1002,12 +998,13 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # tile), a face that enters takes the first empty slot (n9 entries so far) or, once the list is full, the slot
     # of its last entry by (class, z, id) (w9), and only then is the list end looked up again (_worst): the list
     # holds the same K best faces as a sorted insertion would, and its end (the test's input) is the same. The
-    # opaque cut is the minimum over the class-0 slots. At the end every list is sorted by (z, id) by a sorting
-    # network, the n pixels in vector lanes (no data-dependent branch; empty slots carry depth 1e30 so they stay
-    # last): for K <= _NET_K Batcher's (_sort_net: 19 comparators for K = 8) on values held in registers, written
-    # straight to the per-pixel outputs, else an odd-even transposition sort in place, then copied out.
-    # Measured against the sorted insertion it replaces (one thread, 51k faces): _soft_fwd ~0.87x at 512^2, ~0.9x
-    # at 256^2 (the insertion's data-dependent shift loop and the final insertion sort were ~1/3 of the selection).
+    # opaque cut is the minimum over the class-0 slots. At the end every list is sorted by (z, id) by Batcher's
+    # network (_sort_net: 19 comparators for K = 8), each comparator run for the n pixels at once in vector lanes
+    # (no data-dependent branch; empty slots carry depth 1e30 so they stay last), then copied out pixel by pixel.
+    # Measured against the sorted insertion it replaces (one thread, 51k faces): _soft_fwd ~0.9x at 256^2 and
+    # 512^2 (the insertion's data-dependent shift loop and the final insertion sort were ~1/3 of the selection).
+    # Tried: the network on values held in registers (a static comparator list inside the pixel loop, written
+    # straight to the per-pixel outputs): ~2 % faster at 512^2 but ~2 s more cold compile of _soft_fwd.
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
     lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
@@ -1102,41 +1099,23 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                             u = (full >> p) & 1 != 0
                             c9[p], z9[p] = ti.select(u, cw, c9[p]), ti.select(u, zw, z9[p])
                             f9[p], w9[p] = ti.select(u, fw, f9[p]), ti.select(u, w, w9[p])
+    # every list sorted by (z, id) by Batcher's network (_sort_net), comparator by comparator for all pixels at once
+    net = ti.Vector([a * K + c for a, c in ti.static(_sort_net(K))] + [0], dt=ti.i32)
+    for i in range(ti.static(len(_sort_net(K)))):
+        a, c = net[i] // K * n, net[i] % K * n
+        for p in range(n):
+            za, zb, fa, fb = lz[a + p], lz[c + p], lf[a + p], lf[c + p]
+            da, db = ld[a + p], ld[c + p]
+            sw = _before(zb, fb, za, fa)
+            lz[a + p], lz[c + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
+            lf[a + p], lf[c + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
+            ld[a + p], ld[c + p] = ti.select(sw, db, da), ti.select(sw, da, db)
     of = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
     oz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
     od = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-    if ti.static(K <= _NET_K):
-        # every list sorted by (z, id) by a sorting network (_sort_net) in registers, pixels in vector lanes
-        for p in range(n):
-            zs = ti.Vector([lz[k * n + p] for k in ti.static(range(K))])
-            fs = ti.Vector([lf[k * n + p] for k in ti.static(range(K))], dt=ti.i32)
-            ds = ti.Vector([ld[k * n + p] for k in ti.static(range(K))])
-            for a, c in ti.static(_sort_net(K)):
-                za, zb, fa, fb, da, db = zs[a], zs[c], fs[a], fs[c], ds[a], ds[c]
-                sw = _before(zb, fb, za, fa)
-                zs[a] = ti.select(sw, zb, za)
-                zs[c] = ti.select(sw, za, zb)
-                fs[a] = ti.select(sw, fb, fa)
-                fs[c] = ti.select(sw, fa, fb)
-                ds[a] = ti.select(sw, db, da)
-                ds[c] = ti.select(sw, da, db)
-            for k in ti.static(range(K)):
-                of[p * K + k], oz[p * K + k], od[p * K + k] = fs[k], ti.select(fs[k] < 0, -1.0, zs[k]), ds[k]
-    else:
-        # odd-even transposition sort of every list by (z, id), all pixels at once
-        for r in range(K):
-            for i in range((K - r % 2) // 2):
-                a = (2 * i + r % 2) * n
-                for p in range(n):
-                    za, zb, fa, fb = lz[a + p], lz[a + n + p], lf[a + p], lf[a + n + p]
-                    da, db = ld[a + p], ld[a + n + p]
-                    sw = _before(zb, fb, za, fa)
-                    lz[a + p], lz[a + n + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
-                    lf[a + p], lf[a + n + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
-                    ld[a + p], ld[a + n + p] = ti.select(sw, db, da), ti.select(sw, da, db)
-        for p in range(n):
-            for k in range(ti.min(n9[p], K)):
-                of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
+    for p in range(n):
+        for k in range(ti.min(n9[p], K)):
+            of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
     return of, oz, od
 
 
