@@ -539,15 +539,16 @@ def _soft_tail_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), verts: t
                    buf: ti.types.ndarray(), g_fn: ti.types.ndarray(), fbuf: ti.types.ndarray(),
                    g_verts: ti.types.ndarray(), o_sh: int, nc: int, n_fc: int, use_shade: int, has_gfn: int,
                    private: ti.template()):
-    # SoftMesh's vertex gradient when it shades itself (``frame``): g_verts ((Bv, V, 3) flat) = the projection's VJP of the
-    # screen gradient (nc stacked copies of (B, V, 2) at the start of buf) + _face_frame's VJP of the shade gradient
-    # (nc copies of (Bv, F, 3) at buf[o_sh:], summed here) and of the normals' gradient g_fn ((Bv, F, 3) flat, with
-    # has_gfn). ``private`` (CPU): chunk ch of n_fc contiguous runs of the faces adds into its own vertex copy,
-    # fbuf[ch * Bv * V * 3:], and the vertex loop sums the copies; else the vertex loop runs first and each face
-    # adds with atomics. One launch replaces _sum_copies (shade), _soft_project_bwd and FaceShade's backward.
+    # SoftMesh's vertex gradient when it shades itself (``frame``): g_verts ((Bv, V, 3) flat) = the projection's
+    # VJP of the screen gradient (nc stacked copies of (B, V, 2) at the start of buf) + _face_frame's VJP of the
+    # shade gradient (nc copies of (Bv, F, 3) at buf[o_sh:], summed here) and of the normals' gradient g_fn
+    # ((Bv, F, 3) flat, with has_gfn); verts and faces flat. ``private`` (CPU): chunk ch of n_fc contiguous runs of
+    # the faces adds into its own vertex copy, fbuf[ch * Bv * V * 3:], and the vertex loop sums the copies; else
+    # the vertex loop runs first and each face adds with atomics. One launch replaces _sum_copies (shade),
+    # _soft_project_bwd and FaceShade's backward.
     B, V, F = screen.shape[0], screen.shape[1], faces.shape[0] // 3
     Bv = verts.shape[0] // (3 * V)
-    N, M = Bv * F, Bv * V * 3
+    M = Bv * V * 3
     span = ti.static(_SPAN if private else 1)
     if ti.static(private):
         for i in range(n_fc * M):
@@ -559,28 +560,12 @@ def _soft_tail_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), verts: t
                 g_verts[(bv * V + i) * 3 + c] = g[c]
     for it in range(n_fc * span):
         if it % span == 0:
-            ch = it // span
-            j0, j1 = ch, ch + 1
             if ti.static(private):
-                j0, j1 = ti.cast(ti.cast(ch, ti.i64) * N // n_fc, ti.i32), \
-                    ti.cast(ti.cast(ch + 1, ti.i64) * N // n_fc, ti.i32)
-            cb = ch if ti.static(private) else 0
-            for j in range(j0, j1):
-                b, f = j // F, j % F
-                g = ti.Vector([0.0, 0.0, 0.0])
-                if has_gfn:
-                    g = ti.Vector([g_fn[j * 3], g_fn[j * 3 + 1], g_fn[j * 3 + 2]])
-                gsh = ti.Vector([0.0, 0.0, 0.0])
-                if use_shade:
-                    for c in range(nc):
-                        q = o_sh + (c * N + j) * 3
-                        gsh += ti.Vector([buf[q], buf[q + 1], buf[q + 2]])
-                i0, i1, i2, g1, g2 = _frame_vjp(verts, faces, ldir, lcol, b, f, V, g, gsh, use_shade)
-                r = (cb * Bv + b) * V
-                if ti.static(private):
-                    _corner_adds(fbuf, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, False)
-                else:
-                    _corner_adds(g_verts, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, True)
+                _frame_faces(verts, faces, ldir, lcol, g_fn, buf, fbuf, it // span, n_fc, Bv, F, V, o_sh, nc,
+                             use_shade, has_gfn, True)
+            else:
+                _frame_faces(verts, faces, ldir, lcol, g_fn, buf, g_verts, it // span, n_fc, Bv, F, V, o_sh, nc,
+                             use_shade, has_gfn, False)
     if ti.static(private):
         for bv, i in ti.ndrange(Bv, V):
             g = _views_vjp(screen, cam, buf, bv, i, B, V, Bv, nc)
@@ -1042,6 +1027,35 @@ def _frame_vjp(verts: ti.template(), faces: ti.template(), ldir: ti.template(), 
 
 
 @ti.func
+def _frame_faces(verts: ti.template(), faces: ti.template(), ldir: ti.template(), lcol: ti.template(),
+                 g_fn: ti.template(), g_sh: ti.template(), out: ti.template(), ch, n_chunks, Bv, F, V, o_sh, n_sh,
+                 use_shade, has_gfn, private: ti.template()):
+    # the face frame's backward for chunk ch of n_chunks: with ``private`` (CPU) the ch-th contiguous run of the
+    # (b, f) pairs adds with plain adds into vertex copy ch of out ((n_chunks * Bv, V, 3) flat), else face ch alone
+    # adds with atomics into out ((Bv, V, 3) flat). The normals' gradient is g_fn ((Bv, F, 3) flat, with has_gfn),
+    # the shade's the sum of n_sh stacked copies of (Bv, F, 3) at g_sh[o_sh:]
+    N = Bv * F
+    j0, j1 = ch, ch + 1
+    if ti.static(private):
+        j0, j1 = ti.cast(ti.cast(ch, ti.i64) * N // n_chunks, ti.i32), \
+            ti.cast(ti.cast(ch + 1, ti.i64) * N // n_chunks, ti.i32)
+    cb = ch if ti.static(private) else 0
+    for j in range(j0, j1):
+        b, f = j // F, j % F
+        g = ti.Vector([0.0, 0.0, 0.0])
+        if has_gfn:
+            g = ti.Vector([g_fn[j * 3], g_fn[j * 3 + 1], g_fn[j * 3 + 2]])
+        gsh = ti.Vector([0.0, 0.0, 0.0])
+        if use_shade:
+            for c in range(n_sh):
+                q = o_sh + (c * N + j) * 3
+                gsh += ti.Vector([g_sh[q], g_sh[q + 1], g_sh[q + 2]])
+        i0, i1, i2, g1, g2 = _frame_vjp(verts, faces, ldir, lcol, b, f, V, g, gsh, use_shade)
+        r = (cb * Bv + b) * V
+        _corner_adds(out, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, ti.static(not private))
+
+
+@ti.func
 def _corner_adds(out: ti.template(), q0, q1, q2, g1, g2, atomic: ti.template()):
     # a face's corner gradients (_frame_vjp) added at flat offsets q0, q1, q2 of out: plain adds into a private
     # copy, or atomics
@@ -1070,7 +1084,7 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
     # starts as g_verts' start); otherwise every face is its own work item and atomics add into g_verts (the float
     # atomics were ~25 % of this kernel on CPU). One launch: the three loops run one after the other.
     F, Bv = faces.shape[0] // 3, verts.shape[0] // (3 * V)
-    N, M = Bv * F, Bv * V * 3
+    M = Bv * V * 3
     span = ti.static(_SPAN if private else 1)
     for i in range(M):
         v0 = g_pass[i] if has_pass else 0.0
@@ -1084,26 +1098,12 @@ def _face_frame_bwd(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: 
             g_verts[i] = v0
     for it in range(n_chunks * span):
         if it % span == 0:
-            ch = it // span
-            j0, j1 = ch, ch + 1
             if ti.static(private):
-                j0, j1 = ti.cast(ti.cast(ch, ti.i64) * N // n_chunks, ti.i32), \
-                    ti.cast(ti.cast(ch + 1, ti.i64) * N // n_chunks, ti.i32)
-            cb = ch if ti.static(private) else 0
-            for j in range(j0, j1):
-                b, f = j // F, j % F
-                g = ti.Vector([0.0, 0.0, 0.0])
-                if has_gfn:
-                    g = ti.Vector([g_fn[j * 3], g_fn[j * 3 + 1], g_fn[j * 3 + 2]])
-                gsh = ti.Vector([0.0, 0.0, 0.0])
-                if use_shade:
-                    gsh = ti.Vector([g_shade[j * 3], g_shade[j * 3 + 1], g_shade[j * 3 + 2]])
-                i0, i1, i2, g1, g2 = _frame_vjp(verts, faces, ldir, lcol, b, f, V, g, gsh, use_shade)
-                r = (cb * Bv + b) * V
-                if ti.static(private):
-                    _corner_adds(buf, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, False)
-                else:
-                    _corner_adds(g_verts, (r + i0) * 3, (r + i1) * 3, (r + i2) * 3, g1, g2, True)
+                _frame_faces(verts, faces, ldir, lcol, g_fn, g_shade, buf, it // span, n_chunks, Bv, F, V, 0, 1,
+                             use_shade, has_gfn, True)
+            else:
+                _frame_faces(verts, faces, ldir, lcol, g_fn, g_shade, g_verts, it // span, n_chunks, Bv, F, V, 0, 1,
+                             use_shade, has_gfn, False)
     if ti.static(private):
         for i in range(M):
             acc = buf[i]
