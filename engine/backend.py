@@ -13,10 +13,20 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "init", "ensure", "settings", "real", "torch_dtype", "torch_device", "cache_dir", "BackendError"]
+__all__ = ["Settings", "init", "ensure", "settings", "real", "torch_dtype", "torch_device", "cache_dir", "BackendError",
+           "CPU_SPAN"]
 
 ARCHES = ("auto", "cpu", "cuda", "vulkan")
 PRECISIONS = ("f32", "f64")
+
+CPU_SPAN = 512
+"""Taichi 1.7.4's CPU range-for hands each worker thread a contiguous block of at least this many iterations,
+whatever ``ti.loop_config(block_dim=...)`` says (measured: a 2-iteration loop of two equal busy chunks takes twice
+one chunk with 2 threads). So a top-level loop over a few chunks or workers, each with its own private copy to
+write into, would run them all on one thread. Such loops run ``n * CPU_SPAN`` iterations and let only every
+``CPU_SPAN``-th one work (``it % CPU_SPAN == 0``, chunk ``it // CPU_SPAN``); any schedule gives the same result,
+and on other arches the loop is still correct. Used by the renderer's private-copy scatters (render/mesh.py,
+render/volume.py) and the MPM solver's chunked P2G (physics/kernels.py)."""
 
 
 class BackendError(RuntimeError):

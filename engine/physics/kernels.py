@@ -53,7 +53,7 @@ from types import SimpleNamespace
 import taichi as ti
 from taichi.lang import impl
 
-from .. import launch
+from .. import backend, launch
 from . import materials, svd
 from .model import SLIP, STICKY
 
@@ -543,6 +543,7 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
     # union); the grid update sums the copies. One thread's serialised P2G was most of a 3D substep at 128^3.
     # Only the forward-only path: its sums differ from the serial P2G's in the order of the adds (round-off).
     NC = max(1, min(4, int(impl.current_cfg().cpu_max_num_threads)))
+    SPAN = backend.CPU_SPAN
     chunked = serial and not ser_all and NC > 1
     GC_vec = ti.types.ndarray(dtype=vec, ndim=D + 1)
     GC_s = ti.types.ndarray(dtype=real, ndim=D + 1)
@@ -580,9 +581,13 @@ def build(dim: int, real, serial: bool = False, small: bool = False) -> SimpleNa
             for d in ti.static(range(D)):
                 box[2 * D * c + d] = 1 << 30
                 box[2 * D * c + D + d] = 0
-        # P2G: chunk c of the particles into copy c (one thread each; plain loads and stores, no atomics)
-        ti.loop_config(block_dim=1)
-        for c in range(NC):
+        # P2G: chunk c of the particles into copy c (one thread each; plain loads and stores, no atomics). The
+        # loop runs SPAN iterations per chunk and only every SPAN-th works: Taichi's CPU range-for gives a thread
+        # at least backend.CPU_SPAN iterations, so a loop of NC iterations ran every chunk on one thread
+        for it in range(NC * SPAN):
+            if it % SPAN != 0:
+                continue
+            c = it // SPAN
             n = x.shape[0]
             o = 2 * D * c
             for p in range(c * n // NC, (c + 1) * n // NC):

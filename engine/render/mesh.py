@@ -24,8 +24,9 @@ _OPAQUE_CUT = True
 """SoftMesh's selection stops behind each pixel's nearest opaque face holding it (raster._select: exact; tests turn
 it off to compare)."""
 
-_SPAN = 512
-"""Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations (see _soft_bwd)."""
+_SPAN = backend.CPU_SPAN
+"""Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations (backend.CPU_SPAN;
+see _soft_bwd)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -224,10 +224,9 @@ _TASK = 64
 """Rays per work item on the CPU: threads take items from a shared counter, so costly rays (long chords, dense
 regions) and a thread that loses its core for a while do not leave the other threads idle."""
 
-_SPAN = 512
-"""Taichi's CPU range-for hands each thread a contiguous block of at least this many iterations, so a loop over
-``n`` workers runs ``n * _SPAN`` iterations and lets only every ``_SPAN``-th one work (else all n run on one
-thread). Correct for any scheduling: each worker has its own gradient copy and work comes from the counter."""
+_SPAN = backend.CPU_SPAN
+"""A loop over n workers runs n * _SPAN iterations, only every _SPAN-th working (backend.CPU_SPAN: else all n run
+on one thread); correct for any schedule, as each worker has its own gradient copy and takes work from a counter."""
 
 _RAY = 9
 """Per-ray state the forward leaves for the backward: grid-unit position of bin 0's start (3) and step per bin
