@@ -241,11 +241,10 @@ _NSPAN = 10
 tile rows."""
 _NPK = 8
 """Words of a face's packed binning record (_setup_face's pk)."""
-_TASK = 512
-"""Loop iterations per task of the CPU binning's few-task loops (set-up chunks, bands of tile rows): Taichi's CPU
-range-for runs blocks of at least 512 consecutive iterations per thread whatever block_dim says (its adaptive
-block_dim), so a loop over 8 tasks runs on one thread; iteration i of such a loop does task i / _TASK if
-i % _TASK == 0 (an idle iteration costs ~1 ns)."""
+_TASK = backend.CPU_SPAN
+"""Loop iterations per task of the CPU binning's few-task loops (set-up chunks, bands of tile rows): see
+backend.CPU_SPAN; iteration i of such a loop does task i / _TASK if i % _TASK == 0 (an idle iteration costs
+~1 ns)."""
 _BM = 8
 """Own boxes up to _BM x _BM pixels get their inside bits as a bitmap at set-up."""
 
@@ -1120,10 +1119,10 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
 
 
 def _spread(n_tiles: int) -> int:
-    """Loop iterations per tile of the tiled kernels: at least 4096 in all, 8 of Taichi's >= 512-long CPU blocks, so
-    that a small image's tiles (1024 at 128^2) are shared by the threads. Not more: an idle iteration of those
-    kernels costs ~80 ns (at 512^2, 16 iterations per tile made the forward ~1.4x slower)."""
-    return max(1, 4096 // max(n_tiles, 1))
+    """Loop iterations per tile of the tiled kernels: at least 4096 in all, 8 of Taichi's >= 512-long CPU blocks
+    (backend.CPU_SPAN), so that a small image's tiles (1024 at 128^2) are shared by the threads. Not more: an idle
+    iteration of those kernels costs ~80 ns (at 512^2, 16 iterations per tile made the forward ~1.4x slower)."""
+    return max(1, 8 * backend.CPU_SPAN // max(n_tiles, 1))
 
 
 def _tiled() -> bool:
