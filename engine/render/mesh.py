@@ -186,7 +186,7 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
 
 
 @ti.func
-def _seg_foot(fd: ti.template(), b, f, u: ti.template(), v: ti.template(), x, y):
+def _seg_foot(fd: ti.template(), b, f, u, v, x, y):
     # raster._seg_at's steps for the face's edge from vertex u to v: the clamped parameter t of the point q nearest
     # to the pixel p = (x, y) and q - p
     ux, uy = fd[b, f, _VXY + 2 * u], fd[b, f, _VXY + 2 * u + 1]
@@ -212,11 +212,7 @@ def _near_seg(fd: ti.template(), b, f, m, x, y):
     e, t, rx, ry = 0, 0.0, 0.0, 0.0
     if m == 1 or m == 2 or m == 4:
         e = m >> 1
-        e1 = (e + 1) % 3
-        ux, uy = fd[b, f, _VXY + 2 * e], fd[b, f, _VXY + 2 * e + 1]
-        ex, ey = fd[b, f, _VXY + 2 * e1] - ux, fd[b, f, _VXY + 2 * e1 + 1] - uy
-        t = ti.min(ti.max(((x - ux) * ex + (y - uy) * ey) * fd[b, f, _IL + e], 0.0), 1.0)
-        rx, ry = ux + t * ex - x, uy + t * ey - y
+        t, rx, ry = _seg_foot(fd, b, f, e, (e + 1) % 3, x, y)
     else:
         best = 1e30
         if m & 1:
@@ -637,11 +633,7 @@ class SoftMesh(bridge.Op):
         H, W, C = self.H, self.W, attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
         if self.frame is not None:
-            ldir, lcol, amb = self.frame
-            fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
-            shade = torch.empty_like(fn) if self.use_shade else torch.ones(1, 1, 1, **kw)
-            _face_frame(verts.view(-1), faces.view(-1), ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade,
-                        fn.shape[0], verts.shape[1])
+            fn, shade = _face_frame_of(verts, faces, *self.frame, self.use_shade)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
         nrm = torch.empty(B, H, W, 3, **kw)
@@ -650,13 +642,11 @@ class SoftMesh(bridge.Op):
         _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, cv, rgb, dep,
                   alp, nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
                   _tiled(), _spread(offsets.numel()), self.cut, int(self.store))
-        saved = (verts if self.frame is not None else verts.shape, attr, shade, opacity, background, tex, uvc, cam,
-                 faces, screen, p2f, cv, fd, fn.shape)
+        saved = (verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn.shape)
         return (rgb, dep, alp, nrm, p2f), saved
 
     def backward(self, saved, grads):
         verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn_shape = saved
-        vshape = verts.shape if self.frame is not None else verts
         if not self.store:
             raise RuntimeError("SoftMesh was built with store=False (no gradient expected) but backward ran")
         B, H, W, K = p2f.shape
@@ -744,7 +734,7 @@ class SoftMesh(bridge.Op):
             g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
         elif self.frame is not None:
             # the projection's and the face frame's vertex gradients in one launch (g_xy starts buf)
-            g_verts = torch.empty(vshape, **kw)
+            g_verts = torch.empty(verts.shape, **kw)
             n_fc, f_private = _frame_copies(verts.shape[0] * faces.shape[0])
             fbuf = torch.empty(n_fc * verts.numel(), **kw) if f_private else g_verts.view(-1)
             ldir, lcol, _amb = self.frame
@@ -753,7 +743,7 @@ class SoftMesh(bridge.Op):
                            self.use_shade, int(g_fn is not None), f_private)
             g_shade = g_fn = None
         else:
-            g_verts = torch.empty(vshape, **kw)
+            g_verts = torch.empty(verts.shape, **kw)
             _soft_project_bwd(screen, cam, g_xy.reshape(-1), g_verts, nc)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
@@ -1146,10 +1136,7 @@ class HardMeshWorld(bridge.Op):
         kw = dict(dtype=attr.dtype, device=attr.device)
         screen = torch.empty(B, verts.shape[1], 3, **kw)
         _project(verts, cam, screen)
-        fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
-        shade = torch.empty(verts.shape[0], faces.shape[0], 3, **kw) if self.use_shade else torch.ones(1, 1, 1, **kw)
-        _face_frame(verts.view(-1), faces.view(-1), ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade,
-                        fn.shape[0], verts.shape[1])
+        fn, shade = _face_frame_of(verts, faces, ldir, lcol, amb, self.use_shade)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         nrm = torch.empty(B, H, W, 3, **kw)
         _hard_fwd(screen, faces, p2f, attr, shade, background, fn, rgb, dep, alp, nrm, self.per_face, self.use_shade,
@@ -1200,10 +1187,10 @@ class FaceShade(bridge.Op):
     """Unit face normals and two-sided Lambert shade per face (``face_normals`` + ``lambert``) as Taichi kernels
     with a hand-written backward to the vertices (``_face_frame``): no face-sized torch ops. For fixed lights.
     Inputs verts (Bv, V, 3), light directions (L, 3), colours (L, 3), ambient (3,), faces; outputs fn, shade
-    (Bv, F, 3) (shade all ones when ``use_shade`` is off) and, with ``passthrough``, the vertices again: an op that
-    takes them from here instead of from the caller's tensor hands its vertex gradient to this backward, which
-    adds its own to it in a Taichi launch (torch would otherwise sum the two: a vertex-sized OpenMP region, which
-    waited 2-6 ms for 26k vertices on this 2-core box)."""
+    (Bv, F, 3) (shade a (1, 1, 1) ones dummy when ``use_shade`` is off) and, with ``passthrough``, the vertices
+    again: an op that takes them from here instead of from the caller's tensor hands its vertex gradient to this
+    backward, which adds its own to it in a Taichi launch (torch would otherwise sum the two: a vertex-sized OpenMP
+    region, which waited 2-6 ms for 26k vertices on this 2-core box)."""
 
     name = "face_shade"
     fresh_grads = True
@@ -1214,11 +1201,7 @@ class FaceShade(bridge.Op):
         self.passthrough = bool(passthrough)
 
     def forward(self, verts, ldir, lcol, amb, faces):
-        kw = dict(dtype=verts.dtype, device=verts.device)
-        fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
-        shade = torch.empty_like(fn) if self.use_shade else torch.ones_like(fn)
-        _face_frame(verts.view(-1), faces.view(-1), ldir, lcol, amb, fn.view(-1), shade.view(-1), self.use_shade,
-                        fn.shape[0], verts.shape[1])
+        fn, shade = _face_frame_of(verts, faces, ldir, lcol, amb, self.use_shade)
         return (fn, shade) + ((verts,) if self.passthrough else ()), (verts, ldir, lcol, faces)
 
     def backward(self, saved, grads):
@@ -1243,6 +1226,17 @@ class FaceShade(bridge.Op):
                         g_pass.view(-1), buf, g_verts.view(-1), int(use), int(has_gfn), 1,
                         int(self.passthrough and grads[2] is not None), n_chunks, verts.shape[1], private)
         return g_verts, None, None, None, None
+
+
+def _face_frame_of(verts, faces, ldir, lcol, amb, use_shade):
+    """(fn, shade): unit face normals and Lambert shade (Bv, F, 3) of world vertices (Bv, V, 3) by ``_face_frame``
+    (lights as ``_fixed_frame`` gives them); shade is a (1, 1, 1) ones dummy when ``use_shade`` is off."""
+    kw = dict(dtype=verts.dtype, device=verts.device)
+    fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
+    shade = torch.empty_like(fn) if use_shade else torch.ones(1, 1, 1, **kw)
+    _face_frame(verts.view(-1), faces.view(-1), ldir, lcol, amb, fn.view(-1), shade.view(-1), int(use_shade),
+                fn.shape[0], verts.shape[1])
+    return fn, shade
 
 
 def _fixed_frame(lights, dt, dev):
@@ -1696,15 +1690,12 @@ def _render_hard_fused(verts, faces, camera, colors, face_colors, uvs, texture, 
     frags = rasterize(verts, faces, camera, faces_per_pixel=1, clip=False, sigma=0.0)
     B = frags.pix_to_face.shape[0]
     bg = _background_rows(torch.as_tensor(background, dtype=dt, device=dev), C, H, W)
-    if not _camera_needs_grad(camera) and not (lights is not None and any(
-            x.requires_grad for x in (lights.direction, lights.color, lights.ambient))):
+    frame = _fixed_frame(lights, dt, dev) if not _camera_needs_grad(camera) else None
+    if frame is not None:
         # fixed camera and lights: projection, normals and shading in Taichi too (no per-face torch ops)
         cam = camera_table(camera).to(dt)
         cam = cam.expand(B, -1).contiguous() if cam.shape[0] != B else cam
-        if lights is not None:
-            ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
-        else:
-            ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+        ldir, lcol, amb = frame
         rgb, depth, alpha, normals = bridge.apply(HardMeshWorld(per_face, lights is not None), verts, attr, bg, ldir,
                                                   lcol, amb, cam, faces, frags.pix_to_face)
         alpha = alpha.detach()
@@ -1788,10 +1779,10 @@ def _render_hard_z(verts, faces, camera, colors, face_colors, lights, background
     plane and zeroes the vertex-gradient buffer), the faces' depth keys, one pass per pixel; no torch op over faces
     or pixels. Returns None where it does not apply (camera or light gradients, lights on features that are not 3
     wide, a face crossing the near plane): the caller takes the general path."""
-    if _camera_needs_grad(camera) or (lights is not None and any(
-            x.requires_grad for x in (lights.direction, lights.color, lights.ambient))):
-        return None
     dt, dev = verts.dtype, verts.device
+    frame = _fixed_frame(lights, dt, dev) if not _camera_needs_grad(camera) else None
+    if frame is None:
+        return None
     H, W = camera.height, camera.width
     F = faces.shape[0]
     per_face = colors is None
@@ -1816,10 +1807,7 @@ def _render_hard_z(verts, faces, camera, colors, face_colors, lights, background
     B = screen.shape[0]
     cam = camera_table(camera).to(dt)
     cam = cam.expand(B, -1).contiguous() if cam.shape[0] != B else cam
-    if lights is not None:
-        ldir, lcol, amb = (x.detach().to(dt) for x in (lights.direction, lights.color, lights.ambient))
-    else:
-        ldir, lcol, amb = (torch.zeros(0, 3, dtype=dt, device=dev),) * 2 + (torch.zeros(3, dtype=dt, device=dev),)
+    ldir, lcol, amb = frame
     op = ZBufferMesh(W, H, per_face, lights is not None, g_verts, grad and attr.requires_grad,
                      grad and bg_t.requires_grad)
     rgb, depth, alpha, normals, p2f, bary, zbuf, dist = bridge.apply(op, v3, attr, bg, ldir, lcol, amb, cam, faces,
