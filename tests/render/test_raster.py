@@ -151,6 +151,19 @@ def test_soft_render_fragments_equal_rasterize():
     assert torch.allclose(fr.zbuf[diff], ref.zbuf[diff], atol=1e-9, rtol=0)
 
 
+def _mixed_opacity_scene(width, height, seed, p_opaque, translucent):
+    """The "scene" mesh seen by two orbit cameras, each face opaque (opacity 1) with probability p_opaque, else
+    ``translucent``, and random vertex colours: (verts, faces, cameras, generator (for the test's further draws),
+    opacity (F,), colours (V, 3)), all f64."""
+    m = _meshes()["scene"]
+    V, F = torch.tensor(m.vertices), torch.tensor(m.faces)
+    cam = orbit_cameras(2, radius=3.0, elevation=25, width=width, height=height, start=10)
+    gen = torch.Generator().manual_seed(seed)
+    op = torch.where(torch.rand(F.shape[0], generator=gen) < p_opaque, 1.0, translucent).double()
+    col = torch.rand(V.shape[0], 3, generator=gen, dtype=torch.float64)
+    return V, F, cam, gen, op, col
+
+
 @pytest.mark.parametrize("K", [6, 2])
 def test_soft_render_opaque_cut_is_exact(monkeypatch, K):
     # the fused soft pass stops selecting behind each pixel's nearest opaque face holding it (nothing behind it is
@@ -161,12 +174,7 @@ def test_soft_render_opaque_cut_is_exact(monkeypatch, K):
     # with silhouettes, pixels only blur-only faces reach and an image background.
     from engine.render import mesh as M
 
-    m = _meshes()["scene"]
-    V0, F = torch.tensor(m.vertices), torch.tensor(m.faces)
-    cam = orbit_cameras(2, radius=3.0, elevation=25, width=40, height=32, start=10)
-    gen = torch.Generator().manual_seed(3)
-    op0 = torch.where(torch.rand(F.shape[0], generator=gen) < 0.6, 1.0, 0.7).double()
-    col0 = torch.rand(V0.shape[0], 3, generator=gen, dtype=torch.float64)
+    V0, F, cam, gen, op0, col0 = _mixed_opacity_scene(40, 32, seed=3, p_opaque=0.6, translucent=0.7)
     bg0 = torch.rand(2, 32, 40, 3, generator=gen, dtype=torch.float64)
     w = torch.randn(2, 32, 40, 3, generator=gen, dtype=torch.float64)
     ops = []
@@ -246,12 +254,7 @@ def test_tile_and_pixel_soft_grads_agree(monkeypatch):
     from engine.render import mesh as M
     from engine.render import raster as R
 
-    m = _meshes()["scene"]
-    V, F = torch.tensor(m.vertices), torch.tensor(m.faces)
-    cam = orbit_cameras(2, radius=3.0, elevation=25, width=37, height=30, start=10)
-    gen = torch.Generator().manual_seed(5)
-    op = torch.where(torch.rand(F.shape[0], generator=gen) < 0.5, 1.0, 0.8).double()
-    col = torch.rand(V.shape[0], 3, generator=gen, dtype=torch.float64)
+    V, F, cam, gen, op, col = _mixed_opacity_scene(37, 30, seed=5, p_opaque=0.5, translucent=0.8)
     w = torch.rand(2, 30, 37, 3, generator=gen, dtype=torch.float64)
     for op_grad in (False, True):
         out = {}
