@@ -312,8 +312,7 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
 @lean
 @ti.kernel
 def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), tr: ti.types.ndarray(),
-                   cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int,
+                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int,
                    ty_n: int, wide: ti.template()):
     # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
     # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
@@ -337,8 +336,6 @@ def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti
                 if x0 <= x1 and y0 <= y1:
                     keys[i], ids[i] = ti.cast(_depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide), ti.i64), f
                     nc = x1 // TILE - x0 // TILE + 1
-                    tr[2 * (b * F + f)] = y0 // TILE | (y1 // TILE) << 16
-                    tr[2 * (b * F + f) + 1] = x0 // TILE | (x1 // TILE + 1) << 16
                     r0, r1 = c0 + y0 // TILE, c0 + y1 // TILE + 1
                     cs[r0] = cs[r0] + nc
                     cs[r1] = cs[r1] - nc
@@ -425,7 +422,7 @@ def _lane_slice(rl, sh):
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), rows: ti.types.ndarray(), tr: ti.types.ndarray(), srt: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
                hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
@@ -524,12 +521,15 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
             rows[bb + k] = ty_n
             k += 1
         rows[bb + nb + 1], rows[bb + nb + 2] = n, kb + (npass % 2) * F
-    for b, i in ti.ndrange(B, F):
-        rb = b * (ty_n + nb + 4) + ty_n + nb + 2
-        if i < rows[rb]:
-            q = (b * F + ids[rows[rb + 1] + i]) * 2
-            s = (b * F + i) * 2
-            srt[s], srt[s + 1] = tr[q], tr[q + 1]
+    for i in range(F):
+        for b in range(B):
+            rb = b * (ty_n + nb + 4) + ty_n + nb + 2
+            if i < rows[rb]:
+                f = ids[rows[rb + 1] + i]
+                q, s = (b * F + f) * _NPK, (b * F + i) * _NPK
+                for j in ti.static(range(_NPK - 1)):
+                    srt[s + j] = pk[q + j]
+                srt[s + _NPK - 1] = f
     for it in range(B * nb * _TASK):
         if it % _TASK == 0:
             task = it // _TASK
@@ -544,14 +544,14 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                     cursor[t] = 0
                 h0, nh = task * F, 0
                 for i in range(n):
-                    s = (b * F + i) * 2
-                    yy = srt[s]
-                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
+                    s = (b * F + i) * _NPK
+                    yy = srt[s + 1]
+                    t0, t1 = ti.max((yy & 0xFFFF) // TILE, ra), ti.min(((yy >> 16) & 0xFFFF) // TILE, rz - 1)
                     if t0 <= t1:
                         hl[h0 + nh] = i
                         nh += 1
-                        x = srt[s + 1]
-                        c0, c1 = x & 0xFFFF, x >> 16
+                        x = srt[s]
+                        c0, c1 = (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
                         for ty in range(t0, t1 + 1):
                             cb = (b * ty_n + ty) * tx_n
                             cursor[cb + c0] = cursor[cb + c0] + 1
@@ -565,15 +565,13 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                         counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
                         e += run
                 for j in range(nh):
-                    i = hl[h0 + j]
-                    yy = srt[(b * F + i) * 2]
-                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
+                    q = (b * F + hl[h0 + j]) * _NPK
+                    xx, yy, uu, vv = srt[q], srt[q + 1], srt[q + 2], srt[q + 3]
+                    y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
+                    t0, t1 = ti.max(y0 // TILE, ra), ti.min(y1 // TILE, rz - 1)
                     if t0 <= t1:
-                        f = ids[fin + i]
-                        q = (b * F + f) * _NPK
-                        xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
-                        y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
-                        lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
+                        f = srt[q + _NPK - 1]
+                        lo, hi, big = srt[q + 4], srt[q + 5], srt[q + 6]
                         v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
                         x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
                         ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -1279,17 +1277,16 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         th = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
         nch, nb = max(1, min(F, 16 * th)), max(1, min(ty_n, 2 * th if th > 1 else 1))
         keys, ids = torch.empty(B * 2 * F, dtype=torch.int64, device=dev), torch.empty(B * 2 * F, **i32)
-        tr = torch.empty(B * F * 2, **i32)
         cw = (ty_n + 2 + 15) // 16 * 16
         cs = torch.empty(B * nch * cw, **i32)
-        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, tr, cs, F, nch, cw, margin, near, W, H, ty_n,
+        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, cs, F, nch, cw, margin, near, W, H, ty_n,
                        dt == torch.float64)
         tot = cs.numpy().reshape(B, nch, -1)[:, :, ty_n + 1].sum(1)
         n = int(tot.sum())
         start = torch.from_numpy(np.stack([np.cumsum(tot) - tot, np.zeros_like(tot)], 1).astype(np.int32))
         bins = torch.empty(max(n, 1), 2, **i32)
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + nb + 4), **i32), tr, torch.empty(B * F * 2, **i32),
+                   pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * _NPK, **i32),
                    torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
                    counts.view(-1), bins.view(-1), B, F, ty_n, tx_n, nb, nch, cw)
     else:
