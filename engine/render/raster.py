@@ -422,7 +422,7 @@ def _lane_slice(rl, sh):
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(), sty: ti.types.ndarray(),
                hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
@@ -530,6 +530,8 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                 for j in ti.static(range(_NPK - 1)):
                     srt[s + j] = pk[q + j]
                 srt[s + _NPK - 1] = f
+                yy = pk[q + 1]
+                sty[b * F + i] = (yy & 0xFFFF) // TILE | ((yy >> 16) & 0xFFFF) // TILE << 16
     for it in range(B * nb * _TASK):
         if it % _TASK == 0:
             task = it // _TASK
@@ -544,13 +546,12 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                     cursor[t] = 0
                 h0, nh = task * F, 0
                 for i in range(n):
-                    s = (b * F + i) * _NPK
-                    yy = srt[s + 1]
-                    t0, t1 = ti.max((yy & 0xFFFF) // TILE, ra), ti.min(((yy >> 16) & 0xFFFF) // TILE, rz - 1)
+                    yy = sty[b * F + i]
+                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
                     if t0 <= t1:
                         hl[h0 + nh] = i
                         nh += 1
-                        x = srt[s]
+                        x = srt[(b * F + i) * _NPK]
                         c0, c1 = (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
                         for ty in range(t0, t1 + 1):
                             cb = (b * ty_n + ty) * tx_n
@@ -1286,7 +1287,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         start = torch.from_numpy(np.stack([np.cumsum(tot) - tot, np.zeros_like(tot)], 1).astype(np.int32))
         bins = torch.empty(max(n, 1), 2, **i32)
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * _NPK, **i32),
+                   pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * _NPK, **i32), torch.empty(B * F, **i32),
                    torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
                    counts.view(-1), bins.view(-1), B, F, ty_n, tx_n, nb, nch, cw)
     else:
