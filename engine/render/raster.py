@@ -582,6 +582,10 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                             g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
                         bm = ti.cast(ti.cast(lo, ti.u32), ti.u64) | (ti.cast(ti.cast(hi, ti.u32), ti.u64) << 32)
                         tu = u0 // TILE
+                        # the grown box's columns in its first and last tile column, in every pixel row of a tile
+                        ca, cz = x0 // TILE, x1 // TILE
+                        cf = (((1 << TILE) - 1) ^ ((1 << (x0 - ca * TILE)) - 1)) * _REP
+                        cl = ((1 << (x1 - cz * TILE + 1)) - 1) * _REP
                         for ty in range(t0, t1 + 1):
                             p0, p1 = ty * TILE, ty * TILE + TILE - 1
                             rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
@@ -592,13 +596,12 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                             r0, r1 = o0 - p0, o1 - p0
                             own = o0 <= o1
                             cb = (b * ty_n + ty) * tx_n
-                            for tx in range(x0 // TILE, x1 // TILE + 1):
-                                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                            for tx in range(ca, cz + 1):
+                                m = w & ti.select(tx == ca, cf, 0xFFFF) & ti.select(tx == cz, cl, 0xFFFF)
                                 t = cb + tx
                                 slot = cursor[t]
                                 cursor[t] = slot + 1
-                                bins[2 * slot], bins[2 * slot + 1] = f, m
+                                bins[slot] = ti.cast(f, ti.i64) | (ti.cast(m, ti.i64) << 32)
                             # the pixels the face may hold (mask bits _IN_SHIFT..) added to the entries just written
                             # for the tiles its own box meets (at most 3 with a set-up bitmap; the tile loop above
                             # stays free of them: measured ~30% cheaper at 512^2): each such entry is its tile's last
@@ -625,7 +628,7 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                                                 bits |= ti.select(inside, 1 << c, 0)
                                             m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
                                     slot = cursor[cb + tx] - 1
-                                    bins[2 * slot + 1] = bins[2 * slot + 1] | m
+                                    bins[slot] = bins[slot] | (ti.cast(m, ti.i64) << 32)
 
 
 @lean
@@ -1289,7 +1292,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
                    pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * _NPK, **i32), torch.empty(B * F, **i32),
                    torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
-                   counts.view(-1), bins.view(-1), B, F, ty_n, tx_n, nb, nch, cw)
+                   counts.view(-1), bins.view(torch.int64).view(-1), B, F, ty_n, tx_n, nb, nch, cw)
     else:
         spans = torch.empty(B, F, _NSPAN, **i32)
         _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
