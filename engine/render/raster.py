@@ -422,7 +422,8 @@ def _lane_slice(rl, sh):
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(), sty: ti.types.ndarray(),
+               pk: ti.types.ndarray(), pk2: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
+               srt2: ti.types.ndarray(), sty: ti.types.ndarray(),
                hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
@@ -526,11 +527,11 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
             rb = b * (ty_n + nb + 4) + ty_n + nb + 2
             if i < rows[rb]:
                 f = ids[rows[rb + 1] + i]
-                q, s = (b * F + f) * _NPK, (b * F + i) * _NPK
-                for j in ti.static(range(_NPK - 1)):
-                    srt[s + j] = pk[q + j]
-                srt[s + _NPK - 1] = f
-                yy = pk[q + 1]
+                q, s = (b * F + f) * (_NPK // 2), (b * F + i) * (_NPK // 2)
+                w0, w1, w2, w3 = pk2[q], pk2[q + 1], pk2[q + 2], pk2[q + 3]
+                srt2[s], srt2[s + 1], srt2[s + 2] = w0, w1, w2
+                srt2[s + 3] = (w3 & ti.i64(0xFFFFFFFF)) | (ti.cast(f, ti.i64) << 32)
+                yy = ti.cast(w0 >> 32, ti.i32)
                 sty[b * F + i] = (yy & 0xFFFF) // TILE | ((yy >> 16) & 0xFFFF) // TILE << 16
     for it in range(B * nb * _TASK):
         if it % _TASK == 0:
@@ -1289,8 +1290,10 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         n = int(tot.sum())
         start = torch.from_numpy(np.stack([np.cumsum(tot) - tot, np.zeros_like(tot)], 1).astype(np.int32))
         bins = torch.empty(max(n, 1), 2, **i32)
+        srt = torch.empty(B * F * _NPK, **i32)
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + nb + 4), **i32), torch.empty(B * F * _NPK, **i32), torch.empty(B * F, **i32),
+                   pk, pk.view(torch.int64), torch.empty(B * (ty_n + nb + 4), **i32), srt, srt.view(torch.int64),
+                   torch.empty(B * F, **i32),
                    torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
                    counts.view(-1), bins.view(torch.int64).view(-1), B, F, ty_n, tx_n, nb, nch, cw)
     else:
