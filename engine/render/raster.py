@@ -250,6 +250,12 @@ _BM = 8
 
 
 @ti.func
+def _words(lo, hi):
+    # two int32 words as one int64 (lo first in memory)
+    return ti.cast(ti.cast(lo, ti.u32), ti.i64) | (ti.cast(hi, ti.i64) << 32)
+
+
+@ti.func
 def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), pk: ti.template(), b, f, F, margin,
                 near, W, H):
     # face f's record (_face_setup; fd flat (B * F * _NREC)) and packed binning record (pk, B * F * _NPK, for
@@ -285,9 +291,9 @@ def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), 
                     hi |= bits << (_BM * (k - 32 // _BM))
         else:
             big = 1
-    q = (b * F + f) * _NPK
-    pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
-    pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
+    q = (b * F + f) * (_NPK // 2)
+    pk[q], pk[q + 1] = _words(x0 | (x1 << 16), y0 | (y1 << 16)), _words(uu, vv)
+    pk[q + 2], pk[q + 3] = _words(lo, hi), ti.cast(big, ti.i64)
     return x0, x1, y0, y1, u0, u1, v0, v1
 
 
@@ -422,7 +428,7 @@ def _lane_slice(rl, sh):
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), pk2: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
                srt2: ti.types.ndarray(), sty: ti.types.ndarray(),
                hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
@@ -528,9 +534,8 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
             if i < rows[rb]:
                 f = ids[rows[rb + 1] + i]
                 q, s = (b * F + f) * (_NPK // 2), (b * F + i) * (_NPK // 2)
-                w0, w1, w2, w3 = pk2[q], pk2[q + 1], pk2[q + 2], pk2[q + 3]
-                srt2[s], srt2[s + 1], srt2[s + 2] = w0, w1, w2
-                srt2[s + 3] = (w3 & ti.i64(0xFFFFFFFF)) | (ti.cast(f, ti.i64) << 32)
+                w0, w1, w2, w3 = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
+                srt2[s], srt2[s + 1], srt2[s + 2], srt2[s + 3] = w0, w1, w2, w3 | (ti.cast(f, ti.i64) << 32)
                 yy = ti.cast(w0 >> 32, ti.i32)
                 sty[b * F + i] = (yy & 0xFFFF) // TILE | ((yy >> 16) & 0xFFFF) // TILE << 16
     for it in range(B * nb * _TASK):
@@ -1270,7 +1275,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     F = faces.shape[0]
     assert W < 1 << 16 and H < 1 << 16, "tile lists pack pixel columns in 16 bits"
     fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
-    pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
+    pk = torch.empty(B * F * _NPK // 2, dtype=torch.int64, device=dev)
     counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
     i32 = dict(dtype=torch.int32, device=dev)
@@ -1292,7 +1297,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         bins = torch.empty(max(n, 1), 2, **i32)
         srt = torch.empty(B * F * _NPK, **i32)
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, pk.view(torch.int64), torch.empty(B * (ty_n + nb + 4), **i32), srt, srt.view(torch.int64),
+                   pk, torch.empty(B * (ty_n + nb + 4), **i32), srt, srt.view(torch.int64),
                    torch.empty(B * F, **i32),
                    torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
                    counts.view(-1), bins.view(torch.int64).view(-1), B, F, ty_n, tx_n, nb, nch, cw)
