@@ -318,12 +318,12 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
 @lean
 @ti.kernel
 def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int,
+                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(),
+                   cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int,
                    ty_n: int, wide: ti.template()):
     # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
     # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
-    # it is binned, else -1 (keys, ids (B, 2, F)); tr (B, F, 2): its first | last tile row << 16 and first | (last
-    # + 1) tile column << 16 (if binned); cs (B, nch, tiles_y + 2): per chunk, the differences over the
+    # it is binned, else -1 (keys, ids (B, 2, F)); cs (B, nch, tiles_y + 2): per chunk, the differences over the
     # tile rows of its faces' tile entries (a face adds its number of tile columns at its first tile row and takes
     # it off after its last) and then its number of tile entries (a chunk's row is cw >= tiles_y + 2 words, whole
     # cache lines: no false sharing between the chunks' tasks)
@@ -434,19 +434,22 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
     # CPU tile lists of _bin_setup_cpu's faces. Every array is flat (an index into a 1-D array costs no shape loads,
-    # and no array element is updated in place with +=, which Taichi makes atomic): fd, pk, keys, ids (B, 2, F;
-    # first half), tr (B, F, 2), cs (B, nch, cw) as _bin_setup_cpu wrote them; start (B, 2): where batch b's entries
-    # begin (column 0); scratch hist (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, 2), hl (B, nb,
-    # F), cursor (B, tiles_y, tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
+    # and no array element is updated in place with +=, which Taichi makes atomic): fd, pk (int64 words), keys, ids
+    # (B, 2, F; first half), cs (B, nch, cw) as _bin_setup_cpu wrote them; start (B, 2): where batch b's entries
+    # begin (column 0); scratch hist (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, _NPK; srt2 the
+    # same memory as int64), sty (B, F), hl (B, nb, F), cursor (B, tiles_y, tiles_x); out: offsets, counts (B,
+    # tiles_y, tiles_x), bins (N, 2) (viewed as int64: an entry is one store).
     # 1. One task per batch (the only serial part): each tile row's entries start (the chunks' per-row differences
     #    summed, then a prefix sum), the binned faces' keys packed and sorted by (nearest vertex depth, face id) with
     #    a stable LSD radix sort (only the bits in which the keys differ), the tile rows cut into nb bands of about
     #    equal entries. rows: the tile rows' entries starts (tiles_y + 1), the bands' first rows (nb + 1), the
     #    number of sorted faces and where their ids lie in ids.
-    # 2. One item per sorted face: its tile rows and columns (tr) copied into srt in depth order.
-    # 3. One task per band of tile rows: walks the sorted faces (srt, in order) once for the band's tiles' counts
+    # 2. One item per sorted face: its packed record (pk, 4 int64 words, its id added in word 7) copied into srt and
+    #    its tile rows into sty, in depth order (the one random read of a face's record: a short loop keeps many of
+    #    them in flight; read by the bands instead, each between two faces' tile loops, they cost ~2x as much).
+    # 3. One task per band of tile rows: walks the sorted faces (sty, in order) once for the band's tiles' counts
     #    (differences over the columns; the faces that meet the band go to its hit list hl), then their offsets;
-    #    then each hit face (its packed record pk read once) is appended to the tiles of its tile rows in the band
+    #    then each hit face (its row of srt) is appended to the tiles of its tile rows in the band
     #    with its grown-box pixel mask (bits 0..15), and the pixels it may hold (bits 16..: from the set-up bitmap,
     #    or for a large own box tested here as _inside_bits does) are ORed into its entries of the (few) tiles its
     #    own box meets. Each tile list comes out sorted front to back and each band's lists are written by one task
