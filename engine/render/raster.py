@@ -280,9 +280,14 @@ def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), 
             g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
             for py in range(v0, v1 + 1):
                 bits = 0
-                for c in ti.static(range(_BM)):
-                    w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
-                    bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                if u1 - u0 < _BM // 2:
+                    for c in ti.static(range(_BM // 2)):
+                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                else:
+                    for c in ti.static(range(_BM)):
+                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
                 bits &= (1 << (u1 - u0 + 1)) - 1
                 k = py - v0
                 if k < 32 // _BM:
