@@ -250,6 +250,12 @@ _BM = 8
 
 
 @ti.func
+def _words(lo, hi):
+    # two int32 words as one int64 (lo first in memory)
+    return ti.cast(ti.cast(lo, ti.u32), ti.i64) | (ti.cast(hi, ti.i64) << 32)
+
+
+@ti.func
 def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), pk: ti.template(), b, f, F, margin,
                 near, W, H):
     # face f's record (_face_setup; fd flat (B * F * _NREC)) and packed binning record (pk, B * F * _NPK, for
@@ -274,9 +280,14 @@ def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), 
             g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
             for py in range(v0, v1 + 1):
                 bits = 0
-                for c in ti.static(range(_BM)):
-                    w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
-                    bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                if u1 - u0 < _BM // 2:
+                    for c in ti.static(range(_BM // 2)):
+                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
+                else:
+                    for c in ti.static(range(_BM)):
+                        w0, w1, w2 = _bary_at(ax, ay, g0, g1, g2, g3, u0 + c + 0.5, py + 0.5)
+                        bits |= ti.select((w0 >= -_IN_EPS) & (w1 >= -_IN_EPS) & (w2 >= -_IN_EPS), 1 << c, 0)
                 bits &= (1 << (u1 - u0 + 1)) - 1
                 k = py - v0
                 if k < 32 // _BM:
@@ -285,9 +296,9 @@ def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), 
                     hi |= bits << (_BM * (k - 32 // _BM))
         else:
             big = 1
-    q = (b * F + f) * _NPK
-    pk[q], pk[q + 1], pk[q + 2], pk[q + 3] = x0 | (x1 << 16), y0 | (y1 << 16), uu, vv
-    pk[q + 4], pk[q + 5], pk[q + 6] = lo, hi, big
+    q = (b * F + f) * (_NPK // 2)
+    pk[q], pk[q + 1] = _words(x0 | (x1 << 16), y0 | (y1 << 16)), _words(uu, vv)
+    pk[q + 2], pk[q + 3] = _words(lo, hi), ti.cast(big, ti.i64)
     return x0, x1, y0, y1, u0, u1, v0, v1
 
 
@@ -312,13 +323,12 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
 @lean
 @ti.kernel
 def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.types.ndarray(),
-                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(), tr: ti.types.ndarray(),
+                   pk: ti.types.ndarray(), keys: ti.types.ndarray(), ids: ti.types.ndarray(),
                    cs: ti.types.ndarray(), F: int, nch: int, cw: int, margin: float, near: float, W: int, H: int,
                    ty_n: int, wide: ti.template()):
     # CPU: each face's records (_setup_face) and what _bin_lists' first pass needs, gathered per chunk of faces
     # (one task per chunk of consecutive faces, no atomics): keys[b, 0, f] its depth key and ids[b, 0, f] = f if
-    # it is binned, else -1 (keys, ids (B, 2, F)); tr (B, F, 2): its first | last tile row << 16 and first | (last
-    # + 1) tile column << 16 (if binned); cs (B, nch, tiles_y + 2): per chunk, the differences over the
+    # it is binned, else -1 (keys, ids (B, 2, F)); cs (B, nch, tiles_y + 2): per chunk, the differences over the
     # tile rows of its faces' tile entries (a face adds its number of tile columns at its first tile row and takes
     # it off after its last) and then its number of tile entries (a chunk's row is cw >= tiles_y + 2 words, whole
     # cache lines: no false sharing between the chunks' tasks)
@@ -337,8 +347,6 @@ def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti
                 if x0 <= x1 and y0 <= y1:
                     keys[i], ids[i] = ti.cast(_depth_key(fd[(b * F + f) * _NREC + _ZMIN], wide), ti.i64), f
                     nc = x1 // TILE - x0 // TILE + 1
-                    tr[2 * (b * F + f)] = y0 // TILE | (y1 // TILE) << 16
-                    tr[2 * (b * F + f) + 1] = x0 // TILE | (x1 // TILE + 1) << 16
                     r0, r1 = c0 + y0 // TILE, c0 + y1 // TILE + 1
                     cs[r0] = cs[r0] + nc
                     cs[r1] = cs[r1] - nc
@@ -425,24 +433,28 @@ def _lane_slice(rl, sh):
 @ti.kernel
 def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.ndarray(),
                keys: ti.types.ndarray(), ids: ti.types.ndarray(), hist: ti.types.ndarray(),
-               pk: ti.types.ndarray(), rows: ti.types.ndarray(), tr: ti.types.ndarray(), srt: ti.types.ndarray(),
+               pk: ti.types.ndarray(), rows: ti.types.ndarray(), srt: ti.types.ndarray(),
+               srt2: ti.types.ndarray(), sty: ti.types.ndarray(),
                hl: ti.types.ndarray(), cursor: ti.types.ndarray(),
                offsets: ti.types.ndarray(), counts: ti.types.ndarray(), bins: ti.types.ndarray(), B: int, F: int,
                ty_n: int, tx_n: int, nb: int, nch: int, cw: int):
     # CPU tile lists of _bin_setup_cpu's faces. Every array is flat (an index into a 1-D array costs no shape loads,
-    # and no array element is updated in place with +=, which Taichi makes atomic): fd, pk, keys, ids (B, 2, F;
-    # first half), tr (B, F, 2), cs (B, nch, cw) as _bin_setup_cpu wrote them; start (B, 2): where batch b's entries
-    # begin (column 0); scratch hist (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, 2), hl (B, nb,
-    # F), cursor (B, tiles_y, tiles_x); out: offsets, counts (B, tiles_y, tiles_x), bins (N, 2).
+    # and no array element is updated in place with +=, which Taichi makes atomic): fd, pk (int64 words), keys, ids
+    # (B, 2, F; first half), cs (B, nch, cw) as _bin_setup_cpu wrote them; start (B, 2): where batch b's entries
+    # begin (column 0); scratch hist (B, _NPASS, 2^_RADIX), rows (B, tiles_y + nb + 4), srt (B, F, _NPK; srt2 the
+    # same memory as int64), sty (B, F), hl (B, nb, F), cursor (B, tiles_y, tiles_x); out: offsets, counts (B,
+    # tiles_y, tiles_x), bins (N, 2) (viewed as int64: an entry is one store).
     # 1. One task per batch (the only serial part): each tile row's entries start (the chunks' per-row differences
     #    summed, then a prefix sum), the binned faces' keys packed and sorted by (nearest vertex depth, face id) with
     #    a stable LSD radix sort (only the bits in which the keys differ), the tile rows cut into nb bands of about
     #    equal entries. rows: the tile rows' entries starts (tiles_y + 1), the bands' first rows (nb + 1), the
     #    number of sorted faces and where their ids lie in ids.
-    # 2. One item per sorted face: its tile rows and columns (tr) copied into srt in depth order.
-    # 3. One task per band of tile rows: walks the sorted faces (srt, in order) once for the band's tiles' counts
+    # 2. One item per sorted face: its packed record (pk, 4 int64 words, its id added in word 7) copied into srt and
+    #    its tile rows into sty, in depth order (the one random read of a face's record: a short loop keeps many of
+    #    them in flight; read by the bands instead, each between two faces' tile loops, they cost ~2x as much).
+    # 3. One task per band of tile rows: walks the sorted faces (sty, in order) once for the band's tiles' counts
     #    (differences over the columns; the faces that meet the band go to its hit list hl), then their offsets;
-    #    then each hit face (its packed record pk read once) is appended to the tiles of its tile rows in the band
+    #    then each hit face (its row of srt) is appended to the tiles of its tile rows in the band
     #    with its grown-box pixel mask (bits 0..15), and the pixels it may hold (bits 16..: from the set-up bitmap,
     #    or for a large own box tested here as _inside_bits does) are ORed into its entries of the (few) tiles its
     #    own box meets. Each tile list comes out sorted front to back and each band's lists are written by one task
@@ -524,12 +536,16 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
             rows[bb + k] = ty_n
             k += 1
         rows[bb + nb + 1], rows[bb + nb + 2] = n, kb + (npass % 2) * F
-    for b, i in ti.ndrange(B, F):
-        rb = b * (ty_n + nb + 4) + ty_n + nb + 2
-        if i < rows[rb]:
-            q = (b * F + ids[rows[rb + 1] + i]) * 2
-            s = (b * F + i) * 2
-            srt[s], srt[s + 1] = tr[q], tr[q + 1]
+    for i in range(F):
+        for b in range(B):
+            rb = b * (ty_n + nb + 4) + ty_n + nb + 2
+            if i < rows[rb]:
+                f = ids[rows[rb + 1] + i]
+                q, s = (b * F + f) * (_NPK // 2), (b * F + i) * (_NPK // 2)
+                w0, w1, w2, w3 = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
+                srt2[s], srt2[s + 1], srt2[s + 2], srt2[s + 3] = w0, w1, w2, w3 | (ti.cast(f, ti.i64) << 32)
+                yy = ti.cast(w0 >> 32, ti.i32)
+                sty[b * F + i] = (yy & 0xFFFF) // TILE | ((yy >> 16) & 0xFFFF) // TILE << 16
     for it in range(B * nb * _TASK):
         if it % _TASK == 0:
             task = it // _TASK
@@ -544,14 +560,13 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                     cursor[t] = 0
                 h0, nh = task * F, 0
                 for i in range(n):
-                    s = (b * F + i) * 2
-                    yy = srt[s]
+                    yy = sty[b * F + i]
                     t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
                     if t0 <= t1:
                         hl[h0 + nh] = i
                         nh += 1
-                        x = srt[s + 1]
-                        c0, c1 = x & 0xFFFF, x >> 16
+                        x = srt[(b * F + i) * _NPK]
+                        c0, c1 = (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
                         for ty in range(t0, t1 + 1):
                             cb = (b * ty_n + ty) * tx_n
                             cursor[cb + c0] = cursor[cb + c0] + 1
@@ -565,15 +580,13 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                         counts[cb + tx], offsets[cb + tx], cursor[cb + tx] = run, e, e
                         e += run
                 for j in range(nh):
-                    i = hl[h0 + j]
-                    yy = srt[(b * F + i) * 2]
-                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
+                    q = (b * F + hl[h0 + j]) * _NPK
+                    xx, yy, uu, vv = srt[q], srt[q + 1], srt[q + 2], srt[q + 3]
+                    y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
+                    t0, t1 = ti.max(y0 // TILE, ra), ti.min(y1 // TILE, rz - 1)
                     if t0 <= t1:
-                        f = ids[fin + i]
-                        q = (b * F + f) * _NPK
-                        xx, yy, uu, vv = pk[q], pk[q + 1], pk[q + 2], pk[q + 3]
-                        y0, y1 = yy & 0xFFFF, (yy >> 16) & 0xFFFF
-                        lo, hi, big = pk[q + 4], pk[q + 5], pk[q + 6]
+                        f = srt[q + _NPK - 1]
+                        lo, hi, big = srt[q + 4], srt[q + 5], srt[q + 6]
                         v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
                         x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
                         ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -583,6 +596,10 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                             g0, g1, g2, g3 = fd[r + _WGR], fd[r + _WGR + 1], fd[r + _WGR + 2], fd[r + _WGR + 3]
                         bm = ti.cast(ti.cast(lo, ti.u32), ti.u64) | (ti.cast(ti.cast(hi, ti.u32), ti.u64) << 32)
                         tu = u0 // TILE
+                        # the grown box's columns in its first and last tile column, in every pixel row of a tile
+                        ca, cz = x0 // TILE, x1 // TILE
+                        cf = (((1 << TILE) - 1) ^ ((1 << (x0 - ca * TILE)) - 1)) * _REP
+                        cl = ((1 << (x1 - cz * TILE + 1)) - 1) * _REP
                         for ty in range(t0, t1 + 1):
                             p0, p1 = ty * TILE, ty * TILE + TILE - 1
                             rlo, rhi = ti.max(y0, p0) - p0, ti.min(y1, p1) - p0
@@ -593,13 +610,12 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                             r0, r1 = o0 - p0, o1 - p0
                             own = o0 <= o1
                             cb = (b * ty_n + ty) * tx_n
-                            for tx in range(x0 // TILE, x1 // TILE + 1):
-                                clo, chi = ti.max(x0 - tx * TILE, 0), ti.min(x1 - tx * TILE, TILE - 1)
-                                m = w & ((((1 << (chi + 1)) - 1) ^ ((1 << clo) - 1)) * _REP)
+                            for tx in range(ca, cz + 1):
+                                m = w & ti.select(tx == ca, cf, 0xFFFF) & ti.select(tx == cz, cl, 0xFFFF)
                                 t = cb + tx
                                 slot = cursor[t]
                                 cursor[t] = slot + 1
-                                bins[2 * slot], bins[2 * slot + 1] = f, m
+                                bins[slot] = ti.cast(f, ti.i64) | (ti.cast(m, ti.i64) << 32)
                             # the pixels the face may hold (mask bits _IN_SHIFT..) added to the entries just written
                             # for the tiles its own box meets (at most 3 with a set-up bitmap; the tile loop above
                             # stays free of them: measured ~30% cheaper at 512^2): each such entry is its tile's last
@@ -626,7 +642,7 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                                                 bits |= ti.select(inside, 1 << c, 0)
                                             m |= (bits & cols) << (pr * TILE + _IN_SHIFT)
                                     slot = cursor[cb + tx] - 1
-                                    bins[2 * slot + 1] = bins[2 * slot + 1] | m
+                                    bins[slot] = bins[slot] | (ti.cast(m, ti.i64) << 32)
 
 
 @lean
@@ -1267,7 +1283,7 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
     F = faces.shape[0]
     assert W < 1 << 16 and H < 1 << 16, "tile lists pack pixel columns in 16 bits"
     fd = torch.empty(B, F, _NREC, dtype=dt, device=dev)
-    pk = torch.empty(B * F * _NPK, dtype=torch.int32, device=dev)
+    pk = torch.empty(B * F * _NPK // 2, dtype=torch.int64, device=dev)
     counts = torch.empty(B, ty_n, tx_n, dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
     i32 = dict(dtype=torch.int32, device=dev)
@@ -1279,19 +1295,20 @@ def bin_faces(screen: torch.Tensor, faces: torch.Tensor, W: int, H: int, sigma: 
         th = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
         nch, nb = max(1, min(F, 16 * th)), max(1, min(ty_n, 2 * th if th > 1 else 1))
         keys, ids = torch.empty(B * 2 * F, dtype=torch.int64, device=dev), torch.empty(B * 2 * F, **i32)
-        tr = torch.empty(B * F * 2, **i32)
         cw = (ty_n + 2 + 15) // 16 * 16
         cs = torch.empty(B * nch * cw, **i32)
-        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, tr, cs, F, nch, cw, margin, near, W, H, ty_n,
+        _bin_setup_cpu(screen, faces, fd.view(-1), pk, keys, ids, cs, F, nch, cw, margin, near, W, H, ty_n,
                        dt == torch.float64)
         tot = cs.numpy().reshape(B, nch, -1)[:, :, ty_n + 1].sum(1)
         n = int(tot.sum())
         start = torch.from_numpy(np.stack([np.cumsum(tot) - tot, np.zeros_like(tot)], 1).astype(np.int32))
         bins = torch.empty(max(n, 1), 2, **i32)
+        srt = torch.empty(B * F * _NPK, **i32)
         _bin_lists(fd.view(-1), cs, start.view(-1), keys, ids, torch.empty(B * _NPASS << _RADIX, **i32),
-                   pk, torch.empty(B * (ty_n + nb + 4), **i32), tr, torch.empty(B * F * 2, **i32),
+                   pk, torch.empty(B * (ty_n + nb + 4), **i32), srt, srt.view(torch.int64),
+                   torch.empty(B * F, **i32),
                    torch.empty(B * nb * F, **i32), torch.empty(B * ty_n * tx_n, **i32), offsets.view(-1),
-                   counts.view(-1), bins.view(-1), B, F, ty_n, tx_n, nb, nch, cw)
+                   counts.view(-1), bins.view(torch.int64).view(-1), B, F, ty_n, tx_n, nb, nch, cw)
     else:
         spans = torch.empty(B, F, _NSPAN, **i32)
         _bin_setup(screen, faces, fd.view(-1), spans.view(-1), pk, F, margin, near, W, H)
