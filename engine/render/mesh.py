@@ -382,7 +382,11 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         s0, s1, s2 = _bary(fd, b, f, x, y)
                         lm[n] = _edge_bits(s0, s1, s2)
                         w0, w1, w2, zk = _persp_bary_fast(fd, b, f, s0, s1, s2)
-                        lw0[n], lw1[n], lw2[n] = w0, w1, w2
+                        # the weights again only for an attribute or texture gradient
+                        if ti.static(use_tex):
+                            lw0[n], lw1[n], lw2[n] = w0, w1, w2
+                        elif need & 1:
+                            lw0[n], lw1[n], lw2[n] = w0, w1, w2
                         if ti.static(packed):
                             q = _row_q(pk, b, f, F, w0, w1, w2, zk, per_face, C)
                             for c in ti.static(range(C)):
@@ -394,7 +398,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                             i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
                             for c in ti.static(range(C)):
                                 lu[n, c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
-                        lu[n, C] = zk
+                        if has_gdep:                        # else the depth channel meets go = 0 (lu's 0)
+                            lu[n, C] = zk
                         n += 1
                     go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
                     for c in ti.static(range(C)):
