@@ -447,10 +447,6 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                             sh = _row_shade(pk, b, f, F, use_shade, C)
                         out = lcv[k] < 0                        # outside the face: d > 0
                         cov = ti.abs(lcv[k])
-                        # the nearest edge (e, e + 1), its foot's parameter t and q - p, from the face record
-                        e, t, rx, ry = 0, 0.0, 0.0, 0.0
-                        if out:
-                            e, t, rx, ry = _near_seg(fd, b, f, m, x, y)
                         gv_ = go.dot(u * sh)
                         ga = T * (gv_ - R)                      # dL / d alpha_k
                         ta = T * a
@@ -495,6 +491,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         if need & 2:
                             _acc(gbuf, r_opac + f, ga * cov, private)
                         if out:
+                            # the nearest edge (e, e + 1), its foot's parameter t and q - p, from the face record
+                            e, t, rx, ry = _near_seg(fd, b, f, m, x, y)
                             # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q the closest point of the
                             # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
                             # d|p - q|^2/dq . dq/dt = 0 inside it): raster._edge_grad's steps
