@@ -62,6 +62,46 @@ def _shade_vec(shade: ti.template(), b, f, use_shade, C: ti.template()):
 
 
 @ti.func
+def _row_q(pk: ti.template(), b, f, F, w0, w1, w2, z, per_face, C: ti.template()):
+    # _layer_q from face f's packed row in batch b (_face_frame_rows): the same sums of the same numbers, without
+    # the faces -> attributes gather. The corners of channel c are adjacent (3 c, 3 c + 1, 3 c + 2): with the
+    # corners' channels adjacent instead, LLVM vectorised two channels' sums and reassociated the compositing's
+    # products differently (rgb off main's by ~1e-7)
+    r = (b * F + f) * (4 * C + 4)
+    v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+    if per_face:
+        for c in ti.static(range(C)):
+            v[c] = pk[r + c]
+    else:
+        for c in ti.static(range(C)):
+            v[c] = w0 * pk[r + 3 * c] + w1 * pk[r + 3 * c + 1] + w2 * pk[r + 3 * c + 2]
+    v[C] = z
+    return v
+
+
+@ti.func
+def _row_shade(pk: ti.template(), b, f, F, use_shade, C: ti.template()):
+    # _shade_vec from face f's packed row (_row_q)
+    v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+    if use_shade:
+        r = (b * F + f) * (4 * C + 4) + 3 * C
+        for c in ti.static(range(C)):
+            v[c] = pk[r + c]
+    return v
+
+
+@ti.func
+def _row_opac(opac: ti.template(), pk: ti.template(), b, f, F, packed: ti.template(), C: ti.template()):
+    # face f's opacity in batch b: from its packed row (``packed``) or opac (B, F)
+    a = 0.0
+    if ti.static(packed):
+        a = pk[(b * F + f) * (4 * C + 4) + 4 * C]
+    else:
+        a = opac[b, f]
+    return a
+
+
+@ti.func
 def _bg_vec(bg: ti.template(), b, py, px, W, C: ti.template()):
     # background behind the last layer: the background colour, depth 0, alpha 0
     v = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
@@ -108,19 +148,23 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
                p2f: ti.template(), cv: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(),
                nrm: ti.template(), b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face,
                use_shade, use_tex: ti.template(), sigma, K: ti.template(), C: ti.template(), cut: ti.template(),
-               store):
+               store, pk: ti.template(), packed: ti.template()):
     # one pixel's list lf, lz, ld[o:o + K] (by (z, id)) composited front to back over the background; p2f gets
     # the composited layers (``cut``: -1 behind an opaque one) or the whole list; with ``store`` cv gets each
     # layer's coverage for the backward, negated where the pixel lies outside the face (d > 0: the distance has a
-    # gradient there), for every layer p2f names
-    W = p2f.shape[2]
+    # gradient there), for every layer p2f names. ``packed``: attributes, shade and opacity from the faces' packed
+    # rows pk (_face_frame_rows)
+    W, F = p2f.shape[2], faces.shape[0]
     x, y = px + 0.5, py + 0.5
     bn = b if fn.shape[0] > 1 else 0
     for c in ti.static(range(3)):
         nrm[b, py, px, c] = 0.0
     if lf[o] >= 0:
         for c in ti.static(range(3)):
-            nrm[b, py, px, c] = fn[bn, lf[o], c]
+            if ti.static(packed):
+                nrm[b, py, px, c] = pk[(b * F + lf[o]) * (4 * C + 4) + 4 * C + 1 + c]
+            else:
+                nrm[b, py, px, c] = fn[bn, lf[o], c]
     acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
     T = 1.0
     for k in range(K):
@@ -136,11 +180,15 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
             if store:
                 cv[b, py, px, k] = -cov if d > 0 else cov
             if T != 0.0:
-                a = opac[b, f] * cov
+                a = _row_opac(opac, pk, b, f, F, packed, C) * cov
                 # the weights and depth by one division (_persp_bary_fast)
                 w0, w1, w2, z = _persp_bary_fast(fd, b, f, *_bary(fd, b, f, x, y))
-                acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, z, per_face, C) \
-                    * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
+                if ti.static(packed):
+                    acc += (T * a) * _row_q(pk, b, f, F, w0, w1, w2, z, per_face, C) \
+                        * _row_shade(pk, b, f, F, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
+                else:
+                    acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, z, per_face, C) \
+                        * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
                 T *= 1.0 - a
     acc += T * _bg_vec(bg, b, py, px, W, C)
     for c in ti.static(range(C)):
@@ -157,7 +205,8 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
               uvc: ti.types.ndarray(), fn: ti.types.ndarray(), p2f: ti.types.ndarray(), cv: ti.types.ndarray(),
               rgb: ti.types.ndarray(), dep: ti.types.ndarray(), alp: ti.types.ndarray(), nrm: ti.types.ndarray(),
               max_d2: float, ndc2: float, per_face: int, use_shade: int, use_tex: ti.template(), sigma: float,
-              K: ti.template(), C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template(), store: int):
+              K: ti.template(), C: ti.template(), tiled: ti.template(), spread: int, cut: ti.template(), store: int,
+              pk: ti.types.ndarray(), packed: ti.template()):
     # selection and compositing in one pass per pixel (``tiled``, CPU: per tile of pixels, raster._select_tile):
     # the K-nearest list (raster._select, cut behind the first opaque face holding the pixel) stays local and is
     # composited at once; only the composited layers' face ids and, with ``store``, their signed coverages (cv,
@@ -177,12 +226,13 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
                         _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b,
-                                   py, px, lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut, store)
+                                   py, px, lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut, store,
+                                   pk, packed)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
             _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b, py, px,
-                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut, store)
+                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut, store, pk, packed)
 
 
 @ti.func
@@ -240,7 +290,9 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
               gbuf: ti.types.ndarray(), zs: ti.types.ndarray(), g_bg: ti.types.ndarray(), o_attr: int, o_shade: int,
               o_opac: int, o_uv: int, o_bg: int, o_tex: int, per_face: int, use_shade: int, use_tex: ti.template(),
               sigma: float, ndc2: float, n_chunks: int, private: ti.template(), tex_private: ti.template(),
-              has_gdep: int, has_galp: int, full: int, need: int, K: ti.template(), C: ti.template()):
+              has_gdep: int, has_galp: int, full: int, need: int, K: ti.template(), C: ti.template(),
+              pk: ti.types.ndarray(), packed: ti.template()):
+    # ``packed``: each layer's attributes, shade and opacity from the faces' packed rows pk (_face_frame_rows)
     # has_gdep / has_galp: 0 when the loss does not use depth / alpha (their gradient arrays are then dummies)
     # need: bit 0 the attributes', bit 1 the opacity's gradient is wanted (else their regions are dummies)
     # full: p2f holds whole lists and the layers behind T = 0 go into R (an opaque layer's opacity gradient is
@@ -263,6 +315,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
     Ba, Bs, Bo, Bx, Bg = attr.shape[0], shade.shape[0], opac.shape[0], xy.shape[0], bg.shape[0]
     Bt, Bu, Ht, Wt, Fu = tex.shape[0], uvc.shape[0], tex.shape[1], tex.shape[2], uvc.shape[1]
     Vx, Na, Fs, Fo = xy.shape[1], attr.shape[1], shade.shape[1], opac.shape[1]
+    F = faces.shape[0]
     bg_image = g_bg.shape[1] > 1
     inv_sigma = 1.0 / sigma         # a division per layer less (divisions dominated the per-layer maths)
     # Taichi's CPU range-for gives each thread a contiguous block of at least _SPAN iterations: a plain loop over
@@ -323,21 +376,30 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         if f < 0 or (Tn == 0.0 and not full):
                             break
                         s = cv[b, py, px, n]
-                        a = opac[b, f] * ti.abs(s)
+                        a = _row_opac(opac, pk, b, f, F, packed, C) * ti.abs(s)
                         la[n], lt[n], lcv[n] = a, Tn, s
                         Tn *= 1.0 - a
                         s0, s1, s2 = _bary(fd, b, f, x, y)
                         lm[n] = _edge_bits(s0, s1, s2)
                         w0, w1, w2, zk = _persp_bary_fast(fd, b, f, s0, s1, s2)
-                        lw0[n], lw1[n], lw2[n] = w0, w1, w2
-                        if per_face:
+                        # the weights again only for an attribute or texture gradient
+                        if ti.static(use_tex):
+                            lw0[n], lw1[n], lw2[n] = w0, w1, w2
+                        elif need & 1:
+                            lw0[n], lw1[n], lw2[n] = w0, w1, w2
+                        if ti.static(packed):
+                            q = _row_q(pk, b, f, F, w0, w1, w2, zk, per_face, C)
+                            for c in ti.static(range(C)):
+                                lu[n, c] = q[c]
+                        elif per_face:
                             for c in ti.static(range(C)):
                                 lu[n, c] = attr[ba, f, c]
                         else:
                             i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
                             for c in ti.static(range(C)):
                                 lu[n, c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
-                        lu[n, C] = zk
+                        if has_gdep:                        # else the depth channel meets go = 0 (lu's 0)
+                            lu[n, C] = zk
                         n += 1
                     go = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
                     for c in ti.static(range(C)):
@@ -381,12 +443,10 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                          + ty * ((1 - tx) * t10[c] + tx * t11[c]))
                             u = col * tc
                         sh = _shade_vec(shade, b, f, use_shade, C)
+                        if ti.static(packed):
+                            sh = _row_shade(pk, b, f, F, use_shade, C)
                         out = lcv[k] < 0                        # outside the face: d > 0
                         cov = ti.abs(lcv[k])
-                        # the nearest edge (e, e + 1), its foot's parameter t and q - p, from the face record
-                        e, t, rx, ry = 0, 0.0, 0.0, 0.0
-                        if out:
-                            e, t, rx, ry = _near_seg(fd, b, f, m, x, y)
                         gv_ = go.dot(u * sh)
                         ga = T * (gv_ - R)                      # dL / d alpha_k
                         ta = T * a
@@ -431,6 +491,8 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                         if need & 2:
                             _acc(gbuf, r_opac + f, ga * cov, private)
                         if out:
+                            # the nearest edge (e, e + 1), its foot's parameter t and q - p, from the face record
+                            e, t, rx, ry = _near_seg(fd, b, f, m, x, y)
                             # d(alpha)/d(d2) = -alpha / sigma; d2 = ndc2 |p - q|^2 with q the closest point of the
                             # nearest edge (u, u + e), q = u + t e (t clamped to the segment, held fixed:
                             # d|p - q|^2/dq . dq/dt = 0 inside it): raster._edge_grad's steps
@@ -632,7 +694,19 @@ class SoftMesh(bridge.Op):
         B, K = screen.shape[0], self.K
         H, W, C = self.H, self.W, attr.shape[2]
         kw = dict(dtype=attr.dtype, device=attr.device)
-        if self.frame is not None:
+        # with ``frame`` (and no texture) the face frame kernel writes each face's packed row of corner attributes,
+        # shade, opacity and normal, which the compositing and the backward read (_face_frame_rows): one cache line
+        # per layer instead of faces, three attribute rows, shade and opacity, and no separate packing pass (a
+        # separate one cost ~1.1 ms at 51k faces)
+        pk = torch.zeros(1, **kw)
+        if self.frame is not None and not self.use_tex:
+            # fn and shade are never written (the rows hold them): their shapes size their gradients
+            fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
+            shade = torch.empty_like(fn) if self.use_shade else torch.ones(1, 1, 1, **kw)
+            pk = torch.empty(B * faces.shape[0] * (4 * C + 4), **kw)
+            _face_frame_rows(verts.view(-1), faces.view(-1), *self.frame, attr, opacity, pk, self.use_shade,
+                             self.per_face, verts.shape[0], verts.shape[1], C)
+        elif self.frame is not None:
             fn, shade = _face_frame_of(verts, faces, *self.frame, self.use_shade)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
         p2f = torch.empty(B, H, W, K, dtype=torch.int32, device=attr.device)
@@ -641,12 +715,12 @@ class SoftMesh(bridge.Op):
         cv = torch.empty(B, H, W, K, **kw) if self.store else torch.empty(1, 1, 1, 1, **kw)
         _soft_fwd(fd, offsets, counts, bins, faces, attr, shade, opacity, background, tex, uvc, fn, p2f, cv, rgb, dep,
                   alp, nrm, self.max_d2, self.ndc2, self.per_face, self.use_shade, self.use_tex, self.sigma, self.K, C,
-                  _tiled(), _spread(offsets.numel()), self.cut, int(self.store))
-        saved = (verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn.shape)
+                  _tiled(), _spread(offsets.numel()), self.cut, int(self.store), pk, pk.numel() > 1)
+        saved = (verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn.shape, pk)
         return (rgb, dep, alp, nrm, p2f), saved
 
     def backward(self, saved, grads):
-        verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn_shape = saved
+        verts, attr, shade, opacity, background, tex, uvc, cam, faces, screen, p2f, cv, fd, fn_shape, pk = saved
         if not self.store:
             raise RuntimeError("SoftMesh was built with store=False (no gradient expected) but backward ran")
         B, H, W, K = p2f.shape
@@ -706,7 +780,8 @@ class SoftMesh(bridge.Op):
                   dummy if g_dep is None else g_dep, dummy if g_alp is None else g_alp, buf, zs,
                   g_bg if bg_image else dummy, o[1], o[2], o[3], o[4], 0 if bg_image else o[5], o[-1],
                   self.per_face, self.use_shade, self.use_tex, self.sigma, self.ndc2, n_chunks, private, tex_private,
-                  int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.need, self.K, attr.shape[2])
+                  int(g_dep is not None), int(g_alp is not None), int(not self.cut), self.need, self.K, attr.shape[2],
+                  pk, pk.numel() > 1)
         if nc > 1:
             # every array but g_xy (projected by _soft_project_bwd) and an untouched texture, in one launch
             # (with ``frame``, _soft_tail_bwd sums the shade's copies itself)
@@ -979,6 +1054,50 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
         if use_shade:
             for c in ti.static(range(3)):
                 shade[j * 3 + c] = sh[c]
+
+
+@lean
+@ti.kernel
+def _face_frame_rows(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
+                     lcol: ti.types.ndarray(), amb: ti.types.ndarray(), attr: ti.types.ndarray(),
+                     opac: ti.types.ndarray(), pk: ti.types.ndarray(), use_shade: int, per_face: int, Bn: int,
+                     V: int, C: ti.template()):
+    # _face_frame for SoftMesh (``frame``) as one packed row per (b, f) of opac (B, F), all that its compositing and
+    # backward read of a face besides its record (4 C + 4 numbers, 64 bytes for C = 3, instead of faces, three
+    # attribute rows, shade, opacity and normal): the corners' attributes attr (Ba, V, C) channel by channel (3 c + k:
+    # channel c of corner k; per_face: the face's attr (Ba, F, C) in the first C), the shade (3 C.., min(C, 3)
+    # numbers; shading needs C = 3), the opacity (4 C) and the unit normal (4 C + 1..); pk (B, F, 4 C + 4) flat.
+    # Rows b >= Bn (one mesh, several cameras) recompute mesh 0's frame. The same normal and shade arithmetic as
+    # _face_frame (bit-identical).
+    F = faces.shape[0] // 3
+    Ba = attr.shape[0]
+    for j in range(opac.shape[0] * F):
+        b, f = j // F, j % F
+        bn = b if Bn > 1 else 0
+        ba = b if Ba > 1 else 0
+        i0, i1, i2, _v0, e1, e2 = _corners(verts, faces, bn, f, V)
+        n = e1.cross(e2)
+        n = n / ti.max(n.norm(), 1e-12)
+        sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
+        if use_shade:
+            for l in range(ldir.shape[0]):
+                dl = ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
+                for c in ti.static(range(3)):
+                    sh[c] += lcol[l, c] * dl
+        row = ti.Vector([0.0 for _ in ti.static(range(4 * C + 4))])
+        if per_face:
+            for c in ti.static(range(C)):
+                row[c] = attr[ba, f, c]
+        else:
+            for c in ti.static(range(C)):
+                row[3 * c], row[3 * c + 1], row[3 * c + 2] = attr[ba, i0, c], attr[ba, i1, c], attr[ba, i2, c]
+        for c in ti.static(range(min(C, 3))):
+            row[3 * C + c] = sh[c]
+        row[4 * C] = opac[b, f]
+        for c in ti.static(range(3)):
+            row[4 * C + 1 + c] = n[c]
+        for c in ti.static(range(4 * C + 4)):
+            pk[j * (4 * C + 4) + c] = row[c]
 
 
 @ti.func
