@@ -987,7 +987,8 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                  max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
     # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
     # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; returns
-    # lf, lz, ld with pixel p = row * TILE + column's list at [p K:(p + 1) K] (as _select).
+    # lf, lz, ld with slot k of pixel p = row * TILE + column at k TILE^2 + p (slot-first: _composite and _knn_out
+    # take the pixel's offset p and the stride TILE^2; _select's list is the same with offset 0 and stride 1).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
     # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
     # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
@@ -999,7 +1000,8 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # holds the same K best faces as a sorted insertion would, and its end (the test's input) is the same. The
     # opaque cut is the minimum over the class-0 slots. At the end every list is sorted by (z, id) by Batcher's
     # network (_sort_net: 19 comparators for K = 8), each comparator run for the n pixels at once in vector lanes
-    # (no data-dependent branch; empty slots carry depth 1e30 so they stay last), then copied out pixel by pixel.
+    # (no data-dependent branch; empty slots carry depth 1e30 so they stay last, then -1 as in _select). The lists
+    # are handed on in that slot-first layout: a copy into per-pixel lists cost ~1.3 s of _soft_fwd's cold compile.
     # Measured against the sorted insertion it replaces (one thread, 51k faces): _soft_fwd ~0.9x at 256^2 and
     # 512^2 (the insertion's data-dependent shift loop and the final insertion sort were ~1/3 of the selection).
     # Tried: the network on values held in registers (a static comparator list inside the pixel loop, written
@@ -1109,13 +1111,10 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
             lz[a + p], lz[c + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
             lf[a + p], lf[c + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
             ld[a + p], ld[c + p] = ti.select(sw, db, da), ti.select(sw, da, db)
-    of = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-    oz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
-    od = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-    for p in range(n):
-        for k in range(ti.min(n9[p], K)):
-            of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
-    return of, oz, od
+    # empty slots (id -1) get depth -1, as in _select
+    for i in range(n * K):
+        lz[i] = ti.select(lf[i] < 0, -1.0, lz[i])
+    return lf, lz, ld
 
 
 def _spread(n_tiles: int) -> int:
@@ -1132,12 +1131,13 @@ def _tiled() -> bool:
 
 @ti.func
 def _knn_out(fd: ti.template(), p2f: ti.template(), bary: ti.template(), zbuf: ti.template(), dist: ti.template(),
-             b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, K: ti.template()):
+             b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, s, K: ti.template()):
+    # one pixel's list (slot k at lf, lz, ld[o + k s]) with the kept faces' barycentrics
     for k in range(K):
-        f = lf[o + k]
+        f = lf[o + k * s]
         p2f[b, py, px, k] = f
-        zbuf[b, py, px, k] = lz[o + k]
-        dist[b, py, px, k] = ld[o + k]
+        zbuf[b, py, px, k] = lz[o + k * s]
+        dist[b, py, px, k] = ld[o + k * s]
         q0, q1, q2 = 0.0, 0.0, 0.0
         if f >= 0:
             q0, q1, q2, _z = _persp_bary(fd, b, f, px + 0.5, py + 0.5)
@@ -1167,11 +1167,11 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
                 for p in range(TILE * TILE):
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
-                        _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, p * K, K)
+                        _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, p, TILE * TILE, K)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, fd, False)
-            _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, 0, K)
+            _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, 0, 1, K)
 
 
 def blur_radius_px(sigma: float, width: int, height: int) -> float:
