@@ -983,6 +983,18 @@ def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.tem
 
 
 @ti.func
+def _test_lane(rec: ti.template(), f, tx, ty, p, walk, r2, max_d2, ndc2, c9: ti.template(), z9: ti.template(),
+               f9: ti.template(), zc: ti.template(), fc: ti.template(), sc: ti.template(), sz: ti.template(),
+               sd: ti.template()):
+    # _test of face f (record rec) for pixel p of tile (ty, tx) against its list end and cut; the class, depth and
+    # distance go to sc, sz, sd[p] (_select_tile runs it in vector lanes)
+    x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
+    stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p], zc[p], fc[p])
+    sc[p], sz[p], sd[p] = cc, z, d2
+    return stop, enter
+
+
+@ti.func
 def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(), bins: ti.template(), b, ty, tx,
                  max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
     # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
@@ -1069,15 +1081,20 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                 f = bins[e, 0]
                 rec = _rec(fd, b, f)
                 stops, enters, full = 0, 0, 0
-                for h in range(2):
-                    if (mm >> (h * half)) & ((1 << half) - 1) != 0:
-                        for p in range(h * half, h * half + half):
-                            x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
-                            stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p],
-                                                           zc[p], fc[p])
-                            sc[p], sz[p], sd[p] = cc, z, d2
-                            stops |= ti.select(stop, 1 << p, 0)
-                            enters |= ti.select(enter, 1 << p, 0)
+                h0 = ti.select(mm & ((1 << half) - 1) != 0, 0, half)
+                if h0 == 0 and (mm >> half) != 0:
+                    # both halves: one 16-lane loop (the record's values are broadcast once)
+                    for p in range(n):
+                        stop, enter = _test_lane(rec, f, tx, ty, p, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc, sc,
+                                                 sz, sd)
+                        stops |= ti.select(stop, 1 << p, 0)
+                        enters |= ti.select(enter, 1 << p, 0)
+                else:
+                    for p in range(h0, h0 + half):
+                        stop, enter = _test_lane(rec, f, tx, ty, p, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc, sc,
+                                                 sz, sd)
+                        stops |= ti.select(stop, 1 << p, 0)
+                        enters |= ti.select(enter, 1 << p, 0)
                 act ^= stops & mm
                 mm &= enters
                 while mm != 0:
