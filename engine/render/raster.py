@@ -969,16 +969,37 @@ def _sort_net(K: int) -> list:
 
 
 @ti.func
+def _slot_key(c, z, f):
+    # a full keep-list entry (class 0 or 1, f32 depth z > 0, face id f >= 0) as one 64-bit integer with the order
+    # of (class, z, id) (_kbefore): the class at bit 62, the depth's bits (for z > 0 they order as z) at 31..61,
+    # the id below
+    return (ti.cast(c, ti.i64) << 62) | (ti.cast(ti.bit_cast(z, ti.i32), ti.i64) << 31) | ti.cast(f, ti.i64)
+
+
+@ti.func
 def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.template(), K: ti.template()):
     # the last entry by (class, z, id) of pixel p's full list (slots p, p + n, ...: _select_tile) and its slot, by
     # selects (_select_tile runs it for 8 pixels at once)
     cw, zw, fw, s = lc[p], lz[p], lf[p], p
-    for k in range(1, K):
-        t = k * n + p
-        c, z, f = lc[t], lz[t], lf[t]
-        later = _kbefore(cw, zw, fw, c, z, f)
-        cw, zw = ti.select(later, c, cw), ti.select(later, z, zw)
-        fw, s = ti.select(later, f, fw), ti.select(later, t, s)
+    if ti.static(backend.settings().precision == "f32"):
+        # f32: the slots' keys (_slot_key) are independent, so the maximum is a short chain of integer maxima (not
+        # K - 1 dependent three-field comparisons), then the slot holding it
+        km = _slot_key(cw, zw, fw)
+        for k in range(1, K):
+            t = k * n + p
+            km = ti.max(km, _slot_key(lc[t], lz[t], lf[t]))
+        for k in range(1, K):
+            t = k * n + p
+            s = ti.select(_slot_key(lc[t], lz[t], lf[t]) == km, t, s)
+        cw, fw = ti.cast(km >> 62, ti.i32), ti.cast(km & 0x7FFFFFFF, ti.i32)
+        zw = ti.bit_cast(ti.cast((km >> 31) & 0x7FFFFFFF, ti.i32), ti.f32)
+    else:
+        for k in range(1, K):
+            t = k * n + p
+            c, z, f = lc[t], lz[t], lf[t]
+            later = _kbefore(cw, zw, fw, c, z, f)
+            cw, zw = ti.select(later, c, cw), ti.select(later, z, zw)
+            fw, s = ti.select(later, f, fw), ti.select(later, t, s)
     return cw, zw, fw, s
 
 
