@@ -983,7 +983,8 @@ def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.tem
     cw, zw, fw, s = lc[p], lz[p], lf[p], p
     if ti.static(backend.settings().precision == "f32"):
         # f32: the slots' keys (_slot_key) are independent, so the maximum is a short chain of integer maxima (not
-        # K - 1 dependent three-field comparisons), then the slot holding it
+        # K - 1 dependent three-field comparisons, which were ~13 % of the selection's time at 51k faces / 512^2),
+        # then the slot holding it. (A tournament of three-field comparisons gained ~1 % for +1.3 s cold compile.)
         km = _slot_key(cw, zw, fw)
         for k in range(1, K):
             t = k * n + p
@@ -1023,8 +1024,9 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # lf, lz, ld with slot k of pixel p = row * TILE + column at k TILE^2 + p (slot-first: _composite and _knn_out
     # take the pixel's offset p and the stride TILE^2; _select's list is the same with offset 0 and stride 1).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
-    # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
-    # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
+    # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops (_test_lane:
+    # LLVM makes them 8-wide vector code), over all 16 pixels when the entry's mask has pixels in both half tiles,
+    # else over the half that has (the record's values are broadcast once per loop), against each
     # pixel's list end (c9, z9, f9: kept here) and cut; only the pixels of the entry's mask that are still walking
     # then stop or take the face.
     # The keep-lists are not kept sorted while they fill: slot k of pixel p is lc, lf, lz, ld[k n + p] (n pixels a
@@ -1038,7 +1040,8 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # Measured against the sorted insertion it replaces (one thread, 51k faces): _soft_fwd ~0.9x at 256^2 and
     # 512^2 (the insertion's data-dependent shift loop and the final insertion sort were ~1/3 of the selection).
     # Tried: the network on values held in registers (a static comparator list inside the pixel loop, written
-    # straight to the per-pixel outputs): ~2 % faster at 512^2 but ~2 s more cold compile of _soft_fwd.
+    # straight to the per-pixel outputs): ~2 % faster at 512^2 but ~2 s more cold compile of _soft_fwd; the
+    # comparators unrolled statically (constant offsets, no runtime alias checks): ~2 % faster, +3.2 s.
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
     lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
