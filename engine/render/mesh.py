@@ -146,10 +146,10 @@ def _persp_bary_fast(fd: ti.template(), b, f, w0, w1, w2):
 def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), shade: ti.template(),
                opac: ti.template(), bg: ti.template(), tex: ti.template(), uvc: ti.template(), fn: ti.template(),
                p2f: ti.template(), cv: ti.template(), rgb: ti.template(), dep: ti.template(), alp: ti.template(),
-               nrm: ti.template(), b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, per_face,
+               nrm: ti.template(), b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, s, per_face,
                use_shade, use_tex: ti.template(), sigma, K: ti.template(), C: ti.template(), cut: ti.template(),
                store, pk: ti.template(), packed: ti.template()):
-    # one pixel's list lf, lz, ld[o:o + K] (by (z, id)) composited front to back over the background; p2f gets
+    # one pixel's list lf, lz, ld[o + k s] (slot k; by (z, id)) composited front to back over the background; p2f gets
     # the composited layers (``cut``: -1 behind an opaque one) or the whole list; with ``store`` cv gets each
     # layer's coverage for the backward, negated where the pixel lies outside the face (d > 0: the distance has a
     # gradient there), for every layer p2f names. ``packed``: attributes, shade and opacity from the faces' packed
@@ -168,12 +168,12 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
     acc = ti.Vector([0.0 for _ in ti.static(range(C + 2))])
     T = 1.0
     for k in range(K):
-        f = lf[o + k]
+        f = lf[o + k * s]
         # layers behind a fully opaque one (T = 0 exactly) add nothing: skipped, and with ``cut`` not reported
         # (-1); without it the backward needs them for that opaque layer's opacity gradient
         p2f[b, py, px, k] = f if (T != 0.0 or not ti.static(cut)) else -1
         if f >= 0 and (T != 0.0 or (store and not ti.static(cut))):
-            d = ld[o + k]
+            d = ld[o + k * s]
             cov = 1.0
             if d > 0:
                 cov = ti.exp(-d / sigma)
@@ -226,13 +226,13 @@ def _soft_fwd(fd: ti.types.ndarray(), offsets: ti.types.ndarray(), counts: ti.ty
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
                         _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b,
-                                   py, px, lf, lz, ld, p * K, per_face, use_shade, use_tex, sigma, K, C, cut, store,
-                                   pk, packed)
+                                   py, px, lf, lz, ld, p, TILE * TILE, per_face, use_shade, use_tex, sigma, K, C, cut,
+                                   store, pk, packed)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, opac, cut)
             _composite(fd, faces, attr, shade, opac, bg, tex, uvc, fn, p2f, cv, rgb, dep, alp, nrm, b, py, px,
-                       lf, lz, ld, 0, per_face, use_shade, use_tex, sigma, K, C, cut, store, pk, packed)
+                       lf, lz, ld, 0, 1, per_face, use_shade, use_tex, sigma, K, C, cut, store, pk, packed)
 
 
 @ti.func

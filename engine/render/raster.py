@@ -985,17 +985,51 @@ def _sort_net(K: int) -> list:
 
 
 @ti.func
+def _slot_key(c, z, f):
+    # a full keep-list entry (class 0 or 1, f32 depth z > 0, face id f >= 0) as one 64-bit integer with the order
+    # of (class, z, id) (_kbefore): the class at bit 62, the depth's bits (for z > 0 they order as z) at 31..61,
+    # the id below
+    return (ti.cast(c, ti.i64) << 62) | (ti.cast(ti.bit_cast(z, ti.i32), ti.i64) << 31) | ti.cast(f, ti.i64)
+
+
+@ti.func
 def _worst(lc: ti.template(), lf: ti.template(), lz: ti.template(), p, n: ti.template(), K: ti.template()):
     # the last entry by (class, z, id) of pixel p's full list (slots p, p + n, ...: _select_tile) and its slot, by
     # selects (_select_tile runs it for 8 pixels at once)
     cw, zw, fw, s = lc[p], lz[p], lf[p], p
-    for k in range(1, K):
-        t = k * n + p
-        c, z, f = lc[t], lz[t], lf[t]
-        later = _kbefore(cw, zw, fw, c, z, f)
-        cw, zw = ti.select(later, c, cw), ti.select(later, z, zw)
-        fw, s = ti.select(later, f, fw), ti.select(later, t, s)
+    if ti.static(backend.settings().precision == "f32"):
+        # f32: the slots' keys (_slot_key) are independent, so the maximum is a short chain of integer maxima (not
+        # K - 1 dependent three-field comparisons, which were ~13 % of the selection's time at 51k faces / 512^2),
+        # then the slot holding it. (A tournament of three-field comparisons gained ~1 % for +1.3 s cold compile.)
+        km = _slot_key(cw, zw, fw)
+        for k in range(1, K):
+            t = k * n + p
+            km = ti.max(km, _slot_key(lc[t], lz[t], lf[t]))
+        for k in range(1, K):
+            t = k * n + p
+            s = ti.select(_slot_key(lc[t], lz[t], lf[t]) == km, t, s)
+        cw, fw = ti.cast(km >> 62, ti.i32), ti.cast(km & 0x7FFFFFFF, ti.i32)
+        zw = ti.bit_cast(ti.cast((km >> 31) & 0x7FFFFFFF, ti.i32), ti.f32)
+    else:
+        for k in range(1, K):
+            t = k * n + p
+            c, z, f = lc[t], lz[t], lf[t]
+            later = _kbefore(cw, zw, fw, c, z, f)
+            cw, zw = ti.select(later, c, cw), ti.select(later, z, zw)
+            fw, s = ti.select(later, f, fw), ti.select(later, t, s)
     return cw, zw, fw, s
+
+
+@ti.func
+def _test_lane(rec: ti.template(), f, tx, ty, p, walk, r2, max_d2, ndc2, c9: ti.template(), z9: ti.template(),
+               f9: ti.template(), zc: ti.template(), fc: ti.template(), sc: ti.template(), sz: ti.template(),
+               sd: ti.template()):
+    # _test of face f (record rec) for pixel p of tile (ty, tx) against its list end and cut; the class, depth and
+    # distance go to sc, sz, sd[p] (_select_tile runs it in vector lanes)
+    x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
+    stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p], zc[p], fc[p])
+    sc[p], sz[p], sd[p] = cc, z, d2
+    return stop, enter
 
 
 @ti.func
@@ -1003,10 +1037,12 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                  max_d2, ndc2, K: ti.template(), opac: ti.template(), cut: ti.template()):
     # _select for the TILE x TILE pixels of tile (ty, tx) at once (CPU): the tile's list is walked once per walk
     # (not once per pixel) and each entry is tested for the pixels of its mask that are still walking; returns
-    # lf, lz, ld with pixel p = row * TILE + column's list at [p K:(p + 1) K] (as _select).
+    # lf, lz, ld with slot k of pixel p = row * TILE + column at k TILE^2 + p (slot-first: _composite and _knn_out
+    # take the pixel's offset p and the stride TILE^2; _select's list is the same with offset 0 and stride 1).
     # Each pixel meets the same candidates in the same order and passes them through the same test (_test) as in
-    # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops over half
-    # tiles (LLVM makes each one 8-wide vector code; a half with no pixel to test is skipped), against each
+    # _select, so the lists are the same. The test runs for the tile's pixels in branch-free loops (_test_lane:
+    # LLVM makes them 8-wide vector code), over all 16 pixels when the entry's mask has pixels in both half tiles,
+    # else over the half that has (the record's values are broadcast once per loop), against each
     # pixel's list end (c9, z9, f9: kept here) and cut; only the pixels of the entry's mask that are still walking
     # then stop or take the face.
     # The keep-lists are not kept sorted while they fill: slot k of pixel p is lc, lf, lz, ld[k n + p] (n pixels a
@@ -1015,11 +1051,13 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
     # holds the same K best faces as a sorted insertion would, and its end (the test's input) is the same. The
     # opaque cut is the minimum over the class-0 slots. At the end every list is sorted by (z, id) by Batcher's
     # network (_sort_net: 19 comparators for K = 8), each comparator run for the n pixels at once in vector lanes
-    # (no data-dependent branch; empty slots carry depth 1e30 so they stay last), then copied out pixel by pixel.
+    # (no data-dependent branch; empty slots carry depth 1e30 so they stay last, then -1 as in _select). The lists
+    # are handed on in that slot-first layout: a copy into per-pixel lists cost ~1.3 s of _soft_fwd's cold compile.
     # Measured against the sorted insertion it replaces (one thread, 51k faces): _soft_fwd ~0.9x at 256^2 and
     # 512^2 (the insertion's data-dependent shift loop and the final insertion sort were ~1/3 of the selection).
     # Tried: the network on values held in registers (a static comparator list inside the pixel loop, written
-    # straight to the per-pixel outputs): ~2 % faster at 512^2 but ~2 s more cold compile of _soft_fwd.
+    # straight to the per-pixel outputs): ~2 % faster at 512^2 but ~2 s more cold compile of _soft_fwd; the
+    # comparators unrolled statically (constant offsets, no runtime alias checks): ~2 % faster, +3.2 s.
     r2 = max_d2 / ndc2
     n = ti.static(TILE * TILE)
     lc = ti.Vector([2 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
@@ -1083,15 +1121,20 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
                 f = bins[e, 0]
                 rec = _rec(fd, b, f)
                 stops, enters, full = 0, 0, 0
-                for h in range(2):
-                    if (mm >> (h * half)) & ((1 << half) - 1) != 0:
-                        for p in range(h * half, h * half + half):
-                            x, y = tx * TILE + p % TILE + 0.5, ty * TILE + p // TILE + 0.5
-                            stop, enter, cc, z, d2 = _test(rec, f, x, y, walk, r2, max_d2, ndc2, c9[p], z9[p], f9[p],
-                                                           zc[p], fc[p])
-                            sc[p], sz[p], sd[p] = cc, z, d2
-                            stops |= ti.select(stop, 1 << p, 0)
-                            enters |= ti.select(enter, 1 << p, 0)
+                h0 = ti.select(mm & ((1 << half) - 1) != 0, 0, half)
+                if h0 == 0 and (mm >> half) != 0:
+                    # both halves: one 16-lane loop (the record's values are broadcast once)
+                    for p in range(n):
+                        stop, enter = _test_lane(rec, f, tx, ty, p, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc, sc,
+                                                 sz, sd)
+                        stops |= ti.select(stop, 1 << p, 0)
+                        enters |= ti.select(enter, 1 << p, 0)
+                else:
+                    for p in range(h0, h0 + half):
+                        stop, enter = _test_lane(rec, f, tx, ty, p, walk, r2, max_d2, ndc2, c9, z9, f9, zc, fc, sc,
+                                                 sz, sd)
+                        stops |= ti.select(stop, 1 << p, 0)
+                        enters |= ti.select(enter, 1 << p, 0)
                 act ^= stops & mm
                 mm &= enters
                 while mm != 0:
@@ -1125,13 +1168,10 @@ def _select_tile(fd: ti.template(), offsets: ti.template(), counts: ti.template(
             lz[a + p], lz[c + p] = ti.select(sw, zb, za), ti.select(sw, za, zb)
             lf[a + p], lf[c + p] = ti.select(sw, fb, fa), ti.select(sw, fa, fb)
             ld[a + p], ld[c + p] = ti.select(sw, db, da), ti.select(sw, da, db)
-    of = ti.Vector([-1 for _ in ti.static(range(TILE * TILE * K))], dt=ti.i32)
-    oz = ti.Vector([-1.0 for _ in ti.static(range(TILE * TILE * K))])
-    od = ti.Vector([0.0 for _ in ti.static(range(TILE * TILE * K))])
-    for p in range(n):
-        for k in range(ti.min(n9[p], K)):
-            of[p * K + k], oz[p * K + k], od[p * K + k] = lf[k * n + p], lz[k * n + p], ld[k * n + p]
-    return of, oz, od
+    # empty slots (id -1) get depth -1, as in _select
+    for i in range(n * K):
+        lz[i] = ti.select(lf[i] < 0, -1.0, lz[i])
+    return lf, lz, ld
 
 
 def _spread(n_tiles: int) -> int:
@@ -1148,12 +1188,13 @@ def _tiled() -> bool:
 
 @ti.func
 def _knn_out(fd: ti.template(), p2f: ti.template(), bary: ti.template(), zbuf: ti.template(), dist: ti.template(),
-             b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, K: ti.template()):
+             b, py, px, lf: ti.template(), lz: ti.template(), ld: ti.template(), o, s, K: ti.template()):
+    # one pixel's list (slot k at lf, lz, ld[o + k s]) with the kept faces' barycentrics
     for k in range(K):
-        f = lf[o + k]
+        f = lf[o + k * s]
         p2f[b, py, px, k] = f
-        zbuf[b, py, px, k] = lz[o + k]
-        dist[b, py, px, k] = ld[o + k]
+        zbuf[b, py, px, k] = lz[o + k * s]
+        dist[b, py, px, k] = ld[o + k * s]
         q0, q1, q2 = 0.0, 0.0, 0.0
         if f >= 0:
             q0, q1, q2, _z = _persp_bary(fd, b, f, px + 0.5, py + 0.5)
@@ -1183,11 +1224,11 @@ def _knn(fd: ti.types.ndarray(), offsets: ti.types.ndarray(),
                 for p in range(TILE * TILE):
                     py, px = ty * TILE + p // TILE, tx * TILE + p % TILE
                     if py < H and px < W:
-                        _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, p * K, K)
+                        _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, p, TILE * TILE, K)
     else:
         for b, py, px in ti.ndrange(p2f.shape[0], H, W):
             lf, lz, ld = _select(fd, offsets, counts, bins, b, py, px, max_d2, ndc2, K, fd, False)
-            _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, 0, K)
+            _knn_out(fd, p2f, bary, zbuf, dist, b, py, px, lf, lz, ld, 0, 1, K)
 
 
 def blur_radius_px(sigma: float, width: int, height: int) -> float:
