@@ -704,8 +704,9 @@ class SoftMesh(bridge.Op):
             fn = torch.empty(verts.shape[0], faces.shape[0], 3, **kw)
             shade = torch.empty_like(fn) if self.use_shade else torch.ones(1, 1, 1, **kw)
             pk = torch.empty(B * faces.shape[0] * (4 * C + 4), **kw)
-            _face_frame_rows(verts.view(-1), faces.view(-1), *self.frame, attr, opacity, pk, self.use_shade,
-                             self.per_face, verts.shape[0], verts.shape[1], C)
+            _face_frame_rows(verts.view(-1), faces.view(-1), *self.frame, attr.reshape(-1), opacity.reshape(-1), pk,
+                             self.use_shade, self.per_face, verts.shape[0], verts.shape[1], attr.shape[0],
+                             attr.shape[1], C)
         elif self.frame is not None:
             fn, shade = _face_frame_of(verts, faces, *self.frame, self.use_shade)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
@@ -1061,7 +1062,7 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
 def _face_frame_rows(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                      lcol: ti.types.ndarray(), amb: ti.types.ndarray(), attr: ti.types.ndarray(),
                      opac: ti.types.ndarray(), pk: ti.types.ndarray(), use_shade: int, per_face: int, Bn: int,
-                     V: int, C: ti.template()):
+                     V: int, Ba: int, Va: int, C: ti.template()):
     # _face_frame for SoftMesh (``frame``) as one packed row per (b, f) of opac (B, F), all that its compositing and
     # backward read of a face besides its record (4 C + 4 numbers, 64 bytes for C = 3, instead of faces, three
     # attribute rows, shade, opacity and normal): the corners' attributes attr (Ba, V, C) channel by channel (3 c + k:
@@ -1069,35 +1070,60 @@ def _face_frame_rows(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir:
     # numbers; shading needs C = 3), the opacity (4 C) and the unit normal (4 C + 1..); pk (B, F, 4 C + 4) flat.
     # Rows b >= Bn (one mesh, several cameras) recompute mesh 0's frame. The same normal and shade arithmetic as
     # _face_frame (bit-identical).
+    # Two faces per iteration, their normals first: each face's normal ends in a square root and a division whose
+    # latency (~25 cycles) the loop's one face per call could not hide (half the kernel's samples); the pair's two
+    # chains overlap (an odd last face is done twice, the same row written twice)
     F = faces.shape[0] // 3
-    Ba = attr.shape[0]
-    for j in range(opac.shape[0] * F):
-        b, f = j // F, j % F
-        bn = b if Bn > 1 else 0
-        ba = b if Ba > 1 else 0
-        i0, i1, i2, _v0, e1, e2 = _corners(verts, faces, bn, f, V)
-        n = e1.cross(e2)
-        n = n / ti.max(n.norm(), 1e-12)
-        sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
-        if use_shade:
-            for l in range(ldir.shape[0]):
-                dl = ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
-                for c in ti.static(range(3)):
-                    sh[c] += lcol[l, c] * dl
-        row = ti.Vector([0.0 for _ in ti.static(range(4 * C + 4))])
-        if per_face:
-            for c in ti.static(range(C)):
-                row[c] = attr[ba, f, c]
-        else:
-            for c in ti.static(range(C)):
-                row[3 * c], row[3 * c + 1], row[3 * c + 2] = attr[ba, i0, c], attr[ba, i1, c], attr[ba, i2, c]
-        for c in ti.static(range(min(C, 3))):
-            row[3 * C + c] = sh[c]
-        row[4 * C] = opac[b, f]
-        for c in ti.static(range(3)):
-            row[4 * C + 1 + c] = n[c]
-        for c in ti.static(range(4 * C + 4)):
-            pk[j * (4 * C + 4) + c] = row[c]
+    N = opac.shape[0]
+    for jj in range((N + 1) // 2):
+        ja, jb = 2 * jj, ti.min(2 * jj + 1, N - 1)
+        ia0, ia1, ia2, na = _frame_normal(verts, faces, ja, F, Bn, V)
+        ib0, ib1, ib2, nb = _frame_normal(verts, faces, jb, F, Bn, V)
+        _frame_row(ldir, lcol, amb, attr, opac, pk, ja, F, Ba, Va, ia0, ia1, ia2, na, use_shade, per_face, C)
+        _frame_row(ldir, lcol, amb, attr, opac, pk, jb, F, Ba, Va, ib0, ib1, ib2, nb, use_shade, per_face, C)
+
+
+@ti.func
+def _frame_normal(verts: ti.template(), faces: ti.template(), j, F, Bn, V):
+    # row j = (b, f) of _face_frame_rows: face f's corner ids and unit normal in mesh b (mesh 0 when Bn == 1)
+    b, f = j // F, j % F
+    bn = b if Bn > 1 else 0
+    i0, i1, i2, _v0, e1, e2 = _corners(verts, faces, bn, f, V)
+    n = e1.cross(e2)
+    n = n / ti.max(n.norm(), 1e-12)
+    return i0, i1, i2, n
+
+
+@ti.func
+def _frame_row(ldir: ti.template(), lcol: ti.template(), amb: ti.template(), attr: ti.template(),
+               opac: ti.template(), pk: ti.template(), j, F, Ba, Va, i0, i1, i2, n, use_shade, per_face,
+               C: ti.template()):
+    # row j = (b, f) of _face_frame_rows from face f's corners and unit normal n: shade, then the row, stored last;
+    # attr ((Ba, Va, C)) and opac ((B, F)) flat (one offset per corner instead of a 3-D index per number)
+    b, f = j // F, j % F
+    ba = b if Ba > 1 else 0
+    sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
+    if use_shade:
+        for l in range(ldir.shape[0]):
+            dl = ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
+            for c in ti.static(range(3)):
+                sh[c] += lcol[l, c] * dl
+    row = ti.Vector([0.0 for _ in ti.static(range(4 * C + 4))])
+    if per_face:
+        q = (ba * Va + f) * C
+        for c in ti.static(range(C)):
+            row[c] = attr[q + c]
+    else:
+        q0, q1, q2 = (ba * Va + i0) * C, (ba * Va + i1) * C, (ba * Va + i2) * C
+        for c in ti.static(range(C)):
+            row[3 * c], row[3 * c + 1], row[3 * c + 2] = attr[q0 + c], attr[q1 + c], attr[q2 + c]
+    for c in ti.static(range(min(C, 3))):
+        row[3 * C + c] = sh[c]
+    row[4 * C] = opac[j]
+    for c in ti.static(range(3)):
+        row[4 * C + 1 + c] = n[c]
+    for c in ti.static(range(4 * C + 4)):
+        pk[j * (4 * C + 4) + c] = row[c]
 
 
 @ti.func
