@@ -16,7 +16,7 @@ from .raster import (_IL, _IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary
                      _project, _project_bwd, _select, _select_tile, _spread, _tiled, bin_faces, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
-from .zbuffer import _hard_bary, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
+from .zbuffer import _hard_bary, _min_z_chunks, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
 
@@ -706,7 +706,7 @@ class SoftMesh(bridge.Op):
             pk = torch.empty(B * faces.shape[0] * (4 * C + 4), **kw)
             _face_frame_rows(verts.view(-1), faces.view(-1), *self.frame, attr.reshape(-1), opacity.reshape(-1), pk,
                              self.use_shade, self.per_face, verts.shape[0], verts.shape[1], attr.shape[0],
-                             attr.shape[1], C)
+                             attr.shape[1], C, *_cpu_runs(B * faces.shape[0]))
         elif self.frame is not None:
             fn, shade = _face_frame_of(verts, faces, *self.frame, self.use_shade)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
@@ -1062,7 +1062,7 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
 def _face_frame_rows(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.types.ndarray(),
                      lcol: ti.types.ndarray(), amb: ti.types.ndarray(), attr: ti.types.ndarray(),
                      opac: ti.types.ndarray(), pk: ti.types.ndarray(), use_shade: int, per_face: int, Bn: int,
-                     V: int, Ba: int, Va: int, C: ti.template()):
+                     V: int, Ba: int, Va: int, C: ti.template(), n_ch: int, chunked: ti.template()):
     # _face_frame for SoftMesh (``frame``) as one packed row per (b, f) of opac (B, F), all that its compositing and
     # backward read of a face besides its record (4 C + 4 numbers, 64 bytes for C = 3, instead of faces, three
     # attribute rows, shade, opacity and normal): the corners' attributes attr (Ba, V, C) channel by channel (3 c + k:
@@ -1070,24 +1070,34 @@ def _face_frame_rows(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir:
     # numbers; shading needs C = 3), the opacity (4 C) and the unit normal (4 C + 1..); pk (B, F, 4 C + 4) flat.
     # Rows b >= Bn (one mesh, several cameras) recompute mesh 0's frame. The same normal and shade arithmetic as
     # _face_frame (bit-identical).
-    # Two faces per iteration, their normals first: each face's normal ends in a square root and a division whose
-    # latency (~25 cycles) the loop's one face per call could not hide (half the kernel's samples); the pair's two
-    # chains overlap (an odd last face is done twice, the same row written twice)
+    # chunked (CPU): n_ch contiguous runs of the rows (_SPAN iterations per run, only the first working), (b, f)
+    # stepped along each run: a division per row (j // F) cost ~1/4 of the kernel on this CPU. Else one row per
+    # work item
     F = faces.shape[0] // 3
     N = opac.shape[0]
-    for jj in range((N + 1) // 2):
-        ja, jb = 2 * jj, ti.min(2 * jj + 1, N - 1)
-        ia0, ia1, ia2, na = _frame_normal(verts, faces, ja, F, Bn, V)
-        ib0, ib1, ib2, nb = _frame_normal(verts, faces, jb, F, Bn, V)
-        _frame_row(ldir, lcol, amb, attr, opac, pk, ja, F, Ba, Va, ia0, ia1, ia2, na, use_shade, per_face, C)
-        _frame_row(ldir, lcol, amb, attr, opac, pk, jb, F, Ba, Va, ib0, ib1, ib2, nb, use_shade, per_face, C)
+    if ti.static(chunked):
+        for it in range(n_ch * _SPAN):
+            if it % _SPAN == 0:
+                ch = it // _SPAN
+                j0 = ch * N // n_ch
+                b, f = j0 // F, j0 % F
+                for j in range(j0, (ch + 1) * N // n_ch):
+                    i0, i1, i2, n = _frame_normal(verts, faces, b if Bn > 1 else 0, f, V)
+                    _frame_row(ldir, lcol, amb, attr, opac, pk, j, b, f, Ba, Va, i0, i1, i2, n, use_shade,
+                               per_face, C)
+                    f += 1
+                    if f == F:
+                        b, f = b + 1, 0
+    else:
+        for j in range(N):
+            b, f = j // F, j % F
+            i0, i1, i2, n = _frame_normal(verts, faces, b if Bn > 1 else 0, f, V)
+            _frame_row(ldir, lcol, amb, attr, opac, pk, j, b, f, Ba, Va, i0, i1, i2, n, use_shade, per_face, C)
 
 
 @ti.func
-def _frame_normal(verts: ti.template(), faces: ti.template(), j, F, Bn, V):
-    # row j = (b, f) of _face_frame_rows: face f's corner ids and unit normal in mesh b (mesh 0 when Bn == 1)
-    b, f = j // F, j % F
-    bn = b if Bn > 1 else 0
+def _frame_normal(verts: ti.template(), faces: ti.template(), bn, f, V):
+    # face f's corner ids and unit normal in mesh bn
     i0, i1, i2, _v0, e1, e2 = _corners(verts, faces, bn, f, V)
     n = e1.cross(e2)
     n = n / ti.max(n.norm(), 1e-12)
@@ -1096,11 +1106,10 @@ def _frame_normal(verts: ti.template(), faces: ti.template(), j, F, Bn, V):
 
 @ti.func
 def _frame_row(ldir: ti.template(), lcol: ti.template(), amb: ti.template(), attr: ti.template(),
-               opac: ti.template(), pk: ti.template(), j, F, Ba, Va, i0, i1, i2, n, use_shade, per_face,
+               opac: ti.template(), pk: ti.template(), j, b, f, Ba, Va, i0, i1, i2, n, use_shade, per_face,
                C: ti.template()):
     # row j = (b, f) of _face_frame_rows from face f's corners and unit normal n: shade, then the row, stored last;
     # attr ((Ba, Va, C)) and opac ((B, F)) flat (one offset per corner instead of a 3-D index per number)
-    b, f = j // F, j % F
     ba = b if Ba > 1 else 0
     sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
     if use_shade:
@@ -1462,6 +1471,11 @@ def _scatter_copies(n_rows: int):
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
+
+
+def _cpu_runs(n: int):
+    """(n_runs, chunked) for a loop over n items done as contiguous runs on CPU (zbuffer._min_z_chunks)."""
+    return _min_z_chunks(n)
 
 
 def _frame_copies(n_faces: int):
