@@ -633,7 +633,7 @@ def _soft_tail_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), verts: t
             if it % span == 0:
                 ch0 = it // span
                 q0 = ch0 * NV // n_v
-                bv, i = q0 // V, q0 % V
+                bv, i = q0 // ti.max(V, 1), q0 % ti.max(V, 1)     # (a run over no vertex: no division by 0)
                 for _q in range(q0, (ch0 + 1) * NV // n_v):
                     g = _views_vjp(screen, cam, buf, bv, i, B, V, Bv, nc)
                     for c in ti.static(range(3)):
@@ -1091,7 +1091,7 @@ def _face_frame_rows(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir:
             if it % _SPAN == 0:
                 ch = it // _SPAN
                 j0 = ch * N // n_ch
-                b, f = j0 // F, j0 % F
+                b, f = j0 // ti.max(F, 1), j0 % ti.max(F, 1)     # (no faces: no division by 0)
                 for j in range(j0, (ch + 1) * N // n_ch):
                     i0, i1, i2, n = _frame_normal(verts, faces, b if Bn > 1 else 0, f, V)
                     _frame_row(ldir, lcol, amb, attr, opac, pk, j, b, f, Ba, Va, i0, i1, i2, n, use_shade,
@@ -1196,7 +1196,7 @@ def _frame_faces(verts: ti.template(), faces: ti.template(), ldir: ti.template()
         j0, j1 = ti.cast(ti.cast(ch, ti.i64) * N // n_chunks, ti.i32), \
             ti.cast(ti.cast(ch + 1, ti.i64) * N // n_chunks, ti.i32)
     cb = ch if ti.static(private) else 0
-    b, f = j0 // F, j0 % F              # stepped below: no division per face
+    b, f = j0 // ti.max(F, 1), j0 % ti.max(F, 1)      # stepped below: no division per face (none by 0)
     for j in range(j0, j1):
         g = ti.Vector([0.0, 0.0, 0.0])
         if has_gfn:

@@ -92,7 +92,7 @@ def _project_min_z(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: t
                 ch = it // _SPAN
                 m = zmin[0]                     # inf, or a smaller depth another run already found
                 q0 = ch * N // n_ch
-                b, i = q0 // V, q0 % V          # stepped below (no division per vertex)
+                b, i = q0 // ti.max(V, 1), q0 % ti.max(V, 1)    # stepped below (no division per vertex; none by 0)
                 for _q in range(q0, (ch + 1) * N // n_ch):
                     _project_vertex(verts, cam, screen, b, i)
                     m = ti.min(m, screen[b, i, 2])
