@@ -271,7 +271,7 @@ def _trim_slot(ty, t0, t1):
 def _corner_trims(mnx, mxx, mny, mxy, x0, x1, y0, y1, margin):
     # the tiles of a face's grown box (pixels x0..x1, y0..y1) that hold no pixel within the blur reach of its own
     # (ungrown) box [mnx, mxx] x [mny, mxy], in its first two and last two tile rows: 4 bits per row slot
-    # (_trim_slot) j at 4j: the number of such tiles (0..2) at the row's left end, then (bits 2, 3) at its right
+    # (_trim_slot) j at 4j: the number of such tiles (0..3) at the row's left end, then (bits 2, 3) at its right
     # end. A tile is dropped only if the distance from its pixel-centre rectangle to the own box (a lower bound on
     # every one of its pixels' distance to the triangle) exceeds the reach margin (the blur reach + 1e-3) by 0.1 %
     # + 0.02 px (float slack): _test rejects every such pixel (not inside, its edge distance beyond the reach), so
@@ -280,20 +280,15 @@ def _corner_trims(mnx, mxx, mny, mxy, x0, x1, y0, y1, margin):
     ca, cz, t0, t1 = x0 // TILE, x1 // TILE, y0 // TILE, y1 // TILE
     rr = margin * 1.001 + 0.02
     rr2 = rr * rr
-    # the distances of the first two tile columns' and the last two's pixel-centre ranges to the own box in x
-    la = mnx - (ca * TILE + TILE - 0.5)
-    lb, ra = la - TILE, (cz * TILE + 0.5) - mxx
-    rb = ra - TILE
     trim = 0
     for j in ti.static(range(4)):
         ty = t0 + j if ti.static(j < 2) else t1 - 3 + j
         ok = (ty <= t1) if ti.static(j < 2) else (ty >= t0 + 2)
         dy = ti.max(mny - (ty * TILE + TILE - 0.5), ty * TILE + 0.5 - mxy, 0.0)
-        e = dy * dy - rr2
-        l0, r0 = (la > 0) & (la * la + e > 0), (ra > 0) & (ra * ra + e > 0)
-        l1, r1 = l0 & (lb > 0) & (lb * lb + e > 0), r0 & (rb > 0) & (rb * rb + e > 0)
-        tl = ti.cast(l0, ti.i32) + ti.cast(l1, ti.i32)
-        tr = ti.cast(r0, ti.i32) + ti.cast(r1, ti.i32)
+        dx = ti.sqrt(ti.max(rr2 - dy * dy, 0.0))
+        lk = ti.min(ti.max(ti.ceil((mnx - dx - (TILE - 0.5)) * (1.0 / TILE)), ca), ca + 3.0)
+        rk = ti.max(ti.min(ti.floor((mxx + dx - 0.5) * (1.0 / TILE)), cz), cz - 3.0)
+        tl, tr = ti.cast(lk, ti.i32) - ca, cz - ti.cast(rk, ti.i32)
         trim |= ti.select(ok & (ca + tl <= cz - tr), (tl | (tr << 2)) << (4 * j), 0)
     return trim
 
