@@ -255,44 +255,6 @@ def _words(lo, hi):
     return ti.cast(ti.cast(lo, ti.u32), ti.i64) | (ti.cast(hi, ti.i64) << 32)
 
 
-_TRIM_SHIFT = 8
-"""Bit of a packed record's word 6 (_setup_face's pk) where its corner trims (_corner_trims) begin."""
-
-
-@ti.func
-def _trim_slot(ty, t0, t1):
-    # the corner-trim slot (_corner_trims) of tile row ty of a face whose grown box spans tile rows t0..t1: 0, 1 for
-    # t0, t0 + 1; 2, 3 for t1 - 1, t1 when those are not t0 or t0 + 1; 4 (no trims) for the rows between
-    d, e = ty - t0, t1 - ty
-    return ti.select(d < 2, d, ti.select(e < 2, 3 - e, 4))
-
-
-@ti.func
-def _corner_trims(mnx, mxx, mny, mxy, x0, x1, y0, y1, margin):
-    # the tiles of a face's grown box (pixels x0..x1, y0..y1) that hold no pixel within the blur reach of its own
-    # (ungrown) box [mnx, mxx] x [mny, mxy], in its first two and last two tile rows: 4 bits per row slot
-    # (_trim_slot) j at 4j: the number of such tiles (0..3) at the row's left end, then (bits 2, 3) at its right
-    # end. A tile is dropped only if the distance from its pixel-centre rectangle to the own box (a lower bound on
-    # every one of its pixels' distance to the triangle) exceeds the reach margin (the blur reach + 1e-3) by 0.1 %
-    # + 0.02 px (float slack): _test rejects every such pixel (not inside, its edge distance beyond the reach), so
-    # the selection's lists are unchanged (a pixel that this face would have stopped stops at a later face of the
-    # list, which has a nearest vertex at least as far). A row whose reach misses every tile keeps them all.
-    ca, cz, t0, t1 = x0 // TILE, x1 // TILE, y0 // TILE, y1 // TILE
-    rr = margin * 1.001 + 0.02
-    rr2 = rr * rr
-    trim = 0
-    for j in ti.static(range(4)):
-        ty = t0 + j if ti.static(j < 2) else t1 - 3 + j
-        ok = (ty <= t1) if ti.static(j < 2) else (ty >= t0 + 2)
-        dy = ti.max(mny - (ty * TILE + TILE - 0.5), ty * TILE + 0.5 - mxy, 0.0)
-        dx = ti.sqrt(ti.max(rr2 - dy * dy, 0.0))
-        lk = ti.min(ti.max(ti.ceil((mnx - dx - (TILE - 0.5)) * (1.0 / TILE)), ca), ca + 3.0)
-        rk = ti.max(ti.min(ti.floor((mxx + dx - 0.5) * (1.0 / TILE)), cz), cz - 3.0)
-        tl, tr = ti.cast(lk, ti.i32) - ca, cz - ti.cast(rk, ti.i32)
-        trim |= ti.select(ok & (ca + tl <= cz - tr), (tl | (tr << 2)) << (4 * j), 0)
-    return trim
-
-
 @ti.func
 def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), pk: ti.template(), b, f, F, margin,
                 near, W, H):
@@ -334,14 +296,10 @@ def _setup_face(screen: ti.template(), faces: ti.template(), fd: ti.template(), 
                     hi |= bits << (_BM * (k - 32 // _BM))
         else:
             big = 1
-    trim = 0
-    if x0 <= x1 and y0 <= y1:
-        trim = _corner_trims(ti.min(ax, bx, cx), ti.max(ax, bx, cx), ti.min(ay, by, cy), ti.max(ay, by, cy), x0, x1,
-                             y0, y1, margin)
     q = (b * F + f) * (_NPK // 2)
     pk[q], pk[q + 1] = _words(x0 | (x1 << 16), y0 | (y1 << 16)), _words(uu, vv)
-    pk[q + 2], pk[q + 3] = _words(lo, hi), ti.cast(big | (trim << _TRIM_SHIFT), ti.i64)
-    return x0, x1, y0, y1, u0, u1, v0, v1, trim
+    pk[q + 2], pk[q + 3] = _words(lo, hi), ti.cast(big, ti.i64)
+    return x0, x1, y0, y1, u0, u1, v0, v1
 
 
 @lean
@@ -351,7 +309,7 @@ def _bin_setup(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti.typ
     # GPU: each face's records (_setup_face), then its spans row (spans flat (B * F * _NSPAN)): x0, x1, y0, y1,
     # u0, u1, v0, v1 as _setup_face returns them, its number of tiles and of tile rows (0 if not binned)
     for b, f in ti.ndrange(screen.shape[0], F):
-        x0, x1, y0, y1, u0, u1, v0, v1, trim = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
+        x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
         nt, nr = 0, 0
         if x0 <= x1 and y0 <= y1:
             nr = y1 // TILE - y0 // TILE + 1
@@ -383,8 +341,7 @@ def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti
                 cs[c0 + r] = 0
             tot = 0
             for f in range(ch * C, ti.min(F, ch * C + C)):
-                x0, x1, y0, y1, u0, u1, v0, v1, trim = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W,
-                                                                   H)
+                x0, x1, y0, y1, u0, u1, v0, v1 = _setup_face(screen, faces, fd, pk, b, f, F, margin, near, W, H)
                 i = b * 2 * F + f
                 ids[i] = -1
                 if x0 <= x1 and y0 <= y1:
@@ -394,15 +351,6 @@ def _bin_setup_cpu(screen: ti.types.ndarray(), faces: ti.types.ndarray(), fd: ti
                     cs[r0] = cs[r0] + nc
                     cs[r1] = cs[r1] - nc
                     tot += nc * (r1 - r0)
-                    if trim != 0:
-                        # the corner tiles dropped (_corner_trims) taken off their rows
-                        for j in ti.static(range(4)):
-                            d = ((trim >> (4 * j)) & 3) + ((trim >> (4 * j + 2)) & 3)
-                            if d != 0:
-                                r = r0 + j if ti.static(j < 2) else r1 - 4 + j
-                                cs[r] = cs[r] - d
-                                cs[r + 1] = cs[r + 1] + d
-                                tot -= d
             cs[c0 + ty_n + 1] = tot
 
 
@@ -613,20 +561,17 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                 h0, nh = task * F, 0
                 for i in range(n):
                     yy = sty[b * F + i]
-                    f0, f1 = yy & 0xFFFF, yy >> 16
-                    t0, t1 = ti.max(f0, ra), ti.min(f1, rz - 1)
+                    t0, t1 = ti.max(yy & 0xFFFF, ra), ti.min(yy >> 16, rz - 1)
                     if t0 <= t1:
                         hl[h0 + nh] = i
                         nh += 1
-                        x, tw = srt[(b * F + i) * _NPK], srt[(b * F + i) * _NPK + 6] >> _TRIM_SHIFT
+                        x = srt[(b * F + i) * _NPK]
                         c0, c1 = (x & 0xFFFF) // TILE, ((x >> 16) & 0xFFFF) // TILE + 1
                         for ty in range(t0, t1 + 1):
                             cb = (b * ty_n + ty) * tx_n
-                            tt = (tw >> (4 * _trim_slot(ty, f0, f1))) & 15
-                            a, z = c0 + (tt & 3), c1 - (tt >> 2)
-                            cursor[cb + a] = cursor[cb + a] + 1
-                            if z < tx_n:
-                                cursor[cb + z] = cursor[cb + z] - 1
+                            cursor[cb + c0] = cursor[cb + c0] + 1
+                            if c1 < tx_n:
+                                cursor[cb + c1] = cursor[cb + c1] - 1
                 for ty in range(ra, rz):
                     cb, e = (b * ty_n + ty) * tx_n, rows[rb + ty]
                     run = 0
@@ -642,8 +587,6 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                     if t0 <= t1:
                         f = srt[q + _NPK - 1]
                         lo, hi, big = srt[q + 4], srt[q + 5], srt[q + 6]
-                        tw, big = big >> _TRIM_SHIFT, big & 1
-                        f0, f1 = y0 // TILE, y1 // TILE
                         v0, v1 = vv & 0xFFFF, (vv >> 16) & 0xFFFF
                         x0, x1, u0, u1 = xx & 0xFFFF, (xx >> 16) & 0xFFFF, uu & 0xFFFF, (uu >> 16) & 0xFFFF
                         ax, ay, g0, g1, g2, g3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -667,10 +610,7 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                             r0, r1 = o0 - p0, o1 - p0
                             own = o0 <= o1
                             cb = (b * ty_n + ty) * tx_n
-                            # the row's tiles less its corner trims (_corner_trims)
-                            tt = (tw >> (4 * _trim_slot(ty, f0, f1))) & 15
-                            ka, kz = ca + (tt & 3), cz - (tt >> 2)
-                            for tx in range(ka, kz + 1):
+                            for tx in range(ca, cz + 1):
                                 m = w & ti.select(tx == ca, cf, 0xFFFF) & ti.select(tx == cz, cl, 0xFFFF)
                                 t = cb + tx
                                 slot = cursor[t]
@@ -680,7 +620,7 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
                             # for the tiles its own box meets (at most 3 with a set-up bitmap; the tile loop above
                             # stays free of them: measured ~30% cheaper at 512^2): each such entry is its tile's last
                             if own:
-                                ta, tz = ti.max(tu, ka), ti.min(u1 // TILE, kz)
+                                ta, tz = ti.max(tu, x0 // TILE), ti.min(u1 // TILE, x1 // TILE)
                                 rl = ti.cast(0, ti.u64)
                                 if big == 0:
                                     rl = _bitmap_lanes(bm, p0 - v0)
