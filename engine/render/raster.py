@@ -470,6 +470,12 @@ def _bin_lists(fd: ti.types.ndarray(), cs: ti.types.ndarray(), start: ti.types.n
     # grown-box bits; 6% of the entries at 128^2) and _soft_fwd gets ~10% cheaper at 256^2 and 512^2, but the row
     # spans (~50 instructions a pixel row, ~20 rows a face at 512^2) and the wider records cost more in _bin_setup
     # and here than the selection saves, at every bench size.
+    # Tried and dropped (branch bin5): the corner tiles of the grown box whose pixel-centre rectangle lies beyond
+    # the reach (+ slack) of the face's own box left out (per-face trims of the first/last two tile rows, at most
+    # 2 tiles a row end, packed in pk's word 3 and taken off the row totals): exact (same outputs, gpubin True),
+    # 4.5 / 7 / 9 % fewer entries at 51k faces and 128^2 / 256^2 / 512^2, but only 1-3 % fewer grown-box bits;
+    # _soft_fwd -2 % at 256^2 and 512^2, nothing at 128^2, while the trims cost _bin_setup_cpu +1.3 ms (+0.8 ms
+    # for first/last row and one tile only) and _bin_lists +0.3 ms: the whole soft fwd+bwd got slower everywhere.
     M = (1 << _RADIX) - 1
     ti.loop_config(serialize=True)
     for b in range(B):
