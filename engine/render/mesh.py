@@ -819,7 +819,7 @@ class SoftMesh(bridge.Op):
             if nc > 1:
                 g_xy = g_xy.reshape(nc, -1, *g_xy.shape[1:]).sum(0)
             g_verts = torch.cat([g_xy, g_xy.new_zeros(*g_xy.shape[:2], 1)], -1)
-        elif self.frame is not None:
+        elif self.frame is not None and verts.numel() > 0:
             # the projection's and the face frame's vertex gradients in one launch (g_xy starts buf)
             g_verts = torch.empty(verts.shape, **kw)
             n_fc, f_private = _frame_copies(verts.shape[0] * faces.shape[0])
@@ -831,7 +831,8 @@ class SoftMesh(bridge.Op):
             g_shade = g_fn = None
         else:
             g_verts = torch.empty(verts.shape, **kw)
-            _soft_project_bwd(screen, cam, g_xy.reshape(-1), g_verts, nc)
+            if verts.numel() > 0:       # no vertices: nothing to launch (the kernels index by V)
+                _soft_project_bwd(screen, cam, g_xy.reshape(-1), g_verts, nc)
         if bg_image and background.shape[0] == 1 and B > 1:
             g_bg = g_bg.sum(0, keepdim=True)
         tex_grads = (g_tex, g_uv) if self.use_tex else (None, None)

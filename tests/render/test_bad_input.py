@@ -68,3 +68,20 @@ def test_check_finite_sum_fast_path_is_exact():
             check_finite("x", bad, "f")
     check_finite("x", torch.zeros(0), "f")
     check_finite("x", torch.tensor([1, 2]), "f")                    # integer tensors are not checked
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+@pytest.mark.parametrize("n_verts", [0, 3])
+def test_render_mesh_of_no_faces_is_the_background_with_zero_gradients(mode, n_verts):
+    # an empty mesh (nothing left after a filter, say) renders the background, and its backward returns zero
+    # gradients of the right shape (the soft backward had divided by V = 0 in a kernel: a crash, not an error)
+    from engine.render import DirectionalLights
+    verts = torch.rand(n_verts, 3, dtype=torch.float64, requires_grad=True)
+    lights = DirectionalLights(torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64),
+                               torch.ones(1, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    bg = torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64)
+    r = render_mesh(verts, torch.zeros(0, 3, dtype=torch.int32), _cam(), colors=torch.full((n_verts, 3), 0.5,
+                    dtype=torch.float64), lights=lights, mode=mode, background=bg)
+    assert torch.equal(r.rgb, bg.expand_as(r.rgb)) and not r.alpha.any()
+    r.rgb.sum().backward()
+    assert verts.grad is not None and verts.grad.shape == (n_verts, 3) and not verts.grad.any()
