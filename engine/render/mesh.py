@@ -16,7 +16,7 @@ from .raster import (_IL, _IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary
                      _project, _project_bwd, _select, _select_tile, _spread, _tiled, bin_faces, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
-from .zbuffer import _hard_bary, _min_z_chunks, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
+from .zbuffer import _hard_bary, _lambert, _min_z_chunks, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
 
@@ -1053,15 +1053,8 @@ def _face_frame(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir: ti.t
     F = faces.shape[0] // 3
     for j in range(Bn * F):
         b, f = j // F, j % F
-        _i0, _i1, _i2, _v0, e1, e2 = _corners(verts, faces, b, f, V)
-        n = e1.cross(e2)
-        n = n / ti.max(n.norm(), 1e-12)
-        sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
-        if use_shade:
-            for l in range(ldir.shape[0]):
-                dl = ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
-                for c in ti.static(range(3)):
-                    sh[c] += lcol[l, c] * dl
+        _i0, _i1, _i2, n = _frame_normal(verts, faces, b, f, V)
+        sh = _face_lambert(ldir, lcol, amb, n, use_shade)
         for c in ti.static(range(3)):
             fn[j * 3 + c] = n[c]
         if use_shade:
@@ -1117,18 +1110,22 @@ def _frame_normal(verts: ti.template(), faces: ti.template(), bn, f, V):
 
 
 @ti.func
+def _face_lambert(ldir: ti.template(), lcol: ti.template(), amb: ti.template(), n, use_shade):
+    # zbuffer._lambert's two-sided shade of unit normal n, zeros when unlit
+    sh = ti.Vector([0.0, 0.0, 0.0])
+    if use_shade:
+        sh = _lambert(n, ldir, lcol, amb)
+    return sh
+
+
+@ti.func
 def _frame_row(ldir: ti.template(), lcol: ti.template(), amb: ti.template(), attr: ti.template(),
                opac: ti.template(), pk: ti.template(), j, b, f, Ba, Va, i0, i1, i2, n, use_shade, per_face,
                C: ti.template()):
     # row j = (b, f) of _face_frame_rows from face f's corners and unit normal n: shade, then the row, stored last;
     # attr ((Ba, Va, C)) and opac ((B, F)) flat (one offset per corner instead of a 3-D index per number)
     ba = b if Ba > 1 else 0
-    sh = ti.Vector([amb[0], amb[1], amb[2]]) if use_shade else ti.Vector([0.0, 0.0, 0.0])
-    if use_shade:
-        for l in range(ldir.shape[0]):
-            dl = ti.abs(n[0] * ldir[l, 0] + n[1] * ldir[l, 1] + n[2] * ldir[l, 2])
-            for c in ti.static(range(3)):
-                sh[c] += lcol[l, c] * dl
+    sh = _face_lambert(ldir, lcol, amb, n, use_shade)
     row = ti.Vector([0.0 for _ in ti.static(range(4 * C + 4))])
     if per_face:
         q = (ba * Va + f) * C
