@@ -16,7 +16,7 @@ from .raster import (_IL, _IZ, _VXY, TILE, Fragments, LazyFragments, _acc, _bary
                      _project, _project_bwd, _select, _select_tile, _spread, _tiled, bin_faces, camera_table,
                      differentiable_fragments, expand_background, project, rasterize, soft_composite)
 from .shading import DirectionalLights, face_normals, lambert
-from .zbuffer import _hard_bary, _lambert, _min_z_chunks, _zb_backward, _zb_bg_grad, project_min_z, zbuffer
+from .zbuffer import _hard_bary, _lambert, _run, _zb_backward, _zb_bg_grad, cpu_runs, project_min_z, zbuffer
 
 __all__ = ["MeshRender", "render_mesh", "SoftMesh", "stack_meshes", "StackedMeshes"]
 
@@ -87,6 +87,31 @@ def _row_shade(pk: ti.template(), b, f, F, use_shade, C: ti.template()):
         r = (b * F + f) * (4 * C + 4) + 3 * C
         for c in ti.static(range(C)):
             v[c] = pk[r + c]
+    return v
+
+
+@ti.func
+def _layer_attr(attr: ti.template(), faces: ti.template(), pk: ti.template(), b, f, F, w0, w1, w2, z, per_face,
+                packed: ti.template(), C: ti.template()):
+    # a layer's C + 2 channels before shading: from face f's packed row (``packed``: _row_q) or through faces and
+    # attr (_layer_q)
+    v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+    if ti.static(packed):
+        v = _row_q(pk, b, f, F, w0, w1, w2, z, per_face, C)
+    else:
+        v = _layer_q(attr, faces, b, f, w0, w1, w2, z, per_face, C)
+    return v
+
+
+@ti.func
+def _layer_shade(shade: ti.template(), pk: ti.template(), b, f, F, use_shade, packed: ti.template(),
+                 C: ti.template()):
+    # face f's shade multiplier (C + 2 channels): from its packed row (``packed``: _row_shade) or shade (_shade_vec)
+    v = ti.Vector([1.0 for _ in ti.static(range(C + 2))])
+    if ti.static(packed):
+        v = _row_shade(pk, b, f, F, use_shade, C)
+    else:
+        v = _shade_vec(shade, b, f, use_shade, C)
     return v
 
 
@@ -183,12 +208,9 @@ def _composite(fd: ti.template(), faces: ti.template(), attr: ti.template(), sha
                 a = _row_opac(opac, pk, b, f, F, packed, C) * cov
                 # the weights and depth by one division (_persp_bary_fast)
                 w0, w1, w2, z = _persp_bary_fast(fd, b, f, *_bary(fd, b, f, x, y))
-                if ti.static(packed):
-                    acc += (T * a) * _row_q(pk, b, f, F, w0, w1, w2, z, per_face, C) \
-                        * _row_shade(pk, b, f, F, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
-                else:
-                    acc += (T * a) * _layer_q(attr, faces, b, f, w0, w1, w2, z, per_face, C) \
-                        * _shade_vec(shade, b, f, use_shade, C) * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
+                acc += (T * a) * _layer_attr(attr, faces, pk, b, f, F, w0, w1, w2, z, per_face, packed, C) \
+                    * _layer_shade(shade, pk, b, f, F, use_shade, packed, C) \
+                    * _tex_q(tex, uvc, b, f, w0, w1, w2, use_tex, C)
                 T *= 1.0 - a
     acc += T * _bg_vec(bg, b, py, px, W, C)
     for c in ti.static(range(C)):
@@ -387,17 +409,9 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                             lw0[n], lw1[n], lw2[n] = w0, w1, w2
                         elif need & 1:
                             lw0[n], lw1[n], lw2[n] = w0, w1, w2
-                        if ti.static(packed):
-                            q = _row_q(pk, b, f, F, w0, w1, w2, zk, per_face, C)
-                            for c in ti.static(range(C)):
-                                lu[n, c] = q[c]
-                        elif per_face:
-                            for c in ti.static(range(C)):
-                                lu[n, c] = attr[ba, f, c]
-                        else:
-                            i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                            for c in ti.static(range(C)):
-                                lu[n, c] = w0 * attr[ba, i0, c] + w1 * attr[ba, i1, c] + w2 * attr[ba, i2, c]
+                        q = _layer_attr(attr, faces, pk, b, f, F, w0, w1, w2, zk, per_face, packed, C)
+                        for c in ti.static(range(C)):
+                            lu[n, c] = q[c]
                         if has_gdep:                        # else the depth channel meets go = 0 (lu's 0)
                             lu[n, C] = zk
                         n += 1
@@ -442,9 +456,7 @@ def _soft_bwd(xy: ti.types.ndarray(), fd: ti.types.ndarray(), faces: ti.types.nd
                                 tc[c] = ((1 - ty) * ((1 - tx) * t00[c] + tx * t01[c])
                                          + ty * ((1 - tx) * t10[c] + tx * t11[c]))
                             u = col * tc
-                        sh = _shade_vec(shade, b, f, use_shade, C)
-                        if ti.static(packed):
-                            sh = _row_shade(pk, b, f, F, use_shade, C)
+                        sh = _layer_shade(shade, pk, b, f, F, use_shade, packed, C)
                         out = lcv[k] < 0                        # outside the face: d > 0
                         cov = ti.abs(lcv[k])
                         gv_ = go.dot(u * sh)
@@ -596,8 +608,8 @@ def _views_vjp(screen: ti.template(), cam: ti.template(), g_xy: ti.template(), b
 def _soft_tail_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), verts: ti.types.ndarray(),
                    faces: ti.types.ndarray(), ldir: ti.types.ndarray(), lcol: ti.types.ndarray(),
                    buf: ti.types.ndarray(), g_fn: ti.types.ndarray(), fbuf: ti.types.ndarray(),
-                   g_verts: ti.types.ndarray(), o_sh: int, nc: int, n_fc: int, use_shade: int, has_gfn: int,
-                   private: ti.template()):
+                   g_verts: ti.types.ndarray(), o_sh: int, nc: int, n_fc: int, n_v: int, use_shade: int,
+                   has_gfn: int, private: ti.template()):
     # SoftMesh's vertex gradient when it shades itself (``frame``): g_verts ((Bv, V, 3) flat) = the projection's
     # VJP of the screen gradient (nc stacked copies of (B, V, 2) at the start of buf) + _face_frame's VJP of the
     # shade gradient (nc copies of (Bv, F, 3) at buf[o_sh:], summed here) and of the normals' gradient g_fn
@@ -626,15 +638,11 @@ def _soft_tail_bwd(screen: ti.types.ndarray(), cam: ti.types.ndarray(), verts: t
                 _frame_faces(verts, faces, ldir, lcol, g_fn, buf, g_verts, it // span, n_fc, Bv, F, V, o_sh, nc,
                              use_shade, has_gfn, False)
     if ti.static(private):
-        # contiguous runs of the vertices, (bv, i) stepped (a division per vertex cost more than the sums)
-        NV = Bv * V
-        n_v = ti.max(1, ti.min(n_fc * 4, NV // 1024))
+        # n_v contiguous runs of the vertices (zbuffer.cpu_runs), (bv, i) stepped
         for it in range(n_v * span):
             if it % span == 0:
-                ch0 = it // span
-                q0 = ch0 * NV // n_v
-                bv, i = q0 // ti.max(V, 1), q0 % ti.max(V, 1)     # (a run over no vertex: no division by 0)
-                for _q in range(q0, (ch0 + 1) * NV // n_v):
+                q0, q1, bv, i = _run(it // span, n_v, Bv * V, V)
+                for _q in range(q0, q1):
                     g = _views_vjp(screen, cam, buf, bv, i, B, V, Bv, nc)
                     for c in ti.static(range(3)):
                         q = (bv * V + i) * 3 + c
@@ -717,7 +725,7 @@ class SoftMesh(bridge.Op):
             pk = torch.empty(B * faces.shape[0] * (4 * C + 4), **kw)
             _face_frame_rows(verts.view(-1), faces.view(-1), *self.frame, attr.reshape(-1), opacity.reshape(-1), pk,
                              self.use_shade, self.per_face, verts.shape[0], verts.shape[1], attr.shape[0],
-                             attr.shape[1], C, *_cpu_runs(B * faces.shape[0]))
+                             attr.shape[1], C, *cpu_runs(B * faces.shape[0]))
         elif self.frame is not None:
             fn, shade = _face_frame_of(verts, faces, *self.frame, self.use_shade)
         rgb, dep, alp = torch.empty(B, H, W, C, **kw), torch.empty(B, H, W, **kw), torch.empty(B, H, W, **kw)
@@ -827,7 +835,8 @@ class SoftMesh(bridge.Op):
             ldir, lcol, _amb = self.frame
             _soft_tail_bwd(screen, cam, verts.view(-1), faces.view(-1), ldir, lcol, buf,
                            dummy.view(-1) if g_fn is None else g_fn.view(-1), fbuf, g_verts.view(-1), o[2], nc, n_fc,
-                           self.use_shade, int(g_fn is not None), f_private)
+                           cpu_runs(verts.shape[0] * verts.shape[1])[0], self.use_shade, int(g_fn is not None),
+                           f_private)
             g_shade = g_fn = None
         else:
             g_verts = torch.empty(verts.shape, **kw)
@@ -1083,10 +1092,8 @@ def _face_frame_rows(verts: ti.types.ndarray(), faces: ti.types.ndarray(), ldir:
     if ti.static(chunked):
         for it in range(n_ch * _SPAN):
             if it % _SPAN == 0:
-                ch = it // _SPAN
-                j0 = ch * N // n_ch
-                b, f = j0 // ti.max(F, 1), j0 % ti.max(F, 1)     # (no faces: no division by 0)
-                for j in range(j0, (ch + 1) * N // n_ch):
+                j0, j1, b, f = _run(it // _SPAN, n_ch, N, F)     # (b, f) stepped below
+                for j in range(j0, j1):
                     i0, i1, i2, n = _frame_normal(verts, faces, b if Bn > 1 else 0, f, V)
                     _frame_row(ldir, lcol, amb, attr, opac, pk, j, b, f, Ba, Va, i0, i1, i2, n, use_shade,
                                per_face, C)
@@ -1189,12 +1196,10 @@ def _frame_faces(verts: ti.template(), faces: ti.template(), ldir: ti.template()
     # adds with atomics into out ((Bv, V, 3) flat). The normals' gradient is g_fn ((Bv, F, 3) flat, with has_gfn),
     # the shade's the sum of n_sh stacked copies of (Bv, F, 3) at g_sh[o_sh:]
     N = Bv * F
-    j0, j1 = ch, ch + 1
+    j0, j1, b, f = ch, ch + 1, ch // ti.max(F, 1), ch % ti.max(F, 1)      # face ch alone
     if ti.static(private):
-        j0, j1 = ti.cast(ti.cast(ch, ti.i64) * N // n_chunks, ti.i32), \
-            ti.cast(ti.cast(ch + 1, ti.i64) * N // n_chunks, ti.i32)
+        j0, j1, b, f = _run(ch, n_chunks, N, F)                         # (b, f) stepped below
     cb = ch if ti.static(private) else 0
-    b, f = j0 // ti.max(F, 1), j0 % ti.max(F, 1)      # stepped below: no division per face (none by 0)
     for j in range(j0, j1):
         g = ti.Vector([0.0, 0.0, 0.0])
         if has_gfn:
@@ -1483,11 +1488,6 @@ def _scatter_copies(n_rows: int):
     if backend.settings().resolved_arch in ("x64", "arm64"):
         return max(1, min(4 * int(ti.lang.impl.current_cfg().cpu_max_num_threads), n_rows)), True
     return max(n_rows, 1), False
-
-
-def _cpu_runs(n: int):
-    """(n_runs, chunked) for a loop over n items done as contiguous runs on CPU (zbuffer._min_z_chunks)."""
-    return _min_z_chunks(n)
 
 
 def _frame_copies(n_faces: int):

@@ -89,11 +89,9 @@ def _project_min_z(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: t
         N = B * V
         for it in range(n_ch * _SPAN):
             if it % _SPAN == 0:
-                ch = it // _SPAN
                 m = zmin[0]                     # inf, or a smaller depth another run already found
-                q0 = ch * N // n_ch
-                b, i = q0 // ti.max(V, 1), q0 % ti.max(V, 1)    # stepped below (no division per vertex; none by 0)
-                for _q in range(q0, (ch + 1) * N // n_ch):
+                q0, q1, b, i = _run(it // _SPAN, n_ch, N, V)     # (b, i) stepped below
+                for _q in range(q0, q1):
                     _project_vertex(verts, cam, screen, b, i)
                     m = ti.min(m, screen[b, i, 2])
                     if ti.static(clear):
@@ -117,9 +115,20 @@ def _project_min_z(verts: ti.types.ndarray(), cam: ti.types.ndarray(), screen: t
 _SPAN = backend.CPU_SPAN
 
 
-def _min_z_chunks(n: int):
-    """(n_chunks, chunked) for _project_min_z over n (camera, vertex) pairs: on CPU four runs per thread (a thread
-    the OS deschedules on a busy box leaves less behind), each at least ~1k vertices; elsewhere one item each."""
+@ti.func
+def _run(ch, n_runs, N, W):
+    # run ch of n_runs contiguous runs over N items (b, i) laid out in rows of W: its first and end item and the
+    # first's (b, i), which the caller steps along the run (i += 1, then the next row at W) instead of dividing per
+    # item (an integer division per item was a large share of the per-face and per-vertex loops on this CPU); the
+    # bounds in 64 bits (N * n_runs may pass 2^31), no division by 0 when W = 0
+    q0 = ti.cast(ti.cast(ch, ti.i64) * N // n_runs, ti.i32)
+    q1 = ti.cast(ti.cast(ch + 1, ti.i64) * N // n_runs, ti.i32)
+    return q0, q1, q0 // ti.max(W, 1), q0 % ti.max(W, 1)
+
+
+def cpu_runs(n: int):
+    """(n_runs, chunked) for a loop over n items done as contiguous runs (_run): on CPU four runs per thread (a
+    thread the OS deschedules on a busy box leaves less behind), each at least ~1k items; elsewhere one item each."""
     if backend.settings().resolved_arch in ("x64", "arm64"):
         nt = int(ti.lang.impl.current_cfg().cpu_max_num_threads)
         return max(1, min(4 * nt, n // 1024)), True
@@ -142,7 +151,7 @@ def project_min_z(verts: torch.Tensor, camera: Camera, zero_like_verts: bool = F
     zmin = torch.full((1,), float("inf"), dtype=verts.dtype, device=verts.device)
     zero = torch.empty_like(verts) if zero_like_verts else torch.empty(1, 1, 3, dtype=verts.dtype,
                                                                        device=verts.device)
-    n_ch, chunked = _min_z_chunks(B * verts.shape[1])
+    n_ch, chunked = cpu_runs(B * verts.shape[1])
     _project_min_z(verts, cam, screen, zmin, zero, bool(zero_like_verts), n_ch, chunked)
     return screen, float(zmin[0]), (zero if zero_like_verts else None)
 
